@@ -1,0 +1,182 @@
+//! Where the lake's tables live and how to open them.
+
+use std::collections::HashMap;
+
+use deltalake::DeltaTable;
+use object_store::path::Path;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use crate::{Error, Result};
+
+/// Lake settings (`[lake]` in the config file).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// `file:///abs/path`, a plain absolute path, or `s3://bucket/prefix`.
+    pub root: String,
+    /// S3 endpoint and credentials; required when `root` is `s3://`.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+}
+
+/// Access to an S3 or S3-compatible store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// e.g. `http://127.0.0.1:9000`; empty for AWS itself.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+    /// Allow `http://` endpoints (local servers).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// A handle on the lake: root URL plus the storage options every table needs.
+#[derive(Clone, Debug)]
+pub struct Lake {
+    root: Url,
+    options: HashMap<String, String>,
+}
+
+impl Lake {
+    pub fn new(config: &LakeConfig) -> Result<Self> {
+        let root = if config.root.contains("://") {
+            Url::parse(&config.root)
+                .map_err(|e| Error::Config(format!("lake.root {:?}: {e}", config.root)))?
+        } else {
+            let path = std::path::absolute(&config.root)
+                .map_err(|e| Error::Config(format!("lake.root {:?}: {e}", config.root)))?;
+            Url::from_directory_path(&path)
+                .map_err(|_| Error::Config(format!("lake.root {:?} is not a directory path", config.root)))?
+        };
+        let mut options = HashMap::new();
+        match root.scheme() {
+            "file" => {
+                let path = root
+                    .to_file_path()
+                    .map_err(|_| Error::Config(format!("lake.root {root} is not a local path")))?;
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| Error::Config(format!("lake.root {}: {e}", path.display())))?;
+            }
+            "s3" | "s3a" => {
+                let s3 = config
+                    .s3
+                    .as_ref()
+                    .ok_or_else(|| Error::Config("lake.s3 is required for an s3:// lake.root".into()))?;
+                if let Some(endpoint) = &s3.endpoint {
+                    options.insert("AWS_ENDPOINT_URL".into(), endpoint.clone());
+                }
+                options.insert("AWS_REGION".into(), s3.region.clone());
+                options.insert("AWS_ACCESS_KEY_ID".into(), s3.access_key_id.clone());
+                options.insert(
+                    "AWS_SECRET_ACCESS_KEY".into(),
+                    s3.secret_access_key.expose_secret().to_string(),
+                );
+                options.insert("AWS_ALLOW_HTTP".into(), s3.allow_http.to_string());
+                // Commits are serialised by tributary's single-writer lease,
+                // not by the store, so Delta's rename safety check is not needed.
+                options.insert("AWS_S3_ALLOW_UNSAFE_RENAME".into(), "true".into());
+                options.insert("AWS_VIRTUAL_HOSTED_STYLE_REQUEST".into(), "false".into());
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "lake.root scheme {other:?} is not supported (use file:// or s3://)"
+                )));
+            }
+        }
+        let mut root = root;
+        if !root.path().ends_with('/') {
+            root.set_path(&format!("{}/", root.path()));
+        }
+        Ok(Lake { root, options })
+    }
+
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// Storage options to pass to delta-rs for any table of this lake.
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.options
+    }
+
+    /// The URL of `<root>/<layer>/<table>/`.
+    pub fn table_url(&self, layer: &str, table: &str) -> Url {
+        self.root
+            .join(&format!("{layer}/{table}/"))
+            .expect("layer and table names are plain path segments")
+    }
+
+    /// Opens a table at its latest version; `None` when it does not exist yet.
+    pub async fn open(&self, layer: &str, table: &str) -> Result<Option<DeltaTable>> {
+        let url = self.table_url(layer, table);
+        if url.scheme() == "file" {
+            let exists = url.to_file_path().map(|p| p.join("_delta_log").is_dir()).unwrap_or(false);
+            if !exists {
+                return Ok(None);
+            }
+        }
+        let mut t = deltalake::DeltaTableBuilder::from_url(url.clone())
+            .map_err(|source| Error::Delta { table: format!("{layer}.{table}"), source })?
+            .with_storage_options(self.options.clone())
+            .build()
+            .map_err(|source| Error::Delta { table: format!("{layer}.{table}"), source })?;
+        match t.load().await {
+            Ok(()) => Ok(Some(t)),
+            Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+            Err(source) => Err(Error::Delta { table: format!("{layer}.{table}"), source }),
+        }
+    }
+
+    /// A table handle that may not exist yet (for creating it).
+    pub fn table_handle(&self, layer: &str, table: &str) -> Result<DeltaTable> {
+        let url = self.table_url(layer, table);
+        if url.scheme() == "file" {
+            if let Ok(path) = url.to_file_path() {
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| Error::Config(format!("creating {}: {e}", path.display())))?;
+            }
+        }
+        deltalake::DeltaTableBuilder::from_url(url)
+            .and_then(|b| b.with_storage_options(self.options.clone()).build())
+            .map_err(|source| Error::Delta { table: format!("{layer}.{table}"), source })
+    }
+
+    /// Names of the Delta tables in one layer, sorted.
+    pub async fn list_tables(&self, layer: &str) -> Result<Vec<String>> {
+        let (store, base) = object_store::parse_url_opts(&self.root, self.options.iter())
+            .map_err(|e| Error::ObjectStore(self.root.to_string(), e))?;
+        let prefix = Path::from(format!("{}/{layer}", base.as_ref().trim_end_matches('/')).trim_start_matches('/'));
+        let listing = match store.list_with_delimiter(Some(&prefix)).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(vec![]),
+            Err(e) => return Err(Error::ObjectStore(prefix.to_string(), e)),
+        };
+        let mut tables = Vec::new();
+        for dir in listing.common_prefixes {
+            let log = dir.clone().join("_delta_log");
+            let has_log = store
+                .list_with_delimiter(Some(&log))
+                .await
+                .map(|l| !l.objects.is_empty())
+                .unwrap_or(false);
+            if has_log {
+                if let Some(name) = dir.filename() {
+                    tables.push(name.to_string());
+                }
+            }
+        }
+        tables.sort();
+        Ok(tables)
+    }
+}

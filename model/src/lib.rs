@@ -1,0 +1,38 @@
+//! The contracts every tributary stage shares. No I/O lives here.
+//!
+//! - [`event`]: the change-event envelope the CDC reader publishes and the lake
+//!   consumes (Debezium-style JSON), with its deterministic `event_id`.
+//! - [`lsn`]: PostgreSQL log sequence numbers.
+//! - [`pgtype`]: the source column types the pipeline understands and the
+//!   conversion of PostgreSQL text output into typed JSON values.
+//! - [`domain`]: the order-domain table list, topic and lake table naming.
+//!
+//! ```
+//! use tributary_model::{domain, lsn::Lsn};
+//! assert_eq!(domain::topic_name("tributary", "orders", "customers"), "tributary.orders.customers");
+//! assert_eq!("0/16B3748".parse::<Lsn>().unwrap().to_string(), "0/16B3748");
+//! ```
+
+pub mod domain;
+pub mod event;
+pub mod lsn;
+pub mod pgtype;
+
+/// Errors of the shared contracts: always bad input, never a broken invariant.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid LSN {0:?}: expected two hex numbers like 0/16B3748")]
+    InvalidLsn(String),
+    #[error("column {column:?} of type {pg_type}: cannot read value {value:?}")]
+    InvalidValue {
+        column: String,
+        pg_type: String,
+        value: String,
+    },
+    #[error("change event is malformed: {0}")]
+    InvalidEvent(String),
+    #[error("change event is not valid JSON")]
+    Json(#[source] serde_json::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
