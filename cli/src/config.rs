@@ -1,0 +1,206 @@
+//! Configuration: embedded defaults, then a TOML file, then
+//! `TRIBUTARY__SECTION__KEY` environment variables. Unknown keys are errors
+//! that name the key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tributary_cdc::CdcConfig;
+use tributary_lake::LakeConfig;
+use tributary_lake::ingest::IngestConfig;
+use tributary_model::domain::KafkaConfig;
+use tributary_oltp::OltpConfig;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    stack: Option<toml::Value>,
+    #[serde(default)]
+    kafka: Option<toml::Value>,
+    #[serde(default)]
+    lake: Option<toml::Value>,
+    #[serde(default)]
+    cdc: Option<toml::Value>,
+    #[serde(default)]
+    ingest: Option<toml::Value>,
+    #[serde(default)]
+    oltp: Option<toml::Value>,
+    #[serde(default)]
+    sources: Option<toml::Value>,
+}
+
+/// The local stack (`[stack]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackConfig {
+    /// Order shards (each its own PostgreSQL cluster).
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+    /// Folder with `initdb` and `pg_ctl`; found with `pg_config --bindir` when absent.
+    #[serde(default)]
+    pub pg_bin: Option<PathBuf>,
+    /// The `tansu` broker binary; `tansu` on PATH or in ~/.cargo/bin when absent.
+    #[serde(default)]
+    pub broker_bin: Option<PathBuf>,
+}
+
+fn default_shards() -> usize {
+    2
+}
+
+/// Databases outside the local stack (`[sources]`): when given, the pipeline
+/// reads these instead of the local clusters.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    pub shards: Vec<String>,
+    pub catalog: String,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub stack: StackConfig,
+    /// `None`: the local stack's broker.
+    pub kafka: Option<KafkaConfig>,
+    /// `None`: `<state_dir>/lake`.
+    pub lake: Option<LakeConfig>,
+    pub cdc: CdcConfig,
+    pub ingest: IngestConfig,
+    pub oltp: OltpConfig,
+    pub sources: Option<SourcesConfig>,
+}
+
+/// Loads `path` (or `./tributary.toml` when present) and applies the
+/// environment.
+pub fn load(path: Option<&Path>) -> Result<Config> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    load_from(path, &env)
+}
+
+/// Like [`load`] with an explicit environment (for tests and embedding).
+pub fn load_from_env(env: &[(String, String)]) -> Result<Config> {
+    load_from(None, env)
+}
+
+pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config> {
+    let mut root = toml::Table::new();
+    let file = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from("tributary.toml")).filter(|p| p.exists()),
+    };
+    if let Some(file) = &file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading config file {}", file.display()))?;
+        root = text.parse::<toml::Table>().with_context(|| format!("parsing config file {}", file.display()))?;
+    }
+    for (key, value) in env {
+        let Some(rest) = key.strip_prefix("TRIBUTARY__") else { continue };
+        let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if parts.iter().any(String::is_empty) {
+            bail!("environment variable {key}: empty key segment");
+        }
+        set_path(&mut root, &parts, parse_env_value(value)).with_context(|| format!("environment variable {key}"))?;
+    }
+    let source = file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "defaults".into());
+    let raw: RawConfig = deserialize(toml::Value::Table(root), "")
+        .with_context(|| format!("invalid configuration (from {source} and TRIBUTARY__* variables)"))?;
+    let state_dir = raw.state_dir.unwrap_or_else(|| PathBuf::from(".tributary"));
+    Ok(Config {
+        state_dir: std::path::absolute(&state_dir).unwrap_or(state_dir),
+        stack: section(raw.stack, "stack")?,
+        kafka: raw.kafka.map(|v| deserialize(v, "kafka")).transpose()?,
+        lake: raw.lake.map(|v| deserialize(v, "lake")).transpose()?,
+        cdc: section(raw.cdc, "cdc")?,
+        ingest: section(raw.ingest, "ingest")?,
+        oltp: section(raw.oltp, "oltp")?,
+        sources: raw.sources.map(|v| deserialize(v, "sources")).transpose()?,
+    })
+}
+
+fn section<T: DeserializeOwned>(value: Option<toml::Value>, name: &str) -> Result<T> {
+    deserialize(value.unwrap_or_else(|| toml::Value::Table(Default::default())), name)
+}
+
+/// Deserialises with the full path of the offending key in the error.
+fn deserialize<T: DeserializeOwned>(value: toml::Value, prefix: &str) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let at = match (prefix.is_empty(), path.as_str()) {
+            (true, ".") => String::new(),
+            (true, p) => format!(" at `{p}`"),
+            (false, ".") => format!(" in [{prefix}]"),
+            (false, p) => format!(" at `{prefix}.{p}`"),
+        };
+        anyhow::anyhow!("config error{at}: {}", e.into_inner())
+    })
+}
+
+fn parse_env_value(v: &str) -> toml::Value {
+    // Numbers, booleans and arrays keep their type; anything else is a string.
+    format!("x = {v}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("x"))
+        .unwrap_or_else(|| toml::Value::String(v.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<()> {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut cur = table;
+    for p in parents {
+        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("`{p}` is not a section"),
+        };
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = load_from(None, &[]).unwrap();
+        assert_eq!(c.stack.shards, 2);
+        assert!(c.state_dir.ends_with(".tributary"));
+        assert!(c.kafka.is_none());
+    }
+
+    #[test]
+    fn env_overrides_file_and_keeps_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, "[stack]\nshards = 3\n[cdc]\nslot_prefix = \"x\"\n").unwrap();
+        let c = load_from(Some(&f), &env(&[("TRIBUTARY__STACK__SHARDS", "4"), ("TRIBUTARY__CDC__SLOT_PREFIX", "envslot")])).unwrap();
+        assert_eq!(c.stack.shards, 4);
+        assert_eq!(c.cdc.slot_prefix, "envslot");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, "[kafka]\nbrokers = \"x:1\"\nbrokerz = 1\n").unwrap();
+        let err = format!("{:#}", load_from(Some(&f), &[]).unwrap_err());
+        assert!(err.contains("brokerz"), "{err}");
+        let err = format!("{:#}", load_from(None, &env(&[("TRIBUTARY__STACK__SHARDZ", "1")])).unwrap_err());
+        assert!(err.contains("shardz") && err.contains("stack"), "{err}");
+        let err = format!("{:#}", load_from(None, &env(&[("TRIBUTARY__NOPE", "1")])).unwrap_err());
+        assert!(err.contains("nope"), "{err}");
+    }
+}

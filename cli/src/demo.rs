@@ -1,0 +1,250 @@
+//! `tributary demo`: the whole platform end to end, in one process tree.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pipeline::{self, Sources, strings};
+use crate::stack;
+
+fn step(n: usize, text: &str) {
+    println!("\n== {n}/6 {text}");
+}
+
+/// Totals that must agree between the source, silver and gold.
+pub struct Reconciliation {
+    pub rows: Vec<(String, u64, u64, Option<(String, u64)>)>,
+    pub revenue_source: i128,
+    pub revenue_silver: i128,
+    pub revenue_gold: i128,
+}
+
+impl Reconciliation {
+    pub fn balanced(&self) -> bool {
+        self.rows.iter().all(|(_, s, v, g)| s == v && g.as_ref().is_none_or(|(_, g)| g == s))
+            && self.revenue_source == self.revenue_silver
+            && self.revenue_source == self.revenue_gold
+    }
+}
+
+/// Parses a decimal string into hundredths, exactly.
+fn cents(s: &str) -> Result<i128> {
+    let s = s.trim();
+    let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let frac = format!("{frac:0<2}");
+    anyhow::ensure!(frac.len() == 2, "amount {s} has more than 2 decimals");
+    let v: i128 = format!("{int}{frac}").parse().with_context(|| format!("amount {s:?}"))?;
+    Ok(if neg { -v } else { v })
+}
+
+async fn lake_scalar(session: &tributary_query::Session, sql: &str) -> Result<String> {
+    let batches = session.sql(sql).await.with_context(|| format!("query {sql}"))?;
+    Ok(strings(&batches).into_iter().next().unwrap_or_else(|| "0".into()))
+}
+
+/// Counts rows per table in the source, silver and gold, and revenue in all three.
+pub async fn reconcile(sources: &Sources, session: &tributary_query::Session) -> Result<Reconciliation> {
+    let gold_of = |t: &str| match t {
+        "customers" => Some(("dim_customer", "customer_key <> -1")),
+        "products" => Some(("dim_product", "product_key <> -1")),
+        "order_items" => Some(("fct_order_line", "true")),
+        _ => None,
+    };
+    let mut rows = Vec::new();
+    for t in tributary_model::domain::TABLES {
+        let dsns: Vec<&String> = match t.db {
+            tributary_model::domain::Database::Orders => sources.shards.iter().collect(),
+            tributary_model::domain::Database::Catalog => vec![&sources.catalog],
+        };
+        let mut source = 0u64;
+        for dsn in dsns {
+            let c = pipeline::connect(dsn).await?;
+            source += c.query_one(&format!("SELECT count(*) FROM public.{}", t.name), &[]).await?.get::<_, i64>(0) as u64;
+        }
+        let silver: u64 = lake_scalar(session, &format!("SELECT count(*) FROM silver.{}", t.name)).await?.parse()?;
+        let gold = match gold_of(t.name) {
+            Some((g, filter)) => {
+                let n: u64 = lake_scalar(session, &format!("SELECT count(*) FROM gold.{g} WHERE {filter}")).await?.parse()?;
+                Some((g.to_string(), n))
+            }
+            None => None,
+        };
+        rows.push((t.name.to_string(), source, silver, gold));
+    }
+    let mut revenue_source = 0i128;
+    for dsn in &sources.shards {
+        let c = pipeline::connect(dsn).await?;
+        let s: String = c.query_one("SELECT coalesce(sum(line_total), 0)::text FROM order_items", &[]).await?.get(0);
+        revenue_source += cents(&s)?;
+    }
+    let revenue_silver = cents(&lake_scalar(session, "SELECT CAST(coalesce(sum(line_total), 0) AS VARCHAR) FROM silver.order_items").await?)?;
+    let revenue_gold = cents(&lake_scalar(session, "SELECT CAST(coalesce(sum(line_total), 0) AS VARCHAR) FROM gold.fct_order_line").await?)?;
+    Ok(Reconciliation { rows, revenue_source, revenue_silver, revenue_gold })
+}
+
+fn money(c: i128) -> String {
+    format!("{}.{:02}", c / 100, (c % 100).abs())
+}
+
+pub fn print_reconciliation(r: &Reconciliation) {
+    println!("{:<14} {:>10} {:>10}   {:<16} {:>10}   check", "table", "source", "silver", "gold table", "gold");
+    for (t, s, v, g) in &r.rows {
+        let (gname, gval) = match g {
+            Some((n, x)) => (n.as_str(), x.to_string()),
+            None => ("-", "-".to_string()),
+        };
+        let ok = s == v && g.as_ref().is_none_or(|(_, x)| x == s);
+        println!("{t:<14} {s:>10} {v:>10}   {gname:<16} {gval:>10}   {}", if ok { "ok" } else { "MISMATCH" });
+    }
+    let ok = r.revenue_source == r.revenue_silver && r.revenue_source == r.revenue_gold;
+    println!(
+        "{:<14} {:>10} {:>10}   {:<16} {:>10}   {}",
+        "revenue",
+        money(r.revenue_source),
+        money(r.revenue_silver),
+        "fct_order_line",
+        money(r.revenue_gold),
+        if ok { "ok" } else { "MISMATCH" }
+    );
+}
+
+fn check_alive(tasks: &[(&str, &JoinHandle<Result<()>>)]) -> Result<()> {
+    for (name, t) in tasks {
+        if t.is_finished() {
+            bail!("{name} stopped unexpectedly; see the log above");
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(config: &Config, duration: Duration, rate: f64) -> Result<()> {
+    let started = Instant::now();
+    step(1, "starting the local stack (PostgreSQL shards + catalog, Kafka broker)");
+    let stack = stack::up(config).await?;
+    let sources = Sources::resolve(config, Some(&stack))?;
+    let kafka = stack::kafka_config(config, &stack);
+    for s in stack.all_pg() {
+        println!("  postgres {:<8} {}", s.name, s.dsn());
+    }
+    println!("  kafka            {}", kafka.brokers);
+    let lake_cfg = pipeline::lake_config(config);
+    println!("  lake             {}", lake_cfg.root);
+    let lake = tributary_lake::Lake::new(&lake_cfg)?;
+
+    let shutdown = CancellationToken::new();
+    let mut oltp_cfg = config.oltp.clone();
+    oltp_cfg.listen = "127.0.0.1:0".into();
+    let server = tributary_oltp::Server::bind(oltp_cfg, sources.topology()).await?;
+    let base_url = format!("http://{}", server.local_addr());
+    println!("  order API        {base_url}");
+    let oltp: JoinHandle<Result<()>> = {
+        let s = shutdown.clone();
+        tokio::spawn(async move { server.run(s).await.map_err(Into::into) })
+    };
+    let cdc: JoinHandle<Result<()>> = {
+        let (c, k, src, s) = (config.cdc.clone(), kafka.clone(), sources.cdc_sources(), shutdown.clone());
+        tokio::spawn(async move { tributary_cdc::run(c, k, src, s).await.map_err(Into::into) })
+    };
+    let ingest: JoinHandle<Result<()>> = {
+        let (l, k, i, s) = (lake.clone(), kafka.clone(), config.ingest.clone(), shutdown.clone());
+        tokio::spawn(async move { tributary_lake::ingest::run(l, k, i, s).await.map_err(Into::into) })
+    };
+    let signals = crate::shutdown_on_signals();
+
+    step(2, &format!("driving order traffic for {duration:?} at {rate} requests/s"));
+    let report = tributary_oltp::run_load(
+        tributary_oltp::LoadConfig { base_url, rate, duration, concurrency: 8, seed: 42 },
+        signals.clone(),
+    )
+    .await?;
+    println!("{report}");
+    check_alive(&[("the order API", &oltp), ("the CDC reader", &cdc), ("lake ingest", &ingest)])?;
+
+    step(3, "waiting for CDC and ingest to catch up");
+    let t = Instant::now();
+    pipeline::wait_caught_up(config, &sources, &kafka, Duration::from_secs(600)).await?;
+    println!("  caught up in {:.1}s", t.elapsed().as_secs_f64());
+
+    step(4, "building the gold star schema");
+    let t = Instant::now();
+    let marts = tributary_etl::build_marts(&lake).await?;
+    println!("{marts}");
+    println!("  built in {:.1}s", t.elapsed().as_secs_f64());
+
+    step(5, "a few answers from the warehouse");
+    let session = tributary_query::Session::new(lake.clone()).await?;
+    let queries = [
+        (
+            "revenue per day",
+            "SELECT d.date, s.orders, s.lines, s.revenue FROM gold.agg_daily_sales s \
+             JOIN gold.dim_date d ON d.date_key = s.date_key ORDER BY d.date",
+        ),
+        (
+            "top products by revenue",
+            "SELECT p.name, p.category, sum(f.quantity) AS units, sum(f.line_total) AS revenue \
+             FROM gold.fct_order_line f JOIN gold.dim_product p ON p.product_key = f.product_key \
+             GROUP BY p.name, p.category ORDER BY revenue DESC LIMIT 5",
+        ),
+        (
+            "orders per shard",
+            "SELECT _shard AS shard, count(*) AS orders, sum(total) AS total FROM silver.orders GROUP BY _shard ORDER BY _shard",
+        ),
+        (
+            "orders by status",
+            "SELECT status, count(*) AS orders FROM silver.orders GROUP BY status ORDER BY orders DESC",
+        ),
+    ];
+    for (title, sql) in queries {
+        println!("\n-- {title}\n-- {sql}");
+        tributary_query::run_one_shot(&session, sql, tributary_query::Format::Table).await?;
+    }
+
+    step(6, "reconciliation: source vs silver vs gold");
+    let r = reconcile(&sources, &session).await?;
+    print_reconciliation(&r);
+    let checks = pipeline::compare_silver(&sources, &session).await?;
+    let equal = checks.iter().all(|c| c.equal());
+    println!(
+        "row-for-row comparison of every silver table with its source tables: {}",
+        if equal { "identical" } else { "DIFFERENT" }
+    );
+    for c in checks.iter().filter(|c| !c.equal()) {
+        println!("  {}: {} missing, {} extra, e.g. {:?} {:?}", c.table, c.missing.len(), c.extra.len(), c.missing.first(), c.extra.first());
+    }
+
+    shutdown.cancel();
+    for (name, t) in [("order API", oltp), ("CDC reader", cdc), ("lake ingest", ingest)] {
+        match tokio::time::timeout(Duration::from_secs(30), t).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => println!("  {name} ended with an error: {e:#}"),
+            Ok(Err(e)) => println!("  {name} panicked: {e}"),
+            Err(_) => println!("  {name} did not stop within 30s"),
+        }
+    }
+    println!("\ndemo finished in {:.0}s; the stack keeps running.", started.elapsed().as_secs_f64());
+    println!("open the console:      tributary sql");
+    println!("one query:             tributary sql -e \"SELECT * FROM gold.agg_daily_sales\"");
+    println!("stack status / stop:   tributary status / tributary down");
+    if !(r.balanced() && equal) {
+        bail!("reconciliation failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cents_are_exact() {
+        assert_eq!(cents("12.30").unwrap(), 1230);
+        assert_eq!(cents("0").unwrap(), 0);
+        assert_eq!(cents("-1.5").unwrap(), -150);
+        assert_eq!(money(123456), "1234.56");
+        assert!(cents("1.234").is_err());
+    }
+}

@@ -1,0 +1,287 @@
+//! `tributary`: one binary for the whole platform.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tributary::config::{self, Config};
+use tributary::pipeline::{self, Sources};
+use tributary::stack::{self, StackState};
+
+#[derive(Parser)]
+#[command(name = "tributary", version, about = "OLTP to OLAP: sharded Postgres -> CDC -> Kafka -> Delta lake -> star schema -> SQL")]
+struct Cli {
+    /// Configuration file (default: ./tributary.toml when present).
+    #[arg(long, global = true, env = "TRIBUTARY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the local stack (Postgres shards + catalog, Kafka broker); idempotent.
+    Up,
+    /// Stop the local stack.
+    Down {
+        /// Also delete all data (databases, broker log, lake).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show every component with its address and health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Order and catalog services.
+    Oltp {
+        #[command(subcommand)]
+        command: OltpCommand,
+    },
+    /// Drive realistic traffic through the HTTP API.
+    Load {
+        /// Requests per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// How long, e.g. 60s or 2m.
+        #[arg(long, default_value = "60s")]
+        duration: String,
+        /// Base URL of `tributary oltp serve` (default: http://<oltp.listen>).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Change data capture.
+    Cdc {
+        #[command(subcommand)]
+        command: CdcCommand,
+    },
+    /// The Delta lake.
+    Lake {
+        #[command(subcommand)]
+        command: LakeCommand,
+    },
+    /// Warehouse jobs.
+    Etl {
+        #[command(subcommand)]
+        command: EtlCommand,
+    },
+    /// SQL over bronze, silver and gold: a console, or one query with -e.
+    Sql {
+        /// Run this SQL and exit.
+        #[arg(short = 'e', long)]
+        execute: Option<String>,
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Wait until the lake has everything the sources have committed so far.
+    Wait {
+        #[arg(long, default_value = "120s")]
+        timeout: String,
+    },
+    /// Compare every silver table with its source tables row for row.
+    Verify,
+    /// Run the whole platform end to end on the local stack.
+    Demo {
+        /// How long to drive traffic.
+        #[arg(long, default_value = "60s")]
+        duration: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 40.0)]
+        rate: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum OltpCommand {
+    /// Serve the order and catalog HTTP API.
+    Serve,
+}
+
+#[derive(Subcommand)]
+enum CdcCommand {
+    /// Run one reader per database until stopped.
+    Run,
+}
+
+#[derive(Subcommand)]
+enum LakeCommand {
+    /// Consume the CDC topics into bronze and silver until stopped.
+    Ingest,
+}
+
+#[derive(Subcommand)]
+enum EtlCommand {
+    /// Build a group of models.
+    Run {
+        /// `marts`: the gold star schema.
+        target: String,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,deltalake=warn,datafusion=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn sources(config: &Config) -> Result<(Sources, Option<StackState>)> {
+    let stack = StackState::load(&config.state_dir)?;
+    Ok((Sources::resolve(config, stack.as_ref())?, stack))
+}
+
+fn kafka(config: &Config, stack: Option<&StackState>) -> Result<tributary_model::domain::KafkaConfig> {
+    match (&config.kafka, stack) {
+        (Some(k), _) => Ok(k.clone()),
+        (None, Some(s)) => Ok(stack::kafka_config(config, s)),
+        (None, None) => anyhow::bail!("no [kafka] configured and no local stack: run `tributary up`"),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let config = config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Up => {
+            let s = stack::up(&config).await?;
+            println!("stack is up ({} shards + catalog, broker at {})", s.shards.len(), s.broker.address());
+            print_status(&config, false).await?;
+        }
+        Command::Down { purge } => {
+            stack::down(&config, purge)?;
+            println!("stack is down{}", if purge { " and its data deleted" } else { "" });
+        }
+        Command::Status { json } => print_status(&config, json).await?,
+        Command::Oltp { command: OltpCommand::Serve } => {
+            let (sources, _) = sources(&config)?;
+            let shutdown = tributary::shutdown_on_signals();
+            let server = tributary_oltp::Server::bind(config.oltp.clone(), sources.topology()).await?;
+            eprintln!("order and catalog API on http://{}", server.local_addr());
+            server.run(shutdown).await?;
+        }
+        Command::Load { rate, duration, url, concurrency, seed } => {
+            let base_url = url.unwrap_or_else(|| format!("http://{}", config.oltp.listen));
+            let shutdown = tributary::shutdown_on_signals();
+            let report = tributary_oltp::run_load(
+                tributary_oltp::LoadConfig {
+                    base_url,
+                    rate,
+                    duration: tributary::parse_duration(&duration)?,
+                    concurrency,
+                    seed,
+                },
+                shutdown,
+            )
+            .await?;
+            println!("{report}");
+        }
+        Command::Cdc { command: CdcCommand::Run } => {
+            let (sources, stack) = sources(&config)?;
+            let kafka = kafka(&config, stack.as_ref())?;
+            let shutdown = tributary::shutdown_on_signals();
+            tributary_cdc::run(config.cdc.clone(), kafka, sources.cdc_sources(), shutdown).await?;
+        }
+        Command::Lake { command: LakeCommand::Ingest } => {
+            let stack = StackState::load(&config.state_dir)?;
+            let kafka = kafka(&config, stack.as_ref())?;
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            let shutdown = tributary::shutdown_on_signals();
+            tributary_lake::ingest::run(lake, kafka, config.ingest.clone(), shutdown).await?;
+        }
+        Command::Etl { command: EtlCommand::Run { target } } => {
+            anyhow::ensure!(target == "marts", "unknown ETL target {target:?}: the only one is `marts`");
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            let report = tributary_etl::build_marts(&lake).await?;
+            println!("{report}");
+        }
+        Command::Sql { execute, format } => {
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            let session = tributary_query::Session::new(lake).await?;
+            match execute {
+                Some(q) => {
+                    let format: tributary_query::Format = format.parse()?;
+                    tributary_query::run_one_shot(&session, &q, format).await?;
+                }
+                None => {
+                    std::fs::create_dir_all(&config.state_dir)?;
+                    tributary_query::run_console(session, config.state_dir.join("sql_history")).await?;
+                }
+            }
+        }
+        Command::Wait { timeout } => {
+            let (sources, stack) = sources(&config)?;
+            let kafka = kafka(&config, stack.as_ref())?;
+            pipeline::wait_caught_up(&config, &sources, &kafka, tributary::parse_duration(&timeout)?).await?;
+            println!("caught up");
+        }
+        Command::Verify => {
+            let (sources, _) = sources(&config)?;
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            let session = tributary_query::Session::new(lake).await?;
+            let checks = pipeline::compare_silver(&sources, &session).await?;
+            let mut ok = true;
+            for c in &checks {
+                println!(
+                    "{:<14} source {:>7}  silver {:>7}  {}",
+                    c.table,
+                    c.source_rows,
+                    c.silver_rows,
+                    if c.equal() { "equal" } else { "DIFFERENT" }
+                );
+                for m in &c.missing {
+                    println!("    missing from silver: {m}");
+                }
+                for x in &c.extra {
+                    println!("    extra in silver:     {x}");
+                }
+                ok &= c.equal();
+            }
+            anyhow::ensure!(ok, "silver differs from the source");
+        }
+        Command::Demo { duration, rate } => {
+            tributary::demo::run(&config, tributary::parse_duration(&duration)?, rate).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn print_status(config: &Config, json: bool) -> Result<()> {
+    let status = stack::status(config).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).context("status as JSON")?);
+    } else {
+        for s in &status {
+            println!(
+                "{:<22} {:<7} {:<60} {}",
+                s.component,
+                if s.healthy { "healthy" } else { "DOWN" },
+                s.address,
+                s.detail
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! The HTTP API of the order and catalog services.
+
+mod body;
+mod customers;
+mod metrics;
+mod orders;
+mod products;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{OltpConfig, Topology};
+use crate::error::{Error, Result};
+use crate::migrate::migrate;
+use crate::pool::Pool;
+use crate::routing::Router;
+
+/// Entries kept in the customer-directory cache before it is reset; the
+/// directory in the catalog stays the source of truth.
+const DIRECTORY_CACHE_MAX: usize = 1_000_000;
+
+pub(crate) struct AppState {
+    pub(crate) catalog: Pool,
+    pub(crate) shards: Vec<Pool>,
+    pub(crate) router: Router,
+    directory: RwLock<HashMap<i64, usize>>,
+    pub(crate) metrics: metrics::Metrics,
+}
+
+pub(crate) type Shared = Arc<AppState>;
+
+impl AppState {
+    /// The shard holding `customer`, from the cache or the catalog directory.
+    pub(crate) async fn customer_shard(&self, customer: i64) -> Result<Option<usize>> {
+        if let Some(s) = self
+            .directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&customer)
+        {
+            return Ok(Some(*s));
+        }
+        let row = self
+            .catalog
+            .get()
+            .await?
+            .query_opt(
+                "SELECT shard FROM customer_directory WHERE customer_id = $1",
+                &[&customer],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let shard: i32 = row.get(0);
+        let shard = usize::try_from(shard)
+            .ok()
+            .filter(|s| *s < self.shards.len())
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "customer directory places customer {customer} on shard {shard}, which is not configured"
+                ))
+            })?;
+        self.remember(customer, shard);
+        Ok(Some(shard))
+    }
+
+    pub(crate) fn remember(&self, customer: i64, shard: usize) {
+        let mut cache = self.directory.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= DIRECTORY_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(customer, shard);
+    }
+
+    /// The pool of the shard that allocated `id`, or `None` for an id no
+    /// configured shard can have produced.
+    pub(crate) fn shard_for_id(&self, id: i64) -> Option<(usize, &Pool)> {
+        let shard = crate::routing::shard_of_id(id);
+        self.shards.get(shard).map(|p| (shard, p))
+    }
+}
+
+/// The order and catalog HTTP service, bound and ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    app: axum::Router,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Validates the configuration, migrates every database, builds the
+    /// connection pools and the shard router, and binds the listener.
+    pub async fn bind(config: OltpConfig, topology: Topology) -> Result<Server> {
+        if config.pool_size == 0 {
+            return Err(Error::Config {
+                field: "oltp.pool_size",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let router = Router::new(&config.sharding, topology.shards.len())?;
+        migrate(&topology).await?;
+        let shards = topology
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, dsn)| Pool::new(dsn.clone(), format!("shard{i}"), config.pool_size))
+            .collect();
+        let state = Arc::new(AppState {
+            catalog: Pool::new(topology.catalog.clone(), "catalog".into(), config.pool_size),
+            shards,
+            router,
+            directory: RwLock::new(HashMap::new()),
+            metrics: metrics::Metrics::default(),
+        });
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+        tracing::info!(%addr, shards = state.shards.len(), "order service bound");
+        Ok(Server {
+            listener,
+            app: app(state),
+            addr,
+        })
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let addr = self.addr;
+        axum::serve(self.listener, self.app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(|source| Error::Serve { addr, source })?;
+        tracing::info!(%addr, "order service stopped");
+        Ok(())
+    }
+}
+
+fn app(state: Shared) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::render))
+        .route("/customers", post(customers::create))
+        .route(
+            "/customers/{id}",
+            get(customers::fetch).patch(customers::update),
+        )
+        .route("/products", get(products::list).post(products::create))
+        .route("/products/{id}", get(products::fetch))
+        .route("/products/{id}/price", patch(products::change_price))
+        .route("/orders", post(orders::create))
+        .route("/orders/{id}", get(orders::fetch).delete(orders::delete))
+        .route("/orders/{id}/pay", post(orders::pay))
+        .route("/orders/{id}/ship", post(orders::ship))
+        .route("/orders/{id}/deliver", post(orders::deliver))
+        .route("/orders/{id}/cancel", post(orders::cancel))
+        .route("/orders/{id}/refund", post(orders::refund))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "no such route", "path")
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+        "method",
+    )
+}
+
+/// Checks that every database answers.
+async fn healthz(State(state): State<Shared>) -> Response {
+    let mut report = serde_json::Map::new();
+    let mut healthy = true;
+    for pool in std::iter::once(&state.catalog).chain(state.shards.iter()) {
+        let probe = async {
+            let conn = pool.get().await?;
+            conn.simple_query("SELECT 1").await?;
+            Ok::<_, Error>(())
+        };
+        let status = match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(error)) => {
+                tracing::warn!(database = %pool.label, %error, "health check failed");
+                healthy = false;
+                error.to_string()
+            }
+            Err(_) => {
+                healthy = false;
+                "timed out".to_owned()
+            }
+        };
+        report.insert(pool.label.clone(), Value::String(status));
+    }
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let status = if healthy { "ok" } else { "degraded" };
+    (code, Json(json!({"status": status, "databases": report}))).into_response()
+}
+
+fn error_response(status: StatusCode, message: &str, field: &str) -> Response {
+    (status, Json(json!({"error": message, "field": field}))).into_response()
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, field) = match &self {
+            Error::BadRequest { field, .. } => (StatusCode::BAD_REQUEST, field.clone()),
+            Error::Unprocessable { field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, field.clone()),
+            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "id".to_owned()),
+            Error::Conflict { field, .. } => (StatusCode::CONFLICT, field.clone()),
+            Error::PoolTimeout { .. } | Error::Connect { .. } => {
+                tracing::error!(error = %self, "database unavailable");
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database unavailable, retry later",
+                    "",
+                );
+            }
+            Error::Database(e) => {
+                // Only the SQLSTATE and the message: the detail field of a
+                // server error can quote row values, which never go to logs.
+                let db = e.as_db_error();
+                tracing::error!(
+                    sqlstate = db.map(|d| d.code().code()),
+                    message = db.map(|d| d.message()),
+                    closed = e.is_closed(),
+                    "database statement failed"
+                );
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error", "");
+            }
+            _ => {
+                tracing::error!(error = %self, "request failed");
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error", "");
+            }
+        };
+        error_response(status, &self.to_string(), &field)
+    }
+}
+
+/// Whether a database error is the violation of constraint class `state`.
+pub(crate) fn is_sql_state(
+    error: &tokio_postgres::Error,
+    state: &tokio_postgres::error::SqlState,
+) -> bool {
+    error.code() == Some(state)
+}
+
+/// A JSON response with a status.
+pub(crate) type JsonResponse = Result<(StatusCode, Json<Value>)>;

@@ -1,0 +1,600 @@
+//! Orders: placement with idempotency keys, the status lifecycle, lookups.
+//!
+//! Idempotency keys live in the customer's shard, so they are unique per
+//! shard; clients should make them globally unique (a UUID per logical
+//! request). A key whose order was deleted answers 409 instead of silently
+//! placing a new order.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use tokio_postgres::GenericClient;
+use tokio_postgres::error::SqlState;
+
+use super::body::{Fields, IdPath, JsonBody};
+use super::{JsonResponse, Shared, is_sql_state};
+use crate::error::{Error, Result};
+use crate::money::{MAX_CENTS, cents_to_json};
+
+const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+const MAX_ITEMS: usize = 100;
+const MAX_QUANTITY: i64 = 10_000;
+
+#[derive(Debug, PartialEq)]
+pub(crate) struct NewOrder {
+    customer_id: i64,
+    currency: String,
+    /// `(product_id, quantity)` in request order.
+    items: Vec<(i64, i32)>,
+}
+
+pub(crate) fn parse_new(f: &Fields) -> Result<NewOrder> {
+    f.deny_unknown(&["customer_id", "currency", "items"])?;
+    let customer_id = f.int("customer_id")?;
+    if customer_id <= 0 {
+        return Err(Error::bad("customer_id", "must be a positive integer"));
+    }
+    let currency = f
+        .opt_string("currency", 3)?
+        .unwrap_or_else(|| "USD".to_owned());
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Error::bad("currency", "must be a three-letter ISO code"));
+    }
+    let lines = f.objects("items")?;
+    if lines.is_empty() {
+        return Err(Error::bad("items", "must not be empty"));
+    }
+    if lines.len() > MAX_ITEMS {
+        return Err(Error::bad(
+            "items",
+            format!("at most {MAX_ITEMS} lines per order"),
+        ));
+    }
+    let mut items = Vec::with_capacity(lines.len());
+    for line in &lines {
+        line.deny_unknown(&["product_id", "quantity"])?;
+        let product_id = line.int("product_id")?;
+        if product_id <= 0 {
+            return Err(Error::bad(
+                line.path("product_id"),
+                "must be a positive integer",
+            ));
+        }
+        let quantity = line.int("quantity")?;
+        if !(1..=MAX_QUANTITY).contains(&quantity) {
+            return Err(Error::bad(
+                line.path("quantity"),
+                format!("must be between 1 and {MAX_QUANTITY}"),
+            ));
+        }
+        items.push((product_id, quantity as i32));
+    }
+    Ok(NewOrder {
+        customer_id,
+        currency,
+        items,
+    })
+}
+
+/// A stable fingerprint of the order request (FNV-1a, 64 bits), stored with
+/// the idempotency key to tell a retry from a different request.
+fn request_hash(o: &NewOrder) -> String {
+    let mut canonical = format!("v1|{}|{}", o.customer_id, o.currency);
+    for (p, q) in &o.items {
+        canonical.push_str(&format!("|{p}x{q}"));
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canonical.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("fnv1a64:{h:016x}")
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| Error::bad(IDEMPOTENCY_HEADER, "must be visible ASCII"))?
+        .trim();
+    if key.is_empty() || key.len() > 255 {
+        return Err(Error::bad(
+            IDEMPOTENCY_HEADER,
+            "must be 1 to 255 characters",
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// The order with its lines, or `None`.
+async fn load(client: &impl GenericClient, id: i64, shard: usize) -> Result<Option<Value>> {
+    let Some(o) = client
+        .query_opt(
+            "SELECT id, customer_id, status, currency, (total * 100)::bigint AS total_cents,
+                    created_at, updated_at
+             FROM orders WHERE id = $1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let items = client
+        .query(
+            "SELECT id, product_id, quantity, (unit_price * 100)::bigint AS unit_cents,
+                    (line_total * 100)::bigint AS line_cents
+             FROM order_items WHERE order_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await?;
+    let items: Vec<Value> = items
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, i64>("id"),
+                "product_id": r.get::<_, i64>("product_id"),
+                "quantity": r.get::<_, i32>("quantity"),
+                "unit_price": cents_to_json(r.get("unit_cents")),
+                "line_total": cents_to_json(r.get("line_cents")),
+            })
+        })
+        .collect();
+    Ok(Some(json!({
+        "id": o.get::<_, i64>("id"),
+        "shard": shard,
+        "customer_id": o.get::<_, i64>("customer_id"),
+        "status": o.get::<_, String>("status"),
+        "currency": o.get::<_, String>("currency"),
+        "total": cents_to_json(o.get("total_cents")),
+        "created_at": o.get::<_, chrono::DateTime<chrono::Utc>>("created_at"),
+        "updated_at": o.get::<_, chrono::DateTime<chrono::Utc>>("updated_at"),
+        "items": items,
+    })))
+}
+
+/// Answers a request whose idempotency key was already used.
+async fn replay(
+    client: &impl GenericClient,
+    shard: usize,
+    stored_hash: &str,
+    order_id: i64,
+    hash: &str,
+) -> JsonResponse {
+    if stored_hash != hash {
+        return Err(Error::unprocessable(
+            IDEMPOTENCY_HEADER,
+            "this key was used for a different request",
+        ));
+    }
+    match load(client, order_id, shard).await? {
+        Some(order) => Ok((StatusCode::OK, Json(order))),
+        None => Err(Error::conflict(
+            IDEMPOTENCY_HEADER,
+            "the order created with this key has been deleted",
+        )),
+    }
+}
+
+const FIND_KEY: &str = "SELECT request_hash, order_id FROM idempotency_keys WHERE key = $1";
+
+/// `POST /orders`.
+pub(crate) async fn create(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> JsonResponse {
+    let key = idempotency_key(&headers)?;
+    let order = parse_new(&body)?;
+    let hash = request_hash(&order);
+    let shard = state
+        .customer_shard(order.customer_id)
+        .await?
+        .ok_or_else(|| Error::unprocessable("customer_id", "unknown customer"))?;
+    let pool = &state.shards[shard];
+
+    // Fast path for a retry of a finished request: no catalog read needed.
+    if let Some(key) = &key {
+        let conn = pool.get().await?;
+        if let Some(row) = conn.query_opt(FIND_KEY, &[key]).await? {
+            return replay(&*conn, shard, row.get(0), row.get(1), &hash).await;
+        }
+    }
+
+    let ids: Vec<i64> = order.items.iter().map(|(p, _)| *p).collect();
+    let prices: HashMap<i64, (i64, bool)> = state
+        .catalog
+        .get()
+        .await?
+        .query(
+            "SELECT id, (price * 100)::bigint, active FROM products WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let mut lines = Vec::with_capacity(order.items.len());
+    let mut total: i64 = 0;
+    for (i, (product, quantity)) in order.items.iter().enumerate() {
+        let field = format!("items[{i}].product_id");
+        let (unit, active) = *prices
+            .get(product)
+            .ok_or_else(|| Error::unprocessable(&field, "unknown product"))?;
+        if !active {
+            return Err(Error::unprocessable(&field, "product is not for sale"));
+        }
+        let line = unit * i64::from(*quantity);
+        total += line;
+        if line > MAX_CENTS || total > MAX_CENTS {
+            return Err(Error::unprocessable("items", "order total is too large"));
+        }
+        lines.push((*product, *quantity, unit, line));
+    }
+
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let order_id: i64 = match &key {
+        Some(key) => {
+            // A concurrent request with the same key blocks here until the
+            // first commits (then this inserts nothing) or rolls back.
+            let claimed = tx
+                .query_opt(
+                    "INSERT INTO idempotency_keys (key, customer_id, request_hash, order_id)
+                     VALUES ($1, $2, $3, nextval('orders_id_seq'))
+                     ON CONFLICT (key) DO NOTHING RETURNING order_id",
+                    &[key, &order.customer_id, &hash],
+                )
+                .await?;
+            match claimed {
+                Some(row) => row.get(0),
+                None => {
+                    tx.rollback().await?;
+                    let row = conn
+                        .query_opt(FIND_KEY, &[key])
+                        .await?
+                        .ok_or_else(|| Error::Internal("idempotency key vanished".into()))?;
+                    return replay(&*conn, shard, row.get(0), row.get(1), &hash).await;
+                }
+            }
+        }
+        None => tx
+            .query_one("SELECT nextval('orders_id_seq')", &[])
+            .await?
+            .get(0),
+    };
+    tx.execute(
+        "INSERT INTO orders (id, customer_id, status, currency, total)
+         VALUES ($1, $2, 'pending', $3, $4::bigint::numeric / 100)",
+        &[&order_id, &order.customer_id, &order.currency, &total],
+    )
+    .await
+    .map_err(|e| {
+        if is_sql_state(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
+            Error::unprocessable("customer_id", "unknown customer")
+        } else {
+            e.into()
+        }
+    })?;
+    let insert_line = tx
+        .prepare(
+            "INSERT INTO order_items (order_id, product_id, quantity, unit_price, line_total)
+             VALUES ($1, $2, $3, $4::bigint::numeric / 100, $5::bigint::numeric / 100)",
+        )
+        .await?;
+    for (product, quantity, unit, line) in &lines {
+        tx.execute(&insert_line, &[&order_id, product, quantity, unit, line])
+            .await?;
+    }
+    let created = load(&tx, order_id, shard)
+        .await?
+        .ok_or_else(|| Error::Internal("order vanished inside its transaction".into()))?;
+    tx.commit().await?;
+    tracing::info!(order_id, shard, lines = lines.len(), "order placed");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `GET /orders/{id}`.
+pub(crate) async fn fetch(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
+    let not_found = Error::NotFound {
+        entity: "order",
+        id,
+    };
+    let Some((shard, pool)) = state.shard_for_id(id) else {
+        return Err(not_found);
+    };
+    let order = load(&*pool.get().await?, id, shard)
+        .await?
+        .ok_or(not_found)?;
+    Ok((StatusCode::OK, Json(order)))
+}
+
+/// A status change of an order and the rows it writes alongside.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Action<'a> {
+    Pay { method: &'a str },
+    Ship { carrier: &'a str },
+    Deliver,
+    Cancel,
+    Refund,
+    Delete,
+}
+
+impl Action<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Action::Pay { .. } => "pay",
+            Action::Ship { .. } => "ship",
+            Action::Deliver => "deliver",
+            Action::Cancel => "cancel",
+            Action::Refund => "refund",
+            Action::Delete => "delete",
+        }
+    }
+
+    /// The statuses the action may start from.
+    fn from(&self) -> &'static [&'static str] {
+        match self {
+            Action::Pay { .. } | Action::Cancel | Action::Delete => &["pending"],
+            Action::Ship { .. } => &["paid"],
+            Action::Deliver => &["shipped"],
+            Action::Refund => &["paid", "shipped", "delivered"],
+        }
+    }
+
+    /// The status after the action; `None` when the order is removed.
+    fn to(&self) -> Option<&'static str> {
+        match self {
+            Action::Pay { .. } => Some("paid"),
+            Action::Ship { .. } => Some("shipped"),
+            Action::Deliver => Some("delivered"),
+            Action::Cancel => Some("cancelled"),
+            Action::Refund => Some("refunded"),
+            Action::Delete => None,
+        }
+    }
+}
+
+/// Applies `action` under a row lock, so that concurrent transitions of the
+/// same order serialise and each checks the status the other left.
+async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Option<Value>> {
+    let not_found = Error::NotFound {
+        entity: "order",
+        id,
+    };
+    let Some((shard, pool)) = state.shard_for_id(id) else {
+        return Err(not_found);
+    };
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT status, (total * 100)::bigint FROM orders WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or(not_found)?;
+    let status: String = row.get(0);
+    let total: i64 = row.get(1);
+    if !action.from().contains(&status.as_str()) {
+        return Err(Error::conflict(
+            "status",
+            format!("cannot {} an order that is {status}", action.name()),
+        ));
+    }
+    match action {
+        Action::Pay { method } => {
+            tx.execute(
+                "INSERT INTO payments (order_id, amount, method, status)
+                 VALUES ($1, $2::bigint::numeric / 100, $3, 'captured')",
+                &[&id, &total, &method],
+            )
+            .await?;
+        }
+        Action::Ship { carrier } => {
+            tx.execute(
+                "INSERT INTO shipments (order_id, carrier, status) VALUES ($1, $2, 'shipped')",
+                &[&id, &carrier],
+            )
+            .await?;
+        }
+        Action::Deliver => {
+            tx.execute(
+                "UPDATE shipments SET status = 'delivered', delivered_at = now(), updated_at = now()
+                 WHERE order_id = $1 AND status = 'shipped'",
+                &[&id],
+            )
+            .await?;
+        }
+        Action::Refund => {
+            tx.execute(
+                "UPDATE payments SET status = 'refunded', updated_at = now()
+                 WHERE order_id = $1 AND status = 'captured'",
+                &[&id],
+            )
+            .await?;
+        }
+        Action::Cancel | Action::Delete => {}
+    }
+    let result = match action.to() {
+        Some(to) => {
+            tx.execute(
+                "UPDATE orders SET status = $2, updated_at = now() WHERE id = $1",
+                &[&id, &to],
+            )
+            .await?;
+            load(&tx, id, shard).await?
+        }
+        None => {
+            // Items go with the order (ON DELETE CASCADE).
+            tx.execute("DELETE FROM orders WHERE id = $1", &[&id])
+                .await?;
+            None
+        }
+    };
+    tx.commit().await?;
+    tracing::info!(
+        order_id = id,
+        shard,
+        action = action.name(),
+        "order transition"
+    );
+    Ok(result)
+}
+
+async fn respond(state: &Shared, id: i64, action: Action<'_>) -> JsonResponse {
+    let order = transition(state, id, action)
+        .await?
+        .ok_or_else(|| Error::Internal("transition lost its order".into()))?;
+    Ok((StatusCode::OK, Json(order)))
+}
+
+/// `POST /orders/{id}/pay` with `{method}`.
+pub(crate) async fn pay(
+    State(state): State<Shared>,
+    IdPath(id): IdPath,
+    JsonBody(body): JsonBody,
+) -> JsonResponse {
+    body.deny_unknown(&["method"])?;
+    let method = body.string("method", 32)?;
+    respond(&state, id, Action::Pay { method: &method }).await
+}
+
+/// `POST /orders/{id}/ship` with `{carrier}`.
+pub(crate) async fn ship(
+    State(state): State<Shared>,
+    IdPath(id): IdPath,
+    JsonBody(body): JsonBody,
+) -> JsonResponse {
+    body.deny_unknown(&["carrier"])?;
+    let carrier = body.string("carrier", 64)?;
+    respond(&state, id, Action::Ship { carrier: &carrier }).await
+}
+
+/// `POST /orders/{id}/deliver`.
+pub(crate) async fn deliver(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
+    respond(&state, id, Action::Deliver).await
+}
+
+/// `POST /orders/{id}/cancel`.
+pub(crate) async fn cancel(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
+    respond(&state, id, Action::Cancel).await
+}
+
+/// `POST /orders/{id}/refund`.
+pub(crate) async fn refund(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
+    respond(&state, id, Action::Refund).await
+}
+
+/// `DELETE /orders/{id}`: only pending orders may be deleted.
+pub(crate) async fn delete(State(state): State<Shared>, IdPath(id): IdPath) -> Result<StatusCode> {
+    transition(&state, id, Action::Delete).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::body::parse_object;
+
+    fn parse(body: &str) -> Result<NewOrder> {
+        parse_new(&parse_object(body.as_bytes())?)
+    }
+
+    fn field_of(body: &str) -> String {
+        match parse(body) {
+            Err(Error::BadRequest { field, .. }) => field,
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_order_parses_with_default_currency() {
+        let o =
+            parse(r#"{"customer_id": 3, "items": [{"product_id": 1, "quantity": 2}]}"#).unwrap();
+        assert_eq!(o.currency, "USD");
+        assert_eq!(o.items, vec![(1, 2)]);
+    }
+
+    #[test]
+    fn invalid_orders_name_the_field() {
+        assert_eq!(
+            field_of(r#"{"items": [{"product_id": 1, "quantity": 2}]}"#),
+            "customer_id"
+        );
+        assert_eq!(
+            field_of(r#"{"customer_id": "x", "items": []}"#),
+            "customer_id"
+        );
+        assert_eq!(field_of(r#"{"customer_id": 3, "items": []}"#), "items");
+        assert_eq!(field_of(r#"{"customer_id": 3}"#), "items");
+        assert_eq!(field_of(r#"{"customer_id": 3, "items": {}}"#), "items");
+        assert_eq!(
+            field_of(r#"{"customer_id": 3, "items": [{"product_id": 1, "quantity": 0}]}"#),
+            "items[0].quantity"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"customer_id": 3, "items": [{"product_id": 1, "quantity": 1}, {"product_id": 1, "quantity": -4}]}"#
+            ),
+            "items[1].quantity"
+        );
+        assert_eq!(
+            field_of(r#"{"customer_id": 3, "items": [{"quantity": 1}]}"#),
+            "items[0].product_id"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"customer_id": 3, "currency": "usd", "items": [{"product_id": 1, "quantity": 1}]}"#
+            ),
+            "currency"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"customer_id": 3, "items": [{"product_id": 1, "quantity": 1, "price": 1}]}"#
+            ),
+            "items[0].price"
+        );
+    }
+
+    #[test]
+    fn request_hash_tells_bodies_apart() {
+        let a =
+            parse(r#"{"customer_id": 3, "items": [{"product_id": 1, "quantity": 2}]}"#).unwrap();
+        let b = parse(
+            r#"{"items": [{"quantity": 2, "product_id": 1}], "customer_id": 3, "currency": "USD"}"#,
+        )
+        .unwrap();
+        let c =
+            parse(r#"{"customer_id": 3, "items": [{"product_id": 1, "quantity": 3}]}"#).unwrap();
+        assert_eq!(request_hash(&a), request_hash(&b));
+        assert_ne!(request_hash(&a), request_hash(&c));
+        assert!(request_hash(&a).starts_with("fnv1a64:"));
+    }
+
+    #[test]
+    fn lifecycle_allows_only_valid_transitions() {
+        assert_eq!(Action::Pay { method: "card" }.from(), &["pending"]);
+        assert_eq!(Action::Ship { carrier: "x" }.to(), Some("shipped"));
+        assert!(Action::Refund.from().contains(&"delivered"));
+        assert!(!Action::Refund.from().contains(&"pending"));
+        assert_eq!(Action::Delete.to(), None);
+        assert_eq!(Action::Deliver.from(), &["shipped"]);
+    }
+
+    #[test]
+    fn idempotency_header_is_validated() {
+        let mut h = HeaderMap::new();
+        assert_eq!(idempotency_key(&h).unwrap(), None);
+        h.insert(IDEMPOTENCY_HEADER, "k-1".parse().unwrap());
+        assert_eq!(idempotency_key(&h).unwrap().as_deref(), Some("k-1"));
+        h.insert(IDEMPOTENCY_HEADER, "x".repeat(300).parse().unwrap());
+        assert!(
+            matches!(idempotency_key(&h), Err(Error::BadRequest { field, .. }) if field == IDEMPOTENCY_HEADER)
+        );
+    }
+}

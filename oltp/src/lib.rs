@@ -1,0 +1,43 @@
+//! Order and catalog services of tributary: the OLTP side of the platform.
+//!
+//! This crate owns the sharded order service (HTTP, axum), the catalog
+//! service, the shard map and its placement strategies ([`Router`]), the
+//! versioned schema migrations of every database ([`migrate`]) and the load
+//! generator ([`run_load`]) that drives realistic traffic through the API.
+//!
+//! Seams other crates rely on:
+//! - the table names and column types created by [`migrate`] are the contract
+//!   of the CDC reader, the lake and the marts;
+//! - ids of orders, order items, payments and shipments are unique across
+//!   shards and carry their shard: [`shard_of_id`] recovers it.
+//!
+//! ```no_run
+//! # async fn demo() -> tributary_oltp::Result<()> {
+//! use tributary_oltp::{OltpConfig, Server, Topology};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let topology = Topology {
+//!     shards: vec!["host=127.0.0.1 port=5433 user=tributary dbname=orders".into()],
+//!     catalog: "host=127.0.0.1 port=5432 user=tributary dbname=catalog".into(),
+//! };
+//! let config: OltpConfig = serde_json::from_str("{}").expect("defaults are valid");
+//! let server = Server::bind(config, topology).await?;
+//! server.run(CancellationToken::new()).await
+//! # }
+//! ```
+
+mod api;
+mod config;
+mod error;
+mod load;
+mod migrate;
+mod money;
+mod pool;
+mod routing;
+
+pub use api::Server;
+pub use config::{GeoPoint, OltpConfig, ShardingConfig, StrategyKind, Topology};
+pub use error::{Error, Result};
+pub use load::{LoadConfig, LoadReport, run_load};
+pub use migrate::migrate;
+pub use routing::{MAX_SHARDS, Placement, Router, shard_of_id};

@@ -1,0 +1,926 @@
+//! The load generator: realistic, rate-limited traffic through the HTTP API.
+//!
+//! One dispatcher task draws every decision from a seeded RNG (which
+//! operation, which target, which body), so the sequence of operations is a
+//! function of the seed and of the server's answers. Targets come from an
+//! in-memory book of entities by state, and a target is taken out of the book
+//! while a request on it is in flight, so the generator never races itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// What to drive and how hard.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// Root of the order service, e.g. `http://127.0.0.1:8088`.
+    pub base_url: String,
+    /// Requests per second.
+    pub rate: f64,
+    /// How long to run; at most `rate * duration` requests are sent.
+    pub duration: Duration,
+    /// Most requests in flight at once.
+    pub concurrency: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+/// What a load run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests sent, by operation.
+    pub by_operation: BTreeMap<String, u64>,
+    /// Failed requests (transport errors, 4xx, 5xx), by operation.
+    pub errors_by_operation: BTreeMap<String, u64>,
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (op, n) in &self.by_operation {
+            let errors = self.errors_by_operation.get(op).copied().unwrap_or(0);
+            writeln!(f, "{op:<16} requests={n:<8} errors={errors}")?;
+        }
+        Ok(())
+    }
+}
+
+impl LoadReport {
+    fn record(&mut self, op: &str, ok: bool) {
+        self.requests += 1;
+        *self.by_operation.entry(op.to_owned()).or_default() += 1;
+        if !ok {
+            self.errors += 1;
+            *self.errors_by_operation.entry(op.to_owned()).or_default() += 1;
+        }
+    }
+}
+
+/// How long one request may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests may finish after a shutdown request.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A catalog smaller than this gets topped up to `CATALOG_TARGET` products.
+const CATALOG_MIN: usize = 20;
+const CATALOG_TARGET: usize = 50;
+/// Customers signed up before the mixed workload starts.
+const BOOTSTRAP_CUSTOMERS: usize = 20;
+/// Share of orders sent with an idempotency key and retried once.
+const KEYED_ORDER_SHARE: f64 = 0.25;
+
+const CATEGORIES: [&str; 8] = [
+    "books",
+    "electronics",
+    "garden",
+    "grocery",
+    "toys",
+    "apparel",
+    "sports",
+    "beauty",
+];
+const ADJECTIVES: [&str; 8] = [
+    "classic", "compact", "deluxe", "eco", "pro", "smart", "vintage", "wireless",
+];
+const FIRST_NAMES: [&str; 10] = [
+    "Ada", "Bo", "Chen", "Dara", "Emil", "Fatima", "Goran", "Hana", "Ines", "Jun",
+];
+const LAST_NAMES: [&str; 8] = [
+    "Ito", "Klein", "Lopez", "Moreau", "Novak", "Okafor", "Patel", "Rossi",
+];
+const STREETS: [&str; 6] = [
+    "Main St",
+    "High St",
+    "Park Ave",
+    "Station Rd",
+    "Lake View",
+    "Market Sq",
+];
+/// `(region, country, city, lat, lon)`.
+const CITIES: [(&str, &str, &str, f64, f64); 12] = [
+    ("eu", "DE", "Berlin", 52.52, 13.405),
+    ("eu", "FR", "Paris", 48.857, 2.352),
+    ("eu", "ES", "Madrid", 40.417, -3.704),
+    ("eu", "IT", "Milan", 45.464, 9.19),
+    ("us", "US", "New York", 40.713, -74.006),
+    ("us", "US", "Chicago", 41.878, -87.63),
+    ("us", "US", "San Francisco", 37.775, -122.419),
+    ("us", "US", "Austin", 30.267, -97.743),
+    ("apac", "JP", "Tokyo", 35.68, 139.69),
+    ("apac", "SG", "Singapore", 1.352, 103.82),
+    ("apac", "AU", "Sydney", -33.869, 151.209),
+    ("apac", "IN", "Mumbai", 19.076, 72.878),
+];
+const PAYMENT_METHODS: [&str; 4] = ["card", "paypal", "bank_transfer", "gift_card"];
+const CARRIERS: [&str; 4] = ["ups", "dhl", "fedex", "usps"];
+
+/// Entities the generator knows, by state.
+#[derive(Default)]
+struct Book {
+    /// `(id, price in cents)`, in id order so that low ids are the popular ones.
+    products: Vec<(i64, i64)>,
+    customers: Vec<i64>,
+    pending: Vec<i64>,
+    paid: Vec<i64>,
+    shipped: Vec<i64>,
+    delivered: Vec<i64>,
+}
+
+/// One planned action; `Order` with a key sends two requests.
+#[derive(Debug)]
+enum Plan {
+    CreateProduct(Value),
+    Signup(Value),
+    UpdateCustomer { id: i64, body: Value },
+    ChangePrice { id: i64, cents: i64 },
+    Order { body: Value, key: Option<String> },
+    Pay { id: i64, method: &'static str },
+    Ship { id: i64, carrier: &'static str },
+    Deliver(i64),
+    Cancel(i64),
+    Refund(i64),
+    Delete(i64),
+    GetOrder(i64),
+}
+
+impl Plan {
+    fn cost(&self) -> u64 {
+        match self {
+            Plan::Order { key: Some(_), .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Signup,
+    UpdateCustomer,
+    ChangePrice,
+    Order,
+    Pay,
+    Ship,
+    Deliver,
+    Cancel,
+    Refund,
+    Delete,
+    GetOrder,
+}
+
+/// Relative frequency of each operation once the catalog and customers exist.
+const MIX: [(Kind, u32); 11] = [
+    (Kind::Signup, 8),
+    (Kind::UpdateCustomer, 4),
+    (Kind::ChangePrice, 3),
+    (Kind::Order, 35),
+    (Kind::Pay, 16),
+    (Kind::Ship, 11),
+    (Kind::Deliver, 8),
+    (Kind::Cancel, 4),
+    (Kind::Refund, 3),
+    (Kind::Delete, 2),
+    (Kind::GetOrder, 6),
+];
+
+struct Planner {
+    rng: StdRng,
+    /// Makes emails, SKUs and keys unique across runs against the same databases.
+    nonce: u64,
+    seq: u64,
+    products_to_create: usize,
+    customers_to_create: usize,
+}
+
+fn take(rng: &mut StdRng, v: &mut Vec<i64>) -> Option<i64> {
+    if v.is_empty() {
+        None
+    } else {
+        Some(v.swap_remove(rng.random_range(0..v.len())))
+    }
+}
+
+impl Planner {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn plan(&mut self, book: &mut Book) -> Plan {
+        if self.products_to_create > 0 {
+            self.products_to_create -= 1;
+            return self.product();
+        }
+        if self.customers_to_create > 0 {
+            self.customers_to_create -= 1;
+            return self.signup();
+        }
+        let total: u32 = MIX.iter().map(|(_, w)| w).sum();
+        let mut pick = self.rng.random_range(0..total);
+        let mut kind = Kind::Order;
+        for (k, w) in MIX {
+            if pick < w {
+                kind = k;
+                break;
+            }
+            pick -= w;
+        }
+        self.plan_kind(kind, book)
+            .or_else(|| self.plan_kind(Kind::Order, book))
+            .unwrap_or_else(|| {
+                if book.products.is_empty() {
+                    self.product()
+                } else {
+                    self.signup()
+                }
+            })
+    }
+
+    fn plan_kind(&mut self, kind: Kind, book: &mut Book) -> Option<Plan> {
+        let rng = &mut self.rng;
+        Some(match kind {
+            Kind::Signup => self.signup(),
+            Kind::UpdateCustomer => {
+                let id = *book
+                    .customers
+                    .get(rng.random_range(0..book.customers.len().max(1)))?;
+                let street = STREETS[rng.random_range(0..STREETS.len())];
+                let mut body = json!({"address": format!("{} {street}", rng.random_range(1..400))});
+                if rng.random_bool(0.2) {
+                    body["name"] = json!(self.name());
+                }
+                Plan::UpdateCustomer { id, body }
+            }
+            Kind::ChangePrice => {
+                let (id, cents) = *book
+                    .products
+                    .get(rng.random_range(0..book.products.len().max(1)))?;
+                let factor = rng.random_range(0.8..1.25);
+                let cents = ((cents as f64 * factor).round() as i64).max(1);
+                Plan::ChangePrice { id, cents }
+            }
+            Kind::Order => {
+                if book.products.is_empty() {
+                    return None;
+                }
+                let customer = *book
+                    .customers
+                    .get(rng.random_range(0..book.customers.len().max(1)))?;
+                let lines = rng.random_range(1..=5);
+                let items: Vec<Value> = (0..lines)
+                    .map(|_| {
+                        let product = book.products[zipf(rng, book.products.len())].0;
+                        let quantity = match rng.random_range(0..100) {
+                            0..60 => 1,
+                            60..85 => 2,
+                            85..95 => 3,
+                            _ => rng.random_range(4..=5),
+                        };
+                        json!({"product_id": product, "quantity": quantity})
+                    })
+                    .collect();
+                let keyed = rng.random_bool(KEYED_ORDER_SHARE);
+                let key = if keyed {
+                    let seq = self.next_seq();
+                    Some(format!("load-{}-{seq}", self.nonce))
+                } else {
+                    None
+                };
+                Plan::Order {
+                    body: json!({"customer_id": customer, "currency": "USD", "items": items}),
+                    key,
+                }
+            }
+            Kind::Pay => Plan::Pay {
+                id: take(rng, &mut book.pending)?,
+                method: PAYMENT_METHODS[rng.random_range(0..PAYMENT_METHODS.len())],
+            },
+            Kind::Ship => Plan::Ship {
+                id: take(rng, &mut book.paid)?,
+                carrier: CARRIERS[rng.random_range(0..CARRIERS.len())],
+            },
+            Kind::Deliver => Plan::Deliver(take(rng, &mut book.shipped)?),
+            Kind::Cancel => Plan::Cancel(take(rng, &mut book.pending)?),
+            Kind::Delete => Plan::Delete(take(rng, &mut book.pending)?),
+            Kind::Refund => {
+                let start = rng.random_range(0..3);
+                let id = (0..3).find_map(|i| {
+                    let list = match (start + i) % 3 {
+                        0 => &mut book.paid,
+                        1 => &mut book.shipped,
+                        _ => &mut book.delivered,
+                    };
+                    take(rng, list)
+                })?;
+                Plan::Refund(id)
+            }
+            Kind::GetOrder => {
+                let pool = if book.delivered.is_empty() {
+                    &book.pending
+                } else {
+                    &book.delivered
+                };
+                Plan::GetOrder(*pool.get(rng.random_range(0..pool.len().max(1)))?)
+            }
+        })
+    }
+
+    fn name(&mut self) -> String {
+        format!(
+            "{} {}",
+            FIRST_NAMES[self.rng.random_range(0..FIRST_NAMES.len())],
+            LAST_NAMES[self.rng.random_range(0..LAST_NAMES.len())]
+        )
+    }
+
+    fn product(&mut self) -> Plan {
+        let seq = self.next_seq();
+        let category = CATEGORIES[self.rng.random_range(0..CATEGORIES.len())];
+        let adjective = ADJECTIVES[self.rng.random_range(0..ADJECTIVES.len())];
+        // Log-uniform prices between about 2 and 500.
+        let price = (self.rng.random_range(0.7f64..6.2).exp() * 100.0).round() / 100.0;
+        Plan::CreateProduct(json!({
+            "sku": format!("SKU-{}-{seq}", self.nonce),
+            "name": format!("{adjective} {category} item {seq}"),
+            "category": category,
+            "price": price,
+        }))
+    }
+
+    fn signup(&mut self) -> Plan {
+        let seq = self.next_seq();
+        let (region, country, city, lat, lon) = CITIES[self.rng.random_range(0..CITIES.len())];
+        let name = self.name();
+        let street = STREETS[self.rng.random_range(0..STREETS.len())];
+        Plan::Signup(json!({
+            "email": format!("load{}.{seq}@example.com", self.nonce),
+            "name": name,
+            "region": region,
+            "country": country,
+            "city": city,
+            "address": format!("{} {street}", self.rng.random_range(1..400)),
+            "lat": lat + self.rng.random_range(-0.2..0.2),
+            "lon": lon + self.rng.random_range(-0.2..0.2),
+        }))
+    }
+}
+
+/// A Zipf-like rank in `0..n`: rank `k` has weight `1 / (k + 1)^1.1`.
+fn zipf(rng: &mut StdRng, n: usize) -> usize {
+    let weight = |k: usize| 1.0 / ((k + 1) as f64).powf(1.1);
+    let total: f64 = (0..n).map(weight).sum();
+    let mut x = rng.random_range(0.0..total);
+    for k in 0..n {
+        x -= weight(k);
+        if x < 0.0 {
+            return k;
+        }
+    }
+    n - 1
+}
+
+fn validate(config: &LoadConfig) -> Result<()> {
+    if !(config.rate.is_finite() && config.rate > 0.0) {
+        return Err(Error::Config {
+            field: "load.rate",
+            reason: "must be a positive number of requests per second".into(),
+        });
+    }
+    if config.concurrency == 0 {
+        return Err(Error::Config {
+            field: "load.concurrency",
+            reason: "must be at least 1".into(),
+        });
+    }
+    if !config.base_url.starts_with("http://") {
+        return Err(Error::Config {
+            field: "load.base_url",
+            reason: "must be an http:// URL".into(),
+        });
+    }
+    Ok(())
+}
+
+struct Shared {
+    client: reqwest::Client,
+    base: String,
+    book: Mutex<Book>,
+    report: Mutex<LoadReport>,
+}
+
+impl Shared {
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one request and records it; `None` on transport failure.
+    async fn send(
+        &self,
+        op: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> Option<(StatusCode, Value)> {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        let result = async {
+            let resp = req.send().await?;
+            let status = resp.status();
+            let bytes = resp.bytes().await?;
+            Ok::<_, reqwest::Error>((
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            ))
+        }
+        .await;
+        let ok = matches!(&result, Ok((s, _)) if s.is_success());
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(op, ok);
+        match result {
+            Ok(r) => Some(r),
+            Err(error) => {
+                tracing::debug!(op, %error, "load request failed");
+                None
+            }
+        }
+    }
+
+    async fn execute(&self, plan: Plan) {
+        let id_of = |v: &Value| v.get("id").and_then(Value::as_i64);
+        match plan {
+            Plan::CreateProduct(body) => {
+                if let Some((StatusCode::CREATED, v)) = self
+                    .send(
+                        "create_product",
+                        Method::POST,
+                        "/products",
+                        Some(&body),
+                        None,
+                    )
+                    .await
+                    && let (Some(id), Some(price)) = (id_of(&v), v["price"].as_f64())
+                {
+                    let mut book = self.book();
+                    book.products.push((id, (price * 100.0).round() as i64));
+                    book.products.sort_unstable();
+                }
+            }
+            Plan::Signup(body) => {
+                if let Some((StatusCode::CREATED, v)) = self
+                    .send("signup", Method::POST, "/customers", Some(&body), None)
+                    .await
+                    && let Some(id) = id_of(&v)
+                {
+                    self.book().customers.push(id);
+                }
+            }
+            Plan::UpdateCustomer { id, body } => {
+                self.send(
+                    "update_customer",
+                    Method::PATCH,
+                    &format!("/customers/{id}"),
+                    Some(&body),
+                    None,
+                )
+                .await;
+            }
+            Plan::ChangePrice { id, cents } => {
+                let body = json!({"price": cents as f64 / 100.0});
+                if let Some((StatusCode::OK, _)) = self
+                    .send(
+                        "change_price",
+                        Method::PATCH,
+                        &format!("/products/{id}/price"),
+                        Some(&body),
+                        None,
+                    )
+                    .await
+                    && let Some(p) = self.book().products.iter_mut().find(|p| p.0 == id)
+                {
+                    p.1 = cents;
+                }
+            }
+            Plan::Order { body, key } => {
+                let first = self
+                    .send(
+                        "create_order",
+                        Method::POST,
+                        "/orders",
+                        Some(&body),
+                        key.as_deref(),
+                    )
+                    .await;
+                let Some((status, v)) = first else { return };
+                let Some(id) = id_of(&v).filter(|_| status.is_success()) else {
+                    return;
+                };
+                if let Some(key) = &key {
+                    // The client "lost" the answer and retries: the same order must come back.
+                    let retry = self
+                        .send(
+                            "retry_order",
+                            Method::POST,
+                            "/orders",
+                            Some(&body),
+                            Some(key),
+                        )
+                        .await;
+                    if let Some((s, v)) = retry
+                        && s.is_success()
+                        && id_of(&v) != Some(id)
+                    {
+                        tracing::error!(order_id = id, "idempotent retry returned another order");
+                        let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+                        report.errors += 1;
+                        *report
+                            .errors_by_operation
+                            .entry("retry_order".into())
+                            .or_default() += 1;
+                    }
+                }
+                self.book().pending.push(id);
+            }
+            Plan::Pay { id, method } => {
+                let body = json!({"method": method});
+                if self.transition("pay", id, "pay", Some(&body)).await {
+                    self.book().paid.push(id);
+                }
+            }
+            Plan::Ship { id, carrier } => {
+                let body = json!({"carrier": carrier});
+                if self.transition("ship", id, "ship", Some(&body)).await {
+                    self.book().shipped.push(id);
+                }
+            }
+            Plan::Deliver(id) => {
+                if self.transition("deliver", id, "deliver", None).await {
+                    self.book().delivered.push(id);
+                }
+            }
+            Plan::Cancel(id) => {
+                self.transition("cancel", id, "cancel", None).await;
+            }
+            Plan::Refund(id) => {
+                self.transition("refund", id, "refund", None).await;
+            }
+            Plan::Delete(id) => {
+                self.send(
+                    "delete_order",
+                    Method::DELETE,
+                    &format!("/orders/{id}"),
+                    None,
+                    None,
+                )
+                .await;
+            }
+            Plan::GetOrder(id) => {
+                self.send(
+                    "get_order",
+                    Method::GET,
+                    &format!("/orders/{id}"),
+                    None,
+                    None,
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn transition(&self, op: &str, id: i64, verb: &str, body: Option<&Value>) -> bool {
+        let body = body.cloned().unwrap_or_else(|| json!({}));
+        matches!(
+            self.send(op, Method::POST, &format!("/orders/{id}/{verb}"), Some(&body), None)
+                .await,
+            Some((s, _)) if s.is_success()
+        )
+    }
+}
+
+/// Drives the order service at `config.rate` requests per second until
+/// `config.duration` has passed, `shutdown` is cancelled, or
+/// `rate * duration` requests have been sent.
+///
+/// Fails on invalid configuration or when the service cannot be reached at
+/// all; failed individual requests are counted in the report instead.
+pub async fn run_load(config: LoadConfig, shutdown: CancellationToken) -> Result<LoadReport> {
+    validate(&config)?;
+    let mut budget = (config.rate * config.duration.as_secs_f64()).floor() as u64;
+    let shared = Arc::new(Shared {
+        client: reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()?,
+        base: config.base_url.trim_end_matches('/').to_owned(),
+        book: Mutex::new(Book::default()),
+        report: Mutex::new(LoadReport::default()),
+    });
+    if budget == 0 {
+        return Ok(LoadReport::default());
+    }
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let period = Duration::from_secs_f64(1.0 / config.rate);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker.tick().await;
+
+    // The first request learns the catalog; unreachable service is fatal.
+    budget -= 1;
+    let listed = {
+        let resp = shared
+            .client
+            .get(format!("{}/products", shared.base))
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                shared
+                    .report
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record("list_products", false);
+                return Err(Error::Http(e));
+            }
+        };
+        let ok = resp.status().is_success();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        shared
+            .report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record("list_products", ok);
+        let mut book = shared.book();
+        for p in v.as_array().into_iter().flatten() {
+            if let (Some(id), Some(price), Some(true)) =
+                (p["id"].as_i64(), p["price"].as_f64(), p["active"].as_bool())
+            {
+                book.products.push(((id), (price * 100.0).round() as i64));
+            }
+        }
+        book.products.sort_unstable();
+        book.products.len()
+    };
+
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut planner = Planner {
+        rng: StdRng::seed_from_u64(config.seed),
+        nonce,
+        seq: 0,
+        products_to_create: if listed < CATALOG_MIN {
+            CATALOG_TARGET - listed
+        } else {
+            0
+        },
+        customers_to_create: BOOTSTRAP_CUSTOMERS,
+    };
+    tracing::info!(
+        rate = config.rate,
+        budget,
+        concurrency = config.concurrency,
+        seed = config.seed,
+        products = listed,
+        "load run starting"
+    );
+
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut tasks = JoinSet::new();
+    'dispatch: while budget > 0 {
+        let plan = {
+            let mut book = shared.book();
+            let mut plan = planner.plan(&mut book);
+            if plan.cost() > budget
+                && let Plan::Order { key, .. } = &mut plan
+            {
+                *key = None;
+            }
+            plan
+        };
+        // A plan of several requests waits for as many ticks, keeping the rate.
+        for _ in 0..plan.cost() {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = tokio::time::sleep_until(deadline) => break 'dispatch,
+                _ = shutdown.cancelled() => break 'dispatch,
+            }
+        }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.map_err(|_| Error::Internal("load semaphore closed".into()))?,
+            _ = tokio::time::sleep_until(deadline) => break 'dispatch,
+            _ = shutdown.cancelled() => break 'dispatch,
+        };
+        budget -= plan.cost();
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            shared.execute(plan).await;
+            drop(permit);
+        });
+        // Reap finished tasks so the set does not grow with the run.
+        while tasks.try_join_next().is_some() {}
+    }
+
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if shutdown.is_cancelled() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+            tasks.abort_all();
+        }
+    } else {
+        drain.await;
+    }
+    let report = shared
+        .report
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    tracing::info!(
+        requests = report.requests,
+        errors = report.errors,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "load run finished"
+    );
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planner(seed: u64) -> Planner {
+        Planner {
+            rng: StdRng::seed_from_u64(seed),
+            nonce: 1,
+            seq: 0,
+            products_to_create: 0,
+            customers_to_create: 0,
+        }
+    }
+
+    fn stocked() -> Book {
+        Book {
+            products: (1..=50).map(|id| (id, 1000 + id)).collect(),
+            customers: (1..=20).collect(),
+            pending: (100..110).collect(),
+            paid: (200..210).collect(),
+            shipped: (300..310).collect(),
+            delivered: (400..410).collect(),
+        }
+    }
+
+    fn trace(seed: u64) -> Vec<String> {
+        let mut p = planner(seed);
+        let mut book = stocked();
+        (0..200)
+            .map(|_| format!("{:?}", p.plan(&mut book)))
+            .collect()
+    }
+
+    #[test]
+    fn plans_are_deterministic_per_seed() {
+        assert_eq!(trace(7), trace(7));
+        assert_ne!(trace(7), trace(8));
+    }
+
+    #[test]
+    fn bootstrap_creates_catalog_then_customers() {
+        let mut p = planner(1);
+        p.products_to_create = 2;
+        p.customers_to_create = 1;
+        let mut book = Book::default();
+        assert!(matches!(p.plan(&mut book), Plan::CreateProduct(_)));
+        assert!(matches!(p.plan(&mut book), Plan::CreateProduct(_)));
+        assert!(matches!(p.plan(&mut book), Plan::Signup(_)));
+        // With nothing to act on, the planner still produces a creating action.
+        assert!(matches!(p.plan(&mut book), Plan::CreateProduct(_)));
+    }
+
+    #[test]
+    fn targets_are_taken_from_the_matching_state() {
+        let mut p = planner(3);
+        let mut book = stocked();
+        for _ in 0..500 {
+            match p.plan(&mut book) {
+                Plan::Pay { id, .. } | Plan::Cancel(id) | Plan::Delete(id) => {
+                    assert!((100..110).contains(&id))
+                }
+                Plan::Ship { id, .. } => assert!((200..210).contains(&id)),
+                Plan::Deliver(id) => assert!((300..310).contains(&id)),
+                Plan::Refund(id) => assert!((200..410).contains(&id)),
+                Plan::Order { body, .. } => {
+                    let items = body["items"].as_array().unwrap();
+                    assert!((1..=5).contains(&items.len()));
+                }
+                _ => {}
+            }
+        }
+        // Every pending order was handed out at most once.
+        assert!(book.pending.is_empty() || book.pending.len() < 10);
+    }
+
+    #[test]
+    fn zipf_prefers_low_ranks() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut counts = [0u32; 50];
+        for _ in 0..20_000 {
+            counts[zipf(&mut rng, 50)] += 1;
+        }
+        assert!(counts[0] > counts[9] * 5, "{counts:?}");
+        assert!(counts[9] > counts[49], "{counts:?}");
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let ok = LoadConfig {
+            base_url: "http://127.0.0.1:1".into(),
+            rate: 10.0,
+            duration: Duration::from_secs(1),
+            concurrency: 2,
+            seed: 1,
+        };
+        assert!(validate(&ok).is_ok());
+        let field = |c: LoadConfig| match validate(&c) {
+            Err(Error::Config { field, .. }) => field,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(
+            field(LoadConfig {
+                rate: 0.0,
+                ..ok.clone()
+            }),
+            "load.rate"
+        );
+        assert_eq!(
+            field(LoadConfig {
+                concurrency: 0,
+                ..ok.clone()
+            }),
+            "load.concurrency"
+        );
+        assert_eq!(
+            field(LoadConfig {
+                base_url: "ftp://x".into(),
+                ..ok
+            }),
+            "load.base_url"
+        );
+    }
+
+    #[test]
+    fn report_lists_one_line_per_operation() {
+        let mut r = LoadReport::default();
+        r.record("signup", true);
+        r.record("signup", false);
+        r.record("pay", true);
+        assert_eq!((r.requests, r.errors), (3, 1));
+        let text = r.to_string();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.contains("signup") && text.contains("errors=1"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_service_fails_and_zero_budget_sends_nothing() {
+        let cfg = LoadConfig {
+            // Port 9 on loopback: nothing listens there in the test environment.
+            base_url: "http://127.0.0.1:9".into(),
+            rate: 10.0,
+            duration: Duration::from_millis(500),
+            concurrency: 1,
+            seed: 1,
+        };
+        assert!(
+            run_load(cfg.clone(), CancellationToken::new())
+                .await
+                .is_err()
+        );
+        let none = run_load(
+            LoadConfig {
+                duration: Duration::ZERO,
+                ..cfg
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(none.requests, 0);
+    }
+}

@@ -1,0 +1,750 @@
+//! Integration tests against a real, throwaway PostgreSQL cluster.
+//!
+//! The harness runs `initdb` and `pg_ctl` as the `postgres` OS user (initdb
+//! refuses root) on a free loopback port. If the cluster cannot start, the
+//! test fails: a run that tested nothing must not look green.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tributary_oltp::{
+    LoadConfig, OltpConfig, Server, ShardingConfig, StrategyKind, Topology, migrate, run_load,
+    shard_of_id,
+};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A running cluster, stopped and deleted on drop (also when a test panics).
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+}
+
+fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+    let output = Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} as postgres: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = PathBuf::from(format!(
+            "/tmp/tributary-oltp-it-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("chown")
+            .args(["postgres:postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown failed");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = dir.join("data");
+        let data = data.to_str().unwrap();
+        as_postgres(
+            "initdb",
+            &["-D", data, "-U", "tributary", "--auth=trust", "-E", "UTF8"],
+        );
+        let cluster = Cluster { dir, port };
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
+            cluster.dir.display()
+        );
+        let log = cluster.dir.join("postgres.log");
+        as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        cluster
+    }
+
+    fn dsn(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=tributary dbname={db}",
+            self.port
+        )
+    }
+
+    async fn create_databases(&self, names: &[&str]) {
+        let (client, conn) = tokio_postgres::connect(&self.dsn("postgres"), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test cluster");
+        tokio::spawn(conn);
+        for name in names {
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl")])
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn db(dsn: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("non-JSON response {status} to {path}: {text}"))
+        };
+        (status, value)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn raw(&self, path: &str, content_type: &str, body: &'static str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("non-JSON response {status} to {path}: {text}"));
+        (status, value)
+    }
+}
+
+fn assert_error(resp: &(StatusCode, Value), status: StatusCode, field: &str) {
+    assert_eq!(resp.0, status, "unexpected answer {resp:?}");
+    assert_eq!(resp.1["field"], field, "unexpected answer {resp:?}");
+    assert!(resp.1["error"].is_string(), "unexpected answer {resp:?}");
+}
+
+fn customer(email: &str, region: &str) -> Value {
+    json!({
+        "email": email, "name": "Test Person", "region": region, "country": "DE",
+        "city": "Berlin", "address": "1 Main St", "lat": 52.5, "lon": 13.4,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_service_end_to_end() {
+    let cluster = Cluster::start();
+    cluster
+        .create_databases(&["catalog", "orders_s0", "orders_s1"])
+        .await;
+    let topology = Topology {
+        shards: vec![cluster.dsn("orders_s0"), cluster.dsn("orders_s1")],
+        catalog: cluster.dsn("catalog"),
+    };
+
+    migrations_are_idempotent_and_race_free(&topology).await;
+
+    let config = OltpConfig {
+        listen: "127.0.0.1:0".into(),
+        pool_size: 8,
+        ..OltpConfig::default()
+    };
+    let server = Server::bind(config, topology.clone()).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(server.run(shutdown.clone()));
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+    };
+
+    let (status, health) = api.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+
+    let ctx = catalog_and_customers(&api, &topology).await;
+    orders_and_lifecycle(&api, &topology, &ctx).await;
+    idempotent_retries_create_one_order(&api, &topology, &ctx).await;
+    bad_requests_name_the_field(&api, &ctx).await;
+    list_strategy_rejects_unknown_region(&topology).await;
+
+    let (_, metrics) = (
+        (),
+        reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        metrics.contains("tributary_oltp_requests_total{route=\"POST /orders\",status=\"201\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tributary_oltp_request_duration_seconds_bucket"));
+
+    load_generator_drives_traffic(&base, &topology).await;
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("graceful shutdown in time")
+        .unwrap()
+        .unwrap();
+}
+
+async fn migrations_are_idempotent_and_race_free(topology: &Topology) {
+    // Two services starting together must not race each other.
+    let (a, b) = tokio::join!(migrate(topology), migrate(topology));
+    a.unwrap();
+    b.unwrap();
+    migrate(topology).await.unwrap();
+    for (i, dsn) in topology.shards.iter().enumerate() {
+        let c = db(dsn).await;
+        let versions: i64 = c
+            .query_one("SELECT count(*) FROM schema_migrations", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(versions, 1);
+        let shard: i32 = c
+            .query_one("SELECT shard FROM shard_meta", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(shard as usize, i);
+        let first: i64 = c
+            .query_one(
+                "SELECT start_value FROM pg_sequences WHERE sequencename = 'payments_id_seq'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(first, i as i64 + 1);
+    }
+    // Reordering the shard list would make ids collide: refused.
+    let swapped = Topology {
+        shards: vec![topology.shards[1].clone(), topology.shards[0].clone()],
+        catalog: topology.catalog.clone(),
+    };
+    assert!(migrate(&swapped).await.is_err());
+}
+
+struct Ctx {
+    products: Vec<(i64, f64)>,
+    customers: Vec<(i64, usize)>,
+}
+
+async fn catalog_and_customers(api: &Api, topology: &Topology) -> Ctx {
+    let mut products = Vec::new();
+    for (i, price) in [19.99, 5.25, 100.0].into_iter().enumerate() {
+        let (s, p) = api
+            .post(
+                "/products",
+                json!({"sku": format!("SKU-{i}"), "name": format!("Thing {i}"), "category": "toys", "price": price}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{p}");
+        assert_eq!(p["price"], json!(price));
+        products.push((p["id"].as_i64().unwrap(), price));
+    }
+    let dup = api
+        .post(
+            "/products",
+            json!({"sku": "SKU-0", "name": "x", "category": "toys", "price": 1}),
+        )
+        .await;
+    assert_error(&dup, StatusCode::CONFLICT, "sku");
+
+    let (s, list) = api.get("/products").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 3);
+
+    // A price change writes its history row in the same transaction.
+    let (s, p) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/products/{}/price", products[2].0),
+            Some(json!({"price": 120.5})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert_eq!(p["price"], json!(120.5));
+    products[2].1 = 120.5;
+    let c = db(&topology.catalog).await;
+    let row = c
+        .query_one(
+            "SELECT old_price::text, new_price::text FROM price_changes WHERE product_id = $1",
+            &[&products[2].0],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "100.00");
+    assert_eq!(row.get::<_, String>(1), "120.50");
+
+    let mut customers = Vec::new();
+    let mut seen = [false; 2];
+    for i in 0..12 {
+        let (s, c) = api
+            .post("/customers", customer(&format!("c{i}@example.com"), "eu"))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{c}");
+        let shard = c["shard"].as_u64().unwrap() as usize;
+        seen[shard] = true;
+        customers.push((c["id"].as_i64().unwrap(), shard));
+    }
+    assert!(seen[0] && seen[1], "hash placement used one shard only");
+    let (id, shard) = customers[0];
+    let directory: i32 = c
+        .query_one(
+            "SELECT shard FROM customer_directory WHERE customer_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(directory as usize, shard);
+
+    let (s, got) = api.get(&format!("/customers/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["email"], "c0@example.com");
+    let (s, got) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/customers/{id}"),
+            Some(json!({"address": "2 High St", "city": "Hamburg"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!(got["address"], "2 High St");
+    assert_eq!(got["country"], "DE");
+    assert_ne!(got["updated_at"], got["created_at"]);
+    assert_error(
+        &api.get("/customers/999999").await,
+        StatusCode::NOT_FOUND,
+        "id",
+    );
+    Ctx {
+        products,
+        customers,
+    }
+}
+
+async fn orders_and_lifecycle(api: &Api, topology: &Topology, ctx: &Ctx) {
+    let (cust, shard) = ctx.customers[1];
+    let body = json!({"customer_id": cust, "items": [
+        {"product_id": ctx.products[0].0, "quantity": 3},
+        {"product_id": ctx.products[1].0, "quantity": 1},
+    ]});
+    let (s, order) = api.post("/orders", body.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    let id = order["id"].as_i64().unwrap();
+    assert_eq!(shard_of_id(id), shard);
+    assert_eq!(order["shard"], shard);
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["currency"], "USD");
+    // 3 * 19.99 + 5.25
+    assert_eq!(order["total"], json!(65.22));
+    assert_eq!(order["items"][0]["line_total"], json!(59.97));
+    for item in order["items"].as_array().unwrap() {
+        assert_eq!(shard_of_id(item["id"].as_i64().unwrap()), shard);
+    }
+
+    let pay = |id: i64| async move {
+        api.post(&format!("/orders/{id}/pay"), json!({"method": "card"}))
+            .await
+    };
+    let (s, paid) = pay(id).await;
+    assert_eq!(s, StatusCode::OK, "{paid}");
+    assert_eq!(paid["status"], "paid");
+    assert_error(&pay(id).await, StatusCode::CONFLICT, "status");
+    assert_error(
+        &api.post(&format!("/orders/{id}/deliver"), json!({})).await,
+        StatusCode::CONFLICT,
+        "status",
+    );
+    let (s, _) = api
+        .post(&format!("/orders/{id}/ship"), json!({"carrier": "dhl"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, d) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/orders/{id}/deliver"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["status"], "delivered");
+    let (s, r) = api.post(&format!("/orders/{id}/refund"), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["status"], "refunded");
+
+    let c = db(&topology.shards[shard]).await;
+    let row = c
+        .query_one(
+            "SELECT amount::text, status, id FROM payments WHERE order_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "65.22");
+    assert_eq!(row.get::<_, String>(1), "refunded");
+    assert_eq!(shard_of_id(row.get(2)), shard);
+    let row = c
+        .query_one(
+            "SELECT status, delivered_at IS NOT NULL FROM shipments WHERE order_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "delivered");
+    assert!(row.get::<_, bool>(1));
+
+    // Cancel and delete only from pending.
+    let (_, o2) = api.post("/orders", body.clone()).await;
+    let id2 = o2["id"].as_i64().unwrap();
+    let (s, _) = api.post(&format!("/orders/{id2}/cancel"), json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let del = api
+        .call(reqwest::Method::DELETE, &format!("/orders/{id2}"), None)
+        .await;
+    assert_error(&del, StatusCode::CONFLICT, "status");
+
+    let (_, o3) = api.post("/orders", body).await;
+    let id3 = o3["id"].as_i64().unwrap();
+    let (s, _) = api
+        .call(reqwest::Method::DELETE, &format!("/orders/{id3}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_error(
+        &api.get(&format!("/orders/{id3}")).await,
+        StatusCode::NOT_FOUND,
+        "id",
+    );
+    let items: i64 = c
+        .query_one(
+            "SELECT count(*) FROM order_items WHERE order_id = $1",
+            &[&id3],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(items, 0);
+    assert_error(
+        &api.post(&format!("/orders/{id3}/pay"), json!({"method": "card"}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "id",
+    );
+}
+
+async fn idempotent_retries_create_one_order(api: &Api, topology: &Topology, ctx: &Ctx) {
+    let (cust, shard) = ctx.customers[2];
+    let body =
+        json!({"customer_id": cust, "items": [{"product_id": ctx.products[1].0, "quantity": 2}]});
+    let send = |body: Value| {
+        let http = api.http.clone();
+        let url = format!("{}/orders", api.base);
+        async move {
+            let resp = http
+                .post(url)
+                .header("Idempotency-Key", "retry-key-1")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let answers = futures::future::join_all((0..8).map(|_| send(body.clone()))).await;
+    let created = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{answers:?}");
+    let ids: std::collections::BTreeSet<i64> = answers
+        .iter()
+        .map(|(_, v)| v["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert!(answers.iter().all(|(s, _)| s.is_success()), "{answers:?}");
+
+    let c = db(&topology.shards[shard]).await;
+    let orders: i64 = c
+        .query_one(
+            "SELECT count(*) FROM orders WHERE customer_id = $1",
+            &[&cust],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orders, 1);
+
+    // The same key with another body is refused.
+    let other =
+        json!({"customer_id": cust, "items": [{"product_id": ctx.products[1].0, "quantity": 3}]});
+    let (s, v) = send(other).await;
+    assert_error(&(s, v), StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key");
+    // A later retry still gets the original order.
+    let (s, v) = send(body).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["id"].as_i64(), ids.first().copied());
+}
+
+async fn bad_requests_name_the_field(api: &Api, ctx: &Ctx) {
+    let cust = ctx.customers[0].0;
+    let product = ctx.products[0].0;
+    assert_error(
+        &api.raw("/orders", "application/json", "{\"customer_id\": ")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "body",
+    );
+    assert_error(
+        &api.raw("/orders", "text/plain", "{}").await,
+        StatusCode::BAD_REQUEST,
+        "Content-Type",
+    );
+    assert_error(
+        &api.post("/orders", json!({"customer_id": cust})).await,
+        StatusCode::BAD_REQUEST,
+        "items",
+    );
+    assert_error(
+        &api.post("/orders", json!({"customer_id": cust, "items": []}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "items",
+    );
+    assert_error(
+        &api.post(
+            "/orders",
+            json!({"customer_id": "seven", "items": [{"product_id": product, "quantity": 1}]}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "customer_id",
+    );
+    assert_error(
+        &api.post(
+            "/orders",
+            json!({"customer_id": cust, "items": [{"product_id": product, "quantity": 0}]}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "items[0].quantity",
+    );
+    assert_error(
+        &api.post(
+            "/orders",
+            json!({"customer_id": cust, "items": [{"product_id": product, "quantity": -2}]}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "items[0].quantity",
+    );
+    assert_error(
+        &api.post(
+            "/orders",
+            json!({"customer_id": 987654, "items": [{"product_id": product, "quantity": 1}]}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "customer_id",
+    );
+    assert_error(
+        &api.post("/orders", json!({"customer_id": cust, "items": [{"product_id": product, "quantity": 1}, {"product_id": 987654, "quantity": 1}]})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "items[1].product_id",
+    );
+    let mut bad = customer("x@example.com", "eu");
+    bad.as_object_mut().unwrap().remove("email");
+    assert_error(
+        &api.post("/customers", bad).await,
+        StatusCode::BAD_REQUEST,
+        "email",
+    );
+    let dup = api
+        .post("/customers", customer("c3@example.com", "eu"))
+        .await;
+    // Emails are unique per shard; the hash may place the duplicate elsewhere.
+    assert!(
+        dup.0 == StatusCode::CONFLICT || dup.0 == StatusCode::CREATED,
+        "{dup:?}"
+    );
+    assert_error(
+        &api.call(
+            reqwest::Method::PATCH,
+            &format!("/products/{product}/price"),
+            Some(json!({"price": -3})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "price",
+    );
+    assert_error(&api.get("/orders/abc").await, StatusCode::BAD_REQUEST, "id");
+    assert_error(&api.get("/nowhere").await, StatusCode::NOT_FOUND, "path");
+    assert_error(
+        &api.call(reqwest::Method::PUT, "/orders", None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method",
+    );
+    assert_error(
+        &api.post("/orders/1/pay", json!({"method": 5})).await,
+        StatusCode::BAD_REQUEST,
+        "method",
+    );
+}
+
+async fn list_strategy_rejects_unknown_region(topology: &Topology) {
+    let config = OltpConfig {
+        listen: "127.0.0.1:0".into(),
+        pool_size: 2,
+        sharding: ShardingConfig {
+            strategy: StrategyKind::List,
+            regions: [("eu".to_owned(), 1usize), ("us".to_owned(), 0)].into(),
+            ..ShardingConfig::default()
+        },
+    };
+    let server = Server::bind(config, topology.clone()).await.unwrap();
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: format!("http://{}", server.local_addr()),
+    };
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(server.run(stop.clone()));
+    assert_error(
+        &api.post("/customers", customer("mars@example.com", "mars"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "region",
+    );
+    let (s, c) = api
+        .post("/customers", customer("eu-list@example.com", "eu"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    assert_eq!(c["shard"], 1);
+    stop.cancel();
+    serving.await.unwrap().unwrap();
+}
+
+async fn load_generator_drives_traffic(base: &str, topology: &Topology) {
+    let config = LoadConfig {
+        base_url: base.to_owned(),
+        rate: 60.0,
+        duration: Duration::from_secs(4),
+        concurrency: 4,
+        seed: 42,
+    };
+    let report = run_load(config, CancellationToken::new()).await.unwrap();
+    println!("{report}");
+    assert!(report.requests <= 240, "{report:?}");
+    assert!(report.requests >= 150, "{report:?}");
+    assert_eq!(report.errors, 0, "{report}");
+    assert!(report.by_operation.contains_key("create_order"), "{report}");
+    let mut orders = 0;
+    for dsn in &topology.shards {
+        let n: i64 = db(dsn)
+            .await
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .unwrap()
+            .get(0);
+        orders += n;
+    }
+    assert!(orders > 10, "only {orders} orders");
+
+    // Shutdown stops a long run early.
+    let stop = CancellationToken::new();
+    let long = tokio::spawn(run_load(
+        LoadConfig {
+            base_url: base.to_owned(),
+            rate: 20.0,
+            duration: Duration::from_secs(600),
+            concurrency: 2,
+            seed: 7,
+        },
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(10), long)
+        .await
+        .expect("load stops on shutdown")
+        .unwrap()
+        .unwrap();
+    assert!(report.requests > 0 && report.requests < 50, "{report:?}");
+}

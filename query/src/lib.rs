@@ -1,0 +1,111 @@
+//! SQL over the lake: a DataFusion session whose catalog is the lake itself.
+//!
+//! - [`session`]: [`Session`], a DataFusion context with one schema per lake
+//!   layer (`bronze`, `silver`, `gold`); every table lookup opens the Delta
+//!   table at its latest version, so a query always sees the newest commits.
+//! - [`render`]: result output as an aligned table, CSV or JSON lines.
+//! - [`console`]: the interactive `tributary sql` console and one-shot runs.
+//!
+//! Seam: the lake is reached only through [`tributary_lake::Lake`]; the
+//! session never writes (DDL and DML are refused), it only reads.
+//!
+//! ```no_run
+//! # async fn demo(lake: tributary_lake::Lake) -> tributary_query::Result<()> {
+//! use tributary_query::{Format, Session};
+//! let session = Session::new(lake).await?;
+//! let (schema, batches) = session.sql_with_schema("select count(*) from orders").await?;
+//! tributary_query::render(&schema, &batches, Format::Table, &mut std::io::stdout())?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod console;
+pub(crate) mod lake_schema;
+pub mod render;
+pub mod session;
+
+pub use console::{Action, Console, run_console, run_one_shot};
+pub use render::{Format, render};
+pub use session::Session;
+
+/// Errors of the query layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The SQL text could not be parsed, planned or executed; the source
+    /// carries DataFusion's message, with the position when it has one.
+    #[error("query failed")]
+    Sql(#[source] datafusion::error::DataFusionError),
+    /// The lake could not be listed or a table could not be opened.
+    // Boxed: the lake error is large and would bloat every `Result` here.
+    #[error("lake")]
+    Lake(#[source] Box<tributary_lake::Error>),
+    #[error("table {0} not found (try \\d for the list)")]
+    TableNotFound(String),
+    #[error("unknown output format {0:?} (expected one of: table, csv, json)")]
+    UnknownFormat(String),
+    #[error("rendering {format} output")]
+    Render {
+        format: &'static str,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    #[error("writing output")]
+    Io(#[from] std::io::Error),
+    #[error("console input")]
+    Readline(#[from] rustyline::error::ReadlineError),
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(source: datafusion::error::DataFusionError) -> Self {
+        Error::Sql(source)
+    }
+}
+
+impl Error {
+    /// The error and its sources on one line (`query failed: SQL error: ...`),
+    /// for people reading a console rather than a log.
+    pub fn report(&self) -> String {
+        report(self)
+    }
+}
+
+/// Joins an error with its chain of sources, skipping a source whose text
+/// its parent already shows (DataFusion often repeats the inner message).
+pub(crate) fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut last = out.clone();
+    let mut next = err.source();
+    while let Some(source) = next {
+        let text = source.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        next = source.source();
+    }
+    out
+}
+
+impl From<tributary_lake::Error> for Error {
+    fn from(source: tributary_lake::Error) -> Self {
+        Error::Lake(Box::new(source))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_shows_the_sql_error_once() {
+        let err = Error::from(datafusion::error::DataFusionError::Plan(
+            "table 'x' not found".into(),
+        ));
+        let text = err.report();
+        assert!(text.starts_with("query failed: "), "{text}");
+        assert_eq!(text.matches("table 'x' not found").count(), 1, "{text}");
+    }
+}

@@ -1,0 +1,175 @@
+//! The DataFusion session over the lake.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, TableProvider};
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParserBuilder, Statement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use tributary_lake::Lake;
+use tributary_model::domain::LAYERS;
+
+use crate::lake_schema::LakeSchema;
+use crate::{Error, Result};
+
+/// The catalog name tables are registered under (`datafusion.silver.orders`).
+pub(crate) const CATALOG: &str = "datafusion";
+/// The schema unqualified names resolve in: analysts mostly query current state.
+pub const DEFAULT_SCHEMA: &str = "silver";
+
+/// One statement's result: its schema (also for empty results) and rows.
+pub type QueryResult = (SchemaRef, Vec<RecordBatch>);
+
+/// A read-only SQL session over every layer of the lake.
+///
+/// Cheap to share by reference; tables are opened per statement, so the
+/// session never needs re-registering when pipelines commit.
+pub struct Session {
+    ctx: SessionContext,
+    lake: Lake,
+    schemas: Vec<Arc<LakeSchema>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("lake", &self.lake.root().as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Builds the context: catalog `datafusion` with one schema per layer,
+    /// `silver` as the default schema, `information_schema` enabled.
+    pub async fn new(lake: Lake) -> Result<Session> {
+        let config = SessionConfig::new()
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config(config);
+        let catalog = MemoryCatalogProvider::new();
+        let mut schemas = Vec::with_capacity(LAYERS.len());
+        for layer in LAYERS {
+            let schema = Arc::new(LakeSchema::new(lake.clone(), layer));
+            catalog.register_schema(layer, schema.clone())?;
+            schemas.push(schema);
+        }
+        ctx.register_catalog(CATALOG, Arc::new(catalog));
+        let session = Session { ctx, lake, schemas };
+        session.refresh().await?;
+        Ok(session)
+    }
+
+    /// The lake this session reads.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    /// The underlying DataFusion context (for registering extra functions).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Re-lists every layer, so `information_schema` and `SHOW TABLES` see
+    /// tables created since the last statement. Returns `(layer, table)`.
+    pub async fn refresh(&self) -> Result<Vec<(&'static str, String)>> {
+        let mut all = Vec::new();
+        for schema in &self.schemas {
+            for name in schema.refresh().await? {
+                all.push((schema.layer(), name));
+            }
+        }
+        Ok(all)
+    }
+
+    /// Runs one statement and returns its rows.
+    pub async fn sql(&self, query: &str) -> Result<Vec<RecordBatch>> {
+        Ok(self.sql_with_schema(query).await?.1)
+    }
+
+    /// Runs one statement and returns its schema and rows.
+    pub async fn sql_with_schema(&self, query: &str) -> Result<QueryResult> {
+        let mut statements = parse(query)?;
+        if statements.len() != 1 {
+            return Err(Error::Sql(datafusion::error::DataFusionError::Plan(
+                format!("expected one SQL statement, found {}", statements.len()),
+            )));
+        }
+        let statement = statements.remove(0);
+        self.run(statement).await
+    }
+
+    /// Runs every `;`-separated statement in order, stopping at the first
+    /// error. Splitting uses the SQL parser, so `;` inside strings is safe.
+    pub async fn sql_many(&self, text: &str) -> Result<Vec<QueryResult>> {
+        let mut results = Vec::new();
+        for statement in parse(text)? {
+            results.push(self.run(statement).await?);
+        }
+        Ok(results)
+    }
+
+    /// Resolves `table` or `layer.table` (unqualified: `silver` first, then
+    /// the other layers) to its layer, name and provider at the latest version.
+    pub async fn resolve_table(
+        &self,
+        name: &str,
+    ) -> Result<(&'static str, String, Arc<dyn TableProvider>)> {
+        let lowered = name.trim().trim_end_matches(';').to_ascii_lowercase();
+        let (layer, table) = match lowered.split_once('.') {
+            Some((layer, table)) => (Some(layer.to_string()), table.to_string()),
+            None => (None, lowered.clone()),
+        };
+        let mut order: Vec<&Arc<LakeSchema>> = self.schemas.iter().collect();
+        order.sort_by_key(|s| s.layer() != DEFAULT_SCHEMA);
+        for schema in order {
+            if layer.as_deref().is_some_and(|l| l != schema.layer()) {
+                continue;
+            }
+            if let Some(provider) = schema.open(&table).await? {
+                return Ok((schema.layer(), table, provider));
+            }
+        }
+        Err(Error::TableNotFound(name.trim().to_string()))
+    }
+
+    pub(crate) async fn run(&self, statement: Statement) -> Result<QueryResult> {
+        self.refresh().await?;
+        let started = std::time::Instant::now();
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement).await?;
+        // The lake is written only by the pipelines: a console user must not
+        // be able to create, insert into or drop lake tables by accident.
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .verify_plan(&plan)?;
+        let frame = self.ctx.execute_logical_plan(plan).await?;
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        tracing::debug!(
+            rows,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "statement done"
+        );
+        Ok((schema, batches))
+    }
+}
+
+/// Splits text into statements with DataFusion's parser (generic dialect).
+pub(crate) fn parse(text: &str) -> Result<Vec<Statement>> {
+    let dialect = GenericDialect {};
+    let statements = DFParserBuilder::new(text)
+        .with_dialect(&dialect)
+        .build()?
+        .parse_statements()?;
+    if statements.is_empty() {
+        return Err(Error::Sql(datafusion::error::DataFusionError::Plan(
+            "no SQL statement in the input".into(),
+        )));
+    }
+    Ok(statements.into_iter().collect())
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what tributary needs on a Debian machine with Rust: the PostgreSQL
+# server, the C toolchain pieces the Kafka client builds with, and the tansu
+# broker. Safe to run any number of times: it only installs what is missing.
+set -euo pipefail
+
+log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need_apt=()
+pg_ok=false
+if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir 2>/dev/null)/pg_ctl" ]; then pg_ok=true; fi
+if ! $pg_ok && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then pg_ok=true; fi
+$pg_ok || need_apt+=(postgresql)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v perl >/dev/null 2>&1 || need_apt+=(perl)
+command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Debian's postgresql package starts a default cluster; tributary runs its own.
+if id postgres >/dev/null 2>&1; then :; else
+  log "creating the postgres system user"
+  $SUDO useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust (rustup) first" >&2
+  exit 1
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v tansu >/dev/null 2>&1; then
+  log "installing the tansu Kafka-API broker from crates.io (about 8 minutes on 2 cores)"
+  cargo install tansu --version 0.6.0 --locked --features libsql
+fi
+log "ready: $(pg_config --version 2>/dev/null || echo postgres), $(tansu --version 2>/dev/null | head -1)"
