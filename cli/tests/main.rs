@@ -133,7 +133,7 @@ async fn scripted_changes(base: &str) {
     let c = reqwest::Client::new();
     let mut products = vec![];
     for i in 0..4 {
-        let p = post(&c, format!("{base}/products"), json!({"sku": format!("E2E-{i}"), "name": format!("Thing {i}"), "category": "tools", "price": "10.50"})).await;
+        let p = post(&c, format!("{base}/products"), json!({"sku": format!("E2E-{i}"), "name": format!("Thing {i}"), "category": "tools", "price": 10.5})).await;
         products.push(p["id"].as_i64().unwrap());
     }
     let mut customers = vec![];
@@ -149,7 +149,7 @@ async fn scripted_changes(base: &str) {
     }
     let r = c.patch(format!("{base}/customers/{}", customers[0])).json(&json!({"address": "Canal 9", "city": "Leiden"})).send().await.unwrap();
     assert!(r.status().is_success());
-    let r = c.patch(format!("{base}/products/{}/price", products[1])).json(&json!({"price": "12.00"})).send().await.unwrap();
+    let r = c.patch(format!("{base}/products/{}/price", products[1])).json(&json!({"price": 12.0})).send().await.unwrap();
     assert!(r.status().is_success());
     for (i, cust) in customers.iter().enumerate() {
         let o = post(
