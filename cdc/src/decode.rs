@@ -40,15 +40,40 @@ pub enum TupleValue {
 /// A decoded pgoutput message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PgOutput {
-    Begin { final_lsn: Lsn, commit_ts_us: i64, xid: u32 },
-    Commit { commit_lsn: Lsn, end_lsn: Lsn, commit_ts_us: i64 },
+    Begin {
+        final_lsn: Lsn,
+        commit_ts_us: i64,
+        xid: u32,
+    },
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_ts_us: i64,
+    },
     Relation(Relation),
-    Insert { relation: u32, new: Vec<TupleValue> },
+    Insert {
+        relation: u32,
+        new: Vec<TupleValue>,
+    },
     /// `old` is the key (`K`) or the full old row (`O`) when sent.
-    Update { relation: u32, old: Option<Vec<TupleValue>>, new: Vec<TupleValue> },
-    Delete { relation: u32, old: Vec<TupleValue> },
-    Truncate { relations: Vec<u32> },
-    Message { transactional: bool, lsn: Lsn, prefix: String, content: Bytes },
+    Update {
+        relation: u32,
+        old: Option<Vec<TupleValue>>,
+        new: Vec<TupleValue>,
+    },
+    Delete {
+        relation: u32,
+        old: Vec<TupleValue>,
+    },
+    Truncate {
+        relations: Vec<u32>,
+    },
+    Message {
+        transactional: bool,
+        lsn: Lsn,
+        prefix: String,
+        content: Bytes,
+    },
     /// Origin and Type messages: not needed downstream.
     Other(u8),
 }
@@ -69,7 +94,10 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.buf.len() - self.pos < n {
-            return Err(self.err(&format!("needs {n} more bytes, {} left", self.buf.len() - self.pos)));
+            return Err(self.err(&format!(
+                "needs {n} more bytes, {} left",
+                self.buf.len() - self.pos
+            )));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -81,19 +109,27 @@ impl<'a> Cursor<'a> {
     }
 
     fn i16(&mut self) -> Result<i16> {
-        Ok(i16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(i16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
 
     fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(i32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn i64(&mut self) -> Result<i64> {
@@ -135,8 +171,12 @@ impl<'a> Cursor<'a> {
                             .to_string(),
                     )
                 }
-                b'b' => return Err(self.err("binary tuple values are not requested and not supported")),
-                other => return Err(self.err(&format!("unknown tuple value kind {:?}", other as char))),
+                b'b' => {
+                    return Err(self.err("binary tuple values are not requested and not supported"));
+                }
+                other => {
+                    return Err(self.err(&format!("unknown tuple value kind {:?}", other as char)));
+                }
             });
         }
         Ok(values)
@@ -155,7 +195,11 @@ pub fn decode(data: &Bytes) -> Result<PgOutput> {
     let Some(&tag) = data.first() else {
         return Err(Error::Decode("empty pgoutput message".into()));
     };
-    let mut c = Cursor { buf: data, pos: 1, kind: tag as char };
+    let mut c = Cursor {
+        buf: data,
+        pos: 1,
+        kind: tag as char,
+    };
     let msg = match tag {
         b'B' => PgOutput::Begin {
             final_lsn: Lsn(c.u64()?),
@@ -189,14 +233,23 @@ pub fn decode(data: &Bytes) -> Result<PgOutput> {
                     key: flags & 1 == 1,
                 });
             }
-            PgOutput::Relation(Relation { id, namespace, name, replica_identity, columns })
+            PgOutput::Relation(Relation {
+                id,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+            })
         }
         b'I' => {
             let relation = c.u32()?;
             if c.u8()? != b'N' {
                 return Err(c.err("expected new tuple marker N"));
             }
-            PgOutput::Insert { relation, new: c.tuple()? }
+            PgOutput::Insert {
+                relation,
+                new: c.tuple()?,
+            }
         }
         b'U' => {
             let relation = c.u32()?;
@@ -209,7 +262,11 @@ pub fn decode(data: &Bytes) -> Result<PgOutput> {
             if marker != b'N' {
                 return Err(c.err("expected new tuple marker N"));
             }
-            PgOutput::Update { relation, old, new: c.tuple()? }
+            PgOutput::Update {
+                relation,
+                old,
+                new: c.tuple()?,
+            }
         }
         b'D' => {
             let relation = c.u32()?;
@@ -217,7 +274,10 @@ pub fn decode(data: &Bytes) -> Result<PgOutput> {
             if marker != b'K' && marker != b'O' {
                 return Err(c.err("expected old tuple marker K or O"));
             }
-            PgOutput::Delete { relation, old: c.tuple()? }
+            PgOutput::Delete {
+                relation,
+                old: c.tuple()?,
+            }
         }
         b'T' => {
             let n = c.u32()?;
@@ -237,7 +297,12 @@ pub fn decode(data: &Bytes) -> Result<PgOutput> {
             let prefix = c.cstr()?;
             let len = c.u32()?;
             let content = Bytes::copy_from_slice(c.take(len as usize)?);
-            PgOutput::Message { transactional: flags & 1 == 1, lsn, prefix, content }
+            PgOutput::Message {
+                transactional: flags & 1 == 1,
+                lsn,
+                prefix,
+                content,
+            }
         }
         b'O' | b'Y' => return Ok(PgOutput::Other(tag)),
         other => {
@@ -259,9 +324,12 @@ mod tests {
     // sends them for `CREATE TABLE t(id bigint primary key, name text, price
     // numeric(12,2))`; the integration tests decode the server's own.
     const RELATION: &[u8] = b"R\x00\x00\x40\x06public\x00t\x00d\x00\x03\x01id\x00\x00\x00\x00\x14\xff\xff\xff\xff\x00name\x00\x00\x00\x00\x19\xff\xff\xff\xff\x00price\x00\x00\x00\x06\xa4\x00\x0c\x00\x06";
-    const BEGIN: &[u8] = b"B\x00\x00\x00\x00\x01\x6b\x4e\x10\x00\x02\xb7\x5c\x8c\x1f\x6d\x40\x00\x00\x02\xe6";
-    const INSERT: &[u8] = b"I\x00\x00\x40\x06N\x00\x03t\x00\x00\x00\x017t\x00\x00\x00\x03abct\x00\x00\x00\x049.90";
-    const UPDATE_TOAST: &[u8] = b"U\x00\x00\x40\x06N\x00\x03t\x00\x00\x00\x017ut\x00\x00\x00\x0510.00";
+    const BEGIN: &[u8] =
+        b"B\x00\x00\x00\x00\x01\x6b\x4e\x10\x00\x02\xb7\x5c\x8c\x1f\x6d\x40\x00\x00\x02\xe6";
+    const INSERT: &[u8] =
+        b"I\x00\x00\x40\x06N\x00\x03t\x00\x00\x00\x017t\x00\x00\x00\x03abct\x00\x00\x00\x049.90";
+    const UPDATE_TOAST: &[u8] =
+        b"U\x00\x00\x40\x06N\x00\x03t\x00\x00\x00\x017ut\x00\x00\x00\x0510.00";
     const DELETE: &[u8] = b"D\x00\x00\x40\x06K\x00\x03t\x00\x00\x00\x017nn";
     const COMMIT: &[u8] = b"C\x00\x00\x00\x00\x00\x01\x6b\x4e\x10\x00\x00\x00\x00\x01\x6b\x4e\x40\x00\x02\xb7\x5c\x8c\x1f\x6d\x40";
 
@@ -271,8 +339,13 @@ mod tests {
 
     #[test]
     fn decodes_relation_with_key_and_typmod() {
-        let PgOutput::Relation(r) = d(RELATION) else { panic!("not a relation") };
-        assert_eq!((r.id, r.namespace.as_str(), r.name.as_str()), (0x4006, "public", "t"));
+        let PgOutput::Relation(r) = d(RELATION) else {
+            panic!("not a relation")
+        };
+        assert_eq!(
+            (r.id, r.namespace.as_str(), r.name.as_str()),
+            (0x4006, "public", "t")
+        );
         assert_eq!(r.replica_identity, b'd');
         assert_eq!(r.columns.len(), 3);
         assert!(r.columns[0].key && !r.columns[1].key);
@@ -283,7 +356,14 @@ mod tests {
 
     #[test]
     fn decodes_transaction_and_changes() {
-        assert!(matches!(d(BEGIN), PgOutput::Begin { final_lsn: Lsn(0x16B4E10), xid: 742, .. }));
+        assert!(matches!(
+            d(BEGIN),
+            PgOutput::Begin {
+                final_lsn: Lsn(0x16B4E10),
+                xid: 742,
+                ..
+            }
+        ));
         assert_eq!(
             d(INSERT),
             PgOutput::Insert {
@@ -307,16 +387,24 @@ mod tests {
                 ]
             }
         );
-        assert!(matches!(d(DELETE), PgOutput::Delete { relation: 0x4006, ref old } if old.len() == 3));
+        assert!(
+            matches!(d(DELETE), PgOutput::Delete { relation: 0x4006, ref old } if old.len() == 3)
+        );
         assert!(matches!(
             d(COMMIT),
-            PgOutput::Commit { commit_lsn: Lsn(0x16B4E10), end_lsn: Lsn(0x16B4E40), .. }
+            PgOutput::Commit {
+                commit_lsn: Lsn(0x16B4E10),
+                end_lsn: Lsn(0x16B4E40),
+                ..
+            }
         ));
     }
 
     #[test]
     fn commit_time_is_unix_micros() {
-        let PgOutput::Begin { commit_ts_us, .. } = d(BEGIN) else { panic!() };
+        let PgOutput::Begin { commit_ts_us, .. } = d(BEGIN) else {
+            panic!()
+        };
         // 0x0002b75c8c1f6d40 µs after 2000-01-01 is in 2024.
         assert!(commit_ts_us > 1_700_000_000_000_000 && commit_ts_us < 1_800_000_000_000_000);
     }
@@ -326,7 +414,12 @@ mod tests {
         for msg in [RELATION, BEGIN, INSERT, UPDATE_TOAST, DELETE, COMMIT] {
             for cut in 0..msg.len() {
                 let r = decode(&Bytes::copy_from_slice(&msg[..cut]));
-                assert!(r.is_err(), "prefix of {} bytes of {:?} decoded", cut, msg[0] as char);
+                assert!(
+                    r.is_err(),
+                    "prefix of {} bytes of {:?} decoded",
+                    cut,
+                    msg[0] as char
+                );
             }
         }
     }
@@ -354,6 +447,11 @@ mod tests {
     fn errors_say_where() {
         let err = decode(&Bytes::from_static(b"I\x00\x00\x40\x06X")).unwrap_err();
         assert!(err.to_string().contains("'I'"), "{err}");
-        assert!(decode(&Bytes::from_static(b"Z")).unwrap_err().to_string().contains("unknown"));
+        assert!(
+            decode(&Bytes::from_static(b"Z"))
+                .unwrap_err()
+                .to_string()
+                .contains("unknown")
+        );
     }
 }

@@ -76,7 +76,11 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("{target}: server error {code}: {message}")]
-    Server { target: String, code: String, message: String },
+    Server {
+        target: String,
+        code: String,
+        message: String,
+    },
     #[error("replication protocol: {0}")]
     Protocol(String),
     #[error("decoding: {0}")]
@@ -111,7 +115,9 @@ impl Error {
             Error::Postgres { source, .. } => source.is_closed() || source.as_db_error().is_none(),
             // 55006: object in use (a slot still held by a dying walsender),
             // 57P01..57P03: server shutting down or starting.
-            Error::Server { code, .. } => code == "55006" || code.starts_with("57P") || code == "53300",
+            Error::Server { code, .. } => {
+                code == "55006" || code.starts_with("57P") || code == "53300"
+            }
             Error::Protocol(_) => true,
             _ => false,
         }

@@ -74,12 +74,19 @@ impl ReplicationConnection {
         let target = format!("{host}:{port}/{dbname}");
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|e| Error::Connect { target: target.clone(), source: e })?;
+            .map_err(|e| Error::Connect {
+                target: target.clone(),
+                source: e,
+            })?;
         tcp.set_nodelay(true).ok();
         let (read, write) = tcp.into_split();
         let mut conn = ReplicationConnection {
             reader: BufReader::with_capacity(256 * 1024, read),
-            writer: StatusSender { writer: write, out: BytesMut::with_capacity(1024), target },
+            writer: StatusSender {
+                writer: write,
+                out: BytesMut::with_capacity(1024),
+                target,
+            },
         };
         let params = [
             ("user", user.as_str()),
@@ -92,14 +99,16 @@ impl ReplicationConnection {
             ("extra_float_digits", "3"),
             ("client_encoding", "UTF8"),
         ];
-        frontend::startup_message(params.iter().copied(), &mut conn.writer.out).map_err(Error::Io)?;
+        frontend::startup_message(params.iter().copied(), &mut conn.writer.out)
+            .map_err(Error::Io)?;
         conn.writer.flush().await?;
         conn.authenticate(&user, config.get_password()).await?;
         Ok(conn)
     }
 
     async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<()> {
-        let need_password = || Error::Config("server asks for a password and the DSN has none".into());
+        let need_password =
+            || Error::Config("server asks for a password and the DSN has none".into());
         loop {
             let frame = self.read_frame().await?;
             match frame.tag {
@@ -112,7 +121,8 @@ impl ReplicationConnection {
                             let pw = password.ok_or_else(need_password)?;
                             let mut v = pw.to_vec();
                             v.push(0);
-                            frontend::password_message(&v, &mut self.writer.out).map_err(Error::Io)?;
+                            frontend::password_message(&v, &mut self.writer.out)
+                                .map_err(Error::Io)?;
                             self.writer.flush().await?;
                         }
                         5 => {
@@ -122,10 +132,15 @@ impl ReplicationConnection {
                             }
                             let mut salt = [0u8; 4];
                             body.copy_to_slice(&mut salt);
-                            let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), pw, salt);
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                user.as_bytes(),
+                                pw,
+                                salt,
+                            );
                             let mut v = hash.into_bytes();
                             v.push(0);
-                            frontend::password_message(&v, &mut self.writer.out).map_err(Error::Io)?;
+                            frontend::password_message(&v, &mut self.writer.out)
+                                .map_err(Error::Io)?;
                             self.writer.flush().await?;
                         }
                         10 => {
@@ -135,25 +150,36 @@ impl ReplicationConnection {
                                 return Err(self.protocol("server offers no SCRAM-SHA-256"));
                             }
                             let mut scram = ScramSha256::new(pw, ChannelBinding::unsupported());
-                            frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut self.writer.out)
-                                .map_err(Error::Io)?;
+                            frontend::sasl_initial_response(
+                                "SCRAM-SHA-256",
+                                scram.message(),
+                                &mut self.writer.out,
+                            )
+                            .map_err(Error::Io)?;
                             self.writer.flush().await?;
                             let cont = self.expect_auth(11).await?;
                             scram.update(&cont).map_err(Error::Io)?;
-                            frontend::sasl_response(scram.message(), &mut self.writer.out).map_err(Error::Io)?;
+                            frontend::sasl_response(scram.message(), &mut self.writer.out)
+                                .map_err(Error::Io)?;
                             self.writer.flush().await?;
                             let fin = self.expect_auth(12).await?;
                             scram.finish(&fin).map_err(Error::Io)?;
                         }
                         other => {
-                            return Err(self.protocol(&format!("unsupported authentication method {other}")));
+                            return Err(self
+                                .protocol(&format!("unsupported authentication method {other}")));
                         }
                     }
                 }
                 b'S' | b'K' | b'N' => {}
                 b'Z' => return Ok(()),
                 b'E' => return Err(self.server_error(&frame.body)),
-                other => return Err(self.protocol(&format!("unexpected message {:?} during startup", other as char))),
+                other => {
+                    return Err(self.protocol(&format!(
+                        "unexpected message {:?} during startup",
+                        other as char
+                    )));
+                }
             }
         }
     }
@@ -186,7 +212,12 @@ impl ReplicationConnection {
                 b'D' => rows.push(parse_data_row(frame.body).map_err(|m| self.protocol(&m))?),
                 b'E' => error = Some(self.server_error(&frame.body)),
                 b'Z' => break,
-                other => return Err(self.protocol(&format!("unexpected message {:?} after query", other as char))),
+                other => {
+                    return Err(self.protocol(&format!(
+                        "unexpected message {:?} after query",
+                        other as char
+                    )));
+                }
             }
         }
         match error {
@@ -197,7 +228,10 @@ impl ReplicationConnection {
 
     /// Sends `START_REPLICATION`, waits for the CopyBoth response and splits
     /// the connection into its receiving and sending halves.
-    pub(crate) async fn start_replication(mut self, command: &str) -> Result<(MessageReader, StatusSender)> {
+    pub(crate) async fn start_replication(
+        mut self,
+        command: &str,
+    ) -> Result<(MessageReader, StatusSender)> {
         frontend::query(command, &mut self.writer.out).map_err(Error::Io)?;
         self.writer.flush().await?;
         loop {
@@ -205,11 +239,21 @@ impl ReplicationConnection {
             match frame.tag {
                 b'W' => {
                     let target = self.writer.target.clone();
-                    return Ok((MessageReader { reader: self.reader, target }, self.writer));
+                    return Ok((
+                        MessageReader {
+                            reader: self.reader,
+                            target,
+                        },
+                        self.writer,
+                    ));
                 }
                 b'N' | b'S' => {}
                 b'E' => return Err(self.server_error(&frame.body)),
-                other => return Err(self.protocol(&format!("expected CopyBoth, got {:?}", other as char))),
+                other => {
+                    return Err(
+                        self.protocol(&format!("expected CopyBoth, got {:?}", other as char))
+                    );
+                }
             }
         }
     }
@@ -246,7 +290,10 @@ impl MessageReader {
                             let _wal_start = body.get_u64();
                             let wal_end = Lsn(body.get_u64());
                             let _server_time = body.get_i64();
-                            return Ok(Some(ReplicationMessage::XLogData { wal_end, data: body }));
+                            return Ok(Some(ReplicationMessage::XLogData {
+                                wal_end,
+                                data: body,
+                            }));
                         }
                         b'k' => {
                             if body.remaining() < 17 {
@@ -255,19 +302,31 @@ impl MessageReader {
                             let wal_end = Lsn(body.get_u64());
                             let _server_time = body.get_i64();
                             let reply_requested = body.get_u8() == 1;
-                            return Ok(Some(ReplicationMessage::Keepalive { wal_end, reply_requested }));
+                            return Ok(Some(ReplicationMessage::Keepalive {
+                                wal_end,
+                                reply_requested,
+                            }));
                         }
-                        other => return Err(protocol_error(&self.target, &format!("unknown CopyData kind {:?}", other as char))),
+                        other => {
+                            return Err(protocol_error(
+                                &self.target,
+                                &format!("unknown CopyData kind {:?}", other as char),
+                            ));
+                        }
                     }
                 }
                 b'c' | b'C' | b'Z' => return Ok(None),
                 b'N' | b'S' => {}
                 b'E' => return Err(server_error(&self.target, &frame.body)),
-                other => return Err(protocol_error(&self.target, &format!("unexpected message {:?} in stream", other as char))),
+                other => {
+                    return Err(protocol_error(
+                        &self.target,
+                        &format!("unexpected message {:?} in stream", other as char),
+                    ));
+                }
             }
         }
     }
-
 }
 
 impl StatusSender {
@@ -287,7 +346,9 @@ impl StatusSender {
         msg.put_u64(flushed.0);
         msg.put_i64(now_us);
         msg.put_u8(0);
-        frontend::CopyData::new(msg.freeze()).map_err(Error::Io)?.write(&mut self.out);
+        frontend::CopyData::new(msg.freeze())
+            .map_err(Error::Io)?
+            .write(&mut self.out);
         self.flush().await
     }
 
@@ -295,22 +356,34 @@ impl StatusSender {
         self.writer
             .write_all(&self.out)
             .await
-            .map_err(|e| Error::Connect { target: self.target.clone(), source: e })?;
+            .map_err(|e| Error::Connect {
+                target: self.target.clone(),
+                source: e,
+            })?;
         self.out.clear();
         Ok(())
     }
 }
 
 async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, target: &str) -> Result<Frame> {
-    let io = |e| Error::Connect { target: target.to_string(), source: e };
+    let io = |e| Error::Connect {
+        target: target.to_string(),
+        source: e,
+    };
     let tag = reader.read_u8().await.map_err(io)?;
     let len = reader.read_i32().await.map_err(io)?;
     if !(4..=1 << 30).contains(&len) {
-        return Err(protocol_error(target, &format!("invalid message length {len}")));
+        return Err(protocol_error(
+            target,
+            &format!("invalid message length {len}"),
+        ));
     }
     let mut body = vec![0u8; len as usize - 4];
     reader.read_exact(&mut body).await.map_err(io)?;
-    Ok(Frame { tag, body: Bytes::from(body) })
+    Ok(Frame {
+        tag,
+        body: Bytes::from(body),
+    })
 }
 
 fn protocol_error(target: &str, message: &str) -> Error {
@@ -319,7 +392,11 @@ fn protocol_error(target: &str, message: &str) -> Error {
 
 fn server_error(target: &str, body: &[u8]) -> Error {
     let (code, message) = parse_error_fields(body);
-    Error::Server { target: target.to_string(), code, message }
+    Error::Server {
+        target: target.to_string(),
+        code,
+        message,
+    }
 }
 
 fn get_i32(body: &mut Bytes) -> Result<i32> {
@@ -347,7 +424,9 @@ fn parse_data_row(mut body: Bytes) -> std::result::Result<Vec<Option<String>>, S
             if body.remaining() < len {
                 return Err("DataRow column overruns message".into());
             }
-            row.push(Some(String::from_utf8_lossy(&body.split_to(len)).into_owned()));
+            row.push(Some(
+                String::from_utf8_lossy(&body.split_to(len)).into_owned(),
+            ));
         }
     }
     Ok(row)
@@ -394,6 +473,9 @@ mod tests {
         b.put_i32(-1);
         b.put_i32(2);
         b.put_slice(b"ok");
-        assert_eq!(parse_data_row(b.freeze()).unwrap(), vec![None, Some("ok".into())]);
+        assert_eq!(
+            parse_data_row(b.freeze()).unwrap(),
+            vec![None, Some("ok".into())]
+        );
     }
 }

@@ -48,7 +48,11 @@ pub async fn run(
     check_broker(&kafka, Duration::from_secs(10)).await?;
     let topics: Vec<String> = sources
         .iter()
-        .flat_map(|s| s.tables.iter().map(|t| topic_name(&kafka.topic_prefix, &s.db, t)))
+        .flat_map(|s| {
+            s.tables
+                .iter()
+                .map(|t| topic_name(&kafka.topic_prefix, &s.db, t))
+        })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -109,14 +113,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 async fn connect_sql(dsn: &str) -> Result<tokio_postgres::Client> {
-    let mut config: tokio_postgres::Config =
-        dsn.parse().map_err(|e| Error::Config(format!("invalid DSN: {e}")))?;
+    let mut config: tokio_postgres::Config = dsn
+        .parse()
+        .map_err(|e| Error::Config(format!("invalid DSN: {e}")))?;
     config.options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3");
     config.application_name("tributary-cdc");
     let (client, conn) = config
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|source| Error::Postgres { context: "connecting".into(), source })?;
+        .map_err(|source| Error::Postgres {
+            context: "connecting".into(),
+            source,
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "source connection closed");
@@ -126,7 +134,10 @@ async fn connect_sql(dsn: &str) -> Result<tokio_postgres::Client> {
 }
 
 fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
-    move |source| Error::Postgres { context: context.to_string(), source }
+    move |source| Error::Postgres {
+        context: context.to_string(),
+        source,
+    }
 }
 
 async fn run_reader(
@@ -150,12 +161,18 @@ async fn run_reader(
         .await
         .map_err(pg("creating tributary.cdc_snapshots"))?;
     let slot_exists = client
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await
         .map_err(pg("reading pg_replication_slots"))?
         .is_some();
     let snapshot_done = client
-        .query_opt("SELECT 1 FROM tributary.cdc_snapshots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT 1 FROM tributary.cdc_snapshots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await
         .map_err(pg("reading tributary.cdc_snapshots"))?
         .is_some();
@@ -181,17 +198,27 @@ async fn run_reader(
                         code: db.code().code().to_string(),
                         message: db.message().to_string(),
                     },
-                    None => Error::Postgres { context: "dropping slot".into(), source },
+                    None => Error::Postgres {
+                        context: "dropping slot".into(),
+                        source,
+                    },
                 })?;
         }
         client
-            .execute("DELETE FROM tributary.cdc_snapshots WHERE slot_name = $1", &[&slot])
+            .execute(
+                "DELETE FROM tributary.cdc_snapshots WHERE slot_name = $1",
+                &[&slot],
+            )
             .await
             .map_err(pg("clearing snapshot state"))?;
         let rows = repl
-            .simple_query(&format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput EXPORT_SNAPSHOT"))
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput EXPORT_SNAPSHOT"
+            ))
             .await?;
-        let row = rows.first().ok_or_else(|| Error::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
         let consistent: Lsn = row
             .get(1)
             .cloned()
@@ -211,10 +238,15 @@ async fn run_reader(
             .await
             .map_err(pg("importing the exported snapshot"))?;
         let started = std::time::Instant::now();
-        let rows = snapshot::copy_tables(&client, source, &kafka.topic_prefix, consistent, &sink).await?;
-        client.batch_execute("COMMIT").await.map_err(pg("ending the snapshot"))?;
+        let rows =
+            snapshot::copy_tables(&client, source, &kafka.topic_prefix, consistent, &sink).await?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(pg("ending the snapshot"))?;
         sink.mark(consistent).await?;
-        sink.wait_durable(consistent, Duration::from_secs(120)).await?;
+        sink.wait_durable(consistent, Duration::from_secs(120))
+            .await?;
         client
             .execute(
                 "INSERT INTO tributary.cdc_snapshots(slot_name, consistent_lsn, rows) VALUES ($1, $2, $3)",
@@ -308,10 +340,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn ensure_publication(client: &tokio_postgres::Client, publication: &str, tables: &[String]) -> Result<()> {
-    let list = tables.iter().map(|t| format!("public.{t}")).collect::<Vec<_>>().join(", ");
+async fn ensure_publication(
+    client: &tokio_postgres::Client,
+    publication: &str,
+    tables: &[String],
+) -> Result<()> {
+    let list = tables
+        .iter()
+        .map(|t| format!("public.{t}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await
         .map_err(pg("reading pg_publication"))?
         .is_some();
@@ -320,7 +363,10 @@ async fn ensure_publication(client: &tokio_postgres::Client, publication: &str, 
     } else {
         format!("CREATE PUBLICATION {publication} FOR TABLE {list}")
     };
-    client.batch_execute(&sql).await.map_err(pg("creating the publication"))?;
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(pg("creating the publication"))?;
     Ok(())
 }
 
@@ -348,13 +394,28 @@ struct StreamState<'a> {
 
 impl<'a> StreamState<'a> {
     fn new(source: &'a SourceDb, topic_prefix: &'a str) -> Self {
-        StreamState { source, topic_prefix, relations: HashMap::new(), tx: None, last_commit_end: Lsn::ZERO }
+        StreamState {
+            source,
+            topic_prefix,
+            relations: HashMap::new(),
+            tx: None,
+            last_commit_end: Lsn::ZERO,
+        }
     }
 
     async fn handle(&mut self, msg: PgOutput, sink: &KafkaSink) -> Result<()> {
         match msg {
-            PgOutput::Begin { final_lsn, commit_ts_us, xid } => {
-                self.tx = Some(TxState { lsn: final_lsn, commit_ts_us, xid, ordinal: 0 });
+            PgOutput::Begin {
+                final_lsn,
+                commit_ts_us,
+                xid,
+            } => {
+                self.tx = Some(TxState {
+                    lsn: final_lsn,
+                    commit_ts_us,
+                    xid,
+                    ordinal: 0,
+                });
             }
             PgOutput::Commit { end_lsn, .. } => {
                 self.tx = None;
@@ -363,13 +424,16 @@ impl<'a> StreamState<'a> {
             }
             PgOutput::Relation(rel) => self.add_relation(rel),
             PgOutput::Insert { relation, new } => {
-                self.emit(relation, Op::Create, None, Some(new), sink).await?;
+                self.emit(relation, Op::Create, None, Some(new), sink)
+                    .await?;
             }
             PgOutput::Update { relation, old, new } => {
-                self.emit(relation, Op::Update, old, Some(new), sink).await?;
+                self.emit(relation, Op::Update, old, Some(new), sink)
+                    .await?;
             }
             PgOutput::Delete { relation, old } => {
-                self.emit(relation, Op::Delete, Some(old), None, sink).await?;
+                self.emit(relation, Op::Delete, Some(old), None, sink)
+                    .await?;
             }
             PgOutput::Truncate { relations } => {
                 for relation in relations {
@@ -385,10 +449,21 @@ impl<'a> StreamState<'a> {
         let columns = rel
             .columns
             .iter()
-            .map(|c| Column { name: c.name.clone(), pg_type: PgType::from_oid(c.type_oid, c.type_modifier), key: c.key })
+            .map(|c| Column {
+                name: c.name.clone(),
+                pg_type: PgType::from_oid(c.type_oid, c.type_modifier),
+                key: c.key,
+            })
             .collect();
         let topic = topic_name(self.topic_prefix, &self.source.db, &rel.name);
-        self.relations.insert(rel.id, RelationInfo { table: rel.name, topic, columns });
+        self.relations.insert(
+            rel.id,
+            RelationInfo {
+                table: rel.name,
+                topic,
+                columns,
+            },
+        );
     }
 
     async fn emit(
@@ -409,13 +484,20 @@ impl<'a> StreamState<'a> {
             .ok_or_else(|| Error::Protocol(format!("change for unknown relation {relation}")))?;
         tx.ordinal += 1;
         let mut unchanged = Vec::new();
-        let after = new.map(|t| tuple_to_row(&t, &rel.columns, &rel.table, Some(&mut unchanged))).transpose()?;
-        let before = old.map(|t| tuple_to_row(&t, &rel.columns, &rel.table, None)).transpose()?;
+        let after = new
+            .map(|t| tuple_to_row(&t, &rel.columns, &rel.table, Some(&mut unchanged)))
+            .transpose()?;
+        let before = old
+            .map(|t| tuple_to_row(&t, &rel.columns, &rel.table, None))
+            .transpose()?;
         // With REPLICA IDENTITY DEFAULT a delete carries only the key: keep
         // just the key columns so `before` never shows invented NULLs.
         let before = before.map(|mut b| {
             if op == Op::Delete || op == Op::Update {
-                let key_only = rel.columns.iter().any(|c| !c.key && b.get(&c.name) == Some(&Value::Null));
+                let key_only = rel
+                    .columns
+                    .iter()
+                    .any(|c| !c.key && b.get(&c.name) == Some(&Value::Null));
                 if key_only {
                     b.retain(|k, _| rel.columns.iter().any(|c| c.key && &c.name == k));
                 }
@@ -440,8 +522,14 @@ impl<'a> StreamState<'a> {
                 snapshot: false,
             },
             op,
-            ts_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
-            transaction: Some(Transaction { id: format!("{}:{}", tx.xid, tx.lsn), total_order: tx.ordinal }),
+            ts_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            transaction: Some(Transaction {
+                id: format!("{}:{}", tx.xid, tx.lsn),
+                total_order: tx.ordinal,
+            }),
             event_id: event_id(db, self.source.shard, tx.lsn, tx.ordinal, false),
             unchanged_toast: unchanged,
             columns: rel.columns.clone(),
@@ -451,7 +539,12 @@ impl<'a> StreamState<'a> {
         } else {
             ev.key()?
         };
-        sink.send(&rel.topic, &serde_json::to_vec(&key).expect("json"), &ev.to_json()).await
+        sink.send(
+            &rel.topic,
+            &serde_json::to_vec(&key).expect("json"),
+            &ev.to_json(),
+        )
+        .await
     }
 }
 

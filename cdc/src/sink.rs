@@ -25,16 +25,22 @@ use crate::{Error, Result};
 /// Checks that the broker answers; the message says where we looked.
 pub async fn check_broker(config: &KafkaConfig, timeout: Duration) -> Result<()> {
     let brokers = config.brokers.clone();
-    let producer: FutureProducer = client_config(config)
-        .create()
-        .map_err(|source| Error::Kafka { context: format!("creating a client for {brokers}"), source })?;
+    let producer: FutureProducer =
+        client_config(config)
+            .create()
+            .map_err(|source| Error::Kafka {
+                context: format!("creating a client for {brokers}"),
+                source,
+            })?;
     tokio::task::spawn_blocking(move || {
         producer
             .client()
             .fetch_metadata(None, timeout)
             .map(|_| ())
             .map_err(|source| Error::Kafka {
-                context: format!("cannot reach the Kafka broker at {brokers} within {timeout:?}; is it running?"),
+                context: format!(
+                    "cannot reach the Kafka broker at {brokers} within {timeout:?}; is it running?"
+                ),
                 source,
             })
     })
@@ -44,9 +50,13 @@ pub async fn check_broker(config: &KafkaConfig, timeout: Duration) -> Result<()>
 
 /// Creates the topics that do not exist yet (topics are never auto-created).
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config)
-        .create()
-        .map_err(|source| Error::Kafka { context: "creating an admin client".into(), source })?;
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(config)
+            .create()
+            .map_err(|source| Error::Kafka {
+                context: "creating an admin client".into(),
+                source,
+            })?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, config.partitions, TopicReplication::Fixed(1)))
@@ -55,7 +65,10 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<()
     let results = admin
         .create_topics(new.iter(), &opts)
         .await
-        .map_err(|source| Error::Kafka { context: "creating topics".into(), source })?;
+        .map_err(|source| Error::Kafka {
+            context: "creating topics".into(),
+            source,
+        })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -103,7 +116,10 @@ impl KafkaSink {
             .set("queue.buffering.max.messages", "500000")
             .set("message.timeout.ms", "60000")
             .create()
-            .map_err(|source| Error::Kafka { context: "creating the producer".into(), source })?;
+            .map_err(|source| Error::Kafka {
+                context: "creating the producer".into(),
+                source,
+            })?;
         // Bounded: a slow broker slows the reader instead of filling memory.
         let (tx, mut rx) = mpsc::channel::<Pending>(100_000);
         let durable = Arc::new(AtomicU64::new(start.0));
@@ -127,7 +143,13 @@ impl KafkaSink {
                 }
             }
         });
-        Ok(KafkaSink { producer, pending: tx, durable, failure, tracker })
+        Ok(KafkaSink {
+            producer,
+            pending: tx,
+            durable,
+            failure,
+            tracker,
+        })
     }
 
     /// Queues one event. Returns once the producer accepted it (not yet durable).
@@ -149,7 +171,10 @@ impl KafkaSink {
                     self.check()?;
                 }
                 Err((source, _)) => {
-                    return Err(Error::Kafka { context: format!("producing to {topic}"), source });
+                    return Err(Error::Kafka {
+                        context: format!("producing to {topic}"),
+                        source,
+                    });
                 }
             }
         }
@@ -182,7 +207,9 @@ impl KafkaSink {
         while self.durable() < lsn {
             self.check()?;
             if tokio::time::Instant::now() > deadline {
-                return Err(Error::Delivery(format!("events through {lsn} not acknowledged within {timeout:?}")));
+                return Err(Error::Delivery(format!(
+                    "events through {lsn} not acknowledged within {timeout:?}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -16,7 +16,10 @@ use crate::sink::KafkaSink;
 use crate::{Error, Result};
 
 /// Reads a table's columns in attribute order, with their key flags.
-pub(crate) async fn table_columns(client: &tokio_postgres::Client, table: &str) -> Result<Vec<Column>> {
+pub(crate) async fn table_columns(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> Result<Vec<Column>> {
     let rows = client
         .query(
             "SELECT a.attname::text, a.atttypid::int8, a.atttypmod,
@@ -29,9 +32,14 @@ pub(crate) async fn table_columns(client: &tokio_postgres::Client, table: &str) 
             &[&format!("public.{table}")],
         )
         .await
-        .map_err(|source| Error::Postgres { context: format!("reading columns of {table}"), source })?;
+        .map_err(|source| Error::Postgres {
+            context: format!("reading columns of {table}"),
+            source,
+        })?;
     if rows.is_empty() {
-        return Err(Error::Config(format!("table public.{table} has no columns or does not exist")));
+        return Err(Error::Config(format!(
+            "table public.{table} has no columns or does not exist"
+        )));
     }
     Ok(rows
         .iter()
@@ -55,7 +63,10 @@ pub(crate) async fn copy_tables(
     // Snapshot rows sort just below the consistent point: every streamed
     // commit is at or after it, so any later change of the row wins.
     let lsn = Lsn(consistent.0.saturating_sub(1));
-    let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
     let mut total = 0u64;
     for table in &source.tables {
         let columns = table_columns(client, table).await?;
@@ -63,7 +74,10 @@ pub(crate) async fn copy_tables(
         let stream = client
             .copy_out(&format!("COPY public.{table} TO STDOUT"))
             .await
-            .map_err(|source| Error::Postgres { context: format!("COPY {table}"), source })?;
+            .map_err(|source| Error::Postgres {
+                context: format!("COPY {table}"),
+                source,
+            })?;
         pin_mut!(stream);
         let mut pending: Vec<u8> = Vec::new();
         let mut ordinal = 0u64;
@@ -94,15 +108,21 @@ pub(crate) async fn copy_tables(
             })
         };
         while let Some(chunk) = stream.next().await {
-            let chunk: Bytes =
-                chunk.map_err(|source| Error::Postgres { context: format!("COPY {table}"), source })?;
+            let chunk: Bytes = chunk.map_err(|source| Error::Postgres {
+                context: format!("COPY {table}"),
+                source,
+            })?;
             pending.extend_from_slice(&chunk);
             let mut start = 0;
             while let Some(nl) = pending[start..].iter().position(|b| *b == b'\n') {
                 ordinal += 1;
                 let ev = emit(&pending[start..start + nl], ordinal)?;
-                sink.send(&topic, &serde_json::to_vec(&ev.key()?).expect("json"), &ev.to_json())
-                    .await?;
+                sink.send(
+                    &topic,
+                    &serde_json::to_vec(&ev.key()?).expect("json"),
+                    &ev.to_json(),
+                )
+                .await?;
                 start += nl + 1;
             }
             pending.drain(..start);
@@ -117,7 +137,11 @@ pub(crate) async fn copy_tables(
 }
 
 /// Parses one line of COPY text format into a JSON row.
-pub(crate) fn parse_copy_line(line: &[u8], columns: &[Column], table: &str) -> Result<Map<String, Value>> {
+pub(crate) fn parse_copy_line(
+    line: &[u8],
+    columns: &[Column],
+    table: &str,
+) -> Result<Map<String, Value>> {
     let fields: Vec<&[u8]> = line.split(|b| *b == b'\t').collect();
     if fields.len() != columns.len() {
         return Err(Error::Decode(format!(
@@ -131,8 +155,12 @@ pub(crate) fn parse_copy_line(line: &[u8], columns: &[Column], table: &str) -> R
         let value = if field == b"\\N" {
             Value::Null
         } else {
-            let text = unescape_copy(field)
-                .ok_or_else(|| Error::Decode(format!("COPY value of {table}.{} is not valid text", col.name)))?;
+            let text = unescape_copy(field).ok_or_else(|| {
+                Error::Decode(format!(
+                    "COPY value of {table}.{} is not valid text",
+                    col.name
+                ))
+            })?;
             col.pg_type.text_to_json(&col.name, &text)?
         };
         row.insert(col.name.clone(), value);
@@ -197,9 +225,21 @@ mod tests {
 
     fn cols() -> Vec<Column> {
         vec![
-            Column { name: "id".into(), pg_type: PgType::Int8, key: true },
-            Column { name: "note".into(), pg_type: PgType::Text, key: false },
-            Column { name: "price".into(), pg_type: PgType::Numeric(Some((12, 2))), key: false },
+            Column {
+                name: "id".into(),
+                pg_type: PgType::Int8,
+                key: true,
+            },
+            Column {
+                name: "note".into(),
+                pg_type: PgType::Text,
+                key: false,
+            },
+            Column {
+                name: "price".into(),
+                pg_type: PgType::Numeric(Some((12, 2))),
+                key: false,
+            },
         ]
     }
 

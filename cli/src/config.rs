@@ -97,20 +97,30 @@ pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config
         None => Some(PathBuf::from("tributary.toml")).filter(|p| p.exists()),
     };
     if let Some(file) = &file {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading config file {}", file.display()))?;
-        root = text.parse::<toml::Table>().with_context(|| format!("parsing config file {}", file.display()))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading config file {}", file.display()))?;
+        root = text
+            .parse::<toml::Table>()
+            .with_context(|| format!("parsing config file {}", file.display()))?;
     }
     for (key, value) in env {
-        let Some(rest) = key.strip_prefix("TRIBUTARY__") else { continue };
+        let Some(rest) = key.strip_prefix("TRIBUTARY__") else {
+            continue;
+        };
         let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
         if parts.iter().any(String::is_empty) {
             bail!("environment variable {key}: empty key segment");
         }
-        set_path(&mut root, &parts, parse_env_value(value)).with_context(|| format!("environment variable {key}"))?;
+        set_path(&mut root, &parts, parse_env_value(value))
+            .with_context(|| format!("environment variable {key}"))?;
     }
-    let source = file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "defaults".into());
-    let raw: RawConfig = deserialize(toml::Value::Table(root), "")
-        .with_context(|| format!("invalid configuration (from {source} and TRIBUTARY__* variables)"))?;
+    let source = file
+        .as_ref()
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "defaults".into());
+    let raw: RawConfig = deserialize(toml::Value::Table(root), "").with_context(|| {
+        format!("invalid configuration (from {source} and TRIBUTARY__* variables)")
+    })?;
     let state_dir = raw.state_dir.unwrap_or_else(|| PathBuf::from(".tributary"));
     Ok(Config {
         state_dir: std::path::absolute(&state_dir).unwrap_or(state_dir),
@@ -125,7 +135,10 @@ pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config
 }
 
 fn section<T: DeserializeOwned>(value: Option<toml::Value>, name: &str) -> Result<T> {
-    deserialize(value.unwrap_or_else(|| toml::Value::Table(Default::default())), name)
+    deserialize(
+        value.unwrap_or_else(|| toml::Value::Table(Default::default())),
+        name,
+    )
 }
 
 /// Deserialises with the full path of the offending key in the error.
@@ -155,7 +168,9 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     let (last, parents) = path.split_last().expect("non-empty path");
     let mut cur = table;
     for p in parents {
-        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
         cur = match entry {
             toml::Value::Table(t) => t,
             _ => bail!("`{p}` is not a section"),
@@ -170,7 +185,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -186,7 +204,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("t.toml");
         std::fs::write(&f, "[stack]\nshards = 3\n[cdc]\nslot_prefix = \"x\"\n").unwrap();
-        let c = load_from(Some(&f), &env(&[("TRIBUTARY__STACK__SHARDS", "4"), ("TRIBUTARY__CDC__SLOT_PREFIX", "envslot")])).unwrap();
+        let c = load_from(
+            Some(&f),
+            &env(&[
+                ("TRIBUTARY__STACK__SHARDS", "4"),
+                ("TRIBUTARY__CDC__SLOT_PREFIX", "envslot"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.stack.shards, 4);
         assert_eq!(c.cdc.slot_prefix, "envslot");
     }
@@ -198,9 +223,15 @@ mod tests {
         std::fs::write(&f, "[kafka]\nbrokers = \"x:1\"\nbrokerz = 1\n").unwrap();
         let err = format!("{:#}", load_from(Some(&f), &[]).unwrap_err());
         assert!(err.contains("brokerz"), "{err}");
-        let err = format!("{:#}", load_from(None, &env(&[("TRIBUTARY__STACK__SHARDZ", "1")])).unwrap_err());
+        let err = format!(
+            "{:#}",
+            load_from(None, &env(&[("TRIBUTARY__STACK__SHARDZ", "1")])).unwrap_err()
+        );
         assert!(err.contains("shardz") && err.contains("stack"), "{err}");
-        let err = format!("{:#}", load_from(None, &env(&[("TRIBUTARY__NOPE", "1")])).unwrap_err());
+        let err = format!(
+            "{:#}",
+            load_from(None, &env(&[("TRIBUTARY__NOPE", "1")])).unwrap_err()
+        );
         assert!(err.contains("nope"), "{err}");
     }
 }

@@ -14,9 +14,12 @@ fn step(n: usize, text: &str) {
     println!("\n== {n}/6 {text}");
 }
 
+/// One table's row counts: (table, source, silver, gold table and its rows).
+pub type TableCounts = (String, u64, u64, Option<(String, u64)>);
+
 /// Totals that must agree between the source, silver and gold.
 pub struct Reconciliation {
-    pub rows: Vec<(String, u64, u64, Option<(String, u64)>)>,
+    pub rows: Vec<TableCounts>,
     pub revenue_source: i128,
     pub revenue_silver: i128,
     pub revenue_gold: i128,
@@ -24,7 +27,9 @@ pub struct Reconciliation {
 
 impl Reconciliation {
     pub fn balanced(&self) -> bool {
-        self.rows.iter().all(|(_, s, v, g)| s == v && g.as_ref().is_none_or(|(_, g)| g == s))
+        self.rows
+            .iter()
+            .all(|(_, s, v, g)| s == v && g.as_ref().is_none_or(|(_, g)| g == s))
             && self.revenue_source == self.revenue_silver
             && self.revenue_source == self.revenue_gold
     }
@@ -37,17 +42,28 @@ fn cents(s: &str) -> Result<i128> {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     let frac = format!("{frac:0<2}");
     anyhow::ensure!(frac.len() == 2, "amount {s} has more than 2 decimals");
-    let v: i128 = format!("{int}{frac}").parse().with_context(|| format!("amount {s:?}"))?;
+    let v: i128 = format!("{int}{frac}")
+        .parse()
+        .with_context(|| format!("amount {s:?}"))?;
     Ok(if neg { -v } else { v })
 }
 
 async fn lake_scalar(session: &tributary_query::Session, sql: &str) -> Result<String> {
-    let batches = session.sql(sql).await.with_context(|| format!("query {sql}"))?;
-    Ok(strings(&batches).into_iter().next().unwrap_or_else(|| "0".into()))
+    let batches = session
+        .sql(sql)
+        .await
+        .with_context(|| format!("query {sql}"))?;
+    Ok(strings(&batches)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "0".into()))
 }
 
 /// Counts rows per table in the source, silver and gold, and revenue in all three.
-pub async fn reconcile(sources: &Sources, session: &tributary_query::Session) -> Result<Reconciliation> {
+pub async fn reconcile(
+    sources: &Sources,
+    session: &tributary_query::Session,
+) -> Result<Reconciliation> {
     let gold_of = |t: &str| match t {
         "customers" => Some(("dim_customer", "customer_key <> -1")),
         "products" => Some(("dim_product", "product_key <> -1")),
@@ -63,12 +79,22 @@ pub async fn reconcile(sources: &Sources, session: &tributary_query::Session) ->
         let mut source = 0u64;
         for dsn in dsns {
             let c = pipeline::connect(dsn).await?;
-            source += c.query_one(&format!("SELECT count(*) FROM public.{}", t.name), &[]).await?.get::<_, i64>(0) as u64;
+            source += c
+                .query_one(&format!("SELECT count(*) FROM public.{}", t.name), &[])
+                .await?
+                .get::<_, i64>(0) as u64;
         }
-        let silver: u64 = lake_scalar(session, &format!("SELECT count(*) FROM silver.{}", t.name)).await?.parse()?;
+        let silver: u64 = lake_scalar(session, &format!("SELECT count(*) FROM silver.{}", t.name))
+            .await?
+            .parse()?;
         let gold = match gold_of(t.name) {
             Some((g, filter)) => {
-                let n: u64 = lake_scalar(session, &format!("SELECT count(*) FROM gold.{g} WHERE {filter}")).await?.parse()?;
+                let n: u64 = lake_scalar(
+                    session,
+                    &format!("SELECT count(*) FROM gold.{g} WHERE {filter}"),
+                )
+                .await?
+                .parse()?;
                 Some((g.to_string(), n))
             }
             None => None,
@@ -78,12 +104,35 @@ pub async fn reconcile(sources: &Sources, session: &tributary_query::Session) ->
     let mut revenue_source = 0i128;
     for dsn in &sources.shards {
         let c = pipeline::connect(dsn).await?;
-        let s: String = c.query_one("SELECT coalesce(sum(line_total), 0)::text FROM order_items", &[]).await?.get(0);
+        let s: String = c
+            .query_one(
+                "SELECT coalesce(sum(line_total), 0)::text FROM order_items",
+                &[],
+            )
+            .await?
+            .get(0);
         revenue_source += cents(&s)?;
     }
-    let revenue_silver = cents(&lake_scalar(session, "SELECT CAST(coalesce(sum(line_total), 0) AS VARCHAR) FROM silver.order_items").await?)?;
-    let revenue_gold = cents(&lake_scalar(session, "SELECT CAST(coalesce(sum(line_total), 0) AS VARCHAR) FROM gold.fct_order_line").await?)?;
-    Ok(Reconciliation { rows, revenue_source, revenue_silver, revenue_gold })
+    let revenue_silver = cents(
+        &lake_scalar(
+            session,
+            "SELECT CAST(coalesce(sum(line_total), 0) AS VARCHAR) FROM silver.order_items",
+        )
+        .await?,
+    )?;
+    let revenue_gold = cents(
+        &lake_scalar(
+            session,
+            "SELECT CAST(coalesce(sum(line_total), 0) AS VARCHAR) FROM gold.fct_order_line",
+        )
+        .await?,
+    )?;
+    Ok(Reconciliation {
+        rows,
+        revenue_source,
+        revenue_silver,
+        revenue_gold,
+    })
 }
 
 fn money(c: i128) -> String {
@@ -91,14 +140,20 @@ fn money(c: i128) -> String {
 }
 
 pub fn print_reconciliation(r: &Reconciliation) {
-    println!("{:<14} {:>10} {:>10}   {:<16} {:>10}   check", "table", "source", "silver", "gold table", "gold");
+    println!(
+        "{:<14} {:>10} {:>10}   {:<16} {:>10}   check",
+        "table", "source", "silver", "gold table", "gold"
+    );
     for (t, s, v, g) in &r.rows {
         let (gname, gval) = match g {
             Some((n, x)) => (n.as_str(), x.to_string()),
             None => ("-", "-".to_string()),
         };
         let ok = s == v && g.as_ref().is_none_or(|(_, x)| x == s);
-        println!("{t:<14} {s:>10} {v:>10}   {gname:<16} {gval:>10}   {}", if ok { "ok" } else { "MISMATCH" });
+        println!(
+            "{t:<14} {s:>10} {v:>10}   {gname:<16} {gval:>10}   {}",
+            if ok { "ok" } else { "MISMATCH" }
+        );
     }
     let ok = r.revenue_source == r.revenue_silver && r.revenue_source == r.revenue_gold;
     println!(
@@ -123,7 +178,10 @@ fn check_alive(tasks: &[(&str, &JoinHandle<Result<()>>)]) -> Result<()> {
 
 pub async fn run(config: &Config, duration: Duration, rate: f64) -> Result<()> {
     let started = Instant::now();
-    step(1, "starting the local stack (PostgreSQL shards + catalog, Kafka broker)");
+    step(
+        1,
+        "starting the local stack (PostgreSQL shards + catalog, Kafka broker)",
+    );
     let stack = stack::up(config).await?;
     let sources = Sources::resolve(config, Some(&stack))?;
     let kafka = stack::kafka_config(config, &stack);
@@ -146,23 +204,50 @@ pub async fn run(config: &Config, duration: Duration, rate: f64) -> Result<()> {
         tokio::spawn(async move { server.run(s).await.map_err(Into::into) })
     };
     let cdc: JoinHandle<Result<()>> = {
-        let (c, k, src, s) = (config.cdc.clone(), kafka.clone(), sources.cdc_sources(), shutdown.clone());
+        let (c, k, src, s) = (
+            config.cdc.clone(),
+            kafka.clone(),
+            sources.cdc_sources(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move { tributary_cdc::run(c, k, src, s).await.map_err(Into::into) })
     };
     let ingest: JoinHandle<Result<()>> = {
-        let (l, k, i, s) = (lake.clone(), kafka.clone(), config.ingest.clone(), shutdown.clone());
-        tokio::spawn(async move { tributary_lake::ingest::run(l, k, i, s).await.map_err(Into::into) })
+        let (l, k, i, s) = (
+            lake.clone(),
+            kafka.clone(),
+            config.ingest.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            tributary_lake::ingest::run(l, k, i, s)
+                .await
+                .map_err(Into::into)
+        })
     };
     let signals = crate::shutdown_on_signals();
 
-    step(2, &format!("driving order traffic for {duration:?} at {rate} requests/s"));
+    step(
+        2,
+        &format!("driving order traffic for {duration:?} at {rate} requests/s"),
+    );
     let report = tributary_oltp::run_load(
-        tributary_oltp::LoadConfig { base_url, rate, duration, concurrency: 8, seed: 42 },
+        tributary_oltp::LoadConfig {
+            base_url,
+            rate,
+            duration,
+            concurrency: 8,
+            seed: 42,
+        },
         signals.clone(),
     )
     .await?;
     println!("{report}");
-    check_alive(&[("the order API", &oltp), ("the CDC reader", &cdc), ("lake ingest", &ingest)])?;
+    check_alive(&[
+        ("the order API", &oltp),
+        ("the CDC reader", &cdc),
+        ("lake ingest", &ingest),
+    ])?;
 
     step(3, "waiting for CDC and ingest to catch up");
     let t = Instant::now();
@@ -213,11 +298,22 @@ pub async fn run(config: &Config, duration: Duration, rate: f64) -> Result<()> {
         if equal { "identical" } else { "DIFFERENT" }
     );
     for c in checks.iter().filter(|c| !c.equal()) {
-        println!("  {}: {} missing, {} extra, e.g. {:?} {:?}", c.table, c.missing.len(), c.extra.len(), c.missing.first(), c.extra.first());
+        println!(
+            "  {}: {} missing, {} extra, e.g. {:?} {:?}",
+            c.table,
+            c.missing.len(),
+            c.extra.len(),
+            c.missing.first(),
+            c.extra.first()
+        );
     }
 
     shutdown.cancel();
-    for (name, t) in [("order API", oltp), ("CDC reader", cdc), ("lake ingest", ingest)] {
+    for (name, t) in [
+        ("order API", oltp),
+        ("CDC reader", cdc),
+        ("lake ingest", ingest),
+    ] {
         match tokio::time::timeout(Duration::from_secs(30), t).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => println!("  {name} ended with an error: {e:#}"),
@@ -225,7 +321,10 @@ pub async fn run(config: &Config, duration: Duration, rate: f64) -> Result<()> {
             Err(_) => println!("  {name} did not stop within 30s"),
         }
     }
-    println!("\ndemo finished in {:.0}s; the stack keeps running.", started.elapsed().as_secs_f64());
+    println!(
+        "\ndemo finished in {:.0}s; the stack keeps running.",
+        started.elapsed().as_secs_f64()
+    );
     println!("open the console:      tributary sql");
     println!("one query:             tributary sql -e \"SELECT * FROM gold.agg_daily_sales\"");
     println!("stack status / stop:   tributary status / tributary down");

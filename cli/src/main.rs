@@ -9,7 +9,11 @@ use tributary::pipeline::{self, Sources};
 use tributary::stack::{self, StackState};
 
 #[derive(Parser)]
-#[command(name = "tributary", version, about = "OLTP to OLAP: sharded Postgres -> CDC -> Kafka -> Delta lake -> star schema -> SQL")]
+#[command(
+    name = "tributary",
+    version,
+    about = "OLTP to OLAP: sharded Postgres -> CDC -> Kafka -> Delta lake -> star schema -> SQL"
+)]
 struct Cli {
     /// Configuration file (default: ./tributary.toml when present).
     #[arg(long, global = true, env = "TRIBUTARY_CONFIG")]
@@ -126,9 +130,15 @@ enum EtlCommand {
 }
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,deltalake_core=error,deltalake=warn,datafusion=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,deltalake_core=error,deltalake=warn,datafusion=warn",
+            )
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -154,11 +164,16 @@ fn sources(config: &Config) -> Result<(Sources, Option<StackState>)> {
     Ok((Sources::resolve(config, stack.as_ref())?, stack))
 }
 
-fn kafka(config: &Config, stack: Option<&StackState>) -> Result<tributary_model::domain::KafkaConfig> {
+fn kafka(
+    config: &Config,
+    stack: Option<&StackState>,
+) -> Result<tributary_model::domain::KafkaConfig> {
     match (&config.kafka, stack) {
         (Some(k), _) => Ok(k.clone()),
         (None, Some(s)) => Ok(stack::kafka_config(config, s)),
-        (None, None) => anyhow::bail!("no [kafka] configured and no local stack: run `tributary up`"),
+        (None, None) => {
+            anyhow::bail!("no [kafka] configured and no local stack: run `tributary up`")
+        }
     }
 }
 
@@ -167,22 +182,38 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up => {
             let s = stack::up(&config).await?;
-            println!("stack is up ({} shards + catalog, broker at {})", s.shards.len(), s.broker.address());
+            println!(
+                "stack is up ({} shards + catalog, broker at {})",
+                s.shards.len(),
+                s.broker.address()
+            );
             print_status(&config, false).await?;
         }
         Command::Down { purge } => {
             stack::down(&config, purge)?;
-            println!("stack is down{}", if purge { " and its data deleted" } else { "" });
+            println!(
+                "stack is down{}",
+                if purge { " and its data deleted" } else { "" }
+            );
         }
         Command::Status { json } => print_status(&config, json).await?,
-        Command::Oltp { command: OltpCommand::Serve } => {
+        Command::Oltp {
+            command: OltpCommand::Serve,
+        } => {
             let (sources, _) = sources(&config)?;
             let shutdown = tributary::shutdown_on_signals();
-            let server = tributary_oltp::Server::bind(config.oltp.clone(), sources.topology()).await?;
+            let server =
+                tributary_oltp::Server::bind(config.oltp.clone(), sources.topology()).await?;
             eprintln!("order and catalog API on http://{}", server.local_addr());
             server.run(shutdown).await?;
         }
-        Command::Load { rate, duration, url, concurrency, seed } => {
+        Command::Load {
+            rate,
+            duration,
+            url,
+            concurrency,
+            seed,
+        } => {
             let base_url = url.unwrap_or_else(|| format!("http://{}", config.oltp.listen));
             let shutdown = tributary::shutdown_on_signals();
             let report = tributary_oltp::run_load(
@@ -198,21 +229,30 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             println!("{report}");
         }
-        Command::Cdc { command: CdcCommand::Run } => {
+        Command::Cdc {
+            command: CdcCommand::Run,
+        } => {
             let (sources, stack) = sources(&config)?;
             let kafka = kafka(&config, stack.as_ref())?;
             let shutdown = tributary::shutdown_on_signals();
             tributary_cdc::run(config.cdc.clone(), kafka, sources.cdc_sources(), shutdown).await?;
         }
-        Command::Lake { command: LakeCommand::Ingest } => {
+        Command::Lake {
+            command: LakeCommand::Ingest,
+        } => {
             let stack = StackState::load(&config.state_dir)?;
             let kafka = kafka(&config, stack.as_ref())?;
             let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
             let shutdown = tributary::shutdown_on_signals();
             tributary_lake::ingest::run(lake, kafka, config.ingest.clone(), shutdown).await?;
         }
-        Command::Etl { command: EtlCommand::Run { target } } => {
-            anyhow::ensure!(target == "marts", "unknown ETL target {target:?}: the only one is `marts`");
+        Command::Etl {
+            command: EtlCommand::Run { target },
+        } => {
+            anyhow::ensure!(
+                target == "marts",
+                "unknown ETL target {target:?}: the only one is `marts`"
+            );
             let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
             let report = tributary_etl::build_marts(&lake).await?;
             println!("{report}");
@@ -227,14 +267,21 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 None => {
                     std::fs::create_dir_all(&config.state_dir)?;
-                    tributary_query::run_console(session, config.state_dir.join("sql_history")).await?;
+                    tributary_query::run_console(session, config.state_dir.join("sql_history"))
+                        .await?;
                 }
             }
         }
         Command::Wait { timeout } => {
             let (sources, stack) = sources(&config)?;
             let kafka = kafka(&config, stack.as_ref())?;
-            pipeline::wait_caught_up(&config, &sources, &kafka, tributary::parse_duration(&timeout)?).await?;
+            pipeline::wait_caught_up(
+                &config,
+                &sources,
+                &kafka,
+                tributary::parse_duration(&timeout)?,
+            )
+            .await?;
             println!("caught up");
         }
         Command::Verify => {
@@ -271,7 +318,10 @@ async fn run(cli: Cli) -> Result<()> {
 async fn print_status(config: &Config, json: bool) -> Result<()> {
     let status = stack::status(config).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status).context("status as JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).context("status as JSON")?
+        );
     } else {
         for s in &status {
             println!(

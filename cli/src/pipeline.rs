@@ -34,28 +34,52 @@ pub struct Sources {
 impl Sources {
     pub fn resolve(config: &Config, stack: Option<&StackState>) -> Result<Sources> {
         if let Some(s) = &config.sources {
-            return Ok(Sources { shards: s.shards.clone(), catalog: s.catalog.clone() });
+            return Ok(Sources {
+                shards: s.shards.clone(),
+                catalog: s.catalog.clone(),
+            });
         }
-        let stack = stack.context("no [sources] configured and no local stack: run `tributary up`")?;
-        Ok(Sources { shards: stack.shards.iter().map(|s| s.dsn()).collect(), catalog: stack.catalog.dsn() })
+        let stack =
+            stack.context("no [sources] configured and no local stack: run `tributary up`")?;
+        Ok(Sources {
+            shards: stack.shards.iter().map(|s| s.dsn()).collect(),
+            catalog: stack.catalog.dsn(),
+        })
     }
 
     /// One CDC source per database.
     pub fn cdc_sources(&self) -> Vec<SourceDb> {
-        let orders: Vec<String> = tables_of(Database::Orders).map(|t| t.name.to_string()).collect();
-        let catalog: Vec<String> = tables_of(Database::Catalog).map(|t| t.name.to_string()).collect();
+        let orders: Vec<String> = tables_of(Database::Orders)
+            .map(|t| t.name.to_string())
+            .collect();
+        let catalog: Vec<String> = tables_of(Database::Catalog)
+            .map(|t| t.name.to_string())
+            .collect();
         let mut out: Vec<SourceDb> = self
             .shards
             .iter()
             .enumerate()
-            .map(|(i, dsn)| SourceDb { db: "orders".into(), shard: i as u32, dsn: dsn.clone(), tables: orders.clone() })
+            .map(|(i, dsn)| SourceDb {
+                db: "orders".into(),
+                shard: i as u32,
+                dsn: dsn.clone(),
+                tables: orders.clone(),
+            })
             .collect();
-        out.push(SourceDb { db: "catalog".into(), shard: 0, dsn: self.catalog.clone(), tables: catalog });
+        out.push(SourceDb {
+            db: "catalog".into(),
+            shard: 0,
+            dsn: self.catalog.clone(),
+            tables: catalog,
+        });
         out
     }
 
     pub fn topology(&self) -> tributary_oltp::Topology {
-        tributary_oltp::Topology { shards: self.shards.clone(), catalog: self.catalog.clone() }
+        tributary_oltp::Topology {
+            shards: self.shards.clone(),
+            catalog: self.catalog.clone(),
+        }
     }
 
     /// The DSN of the database that holds `db`'s shard `shard`.
@@ -77,7 +101,10 @@ impl Sources {
 pub(crate) async fn connect(dsn: &str) -> Result<tokio_postgres::Client> {
     let mut cfg: tokio_postgres::Config = dsn.parse().context("invalid DSN")?;
     cfg.options("-c TimeZone=UTC -c extra_float_digits=1");
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.with_context(|| format!("connecting to {dsn}"))?;
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {dsn}"))?;
     tokio::spawn(conn);
     Ok(client)
 }
@@ -85,12 +112,20 @@ pub(crate) async fn connect(dsn: &str) -> Result<tokio_postgres::Client> {
 /// Waits until everything written to the sources so far is in silver:
 /// every slot confirmed past the WAL position of now, and the lake's
 /// recorded offsets at the end of every partition.
-pub async fn wait_caught_up(config: &Config, sources: &Sources, kafka: &KafkaConfig, timeout: Duration) -> Result<()> {
+pub async fn wait_caught_up(
+    config: &Config,
+    sources: &Sources,
+    kafka: &KafkaConfig,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut targets = Vec::new();
     for src in sources.cdc_sources() {
         let client = connect(&src.dsn).await?;
-        let lsn: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+        let lsn: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?
+            .get(0);
         let slot = format!("{}_{}_{}", config.cdc.slot_prefix, src.db, src.shard);
         targets.push((client, slot, lsn.parse::<Lsn>()?));
     }
@@ -100,13 +135,15 @@ pub async fn wait_caught_up(config: &Config, sources: &Sources, kafka: &KafkaCon
                 .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[slot])
                 .await?
                 .and_then(|r| r.get(0));
-            if let Some(c) = confirmed {
-                if c.parse::<Lsn>()? >= *target {
-                    break;
-                }
+            if let Some(c) = confirmed
+                && c.parse::<Lsn>()? >= *target
+            {
+                break;
             }
             if Instant::now() > deadline {
-                bail!("slot {slot} did not confirm {target} within {timeout:?}: is `tributary cdc run` running?");
+                bail!(
+                    "slot {slot} did not confirm {target} within {timeout:?}: is `tributary cdc run` running?"
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -120,7 +157,11 @@ pub async fn wait_caught_up(config: &Config, sources: &Sources, kafka: &KafkaCon
     for t in TABLES {
         let topic = topic_of(&kafka.topic_prefix, t);
         let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let partitions = md.topics().first().map(|t| t.partitions().len() as i32).unwrap_or(0);
+        let partitions = md
+            .topics()
+            .first()
+            .map(|t| t.partitions().len() as i32)
+            .unwrap_or(0);
         let mut high = BTreeMap::new();
         for p in 0..partitions {
             let (_, h) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10))?;
@@ -129,8 +170,14 @@ pub async fn wait_caught_up(config: &Config, sources: &Sources, kafka: &KafkaCon
             }
         }
         loop {
-            let (bronze, silver) =
-                tributary_lake::ingest::committed_offsets(&lake, &config.ingest.group_id, t.name, &topic, partitions).await?;
+            let (bronze, silver) = tributary_lake::ingest::committed_offsets(
+                &lake,
+                &config.ingest.group_id,
+                t.name,
+                &topic,
+                partitions,
+            )
+            .await?;
             let done = high.iter().all(|(p, h)| {
                 bronze.get(p).is_some_and(|b| b >= h) && silver.get(p).is_some_and(|s| s >= h)
             });
@@ -138,7 +185,9 @@ pub async fn wait_caught_up(config: &Config, sources: &Sources, kafka: &KafkaCon
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the lake did not reach the end of {topic} within {timeout:?}: is `tributary lake ingest` running?");
+                bail!(
+                    "the lake did not reach the end of {topic} within {timeout:?}: is `tributary lake ingest` running?"
+                );
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -166,7 +215,10 @@ impl TableCheck {
 
 /// Compares every silver table with its source tables, row for row and
 /// column for column (all shards of a table against the one silver table).
-pub async fn compare_silver(sources: &Sources, session: &tributary_query::Session) -> Result<Vec<TableCheck>> {
+pub async fn compare_silver(
+    sources: &Sources,
+    session: &tributary_query::Session,
+) -> Result<Vec<TableCheck>> {
     let mut out = Vec::new();
     for t in TABLES {
         // Column list and types from the first source database.
@@ -195,7 +247,10 @@ pub async fn compare_silver(sources: &Sources, session: &tributary_query::Sessio
                     format!("CAST(CAST(\"{name}\" AS DECIMAL(38, 9)) AS VARCHAR)"),
                 )
             } else {
-                (format!("\"{name}\"::text"), format!("CAST(\"{name}\" AS VARCHAR)"))
+                (
+                    format!("\"{name}\"::text"),
+                    format!("CAST(\"{name}\" AS VARCHAR)"),
+                )
             };
             pg_exprs.push(format!("coalesce({pg}, '<null>')"));
             df_exprs.push(format!("coalesce({df}, '<null>')"));
@@ -203,7 +258,11 @@ pub async fn compare_silver(sources: &Sources, session: &tributary_query::Sessio
         let mut source_rows = Vec::new();
         for shard in 0..sources.shard_count(t.db) {
             let client = connect(sources.dsn(t.db, shard)).await?;
-            let sql = format!("SELECT concat_ws('|', '{shard}', {}) FROM public.{}", pg_exprs.join(", "), t.name);
+            let sql = format!(
+                "SELECT concat_ws('|', '{shard}', {}) FROM public.{}",
+                pg_exprs.join(", "),
+                t.name
+            );
             for r in client.query(&sql, &[]).await? {
                 source_rows.push(r.get::<_, String>(0));
             }
@@ -216,7 +275,12 @@ pub async fn compare_silver(sources: &Sources, session: &tributary_query::Sessio
         let silver_rows: Vec<String> = match session.sql(&sql).await {
             Ok(batches) => strings(&batches),
             // No silver table yet: it is empty.
-            Err(e) if session.sql(&format!("SELECT 1 FROM silver.{} LIMIT 0", t.name)).await.is_err() => {
+            Err(e)
+                if session
+                    .sql(&format!("SELECT 1 FROM silver.{} LIMIT 0", t.name))
+                    .await
+                    .is_err() =>
+            {
                 tracing::debug!(error = %e, table = t.name, "no silver table");
                 vec![]
             }
@@ -240,10 +304,15 @@ pub async fn compare_silver(sources: &Sources, session: &tributary_query::Sessio
 pub(crate) fn strings(batches: &[RecordBatch]) -> Vec<String> {
     let mut out = Vec::new();
     for b in batches {
-        let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).expect("castable to text");
+        let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)
+            .expect("castable to text");
         let a = col.as_any().downcast_ref::<StringArray>().expect("utf8");
         for i in 0..a.len() {
-            out.push(if a.is_null(i) { "<null>".into() } else { a.value(i).to_string() });
+            out.push(if a.is_null(i) {
+                "<null>".into()
+            } else {
+                a.value(i).to_string()
+            });
         }
     }
     out
@@ -282,11 +351,18 @@ fn diff(a: &[String], b: &[String]) -> (Vec<String>, Vec<String>) {
 }
 
 /// Bronze must hold each change once: duplicate `event_id`s per table.
-pub async fn bronze_duplicates(session: &tributary_query::Session) -> Result<BTreeMap<String, (i64, i64)>> {
+pub async fn bronze_duplicates(
+    session: &tributary_query::Session,
+) -> Result<BTreeMap<String, (i64, i64)>> {
     let mut out = BTreeMap::new();
     for t in TABLES {
-        let sql = format!("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM bronze.{}", t.name);
-        let Ok(batches) = session.sql(&sql).await else { continue };
+        let sql = format!(
+            "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM bronze.{}",
+            t.name
+        );
+        let Ok(batches) = session.sql(&sql).await else {
+            continue;
+        };
         let v = strings_pairs(&batches);
         out.insert(t.name.to_string(), v);
     }
@@ -297,7 +373,10 @@ fn strings_pairs(batches: &[RecordBatch]) -> (i64, i64) {
     let b = &batches[0];
     let get = |i: usize| {
         let c = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Int64).expect("int");
-        c.as_any().downcast_ref::<arrow::array::Int64Array>().expect("int64").value(0)
+        c.as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("int64")
+            .value(0)
     };
     (get(0), get(1))
 }

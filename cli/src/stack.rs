@@ -6,8 +6,8 @@
 //! Ports are picked free on first `up` and kept in `<state>/stack.json`.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,10 @@ pub struct PgInstance {
 
 impl PgInstance {
     pub fn dsn(&self) -> String {
-        format!("host=127.0.0.1 port={} user=tributary dbname={}", self.port, self.database)
+        format!(
+            "host=127.0.0.1 port={} user=tributary dbname={}",
+            self.port, self.database
+        )
     }
 }
 
@@ -64,13 +67,17 @@ impl StackState {
         if !p.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?))
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        Ok(Some(
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?,
+        ))
     }
 
     fn save(&self, state_dir: &Path) -> Result<()> {
         let p = Self::path(state_dir);
-        std::fs::write(&p, serde_json::to_string_pretty(self)?).with_context(|| format!("writing {}", p.display()))
+        std::fs::write(&p, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", p.display()))
     }
 
     pub fn all_pg(&self) -> impl Iterator<Item = &PgInstance> {
@@ -106,7 +113,12 @@ fn pg_bin(config: &Config) -> Result<PathBuf> {
         }
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("pg_ctl").exists()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("pg_ctl").exists())
+                .collect()
+        })
         .unwrap_or_default();
     candidates.sort();
     candidates.pop().ok_or_else(|| {
@@ -128,7 +140,10 @@ fn pg_command(bin: &Path, tool: &str) -> Command {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
     if !out.status.success() {
         bail!(
             "{what} failed ({}): {}{}",
@@ -167,7 +182,12 @@ fn pg_base(state_dir: &Path) -> Result<PathBuf> {
 
 fn chown_postgres(path: &Path) -> Result<()> {
     if is_root() {
-        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path), "chown to postgres")?;
+        run(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path),
+            "chown to postgres",
+        )?;
     }
     Ok(())
 }
@@ -175,12 +195,22 @@ fn chown_postgres(path: &Path) -> Result<()> {
 fn plan(config: &Config) -> Result<StackState> {
     let base = pg_base(&config.state_dir)?;
     let pg = |name: String, database: &str| -> Result<PgInstance> {
-        Ok(PgInstance { data_dir: base.join(&name), name, port: free_port()?, database: database.into() })
+        Ok(PgInstance {
+            data_dir: base.join(&name),
+            name,
+            port: free_port()?,
+            database: database.into(),
+        })
     };
     Ok(StackState {
-        shards: (0..config.stack.shards).map(|i| pg(format!("shard{i}"), "orders")).collect::<Result<_>>()?,
+        shards: (0..config.stack.shards)
+            .map(|i| pg(format!("shard{i}"), "orders"))
+            .collect::<Result<_>>()?,
         catalog: pg("catalog".into(), "catalog")?,
-        broker: BrokerInstance { port: free_port()?, data_dir: config.state_dir.join("broker") },
+        broker: BrokerInstance {
+            port: free_port()?,
+            data_dir: config.state_dir.join("broker"),
+        },
     })
 }
 
@@ -208,12 +238,19 @@ pub async fn up(config: &Config) -> Result<StackState> {
     };
     let bin = pg_bin(config)?;
     for pg in state.all_pg() {
-        start_pg(&bin, pg).await.with_context(|| format!("starting PostgreSQL {}", pg.name))?;
+        start_pg(&bin, pg)
+            .await
+            .with_context(|| format!("starting PostgreSQL {}", pg.name))?;
     }
     start_broker(config, &state.broker).await?;
     let kafka = kafka_config(config, &state);
-    let topics: Vec<String> = TABLES.iter().map(|t| topic_of(&kafka.topic_prefix, t)).collect();
-    tributary_cdc::sink::ensure_topics(&kafka, &topics).await.context("creating topics")?;
+    let topics: Vec<String> = TABLES
+        .iter()
+        .map(|t| topic_of(&kafka.topic_prefix, t))
+        .collect();
+    tributary_cdc::sink::ensure_topics(&kafka, &topics)
+        .await
+        .context("creating topics")?;
     Ok(state)
 }
 
@@ -222,10 +259,14 @@ async fn start_pg(bin: &Path, pg: &PgInstance) -> Result<()> {
         std::fs::create_dir_all(&pg.data_dir)?;
         chown_postgres(pg.data_dir.parent().expect("data dir has a parent"))?;
         run(
-            pg_command(bin, "initdb")
-                .arg("-D")
-                .arg(&pg.data_dir)
-                .args(["-U", "tributary", "--auth=trust", "-E", "UTF8", "--no-locale"]),
+            pg_command(bin, "initdb").arg("-D").arg(&pg.data_dir).args([
+                "-U",
+                "tributary",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]),
             "initdb",
         )?;
         let conf = format!(
@@ -260,17 +301,25 @@ async fn start_pg(bin: &Path, pg: &PgInstance) -> Result<()> {
             "pg_ctl start",
         )?;
     }
-    let admin = format!("host=127.0.0.1 port={} user=tributary dbname=postgres", pg.port);
+    let admin = format!(
+        "host=127.0.0.1 port={} user=tributary dbname=postgres",
+        pg.port
+    );
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
         .await
         .with_context(|| format!("connecting to {}", pg.name))?;
     tokio::spawn(conn);
     let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&pg.database])
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&pg.database],
+        )
         .await?
         .is_some();
     if !exists {
-        client.batch_execute(&format!("CREATE DATABASE {}", pg.database)).await?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {}", pg.database))
+            .await?;
     }
     Ok(())
 }
@@ -303,7 +352,13 @@ async fn start_broker(config: &Config, broker: &BrokerInstance) -> Result<()> {
     let log = std::fs::File::create(broker.data_dir.join("broker.log"))?;
     let url = format!("tcp://127.0.0.1:{}", broker.port);
     let child = Command::new(&bin)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
         // A relative sqlite path keeps the log under the broker folder, on disk.
         .args(["--storage-engine", "sqlite://tansu.db"])
         .current_dir(&broker.data_dir)
@@ -318,7 +373,11 @@ async fn start_broker(config: &Config, broker: &BrokerInstance) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !port_open(broker.port) {
         if Instant::now() > deadline {
-            bail!("the broker did not listen on {} within 30s; see {}", url, broker.data_dir.join("broker.log").display());
+            bail!(
+                "the broker did not listen on {} within 30s; see {}",
+                url,
+                broker.data_dir.join("broker.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -341,7 +400,10 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
             for pg in state.all_pg() {
                 if pg.data_dir.join("postmaster.pid").exists() {
                     let _ = run(
-                        pg_command(&bin, "pg_ctl").arg("-D").arg(&pg.data_dir).args(["-m", "fast", "-w", "stop"]),
+                        pg_command(&bin, "pg_ctl")
+                            .arg("-D")
+                            .arg(&pg.data_dir)
+                            .args(["-m", "fast", "-w", "stop"]),
                         "pg_ctl stop",
                     );
                 }
@@ -365,8 +427,12 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
 pub fn stop_broker(broker: &BrokerInstance) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    let Ok(text) = std::fs::read_to_string(broker.data_dir.join("pid")) else { return };
-    let Ok(pid) = text.trim().parse::<i32>() else { return };
+    let Ok(text) = std::fs::read_to_string(broker.data_dir.join("pid")) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
     let pid = Pid::from_raw(pid);
     if kill(pid, Signal::SIGTERM).is_err() {
         return;
@@ -384,7 +450,10 @@ pub fn stop_broker(broker: &BrokerInstance) {
 /// Health of every component, with its address.
 pub async fn status(config: &Config) -> Result<Vec<ComponentStatus>> {
     let Some(state) = StackState::load(&config.state_dir)? else {
-        bail!("no stack in {}: run `tributary up`", config.state_dir.display());
+        bail!(
+            "no stack in {}: run `tributary up`",
+            config.state_dir.display()
+        );
     };
     let mut out = Vec::new();
     for pg in state.all_pg() {
@@ -412,7 +481,12 @@ pub async fn status(config: &Config) -> Result<Vec<ComponentStatus>> {
             Ok(Err(e)) => (false, e.to_string()),
             Err(_) => (false, "timed out".into()),
         };
-        out.push(ComponentStatus { component: format!("postgres {}", pg.name), address: pg.dsn(), healthy, detail });
+        out.push(ComponentStatus {
+            component: format!("postgres {}", pg.name),
+            address: pg.dsn(),
+            healthy,
+            detail,
+        });
     }
     let kafka = kafka_config(config, &state);
     let broker_ok = tributary_cdc::sink::check_broker(&kafka, Duration::from_secs(3)).await;

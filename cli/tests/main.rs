@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -13,7 +12,7 @@ use tributary::pipeline::{self, Sources};
 use tributary::stack::{self, StackState};
 
 /// Stacks are heavy for a 2-core machine: end-to-end tests take turns.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tributary")
@@ -28,18 +27,38 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        let dir = tempfile::Builder::new().prefix("tributary-e2e-").tempdir_in(std::env::temp_dir()).unwrap();
-        let oltp_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Env { dir, oltp_port, children: vec![] }
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-e2e-")
+            .tempdir_in(std::env::temp_dir())
+            .unwrap();
+        let oltp_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Env {
+            dir,
+            oltp_port,
+            children: vec![],
+        }
     }
 
     fn vars(&self) -> Vec<(String, String)> {
         vec![
-            ("TRIBUTARY__STATE_DIR".into(), self.state_dir().display().to_string()),
-            ("TRIBUTARY__OLTP__LISTEN".into(), format!("127.0.0.1:{}", self.oltp_port)),
+            (
+                "TRIBUTARY__STATE_DIR".into(),
+                self.state_dir().display().to_string(),
+            ),
+            (
+                "TRIBUTARY__OLTP__LISTEN".into(),
+                format!("127.0.0.1:{}", self.oltp_port),
+            ),
             // Small batches so kills land between commits.
             ("TRIBUTARY__INGEST__BATCH_MAX_MS".into(), "300".into()),
-            ("TRIBUTARY__CDC__HEARTBEAT_INTERVAL_MS".into(), "1000".into()),
+            (
+                "TRIBUTARY__CDC__HEARTBEAT_INTERVAL_MS".into(),
+                "1000".into(),
+            ),
             ("TRIBUTARY_LOG".into(), "info".into()),
         ]
     }
@@ -49,14 +68,19 @@ impl Env {
     }
 
     fn config(&self) -> Config {
-        let mut env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| !k.starts_with("TRIBUTARY__")).collect();
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| !k.starts_with("TRIBUTARY__"))
+            .collect();
         env.extend(self.vars());
         config::load_from_env(&env).unwrap()
     }
 
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.args(args).envs(self.vars()).current_dir(self.dir.path()).stdin(Stdio::null());
+        c.args(args)
+            .envs(self.vars())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
         c
     }
 
@@ -66,7 +90,12 @@ impl Env {
 
     fn spawn(&mut self, name: &str, args: &[&str]) {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
-        let child = self.command(args).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        let child = self
+            .command(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
         self.children.push((name.to_string(), child));
     }
 
@@ -84,7 +113,11 @@ impl Env {
     fn assert_running(&mut self) {
         for (name, child) in &mut self.children {
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("{name} exited with {status}:\n{}", std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default());
+                panic!(
+                    "{name} exited with {status}:\n{}",
+                    std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                        .unwrap_or_default()
+                );
             }
         }
     }
@@ -96,13 +129,17 @@ impl Env {
     async fn wait_http(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(r) = reqwest::get(format!("{}/healthz", self.url())).await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = reqwest::get(format!("{}/healthz", self.url())).await
+                && r.status().is_success()
+            {
+                return;
             }
             self.assert_running();
-            assert!(Instant::now() < deadline, "order API did not come up:\n{}", self.log("oltp"));
+            assert!(
+                Instant::now() < deadline,
+                "order API did not come up:\n{}",
+                self.log("oltp")
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -147,9 +184,19 @@ async fn scripted_changes(base: &str) {
         .await;
         customers.push(cu["id"].as_i64().unwrap());
     }
-    let r = c.patch(format!("{base}/customers/{}", customers[0])).json(&json!({"address": "Canal 9", "city": "Leiden"})).send().await.unwrap();
+    let r = c
+        .patch(format!("{base}/customers/{}", customers[0]))
+        .json(&json!({"address": "Canal 9", "city": "Leiden"}))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success());
-    let r = c.patch(format!("{base}/products/{}/price", products[1])).json(&json!({"price": 12.0})).send().await.unwrap();
+    let r = c
+        .patch(format!("{base}/products/{}/price", products[1]))
+        .json(&json!({"price": 12.0}))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success());
     for (i, cust) in customers.iter().enumerate() {
         let o = post(
@@ -161,12 +208,26 @@ async fn scripted_changes(base: &str) {
         let id = o["id"].as_i64().unwrap();
         match i % 3 {
             0 => {
-                let r = c.delete(format!("{base}/orders/{id}")).send().await.unwrap();
+                let r = c
+                    .delete(format!("{base}/orders/{id}"))
+                    .send()
+                    .await
+                    .unwrap();
                 assert!(r.status().is_success(), "delete order {id}: {}", r.status());
             }
             1 => {
-                post(&c, format!("{base}/orders/{id}/pay"), json!({"method": "card"})).await;
-                post(&c, format!("{base}/orders/{id}/ship"), json!({"carrier": "DHL"})).await;
+                post(
+                    &c,
+                    format!("{base}/orders/{id}/pay"),
+                    json!({"method": "card"}),
+                )
+                .await;
+                post(
+                    &c,
+                    format!("{base}/orders/{id}/ship"),
+                    json!({"carrier": "DHL"}),
+                )
+                .await;
             }
             _ => {
                 post(&c, format!("{base}/orders/{id}/cancel"), json!({})).await;
@@ -180,15 +241,24 @@ async fn assert_lake_equals_source(env: &Env) {
     let stack = StackState::load(&cfg.state_dir).unwrap().unwrap();
     let sources = Sources::resolve(&cfg, Some(&stack)).unwrap();
     let kafka = stack::kafka_config(&cfg, &stack);
-    if let Err(e) = pipeline::wait_caught_up(&cfg, &sources, &kafka, Duration::from_secs(240)).await {
-        panic!("{e:#}\n--- cdc log:\n{}\n--- ingest log:\n{}", tail(&env.log("cdc")), tail(&env.log("ingest")));
+    if let Err(e) = pipeline::wait_caught_up(&cfg, &sources, &kafka, Duration::from_secs(240)).await
+    {
+        panic!(
+            "{e:#}\n--- cdc log:\n{}\n--- ingest log:\n{}",
+            tail(&env.log("cdc")),
+            tail(&env.log("ingest"))
+        );
     }
     let lake = tributary_lake::Lake::new(&pipeline::lake_config(&cfg)).unwrap();
     let session = tributary_query::Session::new(lake).await.unwrap();
     let checks = pipeline::compare_silver(&sources, &session).await.unwrap();
     let mut total = 0;
     for c in &checks {
-        assert!(c.equal(), "silver.{} differs from the source: {c:?}", c.table);
+        assert!(
+            c.equal(),
+            "silver.{} differs from the source: {c:?}",
+            c.table
+        );
         total += c.source_rows;
     }
     assert!(total > 0, "the comparison compared nothing");
@@ -203,7 +273,13 @@ async fn assert_lake_equals_source(env: &Env) {
 async fn assert_no_gaps(session: &tributary_query::Session) {
     let parts: Vec<String> = tributary_model::domain::TABLES
         .iter()
-        .map(|t| format!("SELECT '{}' AS db, shard, lsn, ordinal FROM bronze.{} WHERE op <> 'r'", t.db.name(), t.name))
+        .map(|t| {
+            format!(
+                "SELECT '{}' AS db, shard, lsn, ordinal FROM bronze.{} WHERE op <> 'r'",
+                t.db.name(),
+                t.name
+            )
+        })
         .collect();
     let sql = format!(
         "SELECT count(*) FROM (SELECT db, shard, lsn, count(*) AS n, count(DISTINCT ordinal) AS d, max(ordinal) AS m \
@@ -212,28 +288,52 @@ async fn assert_no_gaps(session: &tributary_query::Session) {
     );
     let batches = session.sql(&sql).await.unwrap();
     let bad = tributary_query_count(&batches);
-    assert_eq!(bad, 0, "{bad} transactions in bronze have missing or doubled changes");
-    let batches = session.sql("SELECT count(*) FROM bronze.orders WHERE op <> 'r'").await.unwrap();
-    assert!(tributary_query_count(&batches) > 0, "no streamed changes in bronze.orders");
+    assert_eq!(
+        bad, 0,
+        "{bad} transactions in bronze have missing or doubled changes"
+    );
+    let batches = session
+        .sql("SELECT count(*) FROM bronze.orders WHERE op <> 'r'")
+        .await
+        .unwrap();
+    assert!(
+        tributary_query_count(&batches) > 0,
+        "no streamed changes in bronze.orders"
+    );
 }
 
 fn tributary_query_count(batches: &[arrow::array::RecordBatch]) -> i64 {
     let c = arrow::compute::cast(batches[0].column(0), &arrow::datatypes::DataType::Int64).unwrap();
-    c.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0)
+    c.as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0)
 }
 
 fn tail(s: &str) -> String {
-    s.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    s.lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn up(env: &Env) {
     let out = env.run(&["up"]);
-    assert!(out.status.success(), "tributary up failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tributary up failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_changes_flow_to_silver_and_gold_reconciles() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut env = Env::new();
     up(&env);
     // `up` is idempotent.
@@ -245,39 +345,79 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
     env.spawn("cdc", &["cdc", "run"]);
     env.spawn("ingest", &["lake", "ingest"]);
     let url = env.url();
-    let load = env.run(&["load", "--rate", "30", "--duration", "15s", "--url", &url, "--seed", "7"]);
-    assert!(load.status.success(), "load failed: {}", String::from_utf8_lossy(&load.stderr));
+    let load = env.run(&[
+        "load",
+        "--rate",
+        "30",
+        "--duration",
+        "15s",
+        "--url",
+        &url,
+        "--seed",
+        "7",
+    ]);
+    assert!(
+        load.status.success(),
+        "load failed: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
     env.assert_running();
     assert_lake_equals_source(&env).await;
 
     // Gold reconciles with the source shards.
     let out = env.run(&["etl", "run", "marts"]);
-    assert!(out.status.success(), "etl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "etl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cfg = env.config();
     let stack = StackState::load(&cfg.state_dir).unwrap().unwrap();
     let sources = Sources::resolve(&cfg, Some(&stack)).unwrap();
     let lake = tributary_lake::Lake::new(&pipeline::lake_config(&cfg)).unwrap();
     let session = tributary_query::Session::new(lake).await.unwrap();
-    let r = tributary::demo::reconcile(&sources, &session).await.unwrap();
+    let r = tributary::demo::reconcile(&sources, &session)
+        .await
+        .unwrap();
     assert!(r.revenue_source > 0);
-    assert_eq!(r.revenue_gold, r.revenue_source, "gold revenue differs from the shards");
+    assert_eq!(
+        r.revenue_gold, r.revenue_source,
+        "gold revenue differs from the shards"
+    );
     assert!(r.balanced(), "reconciliation is off");
 
     // The console answers one-shot queries in every format.
-    let out = env.run(&["sql", "-e", "SELECT count(*) AS n FROM gold.fct_order_line", "--format", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env.run(&[
+        "sql",
+        "-e",
+        "SELECT count(*) AS n FROM gold.fct_order_line",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"n\""));
     let out = env.run(&["sql", "-e", "SELEC nonsense"]);
     assert!(!out.status.success());
     let out = env.run(&["status", "--json"]);
     assert!(out.status.success());
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(status.as_array().unwrap().iter().all(|c| c["healthy"] == true), "{status}");
+    assert!(
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["healthy"] == true),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_reader_and_ingester_loses_and_doubles_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut env = Env::new();
     up(&env);
     env.spawn("oltp", &["oltp", "serve"]);
@@ -286,7 +426,17 @@ async fn sigkill_of_reader_and_ingester_loses_and_doubles_nothing() {
     env.spawn("ingest", &["lake", "ingest"]);
     let url = env.url();
     let mut load = env
-        .command(&["load", "--rate", "40", "--duration", "25s", "--url", &url, "--seed", "11"])
+        .command(&[
+            "load",
+            "--rate",
+            "40",
+            "--duration",
+            "25s",
+            "--url",
+            &url,
+            "--seed",
+            "11",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -306,7 +456,10 @@ async fn sigkill_of_reader_and_ingester_loses_and_doubles_nothing() {
     assert!(status.success(), "load failed");
     env.assert_running();
     assert_lake_equals_source(&env).await;
-    assert!(env.log("cdc").contains("resuming from slot"), "the restarted reader did not resume from its slot");
+    assert!(
+        env.log("cdc").contains("resuming from slot"),
+        "the restarted reader did not resume from its slot"
+    );
 }
 
 #[test]
@@ -316,26 +469,42 @@ fn broker_down_at_start_is_a_clear_error() {
         let out = env
             .command(args)
             .env("TRIBUTARY__KAFKA__BROKERS", "127.0.0.1:1")
-            .env("TRIBUTARY__SOURCES__SHARDS", "[\"host=127.0.0.1 port=1 user=x dbname=orders\"]")
-            .env("TRIBUTARY__SOURCES__CATALOG", "host=127.0.0.1 port=1 user=x dbname=catalog")
+            .env(
+                "TRIBUTARY__SOURCES__SHARDS",
+                "[\"host=127.0.0.1 port=1 user=x dbname=orders\"]",
+            )
+            .env(
+                "TRIBUTARY__SOURCES__CATALOG",
+                "host=127.0.0.1 port=1 user=x dbname=catalog",
+            )
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?} succeeded without a broker");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("127.0.0.1:1") && err.contains("broker"), "{args:?}: unclear error: {err}");
+        assert!(
+            err.contains("127.0.0.1:1") && err.contains("broker"),
+            "{args:?}: unclear error: {err}"
+        );
     }
 }
 
 #[test]
 fn unknown_config_keys_are_named() {
     let env = Env::new();
-    let out = env.command(&["status"]).env("TRIBUTARY__KAFKA__BROKERZ", "x").output().unwrap();
+    let out = env
+        .command(&["status"])
+        .env("TRIBUTARY__KAFKA__BROKERZ", "x")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("brokerz"), "{err}");
     let file = env.dir.path().join("bad.toml");
     std::fs::write(&file, "[lake]\nroot = \"/tmp/x\"\nrooot = 1\n").unwrap();
-    let out = env.command(&["--config", file.to_str().unwrap(), "status"]).output().unwrap();
+    let out = env
+        .command(&["--config", file.to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("lake.rooot") || err.contains("rooot"), "{err}");

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::Transaction;
-use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
 use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -32,7 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tributary_model::domain::{KafkaConfig, TABLES, silver_columns as meta, topic_of};
 use tributary_model::event::{ChangeEvent, Column, Op};
 
-use crate::schema::{SOURCE_OP, SOURCE_UNCHANGED, bronze_schema, dead_letter_schema, merge_source_schema, silver_schema};
+use crate::schema::{
+    SOURCE_OP, SOURCE_UNCHANGED, bronze_schema, dead_letter_schema, merge_source_schema,
+    silver_schema,
+};
 use crate::{Error, Lake, Result};
 
 /// Ingest settings (`[ingest]` in the config file).
@@ -75,7 +78,12 @@ pub const DEAD_LETTERS: &str = "_dead_letters";
 
 /// Runs ingest until `shutdown`. Transient failures (broker, store, commit
 /// conflicts) restart from the offsets recorded in the lake.
-pub async fn run(lake: Lake, kafka: KafkaConfig, config: IngestConfig, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    lake: Lake,
+    kafka: KafkaConfig,
+    config: IngestConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
     check_broker(&kafka).await?;
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -120,15 +128,24 @@ fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
 
 /// Fails with a clear message when the broker does not answer.
 pub async fn check_broker(kafka: &KafkaConfig) -> Result<()> {
-    let consumer: StreamConsumer = consumer_config(kafka, "tributary-check")
-        .create()
-        .map_err(|source| Error::Kafka { context: "creating a consumer".into(), source })?;
+    let consumer: StreamConsumer =
+        consumer_config(kafka, "tributary-check")
+            .create()
+            .map_err(|source| Error::Kafka {
+                context: "creating a consumer".into(),
+                source,
+            })?;
     let brokers = kafka.brokers.clone();
     tokio::task::spawn_blocking(move || {
-        consumer.fetch_metadata(None, Duration::from_secs(10)).map(|_| ()).map_err(|source| Error::Kafka {
-            context: format!("cannot reach the Kafka broker at {brokers} within 10s; is it running?"),
-            source,
-        })
+        consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|_| ())
+            .map_err(|source| Error::Kafka {
+                context: format!(
+                    "cannot reach the Kafka broker at {brokers} within 10s; is it running?"
+                ),
+                source,
+            })
     })
     .await
     .map_err(|e| Error::Config(format!("metadata task: {e}")))?
@@ -150,15 +167,26 @@ fn app_id(group: &str, topic: &str, partition: i32) -> String {
     format!("{group}/{topic}/{partition}")
 }
 
-async fn txn_versions(table: &DeltaTable, group: &str, topic: &str, partitions: i32) -> Result<HashMap<i32, i64>> {
+async fn txn_versions(
+    table: &DeltaTable,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<HashMap<i32, i64>> {
     let mut out = HashMap::new();
-    let snapshot = table.snapshot().map_err(|source| Error::Delta { table: topic.into(), source })?;
+    let snapshot = table.snapshot().map_err(|source| Error::Delta {
+        table: topic.into(),
+        source,
+    })?;
     let log_store = table.log_store();
     for p in 0..partitions {
         if let Some(v) = snapshot
             .transaction_version(log_store.as_ref(), app_id(group, topic, p))
             .await
-            .map_err(|source| Error::Delta { table: topic.into(), source })?
+            .map_err(|source| Error::Delta {
+                table: topic.into(),
+                source,
+            })?
         {
             out.insert(p, v);
         }
@@ -167,18 +195,39 @@ async fn txn_versions(table: &DeltaTable, group: &str, topic: &str, partitions: 
 }
 
 /// Runs a query over one Delta table registered as `t`.
-pub(crate) async fn query_table(table: &DeltaTable, name: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+pub(crate) async fn query_table(
+    table: &DeltaTable,
+    name: &str,
+    sql: &str,
+) -> Result<Vec<RecordBatch>> {
     let ctx = SessionContext::new();
-    let df_err = |source| Error::DataFusion { table: name.to_string(), source };
+    let df_err = |source| Error::DataFusion {
+        table: name.to_string(),
+        source,
+    };
     table
         .update_datafusion_session(&ctx.state())
-        .map_err(|source| Error::Delta { table: name.to_string(), source })?;
+        .map_err(|source| Error::Delta {
+            table: name.to_string(),
+            source,
+        })?;
     let provider = table.table_provider().await.map_err(df_err)?;
     ctx.register_table("t", provider).map_err(df_err)?;
-    ctx.sql(sql).await.map_err(df_err)?.collect().await.map_err(df_err)
+    ctx.sql(sql)
+        .await
+        .map_err(df_err)?
+        .collect()
+        .await
+        .map_err(df_err)
 }
 
-async fn load_state(lake: &Lake, group: &str, table: &str, topic: &str, partitions: i32) -> Result<TableState> {
+async fn load_state(
+    lake: &Lake,
+    group: &str,
+    table: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<TableState> {
     let mut state = TableState {
         table: table.to_string(),
         topic: topic.to_string(),
@@ -232,12 +281,20 @@ async fn load_state(lake: &Lake, group: &str, table: &str, topic: &str, partitio
     for (p, b) in &state.bronze_next {
         let s = state.silver_next.get(p).copied().unwrap_or(0);
         if s < *b {
-            gaps.push(format!("(kafka_partition = {p} AND kafka_offset >= {s} AND kafka_offset < {b})"));
+            gaps.push(format!(
+                "(kafka_partition = {p} AND kafka_offset >= {s} AND kafka_offset < {b})"
+            ));
         }
     }
     if !gaps.is_empty() {
-        let bronze = lake.open("bronze", table).await?.expect("bronze has offsets, so it exists");
-        let sql = format!("SELECT kafka_partition, kafka_offset FROM t WHERE {}", gaps.join(" OR "));
+        let bronze = lake
+            .open("bronze", table)
+            .await?
+            .expect("bronze has offsets, so it exists");
+        let sql = format!(
+            "SELECT kafka_partition, kafka_offset FROM t WHERE {}",
+            gaps.join(" OR ")
+        );
         for b in query_table(&bronze, table, &sql).await? {
             let p = col_i32(&b, 0);
             let o = col_i64(&b, 1);
@@ -245,27 +302,48 @@ async fn load_state(lake: &Lake, group: &str, table: &str, topic: &str, partitio
                 state.silver_catch_up.insert((p[i], o[i]));
             }
         }
-        tracing::info!(table, events = state.silver_catch_up.len(), "silver catches up with bronze");
+        tracing::info!(
+            table,
+            events = state.silver_catch_up.len(),
+            "silver catches up with bronze"
+        );
     }
     Ok(state)
 }
 
 fn col_i32(b: &RecordBatch, i: usize) -> Vec<i32> {
-    let c = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Int32).expect("int column");
-    c.as_any().downcast_ref::<arrow::array::Int32Array>().expect("int32").values().to_vec()
+    let c =
+        arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Int32).expect("int column");
+    c.as_any()
+        .downcast_ref::<arrow::array::Int32Array>()
+        .expect("int32")
+        .values()
+        .to_vec()
 }
 
 fn col_i64(b: &RecordBatch, i: usize) -> Vec<i64> {
-    let c = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Int64).expect("int column");
-    c.as_any().downcast_ref::<arrow::array::Int64Array>().expect("int64").values().to_vec()
+    let c =
+        arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Int64).expect("int column");
+    c.as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("int64")
+        .values()
+        .to_vec()
 }
 
-async fn partition_counts(consumer: &StreamConsumer, topics: &[String], shutdown: &CancellationToken) -> Result<HashMap<String, i32>> {
+async fn partition_counts(
+    consumer: &StreamConsumer,
+    topics: &[String],
+    shutdown: &CancellationToken,
+) -> Result<HashMap<String, i32>> {
     let mut last_log = Instant::now() - Duration::from_secs(60);
     loop {
         let md = consumer
             .fetch_metadata(None, Duration::from_secs(10))
-            .map_err(|source| Error::Kafka { context: "reading topic metadata".into(), source })?;
+            .map_err(|source| Error::Kafka {
+                context: "reading topic metadata".into(),
+                source,
+            })?;
         let mut counts = HashMap::new();
         for t in md.topics() {
             if t.error().is_none() && !t.partitions().is_empty() {
@@ -287,11 +365,23 @@ async fn partition_counts(consumer: &StreamConsumer, topics: &[String], shutdown
     }
 }
 
-async fn run_once(lake: &Lake, kafka: &KafkaConfig, config: &IngestConfig, shutdown: &CancellationToken) -> Result<()> {
-    let consumer: StreamConsumer = consumer_config(kafka, &config.group_id)
-        .create()
-        .map_err(|source| Error::Kafka { context: "creating the consumer".into(), source })?;
-    let topics: Vec<(String, &str)> = TABLES.iter().map(|t| (topic_of(&kafka.topic_prefix, t), t.name)).collect();
+async fn run_once(
+    lake: &Lake,
+    kafka: &KafkaConfig,
+    config: &IngestConfig,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let consumer: StreamConsumer =
+        consumer_config(kafka, &config.group_id)
+            .create()
+            .map_err(|source| Error::Kafka {
+                context: "creating the consumer".into(),
+                source,
+            })?;
+    let topics: Vec<(String, &str)> = TABLES
+        .iter()
+        .map(|t| (topic_of(&kafka.topic_prefix, t), t.name))
+        .collect();
     let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
     let counts = partition_counts(&consumer, &names, shutdown).await?;
     if shutdown.is_cancelled() {
@@ -306,16 +396,26 @@ async fn run_once(lake: &Lake, kafka: &KafkaConfig, config: &IngestConfig, shutd
             let b = state.bronze_next.get(&p).copied().unwrap_or(0);
             let s = state.silver_next.get(&p).copied().unwrap_or(0);
             let from = b.min(s);
-            let offset = if from == 0 { Offset::Beginning } else { Offset::Offset(from) };
+            let offset = if from == 0 {
+                Offset::Beginning
+            } else {
+                Offset::Offset(from)
+            };
             assignment
                 .add_partition_offset(topic, p, offset)
-                .map_err(|source| Error::Kafka { context: format!("assigning {topic}/{p}"), source })?;
+                .map_err(|source| Error::Kafka {
+                    context: format!("assigning {topic}/{p}"),
+                    source,
+                })?;
         }
         states.insert(topic.clone(), state);
     }
     consumer
         .assign(&assignment)
-        .map_err(|source| Error::Kafka { context: "assigning partitions".into(), source })?;
+        .map_err(|source| Error::Kafka {
+            context: "assigning partitions".into(),
+            source,
+        })?;
     tracing::info!(tables = states.len(), "ingest started");
 
     let max_wait = Duration::from_millis(config.batch_max_ms);
@@ -335,7 +435,9 @@ async fn run_once(lake: &Lake, kafka: &KafkaConfig, config: &IngestConfig, shutd
             }
         }
         for (topic, messages) in batch {
-            let state = states.get_mut(&topic).expect("only assigned topics are consumed");
+            let state = states
+                .get_mut(&topic)
+                .expect("only assigned topics are consumed");
             apply_batch(lake, &config.group_id, state, messages).await?;
         }
         if shutdown.is_cancelled() {
@@ -346,7 +448,10 @@ async fn run_once(lake: &Lake, kafka: &KafkaConfig, config: &IngestConfig, shutd
 }
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 fn us_to_rfc3339(us: i64) -> String {
@@ -355,7 +460,12 @@ fn us_to_rfc3339(us: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }
 
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
@@ -371,12 +481,21 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 fn rows_to_batch(schema: SchemaRef, rows: &[Value]) -> Result<RecordBatch> {
-    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone()).with_batch_size(rows.len().max(1)).build_decoder()?;
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()?;
     decoder.serialize(rows)?;
-    Ok(decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema)))
+    Ok(decoder
+        .flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema)))
 }
 
-async fn apply_batch(lake: &Lake, group: &str, state: &mut TableState, messages: Vec<OwnedMessage>) -> Result<()> {
+async fn apply_batch(
+    lake: &Lake,
+    group: &str,
+    state: &mut TableState,
+    messages: Vec<OwnedMessage>,
+) -> Result<()> {
     let started = Instant::now();
     let mut next: HashMap<i32, i64> = HashMap::new();
     let mut bronze_rows = Vec::new();
@@ -385,14 +504,22 @@ async fn apply_batch(lake: &Lake, group: &str, state: &mut TableState, messages:
     let ingested = us_to_rfc3339(now_us());
     for m in &messages {
         let (p, o) = (m.partition(), m.offset());
-        next.entry(p).and_modify(|v| *v = (*v).max(o + 1)).or_insert(o + 1);
+        next.entry(p)
+            .and_modify(|v| *v = (*v).max(o + 1))
+            .or_insert(o + 1);
         let new_for_bronze = o >= state.bronze_next.get(&p).copied().unwrap_or(0);
         let new_for_silver = o >= state.silver_next.get(&p).copied().unwrap_or(0);
         let ev = match ChangeEvent::from_json(m.payload().unwrap_or_default()) {
             Ok(ev) if ev.source.table == state.table => ev,
             Ok(ev) => {
                 if new_for_bronze {
-                    dead.push(dead_letter(m, &format!("event for table {} on topic {}", ev.source.table, state.topic)));
+                    dead.push(dead_letter(
+                        m,
+                        &format!(
+                            "event for table {} on topic {}",
+                            ev.source.table, state.topic
+                        ),
+                    ));
                 }
                 continue;
             }
@@ -424,12 +551,22 @@ async fn apply_batch(lake: &Lake, group: &str, state: &mut TableState, messages:
     if !dead.is_empty() {
         let n = dead.len();
         let batch = rows_to_batch(dead_letter_schema(), &dead)?;
-        write_append(lake, "bronze", DEAD_LETTERS, batch, None, CommitProperties::default()).await?;
+        write_append(
+            lake,
+            "bronze",
+            DEAD_LETTERS,
+            batch,
+            None,
+            CommitProperties::default(),
+        )
+        .await?;
         tracing::warn!(table = %state.table, messages = n, "messages sent to the dead-letter table");
     }
 
     let txns = |group: &str| -> Vec<Transaction> {
-        next.iter().map(|(p, v)| Transaction::new(app_id(group, &state.topic, *p), *v)).collect()
+        next.iter()
+            .map(|(p, v)| Transaction::new(app_id(group, &state.topic, *p), *v))
+            .collect()
     };
     // Every batch records its offsets, even when all it held were replays,
     // so the lake's offsets always reach the end of what was consumed.
@@ -459,19 +596,30 @@ async fn apply_batch(lake: &Lake, group: &str, state: &mut TableState, messages:
             state.silver_next.insert(*p, *v);
         }
     }
-    state.silver_catch_up.retain(|(p, o)| next.get(p).is_none_or(|n| o >= n));
+    state
+        .silver_catch_up
+        .retain(|(p, o)| next.get(p).is_none_or(|n| o >= n));
     tracing::debug!(table = %state.table, messages = messages.len(), bronze = bronze_count, silver = silver_count, ms = started.elapsed().as_millis() as u64, "batch committed");
     Ok(())
 }
 
 /// Commits only `txn` actions (a streaming update that wrote no rows).
 /// Returns false when the table does not exist yet.
-async fn commit_offsets_only(lake: &Lake, layer: &str, table: &str, group: &str, txns: Vec<Transaction>) -> Result<bool> {
+async fn commit_offsets_only(
+    lake: &Lake,
+    layer: &str,
+    table: &str,
+    group: &str,
+    txns: Vec<Transaction>,
+) -> Result<bool> {
     let name = format!("{layer}.{table}");
     let Some(t) = lake.open(layer, table).await? else {
         return Ok(false);
     };
-    let snapshot = t.snapshot().map_err(|source| Error::Delta { table: name.clone(), source })?;
+    let snapshot = t.snapshot().map_err(|source| Error::Delta {
+        table: name.clone(),
+        source,
+    })?;
     let operation = DeltaOperation::StreamingUpdate {
         output_mode: OutputMode::Append,
         query_id: group.to_string(),
@@ -480,7 +628,10 @@ async fn commit_offsets_only(lake: &Lake, layer: &str, table: &str, group: &str,
     CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
         .build(Some(snapshot), t.log_store(), operation)
         .await
-        .map_err(|source| Error::Delta { table: name, source })?;
+        .map_err(|source| Error::Delta {
+            table: name,
+            source,
+        })?;
     Ok(true)
 }
 
@@ -564,13 +715,21 @@ async fn write_append(
     if let Some(p) = partition {
         w = w.with_partition_columns([p.to_string()]);
     }
-    w.await.map_err(|source| Error::Delta { table: name, source })?;
+    w.await.map_err(|source| Error::Delta {
+        table: name,
+        source,
+    })?;
     Ok(())
 }
 
 /// Applies change events to the silver table: creates it on first use,
 /// splits the batch at truncates, and keeps only the newest change per key.
-async fn merge_silver(lake: &Lake, table: &str, events: Vec<ChangeEvent>, txns: Vec<Transaction>) -> Result<()> {
+async fn merge_silver(
+    lake: &Lake,
+    table: &str,
+    events: Vec<ChangeEvent>,
+    txns: Vec<Transaction>,
+) -> Result<()> {
     let mut segment: Vec<ChangeEvent> = Vec::new();
     let mut segments: Vec<(Vec<ChangeEvent>, Option<u32>)> = Vec::new();
     for ev in events {
@@ -588,19 +747,27 @@ async fn merge_silver(lake: &Lake, table: &str, events: Vec<ChangeEvent>, txns: 
         if !events.is_empty() || i == last {
             merge_segment(lake, table, events, txns).await?;
         }
-        if let Some(shard) = truncate {
-            if let Some(t) = lake.open("silver", table).await? {
-                t.delete()
-                    .with_predicate(format!("{} = {shard}", meta::SHARD))
-                    .await
-                    .map_err(|source| Error::Delta { table: format!("silver.{table}"), source })?;
-            }
+        if let Some(shard) = truncate
+            && let Some(t) = lake.open("silver", table).await?
+        {
+            t.delete()
+                .with_predicate(format!("{} = {shard}", meta::SHARD))
+                .await
+                .map_err(|source| Error::Delta {
+                    table: format!("silver.{table}"),
+                    source,
+                })?;
         }
     }
     Ok(())
 }
 
-async fn merge_segment(lake: &Lake, table: &str, events: Vec<ChangeEvent>, txns: Vec<Transaction>) -> Result<()> {
+async fn merge_segment(
+    lake: &Lake,
+    table: &str,
+    events: Vec<ChangeEvent>,
+    txns: Vec<Transaction>,
+) -> Result<()> {
     let name = format!("silver.{table}");
     let Some(columns) = events.last().map(|e| e.columns.clone()) else {
         return Ok(());
@@ -630,26 +797,46 @@ async fn merge_segment(lake: &Lake, table: &str, events: Vec<ChangeEvent>, txns:
         None => {
             let schema = silver_schema(&columns);
             let empty = RecordBatch::new_empty(schema);
-            write_append(lake, "silver", table, empty, None, CommitProperties::default()).await?;
-            lake.open("silver", table).await?.expect("silver table was just created")
+            write_append(
+                lake,
+                "silver",
+                table,
+                empty,
+                None,
+                CommitProperties::default(),
+            )
+            .await?;
+            lake.open("silver", table)
+                .await?
+                .expect("silver table was just created")
         }
     };
     let ctx = SessionContext::new();
-    let source = ctx
-        .read_batch(batch)
-        .map_err(|source| Error::DataFusion { table: name.clone(), source })?;
+    let source = ctx.read_batch(batch).map_err(|source| Error::DataFusion {
+        table: name.clone(),
+        source,
+    })?;
     let mut on = vec![format!("target.{0} = source.{0}", meta::SHARD)];
-    on.extend(keys.iter().map(|c| format!("target.\"{0}\" = source.\"{0}\"", c.name)));
+    on.extend(
+        keys.iter()
+            .map(|c| format!("target.\"{0}\" = source.\"{0}\"", c.name)),
+    );
     let newer = format!(
         "(source.{lsn} > target.{lsn} OR (source.{lsn} = target.{lsn} AND source.{ord} > target.{ord}))",
         lsn = meta::LSN,
         ord = meta::ORDINAL
     );
-    let all: Vec<String> = silver_schema(&columns).fields().iter().map(|f| f.name().clone()).collect();
+    let all: Vec<String> = silver_schema(&columns)
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let source_value = |c: &str| {
         if columns.iter().any(|col| col.name == c && !col.key) {
             // An unchanged TOAST value keeps what silver already has.
-            format!("CASE WHEN strpos(coalesce(source.{SOURCE_UNCHANGED}, ''), ',{c},') > 0 THEN target.\"{c}\" ELSE source.\"{c}\" END")
+            format!(
+                "CASE WHEN strpos(coalesce(source.{SOURCE_UNCHANGED}, ''), ',{c},') > 0 THEN target.\"{c}\" ELSE source.\"{c}\" END"
+            )
         } else {
             format!("source.\"{c}\"")
         }
@@ -683,9 +870,15 @@ async fn merge_segment(lake: &Lake, table: &str, events: Vec<ChangeEvent>, txns:
                 ins
             })
         })
-        .map_err(|source| Error::Delta { table: name.clone(), source })?
+        .map_err(|source| Error::Delta {
+            table: name.clone(),
+            source,
+        })?
         .await
-        .map_err(|source| Error::Delta { table: name, source })?;
+        .map_err(|source| Error::Delta {
+            table: name,
+            source,
+        })?;
     // A merge that changes nothing writes no commit, and so no offsets.
     if merged.version() == version_before && !txns.is_empty() {
         commit_offsets_only(lake, "silver", table, "merge", txns).await?;
@@ -699,10 +892,16 @@ fn merge_row(ev: &ChangeEvent) -> Value {
     row.insert(meta::LSN.into(), json!(ev.source.lsn.as_i64()));
     row.insert(meta::ORDINAL.into(), json!(ev.source.ordinal));
     row.insert(meta::EVENT_ID.into(), json!(ev.event_id));
-    row.insert(meta::COMMIT_TS.into(), json!(us_to_rfc3339(ev.source.ts_us)));
+    row.insert(
+        meta::COMMIT_TS.into(),
+        json!(us_to_rfc3339(ev.source.ts_us)),
+    );
     row.insert(SOURCE_OP.into(), json!(ev.op.as_str()));
     if !ev.unchanged_toast.is_empty() {
-        row.insert(SOURCE_UNCHANGED.into(), json!(format!(",{},", ev.unchanged_toast.join(","))));
+        row.insert(
+            SOURCE_UNCHANGED.into(),
+            json!(format!(",{},", ev.unchanged_toast.join(","))),
+        );
     }
     Value::Object(row)
 }
@@ -745,9 +944,21 @@ mod tests {
             event_id: event_id("orders", 0, Lsn(lsn), ordinal, false),
             unchanged_toast: vec![],
             columns: vec![
-                Column { name: "id".into(), pg_type: PgType::Int8, key: true },
-                Column { name: "name".into(), pg_type: PgType::Text, key: false },
-                Column { name: "created_at".into(), pg_type: PgType::Timestamptz, key: false },
+                Column {
+                    name: "id".into(),
+                    pg_type: PgType::Int8,
+                    key: true,
+                },
+                Column {
+                    name: "name".into(),
+                    pg_type: PgType::Text,
+                    key: false,
+                },
+                Column {
+                    name: "created_at".into(),
+                    pg_type: PgType::Timestamptz,
+                    key: false,
+                },
             ],
         }
     }
@@ -766,14 +977,20 @@ mod tests {
 
     async fn silver_rows(lake: &Lake) -> Vec<(i64, String)> {
         let t = lake.open("silver", "customers").await.unwrap().unwrap();
-        let batches = query_table(&t, "customers", "SELECT id, name FROM t ORDER BY id").await.unwrap();
+        let batches = query_table(&t, "customers", "SELECT id, name FROM t ORDER BY id")
+            .await
+            .unwrap();
         let mut out = vec![];
         for b in batches {
             let ids = col_i64(&b, 0);
-            let names = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
-            let names = names.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
-            for i in 0..b.num_rows() {
-                out.push((ids[i], names.value(i).to_string()));
+            let names =
+                arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+            let names = names
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            for (i, id) in ids.into_iter().enumerate() {
+                out.push((id, names.value(i).to_string()));
             }
         }
         out
@@ -781,13 +998,22 @@ mod tests {
 
     async fn bronze_count(lake: &Lake) -> i64 {
         let t = lake.open("bronze", "customers").await.unwrap().unwrap();
-        col_i64(&query_table(&t, "customers", "SELECT count(*) FROM t").await.unwrap()[0], 0)[0]
+        col_i64(
+            &query_table(&t, "customers", "SELECT count(*) FROM t")
+                .await
+                .unwrap()[0],
+            0,
+        )[0]
     }
 
     #[tokio::test]
     async fn replays_and_stale_events_never_move_silver_backwards() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&crate::LakeConfig { root: dir.path().display().to_string(), s3: None }).unwrap();
+        let lake = Lake::new(&crate::LakeConfig {
+            root: dir.path().display().to_string(),
+            s3: None,
+        })
+        .unwrap();
         let events = [
             ev(Op::Create, 1, "ann", 100, 1),
             ev(Op::Update, 1, "anna", 200, 1),
@@ -795,33 +1021,80 @@ mod tests {
             ev(Op::Delete, 2, "bob", 300, 1),
         ];
         let mut state = load_state(&lake, "g", "customers", TOPIC, 2).await.unwrap();
-        let batch: Vec<_> = events.iter().enumerate().map(|(i, e)| msg(e, 0, i as i64)).collect();
+        let batch: Vec<_> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| msg(e, 0, i as i64))
+            .collect();
         apply_batch(&lake, "g", &mut state, batch).await.unwrap();
         assert_eq!(silver_rows(&lake).await, vec![(1, "anna".to_string())]);
         assert_eq!(bronze_count(&lake).await, 4);
 
         // The reader replays the same events after a crash: nothing changes.
-        let replay: Vec<_> = events.iter().enumerate().map(|(i, e)| msg(e, 0, 4 + i as i64)).collect();
+        let replay: Vec<_> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| msg(e, 0, 4 + i as i64))
+            .collect();
         apply_batch(&lake, "g", &mut state, replay).await.unwrap();
         assert_eq!(bronze_count(&lake).await, 4);
         assert_eq!(silver_rows(&lake).await, vec![(1, "anna".to_string())]);
 
         // An older version delivered late (another partition, so bronze takes
         // it) must not overwrite the newer row.
-        apply_batch(&lake, "g", &mut state, vec![msg(&ev(Op::Update, 1, "stale", 150, 1), 1, 0)]).await.unwrap();
+        apply_batch(
+            &lake,
+            "g",
+            &mut state,
+            vec![msg(&ev(Op::Update, 1, "stale", 150, 1), 1, 0)],
+        )
+        .await
+        .unwrap();
         assert_eq!(silver_rows(&lake).await, vec![(1, "anna".to_string())]);
 
         // A poison message goes to the dead-letter table and the rest applies.
-        let poison = OwnedMessage::new(Some(b"{not json".to_vec()), None, TOPIC.into(), Timestamp::NotAvailable, 0, 8, None);
-        apply_batch(&lake, "g", &mut state, vec![poison, msg(&ev(Op::Update, 1, "annie", 400, 1), 0, 9)]).await.unwrap();
+        let poison = OwnedMessage::new(
+            Some(b"{not json".to_vec()),
+            None,
+            TOPIC.into(),
+            Timestamp::NotAvailable,
+            0,
+            8,
+            None,
+        );
+        apply_batch(
+            &lake,
+            "g",
+            &mut state,
+            vec![poison, msg(&ev(Op::Update, 1, "annie", 400, 1), 0, 9)],
+        )
+        .await
+        .unwrap();
         assert_eq!(silver_rows(&lake).await, vec![(1, "annie".to_string())]);
         let dlq = lake.open("bronze", DEAD_LETTERS).await.unwrap().unwrap();
-        let n = col_i64(&query_table(&dlq, "dlq", "SELECT count(*) FROM t WHERE kafka_offset = 8").await.unwrap()[0], 0)[0];
+        let n = col_i64(
+            &query_table(&dlq, "dlq", "SELECT count(*) FROM t WHERE kafka_offset = 8")
+                .await
+                .unwrap()[0],
+            0,
+        )[0];
         assert_eq!(n, 1);
-        let raw = query_table(&dlq, "dlq", "SELECT payload FROM t").await.unwrap();
-        let raw = arrow::compute::cast(raw[0].column(0), &arrow::datatypes::DataType::Binary).unwrap();
-        let raw = raw.as_any().downcast_ref::<arrow::array::BinaryArray>().unwrap().value(0).to_vec();
-        assert_eq!(raw, b"{not json".to_vec(), "the dead letter keeps the raw bytes");
+        let raw = query_table(&dlq, "dlq", "SELECT payload FROM t")
+            .await
+            .unwrap();
+        let raw =
+            arrow::compute::cast(raw[0].column(0), &arrow::datatypes::DataType::Binary).unwrap();
+        let raw = raw
+            .as_any()
+            .downcast_ref::<arrow::array::BinaryArray>()
+            .unwrap()
+            .value(0)
+            .to_vec();
+        assert_eq!(
+            raw,
+            b"{not json".to_vec(),
+            "the dead letter keeps the raw bytes"
+        );
 
         // A restart resumes from the offsets in the lake and rebuilds the high-water mark.
         let state = load_state(&lake, "g", "customers", TOPIC, 2).await.unwrap();
@@ -835,6 +1108,9 @@ mod tests {
     #[test]
     fn formats_timestamps() {
         assert_eq!(us_to_rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(us_to_rfc3339(1_764_140_462_500_000), "2025-11-26T07:01:02.500000Z");
+        assert_eq!(
+            us_to_rfc3339(1_764_140_462_500_000),
+            "2025-11-26T07:01:02.500000Z"
+        );
     }
 }

@@ -106,10 +106,17 @@ mod tests {
 
     #[test]
     fn maps_source_types() {
-        assert_eq!(arrow_type(&PgType::Numeric(Some((12, 2)))), DataType::Decimal128(12, 2));
+        assert_eq!(
+            arrow_type(&PgType::Numeric(Some((12, 2)))),
+            DataType::Decimal128(12, 2)
+        );
         assert_eq!(arrow_type(&PgType::Numeric(None)), DataType::Utf8);
         assert_eq!(arrow_type(&PgType::Timestamptz), timestamp_type());
-        let s = silver_schema(&[Column { name: "id".into(), pg_type: PgType::Int8, key: true }]);
+        let s = silver_schema(&[Column {
+            name: "id".into(),
+            pg_type: PgType::Int8,
+            key: true,
+        }]);
         assert!(!s.field(0).is_nullable());
         assert_eq!(s.fields().len(), 6);
     }

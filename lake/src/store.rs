@@ -56,8 +56,12 @@ impl Lake {
         } else {
             let path = std::path::absolute(&config.root)
                 .map_err(|e| Error::Config(format!("lake.root {:?}: {e}", config.root)))?;
-            Url::from_directory_path(&path)
-                .map_err(|_| Error::Config(format!("lake.root {:?} is not a directory path", config.root)))?
+            Url::from_directory_path(&path).map_err(|_| {
+                Error::Config(format!(
+                    "lake.root {:?} is not a directory path",
+                    config.root
+                ))
+            })?
         };
         let mut options = HashMap::new();
         match root.scheme() {
@@ -69,10 +73,9 @@ impl Lake {
                     .map_err(|e| Error::Config(format!("lake.root {}: {e}", path.display())))?;
             }
             "s3" | "s3a" => {
-                let s3 = config
-                    .s3
-                    .as_ref()
-                    .ok_or_else(|| Error::Config("lake.s3 is required for an s3:// lake.root".into()))?;
+                let s3 = config.s3.as_ref().ok_or_else(|| {
+                    Error::Config("lake.s3 is required for an s3:// lake.root".into())
+                })?;
                 if let Some(endpoint) = &s3.endpoint {
                     options.insert("AWS_ENDPOINT_URL".into(), endpoint.clone());
                 }
@@ -121,42 +124,59 @@ impl Lake {
     pub async fn open(&self, layer: &str, table: &str) -> Result<Option<DeltaTable>> {
         let url = self.table_url(layer, table);
         if url.scheme() == "file" {
-            let exists = url.to_file_path().map(|p| p.join("_delta_log").is_dir()).unwrap_or(false);
+            let exists = url
+                .to_file_path()
+                .map(|p| p.join("_delta_log").is_dir())
+                .unwrap_or(false);
             if !exists {
                 return Ok(None);
             }
         }
         let mut t = deltalake::DeltaTableBuilder::from_url(url.clone())
-            .map_err(|source| Error::Delta { table: format!("{layer}.{table}"), source })?
+            .map_err(|source| Error::Delta {
+                table: format!("{layer}.{table}"),
+                source,
+            })?
             .with_storage_options(self.options.clone())
             .build()
-            .map_err(|source| Error::Delta { table: format!("{layer}.{table}"), source })?;
+            .map_err(|source| Error::Delta {
+                table: format!("{layer}.{table}"),
+                source,
+            })?;
         match t.load().await {
             Ok(()) => Ok(Some(t)),
             Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
-            Err(source) => Err(Error::Delta { table: format!("{layer}.{table}"), source }),
+            Err(source) => Err(Error::Delta {
+                table: format!("{layer}.{table}"),
+                source,
+            }),
         }
     }
 
     /// A table handle that may not exist yet (for creating it).
     pub fn table_handle(&self, layer: &str, table: &str) -> Result<DeltaTable> {
         let url = self.table_url(layer, table);
-        if url.scheme() == "file" {
-            if let Ok(path) = url.to_file_path() {
-                std::fs::create_dir_all(&path)
-                    .map_err(|e| Error::Config(format!("creating {}: {e}", path.display())))?;
-            }
+        if url.scheme() == "file"
+            && let Ok(path) = url.to_file_path()
+        {
+            std::fs::create_dir_all(&path)
+                .map_err(|e| Error::Config(format!("creating {}: {e}", path.display())))?;
         }
         deltalake::DeltaTableBuilder::from_url(url)
             .and_then(|b| b.with_storage_options(self.options.clone()).build())
-            .map_err(|source| Error::Delta { table: format!("{layer}.{table}"), source })
+            .map_err(|source| Error::Delta {
+                table: format!("{layer}.{table}"),
+                source,
+            })
     }
 
     /// Names of the Delta tables in one layer, sorted.
     pub async fn list_tables(&self, layer: &str) -> Result<Vec<String>> {
         let (store, base) = object_store::parse_url_opts(&self.root, self.options.iter())
             .map_err(|e| Error::ObjectStore(self.root.to_string(), e))?;
-        let prefix = Path::from(format!("{}/{layer}", base.as_ref().trim_end_matches('/')).trim_start_matches('/'));
+        let prefix = Path::from(
+            format!("{}/{layer}", base.as_ref().trim_end_matches('/')).trim_start_matches('/'),
+        );
         let listing = match store.list_with_delimiter(Some(&prefix)).await {
             Ok(l) => l,
             Err(object_store::Error::NotFound { .. }) => return Ok(vec![]),
@@ -170,10 +190,8 @@ impl Lake {
                 .await
                 .map(|l| !l.objects.is_empty())
                 .unwrap_or(false);
-            if has_log {
-                if let Some(name) = dir.filename() {
-                    tables.push(name.to_string());
-                }
+            if has_log && let Some(name) = dir.filename() {
+                tables.push(name.to_string());
             }
         }
         tables.sort();

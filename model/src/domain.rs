@@ -29,13 +29,41 @@ pub struct TableSpec {
 
 /// Every table the pipeline replicates, in dependency order.
 pub const TABLES: &[TableSpec] = &[
-    TableSpec { db: Database::Catalog, name: "products", primary_key: &["id"] },
-    TableSpec { db: Database::Catalog, name: "price_changes", primary_key: &["id"] },
-    TableSpec { db: Database::Orders, name: "customers", primary_key: &["id"] },
-    TableSpec { db: Database::Orders, name: "orders", primary_key: &["id"] },
-    TableSpec { db: Database::Orders, name: "order_items", primary_key: &["id"] },
-    TableSpec { db: Database::Orders, name: "payments", primary_key: &["id"] },
-    TableSpec { db: Database::Orders, name: "shipments", primary_key: &["id"] },
+    TableSpec {
+        db: Database::Catalog,
+        name: "products",
+        primary_key: &["id"],
+    },
+    TableSpec {
+        db: Database::Catalog,
+        name: "price_changes",
+        primary_key: &["id"],
+    },
+    TableSpec {
+        db: Database::Orders,
+        name: "customers",
+        primary_key: &["id"],
+    },
+    TableSpec {
+        db: Database::Orders,
+        name: "orders",
+        primary_key: &["id"],
+    },
+    TableSpec {
+        db: Database::Orders,
+        name: "order_items",
+        primary_key: &["id"],
+    },
+    TableSpec {
+        db: Database::Orders,
+        name: "payments",
+        primary_key: &["id"],
+    },
+    TableSpec {
+        db: Database::Orders,
+        name: "shipments",
+        primary_key: &["id"],
+    },
 ];
 
 /// The tables of one logical database.
@@ -86,7 +114,10 @@ mod tests {
             assert_eq!(table(t.name), Some(t));
         }
         assert_eq!(tables_of(Database::Catalog).count(), 2);
-        assert_eq!(topic_of("tributary", table("orders").unwrap()), "tributary.orders.orders");
+        assert_eq!(
+            topic_of("tributary", table("orders").unwrap()),
+            "tributary.orders.orders"
+        );
     }
 }
 

@@ -128,9 +128,9 @@ impl ChangeEvent {
     /// The Kafka key: the shard and the primary-key values, as a JSON object.
     /// All changes of one row share it, so they land in one partition in order.
     pub fn key(&self) -> Result<Value> {
-        let row = self
-            .row()
-            .ok_or_else(|| Error::InvalidEvent(format!("{} event has no row image", self.op.as_str())))?;
+        let row = self.row().ok_or_else(|| {
+            Error::InvalidEvent(format!("{} event has no row image", self.op.as_str()))
+        })?;
         let mut key = Map::new();
         key.insert("shard".into(), Value::from(self.source.shard));
         for col in self.columns.iter().filter(|c| c.key) {
@@ -151,7 +151,10 @@ impl ChangeEvent {
         let ev: ChangeEvent = serde_json::from_slice(bytes).map_err(Error::Json)?;
         match ev.op {
             Op::Create | Op::Read | Op::Update if ev.after.is_none() => {
-                return Err(Error::InvalidEvent(format!("op {} without `after`", ev.op.as_str())));
+                return Err(Error::InvalidEvent(format!(
+                    "op {} without `after`",
+                    ev.op.as_str()
+                )));
             }
             Op::Delete if ev.before.is_none() => {
                 return Err(Error::InvalidEvent("op d without `before`".into()));
@@ -173,7 +176,12 @@ mod tests {
     fn sample() -> ChangeEvent {
         ChangeEvent {
             before: None,
-            after: Some(json!({"id": 7, "total": "9.90"}).as_object().unwrap().clone()),
+            after: Some(
+                json!({"id": 7, "total": "9.90"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
             source: Source {
                 version: "0.1.0".into(),
                 connector: "postgresql".into(),
@@ -193,8 +201,16 @@ mod tests {
             event_id: event_id("orders", 1, Lsn(0x16B3748), 3, false),
             unchanged_toast: vec![],
             columns: vec![
-                Column { name: "id".into(), pg_type: PgType::Int8, key: true },
-                Column { name: "total".into(), pg_type: PgType::Numeric(Some((12, 2))), key: false },
+                Column {
+                    name: "id".into(),
+                    pg_type: PgType::Int8,
+                    key: true,
+                },
+                Column {
+                    name: "total".into(),
+                    pg_type: PgType::Numeric(Some((12, 2))),
+                    key: false,
+                },
             ],
         }
     }

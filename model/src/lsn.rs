@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 
 /// A position in a PostgreSQL write-ahead log, printed as `X/Y` like Postgres does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 

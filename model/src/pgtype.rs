@@ -100,12 +100,8 @@ impl PgType {
                 }
                 Value::String(text.to_string())
             }
-            PgType::Timestamptz => {
-                Value::String(parse_pg_timestamptz(text, true).ok_or_else(bad)?)
-            }
-            PgType::Timestamp => {
-                Value::String(parse_pg_timestamptz(text, false).ok_or_else(bad)?)
-            }
+            PgType::Timestamptz => Value::String(parse_pg_timestamptz(text, true).ok_or_else(bad)?),
+            PgType::Timestamp => Value::String(parse_pg_timestamptz(text, false).ok_or_else(bad)?),
             PgType::Date => {
                 let ok = text.len() == 10
                     && text.as_bytes()[4] == b'-'
@@ -308,7 +304,9 @@ mod tests {
         assert_eq!(PgType::Int8.text_to_json(c, "-42").unwrap(), json!(-42));
         assert_eq!(PgType::Bool.text_to_json(c, "t").unwrap(), json!(true));
         assert_eq!(
-            PgType::Numeric(Some((12, 2))).text_to_json(c, "12.30").unwrap(),
+            PgType::Numeric(Some((12, 2)))
+                .text_to_json(c, "12.30")
+                .unwrap(),
             json!("12.30")
         );
         assert_eq!(
