@@ -136,6 +136,13 @@ impl<'a> Cursor<'a> {
         Ok(self.u64()? as i64)
     }
 
+    /// A PostgreSQL timestamp (µs since 2000-01-01) as µs since the Unix epoch.
+    fn timestamp(&mut self) -> Result<i64> {
+        self.i64()?
+            .checked_add(crate::protocol::PG_EPOCH_OFFSET_US)
+            .ok_or_else(|| self.err("timestamp out of range"))
+    }
+
     fn cstr(&mut self) -> Result<String> {
         let rest = &self.buf[self.pos..];
         let end = rest
@@ -203,7 +210,7 @@ pub fn decode(data: &Bytes) -> Result<PgOutput> {
     let msg = match tag {
         b'B' => PgOutput::Begin {
             final_lsn: Lsn(c.u64()?),
-            commit_ts_us: c.i64()? + crate::protocol::PG_EPOCH_OFFSET_US,
+            commit_ts_us: c.timestamp()?,
             xid: c.u32()?,
         },
         b'C' => {
@@ -211,7 +218,7 @@ pub fn decode(data: &Bytes) -> Result<PgOutput> {
             PgOutput::Commit {
                 commit_lsn: Lsn(c.u64()?),
                 end_lsn: Lsn(c.u64()?),
-                commit_ts_us: c.i64()? + crate::protocol::PG_EPOCH_OFFSET_US,
+                commit_ts_us: c.timestamp()?,
             }
         }
         b'R' => {

@@ -112,7 +112,15 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::Kafka { .. } | Error::Delivery(_) | Error::Io(_) => true,
-            Error::Postgres { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            Error::Postgres { source, .. } => match source.as_db_error() {
+                None => true,
+                // Server shutting down or restarting, too many connections,
+                // connection failures: all cured by reconnecting.
+                Some(db) => {
+                    let code = db.code().code();
+                    code.starts_with("57P") || code.starts_with("08") || code == "53300"
+                }
+            },
             // 55006: object in use (a slot still held by a dying walsender),
             // 57P01..57P03: server shutting down or starting.
             Error::Server { code, .. } => {

@@ -428,8 +428,18 @@ impl<'a> StreamState<'a> {
                     .await?;
             }
             PgOutput::Update { relation, old, new } => {
-                self.emit(relation, Op::Update, old, Some(new), sink)
-                    .await?;
+                if let Some(old_key) = old.as_ref().filter(|o| self.key_changed(relation, o, &new))
+                {
+                    // A primary-key change is a delete of the old row and an
+                    // insert of the new one, as Debezium reports it.
+                    self.emit(relation, Op::Delete, Some(old_key.clone()), None, sink)
+                        .await?;
+                    self.emit(relation, Op::Create, None, Some(new), sink)
+                        .await?;
+                } else {
+                    self.emit(relation, Op::Update, old, Some(new), sink)
+                        .await?;
+                }
             }
             PgOutput::Delete { relation, old } => {
                 self.emit(relation, Op::Delete, Some(old), None, sink)
@@ -443,6 +453,15 @@ impl<'a> StreamState<'a> {
             PgOutput::Message { .. } | PgOutput::Other(_) => {}
         }
         Ok(())
+    }
+
+    fn key_changed(&self, relation: u32, old: &[TupleValue], new: &[TupleValue]) -> bool {
+        let Some(rel) = self.relations.get(&relation) else {
+            return false;
+        };
+        rel.columns.iter().enumerate().any(|(i, c)| {
+            c.key && old.get(i).is_some_and(|o| *o != TupleValue::Null) && old.get(i) != new.get(i)
+        })
     }
 
     fn add_relation(&mut self, rel: Relation) {

@@ -110,6 +110,10 @@ impl KafkaSink {
     pub(crate) fn new(config: &KafkaConfig, start: Lsn) -> Result<Self> {
         let producer: FutureProducer = client_config(config)
             .set("enable.idempotence", "true")
+            // A message that times out after later ones succeeded would leave
+            // a gap that consumers' position-based dedup cannot see: fail hard
+            // instead, so the reader restarts and replays from the slot.
+            .set("enable.gapless.guarantee", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
@@ -159,10 +163,9 @@ impl KafkaSink {
         loop {
             match self.producer.send_result(record) {
                 Ok(fut) => {
-                    self.pending
-                        .send(Pending::Delivery(fut))
-                        .await
-                        .map_err(|_| Error::Internal("delivery tracker stopped".into()))?;
+                    if self.pending.send(Pending::Delivery(fut)).await.is_err() {
+                        return Err(self.tracker_stopped());
+                    }
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -182,10 +185,19 @@ impl KafkaSink {
 
     /// Marks that every event queued so far belongs to WAL before `lsn`.
     pub(crate) async fn mark(&self, lsn: Lsn) -> Result<()> {
-        self.pending
-            .send(Pending::Through(lsn))
-            .await
-            .map_err(|_| Error::Internal("delivery tracker stopped".into()))
+        if self.pending.send(Pending::Through(lsn)).await.is_err() {
+            return Err(self.tracker_stopped());
+        }
+        Ok(())
+    }
+
+    /// The tracker only stops after a failed delivery: report that failure,
+    /// which is transient (the reader restarts and replays from the slot).
+    fn tracker_stopped(&self) -> Error {
+        match self.check() {
+            Err(e) => e,
+            Ok(()) => Error::Delivery("delivery tracker stopped".into()),
+        }
     }
 
     /// The highest LSN through which everything is acknowledged by the broker.

@@ -770,6 +770,10 @@ async fn merge_segment(
 ) -> Result<()> {
     let name = format!("silver.{table}");
     let Some(columns) = events.last().map(|e| e.columns.clone()) else {
+        // Nothing to merge (a batch ending in a truncate): still record the offsets.
+        if !txns.is_empty() {
+            commit_offsets_only(lake, "silver", table, "merge", txns).await?;
+        }
         return Ok(());
     };
     let keys: Vec<&Column> = columns.iter().filter(|c| c.key).collect();
