@@ -310,6 +310,14 @@ fn tributary_query_count(batches: &[arrow::array::RecordBatch]) -> i64 {
         .value(0)
 }
 
+async fn pipeline_connect(dsn: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
 fn tail(s: &str) -> String {
     s.lines()
         .rev()
@@ -345,6 +353,33 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
     env.spawn("cdc", &["cdc", "run"]);
     env.spawn("ingest", &["lake", "ingest"]);
     let url = env.url();
+    // Writes that bypass the API are captured too, including a primary-key
+    // change (a delete of the old row plus an insert of the new one).
+    let lonely = post(
+        &reqwest::Client::new(),
+        format!("{url}/customers"),
+        json!({"email": "lonely@example.com", "name": "Lonely", "region": "eu", "country": "NL",
+               "city": "Delft", "address": "Street 2", "lat": 52.1, "lon": 4.4}),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let stack_state = StackState::load(&env.config().state_dir).unwrap().unwrap();
+    let mut changed = 0;
+    for shard in &stack_state.shards {
+        let client = pipeline_connect(&shard.dsn()).await;
+        changed += client
+            .execute(
+                "UPDATE customers SET id = id + 1000000000, name = 'Renamed' WHERE id = $1",
+                &[&lonely],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        changed, 1,
+        "the primary-key update should find exactly one row"
+    );
     let load = env.run(&[
         "load",
         "--rate",
