@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tributary_model::domain::{KafkaConfig, topic_name};
+use tributary_model::error_chain;
 use tributary_model::event::{ChangeEvent, Column, Op, Source, Transaction, event_id};
 use tributary_model::lsn::Lsn;
 use tributary_model::pgtype::PgType;
@@ -98,18 +99,6 @@ pub async fn run(
         }
     }
     result
-}
-
-/// Formats an error with its sources, for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 async fn connect_sql(dsn: &str) -> Result<tokio_postgres::Client> {

@@ -30,7 +30,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tributary_model::domain::{KafkaConfig, TABLES, silver_columns as meta, topic_of};
+use tributary_model::error_chain;
 use tributary_model::event::{ChangeEvent, Column, Op};
+use tributary_model::pgtype::format_utc_micros;
 
 use crate::schema::{
     SOURCE_OP, SOURCE_UNCHANGED, bronze_schema, dead_letter_schema, merge_source_schema,
@@ -90,7 +92,7 @@ pub async fn run(
         match run_once(&lake, &kafka, &config, &shutdown).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                tracing::warn!(error = %crate_error_chain(&e), "ingest failed; resuming from the offsets in the lake");
+                tracing::warn!(error = %error_chain(&e), "ingest failed; resuming from the offsets in the lake");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => return Ok(()),
@@ -100,17 +102,6 @@ pub async fn run(
             Err(e) => return Err(e),
         }
     }
-}
-
-fn crate_error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
@@ -454,32 +445,6 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-fn us_to_rfc3339(us: i64) -> String {
-    let secs = us.div_euclid(1_000_000);
-    let micros = us.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 fn rows_to_batch(schema: SchemaRef, rows: &[Value]) -> Result<RecordBatch> {
     let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
         .with_batch_size(rows.len().max(1))
@@ -501,7 +466,7 @@ async fn apply_batch(
     let mut bronze_rows = Vec::new();
     let mut silver_events: Vec<ChangeEvent> = Vec::new();
     let mut dead = Vec::new();
-    let ingested = us_to_rfc3339(now_us());
+    let ingested = format_utc_micros(now_us());
     for m in &messages {
         let (p, o) = (m.partition(), m.offset());
         next.entry(p)
@@ -525,7 +490,7 @@ async fn apply_batch(
             }
             Err(e) => {
                 if new_for_bronze {
-                    dead.push(dead_letter(m, &crate_error_chain(&e)));
+                    dead.push(dead_letter(m, &error_chain(&e)));
                 }
                 continue;
             }
@@ -664,7 +629,7 @@ fn dead_letter(m: &OwnedMessage, error: &str) -> Value {
         "key": m.key().map(hex),
         "payload": m.payload().map(hex),
         "error": error,
-        "failed_at": us_to_rfc3339(now_us()),
+        "failed_at": format_utc_micros(now_us()),
     })
 }
 
@@ -673,7 +638,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn bronze_row(ev: &ChangeEvent, m: &OwnedMessage, ingested: &str) -> Value {
-    let commit = us_to_rfc3339(ev.source.ts_us);
+    let commit = format_utc_micros(ev.source.ts_us);
     let date = commit[..10].to_string();
     json!({
         "event_id": ev.event_id,
@@ -898,7 +863,7 @@ fn merge_row(ev: &ChangeEvent) -> Value {
     row.insert(meta::EVENT_ID.into(), json!(ev.event_id));
     row.insert(
         meta::COMMIT_TS.into(),
-        json!(us_to_rfc3339(ev.source.ts_us)),
+        json!(format_utc_micros(ev.source.ts_us)),
     );
     row.insert(SOURCE_OP.into(), json!(ev.op.as_str()));
     if !ev.unchanged_toast.is_empty() {
@@ -1107,14 +1072,5 @@ mod tests {
         assert_eq!(state.bronze_next.get(&1), Some(&1));
         assert_eq!(state.high_water.get(&(0, 0)), Some(&(400, 1)));
         assert!(state.silver_catch_up.is_empty());
-    }
-
-    #[test]
-    fn formats_timestamps() {
-        assert_eq!(us_to_rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            us_to_rfc3339(1_764_140_462_500_000),
-            "2025-11-26T07:01:02.500000Z"
-        );
     }
 }

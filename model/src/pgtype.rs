@@ -10,6 +10,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono_free::parse_pg_timestamptz;
+
+/// Formats microseconds since the Unix epoch as an RFC 3339 UTC timestamp
+/// (`1970-01-01T00:00:00.000000Z`), the form timestamps take in events.
+pub fn format_utc_micros(us: i64) -> String {
+    chrono_free::format_micros(us)
+}
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -246,6 +252,20 @@ mod chrono_free {
         ))
     }
 
+    /// Formats microseconds since the Unix epoch as RFC 3339 in UTC.
+    pub(super) fn format_micros(us: i64) -> String {
+        let secs = us.div_euclid(1_000_000);
+        let micros = us.rem_euclid(1_000_000);
+        let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            sod / 3600,
+            sod % 3600 / 60,
+            sod % 60
+        )
+    }
+
     // Howard Hinnant's civil-date algorithms.
     fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
         let y = if m <= 2 { y - 1 } else { y };
@@ -325,6 +345,16 @@ mod tests {
             PgType::Json.text_to_json(c, r#"{"a": [1]}"#).unwrap(),
             json!({"a": [1]})
         );
+    }
+
+    #[test]
+    fn formats_micros_as_rfc3339() {
+        assert_eq!(format_utc_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            format_utc_micros(1_764_140_462_500_000),
+            "2025-11-26T07:01:02.500000Z"
+        );
+        assert_eq!(format_utc_micros(-1), "1969-12-31T23:59:59.999999Z");
     }
 
     #[test]
