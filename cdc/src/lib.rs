@@ -13,6 +13,7 @@
 //! `snapshot`, [`sink`] (Kafka), `reader` (the per-database loop).
 
 pub mod decode;
+pub mod metrics;
 pub(crate) mod protocol;
 pub(crate) mod reader;
 pub mod sink;

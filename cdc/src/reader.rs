@@ -243,6 +243,7 @@ async fn run_reader(
             )
             .await
             .map_err(pg("recording snapshot completion"))?;
+        crate::metrics::snapshot_rows(&format!("{}.{}", source.db, source.shard), rows);
         tracing::info!(db = %source.db, shard = source.shard, rows, lsn = %consistent, secs = started.elapsed().as_secs_f64(), "snapshot complete");
         start = consistent;
     }
@@ -272,6 +273,7 @@ async fn run_reader(
     let mut status_tick = tokio::time::interval(Duration::from_millis(config.status_interval_ms));
     let mut state = StreamState::new(source, &kafka.topic_prefix);
     let mut received = start;
+    let source_label = format!("{}.{}", source.db, source.shard);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -284,6 +286,7 @@ async fn run_reader(
             }
             _ = status_tick.tick() => {
                 sink.check()?;
+                crate::metrics::position(&source_label, received, sink.durable());
                 status.send_status(received, sink.durable()).await?;
             }
             _ = heartbeat.tick() => {
@@ -547,10 +550,12 @@ impl<'a> StreamState<'a> {
         } else {
             ev.key()?
         };
+        let payload = ev.to_json();
+        crate::metrics::event(&rel.table, op.as_str(), payload.len());
         sink.send(
             &rel.topic,
             &serde_json::to_vec(&key).expect("json"),
-            &ev.to_json(),
+            &payload,
         )
         .await
     }

@@ -30,6 +30,32 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Serves `/metrics` (Prometheus text from `render`) and `/healthz` on
+/// `listen` until `shutdown`.
+pub async fn serve_metrics(
+    listen: &str,
+    render: fn() -> String,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<std::net::SocketAddr> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { ([("content-type", "text/plain; version=0.0.4")], render()) }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics listener on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    Ok(addr)
+}
+
 /// Cancels the token on SIGINT or SIGTERM: stop intake, flush, confirm, exit.
 pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();

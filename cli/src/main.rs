@@ -111,13 +111,21 @@ enum OltpCommand {
 #[derive(Subcommand)]
 enum CdcCommand {
     /// Run one reader per database until stopped.
-    Run,
+    Run {
+        /// Serve /metrics and /healthz on this address, e.g. 127.0.0.1:9101.
+        #[arg(long)]
+        metrics: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
 enum LakeCommand {
     /// Consume the CDC topics into bronze and silver until stopped.
-    Ingest,
+    Ingest {
+        /// Serve /metrics and /healthz on this address, e.g. 127.0.0.1:9102.
+        #[arg(long)]
+        metrics: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -230,20 +238,38 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{report}");
         }
         Command::Cdc {
-            command: CdcCommand::Run,
+            command: CdcCommand::Run { metrics },
         } => {
             let (sources, stack) = sources(&config)?;
             let kafka = kafka(&config, stack.as_ref())?;
             let shutdown = tributary::shutdown_on_signals();
+            if let Some(listen) = metrics {
+                let addr = tributary::serve_metrics(
+                    &listen,
+                    tributary_cdc::metrics::render,
+                    shutdown.clone(),
+                )
+                .await?;
+                eprintln!("metrics on http://{addr}/metrics");
+            }
             tributary_cdc::run(config.cdc.clone(), kafka, sources.cdc_sources(), shutdown).await?;
         }
         Command::Lake {
-            command: LakeCommand::Ingest,
+            command: LakeCommand::Ingest { metrics },
         } => {
             let stack = StackState::load(&config.state_dir)?;
             let kafka = kafka(&config, stack.as_ref())?;
             let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
             let shutdown = tributary::shutdown_on_signals();
+            if let Some(listen) = metrics {
+                let addr = tributary::serve_metrics(
+                    &listen,
+                    tributary_lake::metrics::render,
+                    shutdown.clone(),
+                )
+                .await?;
+                eprintln!("metrics on http://{addr}/metrics");
+            }
             tributary_lake::ingest::run(lake, kafka, config.ingest.clone(), shutdown).await?;
         }
         Command::Etl {

@@ -350,7 +350,13 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
     env.wait_http().await;
     // Data written before the reader starts arrives through the snapshot.
     scripted_changes(&env.url()).await;
-    env.spawn("cdc", &["cdc", "run"]);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    env.spawn("cdc", &["cdc", "run", "--metrics", &metrics_addr]);
     env.spawn("ingest", &["lake", "ingest"]);
     let url = env.url();
     // Writes that bypass the API are captured too, including a primary-key
@@ -398,6 +404,16 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
     );
     env.assert_running();
     assert_lake_equals_source(&env).await;
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tributary_cdc_events_total{table=\"orders\",op=\"c\"}"),
+        "reader metrics lack order inserts:\n{metrics}"
+    );
 
     // Gold reconciles with the source shards.
     let out = env.run(&["etl", "run", "marts"]);

@@ -513,6 +513,7 @@ async fn apply_batch(
         }
     }
 
+    let dead_count = dead.len();
     if !dead.is_empty() {
         let n = dead.len();
         let batch = rows_to_batch(dead_letter_schema(), &dead)?;
@@ -561,6 +562,14 @@ async fn apply_batch(
             state.silver_next.insert(*p, *v);
         }
     }
+    crate::metrics::batch(
+        &state.table,
+        messages.len(),
+        bronze_count,
+        silver_count,
+        dead_count,
+        started.elapsed().as_secs_f64(),
+    );
     state
         .silver_catch_up
         .retain(|(p, o)| next.get(p).is_none_or(|n| o >= n));

@@ -9,6 +9,7 @@
 //! storage options (S3 endpoint, credentials) are decided in one place.
 
 pub mod ingest;
+pub mod metrics;
 pub mod schema;
 pub mod store;
 
