@@ -140,15 +140,15 @@ async fn run_reader(
     ensure_publication(&client, &config.publication, &source.tables).await?;
     client
         .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS tributary;
-             CREATE TABLE IF NOT EXISTS tributary.cdc_snapshots (
+            "CREATE SCHEMA IF NOT EXISTS tributary_cdc;
+             CREATE TABLE IF NOT EXISTS tributary_cdc.snapshots (
                  slot_name text PRIMARY KEY,
                  consistent_lsn text NOT NULL,
                  rows bigint NOT NULL,
                  completed_at timestamptz NOT NULL DEFAULT now())",
         )
         .await
-        .map_err(pg("creating tributary.cdc_snapshots"))?;
+        .map_err(pg("creating tributary_cdc.snapshots"))?;
     let slot_exists = client
         .query_opt(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
@@ -159,11 +159,11 @@ async fn run_reader(
         .is_some();
     let snapshot_done = client
         .query_opt(
-            "SELECT 1 FROM tributary.cdc_snapshots WHERE slot_name = $1",
+            "SELECT 1 FROM tributary_cdc.snapshots WHERE slot_name = $1",
             &[&slot],
         )
         .await
-        .map_err(pg("reading tributary.cdc_snapshots"))?
+        .map_err(pg("reading tributary_cdc.snapshots"))?
         .is_some();
 
     let mut repl = ReplicationConnection::connect(&source.dsn, "tributary-cdc").await?;
@@ -195,7 +195,7 @@ async fn run_reader(
         }
         client
             .execute(
-                "DELETE FROM tributary.cdc_snapshots WHERE slot_name = $1",
+                "DELETE FROM tributary_cdc.snapshots WHERE slot_name = $1",
                 &[&slot],
             )
             .await
@@ -238,7 +238,7 @@ async fn run_reader(
             .await?;
         client
             .execute(
-                "INSERT INTO tributary.cdc_snapshots(slot_name, consistent_lsn, rows) VALUES ($1, $2, $3)",
+                "INSERT INTO tributary_cdc.snapshots(slot_name, consistent_lsn, rows) VALUES ($1, $2, $3)",
                 &[&slot, &consistent.to_string(), &(rows as i64)],
             )
             .await

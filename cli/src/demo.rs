@@ -106,7 +106,7 @@ pub async fn reconcile(
         let c = pipeline::connect(dsn).await?;
         let s: String = c
             .query_one(
-                "SELECT coalesce(sum(line_total), 0)::text FROM order_items",
+                "SELECT coalesce(sum(line_total), 0)::text FROM public.order_items",
                 &[],
             )
             .await?

@@ -386,6 +386,22 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
         changed, 1,
         "the primary-key update should find exactly one row"
     );
+    // Restarting the service after the reader set up its state in the same
+    // databases must find the same tables (a schema named like the role once
+    // captured the service's unqualified tables).
+    env.kill9("oltp");
+    env.spawn("oltp", &["oltp", "serve"]);
+    env.wait_http().await;
+    let products = reqwest::get(format!("{url}/products"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        products.contains("E2E-0"),
+        "the restarted service lost the catalog: {products}"
+    );
     let load = env.run(&[
         "load",
         "--rate",

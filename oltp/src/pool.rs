@@ -65,7 +65,16 @@ impl Pool {
 
 /// Opens one connection and drives it on its own task.
 pub(crate) async fn connect(dsn: &str, label: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(dsn, NoTls)
+    let mut config: tokio_postgres::Config = dsn.parse().map_err(|source| Error::Connect {
+        database: label.to_owned(),
+        source,
+    })?;
+    // The service's tables live in `public`. Without this, a schema named
+    // after the role (`$user`, first in the default search_path) would
+    // silently receive new tables and shadow the real ones.
+    config.options("-c search_path=public");
+    let (client, connection) = config
+        .connect(NoTls)
         .await
         .map_err(|source| Error::Connect {
             database: label.to_owned(),
