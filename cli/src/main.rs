@@ -141,7 +141,7 @@ fn init_tracing(json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(
-                "info,deltalake_core=error,deltalake=warn,datafusion=warn",
+                "warn,tributary=info,tributary_cdc=info,tributary_lake=info,tributary_oltp=info,tributary_etl=info,tributary_query=info,deltalake_core=error",
             )
         });
     let builder = tracing_subscriber::fmt()
