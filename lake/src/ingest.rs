@@ -152,6 +152,8 @@ struct TableState {
     high_water: HashMap<(i32, i32), (i64, i64)>,
     /// Offsets below `bronze_next` that bronze accepted but silver has not applied.
     silver_catch_up: HashSet<(i32, i64)>,
+    /// Dead letters below these offsets are already in the dead-letter table.
+    dead_next: HashMap<i32, i64>,
 }
 
 fn app_id(group: &str, topic: &str, partition: i32) -> String {
@@ -226,7 +228,11 @@ async fn load_state(
         silver_next: HashMap::new(),
         high_water: HashMap::new(),
         silver_catch_up: HashSet::new(),
+        dead_next: HashMap::new(),
     };
+    if let Some(dead) = lake.open("bronze", DEAD_LETTERS).await? {
+        state.dead_next = txn_versions(&dead, group, topic, partitions).await?;
+    }
     if let Some(bronze) = lake.open("bronze", table).await? {
         state.bronze_next = txn_versions(&bronze, group, topic, partitions).await?;
         let batches = query_table(
@@ -474,10 +480,12 @@ async fn apply_batch(
             .or_insert(o + 1);
         let new_for_bronze = o >= state.bronze_next.get(&p).copied().unwrap_or(0);
         let new_for_silver = o >= state.silver_next.get(&p).copied().unwrap_or(0);
+        let new_for_dead_letters =
+            new_for_bronze && o >= state.dead_next.get(&p).copied().unwrap_or(0);
         let ev = match ChangeEvent::from_json(m.payload().unwrap_or_default()) {
             Ok(ev) if ev.source.table == state.table => ev,
             Ok(ev) => {
-                if new_for_bronze {
+                if new_for_dead_letters {
                     dead.push(dead_letter(
                         m,
                         &format!(
@@ -489,7 +497,7 @@ async fn apply_batch(
                 continue;
             }
             Err(e) => {
-                if new_for_bronze {
+                if new_for_dead_letters {
                     dead.push(dead_letter(m, &error_chain(&e)));
                 }
                 continue;
@@ -515,18 +523,28 @@ async fn apply_batch(
 
     let dead_count = dead.len();
     if !dead.is_empty() {
-        let n = dead.len();
+        // The dead-letter table records its own offsets, so a crash before
+        // the bronze commit cannot write a dead letter twice.
+        let mut dead_offsets: HashMap<i32, i64> = HashMap::new();
+        for d in &dead {
+            let (p, o) = (
+                d["kafka_partition"].as_i64().unwrap_or(0) as i32,
+                d["kafka_offset"].as_i64().unwrap_or(0),
+            );
+            dead_offsets
+                .entry(p)
+                .and_modify(|v| *v = (*v).max(o + 1))
+                .or_insert(o + 1);
+        }
+        let txns: Vec<Transaction> = dead_offsets
+            .iter()
+            .map(|(p, v)| Transaction::new(app_id(group, &state.topic, *p), *v))
+            .collect();
         let batch = rows_to_batch(dead_letter_schema(), &dead)?;
-        write_append(
-            lake,
-            "bronze",
-            DEAD_LETTERS,
-            batch,
-            None,
-            CommitProperties::default(),
-        )
-        .await?;
-        tracing::warn!(table = %state.table, messages = n, "messages sent to the dead-letter table");
+        let props = CommitProperties::default().with_application_transactions(txns);
+        write_append(lake, "bronze", DEAD_LETTERS, batch, None, props).await?;
+        state.dead_next.extend(dead_offsets);
+        tracing::warn!(table = %state.table, messages = dead_count, "messages sent to the dead-letter table");
     }
 
     let txns = |group: &str| -> Vec<Transaction> {
@@ -705,10 +723,10 @@ async fn merge_silver(
     txns: Vec<Transaction>,
 ) -> Result<()> {
     let mut segment: Vec<ChangeEvent> = Vec::new();
-    let mut segments: Vec<(Vec<ChangeEvent>, Option<u32>)> = Vec::new();
+    let mut segments: Vec<(Vec<ChangeEvent>, Option<ChangeEvent>)> = Vec::new();
     for ev in events {
         if ev.op == Op::Truncate {
-            segments.push((std::mem::take(&mut segment), Some(ev.source.shard)));
+            segments.push((std::mem::take(&mut segment), Some(ev)));
         } else {
             segment.push(ev);
         }
@@ -721,11 +739,21 @@ async fn merge_silver(
         if !events.is_empty() || i == last {
             merge_segment(lake, table, events, txns).await?;
         }
-        if let Some(shard) = truncate
+        if let Some(truncate) = truncate
             && let Some(t) = lake.open("silver", table).await?
         {
             t.delete()
-                .with_predicate(format!("{} = {shard}", meta::SHARD))
+                // Only rows written before the truncate: a later change of
+                // the shard that another partition delivered first stays.
+                .with_predicate(format!(
+                    "{shard_col} = {shard} AND ({lsn} < {l} OR ({lsn} = {l} AND {ord} < {o}))",
+                    shard_col = meta::SHARD,
+                    shard = truncate.source.shard,
+                    lsn = meta::LSN,
+                    ord = meta::ORDINAL,
+                    l = truncate.source.lsn.as_i64(),
+                    o = truncate.source.ordinal,
+                ))
                 .await
                 .map_err(|source| Error::Delta {
                     table: format!("silver.{table}"),
@@ -985,6 +1013,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn truncate_removes_only_rows_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(&crate::LakeConfig {
+            root: dir.path().display().to_string(),
+            s3: None,
+        })
+        .unwrap();
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 2).await.unwrap();
+        let a = [
+            ev(Op::Create, 1, "ann", 100, 1),
+            ev(Op::Create, 2, "bob", 200, 1),
+        ];
+        apply_batch(
+            &lake,
+            "g",
+            &mut state,
+            a.iter()
+                .enumerate()
+                .map(|(i, e)| msg(e, 0, i as i64))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        // Committed after the truncate, but delivered first by another partition.
+        apply_batch(
+            &lake,
+            "g",
+            &mut state,
+            vec![msg(&ev(Op::Create, 4, "dan", 400, 1), 1, 0)],
+        )
+        .await
+        .unwrap();
+        let mut truncate = ev(Op::Truncate, 0, "", 300, 1);
+        truncate.after = None;
+        apply_batch(&lake, "g", &mut state, vec![msg(&truncate, 0, 2)])
+            .await
+            .unwrap();
+        assert_eq!(silver_rows(&lake).await, vec![(4, "dan".to_string())]);
+        let state = load_state(&lake, "g", "customers", TOPIC, 2).await.unwrap();
+        assert_eq!(
+            state.silver_next.get(&0),
+            Some(&3),
+            "the truncate's offset is recorded"
+        );
+    }
+
+    #[tokio::test]
     async fn replays_and_stale_events_never_move_silver_backwards() {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::new(&crate::LakeConfig {
@@ -1081,5 +1156,10 @@ mod tests {
         assert_eq!(state.bronze_next.get(&1), Some(&1));
         assert_eq!(state.high_water.get(&(0, 0)), Some(&(400, 1)));
         assert!(state.silver_catch_up.is_empty());
+        assert_eq!(
+            state.dead_next.get(&0),
+            Some(&9),
+            "the dead-letter table records its offsets"
+        );
     }
 }
