@@ -17,7 +17,26 @@ use tributary_oltp::{
     shard_of_id,
 };
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The PostgreSQL server binaries: `pg_config --bindir`, else the newest
+/// version under `/usr/lib/postgresql`.
+fn pg_bin() -> String {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if std::path::Path::new(&dir).join("pg_ctl").exists() {
+            return dir;
+        }
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server is not installed (/usr/lib/postgresql)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("pg_ctl").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .expect("no pg_ctl under /usr/lib/postgresql")
+        .display()
+        .to_string()
+}
 
 /// A running cluster, stopped and deleted on drop (also when a test panics).
 struct Cluster {
@@ -27,7 +46,7 @@ struct Cluster {
 
 fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
     let output = Command::new("runuser")
-        .args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")])
+        .args(["-u", "postgres", "--", &format!("{}/{program}", pg_bin())])
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} as postgres: {e}"));
@@ -114,7 +133,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.dir.join("data");
         let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl")])
+            .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pg_bin())])
             .args([
                 "-D",
                 data.to_str().unwrap(),
