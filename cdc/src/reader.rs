@@ -227,8 +227,17 @@ async fn run_reader(
             .await
             .map_err(pg("importing the exported snapshot"))?;
         let started = std::time::Instant::now();
-        let rows =
-            snapshot::copy_tables(&client, source, &kafka.topic_prefix, consistent, &sink).await?;
+        let rows = snapshot::copy_tables(
+            &client,
+            source,
+            &kafka.topic_prefix,
+            consistent,
+            &sink,
+            // Anything published before (an interrupted snapshot, or a lost
+            // slot) must be cleared by the new snapshot.
+            slot_exists || snapshot_done,
+        )
+        .await?;
         client
             .batch_execute("COMMIT")
             .await

@@ -59,6 +59,7 @@ pub(crate) async fn copy_tables(
     topic_prefix: &str,
     consistent: Lsn,
     sink: &KafkaSink,
+    reset: bool,
 ) -> Result<u64> {
     // Snapshot rows sort just below the consistent point: every streamed
     // commit is at or after it, so any later change of the row wins.
@@ -79,8 +80,48 @@ pub(crate) async fn copy_tables(
                 source,
             })?;
         pin_mut!(stream);
+        if reset {
+            // This snapshot replaces an interrupted one: a truncate at the
+            // position just before the new rows clears what the old one left
+            // (rows deleted since would otherwise stay in silver forever).
+            let ev = ChangeEvent {
+                before: None,
+                after: None,
+                source: Source {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    connector: "postgresql".into(),
+                    db: source.db.clone(),
+                    shard: source.shard,
+                    schema: "public".into(),
+                    table: table.clone(),
+                    lsn,
+                    ordinal: 0,
+                    ts_us: now_us,
+                    tx_id: None,
+                    snapshot: true,
+                },
+                op: Op::Truncate,
+                ts_ms: now_us / 1000,
+                transaction: None,
+                event_id: format!(
+                    "{}:{table}",
+                    event_id(&source.db, source.shard, lsn, 0, true)
+                ),
+                unchanged_toast: vec![],
+                columns: columns.clone(),
+            };
+            let key = serde_json::json!({ "shard": source.shard, "truncate": true });
+            sink.send(
+                &topic,
+                &serde_json::to_vec(&key).expect("json"),
+                &ev.to_json(),
+            )
+            .await?;
+        }
         let mut pending: Vec<u8> = Vec::new();
-        let mut ordinal = 0u64;
+        // Ordinals run on across tables, so snapshot event ids are unique.
+        let first = total;
+        let mut ordinal = total;
         let emit = |line: &[u8], ordinal: u64| -> Result<ChangeEvent> {
             let after = parse_copy_line(line, &columns, table)?;
             Ok(ChangeEvent {
@@ -130,8 +171,8 @@ pub(crate) async fn copy_tables(
         if !pending.is_empty() {
             return Err(Error::Protocol(format!("COPY {table} ended inside a row")));
         }
-        tracing::info!(db = %source.db, shard = source.shard, table = %table, rows = ordinal, "snapshot copied table");
-        total += ordinal;
+        tracing::info!(db = %source.db, shard = source.shard, table = %table, rows = ordinal - first, "snapshot copied table");
+        total = ordinal;
     }
     Ok(total)
 }

@@ -135,7 +135,18 @@ pub async fn wait_caught_up(
                 .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[slot])
                 .await?
                 .and_then(|r| r.get(0));
+            // A new slot is confirmed at its consistent point before its
+            // snapshot is published: also wait for the snapshot to complete.
+            let snapshot_done = client
+                .query_opt(
+                    "SELECT 1 FROM tributary_cdc.snapshots WHERE slot_name = $1",
+                    &[slot],
+                )
+                .await
+                .map(|r| r.is_some())
+                .unwrap_or(false);
             if let Some(c) = confirmed
+                && snapshot_done
                 && c.parse::<Lsn>()? >= *target
             {
                 break;
