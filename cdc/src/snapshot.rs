@@ -80,13 +80,11 @@ pub(crate) async fn copy_tables(
                 source,
             })?;
         pin_mut!(stream);
-        if reset {
-            // This snapshot replaces an interrupted one: a truncate at the
-            // position just before the new rows clears what the old one left
-            // (rows deleted since would otherwise stay in silver forever).
-            let ev = ChangeEvent {
+        // One event of this snapshot: a row read, or the reset before them.
+        let event =
+            |op: Op, after: Option<Map<String, Value>>, ordinal: u64, id: String| ChangeEvent {
                 before: None,
-                after: None,
+                after,
                 source: Source {
                     version: env!("CARGO_PKG_VERSION").into(),
                     connector: "postgresql".into(),
@@ -95,21 +93,27 @@ pub(crate) async fn copy_tables(
                     schema: "public".into(),
                     table: table.clone(),
                     lsn,
-                    ordinal: 0,
+                    ordinal,
                     ts_us: now_us,
                     tx_id: None,
                     snapshot: true,
                 },
-                op: Op::Truncate,
+                op,
                 ts_ms: now_us / 1000,
                 transaction: None,
-                event_id: format!(
-                    "{}:{table}",
-                    event_id(&source.db, source.shard, lsn, 0, true)
-                ),
+                event_id: id,
                 unchanged_toast: vec![],
                 columns: columns.clone(),
             };
+        if reset {
+            // This snapshot replaces an interrupted one: a truncate at the
+            // position just before the new rows clears what the old one left
+            // (rows deleted since would otherwise stay in silver forever).
+            let id = format!(
+                "{}:{table}",
+                event_id(&source.db, source.shard, lsn, 0, true)
+            );
+            let ev = event(Op::Truncate, None, 0, id);
             let key = serde_json::json!({ "shard": source.shard, "truncate": true });
             sink.send(
                 &topic,
@@ -124,29 +128,8 @@ pub(crate) async fn copy_tables(
         let mut ordinal = total;
         let emit = |line: &[u8], ordinal: u64| -> Result<ChangeEvent> {
             let after = parse_copy_line(line, &columns, table)?;
-            Ok(ChangeEvent {
-                before: None,
-                after: Some(after),
-                source: Source {
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    connector: "postgresql".into(),
-                    db: source.db.clone(),
-                    shard: source.shard,
-                    schema: "public".into(),
-                    table: table.clone(),
-                    lsn,
-                    ordinal,
-                    ts_us: now_us,
-                    tx_id: None,
-                    snapshot: true,
-                },
-                op: Op::Read,
-                ts_ms: now_us / 1000,
-                transaction: None,
-                event_id: event_id(&source.db, source.shard, lsn, ordinal, true),
-                unchanged_toast: vec![],
-                columns: columns.clone(),
-            })
+            let id = event_id(&source.db, source.shard, lsn, ordinal, true);
+            Ok(event(Op::Read, Some(after), ordinal, id))
         };
         while let Some(chunk) = stream.next().await {
             let chunk: Bytes = chunk.map_err(|source| Error::Postgres {
