@@ -235,30 +235,17 @@ async fn load_state(
     }
     if let Some(bronze) = lake.open("bronze", table).await? {
         state.bronze_next = txn_versions(&bronze, group, topic, partitions).await?;
+        // The highest (lsn, ordinal) per (partition, shard): the row(s) at
+        // the highest LSN, then their highest ordinal.
         let batches = query_table(
             &bronze,
             table,
-            "SELECT kafka_partition, shard, lsn, max(ordinal) AS ordinal FROM t
-             WHERE (kafka_partition, shard, lsn) IN
-               (SELECT kafka_partition, shard, max(lsn) FROM t GROUP BY kafka_partition, shard)
-             GROUP BY kafka_partition, shard, lsn",
+            "SELECT t.kafka_partition, t.shard, t.lsn, max(t.ordinal) AS ordinal FROM t
+             JOIN (SELECT kafka_partition, shard, max(lsn) AS lsn FROM t GROUP BY kafka_partition, shard) m
+               ON t.kafka_partition = m.kafka_partition AND t.shard = m.shard AND t.lsn = m.lsn
+             GROUP BY t.kafka_partition, t.shard, t.lsn",
         )
-        .await;
-        // Older DataFusion versions lack tuple IN; fall back to a join.
-        let batches = match batches {
-            Ok(b) => b,
-            Err(_) => {
-                query_table(
-                    &bronze,
-                    table,
-                    "SELECT t.kafka_partition, t.shard, t.lsn, max(t.ordinal) AS ordinal FROM t
-                     JOIN (SELECT kafka_partition, shard, max(lsn) AS lsn FROM t GROUP BY kafka_partition, shard) m
-                       ON t.kafka_partition = m.kafka_partition AND t.shard = m.shard AND t.lsn = m.lsn
-                     GROUP BY t.kafka_partition, t.shard, t.lsn",
-                )
-                .await?
-            }
-        };
+        .await?;
         for b in &batches {
             let p = col_i32(b, 0);
             let s = col_i32(b, 1);
