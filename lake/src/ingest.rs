@@ -17,11 +17,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
-use deltalake::kernel::Transaction;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{StructField, Transaction};
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -35,8 +37,8 @@ use tributary_model::event::{ChangeEvent, Column, Op};
 use tributary_model::pgtype::format_utc_micros;
 
 use crate::schema::{
-    SOURCE_OP, SOURCE_UNCHANGED, bronze_schema, dead_letter_schema, merge_source_schema,
-    silver_schema,
+    SOURCE_OP, SOURCE_UNCHANGED, SilverChange, bronze_schema, dead_letter_schema, evolve,
+    merge_source_schema, schema_changes_schema, silver_schema,
 };
 use crate::{Error, Lake, Result};
 
@@ -78,8 +80,13 @@ fn default_group() -> String {
 /// Name of the dead-letter table in the bronze layer.
 pub const DEAD_LETTERS: &str = "_dead_letters";
 
+/// Name of the schema-change log in the bronze layer.
+pub const SCHEMA_CHANGES: &str = "_schema_changes";
+
 /// Runs ingest until `shutdown`. Transient failures (broker, store, commit
-/// conflicts) restart from the offsets recorded in the lake.
+/// conflicts) restart from the offsets recorded in the lake. A change one
+/// table cannot take (see [`Error::Incompatible`]) stops that table only,
+/// with its offsets where they were, until the process restarts.
 pub async fn run(
     lake: Lake,
     kafka: KafkaConfig,
@@ -88,8 +95,9 @@ pub async fn run(
 ) -> Result<()> {
     check_broker(&kafka).await?;
     let mut backoff = Duration::from_millis(200);
+    let mut stopped: HashSet<String> = HashSet::new();
     loop {
-        match run_once(&lake, &kafka, &config, &shutdown).await {
+        match run_once(&lake, &kafka, &config, &shutdown, &mut stopped).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
                 tracing::warn!(error = %error_chain(&e), "ingest failed; resuming from the offsets in the lake");
@@ -154,6 +162,11 @@ struct TableState {
     silver_catch_up: HashSet<(i32, i64)>,
     /// Dead letters below these offsets are already in the dead-letter table.
     dead_next: HashMap<i32, i64>,
+    /// Silver's schema as of the last merge (`None` before silver exists).
+    silver_schema: Option<SchemaRef>,
+    /// The newest source shape seen per shard, at its position: a change of
+    /// shape is logged once, at the first event of the new shape.
+    shapes: HashMap<u32, ((i64, i64), Vec<Column>)>,
 }
 
 fn app_id(group: &str, topic: &str, partition: i32) -> String {
@@ -229,7 +242,38 @@ async fn load_state(
         high_water: HashMap::new(),
         silver_catch_up: HashSet::new(),
         dead_next: HashMap::new(),
+        silver_schema: None,
+        shapes: HashMap::new(),
     };
+    if let Some(log) = lake.open("bronze", SCHEMA_CHANGES).await? {
+        let sql = format!(
+            "SELECT shard, lsn, ordinal, columns FROM t WHERE source_table = '{}' AND shard IS NOT NULL",
+            table.replace('\'', "''")
+        );
+        for b in query_table(&log, SCHEMA_CHANGES, &sql).await? {
+            let shards = col_i32(&b, 0);
+            let lsns = col_i64(&b, 1);
+            let ordinals = col_i64(&b, 2);
+            let columns = arrow::compute::cast(b.column(3), &DataType::Utf8)?;
+            let columns = columns
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .expect("cast to Utf8");
+            for i in 0..b.num_rows() {
+                let pos = (lsns[i], ordinals[i]);
+                let shard = shards[i] as u32;
+                if state.shapes.get(&shard).is_some_and(|(p, _)| *p >= pos) {
+                    continue;
+                }
+                let cols: Vec<Column> =
+                    serde_json::from_str(columns.value(i)).map_err(|e| Error::Schema {
+                        table: format!("bronze.{SCHEMA_CHANGES}"),
+                        message: format!("columns of {table} at row {i}: {e}"),
+                    })?;
+                state.shapes.insert(shard, (pos, cols));
+            }
+        }
+    }
     if let Some(dead) = lake.open("bronze", DEAD_LETTERS).await? {
         state.dead_next = txn_versions(&dead, group, topic, partitions).await?;
     }
@@ -258,6 +302,11 @@ async fn load_state(
     }
     if let Some(silver) = lake.open("silver", table).await? {
         state.silver_next = txn_versions(&silver, group, topic, partitions).await?;
+        let snapshot = silver.snapshot().map_err(|source| Error::Delta {
+            table: format!("silver.{table}"),
+            source,
+        })?;
+        state.silver_schema = Some(snapshot.snapshot().arrow_schema());
     }
     // Silver may lag bronze by one batch after a crash between the commits:
     // find the offsets bronze accepted in that gap.
@@ -296,8 +345,7 @@ async fn load_state(
 }
 
 fn col_i32(b: &RecordBatch, i: usize) -> Vec<i32> {
-    let c =
-        arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Int32).expect("int column");
+    let c = arrow::compute::cast(b.column(i), &DataType::Int32).expect("int column");
     c.as_any()
         .downcast_ref::<arrow::array::Int32Array>()
         .expect("int32")
@@ -306,8 +354,7 @@ fn col_i32(b: &RecordBatch, i: usize) -> Vec<i32> {
 }
 
 fn col_i64(b: &RecordBatch, i: usize) -> Vec<i64> {
-    let c =
-        arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Int64).expect("int column");
+    let c = arrow::compute::cast(b.column(i), &DataType::Int64).expect("int column");
     c.as_any()
         .downcast_ref::<arrow::array::Int64Array>()
         .expect("int64")
@@ -354,6 +401,7 @@ async fn run_once(
     kafka: &KafkaConfig,
     config: &IngestConfig,
     shutdown: &CancellationToken,
+    stopped: &mut HashSet<String>,
 ) -> Result<()> {
     let consumer: StreamConsumer =
         consumer_config(kafka, &config.group_id)
@@ -374,8 +422,16 @@ async fn run_once(
     let mut states: HashMap<String, TableState> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for (topic, table) in &topics {
+        if stopped.contains(*table) {
+            tracing::warn!(
+                table,
+                "ingest of this table stays stopped until the ingester restarts"
+            );
+            continue;
+        }
         let n = counts[topic];
         let state = load_state(lake, &config.group_id, table, topic, n).await?;
+        crate::metrics::table_stopped(table, false);
         for p in 0..n {
             let b = state.bronze_next.get(&p).copied().unwrap_or(0);
             let s = state.silver_next.get(&p).copied().unwrap_or(0);
@@ -419,16 +475,63 @@ async fn run_once(
             }
         }
         for (topic, messages) in batch {
-            let state = states
-                .get_mut(&topic)
-                .expect("only assigned topics are consumed");
-            apply_batch(lake, &config.group_id, state, messages).await?;
+            // A stopped table's messages still in flight are dropped: its
+            // offsets in the lake did not move, so nothing is lost.
+            let Some(state) = states.get_mut(&topic) else {
+                continue;
+            };
+            let Err(e) = apply_batch(lake, &config.group_id, state, messages).await else {
+                continue;
+            };
+            if e.is_transient() {
+                return Err(e);
+            }
+            stop_table(state, &e);
+            stopped.insert(state.table.clone());
+            let mut paused = TopicPartitionList::new();
+            for p in 0..counts[&topic] {
+                paused.add_partition(&topic, p);
+            }
+            consumer.pause(&paused).map_err(|source| Error::Kafka {
+                context: format!("pausing {topic}"),
+                source,
+            })?;
+            states.remove(&topic);
         }
         if shutdown.is_cancelled() {
             tracing::info!("ingest stopped");
             return Ok(());
         }
     }
+}
+
+/// Says loudly that ingest of one table stopped, and why.
+fn stop_table(state: &TableState, e: &Error) {
+    let mut offsets: Vec<(i32, i64)> = state.silver_next.iter().map(|(p, o)| (*p, *o)).collect();
+    offsets.sort_unstable();
+    match e {
+        Error::Incompatible {
+            column,
+            lsn,
+            event_id,
+            ..
+        } => tracing::error!(
+            table = %state.table,
+            column = %column,
+            lsn = %lsn,
+            event_id = %event_id,
+            silver_offsets = ?offsets,
+            error = %error_chain(e),
+            "ingest of this table stopped on a change the lake cannot apply; other tables go on. Nothing is lost: after the fix, restart the ingester and it resumes from these offsets"
+        ),
+        _ => tracing::error!(
+            table = %state.table,
+            silver_offsets = ?offsets,
+            error = %error_chain(e),
+            "ingest of this table stopped on an error a retry cannot cure; other tables go on. Nothing is lost: after the fix, restart the ingester and it resumes from these offsets"
+        ),
+    }
+    crate::metrics::table_stopped(&state.table, true);
 }
 
 fn now_us() -> i64 {
@@ -459,6 +562,7 @@ async fn apply_batch(
     let mut bronze_rows = Vec::new();
     let mut silver_events: Vec<ChangeEvent> = Vec::new();
     let mut dead = Vec::new();
+    let mut shape_rows = Vec::new();
     let ingested = format_utc_micros(now_us());
     for m in &messages {
         let (p, o) = (m.partition(), m.offset());
@@ -496,6 +600,7 @@ async fn apply_batch(
             if state.high_water.get(&key).is_none_or(|h| pos > *h) {
                 state.high_water.insert(key, pos);
                 bronze_rows.push(bronze_row(&ev, m, &ingested));
+                track_shape(state, &ev, &ingested, &mut shape_rows);
                 true
             } else {
                 false
@@ -534,6 +639,26 @@ async fn apply_batch(
         tracing::warn!(table = %state.table, messages = dead_count, "messages sent to the dead-letter table");
     }
 
+    if !shape_rows.is_empty() {
+        // Deduplicated by position: on a replay the log already holds the
+        // shape, so nothing is written twice.
+        let batch = rows_to_batch(schema_changes_schema(), &shape_rows)?;
+        write_append(
+            lake,
+            "bronze",
+            SCHEMA_CHANGES,
+            batch,
+            None,
+            CommitProperties::default(),
+        )
+        .await?;
+    }
+    // A change silver cannot take stops the table before anything of this
+    // batch is committed, so its offsets stay where they were.
+    if !silver_events.is_empty() {
+        check_silver(&state.table, state.silver_schema.as_ref(), &silver_events)?;
+    }
+
     let txns = |group: &str| -> Vec<Transaction> {
         next.iter()
             .map(|(p, v)| Transaction::new(app_id(group, &state.topic, *p), *v))
@@ -557,7 +682,9 @@ async fn apply_batch(
     }
     let silver_count = silver_events.len();
     let committed = if !silver_events.is_empty() {
-        merge_silver(lake, &state.table, silver_events, txns(group)).await?;
+        if let Some(schema) = merge_silver(lake, &state.table, silver_events, txns(group)).await? {
+            state.silver_schema = Some(schema);
+        }
         true
     } else {
         commit_offsets_only(lake, "silver", &state.table, group, txns(group)).await?
@@ -580,6 +707,91 @@ async fn apply_batch(
         .retain(|(p, o)| next.get(p).is_none_or(|n| o >= n));
     tracing::debug!(table = %state.table, messages = messages.len(), bronze = bronze_count, silver = silver_count, ms = started.elapsed().as_millis() as u64, "batch committed");
     Ok(())
+}
+
+/// Checks that silver can take every event (after evolving its schema)
+/// without touching the lake.
+fn check_silver(table: &str, current: Option<&SchemaRef>, events: &[ChangeEvent]) -> Result<()> {
+    let current = match current {
+        Some(s) => s.clone(),
+        None => {
+            let first = events
+                .iter()
+                .find(|e| !e.columns.is_empty())
+                .map(|e| e.columns.as_slice())
+                .unwrap_or_default();
+            silver_schema(first)
+        }
+    };
+    let (schema, _) = plan_silver(table, &current, events)?;
+    check_values(table, &schema, events)
+}
+
+/// Notes the source shape of an event newly accepted into bronze, and the
+/// rows for the schema-change log when it differs from the shard's last one.
+fn track_shape(state: &mut TableState, ev: &ChangeEvent, recorded: &str, rows: &mut Vec<Value>) {
+    if ev.op == Op::Truncate || ev.columns.is_empty() {
+        return;
+    }
+    let pos = (ev.source.lsn.as_i64(), ev.source.ordinal as i64);
+    let shard = ev.source.shard;
+    let columns_json = serde_json::to_string(&ev.columns).expect("columns serialise");
+    let mut row = |change: &str, column: Option<&str>, old: Option<String>, new: Option<String>| {
+        if change != "first_seen" {
+            tracing::info!(table = %state.table, shard, column, change, old_type = old, new_type = new, lsn = %ev.source.lsn, event_id = %ev.event_id, "source schema changed");
+            crate::metrics::schema_change(&state.table, change);
+        }
+        rows.push(json!({
+            "source_table": state.table,
+            "shard": shard,
+            "lsn": pos.0,
+            "ordinal": pos.1,
+            "event_id": ev.event_id,
+            "change": change,
+            "column_name": column,
+            "old_type": old,
+            "new_type": new,
+            "columns": columns_json,
+            "recorded_at": recorded,
+        }));
+    };
+    match state.shapes.get(&shard) {
+        // An older event delivered late by another partition: not a change.
+        Some((p, _)) if *p >= pos => return,
+        Some((_, prev)) if *prev == ev.columns => {}
+        Some((_, prev)) => {
+            for c in &ev.columns {
+                match prev.iter().find(|p| p.name == c.name) {
+                    None => row(
+                        "add_column",
+                        Some(&c.name),
+                        None,
+                        Some(c.pg_type.to_string()),
+                    ),
+                    Some(p) if p.pg_type != c.pg_type => row(
+                        "change_type",
+                        Some(&c.name),
+                        Some(p.pg_type.to_string()),
+                        Some(c.pg_type.to_string()),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            for p in prev
+                .iter()
+                .filter(|p| !ev.columns.iter().any(|c| c.name == p.name))
+            {
+                row(
+                    "drop_column",
+                    Some(&p.name),
+                    Some(p.pg_type.to_string()),
+                    None,
+                );
+            }
+        }
+        None => row("first_seen", None, None, None),
+    }
+    state.shapes.insert(shard, (pos, ev.columns.clone()));
 }
 
 /// Commits only `txn` actions (a streaming update that wrote no rows).
@@ -702,13 +914,15 @@ async fn write_append(
 }
 
 /// Applies change events to the silver table: creates it on first use,
-/// splits the batch at truncates, and keeps only the newest change per key.
+/// evolves its schema, splits the batch at truncates, and keeps only the
+/// newest change per key. Returns silver's schema when it merged rows.
 async fn merge_silver(
     lake: &Lake,
     table: &str,
     events: Vec<ChangeEvent>,
     txns: Vec<Transaction>,
-) -> Result<()> {
+) -> Result<Option<SchemaRef>> {
+    let mut schema = None;
     let mut segment: Vec<ChangeEvent> = Vec::new();
     let mut segments: Vec<(Vec<ChangeEvent>, Option<ChangeEvent>)> = Vec::new();
     for ev in events {
@@ -724,7 +938,9 @@ async fn merge_silver(
         // Offsets are recorded with the last commit of the batch only.
         let txns = if i == last { txns.clone() } else { vec![] };
         if !events.is_empty() || i == last {
-            merge_segment(lake, table, events, txns).await?;
+            if let Some(s) = merge_segment(lake, table, events, txns).await? {
+                schema = Some(s);
+            }
         }
         if let Some(truncate) = truncate
             && let Some(t) = lake.open("silver", table).await?
@@ -748,7 +964,7 @@ async fn merge_silver(
                 })?;
         }
     }
-    Ok(())
+    Ok(schema)
 }
 
 async fn merge_segment(
@@ -756,54 +972,33 @@ async fn merge_segment(
     table: &str,
     events: Vec<ChangeEvent>,
     txns: Vec<Transaction>,
-) -> Result<()> {
+) -> Result<Option<SchemaRef>> {
     let name = format!("silver.{table}");
-    let Some(columns) = events.last().map(|e| e.columns.clone()) else {
+    if events.is_empty() {
         // Nothing to merge (a batch ending in a truncate): still record the offsets.
         if !txns.is_empty() {
             commit_offsets_only(lake, "silver", table, "merge", txns).await?;
         }
-        return Ok(());
-    };
-    let keys: Vec<&Column> = columns.iter().filter(|c| c.key).collect();
-    // The newest change per key wins within the batch.
-    let mut newest: HashMap<String, ChangeEvent> = HashMap::new();
-    for ev in events {
-        let Some(row) = ev.row() else { continue };
-        let mut k = ev.source.shard.to_string();
-        for c in &keys {
-            k.push('\u{1f}');
-            k.push_str(&row.get(&c.name).map(Value::to_string).unwrap_or_default());
-        }
-        match newest.get(&k) {
-            Some(cur) if cur.position() >= ev.position() => {}
-            _ => {
-                newest.insert(k, ev);
-            }
-        }
+        return Ok(None);
     }
-    let rows: Vec<Value> = newest.values().map(merge_row).collect();
-    let batch = rows_to_batch(merge_source_schema(&columns), &rows)?;
+    let (target, schema) = prepare_silver(lake, table, &events).await?;
+    check_values(table, &schema, &events)?;
+    let events = collapse(events);
+    // The key columns as the newest shape names them.
+    let keys: Vec<String> = events
+        .iter()
+        .max_by_key(|e| e.position())
+        .map(|e| {
+            e.columns
+                .iter()
+                .filter(|c| c.key)
+                .map(|c| c.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows: Vec<Value> = events.iter().map(merge_row).collect();
+    let batch = rows_to_batch(merge_source_schema(&schema), &rows)?;
 
-    let target = match lake.open("silver", table).await? {
-        Some(t) => t,
-        None => {
-            let schema = silver_schema(&columns);
-            let empty = RecordBatch::new_empty(schema);
-            write_append(
-                lake,
-                "silver",
-                table,
-                empty,
-                None,
-                CommitProperties::default(),
-            )
-            .await?;
-            lake.open("silver", table)
-                .await?
-                .expect("silver table was just created")
-        }
-    };
     let ctx = SessionContext::new();
     let source = ctx.read_batch(batch).map_err(|source| Error::DataFusion {
         table: name.clone(),
@@ -812,37 +1007,34 @@ async fn merge_segment(
     let mut on = vec![format!("target.{0} = source.{0}", meta::SHARD)];
     on.extend(
         keys.iter()
-            .map(|c| format!("target.\"{0}\" = source.\"{0}\"", c.name)),
+            .map(|c| format!("target.\"{c}\" = source.\"{c}\"")),
     );
     let newer = format!(
         "(source.{lsn} > target.{lsn} OR (source.{lsn} = target.{lsn} AND source.{ord} > target.{ord}))",
         lsn = meta::LSN,
         ord = meta::ORDINAL
     );
-    let all: Vec<String> = silver_schema(&columns)
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    // Every silver column is written, so a column the event's shape lacks
+    // (dropped or renamed at the source) becomes NULL on the rows it touches.
+    let all: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let source_value = |c: &str| {
-        if columns.iter().any(|col| col.name == c && !col.key) {
+        if is_meta(c) || keys.iter().any(|k| k == c) {
+            format!("source.\"{c}\"")
+        } else {
             // An unchanged TOAST value keeps what silver already has.
             format!(
                 "CASE WHEN strpos(coalesce(source.{SOURCE_UNCHANGED}, ''), ',{c},') > 0 THEN target.\"{c}\" ELSE source.\"{c}\" END"
             )
-        } else {
-            format!("source.\"{c}\"")
         }
     };
     let all_u = all.clone();
-    let all_i = all.clone();
+    let all_i = all;
     let version_before = target.version();
     let props = CommitProperties::default().with_application_transactions(txns.clone());
     let (merged, _metrics) = target
         .merge(source, on.join(" AND "))
         .with_source_alias("source")
         .with_target_alias("target")
-        .with_merge_schema(true)
         .with_commit_properties(props)
         .when_matched_delete(|d| d.predicate(format!("source.{SOURCE_OP} = 'd' AND {newer}")))
         .and_then(|b| {
@@ -875,6 +1067,377 @@ async fn merge_segment(
     // A merge that changes nothing writes no commit, and so no offsets.
     if merged.version() == version_before && !txns.is_empty() {
         commit_offsets_only(lake, "silver", table, "merge", txns).await?;
+    }
+    Ok(Some(schema))
+}
+
+fn is_meta(c: &str) -> bool {
+    [
+        meta::SHARD,
+        meta::LSN,
+        meta::ORDINAL,
+        meta::EVENT_ID,
+        meta::COMMIT_TS,
+    ]
+    .contains(&c)
+}
+
+/// Keeps the newest change per key. Unchanged TOAST columns of a change are
+/// filled from the previous change of the same key in the batch when that
+/// one carried the value: silver's stored value is older than it.
+///
+/// Relies on all changes of a key reaching one partition in position order
+/// (the key decides the partition; replays are dropped by position), so an
+/// earlier change of the batch is never older than silver's row.
+fn collapse(mut events: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
+    let keys: Vec<String> = events
+        .iter()
+        .max_by_key(|e| e.position())
+        .map(|e| {
+            e.columns
+                .iter()
+                .filter(|c| c.key)
+                .map(|c| c.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    events.sort_by_key(|e| e.position());
+    let mut newest: HashMap<String, ChangeEvent> = HashMap::new();
+    for mut ev in events {
+        let Some(row) = ev.row() else { continue };
+        let mut k = ev.source.shard.to_string();
+        for c in &keys {
+            k.push('\u{1f}');
+            k.push_str(&row.get(c).map(Value::to_string).unwrap_or_default());
+        }
+        if let Some(prev) = newest.get(&k) {
+            if prev.position() >= ev.position() {
+                continue;
+            }
+            fill_unchanged(&mut ev, prev);
+        }
+        newest.insert(k, ev);
+    }
+    let mut out: Vec<ChangeEvent> = newest.into_values().collect();
+    out.sort_by_key(|e| e.position());
+    out
+}
+
+/// Moves the values of `ev`'s unchanged TOAST columns over from `prev`, the
+/// change of the same row just before it, where `prev` carried them.
+fn fill_unchanged(ev: &mut ChangeEvent, prev: &ChangeEvent) {
+    if ev.op == Op::Delete || prev.op == Op::Delete || ev.unchanged_toast.is_empty() {
+        return;
+    }
+    let (Some(after), Some(prev_after)) = (ev.after.as_mut(), prev.after.as_ref()) else {
+        return;
+    };
+    ev.unchanged_toast.retain(|c| {
+        if prev.unchanged_toast.contains(c) {
+            return true;
+        }
+        match prev_after.get(c) {
+            Some(v) => {
+                after.insert(c.clone(), v.clone());
+                false
+            }
+            None => true,
+        }
+    });
+}
+
+/// Opens silver for a segment of events, creating it on first use and
+/// evolving its schema (added columns, widened types) so every event fits.
+/// Returns the table and its schema.
+async fn prepare_silver(
+    lake: &Lake,
+    table: &str,
+    events: &[ChangeEvent],
+) -> Result<(DeltaTable, SchemaRef)> {
+    let name = format!("silver.{table}");
+    let delta_err = |source| Error::Delta {
+        table: name.clone(),
+        source,
+    };
+    let target = match lake.open("silver", table).await? {
+        Some(t) => t,
+        None => {
+            let first = events
+                .iter()
+                .find(|e| !e.columns.is_empty())
+                .map(|e| e.columns.as_slice())
+                .unwrap_or_default();
+            let empty = RecordBatch::new_empty(silver_schema(first));
+            write_append(
+                lake,
+                "silver",
+                table,
+                empty,
+                None,
+                CommitProperties::default(),
+            )
+            .await?;
+            lake.open("silver", table)
+                .await?
+                .expect("silver table was just created")
+        }
+    };
+    let current = target
+        .snapshot()
+        .map_err(delta_err)?
+        .snapshot()
+        .arrow_schema();
+    let (schema, changes) = plan_silver(table, &current, events)?;
+    if changes.is_empty() {
+        return Ok((target, schema));
+    }
+    let described: Vec<Value> = changes
+        .iter()
+        .map(|(c, ev)| {
+            let (change, column, from, to) = describe(c);
+            json!({
+                "change": change,
+                "column": column,
+                "old_type": from,
+                "new_type": to,
+                "lsn": ev.source.lsn.to_string(),
+                "event_id": ev.event_id,
+            })
+        })
+        .collect();
+    // The commit that changes the schema says why, with the LSN.
+    let props = CommitProperties::default().with_metadata([(
+        "tributary.schema_changes".to_string(),
+        Value::Array(described),
+    )]);
+    let widen = changes
+        .iter()
+        .any(|(c, _)| matches!(c, SilverChange::Widen { .. }));
+    let target = if widen {
+        rewrite_silver(&name, target, schema.clone(), props).await?
+    } else {
+        let mut fields = Vec::new();
+        for (c, _) in &changes {
+            if let SilverChange::Add(f) = c {
+                fields.push(StructField::try_from_arrow(f).map_err(|e| Error::Schema {
+                    table: name.clone(),
+                    message: format!("column {:?}: {e}", f.name()),
+                })?);
+            }
+        }
+        target
+            .add_columns()
+            .with_fields(fields)
+            .with_commit_properties(props)
+            .await
+            .map_err(delta_err)?
+    };
+    let recorded = format_utc_micros(now_us());
+    let mut rows = Vec::new();
+    for (c, ev) in &changes {
+        let (change, column, from, to) = describe(c);
+        tracing::info!(table, column, change, old_type = from, new_type = to, lsn = %ev.source.lsn, event_id = %ev.event_id, "silver schema evolved");
+        crate::metrics::schema_change(table, change);
+        rows.push(json!({
+            "source_table": table,
+            "shard": null,
+            "lsn": ev.source.lsn.as_i64(),
+            "ordinal": ev.source.ordinal,
+            "event_id": ev.event_id,
+            "change": change,
+            "column_name": column,
+            "old_type": from,
+            "new_type": to,
+            "recorded_at": recorded,
+        }));
+    }
+    // After the schema commit: a crash in between loses the log row, never
+    // doubles it (the replayed batch finds silver evolved already).
+    write_append(
+        lake,
+        "bronze",
+        SCHEMA_CHANGES,
+        rows_to_batch(schema_changes_schema(), &rows)?,
+        None,
+        CommitProperties::default(),
+    )
+    .await?;
+    Ok((target, schema))
+}
+
+fn describe(c: &SilverChange) -> (&'static str, String, Option<String>, Option<String>) {
+    match c {
+        SilverChange::Add(f) => (
+            "silver_add_column",
+            f.name().clone(),
+            None,
+            Some(f.data_type().to_string()),
+        ),
+        SilverChange::Widen { column, from, to } => (
+            "silver_widen_column",
+            column.clone(),
+            Some(from.to_string()),
+            Some(to.to_string()),
+        ),
+    }
+}
+
+/// The silver schema every event of `events` fits, from `current`, with the
+/// changes that lead there and the event that asked for each.
+fn plan_silver<'a>(
+    table: &str,
+    current: &SchemaRef,
+    events: &'a [ChangeEvent],
+) -> Result<(SchemaRef, Vec<(SilverChange, &'a ChangeEvent)>)> {
+    let mut schema = current.clone();
+    let mut changes = Vec::new();
+    let mut last: Option<&[Column]> = None;
+    for ev in events {
+        if ev.columns.is_empty() || last == Some(ev.columns.as_slice()) {
+            continue;
+        }
+        last = Some(ev.columns.as_slice());
+        match evolve(&schema, &ev.columns) {
+            Ok((next, found)) => {
+                schema = next;
+                changes.extend(found.into_iter().map(|c| (c, ev)));
+            }
+            Err(bad) => {
+                let source_type = ev
+                    .columns
+                    .iter()
+                    .find(|c| c.name == bad.column)
+                    .map(|c| c.pg_type.to_string())
+                    .unwrap_or_default();
+                return Err(Error::Incompatible {
+                    table: table.to_string(),
+                    column: bad.column.clone(),
+                    lsn: ev.source.lsn.to_string(),
+                    event_id: ev.event_id.clone(),
+                    reason: format!(
+                        "the source changed its type to {source_type} ({}), which silver's {} column cannot hold without loss",
+                        bad.incoming, bad.stored
+                    ),
+                    remedy: format!(
+                        "rewrite silver.{table} with \"{}\" as a type that holds both (or drop that column from silver), then restart the ingester; it resumes from the offsets in the lake",
+                        bad.column
+                    ),
+                });
+            }
+        }
+    }
+    Ok((schema, changes))
+}
+
+/// Rewrites silver with `schema` (wider column types) in one overwrite
+/// commit: Delta type widening is a reader feature delta-rs 1.1 cannot read.
+async fn rewrite_silver(
+    name: &str,
+    target: DeltaTable,
+    schema: SchemaRef,
+    props: CommitProperties,
+) -> Result<DeltaTable> {
+    let mut out = Vec::new();
+    for b in query_table(&target, name, "SELECT * FROM t").await? {
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for f in schema.fields() {
+            columns.push(match b.schema().index_of(f.name()) {
+                Ok(i) => arrow::compute::cast(b.column(i), f.data_type())?,
+                Err(_) => arrow::array::new_null_array(f.data_type(), b.num_rows()),
+            });
+        }
+        out.push(RecordBatch::try_new(schema.clone(), columns)?);
+    }
+    if out.is_empty() {
+        out.push(RecordBatch::new_empty(schema));
+    }
+    target
+        .write(out)
+        .with_save_mode(SaveMode::Overwrite)
+        .with_schema_mode(SchemaMode::Overwrite)
+        .with_commit_properties(props)
+        .await
+        .map_err(|source| Error::Delta {
+            table: name.to_string(),
+            source,
+        })
+}
+
+/// Fails on a value silver cannot store exactly: a NaN or infinite numeric,
+/// or one with more digits than its decimal column. Never names the value.
+fn check_values(table: &str, schema: &SchemaRef, events: &[ChangeEvent]) -> Result<()> {
+    let decimals: Vec<(&str, u8, i8)> = schema
+        .fields()
+        .iter()
+        .filter_map(|f| match f.data_type() {
+            DataType::Decimal128(p, s) => Some((f.name().as_str(), *p, *s)),
+            _ => None,
+        })
+        .collect();
+    if decimals.is_empty() {
+        return Ok(());
+    }
+    for ev in events {
+        let Some(after) = ev.after.as_ref() else {
+            continue;
+        };
+        for (column, p, s) in &decimals {
+            let Some(v) = after.get(*column) else {
+                continue;
+            };
+            if let Err(reason) = decimal_fits(v, *p, *s) {
+                return Err(Error::Incompatible {
+                    table: table.to_string(),
+                    column: column.to_string(),
+                    lsn: ev.source.lsn.to_string(),
+                    event_id: ev.event_id.clone(),
+                    reason,
+                    remedy: format!(
+                        "rewrite silver.{table} with \"{column}\" as text (Utf8), or fix the row at the source, then restart the ingester; it resumes from the offsets in the lake"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a JSON value (exact decimal text, or a number) fits
+/// `Decimal128(p, s)` without loss.
+fn decimal_fits(v: &Value, p: u8, s: i8) -> std::result::Result<(), String> {
+    let text = match v {
+        Value::Null => return Ok(()),
+        Value::String(t) => t.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => {
+            return Err(format!(
+                "a non-numeric value cannot be stored as Decimal128({p}, {s})"
+            ));
+        }
+    };
+    let digits = text.trim_start_matches(['-', '+']);
+    let lower = digits.to_ascii_lowercase();
+    if lower == "nan" || lower.starts_with("inf") {
+        return Err(format!(
+            "a NaN or infinite numeric cannot be stored as Decimal128({p}, {s})"
+        ));
+    }
+    if lower.contains('e') {
+        // Exponent notation only comes from JSON numbers; let the decoder judge.
+        return Ok(());
+    }
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let int_digits = int.trim_start_matches('0').len() as i32;
+    let frac_digits = frac.trim_end_matches('0').len() as i32;
+    if frac_digits > i32::from(s).max(0) {
+        return Err(format!(
+            "a value with {frac_digits} decimal places does not fit Decimal128({p}, {s})"
+        ));
+    }
+    if int_digits > i32::from(p) - i32::from(s) {
+        return Err(format!(
+            "a value with {int_digits} integer digits does not fit Decimal128({p}, {s})"
+        ));
     }
     Ok(())
 }

@@ -44,15 +44,56 @@ pub enum Error {
     Schema { table: String, message: String },
     #[error("object store at {0}")]
     ObjectStore(String, #[source] object_store::Error),
+    /// A change silver cannot store without loss: an incompatible column type
+    /// change, a value that does not fit its column. Ingest of that table
+    /// stops until someone fixes it; other tables go on.
+    #[error("table {table}: column {column:?} at LSN {lsn} (event {event_id}): {reason}; {remedy}")]
+    Incompatible {
+        table: String,
+        column: String,
+        lsn: String,
+        event_id: String,
+        reason: String,
+        remedy: String,
+    },
 }
 
 impl Error {
     /// Whether retrying the same operation later can succeed (broker or store
     /// unavailable, commit conflict) as opposed to bad data or config.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Kafka { .. } | Error::ObjectStore(..))
-            || matches!(self, Error::Delta { source, .. } if matches!(source, deltalake::DeltaTableError::VersionAlreadyExists(_) | deltalake::DeltaTableError::ObjectStore { .. }))
+        match self {
+            Error::Kafka { .. } | Error::ObjectStore(..) => true,
+            Error::Delta { source, .. } => {
+                matches!(
+                    source,
+                    deltalake::DeltaTableError::VersionAlreadyExists(_)
+                        | deltalake::DeltaTableError::ObjectStore { .. }
+                ) || caused_by_io(source)
+            }
+            // A query fails transiently when it could not read the store.
+            Error::DataFusion { source, .. } => caused_by_io(source),
+            _ => false,
+        }
     }
+}
+
+/// Whether an error was caused by the object store or the file system.
+fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<object_store::Error>()
+            || e.is::<std::io::Error>()
+            || matches!(
+                e.downcast_ref::<deltalake::DeltaTableError>(),
+                Some(deltalake::DeltaTableError::ObjectStore { .. })
+            )
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

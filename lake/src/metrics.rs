@@ -25,6 +25,28 @@ type Series = (
 
 static STATE: LazyLock<Mutex<BTreeMap<String, TableCounters>>> = LazyLock::new(Mutex::default);
 
+/// Schema changes per (table, change kind).
+static SCHEMA_CHANGES: LazyLock<Mutex<BTreeMap<(String, String), u64>>> =
+    LazyLock::new(Mutex::default);
+
+/// Tables whose ingest stopped on a change the lake cannot apply.
+static STOPPED: LazyLock<Mutex<BTreeMap<String, bool>>> = LazyLock::new(Mutex::default);
+
+/// Counts a schema change seen at the source or applied to silver.
+pub(crate) fn schema_change(table: &str, change: &str) {
+    let mut s = SCHEMA_CHANGES.lock().expect("metrics lock");
+    *s.entry((table.to_string(), change.to_string()))
+        .or_default() += 1;
+}
+
+/// Marks a table as stopped (`true`) or flowing.
+pub(crate) fn table_stopped(table: &str, stopped: bool) {
+    STOPPED
+        .lock()
+        .expect("metrics lock")
+        .insert(table.to_string(), stopped);
+}
+
 pub(crate) fn batch(
     table: &str,
     messages: usize,
@@ -101,6 +123,23 @@ pub fn render() -> String {
             let _ = writeln!(out, "{name}{{table=\"{table}\"}} {}", get(c));
         }
     }
+    drop(s);
+    let name = "tributary_lake_schema_changes_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Schema changes seen at the source or applied to silver.\n# TYPE {name} counter"
+    );
+    for ((table, change), n) in SCHEMA_CHANGES.lock().expect("metrics lock").iter() {
+        let _ = writeln!(out, "{name}{{table=\"{table}\",change=\"{change}\"}} {n}");
+    }
+    let name = "tributary_lake_table_stopped";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 when ingest of the table stopped on a change it cannot apply.\n# TYPE {name} gauge"
+    );
+    for (table, stopped) in STOPPED.lock().expect("metrics lock").iter() {
+        let _ = writeln!(out, "{name}{{table=\"{table}\"}} {}", u8::from(*stopped));
+    }
     out
 }
 
@@ -123,6 +162,19 @@ mod tests {
         );
         assert!(
             text.contains("tributary_lake_batch_seconds_total{table=\"metrics_test\"} 0.75"),
+            "{text}"
+        );
+        schema_change("metrics_test", "add_column");
+        table_stopped("metrics_test", true);
+        let text = render();
+        assert!(
+            text.contains(
+                "tributary_lake_schema_changes_total{table=\"metrics_test\",change=\"add_column\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tributary_lake_table_stopped{table=\"metrics_test\"} 1"),
             "{text}"
         );
     }

@@ -52,8 +52,7 @@ pub(crate) const SOURCE_UNCHANGED: &str = "_unchanged";
 
 /// The schema of a MERGE source batch: silver plus the operation and the
 /// unchanged-TOAST list (as `,a,b,`).
-pub(crate) fn merge_source_schema(columns: &[Column]) -> SchemaRef {
-    let silver = silver_schema(columns);
+pub(crate) fn merge_source_schema(silver: &Schema) -> SchemaRef {
     let mut fields: Vec<Field> = silver
         .fields()
         .iter()
@@ -63,6 +62,142 @@ pub(crate) fn merge_source_schema(columns: &[Column]) -> SchemaRef {
     fields.push(Field::new(SOURCE_OP, DataType::Utf8, false));
     fields.push(Field::new(SOURCE_UNCHANGED, DataType::Utf8, true));
     Arc::new(Schema::new(fields))
+}
+
+/// How a column of an incoming event fits the column silver already has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Fit {
+    /// Every value of the incoming type is stored as is (same or narrower type).
+    Fits,
+    /// Silver's column must become this wider type first.
+    Widen(DataType),
+    /// No lossless way to store the incoming values in this column.
+    Incompatible,
+}
+
+fn int_rank(t: &DataType) -> Option<u8> {
+    match t {
+        DataType::Int16 => Some(1),
+        DataType::Int32 => Some(2),
+        DataType::Int64 => Some(3),
+        _ => None,
+    }
+}
+
+fn float_rank(t: &DataType) -> Option<u8> {
+    match t {
+        DataType::Float32 => Some(1),
+        DataType::Float64 => Some(2),
+        _ => None,
+    }
+}
+
+/// Decides how a source column of type `incoming` is stored in a silver column
+/// of type `stored`: the widenings PostgreSQL can do without changing values
+/// (int2 → int4 → int8, float4 → float8, numeric(p,s) → numeric(p',s) with
+/// p' ≥ p, numeric(p,s) → numeric, varchar(n) → text) evolve the column; a
+/// narrower incoming type fits the wider column (events of the old shape
+/// after a widening); anything else is incompatible.
+pub(crate) fn fit(incoming: &DataType, stored: &DataType) -> Fit {
+    if incoming == stored {
+        return Fit::Fits;
+    }
+    if let (Some(i), Some(s)) = (int_rank(incoming), int_rank(stored)) {
+        return if i <= s {
+            Fit::Fits
+        } else {
+            Fit::Widen(incoming.clone())
+        };
+    }
+    if let (Some(i), Some(s)) = (float_rank(incoming), float_rank(stored)) {
+        return if i <= s {
+            Fit::Fits
+        } else {
+            Fit::Widen(incoming.clone())
+        };
+    }
+    match (incoming, stored) {
+        (DataType::Decimal128(pi, si), DataType::Decimal128(ps, ss)) if si == ss => {
+            if pi <= ps {
+                Fit::Fits
+            } else {
+                Fit::Widen(incoming.clone())
+            }
+        }
+        // Exact decimal text: an unconstrained numeric keeps any constrained value.
+        (DataType::Decimal128(..), DataType::Utf8) => Fit::Fits,
+        (DataType::Utf8, DataType::Decimal128(..)) => Fit::Widen(DataType::Utf8),
+        _ => Fit::Incompatible,
+    }
+}
+
+/// A change the lake makes to a silver table's schema.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum SilverChange {
+    /// A column the table did not have; rows written before read NULL.
+    Add(Field),
+    /// A column whose type becomes wider; every stored value is cast.
+    Widen {
+        column: String,
+        from: DataType,
+        to: DataType,
+    },
+}
+
+/// A source column that silver cannot store.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Incompatible {
+    pub column: String,
+    pub stored: DataType,
+    pub incoming: DataType,
+}
+
+/// The schema silver needs so that rows of `columns` fit, starting from
+/// `current`, and the changes that lead there. Columns of `current` that
+/// `columns` lacks (dropped or renamed at the source) stay.
+pub(crate) fn evolve(
+    current: &Schema,
+    columns: &[Column],
+) -> Result<(SchemaRef, Vec<SilverChange>), Incompatible> {
+    let mut fields: Vec<Field> = current
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut changes = Vec::new();
+    for c in columns {
+        let incoming = arrow_type(&c.pg_type);
+        match fields.iter_mut().find(|f| f.name() == &c.name) {
+            Some(f) => match fit(&incoming, f.data_type()) {
+                Fit::Fits => {}
+                Fit::Widen(to) => {
+                    changes.push(SilverChange::Widen {
+                        column: c.name.clone(),
+                        from: f.data_type().clone(),
+                        to: to.clone(),
+                    });
+                    *f = f.clone().with_data_type(to);
+                }
+                Fit::Incompatible => {
+                    return Err(Incompatible {
+                        column: c.name.clone(),
+                        stored: f.data_type().clone(),
+                        incoming,
+                    });
+                }
+            },
+            None => {
+                // Rows written before the column existed hold no value for it,
+                // so an added column is nullable even when it is a key.
+                let field = Field::new(&c.name, incoming, true);
+                changes.push(SilverChange::Add(field.clone()));
+                // Source columns stay ahead of the metadata columns only in
+                // new tables; an added column goes last, as Delta adds it.
+                fields.push(field);
+            }
+        }
+    }
+    Ok((Arc::new(Schema::new(fields)), changes))
 }
 
 /// The bronze change-log schema (partitioned by `date`).
@@ -97,6 +232,29 @@ pub fn dead_letter_schema() -> SchemaRef {
         Field::new("payload", DataType::Binary, true),
         Field::new("error", DataType::Utf8, false),
         Field::new("failed_at", timestamp_type(), false),
+    ]))
+}
+
+/// The schema-change log (`bronze._schema_changes`): one row per change of a
+/// source table's shape, per shard, at the position of the first event of
+/// the new shape, and one row per change the lake applied to silver.
+pub fn schema_changes_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("source_table", DataType::Utf8, false),
+        // NULL for changes applied to silver.
+        Field::new("shard", DataType::Int32, true),
+        Field::new("lsn", DataType::Int64, false),
+        Field::new("ordinal", DataType::Int64, false),
+        Field::new("event_id", DataType::Utf8, false),
+        // first_seen, add_column, drop_column, change_type (source);
+        // silver_add_column, silver_widen_column (silver).
+        Field::new("change", DataType::Utf8, false),
+        Field::new("column_name", DataType::Utf8, true),
+        Field::new("old_type", DataType::Utf8, true),
+        Field::new("new_type", DataType::Utf8, true),
+        // The source's column list from this change on (JSON), for source rows.
+        Field::new("columns", DataType::Utf8, true),
+        Field::new("recorded_at", timestamp_type(), false),
     ]))
 }
 
