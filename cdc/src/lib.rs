@@ -18,10 +18,11 @@ pub(crate) mod protocol;
 pub(crate) mod reader;
 pub mod sink;
 pub(crate) mod snapshot;
+pub(crate) mod state;
 
 use serde::Deserialize;
 
-pub use reader::{SourceDb, run};
+pub use reader::{SourceDb, request_resnapshot, run, watermark_topic};
 
 /// CDC settings (`[cdc]` in the config file).
 #[derive(Clone, Debug, Deserialize)]
@@ -39,6 +40,13 @@ pub struct CdcConfig {
     /// WAL, so an idle database's slot keeps advancing.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
+    /// Rows per chunk of an initial snapshot (tables with an integer
+    /// primary key are split into key ranges of about this many rows).
+    #[serde(default = "default_chunk_rows")]
+    pub snapshot_chunk_rows: u64,
+    /// Connections copying snapshot chunks in parallel, per database.
+    #[serde(default = "default_snapshot_workers")]
+    pub snapshot_workers: usize,
 }
 
 impl Default for CdcConfig {
@@ -48,6 +56,8 @@ impl Default for CdcConfig {
             publication: default_publication(),
             status_interval_ms: default_status_ms(),
             heartbeat_interval_ms: default_heartbeat_ms(),
+            snapshot_chunk_rows: default_chunk_rows(),
+            snapshot_workers: default_snapshot_workers(),
         }
     }
 }
@@ -63,6 +73,12 @@ fn default_status_ms() -> u64 {
 }
 fn default_heartbeat_ms() -> u64 {
     5000
+}
+fn default_chunk_rows() -> u64 {
+    50_000
+}
+fn default_snapshot_workers() -> usize {
+    2
 }
 
 /// Errors of the CDC reader.

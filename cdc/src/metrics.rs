@@ -16,6 +16,50 @@ struct State {
     positions: BTreeMap<String, (Lsn, Lsn)>,
     /// source -> snapshot rows copied.
     snapshot_rows: BTreeMap<String, u64>,
+    /// source -> (chunks done, chunks planned) of the running snapshot.
+    snapshot_chunks: BTreeMap<String, (u64, u64)>,
+    /// source -> seconds the newest durable commit is behind now.
+    lag_seconds: BTreeMap<String, f64>,
+    /// Kafka delivery latency: (count, sum of seconds) and buckets.
+    delivery: Histogram,
+    /// (source, table) -> schema changes seen.
+    schema_changes: BTreeMap<(String, String), u64>,
+    /// source -> times its slot was found lost and the database re-snapshotted.
+    slots_lost: BTreeMap<String, u64>,
+}
+
+/// A Prometheus histogram with fixed buckets (seconds).
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        const BOUNDS: &[f64] = &[
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        Histogram {
+            bounds: BOUNDS,
+            counts: vec![0; BOUNDS.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
 }
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(Mutex::default);
@@ -40,6 +84,64 @@ pub(crate) fn snapshot_rows(source: &str, rows: u64) {
         .expect("metrics lock")
         .snapshot_rows
         .insert(source.to_string(), rows);
+}
+
+pub(crate) fn snapshot_started(source: &str, chunks: usize) {
+    STATE
+        .lock()
+        .expect("metrics lock")
+        .snapshot_chunks
+        .insert(source.to_string(), (0, chunks as u64));
+}
+
+pub(crate) fn snapshot_chunk_done(source: &str) {
+    if let Some(c) = STATE
+        .lock()
+        .expect("metrics lock")
+        .snapshot_chunks
+        .get_mut(source)
+    {
+        c.0 += 1;
+    }
+}
+
+pub(crate) fn snapshot_chunks_done(source: &str) -> u64 {
+    STATE
+        .lock()
+        .expect("metrics lock")
+        .snapshot_chunks
+        .get(source)
+        .map_or(0, |c| c.0)
+}
+
+pub(crate) fn lag_seconds(source: &str, secs: f64) {
+    STATE
+        .lock()
+        .expect("metrics lock")
+        .lag_seconds
+        .insert(source.to_string(), secs);
+}
+
+pub(crate) fn delivery_latency(secs: f64) {
+    STATE.lock().expect("metrics lock").delivery.observe(secs);
+}
+
+pub(crate) fn schema_change(source: &str, table: &str) {
+    *STATE
+        .lock()
+        .expect("metrics lock")
+        .schema_changes
+        .entry((source.to_string(), table.to_string()))
+        .or_default() += 1;
+}
+
+pub(crate) fn slot_lost(source: &str) {
+    *STATE
+        .lock()
+        .expect("metrics lock")
+        .slots_lost
+        .entry(source.to_string())
+        .or_default() += 1;
 }
 
 /// The reader's metrics in the Prometheus text format.
@@ -73,11 +175,52 @@ pub fn render() -> String {
             confirmed.0
         );
     }
-    out.push_str("# HELP tributary_cdc_snapshot_rows Rows copied by the last initial snapshot.\n# TYPE tributary_cdc_snapshot_rows gauge\n");
+    out.push_str("# HELP tributary_cdc_snapshot_rows Rows copied by the current or last snapshot.\n# TYPE tributary_cdc_snapshot_rows gauge\n");
     for (source, n) in &s.snapshot_rows {
         let _ = writeln!(
             out,
             "tributary_cdc_snapshot_rows{{source=\"{source}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP tributary_cdc_snapshot_chunks Chunks of the current or last snapshot, by state.\n# TYPE tributary_cdc_snapshot_chunks gauge\n");
+    for (source, (done, planned)) in &s.snapshot_chunks {
+        let _ = writeln!(
+            out,
+            "tributary_cdc_snapshot_chunks{{source=\"{source}\",state=\"done\"}} {done}\ntributary_cdc_snapshot_chunks{{source=\"{source}\",state=\"planned\"}} {planned}"
+        );
+    }
+    out.push_str("# HELP tributary_cdc_lag_seconds How far the newest Kafka-acknowledged commit is behind the source's clock (0 when caught up).\n# TYPE tributary_cdc_lag_seconds gauge\n");
+    for (source, secs) in &s.lag_seconds {
+        let _ = writeln!(
+            out,
+            "tributary_cdc_lag_seconds{{source=\"{source}\"}} {secs:.3}"
+        );
+    }
+    out.push_str("# HELP tributary_cdc_delivery_seconds Time from handing an event to the producer until the broker acknowledged it.\n# TYPE tributary_cdc_delivery_seconds histogram\n");
+    let h = &s.delivery;
+    for (b, c) in h.bounds.iter().zip(&h.counts) {
+        let _ = writeln!(
+            out,
+            "tributary_cdc_delivery_seconds_bucket{{le=\"{b}\"}} {c}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "tributary_cdc_delivery_seconds_bucket{{le=\"+Inf\"}} {}\ntributary_cdc_delivery_seconds_sum {}\ntributary_cdc_delivery_seconds_count {}",
+        h.count, h.sum, h.count
+    );
+    out.push_str("# HELP tributary_cdc_schema_changes_total Table shape changes seen in the stream (Relation messages that differ).\n# TYPE tributary_cdc_schema_changes_total counter\n");
+    for ((source, table), n) in &s.schema_changes {
+        let _ = writeln!(
+            out,
+            "tributary_cdc_schema_changes_total{{source=\"{source}\",table=\"{table}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP tributary_cdc_slots_lost_total Times a slot was found dropped or invalidated and its database re-snapshotted.\n# TYPE tributary_cdc_slots_lost_total counter\n");
+    for (source, n) in &s.slots_lost {
+        let _ = writeln!(
+            out,
+            "tributary_cdc_slots_lost_total{{source=\"{source}\"}} {n}"
         );
     }
     out

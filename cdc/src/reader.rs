@@ -1,6 +1,6 @@
 //! The per-database reader: publication, slot, snapshot, stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
@@ -16,7 +16,7 @@ use tributary_model::pgtype::PgType;
 use crate::decode::{PgOutput, Relation, TupleValue, decode};
 use crate::protocol::{ReplicationConnection, ReplicationMessage};
 use crate::sink::{KafkaSink, check_broker, ensure_topics};
-use crate::{CdcConfig, Error, Result, snapshot};
+use crate::{CdcConfig, Error, Result, snapshot, state};
 
 /// One source database to capture.
 #[derive(Clone, Debug)]
@@ -53,6 +53,7 @@ pub async fn run(
             s.tables
                 .iter()
                 .map(|t| topic_name(&kafka.topic_prefix, &s.db, t))
+                .chain([watermark_topic(&kafka.topic_prefix, &s.db)])
         })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
@@ -101,7 +102,7 @@ pub async fn run(
     result
 }
 
-async fn connect_sql(dsn: &str) -> Result<tokio_postgres::Client> {
+pub(crate) async fn connect_sql(dsn: &str) -> Result<tokio_postgres::Client> {
     let mut config: tokio_postgres::Config = dsn
         .parse()
         .map_err(|e| Error::Config(format!("invalid DSN: {e}")))?;
@@ -136,129 +137,64 @@ async fn run_reader(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let slot = source.slot_name(&config.slot_prefix);
-    let client = connect_sql(&source.dsn).await?;
+    let label = format!("{}.{}", source.db, source.shard);
+    let mut client = connect_sql(&source.dsn).await?;
     ensure_publication(&client, &config.publication, &source.tables).await?;
-    client
-        .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS tributary_cdc;
-             CREATE TABLE IF NOT EXISTS tributary_cdc.snapshots (
-                 slot_name text PRIMARY KEY,
-                 consistent_lsn text NOT NULL,
-                 rows bigint NOT NULL,
-                 completed_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .map_err(pg("creating tributary_cdc.snapshots"))?;
-    let slot_exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(pg("reading pg_replication_slots"))?
-        .is_some();
-    let snapshot_done = client
-        .query_opt(
-            "SELECT 1 FROM tributary_cdc.snapshots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(pg("reading tributary_cdc.snapshots"))?
-        .is_some();
+    state::ensure_schema(&client).await?;
+    let mut slot_info = state::slot(&client, &slot).await?;
+    let run = state::run(&client, &slot).await?;
 
-    let mut repl = ReplicationConnection::connect(&source.dsn, "tributary-cdc").await?;
-    let sink;
-    let start;
-    if slot_exists && snapshot_done {
-        start = Lsn::ZERO;
-        sink = KafkaSink::new(kafka, start)?;
-        tracing::info!(db = %source.db, shard = source.shard, slot = %slot, "resuming from slot");
-    } else {
-        if slot_exists {
-            // A snapshot was interrupted: its slot cannot be trusted to match
-            // what was published, so take the snapshot again from a new slot.
-            tracing::warn!(slot = %slot, "snapshot did not complete before; recreating the slot");
-            client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                .await
-                .map_err(|source| match source.as_db_error() {
-                    Some(db) => Error::Server {
-                        target: "drop slot".into(),
-                        code: db.code().code().to_string(),
-                        message: db.message().to_string(),
-                    },
-                    None => Error::Postgres {
-                        context: "dropping slot".into(),
-                        source,
-                    },
-                })?;
-        }
-        client
-            .execute(
-                "DELETE FROM tributary_cdc.snapshots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(pg("clearing snapshot state"))?;
-        let rows = repl
-            .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput EXPORT_SNAPSHOT"
-            ))
-            .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| Error::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
-        let consistent: Lsn = row
-            .get(1)
-            .cloned()
-            .flatten()
-            .ok_or_else(|| Error::Protocol("no consistent point".into()))?
-            .parse()?;
-        let snapshot_name = row
-            .get(2)
-            .cloned()
-            .flatten()
-            .ok_or_else(|| Error::Protocol("no exported snapshot".into()))?;
-        sink = KafkaSink::new(kafka, Lsn::ZERO)?;
-        client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot_name}'"
-            ))
-            .await
-            .map_err(pg("importing the exported snapshot"))?;
-        let started = std::time::Instant::now();
-        let rows = snapshot::copy_tables(
-            &client,
-            source,
-            &kafka.topic_prefix,
-            consistent,
-            &sink,
-            // Anything published before (an interrupted snapshot, or a lost
-            // slot) must be cleared by the new snapshot.
-            slot_exists || snapshot_done,
-        )
-        .await?;
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(pg("ending the snapshot"))?;
-        sink.mark(consistent).await?;
-        sink.wait_durable(consistent, Duration::from_secs(120))
-            .await?;
-        client
-            .execute(
-                "INSERT INTO tributary_cdc.snapshots(slot_name, consistent_lsn, rows) VALUES ($1, $2, $3)",
-                &[&slot, &consistent.to_string(), &(rows as i64)],
-            )
-            .await
-            .map_err(pg("recording snapshot completion"))?;
-        crate::metrics::snapshot_rows(&format!("{}.{}", source.db, source.shard), rows);
-        tracing::info!(db = %source.db, shard = source.shard, rows, lsn = %consistent, secs = started.elapsed().as_secs_f64(), "snapshot complete");
-        start = consistent;
+    if let Some(info) = &slot_info
+        && info.lost()
+    {
+        tracing::error!(db = %source.db, shard = source.shard, slot = %slot,
+            "REPLICATION SLOT LOST: the server removed WAL the slot still needed (wal_status = lost, see max_slot_wal_keep_size); changes made meanwhile cannot be streamed. Dropping the slot and taking a new snapshot of this database; other databases are not affected");
+        crate::metrics::slot_lost(&label);
+        drop_slot(&client, &slot).await?;
+        slot_info = None;
+    } else if slot_info.is_none() && run.is_some() {
+        tracing::error!(db = %source.db, shard = source.shard, slot = %slot,
+            "REPLICATION SLOT LOST: the slot this reader streamed from no longer exists (dropped by hand or by a failover); changes made meanwhile cannot be streamed. Taking a new snapshot of this database; other databases are not affected");
+        crate::metrics::slot_lost(&label);
     }
 
+    let mut repl = ReplicationConnection::connect(&source.dsn, "tributary-cdc").await?;
+    let sink = KafkaSink::new(kafka, Lsn::ZERO)?;
+    let start = match (&slot_info, &run) {
+        (Some(_), Some(run)) if run.completed => {
+            tracing::info!(db = %source.db, shard = source.shard, slot = %slot, "resuming from slot");
+            Lsn::ZERO
+        }
+        (Some(_), Some(run)) => {
+            resume_snapshot(config, kafka, source, &slot, run, &mut client, &sink).await?;
+            run.consistent
+        }
+        _ => {
+            if slot_info.is_some() {
+                // A slot without a recorded run: its stream cannot be matched
+                // to anything published, so start over from a new slot.
+                tracing::warn!(slot = %slot, "slot has no recorded snapshot; recreating it");
+                drop_slot(&client, &slot).await?;
+            }
+            // Anything published before (a lost slot, an unrecorded run) must
+            // be replaced by the new snapshot.
+            let reset = slot_info.is_some() || run.is_some();
+            fresh_snapshot(
+                config,
+                kafka,
+                source,
+                &slot,
+                &mut repl,
+                &mut client,
+                &sink,
+                reset,
+            )
+            .await?
+        }
+    };
+
     let command = format!(
-        "START_REPLICATION SLOT {slot} LOGICAL {start} (\"proto_version\" '1', \"publication_names\" '{}')",
+        "START_REPLICATION SLOT {slot} LOGICAL {start} (\"proto_version\" '1', \"publication_names\" '{}', \"messages\" 'true')",
         config.publication
     );
     let (mut reader, mut status) = repl.start_replication(&command).await?;
@@ -277,12 +213,11 @@ async fn run_reader(
     });
     let _abort_reader = AbortOnDrop(read_task);
 
-    let heartbeat_client = client;
     let mut heartbeat = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
     let mut status_tick = tokio::time::interval(Duration::from_millis(config.status_interval_ms));
-    let mut state = StreamState::new(source, &kafka.topic_prefix);
+    let watermark_topic = watermark_topic(&kafka.topic_prefix, &source.db);
+    let mut state = StreamState::new(source, &kafka.topic_prefix, &slot, &client);
     let mut received = start;
-    let source_label = format!("{}.{}", source.db, source.shard);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -295,16 +230,39 @@ async fn run_reader(
             }
             _ = status_tick.tick() => {
                 sink.check()?;
-                crate::metrics::position(&source_label, received, sink.durable());
+                state.settle(sink.durable());
+                crate::metrics::position(&label, received, sink.durable());
+                crate::metrics::lag_seconds(&label, state.lag_seconds());
                 status.send_status(received, sink.durable()).await?;
             }
             _ = heartbeat.tick() => {
-                // A heartbeat writes WAL, so an idle database's slot advances
-                // too (the keepalive that follows is confirmed below).
-                heartbeat_client
-                    .execute("SELECT pg_logical_emit_message(false, 'tributary.heartbeat', now()::text)", &[])
+                // A heartbeat is a small transaction in this database's WAL:
+                // an idle database's slot advances too, and its commit time
+                // becomes the next watermark.
+                client
+                    .execute("SELECT pg_logical_emit_message(true, 'tributary.heartbeat', now()::text)", &[])
                     .await
                     .map_err(pg("writing heartbeat"))?;
+                state.settle(sink.durable());
+                if let Some(w) = state.take_watermark() {
+                    sink.send(&watermark_topic, &serde_json::to_vec(&serde_json::json!({"shard": source.shard})).expect("json"), &w).await?;
+                }
+                if let Some(label_lsn) = state.resnapshot_lsn()
+                    && let Some((id, table)) = state::pending_resnapshot(&client).await?
+                {
+                    let copy = resnapshot(config, kafka, source, label_lsn, &sink, &table);
+                    tokio::pin!(copy);
+                    // The stream waits (the server buffers) while the table is
+                    // copied; keep the connection alive meanwhile.
+                    let rows = loop {
+                        tokio::select! {
+                            rows = &mut copy => break rows?,
+                            _ = status_tick.tick() => status.send_status(received, sink.durable()).await?,
+                        }
+                    };
+                    state::resnapshot_done(&client, id, rows).await?;
+                    tracing::info!(db = %source.db, shard = source.shard, table = %table, rows, "resnapshot complete");
+                }
             }
             msg = rx.recv() => {
                 let msg = msg.ok_or_else(|| Error::Protocol("replication reader stopped".into()))??;
@@ -314,6 +272,7 @@ async fn run_reader(
                         received = received.max(wal_end);
                         if state.tx.is_none() {
                             sink.mark(wal_end).await?;
+                            state.marked = state.marked.max(wal_end);
                         }
                         if reply_requested {
                             status.send_status(received, sink.durable()).await?;
@@ -327,6 +286,234 @@ async fn run_reader(
             }
         }
     }
+}
+
+/// The topic of a database's watermarks: one message per shard every
+/// heartbeat, saying every change committed up to a time is in Kafka.
+pub fn watermark_topic(prefix: &str, db: &str) -> String {
+    topic_name(prefix, db, "_watermarks")
+}
+
+async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> Result<()> {
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(|source| match source.as_db_error() {
+            Some(db) => Error::Server {
+                target: format!("drop slot {slot}"),
+                code: db.code().code().to_string(),
+                message: db.message().to_string(),
+            },
+            None => Error::Postgres {
+                context: "dropping slot".into(),
+                source,
+            },
+        })?;
+    Ok(())
+}
+
+/// Reads the columns of every table under the caller's transaction.
+async fn columns_of(
+    client: &tokio_postgres::Client,
+    tables: &[String],
+) -> Result<HashMap<String, Vec<Column>>> {
+    let mut out = HashMap::new();
+    for t in tables {
+        out.insert(t.clone(), snapshot::table_columns(client, t).await?);
+    }
+    Ok(out)
+}
+
+/// A new slot and a full snapshot at its consistent point. Returns the
+/// position to stream from.
+#[allow(clippy::too_many_arguments)]
+async fn fresh_snapshot(
+    config: &CdcConfig,
+    kafka: &KafkaConfig,
+    source: &SourceDb,
+    slot: &str,
+    repl: &mut ReplicationConnection,
+    client: &mut tokio_postgres::Client,
+    sink: &KafkaSink,
+    reset: bool,
+) -> Result<Lsn> {
+    state::clear(client, slot).await?;
+    let rows = repl
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput EXPORT_SNAPSHOT"
+        ))
+        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
+    let consistent: Lsn = row
+        .get(1)
+        .cloned()
+        .flatten()
+        .ok_or_else(|| Error::Protocol("no consistent point".into()))?
+        .parse()?;
+    let snapshot_name = row
+        .get(2)
+        .cloned()
+        .flatten()
+        .ok_or_else(|| Error::Protocol("no exported snapshot".into()))?;
+    // Plan under the exported snapshot (a second connection records it).
+    let planner = connect_sql(&source.dsn).await?;
+    planner
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot_name}'"
+        ))
+        .await
+        .map_err(pg("importing the exported snapshot"))?;
+    let chunks = snapshot::plan(&planner, &source.tables, config.snapshot_chunk_rows).await?;
+    let columns = columns_of(&planner, &source.tables).await?;
+    state::start_run(client, slot, consistent, &chunks).await?;
+    tracing::info!(db = %source.db, shard = source.shard, chunks = chunks.len(), workers = config.snapshot_workers, lsn = %consistent, "snapshot started");
+    let job = snapshot::Copy {
+        source,
+        topic_prefix: &kafka.topic_prefix,
+        snapshot: snapshot_name,
+        label: snapshot::Label {
+            lsn: Lsn(consistent.0.saturating_sub(1)),
+            ordinal_base: 0,
+        },
+        workers: config.snapshot_workers,
+        reset: if reset { source.tables.clone() } else { vec![] },
+        columns,
+    };
+    finish_snapshot(job, chunks, source, slot, consistent, client, sink).await?;
+    drop(planner);
+    Ok(consistent)
+}
+
+/// Copies the chunks an interrupted snapshot did not finish, under a new
+/// snapshot. Its rows carry the run's label (consistent point − 1) with
+/// ordinals above every earlier attempt's, so they sort after what was
+/// published before and before the stream, which replays every change since
+/// the consistent point over them: once the stream has caught up, each row
+/// is exactly as the source has it.
+async fn resume_snapshot(
+    config: &CdcConfig,
+    kafka: &KafkaConfig,
+    source: &SourceDb,
+    slot: &str,
+    run: &state::Run,
+    client: &mut tokio_postgres::Client,
+    sink: &KafkaSink,
+) -> Result<()> {
+    let attempt = state::next_attempt(client, slot).await?;
+    let chunks = state::pending_chunks(client, slot).await?;
+    tracing::warn!(db = %source.db, shard = source.shard, slot = %slot, attempt, chunks_left = chunks.len(), "resuming an interrupted snapshot");
+    let exporter = connect_sql(&source.dsn).await?;
+    let name: String = {
+        exporter
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(pg("starting the resume snapshot"))?;
+        exporter
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(pg("exporting the resume snapshot"))?
+            .get(0)
+    };
+    let columns = columns_of(&exporter, &source.tables).await?;
+    let job = snapshot::Copy {
+        source,
+        topic_prefix: &kafka.topic_prefix,
+        snapshot: name,
+        label: snapshot::Label {
+            lsn: Lsn(run.consistent.0.saturating_sub(1)),
+            ordinal_base: (attempt as u64) << 40,
+        },
+        workers: config.snapshot_workers,
+        reset: vec![],
+        columns,
+    };
+    finish_snapshot(job, chunks, source, slot, run.consistent, client, sink).await?;
+    drop(exporter);
+    Ok(())
+}
+
+async fn finish_snapshot(
+    job: snapshot::Copy<'_>,
+    chunks: Vec<snapshot::Chunk>,
+    source: &SourceDb,
+    slot: &str,
+    consistent: Lsn,
+    client: &tokio_postgres::Client,
+    sink: &KafkaSink,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let copied = snapshot::copy_chunks(job, chunks, sink, |chunk, rows| async move {
+        state::chunk_done(client, slot, &chunk, rows).await
+    })
+    .await?;
+    sink.mark(consistent).await?;
+    sink.wait_durable(consistent, Duration::from_secs(120))
+        .await?;
+    let rows = state::complete(client, slot, consistent).await?;
+    tracing::info!(db = %source.db, shard = source.shard, rows, copied, lsn = %consistent, secs = started.elapsed().as_secs_f64(), "snapshot complete");
+    Ok(())
+}
+
+/// Re-copies one table while streaming (`tributary cdc resnapshot`). Its rows
+/// sort after everything published so far and before every change still to
+/// come, after a truncate that clears the shard's older rows of the table;
+/// changes committed while it copies are replayed over it by the stream.
+async fn resnapshot(
+    config: &CdcConfig,
+    kafka: &KafkaConfig,
+    source: &SourceDb,
+    label_lsn: Lsn,
+    sink: &KafkaSink,
+    table: &str,
+) -> Result<u64> {
+    if !source.tables.iter().any(|t| t == table) {
+        tracing::error!(
+            table,
+            "resnapshot requested for a table that is not published; ignored"
+        );
+        return Ok(0);
+    }
+    let tables = vec![table.to_string()];
+    let exporter = connect_sql(&source.dsn).await?;
+    exporter
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(pg("starting the resnapshot"))?;
+    let name: String = exporter
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(pg("exporting the resnapshot snapshot"))?
+        .get(0);
+    let chunks = snapshot::plan(&exporter, &tables, config.snapshot_chunk_rows).await?;
+    let columns = columns_of(&exporter, &tables).await?;
+    // Ordinals far above any transaction's, rising with the clock so a
+    // repeated request sorts after the previous one.
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let job = snapshot::Copy {
+        source,
+        topic_prefix: &kafka.topic_prefix,
+        snapshot: name,
+        label: snapshot::Label {
+            lsn: label_lsn,
+            ordinal_base: now_ms << 22,
+        },
+        workers: config.snapshot_workers,
+        reset: tables,
+        columns,
+    };
+    let rows = snapshot::copy_chunks(job, chunks, sink, |_, _| async { Ok(()) }).await?;
+    let barrier = sink.barrier().await?;
+    barrier.await.map_err(|_| {
+        sink.check()
+            .err()
+            .unwrap_or_else(|| Error::Delivery("delivery tracker stopped".into()))
+    })?;
+    Ok(rows)
 }
 
 fn sink_target(state: &StreamState, sink: &KafkaSink) -> Lsn {
@@ -388,20 +575,89 @@ struct TxState {
 struct StreamState<'a> {
     source: &'a SourceDb,
     topic_prefix: &'a str,
+    slot: &'a str,
+    /// For recording schema changes.
+    client: &'a tokio_postgres::Client,
     relations: HashMap<u32, RelationInfo>,
+    /// The last recorded shape of each table (column list as JSON).
+    shapes: HashMap<String, Value>,
     tx: Option<TxState>,
     last_commit_end: Lsn,
+    /// Everything before this position has been handed to the sink.
+    marked: Lsn,
+    /// Commits handed to the sink and not yet acknowledged: (end, time).
+    pending_commits: VecDeque<(Lsn, i64)>,
+    /// The newest acknowledged commit: (end, time).
+    durable_commit: Option<(Lsn, i64)>,
+    watermark_sent: Option<Lsn>,
 }
 
 impl<'a> StreamState<'a> {
-    fn new(source: &'a SourceDb, topic_prefix: &'a str) -> Self {
+    fn new(
+        source: &'a SourceDb,
+        topic_prefix: &'a str,
+        slot: &'a str,
+        client: &'a tokio_postgres::Client,
+    ) -> Self {
         StreamState {
             source,
             topic_prefix,
+            slot,
+            client,
             relations: HashMap::new(),
+            shapes: HashMap::new(),
             tx: None,
             last_commit_end: Lsn::ZERO,
+            marked: Lsn::ZERO,
+            pending_commits: VecDeque::new(),
+            durable_commit: None,
+            watermark_sent: None,
         }
+    }
+
+    /// Moves commits the broker acknowledged out of the pending list.
+    fn settle(&mut self, durable: Lsn) {
+        while let Some(&(end, ts)) = self.pending_commits.front() {
+            if end > durable {
+                break;
+            }
+            self.durable_commit = Some((end, ts));
+            self.pending_commits.pop_front();
+        }
+    }
+
+    /// How old the oldest commit not yet acknowledged by Kafka is.
+    fn lag_seconds(&self) -> f64 {
+        self.pending_commits
+            .front()
+            .map_or(0.0, |(_, ts)| ((now_us() - ts) as f64 / 1e6).max(0.0))
+    }
+
+    /// A watermark message when the acknowledged commit moved since the last.
+    fn take_watermark(&mut self) -> Option<Vec<u8>> {
+        let (end, ts) = self.durable_commit?;
+        if self.watermark_sent.is_some_and(|w| w >= end) {
+            return None;
+        }
+        self.watermark_sent = Some(end);
+        Some(
+            serde_json::to_vec(&serde_json::json!({
+                "db": self.source.db,
+                "shard": self.source.shard,
+                "lsn": end.to_string(),
+                "commit_ts_us": ts,
+                "commit_ts": tributary_model::pgtype::format_utc_micros(ts),
+                "emitted_at_us": now_us(),
+            }))
+            .expect("json"),
+        )
+    }
+
+    /// The position for a resnapshot's rows: after everything handed to the
+    /// sink, before any change still to come. None inside a transaction or
+    /// before the stream reported a position.
+    fn resnapshot_lsn(&self) -> Option<Lsn> {
+        (self.tx.is_none() && self.marked > Lsn::ZERO).then(|| Lsn(self.marked.0 - 1))
     }
 
     async fn handle(&mut self, msg: PgOutput, sink: &KafkaSink) -> Result<()> {
@@ -418,12 +674,18 @@ impl<'a> StreamState<'a> {
                     ordinal: 0,
                 });
             }
-            PgOutput::Commit { end_lsn, .. } => {
+            PgOutput::Commit {
+                end_lsn,
+                commit_ts_us,
+                ..
+            } => {
                 self.tx = None;
                 self.last_commit_end = end_lsn;
+                self.marked = self.marked.max(end_lsn);
+                self.pending_commits.push_back((end_lsn, commit_ts_us));
                 sink.mark(end_lsn).await?;
             }
-            PgOutput::Relation(rel) => self.add_relation(rel),
+            PgOutput::Relation(rel) => self.add_relation(rel).await?,
             PgOutput::Insert { relation, new } => {
                 self.emit(relation, Op::Create, None, Some(new), sink)
                     .await?;
@@ -465,8 +727,11 @@ impl<'a> StreamState<'a> {
         })
     }
 
-    fn add_relation(&mut self, rel: Relation) {
-        let columns = rel
+    /// Takes a table's (new) shape. A shape that differs from the last one
+    /// recorded for the table is a schema change: logged, counted, and
+    /// recorded with the LSN from which events carry it.
+    async fn add_relation(&mut self, rel: Relation) -> Result<()> {
+        let columns: Vec<Column> = rel
             .columns
             .iter()
             .map(|c| Column {
@@ -475,6 +740,32 @@ impl<'a> StreamState<'a> {
                 key: c.key,
             })
             .collect();
+        let shape = serde_json::to_value(&columns).expect("json");
+        let previous = match self.shapes.get(&rel.name) {
+            Some(v) => Some(v.clone()),
+            None => self
+                .client
+                .query_opt(
+                    "SELECT columns FROM tributary_cdc.schema_changes
+                     WHERE slot_name = $1 AND table_name = $2 ORDER BY seen_at DESC LIMIT 1",
+                    &[&self.slot, &rel.name],
+                )
+                .await
+                .map_err(pg("reading recorded schemas"))?
+                .map(|r| r.get::<_, Value>(0)),
+        };
+        if previous.as_ref() != Some(&shape) {
+            let lsn = self.tx.as_ref().map_or(self.marked, |t| t.lsn);
+            if previous.is_some() {
+                tracing::warn!(db = %self.source.db, shard = self.source.shard, table = %rel.name, lsn = %lsn, columns = %shape, "schema change: events carry the new columns from here on");
+                crate::metrics::schema_change(
+                    &format!("{}.{}", self.source.db, self.source.shard),
+                    &rel.name,
+                );
+            }
+            state::schema_change(self.client, self.slot, &rel.name, lsn, &shape).await?;
+        }
+        self.shapes.insert(rel.name.clone(), shape);
         let topic = topic_name(self.topic_prefix, &self.source.db, &rel.name);
         self.relations.insert(
             rel.id,
@@ -484,6 +775,7 @@ impl<'a> StreamState<'a> {
                 columns,
             },
         );
+        Ok(())
     }
 
     async fn emit(
@@ -503,6 +795,19 @@ impl<'a> StreamState<'a> {
             .get(&relation)
             .ok_or_else(|| Error::Protocol(format!("change for unknown relation {relation}")))?;
         tx.ordinal += 1;
+        // With REPLICA IDENTITY FULL the old row carries the values the new
+        // one left out as unchanged TOAST: take them, so the event is whole.
+        let new = match (new, old.as_ref()) {
+            (Some(mut n), Some(o)) if o.len() == n.len() => {
+                for (v, before) in n.iter_mut().zip(o) {
+                    if *v == TupleValue::UnchangedToast && matches!(before, TupleValue::Text(_)) {
+                        *v = before.clone();
+                    }
+                }
+                Some(n)
+            }
+            (n, _) => n,
+        };
         let mut unchanged = Vec::new();
         let after = new
             .map(|t| tuple_to_row(&t, &rel.columns, &rel.table, Some(&mut unchanged)))
@@ -600,4 +905,74 @@ fn tuple_to_row(
         }
     }
     Ok(row)
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Asks the readers of every database that publishes `table` to copy it
+/// again (`tributary cdc resnapshot`). With `wait`, returns once all of them
+/// did (the total rows copied); a reader that is not running does it when it
+/// starts.
+pub async fn request_resnapshot(
+    sources: &[SourceDb],
+    table: &str,
+    wait: Option<Duration>,
+) -> Result<Option<u64>> {
+    let mut requests = Vec::new();
+    for source in sources
+        .iter()
+        .filter(|s| s.tables.iter().any(|t| t == table))
+    {
+        let client = connect_sql(&source.dsn).await?;
+        state::ensure_schema(&client).await?;
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO tributary_cdc.resnapshot_requests(table_name) VALUES ($1) RETURNING id",
+                &[&table],
+            )
+            .await
+            .map_err(pg("requesting a resnapshot"))?
+            .get(0);
+        tracing::info!(db = %source.db, shard = source.shard, table, id, "resnapshot requested");
+        requests.push((client, id));
+    }
+    if requests.is_empty() {
+        return Err(Error::Config(format!(
+            "no source database publishes a table named {table:?}"
+        )));
+    }
+    let Some(wait) = wait else {
+        return Ok(None);
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut total = 0u64;
+    for (client, id) in &requests {
+        loop {
+            let rows: Option<i64> = client
+                .query_one(
+                    "SELECT rows FROM tributary_cdc.resnapshot_requests WHERE id = $1 AND done_at IS NOT NULL
+                     UNION ALL SELECT NULL LIMIT 1",
+                    &[id],
+                )
+                .await
+                .map_err(pg("reading a resnapshot request"))?
+                .get(0);
+            if let Some(rows) = rows {
+                total += rows as u64;
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Delivery(format!(
+                    "resnapshot of {table} not finished within {wait:?}; is `tributary cdc run` running?"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(Some(total))
 }

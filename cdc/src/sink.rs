@@ -16,7 +16,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tributary_model::domain::KafkaConfig;
 use tributary_model::lsn::Lsn;
 
@@ -92,9 +92,12 @@ pub(crate) fn client_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 enum Pending {
-    Delivery(DeliveryFuture),
+    /// A message in flight, with when it was handed to the producer.
+    Delivery(DeliveryFuture, std::time::Instant),
     /// Everything queued before this marker is durable once it is reached.
     Through(Lsn),
+    /// Signalled once everything queued before it is durable.
+    Barrier(oneshot::Sender<()>),
 }
 
 /// Publishes events and tracks which LSN is durable.
@@ -130,11 +133,19 @@ impl KafkaSink {
         let failure = Arc::new(std::sync::Mutex::new(None));
         let (d, f) = (durable.clone(), failure.clone());
         let tracker = tokio::spawn(async move {
+            let mut seen = 0u64;
             while let Some(p) = rx.recv().await {
                 match p {
-                    Pending::Delivery(fut) => {
+                    Pending::Delivery(fut, sent) => {
                         let outcome = match fut.await {
-                            Ok(Ok(_)) => continue,
+                            Ok(Ok(_)) => {
+                                // Sampled: one lock per 16 messages is cheap.
+                                seen += 1;
+                                if seen % 16 == 1 {
+                                    crate::metrics::delivery_latency(sent.elapsed().as_secs_f64());
+                                }
+                                continue;
+                            }
                             Ok(Err((e, _))) => format!("delivery failed: {e}"),
                             Err(_) => "delivery cancelled".to_string(),
                         };
@@ -143,6 +154,9 @@ impl KafkaSink {
                     }
                     Pending::Through(lsn) => {
                         d.fetch_max(lsn.0, Ordering::SeqCst);
+                    }
+                    Pending::Barrier(done) => {
+                        let _ = done.send(());
                     }
                 }
             }
@@ -163,7 +177,13 @@ impl KafkaSink {
         loop {
             match self.producer.send_result(record) {
                 Ok(fut) => {
-                    if self.pending.send(Pending::Delivery(fut)).await.is_err() {
+                    let sent = std::time::Instant::now();
+                    if self
+                        .pending
+                        .send(Pending::Delivery(fut, sent))
+                        .await
+                        .is_err()
+                    {
                         return Err(self.tracker_stopped());
                     }
                     return Ok(());
@@ -189,6 +209,16 @@ impl KafkaSink {
             return Err(self.tracker_stopped());
         }
         Ok(())
+    }
+
+    /// A receiver that completes once every event queued so far is durable
+    /// (and is dropped unsignalled if a delivery fails first).
+    pub(crate) async fn barrier(&self) -> Result<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        if self.pending.send(Pending::Barrier(tx)).await.is_err() {
+            return Err(self.tracker_stopped());
+        }
+        Ok(rx)
     }
 
     /// The tracker only stops after a failed delivery: report that failure,

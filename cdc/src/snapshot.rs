@@ -1,12 +1,25 @@
-//! The consistent initial snapshot: COPY of every published table inside a
-//! transaction that imported the slot's exported snapshot, so the rows read
-//! are exactly the state at the slot's consistent point.
+//! Snapshots: consistent copies of the published tables.
+//!
+//! A table is split into primary-key ranges ([`plan`]) that several
+//! connections copy in parallel, all inside transactions that imported one
+//! exported snapshot ([`copy_chunks`]). Every row becomes an `r` event at a
+//! [`Label`] position that sorts before the changes the stream delivers
+//! afterwards, with ordinals assigned in send order so positions rise within
+//! every Kafka partition (the lake's replay filter depends on that).
+//!
+//! The reader records each chunk once Kafka acknowledged all of its rows, so
+//! a reader killed mid-snapshot copies only the chunks that are not done.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, VecDeque};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{StreamExt, pin_mut};
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tributary_model::event::{ChangeEvent, Column, Op, Source, event_id};
 use tributary_model::lsn::Lsn;
 use tributary_model::pgtype::PgType;
@@ -51,38 +64,200 @@ pub(crate) async fn table_columns(
         .collect())
 }
 
-/// Copies every table of `source` under the already-imported snapshot and
-/// publishes one `r` event per row. Returns the number of rows.
-pub(crate) async fn copy_tables(
+/// One piece of a table's snapshot: a primary-key range `[lo, hi)` (open
+/// where `None`), or the whole table when it has no integer key to split by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    pub table: String,
+    pub index: i32,
+    /// The integer primary-key column the ranges are over.
+    pub key: Option<String>,
+    pub lo: Option<i64>,
+    pub hi: Option<i64>,
+}
+
+impl Chunk {
+    fn query(&self) -> String {
+        let table = &self.table;
+        let mut conds = Vec::new();
+        if let Some(key) = &self.key {
+            if let Some(lo) = self.lo {
+                conds.push(format!("\"{key}\" >= {lo}"));
+            }
+            if let Some(hi) = self.hi {
+                conds.push(format!("\"{key}\" < {hi}"));
+            }
+        }
+        if conds.is_empty() {
+            format!("COPY public.{table} TO STDOUT")
+        } else {
+            format!(
+                "COPY (SELECT * FROM public.{table} WHERE {}) TO STDOUT",
+                conds.join(" AND ")
+            )
+        }
+    }
+}
+
+/// Splits each table into primary-key ranges of about `chunk_rows` rows,
+/// reading bounds and sizes under the caller's (snapshot) transaction.
+pub(crate) async fn plan(
     client: &tokio_postgres::Client,
-    source: &SourceDb,
-    topic_prefix: &str,
-    consistent: Lsn,
+    tables: &[String],
+    chunk_rows: u64,
+) -> Result<Vec<Chunk>> {
+    let mut chunks = Vec::new();
+    for table in tables {
+        let pg = |source| Error::Postgres {
+            context: format!("planning the snapshot of {table}"),
+            source,
+        };
+        let qualified = format!("public.{table}");
+        let key: Option<String> = client
+            .query_opt(
+                "SELECT min(a.attname::text) FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                 WHERE i.indrelid = $1::text::regclass AND i.indisprimary
+                 GROUP BY i.indexrelid
+                 HAVING count(*) = 1 AND bool_and(a.atttypid IN (20, 21, 23))",
+                &[&qualified],
+            )
+            .await
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        let Some(key) = key else {
+            chunks.push(Chunk {
+                table: table.clone(),
+                index: 0,
+                key: None,
+                lo: None,
+                hi: None,
+            });
+            continue;
+        };
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT min(\"{key}\")::int8, max(\"{key}\")::int8,
+                            (SELECT reltuples::int8 FROM pg_class WHERE oid = $1::text::regclass)
+                     FROM public.{table}"
+                ),
+                &[&qualified],
+            )
+            .await
+            .map_err(pg)?;
+        let (min, max, mut estimate): (Option<i64>, Option<i64>, i64) =
+            (row.get(0), row.get(1), row.get(2));
+        if estimate < 0 {
+            // Never analysed: count, so the split is right for big tables too.
+            estimate = client
+                .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+        }
+        let n = (estimate.max(0) as u64).div_ceil(chunk_rows.max(1)).max(1);
+        let bounds: Vec<i64> = match (min, max) {
+            (Some(min), Some(max)) if n > 1 && max > min => {
+                let width = ((max as i128 - min as i128 + 1) / n as i128).max(1);
+                (1..n as i128)
+                    .map(|i| min as i128 + i * width)
+                    .filter(|b| *b <= max as i128)
+                    .map(|b| b as i64)
+                    .collect()
+            }
+            _ => vec![],
+        };
+        // Open at both ends: rows outside [min, max] (inserted later, seen by
+        // a resumed attempt under a newer snapshot) still belong to a chunk.
+        let mut lo = None;
+        for (index, hi) in bounds.iter().map(|b| Some(*b)).chain([None]).enumerate() {
+            chunks.push(Chunk {
+                table: table.clone(),
+                index: index as i32,
+                key: Some(key.clone()),
+                lo,
+                hi,
+            });
+            lo = hi;
+        }
+    }
+    Ok(chunks)
+}
+
+/// Where the rows of a snapshot sort among the stream's changes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Label {
+    /// Every row event carries this LSN ...
+    pub lsn: Lsn,
+    /// ... and ordinals from `ordinal_base + 1` on, assigned in the order
+    /// the events are handed to Kafka, so they rise within every partition.
+    pub ordinal_base: u64,
+}
+
+/// A copy of chunks under one snapshot.
+pub(crate) struct Copy<'a> {
+    pub source: &'a SourceDb,
+    pub topic_prefix: &'a str,
+    /// The exported snapshot every worker imports.
+    pub snapshot: String,
+    pub label: Label,
+    pub workers: usize,
+    /// Tables whose earlier rows this copy replaces: a truncate at the
+    /// label's position is published before their rows.
+    pub reset: Vec<String>,
+    /// Table columns, read under the same snapshot.
+    pub columns: HashMap<String, Vec<Column>>,
+}
+
+struct TableInfo {
+    name: String,
+    topic: String,
+    columns: Vec<Column>,
+}
+
+enum Copied {
+    Row(Arc<TableInfo>, Map<String, Value>),
+    ChunkEnd(Chunk, u64),
+    Failed(Error),
+}
+
+/// Copies `chunks` in parallel and publishes one `r` event per row. Once a
+/// chunk's events are all durable in Kafka, `on_chunk_done` is called with
+/// it (to record progress). Returns the number of rows.
+pub(crate) async fn copy_chunks<F, Fut>(
+    job: Copy<'_>,
+    chunks: Vec<Chunk>,
     sink: &KafkaSink,
-    reset: bool,
-) -> Result<u64> {
-    // Snapshot rows sort just below the consistent point: every streamed
-    // commit is at or after it, so any later change of the row wins.
-    let lsn = Lsn(consistent.0.saturating_sub(1));
+    on_chunk_done: F,
+) -> Result<u64>
+where
+    F: Fn(Chunk, u64) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
     let now_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0);
-    let mut total = 0u64;
-    for table in &source.tables {
-        let columns = table_columns(client, table).await?;
-        let topic = tributary_model::domain::topic_name(topic_prefix, &source.db, table);
-        let stream = client
-            .copy_out(&format!("COPY public.{table} TO STDOUT"))
-            .await
-            .map_err(|source| Error::Postgres {
-                context: format!("COPY {table}"),
-                source,
-            })?;
-        pin_mut!(stream);
-        // One event of this snapshot: a row read, or the reset before them.
-        let event =
-            |op: Op, after: Option<Map<String, Value>>, ordinal: u64, id: String| ChangeEvent {
+    let source = job.source;
+    let infos: HashMap<String, Arc<TableInfo>> = job
+        .columns
+        .into_iter()
+        .map(|(name, columns)| {
+            let topic = tributary_model::domain::topic_name(job.topic_prefix, &source.db, &name);
+            (
+                name.clone(),
+                Arc::new(TableInfo {
+                    name,
+                    topic,
+                    columns,
+                }),
+            )
+        })
+        .collect();
+    let event =
+        |info: &TableInfo, op: Op, after: Option<Map<String, Value>>, ordinal: u64, id: String| {
+            ChangeEvent {
                 before: None,
                 after,
                 source: Source {
@@ -91,8 +266,8 @@ pub(crate) async fn copy_tables(
                     db: source.db.clone(),
                     shard: source.shard,
                     schema: "public".into(),
-                    table: table.clone(),
-                    lsn,
+                    table: info.name.clone(),
+                    lsn: job.label.lsn,
                     ordinal,
                     ts_us: now_us,
                     tx_id: None,
@@ -103,50 +278,152 @@ pub(crate) async fn copy_tables(
                 transaction: None,
                 event_id: id,
                 unchanged_toast: vec![],
-                columns: columns.clone(),
-            };
-        if reset {
-            // This snapshot replaces an interrupted one: a truncate at the
-            // position just before the new rows clears what the old one left
-            // (rows deleted since would otherwise stay in silver forever).
-            let id = format!(
-                "{}:{table}",
-                event_id(&source.db, source.shard, lsn, 0, true)
-            );
-            let ev = event(Op::Truncate, None, 0, id);
-            let key = serde_json::json!({ "shard": source.shard, "truncate": true });
-            sink.send(
-                &topic,
-                &serde_json::to_vec(&key).expect("json"),
-                &ev.to_json(),
-            )
-            .await?;
-        }
-        let mut pending: Vec<u8> = Vec::new();
-        // Ordinals run on across tables, so snapshot event ids are unique.
-        let first = total;
-        let mut ordinal = total;
-        let emit = |line: &[u8], ordinal: u64| -> Result<ChangeEvent> {
-            let after = parse_copy_line(line, &columns, table)?;
-            let id = event_id(&source.db, source.shard, lsn, ordinal, true);
-            Ok(event(Op::Read, Some(after), ordinal, id))
+                columns: info.columns.clone(),
+            }
         };
-        while let Some(chunk) = stream.next().await {
-            let chunk: Bytes = chunk.map_err(|source| Error::Postgres {
-                context: format!("COPY {table}"),
+    for table in &job.reset {
+        let Some(info) = infos.get(table) else {
+            continue;
+        };
+        // A truncate just before the new rows clears what an earlier copy
+        // left (rows deleted since would otherwise stay in silver forever).
+        let id = format!(
+            "{}:{table}",
+            event_id(
+                &source.db,
+                source.shard,
+                job.label.lsn,
+                job.label.ordinal_base,
+                true
+            )
+        );
+        let ev = event(info, Op::Truncate, None, job.label.ordinal_base, id);
+        let key = serde_json::json!({ "shard": source.shard, "truncate": true });
+        sink.send(
+            &info.topic,
+            &serde_json::to_vec(&key).expect("json"),
+            &ev.to_json(),
+        )
+        .await?;
+    }
+
+    let label = format!("{}.{}", source.db, source.shard);
+    let mut progress = Progress::new(label.clone(), chunks.len());
+    let queue = Arc::new(std::sync::Mutex::new(VecDeque::from(chunks)));
+    let (tx, mut rx) = mpsc::channel::<Copied>(8192);
+    let mut workers = JoinSet::new();
+    for _ in 0..job.workers.max(1) {
+        let (queue, tx, infos) = (queue.clone(), tx.clone(), infos.clone());
+        let (dsn, snapshot) = (source.dsn.clone(), job.snapshot.clone());
+        workers.spawn(async move {
+            if let Err(e) = copy_worker(&dsn, &snapshot, &queue, &infos, &tx).await {
+                let _ = tx.send(Copied::Failed(e)).await;
+            }
+        });
+    }
+    drop(tx);
+
+    // One publisher assigns ordinals in send order; a second loop records
+    // finished chunks once Kafka has acknowledged all their events.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let publish = async {
+        let mut ordinal = job.label.ordinal_base;
+        while let Some(copied) = rx.recv().await {
+            match copied {
+                Copied::Row(info, after) => {
+                    ordinal += 1;
+                    let id = event_id(&source.db, source.shard, job.label.lsn, ordinal, true);
+                    let ev = event(&info, Op::Read, Some(after), ordinal, id);
+                    let payload = ev.to_json();
+                    crate::metrics::event(&info.name, "r", payload.len());
+                    sink.send(
+                        &info.topic,
+                        &serde_json::to_vec(&ev.key()?).expect("json"),
+                        &payload,
+                    )
+                    .await?;
+                    progress.row();
+                }
+                Copied::ChunkEnd(chunk, rows) => {
+                    let durable = sink.barrier().await?;
+                    let _ = done_tx.send((chunk, rows, durable));
+                }
+                Copied::Failed(e) => return Err(e),
+            }
+        }
+        drop(done_tx);
+        Ok::<u64, Error>(ordinal - job.label.ordinal_base)
+    };
+    let record = async {
+        while let Some((chunk, rows, durable)) = done_rx.recv().await {
+            durable.await.map_err(|_| {
+                sink.check()
+                    .err()
+                    .unwrap_or_else(|| Error::Delivery("delivery tracker stopped".into()))
+            })?;
+            on_chunk_done(chunk, rows).await?;
+            crate::metrics::snapshot_chunk_done(&label);
+        }
+        Ok::<(), Error>(())
+    };
+    let (rows, ()) = futures::try_join!(publish, record)?;
+    while let Some(joined) = workers.join_next().await {
+        joined.map_err(|e| Error::Internal(format!("snapshot worker: {e}")))?;
+    }
+    progress.finish();
+    Ok(rows)
+}
+
+async fn copy_worker(
+    dsn: &str,
+    snapshot: &str,
+    queue: &std::sync::Mutex<VecDeque<Chunk>>,
+    infos: &HashMap<String, Arc<TableInfo>>,
+    tx: &mpsc::Sender<Copied>,
+) -> Result<()> {
+    let client = crate::reader::connect_sql(dsn).await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
+        ))
+        .await
+        .map_err(|source| Error::Postgres {
+            context: "importing the snapshot in a copy worker".into(),
+            source,
+        })?;
+    loop {
+        let Some(chunk) = queue.lock().expect("queue lock").pop_front() else {
+            return Ok(());
+        };
+        let info = infos
+            .get(&chunk.table)
+            .ok_or_else(|| Error::Internal(format!("no columns for {}", chunk.table)))?
+            .clone();
+        let table = &chunk.table;
+        let stream = client
+            .copy_out(&chunk.query())
+            .await
+            .map_err(|source| Error::Postgres {
+                context: format!("COPY {table} chunk {}", chunk.index),
                 source,
             })?;
-            pending.extend_from_slice(&chunk);
+        pin_mut!(stream);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut rows = 0u64;
+        while let Some(bytes) = stream.next().await {
+            let bytes: Bytes = bytes.map_err(|source| Error::Postgres {
+                context: format!("COPY {table} chunk {}", chunk.index),
+                source,
+            })?;
+            pending.extend_from_slice(&bytes);
             let mut start = 0;
             while let Some(nl) = pending[start..].iter().position(|b| *b == b'\n') {
-                ordinal += 1;
-                let ev = emit(&pending[start..start + nl], ordinal)?;
-                sink.send(
-                    &topic,
-                    &serde_json::to_vec(&ev.key()?).expect("json"),
-                    &ev.to_json(),
-                )
-                .await?;
+                let after = parse_copy_line(&pending[start..start + nl], &info.columns, table)?;
+                rows += 1;
+                if tx.send(Copied::Row(info.clone(), after)).await.is_err() {
+                    // The publisher stopped (it failed): nothing more to do.
+                    return Ok(());
+                }
                 start += nl + 1;
             }
             pending.drain(..start);
@@ -154,10 +431,94 @@ pub(crate) async fn copy_tables(
         if !pending.is_empty() {
             return Err(Error::Protocol(format!("COPY {table} ended inside a row")));
         }
-        tracing::info!(db = %source.db, shard = source.shard, table = %table, rows = ordinal - first, "snapshot copied table");
-        total = ordinal;
+        tracing::debug!(table = %table, chunk = chunk.index, rows, "snapshot chunk copied");
+        if tx.send(Copied::ChunkEnd(chunk, rows)).await.is_err() {
+            return Ok(());
+        }
     }
-    Ok(total)
+}
+
+/// Snapshot progress: a bar on a terminal, a log line every few seconds
+/// otherwise, and the `tributary_cdc_snapshot_*` metrics either way.
+struct Progress {
+    source: String,
+    chunks: usize,
+    rows: u64,
+    started: Instant,
+    last: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(source: String, chunks: usize) -> Progress {
+        crate::metrics::snapshot_started(&source, chunks);
+        Progress {
+            source,
+            chunks,
+            rows: 0,
+            started: Instant::now(),
+            last: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn row(&mut self) {
+        self.rows += 1;
+        if self.rows % 1024 != 0 {
+            return;
+        }
+        crate::metrics::snapshot_rows(&self.source, self.rows);
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.last.elapsed() >= every {
+            self.last = Instant::now();
+            self.report();
+        }
+    }
+
+    fn report(&self) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.rows as f64 / secs;
+        let done = crate::metrics::snapshot_chunks_done(&self.source);
+        // Chunks hold about the same number of rows, so finished chunks
+        // estimate the share done better than any row count guess.
+        let share = if self.chunks > 0 {
+            done as f64 / self.chunks as f64
+        } else {
+            0.0
+        };
+        let eta = if share > 0.0 {
+            format!("{:.0}s", secs / share - secs)
+        } else {
+            "?".into()
+        };
+        if self.tty {
+            let width = 30;
+            let filled = ((share * width as f64) as usize).min(width);
+            eprint!(
+                "\rsnapshot {} [{}{}] {done}/{} chunks {} rows {:.0} rows/s ETA {eta}   ",
+                self.source,
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                self.chunks,
+                self.rows,
+                rate,
+            );
+        } else {
+            tracing::info!(source = %self.source, rows = self.rows, rows_per_sec = rate as u64, chunks_done = done, chunks = self.chunks, eta = %eta, "snapshot progress");
+        }
+    }
+
+    fn finish(&self) {
+        crate::metrics::snapshot_rows(&self.source, self.rows);
+        if self.tty {
+            self.report();
+            eprintln!();
+        }
+    }
 }
 
 /// Parses one line of COPY text format into a JSON row.

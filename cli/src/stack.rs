@@ -465,17 +465,44 @@ pub async fn status(config: &Config) -> Result<Vec<ComponentStatus>> {
         {
             Ok(Ok((client, conn))) => {
                 tokio::spawn(conn);
-                let lag = client
-                    .query_opt(
-                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
-                         FROM pg_replication_slots WHERE slot_type = 'logical' ORDER BY slot_name LIMIT 1",
+                // Bytes: WAL written but not confirmed by the reader. Seconds:
+                // the walsender's flush lag (how long ago the newest
+                // confirmed WAL was written; 0 once caught up).
+                let slots = client
+                    .query(
+                        "SELECT s.slot_name::text,
+                                pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8,
+                                s.active, s.wal_status,
+                                extract(epoch FROM r.flush_lag)::float8
+                         FROM pg_replication_slots s
+                         LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+                         WHERE s.slot_type = 'logical' ORDER BY s.slot_name",
                         &[],
                     )
                     .await
-                    .ok()
-                    .flatten()
-                    .map(|r| format!("slot lag {} bytes", r.get::<_, Option<i64>>(0).unwrap_or(0)))
-                    .unwrap_or_else(|| "no slot yet".into());
+                    .unwrap_or_default();
+                let lag = if slots.is_empty() {
+                    "no slot yet".to_string()
+                } else {
+                    slots
+                        .iter()
+                        .map(|r| {
+                            let bytes = r.get::<_, Option<i64>>(1).unwrap_or(0);
+                            let seconds = if r.get::<_, bool>(2) {
+                                format!("{:.1} s", r.get::<_, Option<f64>>(4).unwrap_or(0.0))
+                            } else {
+                                "reader not connected".to_string()
+                            };
+                            let wal = r.get::<_, Option<String>>(3).unwrap_or_default();
+                            let wal = if wal == "lost" { " SLOT LOST" } else { "" };
+                            format!(
+                                "slot {} lag {bytes} bytes, {seconds}{wal}",
+                                r.get::<_, String>(0)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
                 (true, format!("{}; data {}", lag, pg.data_dir.display()))
             }
             Ok(Err(e)) => (false, e.to_string()),
