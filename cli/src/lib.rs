@@ -1,6 +1,7 @@
 //! The `tributary` binary's library: configuration, the local stack, the
 //! wiring between stages and the demo. `main.rs` only parses arguments.
 
+pub mod bench_cdc;
 pub mod config;
 pub mod demo;
 pub mod pipeline;

@@ -91,6 +91,11 @@ enum Command {
     },
     /// Compare every silver table with its source tables row for row.
     Verify,
+    /// Benchmarks on the local stack.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Run the whole platform end to end on the local stack.
     Demo {
         /// How long to drive traffic.
@@ -115,6 +120,30 @@ enum CdcCommand {
         /// Serve /metrics and /healthz on this address, e.g. 127.0.0.1:9101.
         #[arg(long)]
         metrics: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The CDC reader against pg_recvlogical (streaming) and COPY (snapshot)
+    /// on the same database and write load.
+    Cdc {
+        /// Rows inserted per run; the first half are then updated.
+        #[arg(long, default_value_t = 500_000)]
+        rows: u64,
+        /// Runs; the report gives medians.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Where pg_recvlogical writes (default /dev/null); a file's
+        /// changes are counted.
+        #[arg(long)]
+        recvlogical_output: Option<PathBuf>,
+        /// Skip measuring the broker's own produce rate.
+        #[arg(long)]
+        no_broker_ceiling: bool,
     },
 }
 
@@ -333,6 +362,32 @@ async fn run(cli: Cli) -> Result<()> {
                 ok &= c.equal();
             }
             anyhow::ensure!(ok, "silver differs from the source");
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Cdc {
+                    rows,
+                    runs,
+                    json,
+                    recvlogical_output,
+                    no_broker_ceiling,
+                },
+        } => {
+            let options = tributary::bench_cdc::BenchOptions {
+                rows,
+                runs,
+                recvlogical_output,
+                broker_ceiling: !no_broker_ceiling,
+            };
+            let report = tributary::bench_cdc::run(&config, &options).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("report as JSON")?
+                );
+            } else {
+                print!("{report}");
+            }
         }
         Command::Demo { duration, rate } => {
             tributary::demo::run(&config, tributary::parse_duration(&duration)?, rate).await?;

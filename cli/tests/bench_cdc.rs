@@ -1,0 +1,161 @@
+//! `tributary bench cdc` end to end on a small load: both sides must have
+//! processed exactly the changes written, and the bench must clean up.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use tributary::config::{self, Config};
+use tributary::stack::{self, StackState};
+
+const ROWS: u64 = 2_000;
+
+/// A stack of its own under a temporary folder, purged on drop.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn vars(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "TRIBUTARY__STATE_DIR".into(),
+                self.state_dir().display().to_string(),
+            ),
+            // One order shard is enough: the bench uses shard 0's cluster.
+            ("TRIBUTARY__STACK__SHARDS".into(), "1".into()),
+        ]
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn config(&self) -> Config {
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| !k.starts_with("TRIBUTARY__"))
+            .collect();
+        env.extend(self.vars());
+        config::load_from_env(&env).unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = stack::down(&self.config(), true);
+    }
+}
+
+fn bench(env: &Env, recv_out: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args([
+            "bench",
+            "cdc",
+            "--rows",
+            &ROWS.to_string(),
+            "--runs",
+            "2",
+            "--json",
+        ])
+        .arg("--recvlogical-output")
+        .arg(recv_out)
+        .envs(env.vars())
+        .env("TRIBUTARY_LOG", "warn")
+        .current_dir(env.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bench output is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_cdc_counts_every_change_and_cleans_up() {
+    let env = Env {
+        dir: tempfile::Builder::new()
+            .prefix("tributary-bench-")
+            .tempdir_in(std::env::temp_dir())
+            .unwrap(),
+    };
+    let recv_out = env.dir.path().join("recvlogical.out");
+    let report = bench(&env, &recv_out);
+    let changes = ROWS + ROWS / 2;
+    assert_eq!(report["changes"], changes, "{report:#}");
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{report:#}");
+    for run in runs {
+        // pg_recvlogical's output, decoded: every insert and update once.
+        assert_eq!(run["recvlogical_changes"], changes, "{report:#}");
+        // The broker holds exactly one event per change and per row.
+        assert_eq!(run["reader_events"], changes, "{report:#}");
+        assert_eq!(run["snapshot_events"], ROWS, "{report:#}");
+        assert_eq!(run["copy_rows"], ROWS, "{report:#}");
+        for key in [
+            "recvlogical_secs",
+            "reader_secs",
+            "copy_secs",
+            "snapshot_secs",
+        ] {
+            assert!(run[key].as_f64().unwrap() > 0.0, "{key}: {report:#}");
+        }
+    }
+    assert_eq!(report["broker"]["messages"], changes, "{report:#}");
+    let summary = &report["summary"];
+    for key in [
+        "streaming_ratio",
+        "snapshot_ratio",
+        "reader_changes_per_sec",
+    ] {
+        assert!(summary[key].as_f64().unwrap() > 0.0, "{key}: {report:#}");
+    }
+    assert!(
+        summary["reader_peak_rss_kib"].as_u64().unwrap() > 0,
+        "{report:#}"
+    );
+
+    // Nothing of the bench is left: database, slots, topics.
+    let state = StackState::load(&env.state_dir()).unwrap().unwrap();
+    let (client, conn) = tokio_postgres::connect(&state.shards[0].dsn(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let left: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname = 'tributary_bench')
+                  + (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tributary_bench%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the bench left its database or slots behind");
+    let topics = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", state.broker.address())
+            .set("log_level", "3")
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(None, std::time::Duration::from_secs(10))
+            .unwrap();
+        md.topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|t| t.starts_with("bench."))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(topics.is_empty(), "bench topics left: {topics:?}");
+}
