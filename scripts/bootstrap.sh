@@ -38,6 +38,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# `tributary bench query` compares with DuckDB through its Python package.
+if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
+  log "installing the duckdb Python package (for tributary bench query)"
+  python3 -m pip install --quiet duckdb
+fi
+
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null 2>&1; then
   log "installing the tansu Kafka-API broker from crates.io (about 8 minutes on 2 cores)"
