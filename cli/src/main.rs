@@ -145,6 +145,25 @@ enum BenchCommand {
         #[arg(long)]
         no_broker_ceiling: bool,
     },
+    /// The Star Schema Benchmark's 13 queries, hot, on tributary, DuckDB
+    /// (over the same Parquet files) and PostgreSQL; answers are compared.
+    Query {
+        /// TPC-H scale factor (lineorder has about 6M rows per unit).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Timed runs per query and engine, after one warm-up run.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Where the generated Delta tables are kept (default: <state>/bench/ssb).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Leave out DuckDB.
+        #[arg(long)]
+        skip_duckdb: bool,
+        /// Leave out PostgreSQL (loading it takes about a minute at SF1).
+        #[arg(long)]
+        skip_postgres: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,7 +189,7 @@ fn init_tracing(json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(
-                "warn,tributary=info,tributary_cdc=info,tributary_lake=info,tributary_oltp=info,tributary_etl=info,tributary_query=info,deltalake_core=error",
+                "warn,tributary=info,tributary_cdc=info,tributary_lake=info,tributary_oltp=info,tributary_etl=info,tributary_query=info,tributary_bench=info,deltalake_core=error",
             )
         });
     let builder = tracing_subscriber::fmt()
@@ -388,6 +407,28 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{report}");
             }
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Query {
+                    scale,
+                    runs,
+                    dir,
+                    skip_duckdb,
+                    skip_postgres,
+                },
+        } => {
+            let dir = dir.unwrap_or_else(|| config.state_dir.join("bench").join("ssb"));
+            let options = tributary_bench::ssb::Options {
+                scale,
+                runs,
+                duckdb: !skip_duckdb,
+                postgres: !skip_postgres,
+                ..tributary_bench::ssb::Options::new(dir)
+            };
+            let report = tributary_bench::ssb::run(&options).await?;
+            print!("{report}");
+            anyhow::ensure!(report.answers_agree(), "the engines gave different answers");
         }
         Command::Demo { duration, rate } => {
             tributary::demo::run(&config, tributary::parse_duration(&duration)?, rate).await?;
