@@ -1,11 +1,13 @@
 //! Transformations inside the lake.
 //!
-//! - [`marts`]: the gold star schema (dimensions, facts, aggregates) rebuilt
-//!   from silver with DataFusion SQL and written with Delta overwrites.
+//! - [`marts`]: the gold star schema — SCD2 dimensions built from the bronze
+//!   change log, facts and aggregates built with DataFusion SQL from silver —
+//!   incremental by Delta version, with data tests that gate every commit.
 //!
-//! Seam: silver is read and gold written only through
-//! [`tributary_lake::Lake`]. A build reads every silver table at one pinned
-//! version, so all gold tables of one build describe the same moment.
+//! Seam: bronze and silver are read and gold written only through
+//! [`tributary_lake::Lake`]. A build reads every source at one pinned
+//! version, so all gold tables of one build describe the same moment, and
+//! records those versions in the same Delta commits as its output.
 //!
 //! ```no_run
 //! # async fn demo(lake: tributary_lake::Lake) -> tributary_etl::Result<()> {
@@ -17,7 +19,10 @@
 
 pub mod marts;
 
-pub use marts::{MartTable, MartsReport, ModelInfo, build_marts, models};
+pub use marts::{
+    BuildOptions, DataTestReport, MartTable, MartsReport, Mode, ModelInfo, ModelKind, build_marts,
+    build_marts_with, models, test_marts,
+};
 
 /// Errors of the ETL jobs.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +30,29 @@ pub enum Error {
     // Boxed: the lake error is large and would bloat every `Result` here.
     #[error("lake")]
     Lake(#[source] Box<tributary_lake::Error>),
-    /// A silver table the marts read does not exist yet (nothing ingested).
-    #[error("source table silver.{0} does not exist yet; run ingest first")]
-    MissingSource(&'static str),
+    /// A table the marts read does not exist yet (nothing ingested).
+    #[error("source table {layer}.{table} does not exist yet; run ingest first")]
+    MissingSource {
+        layer: &'static str,
+        table: &'static str,
+    },
+    /// The data tests found problems in the new marts; nothing was written.
+    #[error("data tests failed; gold is unchanged\n{0}")]
+    DataTests(DataTestReport),
+    /// A data test's query failed to run: a bug in the test.
+    #[error("data test {test}")]
+    DataTest {
+        test: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+    /// A bronze row that cannot be read back: a broken invariant of ingest.
+    #[error("reading bronze")]
+    Bronze(#[source] marts::BadChange),
+    /// Fault injection in tests.
+    #[doc(hidden)]
+    #[error("run stopped on purpose after {0} gold commits")]
+    Injected(usize),
     /// A model's SQL failed to plan or run: a bug in the model or a silver
     /// schema that changed under it.
     #[error("model {model}")]
@@ -36,7 +61,7 @@ pub enum Error {
         #[source]
         source: datafusion::error::DataFusionError,
     },
-    #[error("reading silver.{table}")]
+    #[error("reading {table}")]
     Source {
         table: &'static str,
         #[source]
