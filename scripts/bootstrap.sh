@@ -44,6 +44,13 @@ if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
   python3 -m pip install --quiet duckdb
 fi
 
+# The wire server's tests drive it with psycopg, a real Postgres client library.
+if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
+  log "installing psycopg (Python) for the SQL wire server tests"
+  python3 -m pip install --quiet 'psycopg[binary]' 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]'
+fi
+
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null 2>&1; then
   log "installing the tansu Kafka-API broker from crates.io (about 8 minutes on 2 cores)"

@@ -12,6 +12,7 @@ use tributary_lake::LakeConfig;
 use tributary_lake::ingest::IngestConfig;
 use tributary_model::domain::KafkaConfig;
 use tributary_oltp::OltpConfig;
+use tributary_query::SqlConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -33,6 +34,8 @@ struct RawConfig {
     oltp: Option<toml::Value>,
     #[serde(default)]
     sources: Option<toml::Value>,
+    #[serde(default)]
+    sql: Option<toml::Value>,
 }
 
 /// The local stack (`[stack]`).
@@ -76,6 +79,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub oltp: OltpConfig,
     pub sources: Option<SourcesConfig>,
+    /// `[sql]`: the console, the wire server and the query engine's limits.
+    pub sql: SqlConfig,
 }
 
 /// Loads `path` (or `./tributary.toml` when present) and applies the
@@ -131,6 +136,7 @@ pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config
         ingest: section(raw.ingest, "ingest")?,
         oltp: section(raw.oltp, "oltp")?,
         sources: raw.sources.map(|v| deserialize(v, "sources")).transpose()?,
+        sql: section(raw.sql, "sql")?,
     })
 }
 

@@ -76,13 +76,21 @@ enum Command {
         #[command(subcommand)]
         command: EtlCommand,
     },
-    /// SQL over bronze, silver and gold: a console, or one query with -e.
+    /// SQL over bronze, silver and gold: a console, one query with -e, or
+    /// the Postgres wire server (`sql serve`).
+    #[command(args_conflicts_with_subcommands = true)]
     Sql {
+        #[command(subcommand)]
+        command: Option<SqlCommand>,
         /// Run this SQL and exit.
         #[arg(short = 'e', long)]
         execute: Option<String>,
+        /// table, csv, json, or parquet (with --output).
         #[arg(long, default_value = "table")]
         format: String,
+        /// Write the result of -e to this file instead of stdout.
+        #[arg(short = 'o', long, requires = "execute")]
+        output: Option<PathBuf>,
     },
     /// Wait until the lake has everything the sources have committed so far.
     Wait {
@@ -104,6 +112,16 @@ enum Command {
         /// Requests per second.
         #[arg(long, default_value_t = 40.0)]
         rate: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SqlCommand {
+    /// Serve the lake over the PostgreSQL wire protocol (psql, JDBC, psycopg).
+    Serve {
+        /// Address to listen on (default: [sql] listen, 127.0.0.1:5433).
+        #[arg(long)]
+        listen: Option<String>,
     },
 }
 
@@ -331,18 +349,52 @@ async fn run(cli: Cli) -> Result<()> {
             let report = tributary_etl::build_marts(&lake).await?;
             println!("{report}");
         }
-        Command::Sql { execute, format } => {
+        Command::Sql {
+            command,
+            execute,
+            format,
+            output,
+        } => {
             let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
-            let session = tributary_query::Session::new(lake).await?;
-            match execute {
-                Some(q) => {
-                    let format: tributary_query::Format = format.parse()?;
-                    tributary_query::run_one_shot(&session, &q, format).await?;
+            let session = tributary_query::Session::with_config(lake, &config.sql).await?;
+            match (command, execute) {
+                (Some(SqlCommand::Serve { listen }), _) => {
+                    let server = tributary_query::wire::Server::bind(
+                        session,
+                        &config.sql,
+                        listen.as_deref(),
+                    )
+                    .await?;
+                    eprintln!(
+                        "postgres wire server on {} (user {}, {})",
+                        server.local_addr()?,
+                        config.sql.user,
+                        if server.tls() {
+                            "TLS available"
+                        } else {
+                            "no TLS"
+                        }
+                    );
+                    server.run(tributary::shutdown_on_signals()).await?;
                 }
-                None => {
-                    std::fs::create_dir_all(&config.state_dir)?;
-                    tributary_query::run_console(session, config.state_dir.join("sql_history"))
+                (None, Some(q)) => {
+                    let format = match (&output, format.as_str()) {
+                        // `-o x.parquet` alone picks the format from the name.
+                        (Some(path), "table") => tributary_query::Format::from_extension(path)
+                            .unwrap_or(tributary_query::Format::Csv),
+                        (_, name) => name.parse()?,
+                    };
+                    tributary_query::run_one_shot_to(&session, &q, format, output.as_deref())
                         .await?;
+                }
+                (None, None) => {
+                    std::fs::create_dir_all(&config.state_dir)?;
+                    let history = config
+                        .sql
+                        .history_file
+                        .clone()
+                        .unwrap_or_else(|| config.state_dir.join("sql_history"));
+                    tributary_query::run_console(session, history).await?;
                 }
             }
         }

@@ -19,12 +19,17 @@
 //! # }
 //! ```
 
+pub mod chart;
+pub mod config;
 pub mod console;
 pub(crate) mod lake_schema;
 pub mod render;
 pub mod session;
+pub(crate) mod time_travel;
+pub mod wire;
 
-pub use console::{Action, Console, run_console, run_one_shot};
+pub use config::{ByteSize, SqlConfig};
+pub use console::{Action, Console, run_console, run_one_shot, run_one_shot_to};
 pub use render::{Format, render};
 pub use session::Session;
 
@@ -41,7 +46,17 @@ pub enum Error {
     Lake(#[source] Box<tributary_lake::Error>),
     #[error("table {0} not found (try \\d for the list)")]
     TableNotFound(String),
-    #[error("unknown output format {0:?} (expected one of: table, csv, json)")]
+    /// A time-travel reference could not be resolved (no such version, a
+    /// timestamp before the table existed, text that is not a timestamp).
+    #[error("time travel: {0}")]
+    TimeTravel(String),
+    /// A setting is missing or malformed.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The wire server could not start (address in use, TLS files).
+    #[error("wire server: {0}")]
+    Server(String),
+    #[error("unknown output format {0:?} (expected one of: table, csv, json, parquet)")]
     UnknownFormat(String),
     #[error("rendering {format} output")]
     Render {
@@ -67,6 +82,28 @@ impl Error {
     pub fn report(&self) -> String {
         report(self)
     }
+
+    /// Where in the SQL text the error is, as (line, column) from 1, when
+    /// DataFusion knows: a diagnostic span, or the parser's
+    /// "at Line: l, Column: c".
+    pub fn position(&self) -> Option<(usize, usize)> {
+        let Error::Sql(e) = self else {
+            return None;
+        };
+        if let Some(span) = e.diagnostic().and_then(|d| d.span) {
+            return Some((span.start.line as usize, span.start.column as usize));
+        }
+        parser_position(&e.to_string())
+    }
+}
+
+/// Finds sqlparser's `Line: 3, Column: 14` in an error message.
+fn parser_position(text: &str) -> Option<(usize, usize)> {
+    let rest = &text[text.rfind("Line: ")? + "Line: ".len()..];
+    let (line, rest) = rest.split_once(',')?;
+    let rest = rest.trim_start().strip_prefix("Column: ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((line.trim().parse().ok()?, column.parse().ok()?))
 }
 
 /// Joins an error with its chain of sources, skipping a source whose text
@@ -98,6 +135,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parser_positions_are_found() {
+        assert_eq!(
+            parser_position("Expected: an SQL statement, found: selec at Line: 2, Column: 5"),
+            Some((2, 5))
+        );
+        assert_eq!(parser_position("no position here"), None);
+    }
 
     #[test]
     fn report_shows_the_sql_error_once() {

@@ -18,14 +18,22 @@ pub enum Format {
     Csv,
     /// JSON lines: one object per row; nulls are written as `null`.
     Json,
+    /// A Parquet file (binary: for `--output` or `\o`, not a terminal).
+    Parquet,
 }
 
 impl Format {
+    /// The format a file name asks for by its extension, if any.
+    pub fn from_extension(path: &std::path::Path) -> Option<Format> {
+        path.extension()?.to_str()?.parse().ok()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Format::Table => "table",
             Format::Csv => "csv",
             Format::Json => "json",
+            Format::Parquet => "parquet",
         }
     }
 }
@@ -44,6 +52,7 @@ impl FromStr for Format {
             "table" => Ok(Format::Table),
             "csv" => Ok(Format::Csv),
             "json" => Ok(Format::Json),
+            "parquet" => Ok(Format::Parquet),
             _ => Err(Error::UnknownFormat(s.to_string())),
         }
     }
@@ -91,6 +100,16 @@ pub fn render(
             }
             writer.finish().map_err(arrow_err)?;
         }
+        Format::Parquet => {
+            let mut writer =
+                datafusion::parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), None)
+                    .map_err(|e| arrow_err(e.into()))?;
+            for batch in batches {
+                writer.write(batch).map_err(|e| arrow_err(e.into()))?;
+            }
+            let bytes = writer.into_inner().map_err(|e| arrow_err(e.into()))?;
+            out.write_all(&bytes)?;
+        }
     }
     out.flush()?;
     Ok(())
@@ -132,7 +151,11 @@ mod tests {
         assert_eq!("CSV".parse::<Format>().unwrap(), Format::Csv);
         assert_eq!("json".parse::<Format>().unwrap(), Format::Json);
         let err = "xml".parse::<Format>().unwrap_err().to_string();
-        assert!(err.contains("table, csv, json"), "{err}");
+        assert!(err.contains("table, csv, json, parquet"), "{err}");
+        assert_eq!(
+            Format::from_extension(std::path::Path::new("out/x.parquet")),
+            Some(Format::Parquet)
+        );
     }
 
     #[test]

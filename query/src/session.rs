@@ -6,12 +6,17 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, TableProvider};
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::{DFParserBuilder, Statement};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect, PostgreSqlDialect};
 use tributary_lake::Lake;
 use tributary_model::domain::LAYERS;
 
+use crate::config::SqlConfig;
 use crate::lake_schema::LakeSchema;
+use crate::time_travel::{AT_FUNCTION, Snapshots, TimeTravelFunction, VERSION_FUNCTION};
 use crate::{Error, Result};
 
 /// The catalog name tables are registered under (`datafusion.silver.orders`).
@@ -30,6 +35,7 @@ pub struct Session {
     ctx: SessionContext,
     lake: Lake,
     schemas: Vec<Arc<LakeSchema>>,
+    snapshots: Arc<Snapshots>,
 }
 
 impl std::fmt::Debug for Session {
@@ -41,14 +47,45 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// Builds the context: catalog `datafusion` with one schema per layer,
-    /// `silver` as the default schema, `information_schema` enabled.
+    /// Builds the context with the default `[sql]` settings.
     pub async fn new(lake: Lake) -> Result<Session> {
+        Session::with_config(lake, &SqlConfig::default()).await
+    }
+
+    /// Builds the context: catalog `datafusion` with one schema per layer,
+    /// `silver` as the default schema, `information_schema` enabled, the
+    /// time-travel table functions, and the memory pool and spill settings
+    /// of `sql`.
+    pub async fn with_config(lake: Lake, sql: &SqlConfig) -> Result<Session> {
         let config = SessionConfig::new()
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
             .with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(bytes) = sql.memory_limit_bytes() {
+            runtime = runtime.with_memory_limit(bytes, 1.0);
+        }
+        let disk = match (&sql.spill, &sql.spill_dir) {
+            (false, _) => DiskManagerMode::Disabled,
+            (true, Some(dir)) => {
+                std::fs::create_dir_all(dir)?;
+                DiskManagerMode::Directories(vec![dir.clone()])
+            }
+            (true, None) => DiskManagerMode::OsTmpDirectory,
+        };
+        runtime = runtime.with_disk_manager_builder(DiskManagerBuilder::default().with_mode(disk));
+        let runtime = runtime.build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let snapshots = Arc::new(Snapshots::default());
+        for name in [VERSION_FUNCTION, AT_FUNCTION] {
+            ctx.register_udtf(
+                name,
+                Arc::new(TimeTravelFunction {
+                    name,
+                    snapshots: snapshots.clone(),
+                }),
+            );
+        }
         let catalog = MemoryCatalogProvider::new();
         let mut schemas = Vec::with_capacity(LAYERS.len());
         for layer in LAYERS {
@@ -57,7 +94,12 @@ impl Session {
             schemas.push(schema);
         }
         ctx.register_catalog(CATALOG, Arc::new(catalog));
-        let session = Session { ctx, lake, schemas };
+        let session = Session {
+            ctx,
+            lake,
+            schemas,
+            snapshots,
+        };
         session.refresh().await?;
         Ok(session)
     }
@@ -136,8 +178,18 @@ impl Session {
     }
 
     pub(crate) async fn run(&self, statement: Statement) -> Result<QueryResult> {
+        let plan = self.plan(statement).await?;
+        self.execute(plan).await
+    }
+
+    /// Plans one parsed statement against the newest table listing, with
+    /// time-travel references opened. `$1`-style placeholders stay in the
+    /// plan (see [`LogicalPlan::with_param_values`]).
+    pub async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
         self.refresh().await?;
-        let started = std::time::Instant::now();
+        self.snapshots
+            .preload(&self.lake, &statement.to_string())
+            .await?;
         let state = self.ctx.state();
         let plan = state.statement_to_plan(statement).await?;
         // The lake is written only by the pipelines: a console user must not
@@ -146,6 +198,12 @@ impl Session {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .verify_plan(&plan)?;
+        Ok(plan)
+    }
+
+    /// Executes a plan and collects its rows.
+    pub async fn execute(&self, plan: LogicalPlan) -> Result<QueryResult> {
+        let started = std::time::Instant::now();
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;
@@ -161,9 +219,18 @@ impl Session {
 
 /// Splits text into statements with DataFusion's parser (generic dialect).
 pub(crate) fn parse(text: &str) -> Result<Vec<Statement>> {
-    let dialect = GenericDialect {};
+    parse_with(text, &GenericDialect {})
+}
+
+/// Splits text into statements in PostgreSQL's dialect (`::` casts, `~`),
+/// for clients of the wire server.
+pub(crate) fn parse_postgres(text: &str) -> Result<Vec<Statement>> {
+    parse_with(text, &PostgreSqlDialect {})
+}
+
+fn parse_with(text: &str, dialect: &dyn Dialect) -> Result<Vec<Statement>> {
     let statements = DFParserBuilder::new(text)
-        .with_dialect(&dialect)
+        .with_dialect(dialect)
         .build()?
         .parse_statements()?;
     if statements.is_empty() {
