@@ -475,19 +475,18 @@ async fn run_once(
             }
         }
         for (topic, messages) in batch {
-            // A stopped table's messages still in flight are dropped: its
-            // offsets in the lake did not move, so nothing is lost.
-            let Some(state) = states.get_mut(&topic) else {
+            if !apply_or_stop(
+                lake,
+                &config.group_id,
+                &mut states,
+                stopped,
+                &topic,
+                messages,
+            )
+            .await?
+            {
                 continue;
-            };
-            let Err(e) = apply_batch(lake, &config.group_id, state, messages).await else {
-                continue;
-            };
-            if e.is_transient() {
-                return Err(e);
             }
-            stop_table(state, &e);
-            stopped.insert(state.table.clone());
             let mut paused = TopicPartitionList::new();
             for p in 0..counts[&topic] {
                 paused.add_partition(&topic, p);
@@ -496,7 +495,6 @@ async fn run_once(
                 context: format!("pausing {topic}"),
                 source,
             })?;
-            states.remove(&topic);
         }
         if shutdown.is_cancelled() {
             tracing::info!("ingest stopped");
@@ -505,21 +503,44 @@ async fn run_once(
     }
 }
 
+/// Applies one table's batch. A failure a retry cannot cure stops that table
+/// only (returns true; its state is dropped and it is added to `stopped`);
+/// a transient one is returned, so the caller restarts from the lake's
+/// offsets. Messages of a stopped table are dropped: its offsets in the lake
+/// did not move, so nothing is lost.
+async fn apply_or_stop(
+    lake: &Lake,
+    group: &str,
+    states: &mut HashMap<String, TableState>,
+    stopped: &mut HashSet<String>,
+    topic: &str,
+    messages: Vec<OwnedMessage>,
+) -> Result<bool> {
+    let Some(state) = states.get_mut(topic) else {
+        return Ok(false);
+    };
+    let Err(e) = apply_batch(lake, group, state, messages).await else {
+        return Ok(false);
+    };
+    if e.is_transient() {
+        return Err(e);
+    }
+    stop_table(state, &e);
+    stopped.insert(state.table.clone());
+    states.remove(topic);
+    Ok(true)
+}
+
 /// Says loudly that ingest of one table stopped, and why.
 fn stop_table(state: &TableState, e: &Error) {
     let mut offsets: Vec<(i32, i64)> = state.silver_next.iter().map(|(p, o)| (*p, *o)).collect();
     offsets.sort_unstable();
     match e {
-        Error::Incompatible {
-            column,
-            lsn,
-            event_id,
-            ..
-        } => tracing::error!(
+        Error::Incompatible(change) => tracing::error!(
             table = %state.table,
-            column = %column,
-            lsn = %lsn,
-            event_id = %event_id,
+            column = %change.column,
+            lsn = %change.lsn,
+            event_id = %change.event_id,
             silver_offsets = ?offsets,
             error = %error_chain(e),
             "ingest of this table stopped on a change the lake cannot apply; other tables go on. Nothing is lost: after the fix, restart the ingester and it resumes from these offsets"
@@ -564,11 +585,17 @@ async fn apply_batch(
     let mut dead = Vec::new();
     let mut shape_rows = Vec::new();
     let ingested = format_utc_micros(now_us());
+    // Silver's schema as the batch evolves it, to find the first event
+    // silver cannot take before anything is committed.
+    let mut running = state.silver_schema.clone();
+    let mut failure = None;
     for m in &messages {
         let (p, o) = (m.partition(), m.offset());
-        next.entry(p)
-            .and_modify(|v| *v = (*v).max(o + 1))
-            .or_insert(o + 1);
+        let consumed = |next: &mut HashMap<i32, i64>| {
+            next.entry(p)
+                .and_modify(|v| *v = (*v).max(o + 1))
+                .or_insert(o + 1);
+        };
         let new_for_bronze = o >= state.bronze_next.get(&p).copied().unwrap_or(0);
         let new_for_silver = o >= state.silver_next.get(&p).copied().unwrap_or(0);
         let new_for_dead_letters =
@@ -585,29 +612,39 @@ async fn apply_batch(
                         ),
                     ));
                 }
+                consumed(&mut next);
                 continue;
             }
             Err(e) => {
                 if new_for_dead_letters {
                     dead.push(dead_letter(m, &error_chain(&e)));
                 }
+                consumed(&mut next);
                 continue;
             }
         };
-        let accepted = if new_for_bronze {
-            let key = (p, ev.source.shard as i32);
-            let pos = (ev.source.lsn.as_i64(), ev.source.ordinal as i64);
-            if state.high_water.get(&key).is_none_or(|h| pos > *h) {
-                state.high_water.insert(key, pos);
-                bronze_rows.push(bronze_row(&ev, m, &ingested));
-                track_shape(state, &ev, &ingested, &mut shape_rows);
-                true
-            } else {
-                false
+        let key = (p, ev.source.shard as i32);
+        let pos = (ev.source.lsn.as_i64(), ev.source.ordinal as i64);
+        let new_in_bronze = new_for_bronze && state.high_water.get(&key).is_none_or(|h| pos > *h);
+        let accepted =
+            new_in_bronze || (!new_for_bronze && state.silver_catch_up.contains(&(p, o)));
+        if new_in_bronze {
+            // Logged even when silver cannot take the event: it says what changed.
+            track_shape(state, &ev, &ingested, &mut shape_rows);
+        }
+        if accepted && new_for_silver {
+            // Ingest of the table stops right before an event silver cannot
+            // take: everything before it is committed, it and the rest are not.
+            if let Err(e) = check_event(&state.table, &mut running, &ev) {
+                failure = Some(e);
+                break;
             }
-        } else {
-            state.silver_catch_up.contains(&(p, o))
-        };
+        }
+        consumed(&mut next);
+        if new_in_bronze {
+            state.high_water.insert(key, pos);
+            bronze_rows.push(bronze_row(&ev, m, &ingested));
+        }
         if accepted && new_for_silver {
             silver_events.push(ev);
         }
@@ -653,10 +690,9 @@ async fn apply_batch(
         )
         .await?;
     }
-    // A change silver cannot take stops the table before anything of this
-    // batch is committed, so its offsets stay where they were.
-    if !silver_events.is_empty() {
-        check_silver(&state.table, state.silver_schema.as_ref(), &silver_events)?;
+    if next.is_empty() {
+        // The first message already stopped the table: nothing to commit.
+        return Err(failure.expect("a batch has messages"));
     }
 
     let txns = |group: &str| -> Vec<Transaction> {
@@ -706,25 +742,22 @@ async fn apply_batch(
         .silver_catch_up
         .retain(|(p, o)| next.get(p).is_none_or(|n| o >= n));
     tracing::debug!(table = %state.table, messages = messages.len(), bronze = bronze_count, silver = silver_count, ms = started.elapsed().as_millis() as u64, "batch committed");
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
-/// Checks that silver can take every event (after evolving its schema)
-/// without touching the lake.
-fn check_silver(table: &str, current: Option<&SchemaRef>, events: &[ChangeEvent]) -> Result<()> {
-    let current = match current {
-        Some(s) => s.clone(),
-        None => {
-            let first = events
-                .iter()
-                .find(|e| !e.columns.is_empty())
-                .map(|e| e.columns.as_slice())
-                .unwrap_or_default();
-            silver_schema(first)
-        }
-    };
-    let (schema, _) = plan_silver(table, &current, events)?;
-    check_values(table, &schema, events)
+/// Checks that silver, with the schema `running` (evolved as the batch goes),
+/// can take the event, without touching the lake.
+fn check_event(table: &str, running: &mut Option<SchemaRef>, ev: &ChangeEvent) -> Result<()> {
+    if ev.columns.is_empty() {
+        return Ok(());
+    }
+    let current = running
+        .clone()
+        .unwrap_or_else(|| silver_schema(&ev.columns));
+    let (schema, _) = plan_silver(table, &current, std::slice::from_ref(ev))?;
+    check_values(table, &schema, std::slice::from_ref(ev))?;
+    *running = Some(schema);
+    Ok(())
 }
 
 /// Notes the source shape of an event newly accepted into bronze, and the
@@ -937,10 +970,10 @@ async fn merge_silver(
     for (i, (events, truncate)) in segments.into_iter().enumerate() {
         // Offsets are recorded with the last commit of the batch only.
         let txns = if i == last { txns.clone() } else { vec![] };
-        if !events.is_empty() || i == last {
-            if let Some(s) = merge_segment(lake, table, events, txns).await? {
-                schema = Some(s);
-            }
+        if (!events.is_empty() || i == last)
+            && let Some(s) = merge_segment(lake, table, events, txns).await?
+        {
+            schema = Some(s);
         }
         if let Some(truncate) = truncate
             && let Some(t) = lake.open("silver", table).await?
@@ -1309,7 +1342,7 @@ fn plan_silver<'a>(
                     .find(|c| c.name == bad.column)
                     .map(|c| c.pg_type.to_string())
                     .unwrap_or_default();
-                return Err(Error::Incompatible {
+                return Err(Error::Incompatible(Box::new(crate::IncompatibleChange {
                     table: table.to_string(),
                     column: bad.column.clone(),
                     lsn: ev.source.lsn.to_string(),
@@ -1319,10 +1352,10 @@ fn plan_silver<'a>(
                         bad.incoming, bad.stored
                     ),
                     remedy: format!(
-                        "rewrite silver.{table} with \"{}\" as a type that holds both (or drop that column from silver), then restart the ingester; it resumes from the offsets in the lake",
-                        bad.column
+                        "every event before this one is applied; rewrite silver.{table} with \"{}\" cast to {} (or without that column), then restart the ingester: it resumes at this event",
+                        bad.column, bad.incoming
                     ),
-                });
+                })));
             }
         }
     }
@@ -1386,16 +1419,16 @@ fn check_values(table: &str, schema: &SchemaRef, events: &[ChangeEvent]) -> Resu
                 continue;
             };
             if let Err(reason) = decimal_fits(v, *p, *s) {
-                return Err(Error::Incompatible {
+                return Err(Error::Incompatible(Box::new(crate::IncompatibleChange {
                     table: table.to_string(),
                     column: column.to_string(),
                     lsn: ev.source.lsn.to_string(),
                     event_id: ev.event_id.clone(),
                     reason,
                     remedy: format!(
-                        "rewrite silver.{table} with \"{column}\" as text (Utf8), or fix the row at the source, then restart the ingester; it resumes from the offsets in the lake"
+                        "every event before this one is applied; rewrite silver.{table} with \"{column}\" as text (Utf8), then restart the ingester: it resumes at this event"
                     ),
-                });
+                })));
             }
         }
     }
@@ -1466,6 +1499,7 @@ fn merge_row(ev: &ChangeEvent) -> Value {
 mod tests {
     use super::*;
     use rdkafka::message::{OwnedHeaders, Timestamp};
+    use std::sync::Arc;
     use tributary_model::event::{Source, event_id};
     use tributary_model::lsn::Lsn;
     use tributary_model::pgtype::PgType;
@@ -1539,8 +1573,7 @@ mod tests {
         let mut out = vec![];
         for b in batches {
             let ids = col_i64(&b, 0);
-            let names =
-                arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+            let names = arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
             let names = names
                 .as_any()
                 .downcast_ref::<arrow::array::StringArray>()
@@ -1685,8 +1718,7 @@ mod tests {
         let raw = query_table(&dlq, "dlq", "SELECT payload FROM t")
             .await
             .unwrap();
-        let raw =
-            arrow::compute::cast(raw[0].column(0), &arrow::datatypes::DataType::Binary).unwrap();
+        let raw = arrow::compute::cast(raw[0].column(0), &DataType::Binary).unwrap();
         let raw = raw
             .as_any()
             .downcast_ref::<arrow::array::BinaryArray>()
@@ -1711,5 +1743,728 @@ mod tests {
             Some(&9),
             "the dead-letter table records its offsets"
         );
+    }
+
+    fn new_lake() -> (tempfile::TempDir, Lake) {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(&crate::LakeConfig {
+            root: dir.path().display().to_string(),
+            s3: None,
+        })
+        .unwrap();
+        (dir, lake)
+    }
+
+    fn col(name: &str, pg_type: PgType) -> Column {
+        Column {
+            name: name.into(),
+            pg_type,
+            key: name == "id",
+        }
+    }
+
+    /// An event of `table` on shard 0 with any shape: `row` is `after`, or
+    /// `before` for deletes.
+    fn shaped(
+        table: &str,
+        op: Op,
+        lsn: u64,
+        ordinal: u64,
+        columns: Vec<Column>,
+        row: Value,
+    ) -> ChangeEvent {
+        let mut e = ev(op, 0, "", lsn, ordinal);
+        e.source.table = table.into();
+        e.columns = columns;
+        let row = row.as_object().unwrap().clone();
+        if op == Op::Delete {
+            e.before = Some(row);
+        } else {
+            e.after = Some(row);
+        }
+        e
+    }
+
+    fn msgs(topic: &str, events: &[ChangeEvent], partition: i32, first: i64) -> Vec<OwnedMessage> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut m = msg(e, partition, first + i as i64);
+                if topic != TOPIC {
+                    m = OwnedMessage::new(
+                        Some(e.to_json()),
+                        Some(b"k".to_vec()),
+                        topic.into(),
+                        Timestamp::NotAvailable,
+                        partition,
+                        first + i as i64,
+                        None,
+                    );
+                }
+                m
+            })
+            .collect()
+    }
+
+    /// Rows of a query, every value as text (`None` for NULL).
+    async fn rows(lake: &Lake, layer: &str, table: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+        let t = lake.open(layer, table).await.unwrap().unwrap();
+        let mut out = vec![];
+        for b in query_table(&t, table, sql).await.unwrap() {
+            let cols: Vec<_> = b
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::cast(c, &DataType::Utf8).unwrap())
+                .collect();
+            for i in 0..b.num_rows() {
+                out.push(
+                    cols.iter()
+                        .map(|c| {
+                            let c = c
+                                .as_any()
+                                .downcast_ref::<arrow::array::StringArray>()
+                                .unwrap();
+                            arrow::array::Array::is_valid(c, i).then(|| c.value(i).to_string())
+                        })
+                        .collect(),
+                );
+            }
+        }
+        out
+    }
+
+    fn some(v: &[&str]) -> Vec<Option<String>> {
+        v.iter()
+            .map(|s| (*s != "NULL").then(|| s.to_string()))
+            .collect()
+    }
+
+    async fn silver_type(lake: &Lake, table: &str, column: &str) -> DataType {
+        let t = lake.open("silver", table).await.unwrap().unwrap();
+        let schema = t.snapshot().unwrap().snapshot().arrow_schema();
+        schema.field_with_name(column).unwrap().data_type().clone()
+    }
+
+    #[test]
+    fn decimal_values_that_do_not_fit_are_named_without_the_value() {
+        assert!(decimal_fits(&json!("9.90"), 6, 2).is_ok());
+        assert!(decimal_fits(&json!("-9999.99"), 6, 2).is_ok());
+        assert!(decimal_fits(&json!("0009.900"), 6, 2).is_ok());
+        assert!(decimal_fits(&Value::Null, 6, 2).is_ok());
+        assert!(decimal_fits(&json!(12.5), 6, 2).is_ok());
+        for bad in ["NaN", "Infinity", "-Infinity", "10000.00", "1.234"] {
+            let e = decimal_fits(&json!(bad), 6, 2).unwrap_err();
+            assert!(!e.contains(bad) || bad == "NaN", "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn added_column_appears_mid_stream_and_old_rows_read_null() {
+        let (_dir, lake) = new_lake();
+        let v1 = vec![col("id", PgType::Int8), col("name", PgType::Text)];
+        let v2 = vec![
+            col("id", PgType::Int8),
+            col("name", PgType::Text),
+            col("email", PgType::Text),
+        ];
+        let c =
+            |op, lsn, cols: &Vec<Column>, row| shaped("customers", op, lsn, 1, cols.clone(), row);
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        let first = [
+            c(Op::Create, 100, &v1, json!({"id": 1, "name": "ann"})),
+            c(Op::Create, 110, &v1, json!({"id": 2, "name": "bob"})),
+        ];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &first, 0, 0))
+            .await
+            .unwrap();
+        // One batch mixes the old shape and the new one.
+        let second = [
+            c(Op::Update, 200, &v1, json!({"id": 1, "name": "anna"})),
+            c(
+                Op::Create,
+                300,
+                &v2,
+                json!({"id": 3, "name": "cy", "email": "c@x"}),
+            ),
+            c(
+                Op::Update,
+                310,
+                &v2,
+                json!({"id": 2, "name": "bob", "email": "b@x"}),
+            ),
+        ];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &second, 0, 2))
+            .await
+            .unwrap();
+        let sql = "SELECT id, name, email FROM t ORDER BY id";
+        let expected = vec![
+            some(&["1", "anna", "NULL"]),
+            some(&["2", "bob", "b@x"]),
+            some(&["3", "cy", "c@x"]),
+        ];
+        assert_eq!(rows(&lake, "silver", "customers", sql).await, expected);
+
+        // The change is logged once at the source (with its LSN) and once in silver.
+        let log_sql = "SELECT change, column_name, shard, lsn FROM t ORDER BY change, lsn";
+        let log = vec![
+            some(&["add_column", "email", "0", "300"]),
+            some(&["first_seen", "NULL", "0", "100"]),
+            some(&["silver_add_column", "email", "NULL", "300"]),
+        ];
+        assert_eq!(rows(&lake, "bronze", SCHEMA_CHANGES, log_sql).await, log);
+
+        // A replay of both batches after a crash changes nothing, logs nothing.
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        let replay: Vec<_> = first.iter().chain(second.iter()).cloned().collect();
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &replay, 0, 5))
+            .await
+            .unwrap();
+        assert_eq!(rows(&lake, "silver", "customers", sql).await, expected);
+        assert_eq!(rows(&lake, "bronze", SCHEMA_CHANGES, log_sql).await, log);
+        // An old-shape event delivered late changes nothing either.
+        apply_batch(
+            &lake,
+            "g",
+            &mut state,
+            msgs(
+                TOPIC,
+                &[c(Op::Update, 150, &v1, json!({"id": 2, "name": "old"}))],
+                0,
+                10,
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rows(&lake, "silver", "customers", sql).await, expected);
+    }
+
+    #[tokio::test]
+    async fn dropped_and_renamed_columns_stay_and_read_null_on_rows_written_after() {
+        let (_dir, lake) = new_lake();
+        let v1 = vec![
+            col("id", PgType::Int8),
+            col("name", PgType::Text),
+            col("phone", PgType::Text),
+        ];
+        // DROP COLUMN phone, then RENAME name TO full_name.
+        let v2 = vec![col("id", PgType::Int8), col("name", PgType::Text)];
+        let v3 = vec![col("id", PgType::Int8), col("full_name", PgType::Text)];
+        let c =
+            |op, lsn, cols: &Vec<Column>, row| shaped("customers", op, lsn, 1, cols.clone(), row);
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        let events = [
+            c(
+                Op::Create,
+                100,
+                &v1,
+                json!({"id": 1, "name": "ann", "phone": "111"}),
+            ),
+            c(
+                Op::Create,
+                110,
+                &v1,
+                json!({"id": 2, "name": "bob", "phone": "222"}),
+            ),
+            c(
+                Op::Create,
+                120,
+                &v1,
+                json!({"id": 4, "name": "dan", "phone": "444"}),
+            ),
+        ];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &events, 0, 0))
+            .await
+            .unwrap();
+        let events = [
+            c(Op::Update, 200, &v2, json!({"id": 2, "name": "bobby"})),
+            c(Op::Create, 210, &v2, json!({"id": 3, "name": "cy"})),
+        ];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &events, 0, 3))
+            .await
+            .unwrap();
+        let events = [c(
+            Op::Update,
+            300,
+            &v3,
+            json!({"id": 4, "full_name": "dan d"}),
+        )];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &events, 0, 5))
+            .await
+            .unwrap();
+        assert_eq!(
+            rows(
+                &lake,
+                "silver",
+                "customers",
+                "SELECT id, name, phone, full_name FROM t ORDER BY id"
+            )
+            .await,
+            vec![
+                // Untouched since the drop: keeps its old value.
+                some(&["1", "ann", "111", "NULL"]),
+                // Written after the drop: the dropped column is NULL.
+                some(&["2", "bobby", "NULL", "NULL"]),
+                some(&["3", "cy", "NULL", "NULL"]),
+                // Written after the rename: the value is under the new name.
+                some(&["4", "NULL", "NULL", "dan d"]),
+            ]
+        );
+        assert_eq!(
+            rows(
+                &lake,
+                "bronze",
+                SCHEMA_CHANGES,
+                "SELECT change, column_name, lsn FROM t WHERE shard IS NOT NULL AND change <> 'first_seen' ORDER BY lsn, change"
+            )
+            .await,
+            vec![
+                some(&["drop_column", "phone", "200"]),
+                some(&["add_column", "full_name", "300"]),
+                some(&["drop_column", "name", "300"]),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn widening_evolves_silver_types_and_keeps_stored_values() {
+        let (_dir, lake) = new_lake();
+        let shape = |qty: PgType, score: PgType, price: PgType| {
+            vec![
+                col("id", PgType::Int8),
+                col("qty", qty),
+                col("score", score),
+                col("price", price),
+                col("code", PgType::Text),
+            ]
+        };
+        let v1 = shape(PgType::Int2, PgType::Float4, PgType::Numeric(Some((6, 2))));
+        let v2 = shape(PgType::Int4, PgType::Float8, PgType::Numeric(Some((12, 2))));
+        let v3 = shape(PgType::Int8, PgType::Float8, PgType::Numeric(None));
+        let c =
+            |op, lsn, cols: &Vec<Column>, row| shaped("customers", op, lsn, 1, cols.clone(), row);
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        let events = [c(
+            Op::Create,
+            100,
+            &v1,
+            json!({"id": 1, "qty": 7, "score": 1.5, "price": "9.90", "code": "a"}),
+        )];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &events, 0, 0))
+            .await
+            .unwrap();
+        assert_eq!(
+            silver_type(&lake, "customers", "qty").await,
+            DataType::Int16
+        );
+        assert_eq!(
+            silver_type(&lake, "customers", "score").await,
+            DataType::Float32
+        );
+        assert_eq!(
+            silver_type(&lake, "customers", "price").await,
+            DataType::Decimal128(6, 2)
+        );
+
+        // int2 → int4, float4 → float8, numeric(6,2) → numeric(12,2); the
+        // batch also holds an old-shape event from another shard after them.
+        let mut late = c(
+            Op::Create,
+            210,
+            &v1,
+            json!({"id": 5, "qty": 5, "score": 0.5, "price": "1.00", "code": "e"}),
+        );
+        late.source.shard = 1;
+        let events = [
+            c(
+                Op::Create,
+                200,
+                &v2,
+                json!({"id": 2, "qty": 70000, "score": 1e300, "price": "1234567890.12", "code": "b"}),
+            ),
+            late,
+        ];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &events, 0, 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            silver_type(&lake, "customers", "qty").await,
+            DataType::Int32
+        );
+        assert_eq!(
+            silver_type(&lake, "customers", "score").await,
+            DataType::Float64
+        );
+        assert_eq!(
+            silver_type(&lake, "customers", "price").await,
+            DataType::Decimal128(12, 2)
+        );
+
+        // int4 → int8, numeric(12,2) → numeric: exact text.
+        let events = [
+            c(
+                Op::Create,
+                300,
+                &v3,
+                json!({"id": 3, "qty": 5_000_000_000_i64, "score": 2.0, "price": "3.14159", "code": "c"}),
+            ),
+            // An update of the old shape after the widening, same batch.
+            c(
+                Op::Update,
+                310,
+                &v2,
+                json!({"id": 2, "qty": 70001, "score": 1e300, "price": "1234567890.12", "code": "bb"}),
+            ),
+        ];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &events, 0, 3))
+            .await
+            .unwrap();
+        assert_eq!(
+            silver_type(&lake, "customers", "qty").await,
+            DataType::Int64
+        );
+        assert_eq!(
+            silver_type(&lake, "customers", "price").await,
+            DataType::Utf8
+        );
+        assert_eq!(
+            rows(
+                &lake,
+                "silver",
+                "customers",
+                "SELECT id, qty, price, code, _lsn FROM t ORDER BY id"
+            )
+            .await,
+            vec![
+                some(&["1", "7", "9.90", "a", "100"]),
+                some(&["2", "70001", "1234567890.12", "bb", "310"]),
+                some(&["3", "5000000000", "3.14159", "c", "300"]),
+                some(&["5", "5", "1.00", "e", "210"]),
+            ]
+        );
+        assert_eq!(
+            rows(
+                &lake,
+                "bronze",
+                SCHEMA_CHANGES,
+                "SELECT column_name, old_type, new_type, lsn FROM t WHERE change = 'silver_widen_column' ORDER BY lsn, column_name"
+            )
+            .await,
+            vec![
+                some(&["price", "Decimal128(6, 2)", "Decimal128(12, 2)", "200"]),
+                some(&["qty", "Int16", "Int32", "200"]),
+                some(&["score", "Float32", "Float64", "200"]),
+                some(&["price", "Decimal128(12, 2)", "Utf8", "300"]),
+                some(&["qty", "Int32", "Int64", "300"]),
+            ]
+        );
+        // The widening commit says why, with the LSN.
+        let t = lake.open("silver", "customers").await.unwrap().unwrap();
+        let history: Vec<_> = futures::StreamExt::collect::<Vec<_>>(t.history(None))
+            .await
+            .into_iter()
+            .map(|c| c.unwrap())
+            .collect();
+        assert!(
+            history.iter().any(|c| c
+                .info
+                .get("tributary.schema_changes")
+                .is_some_and(|v| v.to_string().contains("silver_widen_column"))),
+            "{history:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unchanged_toast_takes_the_value_an_earlier_change_of_the_batch_set() {
+        let (_dir, lake) = new_lake();
+        let cols = vec![
+            col("id", PgType::Int8),
+            col("name", PgType::Text),
+            col("bio", PgType::Text),
+        ];
+        let big = |c: char| c.to_string().repeat(10_000);
+        let c = |op, lsn, row| shaped("customers", op, lsn, 1, cols.clone(), row);
+        let unchanged = |lsn, name: &str| {
+            let mut e = c(Op::Update, lsn, json!({"id": 1, "name": name}));
+            e.unchanged_toast = vec!["bio".into()];
+            e
+        };
+        let bio = |lake: Lake| async move {
+            let r = rows(&lake, "silver", "customers", "SELECT name, bio FROM t").await;
+            assert_eq!(r.len(), 1);
+            (r[0][0].clone().unwrap(), r[0][1].clone())
+        };
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        // Insert, an update that sets the big value, one that leaves it: one batch.
+        let events = [
+            c(
+                Op::Create,
+                100,
+                json!({"id": 1, "name": "ann", "bio": big('a')}),
+            ),
+            c(
+                Op::Update,
+                200,
+                json!({"id": 1, "name": "ann", "bio": big('b')}),
+            ),
+            unchanged(300, "anna"),
+        ];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &events, 0, 0))
+            .await
+            .unwrap();
+        assert_eq!(bio(lake.clone()).await, ("anna".into(), Some(big('b'))));
+        // Across batches: silver's stored value is kept.
+        apply_batch(
+            &lake,
+            "g",
+            &mut state,
+            msgs(TOPIC, &[unchanged(400, "annie")], 0, 3),
+        )
+        .await
+        .unwrap();
+        assert_eq!(bio(lake.clone()).await, ("annie".into(), Some(big('b'))));
+        // A batch of only unchanged updates never writes NULL over the value.
+        let events = [unchanged(500, "x"), unchanged(600, "y")];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &events, 0, 4))
+            .await
+            .unwrap();
+        assert_eq!(bio(lake.clone()).await, ("y".into(), Some(big('b'))));
+        // Set in one batch, left unchanged in the next.
+        let events = [c(
+            Op::Update,
+            700,
+            json!({"id": 1, "name": "z", "bio": big('c')}),
+        )];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &events, 0, 6))
+            .await
+            .unwrap();
+        apply_batch(
+            &lake,
+            "g",
+            &mut state,
+            msgs(TOPIC, &[unchanged(800, "zz")], 0, 7),
+        )
+        .await
+        .unwrap();
+        assert_eq!(bio(lake.clone()).await, ("zz".into(), Some(big('c'))));
+        // A replay of the first batch moves nothing backwards.
+        let events = [
+            c(
+                Op::Create,
+                100,
+                json!({"id": 1, "name": "ann", "bio": big('a')}),
+            ),
+            c(
+                Op::Update,
+                200,
+                json!({"id": 1, "name": "ann", "bio": big('b')}),
+            ),
+            unchanged(300, "anna"),
+        ];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &events, 0, 8))
+            .await
+            .unwrap();
+        assert_eq!(bio(lake.clone()).await, ("zz".into(), Some(big('c'))));
+    }
+
+    #[tokio::test]
+    async fn an_incompatible_change_stops_only_its_table() {
+        const PRODUCTS: &str = "tributary.catalog.products";
+        let (_dir, lake) = new_lake();
+        let v1 = vec![col("id", PgType::Int8), col("name", PgType::Text)];
+        // ALTER COLUMN name TYPE int: text → int cannot be stored without loss.
+        let v2 = vec![col("id", PgType::Int8), col("name", PgType::Int4)];
+        let prod = vec![
+            col("id", PgType::Int8),
+            col("price", PgType::Numeric(Some((6, 2)))),
+        ];
+        let c =
+            |op, lsn, cols: &Vec<Column>, row| shaped("customers", op, lsn, 1, cols.clone(), row);
+        let p = |lsn, id: i64, price: &str| {
+            shaped(
+                "products",
+                Op::Create,
+                lsn,
+                1,
+                prod.clone(),
+                json!({"id": id, "price": price}),
+            )
+        };
+        let mut states = HashMap::new();
+        states.insert(
+            TOPIC.to_string(),
+            load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap(),
+        );
+        states.insert(
+            PRODUCTS.to_string(),
+            load_state(&lake, "g", "products", PRODUCTS, 1)
+                .await
+                .unwrap(),
+        );
+        let mut stopped = HashSet::new();
+        let ok = [c(Op::Create, 100, &v1, json!({"id": 1, "name": "ann"}))];
+        assert!(
+            !apply_or_stop(
+                &lake,
+                "g",
+                &mut states,
+                &mut stopped,
+                TOPIC,
+                msgs(TOPIC, &ok, 0, 0)
+            )
+            .await
+            .unwrap()
+        );
+
+        let bad = [
+            c(Op::Create, 200, &v1, json!({"id": 2, "name": "bob"})),
+            c(Op::Create, 300, &v2, json!({"id": 3, "name": 3})),
+            c(Op::Create, 310, &v2, json!({"id": 4, "name": 4})),
+        ];
+        let stops = apply_or_stop(
+            &lake,
+            "g",
+            &mut states,
+            &mut stopped,
+            TOPIC,
+            msgs(TOPIC, &bad, 0, 1),
+        );
+        assert!(stops.await.unwrap(), "the table stops");
+        assert!(stopped.contains("customers"));
+        assert!(
+            crate::metrics::render()
+                .contains("tributary_lake_table_stopped{table=\"customers\"} 1")
+        );
+        // Everything before the event is applied; it and what follows are not.
+        let state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        assert_eq!(state.bronze_next.get(&0), Some(&2));
+        assert_eq!(state.silver_next.get(&0), Some(&2));
+        assert_eq!(bronze_count(&lake).await, 2);
+        let sql = "SELECT id, name FROM t ORDER BY id";
+        assert_eq!(
+            rows(&lake, "silver", "customers", sql).await,
+            vec![some(&["1", "ann"]), some(&["2", "bob"])]
+        );
+        // Later messages of the stopped table are not applied.
+        let later = [c(Op::Create, 400, &v2, json!({"id": 5, "name": 5}))];
+        let stops = apply_or_stop(
+            &lake,
+            "g",
+            &mut states,
+            &mut stopped,
+            TOPIC,
+            msgs(TOPIC, &later, 0, 4),
+        );
+        assert!(!stops.await.unwrap());
+        assert_eq!(bronze_count(&lake).await, 2);
+        // A restart without a fix stops at the same event, with an error
+        // that names the table, the column and the LSN, and writes nothing.
+        let mut replay = msgs(TOPIC, &bad[1..], 0, 2);
+        replay.extend(msgs(TOPIC, &later, 0, 4));
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        let err = apply_batch(&lake, "g", &mut state, replay.clone())
+            .await
+            .unwrap_err();
+        assert!(!err.is_transient());
+        let text = err.to_string();
+        assert!(
+            text.contains("customers")
+                && text.contains("\"name\"")
+                && text.contains(&Lsn(300).to_string()),
+            "{text}"
+        );
+        assert_eq!(bronze_count(&lake).await, 2);
+        // The source's type change is logged once, with its LSN.
+        assert_eq!(
+            rows(
+                &lake,
+                "bronze",
+                SCHEMA_CHANGES,
+                "SELECT column_name, old_type, new_type, lsn FROM t WHERE change = 'change_type'"
+            )
+            .await,
+            vec![some(&["name", "text", "int4", "300"])]
+        );
+
+        // Another table keeps flowing, and a NaN numeric stops it in turn.
+        let batch = msgs(PRODUCTS, &[p(100, 1, "9.90"), p(110, 2, "19.90")], 0, 0);
+        assert!(
+            !apply_or_stop(&lake, "g", &mut states, &mut stopped, PRODUCTS, batch)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            rows(
+                &lake,
+                "silver",
+                "products",
+                "SELECT id, price FROM t ORDER BY id"
+            )
+            .await,
+            vec![some(&["1", "9.90"]), some(&["2", "19.90"])]
+        );
+        for (bad, reason) in [("NaN", "NaN"), ("12345.00", "integer digits")] {
+            let mut state = load_state(&lake, "g", "products", PRODUCTS, 1)
+                .await
+                .unwrap();
+            let err = apply_batch(
+                &lake,
+                "g",
+                &mut state,
+                msgs(PRODUCTS, &[p(200, 3, bad)], 0, 2),
+            )
+            .await
+            .unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, Error::Incompatible(_)) && text.contains(reason),
+                "{text}"
+            );
+            assert!(
+                !text.contains(bad) || bad == "NaN",
+                "no row values in errors: {text}"
+            );
+        }
+
+        // The fix: rewrite silver with the column cast to the new type (the
+        // stored names do not parse: NULL). After a restart the table resumes
+        // at the event it stopped on, and nothing was lost.
+        let t = lake.open("silver", "customers").await.unwrap().unwrap();
+        let schema = Arc::new(arrow::datatypes::Schema::new(
+            t.snapshot()
+                .unwrap()
+                .snapshot()
+                .arrow_schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    if f.name() == "name" {
+                        Arc::new(f.as_ref().clone().with_data_type(DataType::Int32))
+                    } else {
+                        f.clone()
+                    }
+                })
+                .collect::<Vec<_>>(),
+        ));
+        rewrite_silver("silver.customers", t, schema, CommitProperties::default())
+            .await
+            .unwrap();
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        apply_batch(&lake, "g", &mut state, replay).await.unwrap();
+        assert_eq!(
+            rows(&lake, "silver", "customers", sql).await,
+            vec![
+                some(&["1", "NULL"]),
+                some(&["2", "NULL"]),
+                some(&["3", "3"]),
+                some(&["4", "4"]),
+                some(&["5", "5"]),
+            ]
+        );
+        assert_eq!(
+            silver_type(&lake, "customers", "name").await,
+            DataType::Int32
+        );
+        assert_eq!(bronze_count(&lake).await, 5);
     }
 }

@@ -47,15 +47,23 @@ pub enum Error {
     /// A change silver cannot store without loss: an incompatible column type
     /// change, a value that does not fit its column. Ingest of that table
     /// stops until someone fixes it; other tables go on.
-    #[error("table {table}: column {column:?} at LSN {lsn} (event {event_id}): {reason}; {remedy}")]
-    Incompatible {
-        table: String,
-        column: String,
-        lsn: String,
-        event_id: String,
-        reason: String,
-        remedy: String,
-    },
+    #[error(
+        "table {}: column {:?} at LSN {} (event {}): {}; {}",
+        .0.table, .0.column, .0.lsn, .0.event_id, .0.reason, .0.remedy
+    )]
+    Incompatible(Box<IncompatibleChange>),
+}
+
+/// What silver could not take, where, and what to do about it.
+#[derive(Debug)]
+pub struct IncompatibleChange {
+    pub table: String,
+    pub column: String,
+    /// The LSN of the event, as `X/Y`.
+    pub lsn: String,
+    pub event_id: String,
+    pub reason: String,
+    pub remedy: String,
 }
 
 impl Error {

@@ -278,4 +278,55 @@ mod tests {
         assert!(!s.field(0).is_nullable());
         assert_eq!(s.fields().len(), 6);
     }
+
+    #[test]
+    fn widenings_evolve_and_other_type_changes_are_refused() {
+        use DataType::*;
+        assert_eq!(fit(&Int32, &Int16), Fit::Widen(Int32));
+        assert_eq!(fit(&Int64, &Int32), Fit::Widen(Int64));
+        assert_eq!(fit(&Int16, &Int64), Fit::Fits);
+        assert_eq!(fit(&Float64, &Float32), Fit::Widen(Float64));
+        assert_eq!(fit(&Float32, &Float64), Fit::Fits);
+        assert_eq!(
+            fit(&Decimal128(12, 2), &Decimal128(6, 2)),
+            Fit::Widen(Decimal128(12, 2))
+        );
+        assert_eq!(fit(&Decimal128(6, 2), &Decimal128(12, 2)), Fit::Fits);
+        assert_eq!(
+            fit(&Decimal128(12, 4), &Decimal128(12, 2)),
+            Fit::Incompatible
+        );
+        assert_eq!(fit(&Utf8, &Decimal128(6, 2)), Fit::Widen(Utf8));
+        assert_eq!(fit(&Decimal128(6, 2), &Utf8), Fit::Fits);
+        assert_eq!(fit(&Int32, &Utf8), Fit::Incompatible);
+        assert_eq!(fit(&Utf8, &Int32), Fit::Incompatible);
+        assert_eq!(fit(&Float64, &Int64), Fit::Incompatible);
+
+        let col = |name: &str, pg_type| Column {
+            name: name.into(),
+            pg_type,
+            key: name == "id",
+        };
+        let current = silver_schema(&[col("id", PgType::Int8), col("qty", PgType::Int2)]);
+        let (schema, changes) = evolve(
+            &current,
+            &[
+                col("id", PgType::Int8),
+                col("qty", PgType::Int4),
+                col("note", PgType::Text),
+            ],
+        )
+        .unwrap();
+        assert_eq!(schema.field_with_name("qty").unwrap().data_type(), &Int32);
+        assert!(schema.field_with_name("note").unwrap().is_nullable());
+        // The metadata columns and a column the event lacks stay.
+        assert_eq!(schema.fields().len(), current.fields().len() + 1);
+        assert_eq!(changes.len(), 2);
+        let err = evolve(
+            &schema,
+            &[col("id", PgType::Int8), col("note", PgType::Int4)],
+        )
+        .unwrap_err();
+        assert_eq!(err.column, "note");
+    }
 }
