@@ -587,7 +587,7 @@ async fn apply_batch(
     let ingested = format_utc_micros(now_us());
     // Silver's schema as the batch evolves it, to find the first event
     // silver cannot take before anything is committed.
-    let mut running = state.silver_schema.clone();
+    let mut running = (state.silver_schema.clone(), Vec::new());
     let mut failure = None;
     for m in &messages {
         let (p, o) = (m.partition(), m.offset());
@@ -745,19 +745,29 @@ async fn apply_batch(
     failure.map_or(Ok(()), Err)
 }
 
-/// Checks that silver, with the schema `running` (evolved as the batch goes),
-/// can take the event, without touching the lake.
-fn check_event(table: &str, running: &mut Option<SchemaRef>, ev: &ChangeEvent) -> Result<()> {
+/// Checks that silver can take the event, without touching the lake.
+/// `running` is silver's schema as the batch evolves it, and the last shape
+/// it was evolved for (most events share their predecessor's shape).
+fn check_event(
+    table: &str,
+    running: &mut (Option<SchemaRef>, Vec<Column>),
+    ev: &ChangeEvent,
+) -> Result<()> {
     if ev.columns.is_empty() {
         return Ok(());
     }
-    let current = running
-        .clone()
-        .unwrap_or_else(|| silver_schema(&ev.columns));
-    let (schema, _) = plan_silver(table, &current, std::slice::from_ref(ev))?;
-    check_values(table, &schema, std::slice::from_ref(ev))?;
-    *running = Some(schema);
-    Ok(())
+    let schema = match &running.0 {
+        Some(s) if running.1 == ev.columns => s.clone(),
+        current => {
+            let current = current
+                .clone()
+                .unwrap_or_else(|| silver_schema(&ev.columns));
+            let (schema, _) = plan_silver(table, &current, std::slice::from_ref(ev))?;
+            *running = (Some(schema.clone()), ev.columns.clone());
+            schema
+        }
+    };
+    check_values(table, &schema, std::slice::from_ref(ev))
 }
 
 /// Notes the source shape of an event newly accepted into bronze, and the
@@ -768,7 +778,6 @@ fn track_shape(state: &mut TableState, ev: &ChangeEvent, recorded: &str, rows: &
     }
     let pos = (ev.source.lsn.as_i64(), ev.source.ordinal as i64);
     let shard = ev.source.shard;
-    let columns_json = serde_json::to_string(&ev.columns).expect("columns serialise");
     let mut row = |change: &str, column: Option<&str>, old: Option<String>, new: Option<String>| {
         if change != "first_seen" {
             tracing::info!(table = %state.table, shard, column, change, old_type = old, new_type = new, lsn = %ev.source.lsn, event_id = %ev.event_id, "source schema changed");
@@ -784,7 +793,7 @@ fn track_shape(state: &mut TableState, ev: &ChangeEvent, recorded: &str, rows: &
             "column_name": column,
             "old_type": old,
             "new_type": new,
-            "columns": columns_json,
+            "columns": serde_json::to_string(&ev.columns).expect("columns serialise"),
             "recorded_at": recorded,
         }));
     };
