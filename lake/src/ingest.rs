@@ -1146,6 +1146,7 @@ fn collapse(mut events: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
     events.sort_by_key(|e| e.position());
     let mut newest: HashMap<String, ChangeEvent> = HashMap::new();
     for mut ev in events {
+        fill_from_before(&mut ev);
         let Some(row) = ev.row() else { continue };
         let mut k = ev.source.shard.to_string();
         for c in &keys {
@@ -1163,6 +1164,25 @@ fn collapse(mut events: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
     let mut out: Vec<ChangeEvent> = newest.into_values().collect();
     out.sort_by_key(|e| e.position());
     out
+}
+
+/// An unchanged column equals its old value: with REPLICA IDENTITY FULL the
+/// old row image carries it. A NULL there is never taken for a value.
+fn fill_from_before(ev: &mut ChangeEvent) {
+    if ev.op != Op::Update || ev.unchanged_toast.is_empty() {
+        return;
+    }
+    let (Some(after), Some(before)) = (ev.after.as_mut(), ev.before.as_ref()) else {
+        return;
+    };
+    ev.unchanged_toast
+        .retain(|c| match before.get(c).filter(|v| !v.is_null()) {
+            Some(v) => {
+                after.insert(c.clone(), v.clone());
+                false
+            }
+            None => true,
+        });
 }
 
 /// Moves the values of `ev`'s unchanged TOAST columns over from `prev`, the
@@ -1856,6 +1876,27 @@ mod tests {
     }
 
     #[test]
+    fn float_nan_and_infinity_reach_float_columns() {
+        // The CDC reader sends them as text: JSON has no NaN.
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("f", DataType::Float64, true),
+            arrow::datatypes::Field::new("g", DataType::Float32, true),
+        ]));
+        let rows = [
+            json!({"f": "NaN", "g": "Infinity"}),
+            json!({"f": "-Infinity", "g": 1.5}),
+        ];
+        let b = rows_to_batch(schema, &rows).unwrap();
+        let f = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap();
+        assert!(f.value(0).is_nan());
+        assert_eq!(f.value(1), f64::NEG_INFINITY);
+    }
+
+    #[test]
     fn decimal_values_that_do_not_fit_are_named_without_the_value() {
         assert!(decimal_fits(&json!("9.90"), 6, 2).is_ok());
         assert!(decimal_fits(&json!("-9999.99"), 6, 2).is_ok());
@@ -2274,6 +2315,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(bio(lake.clone()).await, ("zz".into(), Some(big('c'))));
+        // REPLICA IDENTITY FULL: the old image holds the unchanged value, and
+        // a NULL there is not taken for one.
+        let mut full = unchanged(900, "full");
+        full.before = Some(
+            json!({"id": 1, "name": "zz", "bio": big('c')})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let mut null_before = unchanged(1000, "nb");
+        null_before.before = Some(json!({"id": 1, "bio": null}).as_object().unwrap().clone());
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &[full], 0, 11))
+            .await
+            .unwrap();
+        assert_eq!(bio(lake.clone()).await, ("full".into(), Some(big('c'))));
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &[null_before], 0, 12))
+            .await
+            .unwrap();
+        assert_eq!(bio(lake.clone()).await, ("nb".into(), Some(big('c'))));
+        let mut f = unchanged(1100, "f");
+        f.before = Some(
+            json!({"id": 1, "bio": big('d')})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let mut after_full = c(Op::Update, 1200, json!({"id": 1, "name": "g"}));
+        after_full.unchanged_toast = vec!["bio".into()];
+        apply_batch(&lake, "g", &mut state, msgs(TOPIC, &[f, after_full], 0, 13))
+            .await
+            .unwrap();
+        assert_eq!(bio(lake.clone()).await, ("g".into(), Some(big('d'))));
     }
 
     #[tokio::test]
