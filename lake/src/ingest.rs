@@ -14,10 +14,11 @@
 //!   only takes a change newer than the row's stored position.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
@@ -1391,6 +1392,63 @@ fn plan_silver<'a>(
     Ok((schema, changes))
 }
 
+/// The fix for a table stopped on a type change (see [`Error::Incompatible`]):
+/// rewrites `silver.<table>` with `column` cast to `to`, or without it when
+/// `to` is `None`, in one overwrite commit. Stored values that do not convert
+/// become NULL (bronze keeps every change as sent). Run it while ingest of
+/// the table is stopped, then restart the ingester.
+pub async fn retype_silver_column(
+    lake: &Lake,
+    table: &str,
+    column: &str,
+    to: Option<DataType>,
+) -> Result<()> {
+    let name = format!("silver.{table}");
+    let t = lake
+        .open("silver", table)
+        .await?
+        .ok_or_else(|| Error::Schema {
+            table: name.clone(),
+            message: "no such table".into(),
+        })?;
+    let current = t
+        .snapshot()
+        .map_err(|source| Error::Delta {
+            table: name.clone(),
+            source,
+        })?
+        .snapshot()
+        .arrow_schema();
+    if current.field_with_name(column).is_err() || is_meta(column) {
+        return Err(Error::Schema {
+            table: name,
+            message: format!("no source column {column:?}"),
+        });
+    }
+    let fields: Vec<_> = current
+        .fields()
+        .iter()
+        .filter(|f| f.name() != column || to.is_some())
+        .map(|f| match &to {
+            Some(to) if f.name() == column => {
+                Arc::new(f.as_ref().clone().with_data_type(to.clone()))
+            }
+            _ => f.clone(),
+        })
+        .collect();
+    let props = CommitProperties::default().with_metadata([(
+        "tributary.schema_changes".to_string(),
+        json!([{
+            "change": if to.is_some() { "silver_retype_column" } else { "silver_drop_column" },
+            "column": column,
+            "new_type": to.as_ref().map(|t| t.to_string()),
+        }]),
+    )]);
+    rewrite_silver(&name, t, Arc::new(Schema::new(fields)), props).await?;
+    tracing::warn!(table, column, new_type = ?to, "silver column rewritten by hand");
+    Ok(())
+}
+
 /// Rewrites silver with `schema` (wider column types) in one overwrite
 /// commit: Delta type widening is a reader feature delta-rs 1.1 cannot read.
 async fn rewrite_silver(
@@ -1878,7 +1936,7 @@ mod tests {
     #[test]
     fn float_nan_and_infinity_reach_float_columns() {
         // The CDC reader sends them as text: JSON has no NaN.
-        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        let schema = Arc::new(Schema::new(vec![
             arrow::datatypes::Field::new("f", DataType::Float64, true),
             arrow::datatypes::Field::new("g", DataType::Float32, true),
         ]));
@@ -2511,26 +2569,14 @@ mod tests {
         // The fix: rewrite silver with the column cast to the new type (the
         // stored names do not parse: NULL). After a restart the table resumes
         // at the event it stopped on, and nothing was lost.
-        let t = lake.open("silver", "customers").await.unwrap().unwrap();
-        let schema = Arc::new(arrow::datatypes::Schema::new(
-            t.snapshot()
-                .unwrap()
-                .snapshot()
-                .arrow_schema()
-                .fields()
-                .iter()
-                .map(|f| {
-                    if f.name() == "name" {
-                        Arc::new(f.as_ref().clone().with_data_type(DataType::Int32))
-                    } else {
-                        f.clone()
-                    }
-                })
-                .collect::<Vec<_>>(),
-        ));
-        rewrite_silver("silver.customers", t, schema, CommitProperties::default())
+        retype_silver_column(&lake, "customers", "name", Some(DataType::Int32))
             .await
             .unwrap();
+        assert!(
+            retype_silver_column(&lake, "customers", "_lsn", None)
+                .await
+                .is_err()
+        );
         let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
         apply_batch(&lake, "g", &mut state, replay).await.unwrap();
         assert_eq!(
