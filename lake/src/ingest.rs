@@ -12,6 +12,11 @@
 //!   that (partition, shard) is a replay.
 //! - Silver applies exactly the events bronze accepted, through a MERGE that
 //!   only takes a change newer than the row's stored position.
+//! - Silver follows the source's schema: each event carries its columns, and
+//!   silver gains added columns and widened types before a merge; dropped
+//!   columns stay (NULL on rows written after). Changes are logged in
+//!   `bronze._schema_changes`. An event silver cannot take stops ingest of
+//!   its table only, right before that event ([`Error::Incompatible`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
