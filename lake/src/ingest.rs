@@ -92,7 +92,7 @@ pub const SCHEMA_CHANGES: &str = "_schema_changes";
 /// Runs ingest until `shutdown`. Transient failures (broker, store, commit
 /// conflicts) restart from the offsets recorded in the lake. A change one
 /// table cannot take (see [`Error::Incompatible`]) stops that table only,
-/// with its offsets where they were, until the process restarts.
+/// with its offsets right before that change, until the process restarts.
 pub async fn run(
     lake: Lake,
     kafka: KafkaConfig,
