@@ -12,9 +12,16 @@
 //! STDOUT` of the same table.
 //!
 //! The reader runs in this process, so its peak memory is this process's
-//! `VmHWM`, reset (`/proc/self/clear_refs`) before each reader run. Work
-//! happens on the local stack in a scratch database (`tributary_bench` on
-//! shard 0's cluster) with its own slots and topics, removed afterwards.
+//! `VmHWM`, reset (`/proc/self/clear_refs`) before each reader run; CPU
+//! seconds of this process, of the broker and of the reader's walsender
+//! come from `/proc/<pid>/stat`.
+//!
+//! Postgres work happens on the local stack in a scratch database
+//! (`tributary_bench` on shard 0's cluster, dropped afterwards). The broker
+//! is a tansu of the bench's own with the stack's storage engine (sqlite)
+//! in a temporary folder, removed afterwards: the stack's broker is never
+//! written to, and topics never need deleting (tansu 0.6's DeleteTopics
+//! deletes every topic of the cluster, not just the one named).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -84,6 +91,9 @@ pub struct RunResult {
     pub reader_events: u64,
     /// The process's peak RSS while the reader streamed.
     pub reader_peak_rss_kib: Option<u64>,
+    /// CPU seconds while the reader streamed: this process (the reader),
+    /// the broker, and the walsender that decoded for the reader.
+    pub reader_cpu: Cpu,
     pub copy_secs: f64,
     pub copy_rows: u64,
     pub snapshot_secs: f64,
@@ -91,6 +101,16 @@ pub struct RunResult {
     pub snapshot_events: u64,
     /// The process's peak RSS while the reader took its snapshot.
     pub snapshot_peak_rss_kib: Option<u64>,
+    /// CPU seconds while the reader took its snapshot (no walsender).
+    pub snapshot_cpu: Cpu,
+}
+
+/// CPU seconds spent by each process during a measurement.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Cpu {
+    pub reader: f64,
+    pub broker: f64,
+    pub walsender: Option<f64>,
 }
 
 /// The broker alone: the reader's producer settings and event size.
@@ -99,6 +119,8 @@ pub struct BrokerCeiling {
     pub messages: u64,
     pub payload_bytes: usize,
     pub secs: f64,
+    /// CPU seconds: `reader` is this process (the producer).
+    pub cpu: Cpu,
 }
 
 /// Medians over the runs.
@@ -137,12 +159,18 @@ pub async fn run(config: &Config, options: &BenchOptions) -> Result<Report> {
     let state = stack::up(config).await?;
     let pg = state.shards.first().unwrap_or(&state.catalog);
     let admin_dsn = pg.dsn();
+    let broker = BenchBroker::start(config).await?;
     let bench = Bench {
         dsn: format!(
             "host=127.0.0.1 port={} user=tributary dbname={DATABASE}",
             pg.port
         ),
-        kafka: stack::kafka_config(config, &state),
+        kafka: KafkaConfig {
+            brokers: broker.address(),
+            topic_prefix: TOPIC_PREFIX.into(),
+            partitions: stack::kafka_config(config, &state).partitions,
+        },
+        broker_pid: broker.pid(),
         config,
         options,
     };
@@ -153,22 +181,96 @@ pub async fn run(config: &Config, options: &BenchOptions) -> Result<Report> {
         .await
         .context("creating the bench database")?;
     let result = bench.run_all().await;
-    let cleanup = async {
-        drop_scratch(&admin).await?;
-        delete_topics(&bench.kafka.brokers).await
-    }
-    .await;
+    let cleanup = drop_scratch(&admin).await;
+    drop(broker);
     let report = result?;
-    if let Err(e) = cleanup {
-        tracing::warn!(error = %format!("{e:#}"), "cleaning up after the bench");
-    }
+    cleanup?;
     Ok(report)
+}
+
+/// A tansu broker of the bench's own, started like the stack's (sqlite
+/// storage) in a temporary folder; stopped and removed on drop.
+struct BenchBroker {
+    child: std::process::Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl BenchBroker {
+    async fn start(config: &Config) -> Result<BenchBroker> {
+        let bin = match &config.stack.broker_bin {
+            Some(p) => p.clone(),
+            None => std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
+                .map(|d| d.join("tansu"))
+                .find(|p| p.is_file())
+                .context("the tansu broker is not installed (see stack.broker_bin)")?,
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "tributary-bench-broker-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.join("broker.log"))?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let broker = BenchBroker { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "the bench broker did not listen on {url} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(broker)
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for BenchBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 struct Bench<'a> {
     /// The scratch database.
     dsn: String,
     kafka: KafkaConfig,
+    broker_pid: u32,
     config: &'a Config,
     options: &'a BenchOptions,
 }
@@ -280,11 +382,12 @@ impl Bench<'_> {
         let mut recvlogical_secs = 0.0;
         let mut reader_secs = 0.0;
         let mut reader_peak_rss_kib = None;
+        let mut reader_cpu = Cpu::default();
         for step in order(run) {
             if step {
                 recvlogical_secs = self.time_recvlogical(recvlogical, &recv_slot, end).await?;
             } else {
-                (reader_secs, reader_peak_rss_kib) = self
+                (reader_secs, reader_peak_rss_kib, reader_cpu) = self
                     .time_streaming(client, &stream_slots, &stream_topics, end)
                     .await?;
             }
@@ -306,7 +409,7 @@ impl Bench<'_> {
         let snap_slots = format!("{SLOT_PREFIX}_n{run}");
         let snap_topics = format!("{TOPIC_PREFIX}.n{run}");
         let mut copy = (0.0, 0);
-        let mut snapshot = (0.0, None);
+        let mut snapshot = (0.0, None, Cpu::default());
         for step in order(run) {
             if step {
                 copy = time_copy(client).await?;
@@ -334,6 +437,8 @@ impl Bench<'_> {
             snapshot_secs: snapshot.0,
             snapshot_events,
             snapshot_peak_rss_kib: snapshot.1,
+            reader_cpu,
+            snapshot_cpu: snapshot.2,
         })
     }
 
@@ -458,12 +563,24 @@ impl Bench<'_> {
         slot_prefix: &str,
         topic_prefix: &str,
         end: Lsn,
-    ) -> Result<(f64, Option<u64>)> {
+    ) -> Result<(f64, Option<u64>, Cpu)> {
         let rss_reset = reset_peak_rss();
+        let cpu_before = self.cpu_now();
         let started = Instant::now();
         let reader = self.start_reader(slot_prefix, topic_prefix);
         let deadline = started + Duration::from_secs(1800);
+        let mut walsender = None;
         loop {
+            if walsender.is_none() {
+                walsender = client
+                    .query_opt(
+                        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&reader.slot],
+                    )
+                    .await
+                    .context("reading pg_replication_slots")?
+                    .and_then(|r| r.get::<_, Option<i32>>(0));
+            }
             let confirmed: Option<String> = client
                 .query_opt(
                     "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
@@ -491,8 +608,20 @@ impl Bench<'_> {
         }
         let secs = started.elapsed().as_secs_f64();
         let peak = rss_reset.then(|| proc_status_kib("VmHWM")).flatten();
+        let mut cpu = self.cpu_now().since(cpu_before);
+        // The walsender started with the reader: all its CPU is this run's.
+        cpu.walsender = walsender.and_then(|pid| cpu_secs(pid as u32));
         reader.stop().await?;
-        Ok((secs, peak))
+        Ok((secs, peak, cpu))
+    }
+
+    /// CPU seconds so far of this process and of the broker.
+    fn cpu_now(&self) -> Cpu {
+        Cpu {
+            reader: cpu_secs(std::process::id()).unwrap_or(0.0),
+            broker: cpu_secs(self.broker_pid).unwrap_or(0.0),
+            walsender: None,
+        }
     }
 
     /// Times the reader's snapshot of the loaded table from a fresh slot,
@@ -502,13 +631,15 @@ impl Bench<'_> {
         client: &tokio_postgres::Client,
         slot_prefix: &str,
         topic_prefix: &str,
-    ) -> Result<(f64, Option<u64>)> {
+    ) -> Result<(f64, Option<u64>, Cpu)> {
         let rss_reset = reset_peak_rss();
+        let cpu_before = self.cpu_now();
         let started_wall = SystemTime::now();
         let started = Instant::now();
         let reader = self.start_reader(slot_prefix, topic_prefix);
         let completed = wait_snapshot(client, &reader.slot, &reader.handle).await?;
         let peak = rss_reset.then(|| proc_status_kib("VmHWM")).flatten();
+        let cpu = self.cpu_now().since(cpu_before);
         reader.stop().await?;
         // The completion time is the server's clock on this same machine: no
         // polling interval in the measurement.
@@ -516,7 +647,7 @@ impl Bench<'_> {
             .duration_since(started_wall)
             .map(|d| d.as_secs_f64())
             .unwrap_or_else(|_| started.elapsed().as_secs_f64());
-        Ok((secs, peak))
+        Ok((secs, peak, cpu))
     }
 
     /// Produces as many messages as a run streams, of the reader's mean
@@ -540,6 +671,7 @@ impl Bench<'_> {
             .context("creating a producer")?;
         let payload = vec![b'x'; payload_bytes];
         let mut pending = std::collections::VecDeque::new();
+        let cpu_before = self.cpu_now();
         let started = Instant::now();
         for i in 0..messages {
             let key = format!("{{\"id\":{i},\"shard\":0}}");
@@ -570,6 +702,7 @@ impl Bench<'_> {
             delivered(fut.await)?;
         }
         let secs = started.elapsed().as_secs_f64();
+        let cpu = self.cpu_now().since(cpu_before);
         let held = topic_events(&self.kafka.brokers, &topic).await?;
         ensure!(
             held == messages,
@@ -579,6 +712,7 @@ impl Bench<'_> {
             messages,
             payload_bytes,
             secs,
+            cpu,
         })
     }
 }
@@ -778,35 +912,6 @@ async fn topic_events(brokers: &str, topic: &str) -> Result<u64> {
     .await?
 }
 
-/// Deletes every topic of the bench.
-async fn delete_topics(brokers: &str) -> Result<()> {
-    let consumer: BaseConsumer = kafka_client(brokers).create()?;
-    let topics: Vec<String> = tokio::task::spawn_blocking(move || {
-        consumer
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map(|md| {
-                md.topics()
-                    .iter()
-                    .map(|t| t.name().to_string())
-                    .filter(|t| t.starts_with(&format!("{TOPIC_PREFIX}.")))
-                    .collect()
-            })
-    })
-    .await??;
-    if topics.is_empty() {
-        return Ok(());
-    }
-    let admin: AdminClient<DefaultClientContext> = kafka_client(brokers).create()?;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin.delete_topics(&names, &opts).await? {
-        if let Err((t, code)) = r {
-            bail!("deleting topic {t}: {code}");
-        }
-    }
-    Ok(())
-}
-
 /// The reader's mean event payload so far, from its metrics.
 fn mean_event_bytes() -> Option<usize> {
     let metrics = tributary_cdc::metrics::render();
@@ -850,6 +955,28 @@ fn recvlogical_bin() -> Result<PathBuf> {
         .map(|d| d.join("pg_recvlogical"))
         .find(|p| p.is_file())
         .ok_or_else(|| anyhow!("pg_recvlogical not found: install PostgreSQL's client tools"))
+}
+
+impl Cpu {
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            reader: self.reader - before.reader,
+            broker: self.broker - before.broker,
+            walsender: None,
+        }
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports these in USER_HZ, which is 100 on every architecture.
+    Some(ticks as f64 / 100.0)
 }
 
 /// Resets this process's peak RSS (`VmHWM`) to its current RSS.
@@ -1000,8 +1127,8 @@ impl fmt::Display for Report {
         if let (Some(b), Some(rate)) = (&self.broker, s.broker_messages_per_sec) {
             writeln!(
                 f,
-                "broker alone (rdkafka, {} B messages)  {:>10.0} messages/s",
-                b.payload_bytes, rate
+                "broker alone (rdkafka, {} B messages)  {:>10.0} messages/s   (CPU s: producer {:.1}, broker {:.1}, wall {:.1})",
+                b.payload_bytes, rate, b.cpu.reader, b.cpu.broker, b.secs
             )?;
         }
         writeln!(
@@ -1010,18 +1137,33 @@ impl fmt::Display for Report {
             mib(s.reader_peak_rss_kib),
             mib(self.baseline_rss_kib)
         )?;
-        writeln!(f, "runs (seconds):")?;
+        writeln!(
+            f,
+            "runs (seconds; CPU s of reader/broker/walsender; peak RSS):"
+        )?;
         for (i, r) in self.runs.iter().enumerate() {
+            let walsender = r
+                .reader_cpu
+                .walsender
+                .map(|w| format!("{w:.1}"))
+                .unwrap_or_else(|| "?".into());
             writeln!(
                 f,
-                "  {}: pg_recvlogical {:.2}  reader {:.2} ({} events)  COPY {:.2}  snapshot {:.2} ({} events)  WAL {} MB",
+                "  {}: pg_recvlogical {:.2} | reader {:.2}, {} events, CPU {:.1}/{:.1}/{}, {} | COPY {:.2} | snapshot {:.2}, {} events, CPU {:.1}/{:.1}, {} | WAL {} MB",
                 i + 1,
                 r.recvlogical_secs,
                 r.reader_secs,
                 r.reader_events,
+                r.reader_cpu.reader,
+                r.reader_cpu.broker,
+                walsender,
+                mib(r.reader_peak_rss_kib),
                 r.copy_secs,
                 r.snapshot_secs,
                 r.snapshot_events,
+                r.snapshot_cpu.reader,
+                r.snapshot_cpu.broker,
+                mib(r.snapshot_peak_rss_kib),
                 r.wal_bytes / 1_000_000
             )?;
         }
