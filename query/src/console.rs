@@ -169,7 +169,7 @@ impl<W: Write> Console<W> {
     fn report_error(&mut self, error: &Error) -> std::io::Result<()> {
         writeln!(self.out, "ERROR: {}", error.report())?;
         let statement = std::mem::take(&mut self.failed_text);
-        if let Some((line, column)) = error.position()
+        if let Some((line, column)) = error.position_in(&statement)
             && let Some(text) = statement.lines().nth(line.saturating_sub(1))
             && column >= 1
         {

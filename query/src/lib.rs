@@ -95,6 +95,51 @@ impl Error {
         }
         parser_position(&e.to_string())
     }
+
+    /// Like [`Error::position`], and when DataFusion gives no position for
+    /// an unknown column or table, the first place `sql` names it.
+    pub fn position_in(&self, sql: &str) -> Option<(usize, usize)> {
+        if let Some(found) = self.position() {
+            return Some(found);
+        }
+        let text = self.report();
+        let name = if let Some(rest) = text.split("No field named ").nth(1) {
+            rest.split(['.', ' ', '\n'])
+                .find(|s| !s.is_empty())
+                .map(|s| s.trim_matches('"'))
+                .unwrap_or_default()
+        } else if let Some(rest) = text.split("table '").nth(1) {
+            let full = rest.split('\'').next().unwrap_or_default();
+            full.rsplit('.').next().unwrap_or_default()
+        } else {
+            return None;
+        };
+        word_position(sql, name)
+    }
+}
+
+/// (line, column) from 1 of the first whole-word, case-insensitive `word`.
+fn word_position(sql: &str, word: &str) -> Option<(usize, usize)> {
+    if word.is_empty() {
+        return None;
+    }
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    for (n, line) in sql.lines().enumerate() {
+        let lower = line.to_lowercase();
+        let wanted = word.to_lowercase();
+        let mut from = 0;
+        while let Some(i) = lower[from..].find(&wanted) {
+            let start = from + i;
+            let end = start + wanted.len();
+            let before = lower[..start].chars().next_back();
+            let after = lower[end..].chars().next();
+            if !before.is_some_and(is_word) && !after.is_some_and(is_word) {
+                return Some((n + 1, lower[..start].chars().count() + 1));
+            }
+            from = end;
+        }
+    }
+    None
 }
 
 /// Finds sqlparser's `Line: 3, Column: 14` in an error message.
@@ -135,6 +180,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_columns_are_found_in_the_text() {
+        let err = Error::from(datafusion::error::DataFusionError::Plan(
+            "No field named statuz. Did you mean 'orders.status'?".into(),
+        ));
+        assert_eq!(err.position_in("select id,\n  statuz from t"), Some((2, 3)));
+        assert_eq!(
+            word_position("select xstatuz, statuz", "statuz"),
+            Some((1, 17))
+        );
+    }
 
     #[test]
     fn parser_positions_are_found() {

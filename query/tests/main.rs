@@ -316,3 +316,264 @@ async fn console_lists_describes_runs_multi_line_and_survives_errors() {
     assert!(take(&mut console).contains("unknown command"));
     assert_eq!(console.handle_line("\\q").await, Action::Exit);
 }
+
+mod wire;
+
+fn config_with(f: impl FnOnce(&mut tributary_query::SqlConfig)) -> tributary_query::SqlConfig {
+    let mut config = tributary_query::SqlConfig::default();
+    f(&mut config);
+    config
+}
+
+#[tokio::test]
+async fn a_query_over_the_memory_limit_fails_cleanly_and_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(&dir);
+    let tight = config_with(|c| {
+        c.memory_limit = Some(tributary_query::ByteSize(1 << 20));
+        c.spill = false;
+    });
+    let session = Session::with_config(lake.clone(), &tight).await.unwrap();
+    // A full sort of 3M rows needs far more than 1 MiB and may not spill.
+    let big = "select max(rn) from (select row_number() over (order by value desc) as rn from range(3000000))";
+    let err = session.sql(big).await.unwrap_err().report();
+    assert!(err.contains("Resources exhausted"), "{err}");
+    let ok = session
+        .sql("select count(*) from range(1000)")
+        .await
+        .unwrap();
+    assert_eq!(single_i64(&ok), 1000);
+
+    // The same limit with spilling allowed: the sort goes to disk and the
+    // query answers.
+    let spill_dir = dir.path().join("spill");
+    let spilling = config_with(|c| {
+        c.memory_limit = Some(tributary_query::ByteSize(16 << 20));
+        c.spill_dir = Some(spill_dir.clone());
+    });
+    let session = Session::with_config(lake, &spilling).await.unwrap();
+    let max = session.sql(big).await.unwrap();
+    assert_eq!(single_u64(&max), 3_000_000);
+}
+
+fn single_u64(batches: &[RecordBatch]) -> u64 {
+    let batch = batches.iter().find(|b| b.num_rows() == 1).unwrap();
+    let column = arrow::compute::cast(batch.column(0), &DataType::Int64).unwrap();
+    column
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0) as u64
+}
+
+#[tokio::test]
+async fn time_travel_reads_earlier_versions_and_moments() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(&dir);
+    append(&lake, "silver", "orders", orders(&[(1, "paid", 100)])).await; // version 0
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let between = chrono_now();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    append(
+        &lake,
+        "silver",
+        "orders",
+        orders(&[(2, "paid", 200), (3, "new", 300)]),
+    )
+    .await; // version 1
+    let session = Session::new(lake).await.unwrap();
+
+    let now = session.sql("select count(*) from orders").await.unwrap();
+    assert_eq!(single_i64(&now), 3);
+    let v0 = session
+        .sql("select count(*) from table_version('silver.orders', 0)")
+        .await
+        .unwrap();
+    assert_eq!(single_i64(&v0), 1);
+    let v1 = session
+        .sql("select count(*) from table_version('orders', 1) where status = 'paid'")
+        .await
+        .unwrap();
+    assert_eq!(single_i64(&v1), 2);
+    let at = session
+        .sql(&format!(
+            "select count(*) from table_at('silver.orders', '{between}')"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(single_i64(&at), 1);
+    // A join of two versions: what changed between them.
+    let added = session
+        .sql(
+            "select count(*) from table_version('silver.orders', 1) n \
+             left join table_version('silver.orders', 0) o on n.id = o.id where o.id is null",
+        )
+        .await
+        .unwrap();
+    assert_eq!(single_i64(&added), 2);
+
+    let err = session
+        .sql("select * from table_version('silver.orders', 7)")
+        .await
+        .unwrap_err()
+        .report();
+    assert!(
+        err.contains("no version 7") && err.contains("0 to 1"),
+        "{err}"
+    );
+    let err = session
+        .sql("select * from table_at('silver.orders', 'last tuesday')")
+        .await
+        .unwrap_err()
+        .report();
+    assert!(err.contains("not a timestamp"), "{err}");
+    let err = session
+        .sql("select * from table_version('silver.nope', 0)")
+        .await
+        .unwrap_err()
+        .report();
+    assert!(
+        err.contains("silver.nope") && err.contains("not found"),
+        "{err}"
+    );
+}
+
+fn chrono_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    // RFC 3339 in UTC without pulling chrono into the tests.
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's days-to-date conversion.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[tokio::test]
+async fn console_explains_charts_writes_files_and_points_at_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(&dir);
+    append(
+        &lake,
+        "silver",
+        "orders",
+        orders(&[(1, "paid", 1000), (2, "paid", 3000), (3, "new", 500)]),
+    )
+    .await;
+    let session = Session::new(lake).await.unwrap();
+    let mut console = Console::new(session, Vec::new());
+    let take =
+        |c: &mut Console<Vec<u8>>| String::from_utf8(std::mem::take(c.output_mut())).unwrap();
+
+    console
+        .handle_line("explain select status, count(*) from orders group by status;")
+        .await;
+    let out = take(&mut console);
+    assert!(
+        out.contains("logical_plan") && out.contains("Aggregate"),
+        "{out}"
+    );
+    console
+        .handle_line("explain analyze select count(*) from orders;")
+        .await;
+    let out = take(&mut console);
+    assert!(
+        out.contains("Plan with Metrics") && out.contains("output_rows"),
+        "{out}"
+    );
+
+    console
+        .handle_line(
+            "select status, sum(total) as revenue from orders group by status order by status;",
+        )
+        .await;
+    let out = take(&mut console);
+    assert!(out.contains("2 rows in "), "{out}");
+    console.handle_line("\\chart bar").await;
+    let out = take(&mut console);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("new") && lines[1].starts_with("paid"),
+        "{out}"
+    );
+    // 5.00 against 40.00: 50 * 5 / 40 rounds to 6 of 50 characters.
+    assert_eq!(lines[0].matches('█').count(), 6, "{out}");
+    assert_eq!(lines[1].matches('█').count(), 50, "{out}");
+
+    // Errors point at the place: the parser's position, with a caret.
+    console.handle_line("select id,").await;
+    console.handle_line("  statuz from orders;").await;
+    let out = take(&mut console);
+    assert!(
+        out.starts_with("ERROR: ") && out.contains("statuz"),
+        "{out}"
+    );
+    let caret_line = out.lines().find(|l| l.trim() == "^");
+    assert!(caret_line.is_some(), "{out}");
+    let line = out.lines().find(|l| l.starts_with("LINE 2: ")).expect(&out);
+    let caret = caret_line.unwrap();
+    assert_eq!(&line[caret.len() - 1..caret.len() + 5], "statuz", "{out}");
+
+    // Formats and files.
+    console.handle_line("\\format csv").await;
+    console
+        .handle_line("select id from orders order by id;")
+        .await;
+    let out = take(&mut console);
+    assert!(
+        out.starts_with("Output format is csv.\nid\n1\n2\n3\n"),
+        "{out}"
+    );
+    let file = dir.path().join("out/result.parquet");
+    console
+        .handle_line(&format!("\\o {}", file.display()))
+        .await;
+    console
+        .handle_line("select id, status from orders where id > 1 order by id;")
+        .await;
+    let out = take(&mut console);
+    assert!(
+        out.contains("wrote 2 rows to") && out.contains("(parquet)"),
+        "{out}"
+    );
+    let reader =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 2);
+
+    // Completion knows tables and columns.
+    console.refresh_names().await.unwrap();
+    let names = console.names();
+    let names = names.read().unwrap().clone();
+    let (start, found) =
+        tributary_query::console::complete(&names, "select sta from silver.ord", 10);
+    assert_eq!((start, found), (7, vec!["status".to_string()]));
+    let (start, found) =
+        tributary_query::console::complete(&names, "select sta from silver.ord", 26);
+    assert_eq!((start, found), (16, vec!["silver.orders".to_string()]));
+}

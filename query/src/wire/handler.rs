@@ -235,7 +235,9 @@ pub(crate) fn user_error(error: &Error, sql: Option<&str>) -> PgWireError {
         _ => "XX000",
     };
     let mut info = ErrorInfo::new("ERROR".into(), code.into(), error.report());
-    if let (Some(sql), Some((line, column))) = (sql, error.position()) {
+    if let Some(sql) = sql
+        && let Some((line, column)) = error.position_in(sql)
+    {
         info.position = char_offset(sql, line, column).map(|p| p.to_string());
     }
     PgWireError::UserError(Box::new(info))
@@ -456,7 +458,7 @@ mod tests {
 
     #[test]
     fn positions_become_character_offsets() {
-        assert_eq!(char_offset("select x\nfrom y", 2, 6), Some(14));
+        assert_eq!(char_offset("select x\nfrom y", 2, 6), Some(15));
         assert_eq!(char_offset("select x", 1, 1), Some(1));
         assert_eq!(char_offset("select x", 3, 1), None);
     }

@@ -1,0 +1,358 @@
+//! The wire server driven by real clients: `psql` and Python's psycopg.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+use tributary_query::SqlConfig;
+use tributary_query::wire::Server;
+
+use super::{append, lake, orders};
+
+const PASSWORD: &str = "s3cret-pw";
+
+/// A server on a free port over a lake with `silver.orders` (two versions)
+/// and `gold.daily`; stopped on drop.
+struct Running {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn start(configure: impl FnOnce(&mut SqlConfig, &Path)) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(&dir);
+    append(
+        &lake,
+        "silver",
+        "orders",
+        orders(&[(1, "paid", 1050), (2, "pending", 200)]),
+    )
+    .await;
+    append(&lake, "silver", "orders", orders(&[(3, "paid", 150)])).await;
+    append(&lake, "gold", "daily", orders(&[(9, "x", 1)])).await;
+    let mut config = SqlConfig {
+        listen: "127.0.0.1:0".into(),
+        password: Some(PASSWORD.to_string().into()),
+        statement_timeout_ms: 20_000,
+        ..SqlConfig::default()
+    };
+    configure(&mut config, dir.path());
+    let session = tributary_query::Session::with_config(lake, &config)
+        .await
+        .unwrap();
+    let server = Server::bind(session, &config, None).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    Running {
+        addr,
+        stop,
+        _dir: dir,
+    }
+}
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs psql (unaligned, tuples only unless `-c` says otherwise) with
+/// `args` and `stdin` as the script.
+async fn psql(
+    addr: SocketAddr,
+    password: &str,
+    sslmode: &str,
+    args: &[&str],
+    stdin: &str,
+) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=tributary dbname=lake sslmode={sslmode}",
+            addr.port()
+        ))
+        .args(["-X", "-A", "-v", "ON_ERROR_STOP=0"])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("psql is installed (scripts/bootstrap.sh)");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("psql finished")
+        .unwrap();
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_queries_lists_and_describes_tables() {
+    let server = start(|_, _| {}).await;
+    let out = psql(
+        server.addr,
+        PASSWORD,
+        "disable",
+        &["-t"],
+        "select id, status, total, created_at from silver.orders order by id;\n\
+         select count(*) from gold.daily;\n",
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "1|paid|10.50|2024-03-01 10:01:00+00\n\
+         2|pending|2.00|2024-03-01 10:02:00+00\n\
+         3|paid|1.50|2024-03-01 10:03:00+00\n\
+         1\n"
+    );
+
+    let out = psql(server.addr, PASSWORD, "disable", &[], "\\dt\n\\dn\n").await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("Schema|Name|Type|Owner\ngold|daily|table|tributary\nsilver|orders|table|tributary\n(2 rows)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("bronze|tributary\ngold|tributary\nsilver|tributary"),
+        "{}",
+        out.stdout
+    );
+
+    let out = psql(
+        server.addr,
+        PASSWORD,
+        "disable",
+        &[],
+        "\\d silver.orders\n\\d orders\n\\d nope\n",
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    let described = "Table \"silver.orders\"\nColumn|Type|Collation|Nullable|Default\n\
+         id|bigint||not null|\nstatus|text|||\ntotal|numeric(12,2)|||\n\
+         created_at|timestamp with time zone|||\n_shard|integer||not null|\n";
+    assert!(out.stdout.starts_with(described), "{}", out.stdout);
+    // Unqualified, the table is found through the search path too.
+    assert_eq!(out.stdout.matches(described).count(), 2, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("Did not find any relation named \"nope\""),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_sees_errors_and_the_connection_and_server_stay_up() {
+    let server = start(|_, _| {}).await;
+    let out = psql(
+        server.addr,
+        PASSWORD,
+        "disable",
+        &["-t"],
+        "selec 1;\nselect nope from orders;\nselect 40 + 2;\n",
+    )
+    .await;
+    assert!(out.stdout.contains("42"), "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("ERROR:  query failed"),
+        "{}",
+        out.stderr
+    );
+    // The parser's position reaches psql, which draws its own caret.
+    assert!(
+        out.stderr.contains("LINE 1: selec 1;\n        ^"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("nope"), "{}", out.stderr);
+
+    let out = psql(server.addr, "wrong", "disable", &["-t"], "select 1;\n").await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .to_lowercase()
+            .contains("password authentication failed"),
+        "{}",
+        out.stderr
+    );
+
+    // Still serving.
+    let out = psql(server.addr, PASSWORD, "disable", &["-t"], "select 'up';\n").await;
+    assert_eq!(out.stdout, "up\n", "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_ctrl_c_cancels_and_the_timeout_stops_long_queries() {
+    let server = start(|c, _| c.statement_timeout_ms = 3_000).await;
+    // The timeout.
+    let started = Instant::now();
+    let out = psql(
+        server.addr,
+        PASSWORD,
+        "disable",
+        &["-t"],
+        "select sum(value) from range(1000000000000);\nselect 'after';\n",
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(out.stderr.contains("statement timeout"), "{}", out.stderr);
+    assert!(out.stdout.contains("after"), "{}", out.stdout);
+    assert!(took < Duration::from_secs(15), "{took:?}");
+
+    // Ctrl-C: SIGINT to psql makes it send a CancelRequest.
+    let child = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=tributary dbname=lake sslmode=disable",
+            server.addr.port()
+        ))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "select sum(value) from range(1000000000000)",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let started = Instant::now();
+    let pid = child.id().unwrap().to_string();
+    let signalled = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(signalled.success());
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("psql returned after the cancel")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_connects_over_tls() {
+    let server = start(|c, dir| {
+        let cert = dir.join("server.crt");
+        let key = dir.join("server.key");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+    })
+    .await;
+    let out = psql(
+        server.addr,
+        PASSWORD,
+        "require",
+        &["-t"],
+        "\\conninfo\nselect count(*) from orders;\n",
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("SSL connection (protocol: TLSv1.3"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.ends_with("3\n"), "{}", out.stdout);
+    // Without TLS it still works (sslmode=disable), with it wrong passwords still fail.
+    let out = psql(server.addr, "wrong", "require", &["-t"], "select 1;\n").await;
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .to_lowercase()
+                .contains("password authentication failed"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_runs_parameters_prepared_statements_and_cancels() {
+    let server = start(|_, _| {}).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wire/client.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        Command::new("python3")
+            .arg(&script)
+            .arg(server.addr.port().to_string())
+            .arg(PASSWORD)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the client finished")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "psycopg client failed (is psycopg installed? scripts/bootstrap.sh):\n{stdout}\n{stderr}"
+    );
+    let checks: usize = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("ok "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(checks, 19, "{stdout}");
+}
