@@ -220,7 +220,7 @@ pub(crate) fn oid(layer: &str, table: &str) -> u32 {
     FIRST_OID + hash % 1_000_000_000
 }
 
-fn by_oid<'a>(tables: &'a [(&'static str, String)], wanted: u32) -> Option<(&'static str, String)> {
+fn by_oid(tables: &[(&'static str, String)], wanted: u32) -> Option<(&'static str, String)> {
     tables
         .iter()
         .find(|(layer, name)| oid(layer, name) == wanted)
