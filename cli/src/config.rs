@@ -240,4 +240,28 @@ mod tests {
         );
         assert!(err.contains("nope"), "{err}");
     }
+
+    #[test]
+    fn sql_section_reads_limits_and_names_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(
+            &f,
+            "[sql]\nlisten = \"127.0.0.1:6543\"\nmemory_limit = \"64MiB\"\nspill = false\n",
+        )
+        .unwrap();
+        let c = load_from(Some(&f), &env(&[("TRIBUTARY__SQL__PASSWORD", "pw")])).unwrap();
+        assert_eq!(c.sql.listen, "127.0.0.1:6543");
+        assert_eq!(c.sql.memory_limit_bytes(), Some(64 << 20));
+        assert!(!c.sql.spill && c.sql.password.is_some());
+        std::fs::write(&f, "[sql]\npasswrd = \"x\"\n").unwrap();
+        let err = format!("{:#}", load_from(Some(&f), &[]).unwrap_err());
+        assert!(err.contains("passwrd") && err.contains("sql"), "{err}");
+        std::fs::write(&f, "[sql]\nmemory_limit = \"lots\"\n").unwrap();
+        let err = format!("{:#}", load_from(Some(&f), &[]).unwrap_err());
+        assert!(
+            err.contains("memory_limit") && err.contains("lots"),
+            "{err}"
+        );
+    }
 }
