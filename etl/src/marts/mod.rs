@@ -484,28 +484,45 @@ impl Output {
     }
 }
 
+/// The whole history of every row of `bronze.<source>` with a new change
+/// (of every row on a full refresh, or when a new truncate closes them all).
+async fn changed_chains(
+    ctx: &SessionContext,
+    source: &'static str,
+    full: bool,
+) -> Result<std::collections::BTreeMap<String, Vec<history::Change>>> {
+    let truncated = !full
+        && !ids_text(
+            ctx,
+            &format!("SELECT op FROM new.{source} WHERE op = 't' LIMIT 1"),
+        )
+        .await?
+        .is_empty();
+    let everything = full || truncated;
+    let query = if everything {
+        format!("SELECT {} FROM bronze.{source}", history::BRONZE_COLUMNS)
+    } else {
+        format!(
+            "SELECT {} FROM bronze.{source} WHERE key IN (SELECT key FROM new.{source}) OR op = 't'",
+            history::BRONZE_COLUMNS
+        )
+    };
+    let (_, batches) = sql(ctx, source, &query).await?;
+    let mut chains = history::chains(history::read_changes(&batches)?);
+    if !everything {
+        let new_keys = ids_text(ctx, &format!("SELECT DISTINCT key FROM new.{source}")).await?;
+        chains.retain(|k, _| new_keys.contains(k));
+    }
+    Ok(chains)
+}
+
 /// A dimension's new state and the natural ids that got new versions.
 async fn dimension(
     ctx: &SessionContext,
     spec: &DimSpec,
     full: bool,
 ) -> Result<(Output, BTreeSet<i64>)> {
-    let source = spec.source;
-    let query = if full {
-        format!("SELECT {} FROM bronze.{source}", history::BRONZE_COLUMNS)
-    } else {
-        // The whole history of every row with a new change, and truncates.
-        format!(
-            "SELECT {} FROM bronze.{source} WHERE key IN (SELECT key FROM new.{source}) OR op = 't'",
-            history::BRONZE_COLUMNS
-        )
-    };
-    let (_, batches) = sql(ctx, spec.table, &query).await?;
-    let mut chains = history::chains(history::read_changes(&batches)?);
-    if !full {
-        let new_keys = ids_text(ctx, &format!("SELECT DISTINCT key FROM new.{source}")).await?;
-        chains.retain(|k, _| new_keys.contains(k));
-    }
+    let chains = changed_chains(ctx, spec.source, full).await?;
     let versions = spec.versions(&chains, full)?;
     let schema = spec.schema();
     if full {
@@ -560,20 +577,7 @@ async fn stage_history(
     full: bool,
     build: fn(&std::collections::BTreeMap<String, Vec<history::Change>>) -> Result<RecordBatch>,
 ) -> Result<(RecordBatch, BTreeSet<i64>)> {
-    let query = if full {
-        format!("SELECT {} FROM bronze.{source}", history::BRONZE_COLUMNS)
-    } else {
-        format!(
-            "SELECT {} FROM bronze.{source} WHERE key IN (SELECT key FROM new.{source}) OR op = 't'",
-            history::BRONZE_COLUMNS
-        )
-    };
-    let (_, batches) = sql(ctx, source, &query).await?;
-    let mut chains = history::chains(history::read_changes(&batches)?);
-    if !full {
-        let new_keys = ids_text(ctx, &format!("SELECT DISTINCT key FROM new.{source}")).await?;
-        chains.retain(|k, _| new_keys.contains(k));
-    }
+    let chains = changed_chains(ctx, source, full).await?;
     let stage = build(&chains)?;
     let id_column = if source == "orders" {
         "order_id"
@@ -696,8 +700,11 @@ async fn dim_date(ctx: &SessionContext) -> Result<RecordBatch> {
              UNION ALL SELECT date_key FROM gold.fct_order_status_event WHERE date_key > 0
              UNION ALL SELECT date_key FROM gold.fct_payment WHERE date_key > 0
              UNION ALL SELECT placed_date_key FROM gold.fct_order_fulfillment WHERE placed_date_key > 0
-             UNION ALL SELECT refunded_date_key FROM gold.fct_order_fulfillment WHERE refunded_date_key > 0
+             UNION ALL SELECT paid_date_key FROM gold.fct_order_fulfillment WHERE paid_date_key > 0
+             UNION ALL SELECT shipped_date_key FROM gold.fct_order_fulfillment WHERE shipped_date_key > 0
              UNION ALL SELECT delivered_date_key FROM gold.fct_order_fulfillment WHERE delivered_date_key > 0
+             UNION ALL SELECT cancelled_date_key FROM gold.fct_order_fulfillment WHERE cancelled_date_key > 0
+             UNION ALL SELECT refunded_date_key FROM gold.fct_order_fulfillment WHERE refunded_date_key > 0
          )",
     )
     .await?;
