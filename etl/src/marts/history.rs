@@ -416,7 +416,7 @@ impl DimSpec {
                 Kind::Bool => Arc::new(values.map(Value::as_bool).collect::<BooleanArray>()),
                 Kind::Money => Arc::new(
                     values
-                        .map(|v| cents(v))
+                        .map(cents)
                         .collect::<Decimal128Array>()
                         .with_precision_and_scale(12, 2)
                         .map_err(|source| crate::Error::Arrow {

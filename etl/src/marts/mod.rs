@@ -823,7 +823,7 @@ async fn commit(
     let written_table = write
         .await
         .map_err(|source| Error::Write { table, source })?;
-    Ok((written_table.version().map(|v| v as u64), written))
+    Ok((written_table.version(), written))
 }
 
 fn session() -> SessionContext {
