@@ -65,8 +65,9 @@ pub async fn reconcile(
     session: &tributary_query::Session,
 ) -> Result<Reconciliation> {
     let gold_of = |t: &str| match t {
-        "customers" => Some(("dim_customer", "customer_key <> -1")),
-        "products" => Some(("dim_product", "product_key <> -1")),
+        // SCD2: one current version per live row.
+        "customers" => Some(("dim_customer", "is_current AND customer_key <> -1")),
+        "products" => Some(("dim_product", "is_current AND product_key <> -1")),
         "order_items" => Some(("fct_order_line", "true")),
         _ => None,
     };

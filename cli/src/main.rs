@@ -196,9 +196,19 @@ enum LakeCommand {
 
 #[derive(Subcommand)]
 enum EtlCommand {
-    /// Build a group of models.
+    /// Build a group of models: only what changed since the last run.
     Run {
         /// `marts`: the gold star schema.
+        target: String,
+        /// Rebuild every table from all of bronze and silver.
+        #[arg(long)]
+        full_refresh: bool,
+    },
+    /// List the models, what they read and their grain.
+    List,
+    /// Run the data tests over the gold tables as they are.
+    Test {
+        /// `marts`.
         target: String,
     },
 }
@@ -339,15 +349,48 @@ async fn run(cli: Cli) -> Result<()> {
             tributary_lake::ingest::run(lake, kafka, config.ingest.clone(), shutdown).await?;
         }
         Command::Etl {
-            command: EtlCommand::Run { target },
+            command: EtlCommand::Run {
+                target,
+                full_refresh,
+            },
         } => {
             anyhow::ensure!(
                 target == "marts",
                 "unknown ETL target {target:?}: the only one is `marts`"
             );
             let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
-            let report = tributary_etl::build_marts(&lake).await?;
+            let options = tributary_etl::BuildOptions {
+                full_refresh,
+                ..Default::default()
+            };
+            let report = tributary_etl::build_marts_with(&lake, &options).await?;
             println!("{report}");
+        }
+        Command::Etl {
+            command: EtlCommand::List,
+        } => {
+            for m in tributary_etl::models() {
+                println!(
+                    "{:<24} {:<5} <- {}\n{:<30} {}",
+                    m.name,
+                    m.kind.as_str(),
+                    m.depends_on.join(", "),
+                    "",
+                    m.grain
+                );
+            }
+        }
+        Command::Etl {
+            command: EtlCommand::Test { target },
+        } => {
+            anyhow::ensure!(
+                target == "marts",
+                "unknown ETL target {target:?}: the only one is `marts`"
+            );
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            let report = tributary_etl::test_marts(&lake).await?;
+            println!("{report}");
+            anyhow::ensure!(report.ok(), "data tests failed");
         }
         Command::Sql {
             command,
