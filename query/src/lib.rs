@@ -50,6 +50,14 @@ pub enum Error {
     /// timestamp before the table existed, text that is not a timestamp).
     #[error("time travel: {0}")]
     TimeTravel(String),
+    /// The Delta log could not be read at the version or moment asked for.
+    #[error("time travel: reading {table} as of {as_of}")]
+    TimeTravelRead {
+        table: String,
+        as_of: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A setting is missing or malformed.
     #[error("configuration: {0}")]
     Config(String),

@@ -90,15 +90,38 @@ async fn open(lake: &Lake, (layer, table, as_of): &Reference) -> Result<Arc<dyn 
         AsOf::Version(v) => delta.load_version(*v as u64).await,
         AsOf::Timestamp(text) => {
             let at = parse_timestamp(text)?;
-            delta.load_with_datetime(at).await
+            let loaded = delta.load_with_datetime(at).await;
+            // delta-rs answers a moment before the first commit with the
+            // first version; that table did not exist yet, so say so.
+            let first_commit = delta
+                .version()
+                .and_then(|v| delta.snapshot().ok().and_then(|s| s.version_timestamp(v)));
+            if loaded.is_ok()
+                && delta.version() == Some(0)
+                && first_commit.is_some_and(|ms| ms > at.timestamp_millis())
+            {
+                return Err(Error::TimeTravel(format!(
+                    "{name} did not exist yet at {text}"
+                )));
+            }
+            loaded
         }
     };
-    loaded.map_err(|e| Error::TimeTravel(format!("{name} as of {as_of:?}: {e}")))?;
+    let as_of_text = match as_of {
+        AsOf::Version(v) => format!("version {v}"),
+        AsOf::Timestamp(t) => t.clone(),
+    };
+    let read_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::TimeTravelRead {
+        table: name.clone(),
+        as_of: as_of_text.clone(),
+        source,
+    };
+    loaded.map_err(|e| read_error(Box::new(e)))?;
     tracing::debug!(table = %name, version = ?delta.version(), "opened table for time travel");
     delta
         .table_provider()
         .await
-        .map_err(|e| Error::TimeTravel(format!("{name}: {e}")))
+        .map_err(|e| read_error(Box::new(e)))
 }
 
 fn parse_timestamp(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {

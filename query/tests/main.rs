@@ -427,6 +427,16 @@ async fn time_travel_reads_earlier_versions_and_moments() {
         .unwrap_err()
         .report();
     assert!(err.contains("not a timestamp"), "{err}");
+    // Before the table existed: the Delta log has nothing to show.
+    let err = session
+        .sql("select * from table_at('silver.orders', '2000-01-01T00:00:00Z')")
+        .await
+        .unwrap_err()
+        .report();
+    assert!(
+        err.contains("silver.orders did not exist yet at 2000-01-01T00:00:00Z"),
+        "{err}"
+    );
     let err = session
         .sql("select * from table_version('silver.nope', 0)")
         .await

@@ -231,7 +231,7 @@ pub(crate) fn user_error(error: &Error, sql: Option<&str>) -> PgWireError {
             _ => "XX000",
         },
         Error::TableNotFound(_) => "42P01",
-        Error::TimeTravel(_) => "22023",
+        Error::TimeTravel(_) | Error::TimeTravelRead { .. } => "22023",
         _ => "XX000",
     };
     let mut info = ErrorInfo::new("ERROR".into(), code.into(), error.report());
