@@ -57,8 +57,8 @@ pub(crate) struct Fact {
     /// stage table that is already limited to the run's ids.
     pub scope_expr: Option<&'static str>,
     pub sql: &'static str,
-    /// Rows of `prev.<name>` to re-key: the Unknown member or a dimension id
-    /// that got new versions.
+    /// Rows of `prev.<name>` to re-key: those whose dimension id got new
+    /// versions in this run.
     pub rekey_when: &'static str,
     /// Columns recomputed when re-keying (`f` = the previous row, `o` = its
     /// order in `stage.orders`).
@@ -74,10 +74,10 @@ SELECT id, customer_id, status, created_at, updated_at, _shard FROM (
 ) WHERE rn = 1
 ";
 
-const CUSTOMER_CHANGED: &str =
-    "customer_key = -1 OR customer_id IN (SELECT id FROM scope.customers)";
-const CUSTOMER_OR_PRODUCT_CHANGED: &str = "customer_key = -1 OR product_key = -1 \
-     OR customer_id IN (SELECT id FROM scope.customers) \
+// A row keyed to -1 is re-keyed by the run in which its dimension id gets
+// its first version, like any row whose dimension id got a new version.
+const CUSTOMER_CHANGED: &str = "customer_id IN (SELECT id FROM scope.customers)";
+const CUSTOMER_OR_PRODUCT_CHANGED: &str = "customer_id IN (SELECT id FROM scope.customers) \
      OR product_id IN (SELECT id FROM scope.products)";
 const REKEY_LINE: &[(&str, &str)] = &[
     (
@@ -133,7 +133,10 @@ SELECT
 FROM stage.payment_events e
 LEFT JOIN stage.orders o ON o.id = e.order_id
 ",
-        rekey_when: CUSTOMER_CHANGED,
+        // A payment whose order was not in silver yet learns its customer
+        // when the order arrives.
+        rekey_when: "customer_id IN (SELECT id FROM scope.customers) \
+             OR customer_id IS NULL AND order_id IN (SELECT id FROM changed.orders)",
         rekey: &[
             ("customer_id", "COALESCE(f.customer_id, o.customer_id)"),
             (
