@@ -528,16 +528,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Makes the publication publish exactly `tables`. A publication that
+/// already does is left alone, so a role that does not own the tables (and
+/// so may not alter it) works with one an administrator made.
 async fn ensure_publication(
     client: &tokio_postgres::Client,
     publication: &str,
     tables: &[String],
 ) -> Result<()> {
-    let list = tables
-        .iter()
-        .map(|t| format!("public.{t}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -546,15 +544,42 @@ async fn ensure_publication(
         .await
         .map_err(pg("reading pg_publication"))?
         .is_some();
+    if exists {
+        let mut published: Vec<String> = client
+            .query(
+                "SELECT tablename::text FROM pg_publication_tables
+                 WHERE pubname = $1 AND schemaname = 'public' ORDER BY 1",
+                &[&publication],
+            )
+            .await
+            .map_err(pg("reading pg_publication_tables"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // Sorted here: the server's collation may order `_` differently.
+        published.sort();
+        let mut wanted = tables.to_vec();
+        wanted.sort();
+        if published == wanted {
+            return Ok(());
+        }
+    }
+    let list = tables
+        .iter()
+        .map(|t| format!("public.{t}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = if exists {
         format!("ALTER PUBLICATION {publication} SET TABLE {list}")
     } else {
         format!("CREATE PUBLICATION {publication} FOR TABLE {list}")
     };
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(pg("creating the publication"))?;
+    client.batch_execute(&sql).await.map_err(|source| Error::Postgres {
+        context: format!(
+            "making publication {publication} publish {list} (a role that does not own the tables needs an administrator to run: {sql})"
+        ),
+        source,
+    })?;
     Ok(())
 }
 
@@ -731,7 +756,7 @@ impl<'a> StreamState<'a> {
     /// recorded for the table is a schema change: logged, counted, and
     /// recorded with the LSN from which events carry it.
     async fn add_relation(&mut self, rel: Relation) -> Result<()> {
-        let columns: Vec<Column> = rel
+        let mut columns: Vec<Column> = rel
             .columns
             .iter()
             .map(|c| Column {
@@ -740,6 +765,28 @@ impl<'a> StreamState<'a> {
                 key: c.key,
             })
             .collect();
+        if rel.replica_identity == b'f' {
+            // REPLICA IDENTITY FULL flags every column as part of the
+            // identity; the row's key is still its primary key.
+            let primary: Vec<String> = self
+                .client
+                .query(
+                    "SELECT a.attname::text FROM pg_index i
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                     WHERE i.indrelid = $1::text::regclass AND i.indisprimary",
+                    &[&format!("{}.{}", rel.namespace, rel.name)],
+                )
+                .await
+                .map_err(pg("reading the primary key"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !primary.is_empty() {
+                for c in &mut columns {
+                    c.key = primary.contains(&c.name);
+                }
+            }
+        }
         let shape = serde_json::to_value(&columns).expect("json");
         let previous = match self.shapes.get(&rel.name) {
             Some(v) => Some(v.clone()),

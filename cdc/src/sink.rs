@@ -120,7 +120,10 @@ impl KafkaSink {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "500000")
+            // Bounded by count and size: a huge transaction streams through
+            // in constant memory instead of queueing in the producer.
+            .set("queue.buffering.max.messages", "100000")
+            .set("queue.buffering.max.kbytes", "65536")
             .set("message.timeout.ms", "60000")
             .create()
             .map_err(|source| Error::Kafka {

@@ -639,6 +639,34 @@ mod tests {
     }
 
     #[test]
+    fn chunks_select_half_open_key_ranges() {
+        let chunk = |lo, hi| Chunk {
+            table: "orders".into(),
+            index: 0,
+            key: Some("id".into()),
+            lo,
+            hi,
+        };
+        assert_eq!(
+            chunk(None, Some(100)).query(),
+            "COPY (SELECT * FROM public.orders WHERE \"id\" < 100) TO STDOUT"
+        );
+        assert_eq!(
+            chunk(Some(100), Some(200)).query(),
+            "COPY (SELECT * FROM public.orders WHERE \"id\" >= 100 AND \"id\" < 200) TO STDOUT"
+        );
+        assert_eq!(
+            chunk(Some(200), None).query(),
+            "COPY (SELECT * FROM public.orders WHERE \"id\" >= 200) TO STDOUT"
+        );
+        let whole = Chunk {
+            key: None,
+            ..chunk(None, None)
+        };
+        assert_eq!(whole.query(), "COPY public.orders TO STDOUT");
+    }
+
+    #[test]
     fn wrong_field_count_names_the_table() {
         let err = parse_copy_line(b"1\tx", &cols(), "orders").unwrap_err();
         assert!(err.to_string().contains("orders"), "{err}");

@@ -18,10 +18,27 @@ fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 /// Creates the state tables when missing. Needs `CREATE` on the database, or
 /// the schema made beforehand for the reader's role (see the README).
 pub(crate) async fn ensure_schema(client: &tokio_postgres::Client) -> Result<()> {
+    // CREATE SCHEMA checks the database privilege even when the schema
+    // exists: a least-privilege role gets the schema made for it instead.
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_namespace WHERE nspname = 'tributary_cdc'",
+            &[],
+        )
+        .await
+        .map_err(pg("looking for the tributary_cdc schema"))?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute("CREATE SCHEMA tributary_cdc")
+            .await
+            .map_err(pg(
+                "creating schema tributary_cdc (a role without CREATE on the database needs it made for it: CREATE SCHEMA tributary_cdc AUTHORIZATION <role>)",
+            ))?;
+    }
     client
         .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS tributary_cdc;
-             CREATE TABLE IF NOT EXISTS tributary_cdc.snapshots (
+            "CREATE TABLE IF NOT EXISTS tributary_cdc.snapshots (
                  slot_name text PRIMARY KEY,
                  consistent_lsn text NOT NULL,
                  rows bigint NOT NULL,
