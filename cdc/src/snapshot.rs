@@ -464,7 +464,7 @@ impl Progress {
 
     fn row(&mut self) {
         self.rows += 1;
-        if self.rows % 1024 != 0 {
+        if !self.rows.is_multiple_of(1024) {
             return;
         }
         crate::metrics::snapshot_rows(&self.source, self.rows);

@@ -1,0 +1,659 @@
+//! End-to-end tests of the CDC reader's production behaviour on real
+//! PostgreSQL clusters, the tansu broker and Delta tables: snapshots that
+//! resume after a kill, unchanged TOAST values, schema changes, idle slots
+//! and watermarks, a transaction of a million changes, slot loss, and a
+//! least-privilege role.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tributary::pipeline;
+use tributary::stack::{self, StackState};
+
+mod common;
+
+use common::*;
+
+fn stack_of(env: &Env) -> StackState {
+    StackState::load(&env.config().state_dir).unwrap().unwrap()
+}
+
+async fn shard(env: &Env, i: usize) -> tokio_postgres::Client {
+    pipeline_connect(&stack_of(env).shards[i].dsn()).await
+}
+
+/// Starts the stack and the order service (which creates the tables).
+async fn start(env: &mut Env) {
+    up(env);
+    env.spawn("oltp", &["oltp", "serve"]);
+    env.wait_http().await;
+}
+
+async fn wait_for<F, Fut>(env: &mut Env, what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        env.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {timeout:?}\n--- cdc log:\n{}",
+            tail(&env.log("cdc"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn lake_count(env: &Env, sql: &str) -> i64 {
+    let lake = tributary_lake::Lake::new(&pipeline::lake_config(&env.config())).unwrap();
+    let session = tributary_query::Session::new(lake).await.unwrap();
+    tributary_query_count(&session.sql(sql).await.unwrap())
+}
+
+/// Inserts `n` customers straight into a shard, ids `offset + 1..=offset + n`
+/// (times 1024 plus the shard, as the service numbers them).
+async fn insert_customers(client: &tokio_postgres::Client, shard: i64, offset: i64, n: i64) {
+    client
+        .execute(
+            "INSERT INTO customers (id, email, name, region, country, city, address, lat, lon)
+             SELECT g * 1024 + $1, 'c' || g || '@example.com', 'Customer ' || g, 'eu', 'NL', 'Delft',
+                    'Street ' || g, 52.0, 4.3
+             FROM generate_series($2::int8 + 1, $2::int8 + $3::int8) g",
+            &[&shard, &offset, &n],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_killed_midway_resumes_with_the_chunks_not_done() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new();
+    env.extra = vec![
+        ("TRIBUTARY__CDC__SNAPSHOT_CHUNK_ROWS".into(), "1000".into()),
+        ("TRIBUTARY__CDC__SNAPSHOT_WORKERS".into(), "2".into()),
+    ];
+    start(&mut env).await;
+    let db = shard(&env, 0).await;
+    let rows = 60_000;
+    insert_customers(&db, 0, 0, rows).await;
+    db.batch_execute("ANALYZE customers").await.unwrap();
+
+    env.spawn("cdc", &["cdc", "run"]);
+    let progress =
+        "SELECT count(*) FILTER (WHERE done_at IS NOT NULL) FROM tributary_cdc.snapshot_chunks
+                    WHERE slot_name = 'tributary_orders_0' AND table_name = 'customers'";
+    wait_for(&mut env, "a few snapshot chunks done", Duration::from_secs(120), || async {
+        db.query_opt(
+            "SELECT 1 FROM pg_tables WHERE schemaname = 'tributary_cdc' AND tablename = 'snapshot_chunks'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_some()
+            && count(&db, progress).await >= 5
+    })
+    .await;
+    env.kill9("cdc");
+    let (done, total) = (
+        count(&db, progress).await,
+        count(
+            &db,
+            "SELECT count(*) FROM tributary_cdc.snapshot_chunks
+             WHERE slot_name = 'tributary_orders_0' AND table_name = 'customers'",
+        )
+        .await,
+    );
+    assert!(
+        done < total,
+        "the snapshot finished ({done}/{total} chunks) before the kill; the test needs more rows"
+    );
+
+    // Changes while the reader is down: the stream replays them over the
+    // resumed snapshot.
+    db.batch_execute(
+        "UPDATE customers SET name = 'Updated' WHERE (id / 1024) % 7 = 0;
+         DELETE FROM customers WHERE (id / 1024) % 11 = 0;",
+    )
+    .await
+    .unwrap();
+    insert_customers(&db, 0, rows, 500).await;
+
+    env.spawn("cdc", &["cdc", "run"]);
+    env.spawn("ingest", &["lake", "ingest"]);
+    assert_lake_equals_source(&env).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT attempt::int8 FROM tributary_cdc.snapshot_runs WHERE slot_name = 'tributary_orders_0'"
+        )
+        .await,
+        1,
+        "the second start should resume the first run"
+    );
+    // Only the chunks not done were copied again: the second attempt's rows
+    // (ordinals from 2^40) are fewer than the table.
+    let resumed = lake_count(
+        &env,
+        "SELECT count(*) FROM bronze.customers WHERE op = 'r' AND shard = 0 AND ordinal >= 1099511627776",
+    )
+    .await;
+    assert!(
+        resumed > 0 && resumed < rows,
+        "resumed attempt copied {resumed} of {rows} rows"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_values_are_kept_with_replica_identity_default_and_full() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new();
+    start(&mut env).await;
+    let db = shard(&env, 0).await;
+    let catalog = pipeline_connect(&stack_of(&env).catalog.dsn()).await;
+    // Stored out of line and uncompressed, so the values really are TOASTed.
+    db.batch_execute("ALTER TABLE customers ALTER COLUMN address SET STORAGE EXTERNAL")
+        .await
+        .unwrap();
+    catalog
+        .batch_execute(
+            "ALTER TABLE products ALTER COLUMN name SET STORAGE EXTERNAL;
+             ALTER TABLE products REPLICA IDENTITY FULL;",
+        )
+        .await
+        .unwrap();
+    env.spawn("cdc", &["cdc", "run"]);
+    env.spawn("ingest", &["lake", "ingest"]);
+    // Written after the snapshot, so they arrive through the stream.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    insert_customers(&db, 0, 0, 3).await;
+    db.batch_execute(
+        "UPDATE customers SET address = repeat(md5(id::text), 400) WHERE id = 1 * 1024;
+         UPDATE customers SET address = repeat(md5((id + 1)::text), 400) WHERE id = 2 * 1024;
+         UPDATE customers SET name = 'Renamed once' WHERE id IN (1024, 2048);
+         UPDATE customers SET name = 'Renamed twice' WHERE id = 1024;",
+    )
+    .await
+    .unwrap();
+    catalog
+        .batch_execute(
+            "INSERT INTO products (sku, name, category, price)
+             VALUES ('BIG-1', repeat(md5('big'), 400), 'tools', 10);
+             UPDATE products SET price = 11 WHERE sku = 'BIG-1';
+             UPDATE products SET category = 'garden' WHERE sku = 'BIG-1';",
+        )
+        .await
+        .unwrap();
+    // The value was left out of the change with DEFAULT identity...
+    assert_lake_equals_source(&env).await;
+    let unchanged = lake_count(
+        &env,
+        "SELECT count(*) FROM bronze.customers WHERE unchanged_toast LIKE '%address%'",
+    )
+    .await;
+    assert!(
+        unchanged >= 2,
+        "expected updates with an unchanged TOASTed address, found {unchanged}"
+    );
+    // ... and kept with FULL identity too, where the key is still the
+    // primary key, not every column of the identity.
+    let long = lake_count(
+        &env,
+        "SELECT count(*) FROM silver.products WHERE length(name) = 12800",
+    )
+    .await;
+    assert_eq!(long, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_flow_to_silver_while_the_pipeline_runs() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new();
+    start(&mut env).await;
+    let db = shard(&env, 0).await;
+    insert_customers(&db, 0, 0, 20).await;
+    env.spawn("cdc", &["cdc", "run"]);
+    env.spawn("ingest", &["lake", "ingest"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // DDL runs on every shard, as a migration would; changes on one.
+    shard(&env, 1)
+        .await
+        .batch_execute(
+            "ALTER TABLE customers ADD COLUMN loyalty int;
+             ALTER TABLE customers ALTER COLUMN loyalty TYPE bigint;
+             ALTER TABLE customers DROP COLUMN lon;",
+        )
+        .await
+        .unwrap();
+    // Each statement its own transaction, as a migration tool runs them.
+    for sql in [
+        "UPDATE customers SET name = 'before' WHERE id = 1024",
+        "ALTER TABLE customers ADD COLUMN loyalty int",
+        "UPDATE customers SET loyalty = 5 WHERE (id / 1024) % 2 = 0",
+        "ALTER TABLE customers ALTER COLUMN loyalty TYPE bigint",
+        "UPDATE customers SET loyalty = 5000000000 WHERE (id / 1024) % 3 = 0",
+        "ALTER TABLE customers DROP COLUMN lon",
+        "UPDATE customers SET name = 'after drop' WHERE (id / 1024) % 5 = 0",
+    ] {
+        db.batch_execute(sql).await.unwrap();
+    }
+    insert_customers_without_lon(&db, 100, 5).await;
+    assert_lake_equals_source(&env).await;
+    // A rename shows up as a new column; a resnapshot fills it for old rows.
+    shard(&env, 1)
+        .await
+        .batch_execute("ALTER TABLE customers RENAME COLUMN city TO town")
+        .await
+        .unwrap();
+    db.batch_execute("ALTER TABLE customers RENAME COLUMN city TO town")
+        .await
+        .unwrap();
+    db.batch_execute("UPDATE customers SET town = 'Leiden' WHERE id = 2048")
+        .await
+        .unwrap();
+    let out = env.run(&["cdc", "resnapshot", "customers", "--timeout", "120s"]);
+    assert!(
+        out.status.success(),
+        "resnapshot failed: {}{}\n--- cdc log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        tail(&env.log("cdc"))
+    );
+    assert_lake_equals_source(&env).await;
+    let recorded = count(
+        &db,
+        "SELECT count(*) FROM tributary_cdc.schema_changes WHERE table_name = 'customers'",
+    )
+    .await;
+    // The first shape, then: add, widen, drop, rename.
+    assert!(
+        recorded >= 5,
+        "expected the customer table's shapes recorded, found {recorded}"
+    );
+    let historical_null = lake_count(
+        &env,
+        "SELECT count(*) FROM silver.customers WHERE loyalty IS NULL",
+    )
+    .await;
+    assert!(historical_null > 0, "rows never updated should read NULL");
+}
+
+async fn insert_customers_without_lon(client: &tokio_postgres::Client, offset: i64, n: i64) {
+    client
+        .execute(
+            "INSERT INTO customers (id, email, name, region, country, city, address, lat, loyalty)
+             SELECT g * 1024, 'n' || g || '@example.com', 'New ' || g, 'eu', 'NL', 'Delft', 'Street', 52.0, g
+             FROM generate_series($1::int8 + 1, $1::int8 + $2::int8) g",
+            &[&offset, &n],
+        )
+        .await
+        .unwrap();
+}
+
+/// The slot's lag in bytes behind the server's current WAL position.
+async fn slot_lag(client: &tokio_postgres::Client, slot: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_database_keeps_its_slot_moving_and_publishes_watermarks() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new();
+    start(&mut env).await;
+    env.spawn("cdc", &["cdc", "run"]);
+    let db = shard(&env, 0).await;
+    wait_for(&mut env, "the snapshot of shard 0", Duration::from_secs(60), || async {
+        db.query_opt(
+            "SELECT 1 FROM pg_tables WHERE schemaname = 'tributary_cdc' AND tablename = 'snapshots'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_some()
+            && count(&db, "SELECT count(*) FROM tributary_cdc.snapshots").await > 0
+    })
+    .await;
+    // A busy database in the same cluster, not captured: its WAL is the
+    // captured (idle) database's WAL too.
+    db.batch_execute("CREATE DATABASE busy").await.unwrap();
+    let dsn = stack_of(&env).shards[0]
+        .dsn()
+        .replace("dbname=orders", "dbname=busy");
+    let busy = pipeline_connect(&dsn).await;
+    let start_lsn: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    busy.batch_execute(
+        "CREATE TABLE filler (x text);
+         INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 40000);",
+    )
+    .await
+    .unwrap();
+    let written: i64 = db
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::int8",
+            &[&start_lsn],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(written > 30_000_000, "only {written} bytes of WAL written");
+    wait_for(
+        &mut env,
+        "the idle slot's lag to drop below 1 MB",
+        Duration::from_secs(30),
+        || async { slot_lag(&db, "tributary_orders_0").await < 1_000_000 },
+    )
+    .await;
+
+    // Watermarks: every shard says it is complete up to a recent commit.
+    let cfg = env.config();
+    let kafka = stack::kafka_config(&cfg, &stack_of(&env));
+    let topic = tributary_cdc::watermark_topic(&kafka.topic_prefix, "orders");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", "watermark-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..kafka.partitions {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut newest: std::collections::BTreeMap<u64, i64> = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shards = stack_of(&env).shards.len() as u64;
+    while (newest.len() as u64) < shards && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let ts = v["commit_ts_us"].as_i64().unwrap();
+            let e = newest.entry(v["shard"].as_u64().unwrap()).or_default();
+            *e = (*e).max(ts);
+        }
+    }
+    assert_eq!(newest.len() as u64, shards, "watermarks seen: {newest:?}");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    for (shard, ts) in &newest {
+        assert!(
+            now_us - ts < 60_000_000,
+            "shard {shard}'s newest watermark is {} s old",
+            (now_us - ts) / 1_000_000
+        );
+    }
+    let status = env.run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("slot tributary_orders_0 lag") && text.contains(" s"),
+        "status should show slot lag in bytes and seconds:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_of_a_million_changes_streams_in_bounded_memory() {
+    let _serial = SERIAL.lock().await;
+    let rows: i64 = std::env::var("TRIBUTARY_TEST_LARGE_TX_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let mut env = Env::new();
+    start(&mut env).await;
+    let catalog = pipeline_connect(&stack_of(&env).catalog.dsn()).await;
+    catalog
+        .batch_execute(
+            "INSERT INTO products (sku, name, category, price) VALUES ('P-1', 'One', 'tools', 1)",
+        )
+        .await
+        .unwrap();
+    env.spawn("cdc", &["cdc", "run"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cfg = env.config();
+    let kafka = stack::kafka_config(&cfg, &stack_of(&env));
+    let topic = format!("{}.catalog.price_changes", kafka.topic_prefix);
+    let before = topic_messages(&kafka.brokers, &topic, kafka.partitions);
+    catalog
+        .execute(
+            "INSERT INTO price_changes (product_id, old_price, new_price)
+             SELECT (SELECT id FROM products WHERE sku = 'P-1'), 1, 1 + g / 100.0
+             FROM generate_series(1, $1::int8) g",
+            &[&rows],
+        )
+        .await
+        .unwrap();
+    let pid = env
+        .children
+        .iter()
+        .find(|(n, _)| n == "cdc")
+        .unwrap()
+        .1
+        .id();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let n = topic_messages(&kafka.brokers, &topic, kafka.partitions) - before;
+        if n >= rows {
+            break;
+        }
+        env.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {rows} changes reached Kafka"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kb: i64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "reader peak RSS after a {rows}-change transaction: {} MB",
+        peak_kb / 1024
+    );
+    // The transaction's events are about 500 MB of JSON: holding it would show.
+    assert!(
+        peak_kb < 350 * 1024,
+        "reader peak RSS {} MB: memory grows with the transaction",
+        peak_kb / 1024
+    );
+}
+
+/// Messages in a topic: the sum of its partitions' high watermarks.
+fn topic_messages(brokers: &str, topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "count-test")
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map(|(_, high)| high)
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_is_detected_and_only_its_database_resnapshotted() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new();
+    start(&mut env).await;
+    let db = shard(&env, 0).await;
+    insert_customers(&db, 0, 0, 50).await;
+    env.spawn("cdc", &["cdc", "run"]);
+    env.spawn("ingest", &["lake", "ingest"]);
+    assert_lake_equals_source(&env).await;
+    env.kill9("cdc");
+
+    // Invalidate the slot: too much WAL for max_slot_wal_keep_size.
+    for sql in [
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+        "SELECT pg_reload_conf()",
+        "DELETE FROM customers WHERE (id / 1024) % 4 = 0",
+        "UPDATE customers SET name = 'Changed while lost' WHERE (id / 1024) % 3 = 0",
+        "CREATE DATABASE busy",
+    ] {
+        db.batch_execute(sql).await.unwrap();
+    }
+    let dsn = stack_of(&env).shards[0]
+        .dsn()
+        .replace("dbname=orders", "dbname=busy");
+    let busy = pipeline_connect(&dsn).await;
+    busy.batch_execute(
+        "CREATE TABLE filler (x text);
+         INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 40000);",
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        db.batch_execute("SELECT pg_switch_wal()").await.unwrap();
+        db.batch_execute("CHECKPOINT").await.unwrap();
+    }
+    let wal_status: Option<String> = db
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'tributary_orders_0'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        wal_status.as_deref(),
+        Some("lost"),
+        "the slot was not invalidated"
+    );
+    db.batch_execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        .await
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let other_run = count(
+        &shard(&env, 1).await,
+        "SELECT count(*) FROM tributary_cdc.snapshot_runs",
+    )
+    .await;
+
+    env.spawn("cdc", &["cdc", "run"]);
+    assert_lake_equals_source(&env).await;
+    assert!(
+        env.log("cdc").contains("REPLICATION SLOT LOST"),
+        "the reader should say loudly that the slot was lost"
+    );
+    // The other shard kept streaming from its slot: no new snapshot there.
+    assert_eq!(
+        count(
+            &shard(&env, 1).await,
+            "SELECT count(*) FROM tributary_cdc.snapshot_runs"
+        )
+        .await,
+        other_run
+    );
+
+    // A slot dropped by hand is recovered the same way.
+    env.kill9("cdc");
+    db.batch_execute(
+        "SELECT pg_drop_replication_slot('tributary_orders_0');
+         DELETE FROM customers WHERE (id / 1024) % 5 = 0;",
+    )
+    .await
+    .unwrap();
+    env.spawn("cdc", &["cdc", "run"]);
+    assert_lake_equals_source(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_runs_with_a_least_privilege_role() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new();
+    start(&mut env).await;
+    let stack = stack_of(&env);
+    // What the README tells an administrator to run on every source database.
+    let setup = |tables: &str| {
+        format!(
+            "CREATE ROLE tributary_reader LOGIN REPLICATION;
+             GRANT USAGE ON SCHEMA public TO tributary_reader;
+             GRANT SELECT ON {tables} TO tributary_reader;
+             CREATE SCHEMA tributary_cdc AUTHORIZATION tributary_reader;
+             CREATE PUBLICATION tributary_pub FOR TABLE {tables};"
+        )
+    };
+    let orders = "customers, orders, order_items, payments, shipments";
+    let mut shards = vec![];
+    for s in &stack.shards {
+        pipeline_connect(&s.dsn())
+            .await
+            .batch_execute(&setup(orders))
+            .await
+            .unwrap();
+        shards.push(s.dsn().replace("user=tributary", "user=tributary_reader"));
+    }
+    pipeline_connect(&stack.catalog.dsn())
+        .await
+        .batch_execute(&setup("products, price_changes"))
+        .await
+        .unwrap();
+    let catalog = stack
+        .catalog
+        .dsn()
+        .replace("user=tributary", "user=tributary_reader");
+    let reader = pipeline_connect(&shards[0]).await;
+    let denied = reader.query("SELECT * FROM shard_meta", &[]).await;
+    assert!(
+        denied.is_err(),
+        "the reader role can read a table it should not"
+    );
+    let config = env.dir.path().join("reader.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources]\nshards = {}\ncatalog = {:?}\n",
+            serde_json::to_string(&shards).unwrap(),
+            catalog
+        ),
+    )
+    .unwrap();
+    insert_customers(&shard(&env, 0).await, 0, 0, 10).await;
+    env.spawn("cdc", &["--config", config.to_str().unwrap(), "cdc", "run"]);
+    env.spawn("ingest", &["lake", "ingest"]);
+    shard(&env, 1)
+        .await
+        .batch_execute("UPDATE customers SET name = 'streamed' WHERE true")
+        .await
+        .unwrap();
+    insert_customers(&shard(&env, 0).await, 0, 10, 10).await;
+    assert_lake_equals_source(&env).await;
+    let owner: String = reader
+        .query_one(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = 'tributary_orders_0'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "tributary_orders_0");
+}
