@@ -139,6 +139,18 @@ enum CdcCommand {
         #[arg(long)]
         metrics: Option<String>,
     },
+    /// Copy one table again from every database that publishes it, while
+    /// the readers keep streaming (the running readers do the copy).
+    Resnapshot {
+        /// The source table, e.g. `orders`.
+        table: String,
+        /// Return at once instead of waiting until every copy is done.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the copies.
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -330,6 +342,25 @@ async fn run(cli: Cli) -> Result<()> {
             }
             tributary_cdc::run(config.cdc.clone(), kafka, sources.cdc_sources(), shutdown).await?;
         }
+        Command::Cdc {
+            command:
+                CdcCommand::Resnapshot {
+                    table,
+                    no_wait,
+                    timeout,
+                },
+        } => {
+            let (sources, _) = sources(&config)?;
+            let wait = (!no_wait)
+                .then(|| tributary::parse_duration(&timeout))
+                .transpose()?;
+            match tributary_cdc::request_resnapshot(&sources.cdc_sources(), &table, wait).await? {
+                Some(rows) => println!("resnapshot of {table} done: {rows} rows copied"),
+                None => println!(
+                    "resnapshot of {table} requested; the running readers copy it at their next heartbeat"
+                ),
+            }
+        }
         Command::Lake {
             command: LakeCommand::Ingest { metrics },
         } => {
@@ -349,10 +380,11 @@ async fn run(cli: Cli) -> Result<()> {
             tributary_lake::ingest::run(lake, kafka, config.ingest.clone(), shutdown).await?;
         }
         Command::Etl {
-            command: EtlCommand::Run {
-                target,
-                full_refresh,
-            },
+            command:
+                EtlCommand::Run {
+                    target,
+                    full_refresh,
+                },
         } => {
             anyhow::ensure!(
                 target == "marts",
