@@ -971,6 +971,23 @@ async fn merge_silver(
     txns: Vec<Transaction>,
 ) -> Result<Option<SchemaRef>> {
     let mut schema = None;
+    if let Some(t) = events.iter().find(|e| e.op == Op::Truncate)
+        && lake.open("silver", table).await?.is_none()
+    {
+        // A table whose first change is a truncate (a replacing snapshot of
+        // a table never written before): create it empty from the columns
+        // the truncate carries, so the batch's offsets have a home.
+        let empty = RecordBatch::new_empty(silver_schema(&t.columns));
+        write_append(
+            lake,
+            "silver",
+            table,
+            empty,
+            None,
+            CommitProperties::default(),
+        )
+        .await?;
+    }
     let mut segment: Vec<ChangeEvent> = Vec::new();
     let mut segments: Vec<(Vec<ChangeEvent>, Option<ChangeEvent>)> = Vec::new();
     for ev in events {
