@@ -150,3 +150,11 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Wraps a PostgreSQL error with what we were doing.
+pub(crate) fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |source| Error::Postgres {
+        context: context.to_string(),
+        source,
+    }
+}

@@ -16,7 +16,7 @@ use tributary_model::pgtype::PgType;
 use crate::decode::{PgOutput, Relation, TupleValue, decode};
 use crate::protocol::{ReplicationConnection, ReplicationMessage};
 use crate::sink::{KafkaSink, check_broker, ensure_topics};
-use crate::{CdcConfig, Error, Result, snapshot, state};
+use crate::{CdcConfig, Error, Result, pg, snapshot, state};
 
 /// One source database to capture.
 #[derive(Clone, Debug)]
@@ -123,11 +123,20 @@ pub(crate) async fn connect_sql(dsn: &str) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
-    move |source| Error::Postgres {
-        context: context.to_string(),
-        source,
-    }
+/// A connection inside a REPEATABLE READ transaction whose snapshot it
+/// exported, for copy workers to import.
+async fn export_snapshot(dsn: &str) -> Result<(tokio_postgres::Client, String)> {
+    let client = connect_sql(dsn).await?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(pg("starting a snapshot transaction"))?;
+    let name = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(pg("exporting a snapshot"))?
+        .get(0);
+    Ok((client, name))
 }
 
 async fn run_reader(
@@ -404,18 +413,7 @@ async fn resume_snapshot(
     let attempt = state::next_attempt(client, slot).await?;
     let chunks = state::pending_chunks(client, slot).await?;
     tracing::warn!(db = %source.db, shard = source.shard, slot = %slot, attempt, chunks_left = chunks.len(), "resuming an interrupted snapshot");
-    let exporter = connect_sql(&source.dsn).await?;
-    let name: String = {
-        exporter
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(pg("starting the resume snapshot"))?;
-        exporter
-            .query_one("SELECT pg_export_snapshot()", &[])
-            .await
-            .map_err(pg("exporting the resume snapshot"))?
-            .get(0)
-    };
+    let (exporter, name) = export_snapshot(&source.dsn).await?;
     let columns = columns_of(&exporter, &source.tables).await?;
     let job = snapshot::Copy {
         source,
@@ -476,16 +474,7 @@ async fn resnapshot(
         return Ok(0);
     }
     let tables = vec![table.to_string()];
-    let exporter = connect_sql(&source.dsn).await?;
-    exporter
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(pg("starting the resnapshot"))?;
-    let name: String = exporter
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .map_err(pg("exporting the resnapshot snapshot"))?
-        .get(0);
+    let (exporter, name) = export_snapshot(&source.dsn).await?;
     let chunks = snapshot::plan(&exporter, &tables, config.snapshot_chunk_rows).await?;
     let columns = columns_of(&exporter, &tables).await?;
     // Ordinals far above any transaction's, rising with the clock so a
@@ -506,14 +495,8 @@ async fn resnapshot(
         reset: tables,
         columns,
     };
-    let rows = snapshot::copy_chunks(job, chunks, sink, |_, _| async { Ok(()) }).await?;
-    let barrier = sink.barrier().await?;
-    barrier.await.map_err(|_| {
-        sink.check()
-            .err()
-            .unwrap_or_else(|| Error::Delivery("delivery tracker stopped".into()))
-    })?;
-    Ok(rows)
+    // Returns once every chunk (and the truncate before them) is durable.
+    snapshot::copy_chunks(job, chunks, sink, |_, _| async { Ok(()) }).await
 }
 
 fn sink_target(state: &StreamState, sink: &KafkaSink) -> Lsn {

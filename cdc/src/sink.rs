@@ -226,7 +226,7 @@ impl KafkaSink {
 
     /// The tracker only stops after a failed delivery: report that failure,
     /// which is transient (the reader restarts and replays from the slot).
-    fn tracker_stopped(&self) -> Error {
+    pub(crate) fn tracker_stopped(&self) -> Error {
         match self.check() {
             Err(e) => e,
             Ok(()) => Error::Delivery("delivery tracker stopped".into()),

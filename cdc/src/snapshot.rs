@@ -356,11 +356,8 @@ where
     };
     let record = async {
         while let Some((chunk, rows, durable)) = done_rx.recv().await {
-            durable.await.map_err(|_| {
-                sink.check()
-                    .err()
-                    .unwrap_or_else(|| Error::Delivery("delivery tracker stopped".into()))
-            })?;
+            // Dropped unsignalled only when a delivery failed.
+            durable.await.map_err(|_| sink.tracker_stopped())?;
             on_chunk_done(chunk, rows).await?;
             crate::metrics::snapshot_chunk_done(&label);
         }

@@ -6,14 +6,7 @@
 use tributary_model::lsn::Lsn;
 
 use crate::snapshot::Chunk;
-use crate::{Error, Result};
-
-fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
-    move |source| Error::Postgres {
-        context: context.to_string(),
-        source,
-    }
-}
+use crate::{Result, pg};
 
 /// Creates the state tables when missing. Needs `CREATE` on the database, or
 /// the schema made beforehand for the reader's role (see the README).

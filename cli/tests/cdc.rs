@@ -83,7 +83,8 @@ async fn a_snapshot_killed_midway_resumes_with_the_chunks_not_done() {
     ];
     start(&mut env).await;
     let db = shard(&env, 0).await;
-    let rows = 60_000;
+    // Enough rows that the copy takes seconds even on a quiet machine.
+    let rows = 150_000;
     insert_customers(&db, 0, 0, rows).await;
     db.batch_execute("ANALYZE customers").await.unwrap();
 
@@ -99,7 +100,7 @@ async fn a_snapshot_killed_midway_resumes_with_the_chunks_not_done() {
         .await
         .unwrap()
         .is_some()
-            && count(&db, progress).await >= 5
+            && count(&db, progress).await >= 2
     })
     .await;
     env.kill9("cdc");
@@ -647,13 +648,14 @@ async fn the_reader_runs_with_a_least_privilege_role() {
         .unwrap();
     insert_customers(&shard(&env, 0).await, 0, 10, 10).await;
     assert_lake_equals_source(&env).await;
-    let owner: String = reader
+    // The stream really runs as the reader role.
+    let user: String = reader
         .query_one(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = 'tributary_orders_0'",
+            "SELECT usename::text FROM pg_stat_replication WHERE application_name = 'tributary-cdc'",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(owner, "tributary_orders_0");
+    assert_eq!(user, "tributary_reader");
 }
