@@ -577,6 +577,16 @@ async fn a_lost_slot_is_detected_and_only_its_database_resnapshotted() {
 
     // A slot dropped by hand is recovered the same way.
     env.kill9("cdc");
+    // The killed reader's walsender lets go of the slot a moment later.
+    wait_for(&mut env, "the slot to be released", Duration::from_secs(30), || async {
+        count(
+            &db,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tributary_orders_0' AND active",
+        )
+        .await
+            == 0
+    })
+    .await;
     db.batch_execute(
         "SELECT pg_drop_replication_slot('tributary_orders_0');
          DELETE FROM customers WHERE (id / 1024) % 5 = 0;",
