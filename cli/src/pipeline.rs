@@ -17,12 +17,26 @@ use tributary_model::lsn::Lsn;
 use crate::config::Config;
 use crate::stack::StackState;
 
-/// The lake settings: configured, or `<state>/lake`.
+/// The lake settings: configured, or `<state>/lake`. Commits are claimed in
+/// `lake.coordinator_dsn`, by default the `postgres` database of the local
+/// stack's catalog cluster, else `[sources].catalog`.
 pub fn lake_config(config: &Config) -> LakeConfig {
-    config.lake.clone().unwrap_or_else(|| LakeConfig {
+    let mut lake = config.lake.clone().unwrap_or_else(|| LakeConfig {
         root: config.state_dir.join("lake").to_string_lossy().into_owned(),
         s3: None,
-    })
+        coordinator_dsn: None,
+    });
+    if lake.coordinator_dsn.is_none() {
+        lake.coordinator_dsn = match (&config.sources, StackState::load(&config.state_dir)) {
+            (Some(s), _) => Some(s.catalog.clone()),
+            (None, Ok(Some(stack))) => Some(format!(
+                "host=127.0.0.1 port={} user=tributary dbname=postgres",
+                stack.catalog.port
+            )),
+            _ => None,
+        };
+    }
+    lake
 }
 
 /// The source databases: `[sources]` when configured, else the local stack.

@@ -533,5 +533,66 @@ pub async fn status(config: &Config) -> Result<Vec<ComponentStatus>> {
         healthy: tributary_lake::Lake::new(&lake).is_ok(),
         detail: "bronze, silver, gold".into(),
     });
+    out.extend(lake_writers(&lake).await);
     Ok(out)
+}
+
+/// Who writes each table (the ingest lease holder) and for how long.
+async fn lake_writers(config: &tributary_lake::LakeConfig) -> Vec<ComponentStatus> {
+    let Ok(lake) = tributary_lake::Lake::new(config) else {
+        return vec![];
+    };
+    let coordinator = match tokio::time::timeout(Duration::from_secs(3), lake.coordinator()).await {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) => return vec![],
+        Ok(Err(e)) => {
+            return vec![ComponentStatus {
+                component: "lake commit coordinator".into(),
+                address: config.coordinator_dsn.clone().unwrap_or_default(),
+                healthy: false,
+                detail: tributary_model::error_chain(&e),
+            }];
+        }
+        Err(_) => {
+            return vec![ComponentStatus {
+                component: "lake commit coordinator".into(),
+                address: config.coordinator_dsn.clone().unwrap_or_default(),
+                healthy: false,
+                detail: "timed out".into(),
+            }];
+        }
+    };
+    let leases = coordinator
+        .leases(lake.root().as_str())
+        .await
+        .unwrap_or_default();
+    TABLES
+        .iter()
+        .map(|t| {
+            let resource = tributary_lake::lease::resource(&lake, t.name);
+            let (healthy, detail) = match leases.iter().find(|l| l.resource == resource) {
+                Some(l) if l.expires_in_s > 0.0 => (
+                    true,
+                    format!(
+                        "written by {} (lease epoch {}, expires in {:.1} s unless renewed)",
+                        l.owner, l.epoch, l.expires_in_s
+                    ),
+                ),
+                Some(l) => (
+                    false,
+                    format!(
+                        "no writer: the lease of {} (epoch {}) expired {:.0} s ago",
+                        l.owner, l.epoch, -l.expires_in_s
+                    ),
+                ),
+                None => (true, "no ingester has claimed it yet".into()),
+            };
+            ComponentStatus {
+                component: format!("lake writer {}", t.name),
+                address: resource,
+                healthy,
+                detail,
+            }
+        })
+        .collect()
 }

@@ -21,6 +21,7 @@ fn lake(dir: &tempfile::TempDir) -> Lake {
     Lake::new(&LakeConfig {
         root: dir.path().to_str().unwrap().to_string(),
         s3: None,
+        coordinator_dsn: None,
     })
     .unwrap()
 }
@@ -197,7 +198,7 @@ impl Source {
             let batch = rows_to_batch(tributary_lake::schema::bronze_schema(), &rows);
             let handle = match self.lake.open("bronze", table).await.unwrap() {
                 Some(t) => t,
-                None => self.lake.table_handle("bronze", table).unwrap(),
+                None => self.lake.table_handle("bronze", table).await.unwrap(),
             };
             handle
                 .write(vec![batch])
@@ -222,6 +223,7 @@ impl Source {
                 None => {
                     self.lake
                         .table_handle("silver", table)
+                        .await
                         .unwrap()
                         .write(vec![batch])
                         .with_save_mode(SaveMode::Append)

@@ -42,6 +42,7 @@ use tributary_model::error_chain;
 use tributary_model::event::{ChangeEvent, Column, Op};
 use tributary_model::pgtype::format_utc_micros;
 
+use crate::lease::{Leases, Owned};
 use crate::schema::{
     SOURCE_OP, SOURCE_UNCHANGED, SilverChange, bronze_schema, dead_letter_schema, evolve,
     merge_source_schema, schema_changes_schema, silver_schema,
@@ -61,6 +62,10 @@ pub struct IngestConfig {
     /// Names the offsets in the lake (and the broker-side group, for monitoring only).
     #[serde(default = "default_group")]
     pub group_id: String,
+    /// Time to live of a table's single-writer lease (with a coordinator): a
+    /// killed owner is replaced within about this long.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -69,6 +74,7 @@ impl Default for IngestConfig {
             batch_max_messages: default_batch_messages(),
             batch_max_ms: default_batch_ms(),
             group_id: default_group(),
+            lease_ttl_ms: default_lease_ttl_ms(),
         }
     }
 }
@@ -82,6 +88,9 @@ fn default_batch_ms() -> u64 {
 fn default_group() -> String {
     "tributary-lake".into()
 }
+fn default_lease_ttl_ms() -> u64 {
+    6000
+}
 
 /// Name of the dead-letter table in the bronze layer.
 pub const DEAD_LETTERS: &str = "_dead_letters";
@@ -93,6 +102,10 @@ pub const SCHEMA_CHANGES: &str = "_schema_changes";
 /// conflicts) restart from the offsets recorded in the lake. A change one
 /// table cannot take (see [`Error::Incompatible`]) stops that table only,
 /// with its offsets right before that change, until the process restarts.
+///
+/// With a commit coordinator, each table is written only while this process
+/// holds its lease ([`crate::lease`]); tables it does not own are left to
+/// the ingester that does, and taken over when their lease expires.
 pub async fn run(
     lake: Lake,
     kafka: KafkaConfig,
@@ -100,22 +113,40 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     check_broker(&kafka).await?;
+    let tables = TABLES.iter().map(|t| t.name.to_string()).collect();
+    let leases = Leases::start(
+        &lake,
+        tables,
+        Duration::from_millis(config.lease_ttl_ms),
+        shutdown.clone(),
+    )
+    .await?;
     let mut backoff = Duration::from_millis(200);
     let mut stopped: HashSet<String> = HashSet::new();
-    loop {
-        match run_once(&lake, &kafka, &config, &shutdown, &mut stopped).await {
-            Ok(()) => return Ok(()),
+    let result = loop {
+        match run_once(&lake, &kafka, &config, &shutdown, &mut stopped, &leases).await {
+            Ok(Exit::Shutdown) => break Ok(()),
+            Ok(Exit::Reassign) => backoff = Duration::from_millis(200),
             Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
                 tracing::warn!(error = %error_chain(&e), "ingest failed; resuming from the offsets in the lake");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = shutdown.cancelled() => break Ok(()),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(e) => return Err(e),
+            Err(e) => break Err(e),
         }
-    }
+    };
+    leases.release_all().await;
+    result
+}
+
+/// Why one assignment of partitions ended.
+enum Exit {
+    Shutdown,
+    /// The set of owned tables changed: assign again.
+    Reassign,
 }
 
 fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
@@ -408,7 +439,18 @@ async fn run_once(
     config: &IngestConfig,
     shutdown: &CancellationToken,
     stopped: &mut HashSet<String>,
-) -> Result<()> {
+    leases: &Leases,
+) -> Result<Exit> {
+    let mut changed = leases.watch();
+    changed.mark_unchanged();
+    let owned: Owned = leases.owned();
+    if owned.is_empty() {
+        tracing::info!("standby: this ingester holds no table's lease yet; waiting for one");
+        tokio::select! {
+            _ = changed.changed() => return Ok(Exit::Reassign),
+            _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
+        }
+    }
     let consumer: StreamConsumer =
         consumer_config(kafka, &config.group_id)
             .create()
@@ -418,13 +460,25 @@ async fn run_once(
             })?;
     let topics: Vec<(String, &str)> = TABLES
         .iter()
+        .filter(|t| owned.contains_key(t.name))
         .map(|t| (topic_of(&kafka.topic_prefix, t), t.name))
         .collect();
     let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
     let counts = partition_counts(&consumer, &names, shutdown).await?;
     if shutdown.is_cancelled() {
-        return Ok(());
+        return Ok(Exit::Shutdown);
     }
+    // Each table is written through a handle whose commits carry its lease.
+    let lakes: HashMap<&str, Lake> = topics
+        .iter()
+        .map(|(_, table)| {
+            let l = match &owned[*table] {
+                Some(fence) => lake.with_fence(fence.clone()),
+                None => lake.clone(),
+            };
+            (*table, l)
+        })
+        .collect();
     let mut states: HashMap<String, TableState> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for (topic, table) in &topics {
@@ -469,10 +523,12 @@ async fn run_once(
         let mut batch: BTreeMap<String, Vec<OwnedMessage>> = BTreeMap::new();
         let mut count = 0usize;
         let deadline = tokio::time::Instant::now() + max_wait;
+        let mut reassign = false;
         while count < config.batch_max_messages {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(deadline) => break,
+                _ = changed.changed() => { reassign = true; break }
                 m = consumer.recv() => {
                     let m = m.map_err(|source| Error::Kafka { context: "consuming".into(), source })?;
                     batch.entry(m.topic().to_string()).or_default().push(m.detach());
@@ -480,18 +536,38 @@ async fn run_once(
                 }
             }
         }
+        // A table whose lease was lost is not written again: what was
+        // consumed for it is dropped (its offsets in the lake did not move).
+        let still_owned = if reassign {
+            leases.owned()
+        } else {
+            owned.clone()
+        };
         for (topic, messages) in batch {
-            if !apply_or_stop(
-                lake,
+            let Some(table) = states.get(&topic).map(|s| s.table.clone()) else {
+                continue;
+            };
+            if !still_owned.contains_key(&table) {
+                continue;
+            }
+            match apply_or_stop(
+                &lakes[table.as_str()],
                 &config.group_id,
                 &mut states,
                 stopped,
                 &topic,
                 messages,
             )
-            .await?
+            .await
             {
-                continue;
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) if crate::is_fenced(&e) => {
+                    tracing::warn!(table, error = %error_chain(&e), "commit refused: this ingester no longer holds the table's lease");
+                    leases.lost(&table);
+                    return Ok(Exit::Reassign);
+                }
+                Err(e) => return Err(e),
             }
             let mut paused = TopicPartitionList::new();
             for p in 0..counts[&topic] {
@@ -504,7 +580,11 @@ async fn run_once(
         }
         if shutdown.is_cancelled() {
             tracing::info!("ingest stopped");
-            return Ok(());
+            return Ok(Exit::Shutdown);
+        }
+        if reassign {
+            tracing::info!("owned tables changed; assigning partitions again");
+            return Ok(Exit::Reassign);
         }
     }
 }
@@ -528,7 +608,7 @@ async fn apply_or_stop(
     let Err(e) = apply_batch(lake, group, state, messages).await else {
         return Ok(false);
     };
-    if e.is_transient() {
+    if e.is_transient() || crate::is_fenced(&e) {
         return Err(e);
     }
     stop_table(state, &e);
@@ -945,7 +1025,7 @@ async fn write_append(
     let name = format!("{layer}.{table}");
     let t = match lake.open(layer, table).await? {
         Some(t) => t,
-        None => lake.table_handle(layer, table)?,
+        None => lake.table_handle(layer, table).await?,
     };
     let mut w = t
         .write(vec![batch])
@@ -1710,6 +1790,7 @@ mod tests {
         let lake = Lake::new(&crate::LakeConfig {
             root: dir.path().display().to_string(),
             s3: None,
+            coordinator_dsn: None,
         })
         .unwrap();
         let mut state = load_state(&lake, "g", "customers", TOPIC, 2).await.unwrap();
@@ -1757,6 +1838,7 @@ mod tests {
         let lake = Lake::new(&crate::LakeConfig {
             root: dir.path().display().to_string(),
             s3: None,
+            coordinator_dsn: None,
         })
         .unwrap();
         let events = [
@@ -1859,6 +1941,7 @@ mod tests {
         let lake = Lake::new(&crate::LakeConfig {
             root: dir.path().display().to_string(),
             s3: None,
+            coordinator_dsn: None,
         })
         .unwrap();
         (dir, lake)

@@ -8,7 +8,9 @@
 //! Seam: [`store::Lake`] is the only way other crates reach tables, so the
 //! storage options (S3 endpoint, credentials) are decided in one place.
 
+pub mod coordinator;
 pub mod ingest;
+pub mod lease;
 pub mod metrics;
 pub mod schema;
 pub mod store;
@@ -42,6 +44,9 @@ pub enum Error {
     },
     #[error("table {table}: {message}")]
     Schema { table: String, message: String },
+    /// The commit coordinator's database failed (retryable).
+    #[error("commit coordinator: {0}")]
+    Coordinator(String),
     #[error("object store at {0}")]
     ObjectStore(String, #[source] object_store::Error),
     /// A change silver cannot store without loss: an incompatible column type
@@ -71,19 +76,53 @@ impl Error {
     /// unavailable, commit conflict) as opposed to bad data or config.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Kafka { .. } | Error::ObjectStore(..) => true,
+            Error::Kafka { .. } | Error::ObjectStore(..) | Error::Coordinator(_) => true,
             Error::Delta { source, .. } => {
                 matches!(
                     source,
                     deltalake::DeltaTableError::VersionAlreadyExists(_)
                         | deltalake::DeltaTableError::ObjectStore { .. }
+                        // A concurrent commit (maintenance) changed what this
+                        // one read: redo it from the lake's state.
+                        | deltalake::DeltaTableError::Transaction {
+                            source: deltalake::kernel::transaction::TransactionError::CommitConflict(_)
+                                | deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(_)
+                        }
                 ) || caused_by_io(source)
+                    || coordinator_unavailable(source)
             }
             // A query fails transiently when it could not read the store.
             Error::DataFusion { source, .. } => caused_by_io(source),
             _ => false,
         }
     }
+}
+
+/// Whether a commit was refused because its writer lost the table's lease.
+pub fn is_fenced(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<coordinator::Fenced>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+fn coordinator_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if matches!(
+            e.downcast_ref::<coordinator::ClaimError>(),
+            Some(coordinator::ClaimError::Db(_))
+        ) || e.is::<Error>() && matches!(e.downcast_ref::<Error>(), Some(Error::Coordinator(_)))
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Whether an error was caused by the object store or the file system.

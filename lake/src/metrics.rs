@@ -32,6 +32,17 @@ static SCHEMA_CHANGES: LazyLock<Mutex<BTreeMap<(String, String), u64>>> =
 /// Tables whose ingest stopped on a change the lake cannot apply.
 static STOPPED: LazyLock<Mutex<BTreeMap<String, bool>>> = LazyLock::new(Mutex::default);
 
+/// Tables whose ingest lease this process holds (1) or waits for (0).
+static LEASES: LazyLock<Mutex<BTreeMap<String, bool>>> = LazyLock::new(Mutex::default);
+
+/// Notes whether this process owns a table's lease.
+pub(crate) fn lease_owned(table: &str, owned: bool) {
+    LEASES
+        .lock()
+        .expect("metrics lock")
+        .insert(table.to_string(), owned);
+}
+
 /// Counts a schema change seen at the source or applied to silver.
 pub(crate) fn schema_change(table: &str, change: &str) {
     let mut s = SCHEMA_CHANGES.lock().expect("metrics lock");
@@ -139,6 +150,14 @@ pub fn render() -> String {
     );
     for (table, stopped) in STOPPED.lock().expect("metrics lock").iter() {
         let _ = writeln!(out, "{name}{{table=\"{table}\"}} {}", u8::from(*stopped));
+    }
+    let name = "tributary_lake_lease_owned";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 when this ingester holds the table's single-writer lease, 0 on standby.\n# TYPE {name} gauge"
+    );
+    for (table, owned) in LEASES.lock().expect("metrics lock").iter() {
+        let _ = writeln!(out, "{name}{{table=\"{table}\"}} {}", u8::from(*owned));
     }
     out
 }

@@ -1,6 +1,7 @@
 //! Where the lake's tables live and how to open them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use deltalake::DeltaTable;
 use object_store::path::Path;
@@ -8,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::coordinator::{CoordinatedLogStore, Coordinator, Fence, LazyCoordinator};
 use crate::{Error, Result};
 
 /// Lake settings (`[lake]` in the config file).
@@ -19,6 +21,12 @@ pub struct LakeConfig {
     /// S3 endpoint and credentials; required when `root` is `s3://`.
     #[serde(default)]
     pub s3: Option<S3Config>,
+    /// PostgreSQL database that claims every commit and holds the writers'
+    /// leases (see [`crate::coordinator`]). Required for `s3://` roots unless
+    /// `s3.trust_put_if_absent` is set; the local stack uses its catalog
+    /// database.
+    #[serde(default)]
+    pub coordinator_dsn: Option<String>,
 }
 
 /// Access to an S3 or S3-compatible store.
@@ -35,17 +43,28 @@ pub struct S3Config {
     /// Allow `http://` endpoints (local servers).
     #[serde(default)]
     pub allow_http: bool,
+    /// Commit without a coordinator, trusting the store's atomic
+    /// put-if-absent (`If-None-Match: *`). True for AWS S3; check any other
+    /// store with `tributary lake check-store` first.
+    #[serde(default)]
+    pub trust_put_if_absent: bool,
 }
 
 fn default_region() -> String {
     "us-east-1".into()
 }
 
-/// A handle on the lake: root URL plus the storage options every table needs.
+/// A handle on the lake: root URL plus the storage options every table needs,
+/// and, when configured, the coordinator every commit goes through.
 #[derive(Clone, Debug)]
 pub struct Lake {
     root: Url,
     options: HashMap<String, String>,
+    coordinator: Option<Arc<LazyCoordinator>>,
+    /// Names this process in commit claims.
+    writer: String,
+    /// The lease this handle's commits must still hold.
+    fence: Option<Fence>,
 }
 
 impl Lake {
@@ -86,8 +105,17 @@ impl Lake {
                     s3.secret_access_key.expose_secret().to_string(),
                 );
                 options.insert("AWS_ALLOW_HTTP".into(), s3.allow_http.to_string());
-                // Commits are serialised by tributary's single-writer lease,
-                // not by the store, so Delta's rename safety check is not needed.
+                if config.coordinator_dsn.is_none() && !s3.trust_put_if_absent {
+                    return Err(Error::Config(
+                        "lake.coordinator_dsn is required for an s3:// lake.root: not every \
+                         S3-compatible store makes `If-None-Match: *` atomic (run `tributary \
+                         lake check-store`; set lake.s3.trust_put_if_absent = true only for a \
+                         store that passes it, such as AWS S3)"
+                            .into(),
+                    ));
+                }
+                // Commits are claimed in the coordinator (or the store is
+                // trusted), so Delta's rename safety check is not needed.
                 options.insert("AWS_S3_ALLOW_UNSAFE_RENAME".into(), "true".into());
                 options.insert("AWS_VIRTUAL_HOSTED_STYLE_REQUEST".into(), "false".into());
             }
@@ -101,7 +129,71 @@ impl Lake {
         if !root.path().ends_with('/') {
             root.set_path(&format!("{}/", root.path()));
         }
-        Ok(Lake { root, options })
+        let coordinator = config
+            .coordinator_dsn
+            .as_ref()
+            .map(|dsn| Arc::new(LazyCoordinator::new(dsn)));
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        Ok(Lake {
+            root,
+            options,
+            coordinator,
+            writer: format!("{host}:{}", std::process::id()),
+            fence: None,
+        })
+    }
+
+    /// The commit coordinator, when the lake has one.
+    pub async fn coordinator(&self) -> Result<Option<Arc<Coordinator>>> {
+        match &self.coordinator {
+            Some(c) => Ok(Some(c.get().await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// This handle with commits refused unless `fence` is still held.
+    pub fn with_fence(&self, fence: Fence) -> Lake {
+        Lake {
+            fence: Some(fence),
+            ..self.clone()
+        }
+    }
+
+    /// The name this process's commits carry in the coordinator.
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    /// A table handle on `url` whose commits go through the coordinator.
+    async fn build(&self, layer: &str, table: &str, url: Url) -> Result<DeltaTable> {
+        let name = || format!("{layer}.{table}");
+        let builder = deltalake::DeltaTableBuilder::from_url(url)
+            .map_err(|source| Error::Delta {
+                table: name(),
+                source,
+            })?
+            .with_storage_options(self.options.clone());
+        let Some(coordinator) = self.coordinator.clone() else {
+            return builder.build().map_err(|source| Error::Delta {
+                table: name(),
+                source,
+            });
+        };
+        let inner = builder.build_storage().map_err(|source| Error::Delta {
+            table: name(),
+            source,
+        })?;
+        let store =
+            CoordinatedLogStore::new(inner, coordinator, self.writer.clone(), self.fence.clone());
+        // A writer that died between its claim and its entry: finish it
+        // before anyone reads the table. Reading goes on without the
+        // coordinator; committing will not.
+        if let Err(e) = store.finish_pending().await {
+            tracing::debug!(table = %name(), error = %tributary_model::error_chain(&e), "commit coordinator not reachable");
+        }
+        Ok(DeltaTable::new(Arc::new(store)))
     }
 
     pub fn root(&self) -> &Url {
@@ -124,28 +216,31 @@ impl Lake {
     pub async fn open(&self, layer: &str, table: &str) -> Result<Option<DeltaTable>> {
         let url = self.table_url(layer, table);
         if url.scheme() == "file" {
-            let exists = url
+            // A log folder holding only a temporary commit (a first commit in
+            // flight or abandoned) is not a table yet.
+            let has_entry = url
                 .to_file_path()
-                .map(|p| p.join("_delta_log").is_dir())
-                .unwrap_or(false);
-            if !exists {
+                .ok()
+                .and_then(|p| std::fs::read_dir(p.join("_delta_log")).ok())
+                .is_some_and(|mut entries| {
+                    entries.any(|e| {
+                        e.ok().is_some_and(|e| {
+                            let name = e.file_name();
+                            let name = name.to_string_lossy();
+                            name.as_bytes().first().is_some_and(u8::is_ascii_digit)
+                                && (name.ends_with(".json") || name.ends_with(".parquet"))
+                        })
+                    })
+                });
+            if !has_entry {
                 return Ok(None);
             }
         }
-        let mut t = deltalake::DeltaTableBuilder::from_url(url.clone())
-            .map_err(|source| Error::Delta {
-                table: format!("{layer}.{table}"),
-                source,
-            })?
-            .with_storage_options(self.options.clone())
-            .build()
-            .map_err(|source| Error::Delta {
-                table: format!("{layer}.{table}"),
-                source,
-            })?;
+        let mut t = self.build(layer, table, url).await?;
         match t.load().await {
             Ok(()) => Ok(Some(t)),
             Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) if e.to_string().contains("No files in log segment") => Ok(None),
             Err(source) => Err(Error::Delta {
                 table: format!("{layer}.{table}"),
                 source,
@@ -154,7 +249,7 @@ impl Lake {
     }
 
     /// A table handle that may not exist yet (for creating it).
-    pub fn table_handle(&self, layer: &str, table: &str) -> Result<DeltaTable> {
+    pub async fn table_handle(&self, layer: &str, table: &str) -> Result<DeltaTable> {
         let url = self.table_url(layer, table);
         if url.scheme() == "file"
             && let Ok(path) = url.to_file_path()
@@ -162,12 +257,7 @@ impl Lake {
             std::fs::create_dir_all(&path)
                 .map_err(|e| Error::Config(format!("creating {}: {e}", path.display())))?;
         }
-        deltalake::DeltaTableBuilder::from_url(url)
-            .and_then(|b| b.with_storage_options(self.options.clone()).build())
-            .map_err(|source| Error::Delta {
-                table: format!("{layer}.{table}"),
-                source,
-            })
+        self.build(layer, table, url).await
     }
 
     /// Names of the Delta tables in one layer, sorted.

@@ -14,6 +14,7 @@ fn lake(dir: &tempfile::TempDir) -> Lake {
     Lake::new(&LakeConfig {
         root: dir.path().to_str().unwrap().to_string(),
         s3: None,
+        coordinator_dsn: None,
     })
     .unwrap()
 }
@@ -70,7 +71,7 @@ async fn append(lake: &Lake, layer: &str, table: &str, batch: RecordBatch) {
     let handle = if exists {
         lake.open(layer, table).await.unwrap().unwrap()
     } else {
-        lake.table_handle(layer, table).unwrap()
+        lake.table_handle(layer, table).await.unwrap()
     };
     handle
         .write(vec![batch])

@@ -60,6 +60,7 @@ pub(crate) async fn prepare(dir: &Path, scale: f64, threads: usize) -> Result<Pr
     let lake = Lake::new(&LakeConfig {
         root: lake_dir.to_string_lossy().into_owned(),
         s3: None,
+        coordinator_dsn: None,
     })?;
     if let Ok(text) = std::fs::read_to_string(&marker_path)
         && let Ok(marker) = serde_json::from_str::<Marker>(&text)
@@ -95,7 +96,8 @@ pub(crate) async fn prepare(dir: &Path, scale: f64, threads: usize) -> Result<Pr
         } else {
             batches
         };
-        lake.table_handle(LAYER, name)?
+        lake.table_handle(LAYER, name)
+            .await?
             .write(batches)
             .with_save_mode(SaveMode::Overwrite)
             .with_writer_properties(writer_properties())

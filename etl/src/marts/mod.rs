@@ -780,7 +780,7 @@ async fn commit(
     let table = out.name;
     let handle = match open(lake, GOLD, table).await? {
         Some(t) => t,
-        None => lake.table_handle(GOLD, table)?,
+        None => lake.table_handle(GOLD, table).await?,
     };
     let props = watermark.commit_properties();
     let (batches, predicate) = match &out.write {

@@ -1,0 +1,349 @@
+//! Single writer per Delta table: commits claimed in PostgreSQL, leases
+//! with fences, and ingesters that take over from each other. Real
+//! PostgreSQL, the tansu broker, Delta tables and the `tributary` binary.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use deltalake::protocol::SaveMode;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tributary::pipeline;
+use tributary_lake::coordinator::{ClaimError, Coordinator, Fence};
+use tributary_lake::{Lake, LakeConfig};
+
+mod common;
+
+use common::*;
+
+fn coordinator_dsn(env: &Env) -> String {
+    pipeline::lake_config(&env.config())
+        .coordinator_dsn
+        .expect("the local stack gives the lake a coordinator")
+}
+
+fn pid_of(env: &Env, name: &str) -> Pid {
+    let (_, child) = env.children.iter().find(|(n, _)| n == name).unwrap();
+    Pid::from_raw(child.id() as i32)
+}
+
+/// Owner of every ingest lease, when one process holds them all.
+async fn sole_owner(client: &tokio_postgres::Client) -> Option<String> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT owner FROM tributary_lake.leases WHERE expires_at > now()",
+            &[],
+        )
+        .await
+        .ok()?;
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM tributary_lake.leases", &[])
+        .await
+        .ok()?
+        .get(0);
+    (rows.len() == 1 && n == tributary_model::domain::TABLES.len() as i64).then(|| rows[0].get(0))
+}
+
+async fn wait_owner_change(
+    env: &mut Env,
+    client: &tokio_postgres::Client,
+    from: &str,
+    limit: Duration,
+) -> (String, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(o) = sole_owner(client).await
+            && o != from
+        {
+            return (o, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no other ingester took every table over within {limit:?}\n--- a:\n{}\n--- b:\n{}",
+            tail(&env.log("ingest-a")),
+            tail(&env.log("ingest-b"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every commit was claimed once, by the lease holder of its epoch; epochs
+/// never go back; and every claimed version is in the table's log.
+async fn assert_one_writer_per_epoch(env: &Env, client: &tokio_postgres::Client) {
+    let rows = client
+        .query(
+            "SELECT table_url, version, writer, epoch, completed_at IS NOT NULL FROM tributary_lake.commits
+              WHERE epoch IS NOT NULL ORDER BY table_url, version",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!rows.is_empty(), "no fenced commit was claimed at all");
+    let mut writers_by_epoch = std::collections::HashMap::new();
+    let mut last: Option<(String, i64)> = None;
+    let mut epochs_seen = std::collections::BTreeSet::new();
+    for r in &rows {
+        let (url, version, writer, epoch, done): (String, i64, String, i64, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        assert!(
+            done,
+            "{url} version {version} was claimed but never written"
+        );
+        let prev = writers_by_epoch.insert((url.clone(), epoch), writer.clone());
+        assert!(
+            prev.is_none_or(|p| p == writer),
+            "{url}: two writers committed under epoch {epoch}"
+        );
+        if let Some((u, e)) = &last
+            && *u == url
+        {
+            assert!(
+                epoch >= *e,
+                "{url} version {version}: epoch {epoch} committed after epoch {e} (an old owner committed after losing its lease)"
+            );
+        }
+        last = Some((url.clone(), epoch));
+        epochs_seen.insert(epoch);
+        let path = url::Url::parse(&url)
+            .unwrap()
+            .to_file_path()
+            .unwrap()
+            .join(format!("_delta_log/{version:020}.json"));
+        assert!(
+            path.exists(),
+            "claimed commit {} is missing",
+            path.display()
+        );
+    }
+    assert!(
+        epochs_seen.len() >= 2,
+        "the test never changed owners: {epochs_seen:?}"
+    );
+    let _ = env;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingesters_never_both_commit_and_a_lost_owner_is_replaced_in_seconds() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new();
+    env.extra
+        .push(("TRIBUTARY__INGEST__LEASE_TTL_MS".into(), "3000".into()));
+    up(&env);
+    env.spawn("oltp", &["oltp", "serve"]);
+    env.wait_http().await;
+    env.spawn("cdc", &["cdc", "run"]);
+    env.spawn("ingest-a", &["lake", "ingest"]);
+    let client = pipeline_connect(&coordinator_dsn(&env)).await;
+    let started = Instant::now();
+    let a = loop {
+        if let Some(o) = sole_owner(&client).await {
+            break o;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first ingester never owned every table:\n{}",
+            tail(&env.log("ingest-a"))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    env.spawn("ingest-b", &["lake", "ingest"]);
+    let url = env.url();
+    let mut load = env
+        .command(&[
+            "load",
+            "--rate",
+            "40",
+            "--duration",
+            "30s",
+            "--url",
+            &url,
+            "--seed",
+            "5",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // b is a standby: a keeps every table.
+    assert_eq!(sole_owner(&client).await.as_deref(), Some(a.as_str()));
+
+    // Pause the owner past its lease: b takes over; a, resumed, must not
+    // commit again under its old lease.
+    kill(pid_of(&env, "ingest-a"), Signal::SIGSTOP).unwrap();
+    let (b, took) = wait_owner_change(&mut env, &client, &a, Duration::from_secs(20)).await;
+    println!("paused owner replaced after {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "takeover took {took:?} with a 3 s lease"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kill(pid_of(&env, "ingest-a"), Signal::SIGCONT).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        sole_owner(&client).await.as_deref(),
+        Some(b.as_str()),
+        "the resumed old owner took tables back from a live owner"
+    );
+
+    // Kill the new owner: the old one takes every table back.
+    env.kill9("ingest-b");
+    let (again, took) = wait_owner_change(&mut env, &client, &b, Duration::from_secs(20)).await;
+    println!("killed owner replaced after {took:?}");
+    assert!(took < Duration::from_secs(8), "takeover took {took:?}");
+    assert_ne!(again, b);
+
+    assert!(load.wait().unwrap().success(), "load failed");
+    env.assert_running();
+    assert_lake_equals_source(&env).await;
+    assert_one_writer_per_epoch(&env, &client).await;
+    assert!(
+        env.log("ingest-a").contains("lease lost"),
+        "the paused owner never noticed it lost its leases:\n{}",
+        tail(&env.log("ingest-a"))
+    );
+}
+
+fn numbers(values: &[i64]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_admit_one_writer_per_version_and_refuse_a_fenced_one() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new();
+    up(&env);
+    let dsn = coordinator_dsn(&env);
+    let c = Coordinator::connect(&dsn).await.unwrap();
+
+    // Twenty writers race for one version: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.claim("test://race", 0, &format!("tmp{i}"), &format!("w{i}"), None)
+                .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(ClaimError::Taken(0)) => {}
+            Err(e) => panic!("unexpected claim error: {e}"),
+        }
+    }
+    assert_eq!(won, 1, "{won} writers claimed the same version");
+    // A stale writer cannot claim a version at or below the newest claim.
+    assert!(matches!(
+        c.claim("test://race", 0, "late", "w", None).await,
+        Err(ClaimError::Taken(0))
+    ));
+
+    // Leases: a second owner waits; after expiry it takes over with a
+    // higher epoch and the old owner's commits are refused.
+    let ttl = Duration::from_millis(800);
+    let ea = c
+        .try_acquire("test://lease", "a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.try_acquire("test://lease", "b", ttl).await.unwrap(), None);
+    let fa = Fence {
+        resource: "test://lease".into(),
+        owner: "a".into(),
+        epoch: ea,
+    };
+    c.claim("test://fenced", 0, "t0", "a", Some(&fa))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let eb = c
+        .try_acquire("test://lease", "b", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(eb > ea);
+    assert!(
+        !c.renew(&fa, ttl).await.unwrap(),
+        "an expired lease renewed"
+    );
+    match c.claim("test://fenced", 1, "t1", "a", Some(&fa)).await {
+        Err(ClaimError::Fenced(f)) => assert_eq!(f.epoch, ea),
+        other => panic!("the old owner's commit was not fenced: {other:?}"),
+    }
+    let fb = Fence {
+        resource: "test://lease".into(),
+        owner: "b".into(),
+        epoch: eb,
+    };
+    c.claim("test://fenced", 1, "t1", "b", Some(&fb))
+        .await
+        .unwrap();
+    c.release(&fb).await.unwrap();
+    assert!(
+        c.try_acquire("test://lease", "a", ttl)
+            .await
+            .unwrap()
+            .is_some(),
+        "a released lease was not free at once"
+    );
+
+    // Delta writers on two handles commit concurrently through the
+    // coordinator: every commit lands, none is overwritten.
+    let lake_root = env.dir.path().join("claims-lake");
+    let lake = Lake::new(&LakeConfig {
+        root: lake_root.display().to_string(),
+        s3: None,
+        coordinator_dsn: Some(dsn.clone()),
+    })
+    .unwrap();
+    lake.table_handle("silver", "numbers")
+        .await
+        .unwrap()
+        .write(vec![numbers(&[])])
+        .with_save_mode(SaveMode::Append)
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for w in 0..2i64 {
+        let lake = Lake::new(&LakeConfig {
+            root: lake_root.display().to_string(),
+            s3: None,
+            coordinator_dsn: Some(dsn.clone()),
+        })
+        .unwrap();
+        writers.push(tokio::spawn(async move {
+            for i in 0..15i64 {
+                loop {
+                    let t = lake.open("silver", "numbers").await.unwrap().unwrap();
+                    match t
+                        .write(vec![numbers(&[w * 100 + i])])
+                        .with_save_mode(SaveMode::Append)
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) => eprintln!("writer {w} retries: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let t = lake.open("silver", "numbers").await.unwrap().unwrap();
+    assert_eq!(t.version(), Some(30), "commits were lost or doubled");
+    let session = tributary_query::Session::new(lake).await.unwrap();
+    let n = tributary_query_count(
+        &session
+            .sql("SELECT count(DISTINCT n) FROM silver.numbers")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(n, 30, "rows of committed writes are missing");
+}

@@ -1,0 +1,591 @@
+//! Commits that are safe on any object store, and single-writer leases.
+//!
+//! Delta's safety between writers rests on the store creating each
+//! `_delta_log/<version>.json` atomically only if absent. Not every
+//! S3-compatible server does (see `docs/lake-stores.md`), so the lake does not
+//! trust the store for it: every commit is first *claimed* in PostgreSQL.
+//!
+//! A commit of version `v` goes:
+//! 1. delta-rs writes the entry to a temporary object `_delta_log/_commit_<uuid>.json.tmp`;
+//! 2. the writer inserts `(table, v, tmp)` into `tributary_lake.commits`.
+//!    The primary key lets exactly one writer claim `v`; a claim must be above
+//!    the table's newest claim, so a writer with a stale view cannot claim a
+//!    version whose claim was pruned; and when the writer
+//!    holds a lease ([`Fence`]), the same statement checks under a row lock
+//!    that the lease is still its own, so a paused old owner cannot commit
+//!    after losing it;
+//! 3. the temporary object is copied to `<v>.json` (a plain overwrite: only
+//!    the claimed bytes are ever written there), and the claim is marked
+//!    complete.
+//!
+//! A writer that dies between 2 and 3 leaves a claim without its `<v>.json`.
+//! Anyone who opens the table, reads that version or commits after it
+//! finishes the copy (the temporary object stays until the claim completes),
+//! so a claimed commit is never lost and never overwritten. This is the design
+//! of delta-rs's DynamoDB log store, with PostgreSQL as the arbiter, because
+//! tributary already runs PostgreSQL and its transactions give the fence.
+//!
+//! Leases (`tributary_lake.leases`) name one owner per resource (an ingested
+//! table) with an epoch that rises on every change of owner and an expiry on
+//! PostgreSQL's clock; owners renew well before expiry.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deltalake::kernel::Version;
+use deltalake::kernel::transaction::TransactionError;
+use deltalake::logstore::{CommitOrBytes, LogStore, LogStoreConfig, LogStoreRef};
+use deltalake::{DeltaResult, DeltaTableError};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+/// Claimed rows kept per table behind the newest one (older ones are pruned).
+const KEEP_CLAIMS: i64 = 100;
+
+/// A coordinator connected on first use, so handles on the lake stay cheap
+/// and reading works while the coordinator's database is down.
+#[derive(Debug)]
+pub struct LazyCoordinator {
+    dsn: String,
+    cell: tokio::sync::OnceCell<Arc<Coordinator>>,
+}
+
+impl LazyCoordinator {
+    pub fn new(dsn: &str) -> Self {
+        LazyCoordinator {
+            dsn: dsn.to_string(),
+            cell: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub async fn get(&self) -> Result<Arc<Coordinator>> {
+        Ok(self
+            .cell
+            .get_or_try_init(|| Coordinator::connect(&self.dsn))
+            .await?
+            .clone())
+    }
+}
+
+/// The PostgreSQL side of the lake: commit claims and leases.
+pub struct Coordinator {
+    dsn: String,
+    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+impl fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coordinator").finish_non_exhaustive()
+    }
+}
+
+/// Why a claim was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("version {0} is already claimed")]
+    Taken(Version),
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+    #[error("commit coordinator: {0}")]
+    Db(String),
+}
+
+/// A commit refused because the writer no longer holds its lease.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "lease {resource:?} epoch {epoch} is no longer held by {owner}: another writer took over; this commit was refused"
+)]
+pub struct Fenced {
+    pub resource: String,
+    pub owner: String,
+    pub epoch: i64,
+}
+
+/// The lease a writer must still hold for its commits to be accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub resource: String,
+    pub owner: String,
+    pub epoch: i64,
+}
+
+/// One row of `tributary_lake.leases`, as `tributary status` shows it.
+#[derive(Clone, Debug)]
+pub struct LeaseInfo {
+    pub resource: String,
+    pub owner: String,
+    pub epoch: i64,
+    /// Seconds until expiry on the database's clock (negative: expired).
+    pub expires_in_s: f64,
+}
+
+const SCHEMA: &str = "
+CREATE SCHEMA IF NOT EXISTS tributary_lake;
+CREATE TABLE IF NOT EXISTS tributary_lake.commits (
+    table_url    text        NOT NULL,
+    version      bigint      NOT NULL,
+    tmp_path     text        NOT NULL,
+    writer       text        NOT NULL,
+    epoch        bigint,
+    claimed_at   timestamptz NOT NULL DEFAULT now(),
+    completed_at timestamptz,
+    PRIMARY KEY (table_url, version)
+);
+CREATE INDEX IF NOT EXISTS commits_pending ON tributary_lake.commits (table_url) WHERE completed_at IS NULL;
+CREATE TABLE IF NOT EXISTS tributary_lake.leases (
+    resource    text        PRIMARY KEY,
+    owner       text        NOT NULL,
+    epoch       bigint      NOT NULL,
+    acquired_at timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);
+";
+
+impl Coordinator {
+    /// Connects and creates the coordinator's tables when missing.
+    pub async fn connect(dsn: &str) -> Result<Arc<Coordinator>> {
+        let c = Arc::new(Coordinator {
+            dsn: dsn.to_string(),
+            client: Mutex::new(None),
+        });
+        let client = c.client().await?;
+        // Several processes may start at once: serialise the DDL.
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(7243001); {SCHEMA} COMMIT;"
+            ))
+            .await
+            .map_err(|e| db_error("creating the tributary_lake schema", &e))?;
+        Ok(c)
+    }
+
+    /// The connection, reconnecting after a failure.
+    async fn client(&self) -> Result<Arc<tokio_postgres::Client>> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let mut cfg: tokio_postgres::Config = self
+            .dsn
+            .parse()
+            .map_err(|e| Error::Config(format!("lake.coordinator_dsn: {e}")))?;
+        cfg.connect_timeout(Duration::from_secs(10));
+        cfg.application_name("tributary-lake");
+        let (client, conn) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| db_error("connecting to the commit coordinator", &e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "commit coordinator connection closed");
+            }
+        });
+        let client = Arc::new(client);
+        *guard = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Claims `version` of a table for the commit in `tmp`.
+    pub async fn claim(
+        &self,
+        table: &str,
+        version: Version,
+        tmp: &str,
+        writer: &str,
+        fence: Option<&Fence>,
+    ) -> std::result::Result<(), ClaimError> {
+        let client = self
+            .client()
+            .await
+            .map_err(|e| ClaimError::Db(tributary_model::error_chain(&e)))?;
+        let v = version as i64;
+        let (resource, owner, epoch) = match fence {
+            Some(f) => (
+                Some(f.resource.as_str()),
+                Some(f.owner.as_str()),
+                Some(f.epoch),
+            ),
+            None => (None, None, None),
+        };
+        // One statement, one transaction: the version rule, the lease check
+        // (under a share lock, so a takeover waits for this claim or this
+        // claim sees the takeover) and the insert.
+        let inserted = client
+            .query_opt(
+                "WITH newest AS (
+                     SELECT max(version) AS v FROM tributary_lake.commits WHERE table_url = $1
+                 ), lease AS (
+                     SELECT 1 FROM tributary_lake.leases
+                      WHERE resource = $5 AND owner = $7 AND epoch = $6 AND expires_at > now()
+                      FOR SHARE
+                 )
+                 INSERT INTO tributary_lake.commits (table_url, version, tmp_path, writer, epoch)
+                 SELECT $1, $2, $3, $4, $6
+                  WHERE ((SELECT v FROM newest) IS NULL OR $2 > (SELECT v FROM newest))
+                    AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM lease))
+                 RETURNING (SELECT v FROM newest)",
+                &[&table, &v, &tmp, &writer, &resource, &epoch, &owner],
+            )
+            .await;
+        match inserted {
+            Ok(Some(_)) => {
+                if v % KEEP_CLAIMS == 0 && v > KEEP_CLAIMS {
+                    let _ = client
+                        .execute(
+                            "DELETE FROM tributary_lake.commits WHERE table_url = $1 AND version < $2 AND completed_at IS NOT NULL",
+                            &[&table, &(v - KEEP_CLAIMS)],
+                        )
+                        .await;
+                }
+                Ok(())
+            }
+            Ok(None) => {
+                // Refused: find out which rule.
+                let newest: Option<i64> = client
+                    .query_one(
+                        "SELECT max(version) FROM tributary_lake.commits WHERE table_url = $1",
+                        &[&table],
+                    )
+                    .await
+                    .map_err(|e| ClaimError::Db(e.to_string()))?
+                    .get(0);
+                if newest.is_some_and(|n| n >= v) {
+                    return Err(ClaimError::Taken(version));
+                }
+                let f = fence.expect("a claim without a fence is refused only by the version rule");
+                Err(ClaimError::Fenced(Fenced {
+                    resource: f.resource.clone(),
+                    owner: f.owner.clone(),
+                    epoch: f.epoch,
+                }))
+            }
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(ClaimError::Taken(version))
+            }
+            Err(e) => Err(ClaimError::Db(tributary_model::error_chain(&e))),
+        }
+    }
+
+    async fn complete(&self, table: &str, version: Version) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE tributary_lake.commits SET completed_at = now() WHERE table_url = $1 AND version = $2 AND completed_at IS NULL",
+                &[&table, &(version as i64)],
+            )
+            .await
+            .map_err(|e| db_error("completing a claim", &e))?;
+        Ok(())
+    }
+
+    async fn withdraw(&self, table: &str, version: Version, tmp: &str) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM tributary_lake.commits WHERE table_url = $1 AND version = $2 AND tmp_path = $3",
+                &[&table, &(version as i64), &tmp],
+            )
+            .await
+            .map_err(|e| db_error("withdrawing a claim", &e))?;
+        Ok(())
+    }
+
+    /// Claims of a table whose `<version>.json` may not be written yet.
+    async fn pending(&self, table: &str) -> Result<Vec<(Version, String)>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT version, tmp_path FROM tributary_lake.commits WHERE table_url = $1 AND completed_at IS NULL ORDER BY version",
+                &[&table],
+            )
+            .await
+            .map_err(|e| db_error("reading pending claims", &e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as Version, r.get(1)))
+            .collect())
+    }
+
+    /// Takes the lease when it is free or expired (or already ours). Returns
+    /// the epoch when held.
+    pub async fn try_acquire(
+        &self,
+        resource: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<i64>> {
+        let ttl_s = ttl.as_secs_f64();
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "INSERT INTO tributary_lake.leases (resource, owner, epoch, expires_at)
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+                 ON CONFLICT (resource) DO UPDATE
+                    SET owner = EXCLUDED.owner, epoch = leases.epoch + 1,
+                        acquired_at = now(), expires_at = EXCLUDED.expires_at
+                  WHERE leases.expires_at <= now()
+                 RETURNING epoch",
+                &[&resource, &owner, &ttl_s],
+            )
+            .await
+            .map_err(|e| db_error("acquiring a lease", &e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Extends a lease still held; false when it was lost (expired or taken).
+    pub async fn renew(&self, fence: &Fence, ttl: Duration) -> Result<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE tributary_lake.leases SET expires_at = now() + make_interval(secs => $4)
+                  WHERE resource = $1 AND owner = $2 AND epoch = $3 AND expires_at > now()",
+                &[
+                    &fence.resource,
+                    &fence.owner,
+                    &fence.epoch,
+                    &ttl.as_secs_f64(),
+                ],
+            )
+            .await
+            .map_err(|e| db_error("renewing a lease", &e))?;
+        Ok(n == 1)
+    }
+
+    /// Gives a lease up at once, so a standby takes over without waiting.
+    pub async fn release(&self, fence: &Fence) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE tributary_lake.leases SET expires_at = now()
+                  WHERE resource = $1 AND owner = $2 AND epoch = $3",
+                &[&fence.resource, &fence.owner, &fence.epoch],
+            )
+            .await
+            .map_err(|e| db_error("releasing a lease", &e))?;
+        Ok(())
+    }
+
+    /// Every lease whose resource starts with `prefix`.
+    pub async fn leases(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT resource, owner, epoch, extract(epoch FROM expires_at - now())::float8
+                   FROM tributary_lake.leases WHERE starts_with(resource, $1) ORDER BY resource",
+                &[&prefix],
+            )
+            .await
+            .map_err(|e| db_error("reading leases", &e))?;
+        Ok(rows
+            .iter()
+            .map(|r| LeaseInfo {
+                resource: r.get(0),
+                owner: r.get(1),
+                epoch: r.get(2),
+                expires_in_s: r.get(3),
+            })
+            .collect())
+    }
+}
+
+fn db_error(what: &str, e: &tokio_postgres::Error) -> Error {
+    Error::Coordinator(format!("{what}: {}", tributary_model::error_chain(e)))
+}
+
+fn commit_path(version: Version) -> Path {
+    Path::from(format!("_delta_log/{version:020}.json"))
+}
+
+/// A [`LogStore`] whose commits are claimed through the [`Coordinator`].
+/// Reads go to the store as they are; a claimed version whose entry is
+/// missing is finished first.
+pub struct CoordinatedLogStore {
+    inner: LogStoreRef,
+    coordinator: Arc<LazyCoordinator>,
+    /// The table's key in the coordinator (its URL).
+    table: String,
+    writer: String,
+    fence: Option<Fence>,
+}
+
+impl CoordinatedLogStore {
+    pub fn new(
+        inner: LogStoreRef,
+        coordinator: Arc<LazyCoordinator>,
+        writer: String,
+        fence: Option<Fence>,
+    ) -> Self {
+        let table = inner.config().location().to_string();
+        CoordinatedLogStore {
+            inner,
+            coordinator,
+            table,
+            writer,
+            fence,
+        }
+    }
+
+    /// Writes the entries of claims that are not complete (a writer died
+    /// between its claim and its copy). The temporary object of a claim stays
+    /// until the claim is complete, so the copy always has its source.
+    pub async fn finish_pending(&self) -> Result<usize> {
+        let coordinator = self.coordinator.get().await?;
+        let pending = coordinator.pending(&self.table).await?;
+        let store = self.inner.object_store(None);
+        for (version, tmp) in &pending {
+            let target = commit_path(*version);
+            if store.head(&target).await.is_err() {
+                store
+                    .copy(&Path::from(tmp.as_str()), &target)
+                    .await
+                    .map_err(|e| Error::ObjectStore(format!("{}/{target}", self.table), e))?;
+                tracing::warn!(table = %self.table, version, "finished a commit its writer left claimed but unwritten");
+            }
+            coordinator.complete(&self.table, *version).await?;
+            let _ = store.delete(&Path::from(tmp.as_str())).await;
+        }
+        Ok(pending.len())
+    }
+}
+
+fn log_store_error(
+    msg: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> TransactionError {
+    TransactionError::LogStoreError {
+        msg: msg.to_string(),
+        source: Box::new(e),
+    }
+}
+
+#[async_trait::async_trait]
+impl LogStore for CoordinatedLogStore {
+    fn name(&self) -> String {
+        "TributaryCoordinatedLogStore".into()
+    }
+
+    async fn read_commit_entry(&self, version: Version) -> DeltaResult<Option<Bytes>> {
+        if let Some(b) = self.inner.read_commit_entry(version).await? {
+            return Ok(Some(b));
+        }
+        self.finish_pending()
+            .await
+            .map_err(|e| DeltaTableError::Generic(tributary_model::error_chain(&e)))?;
+        self.inner.read_commit_entry(version).await
+    }
+
+    async fn write_commit_entry(
+        &self,
+        version: Version,
+        commit_or_bytes: CommitOrBytes,
+        operation_id: Uuid,
+    ) -> std::result::Result<(), TransactionError> {
+        let CommitOrBytes::TmpCommit(tmp) = &commit_or_bytes else {
+            // delta-rs hands bytes only to the log stores it knows by name.
+            return Err(log_store_error(
+                "the coordinated log store expects a temporary commit object",
+                Error::Coordinator("got commit bytes".into()),
+            ));
+        };
+        let store = self.inner.object_store(Some(operation_id));
+        let target = commit_path(version);
+        let coordinator = match self.coordinator.get().await {
+            Ok(c) => c,
+            Err(e) => return Err(log_store_error("commit coordinator unavailable", e)),
+        };
+        match coordinator
+            .claim(
+                &self.table,
+                version,
+                tmp.as_ref(),
+                &self.writer,
+                self.fence.as_ref(),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(ClaimError::Taken(v)) => {
+                // Whoever holds the claim may have died before writing it:
+                // finish it, so the retry sees that version.
+                if let Err(e) = self.finish_pending().await {
+                    tracing::warn!(error = %tributary_model::error_chain(&e), "finishing pending commits");
+                }
+                return Err(TransactionError::VersionAlreadyExists(v));
+            }
+            Err(ClaimError::Fenced(f)) => {
+                let _ = store.delete(tmp).await;
+                return Err(log_store_error("commit refused", f));
+            }
+            Err(e @ ClaimError::Db(_)) => {
+                return Err(log_store_error("commit coordinator unavailable", e));
+            }
+        }
+        // A version the store already has (written before the coordinator
+        // knew the table): withdraw the claim, never overwrite the entry.
+        if store.head(&target).await.is_ok() {
+            let _ = coordinator
+                .withdraw(&self.table, version, tmp.as_ref())
+                .await;
+            let _ = store.delete(tmp).await;
+            return Err(TransactionError::VersionAlreadyExists(version));
+        }
+        store
+            .copy(tmp, &target)
+            .await
+            .map_err(|e| log_store_error("writing the claimed commit", e))?;
+        coordinator
+            .complete(&self.table, version)
+            .await
+            .map_err(|e| log_store_error("completing the claimed commit", e))?;
+        let _ = store.delete(tmp).await;
+        Ok(())
+    }
+
+    async fn abort_commit_entry(
+        &self,
+        _version: Version,
+        commit_or_bytes: CommitOrBytes,
+        operation_id: Uuid,
+    ) -> std::result::Result<(), TransactionError> {
+        if let CommitOrBytes::TmpCommit(tmp) = commit_or_bytes {
+            let _ = self
+                .inner
+                .object_store(Some(operation_id))
+                .delete(&tmp)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn get_latest_version(&self, start_version: Version) -> DeltaResult<Version> {
+        self.finish_pending()
+            .await
+            .map_err(|e| DeltaTableError::Generic(tributary_model::error_chain(&e)))?;
+        self.inner.get_latest_version(start_version).await
+    }
+
+    fn object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.object_store(operation_id)
+    }
+
+    fn root_object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.root_object_store(operation_id)
+    }
+
+    fn config(&self) -> &LogStoreConfig {
+        self.inner.config()
+    }
+}
