@@ -1,8 +1,11 @@
 //! Where the lake's tables live and how to open them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use deltalake::DeltaTable;
+use futures::StreamExt;
+use object_store::ObjectStore;
 use object_store::path::Path;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -46,6 +49,9 @@ fn default_region() -> String {
 pub struct Lake {
     root: Url,
     options: HashMap<String, String>,
+    /// `layer/table` of the tables on an object store seen to have a log,
+    /// so opening them again costs no listing.
+    known: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Lake {
@@ -101,7 +107,11 @@ impl Lake {
         if !root.path().ends_with('/') {
             root.set_path(&format!("{}/", root.path()));
         }
-        Ok(Lake { root, options })
+        Ok(Lake {
+            root,
+            options,
+            known: Arc::default(),
+        })
     }
 
     pub fn root(&self) -> &Url {
@@ -123,14 +133,10 @@ impl Lake {
     /// Opens a table at its latest version; `None` when it does not exist yet.
     pub async fn open(&self, layer: &str, table: &str) -> Result<Option<DeltaTable>> {
         let url = self.table_url(layer, table);
-        if url.scheme() == "file" {
-            let exists = url
-                .to_file_path()
-                .map(|p| p.join("_delta_log").is_dir())
-                .unwrap_or(false);
-            if !exists {
-                return Ok(None);
-            }
+        // Checked first because Delta's kernel logs an error for every load
+        // of a table that does not exist.
+        if !self.has_log(layer, table).await? {
+            return Ok(None);
         }
         let mut t = deltalake::DeltaTableBuilder::from_url(url.clone())
             .map_err(|source| Error::Delta {
@@ -153,6 +159,30 @@ impl Lake {
         }
     }
 
+    /// Whether `<root>/<layer>/<table>/_delta_log/` holds anything.
+    async fn has_log(&self, layer: &str, table: &str) -> Result<bool> {
+        let url = self.table_url(layer, table);
+        if let Ok(path) = url.to_file_path() {
+            return Ok(path.join("_delta_log").is_dir());
+        }
+        let name = format!("{layer}/{table}");
+        if self.known.lock().expect("not poisoned").contains(&name) {
+            return Ok(true);
+        }
+        let (store, base) = self.object_store()?;
+        let log = base.join(layer).join(table).join("_delta_log");
+        // The first page of the listing is enough.
+        let found = match store.list(Some(&log)).next().await {
+            None | Some(Err(object_store::Error::NotFound { .. })) => false,
+            Some(Ok(_)) => true,
+            Some(Err(e)) => return Err(Error::ObjectStore(log.to_string(), e)),
+        };
+        if found {
+            self.known.lock().expect("not poisoned").insert(name);
+        }
+        Ok(found)
+    }
+
     /// A table handle that may not exist yet (for creating it).
     pub fn table_handle(&self, layer: &str, table: &str) -> Result<DeltaTable> {
         let url = self.table_url(layer, table);
@@ -170,10 +200,15 @@ impl Lake {
             })
     }
 
+    /// The store under the lake and the root's path inside it.
+    pub(crate) fn object_store(&self) -> Result<(Box<dyn ObjectStore>, Path)> {
+        object_store::parse_url_opts(&self.root, self.options.iter())
+            .map_err(|e| Error::ObjectStore(self.root.to_string(), e))
+    }
+
     /// Names of the Delta tables in one layer, sorted.
     pub async fn list_tables(&self, layer: &str) -> Result<Vec<String>> {
-        let (store, base) = object_store::parse_url_opts(&self.root, self.options.iter())
-            .map_err(|e| Error::ObjectStore(self.root.to_string(), e))?;
+        let (store, base) = self.object_store()?;
         let prefix = Path::from(
             format!("{}/{layer}", base.as_ref().trim_end_matches('/')).trim_start_matches('/'),
         );
