@@ -2,12 +2,15 @@
 //!
 //! - [`store`]: where tables live (`<root>/{bronze,silver,gold}/<table>`),
 //!   opening them at their latest version, listing them.
+//! - [`check`]: whether the store refuses a second create of a key, which
+//!   is what keeps concurrent Delta writers apart without a coordinator.
 //! - [`ingest`]: Kafka change topics into bronze (append-only change log) and
 //!   silver (current state via MERGE), exactly once.
 //!
 //! Seam: [`store::Lake`] is the only way other crates reach tables, so the
 //! storage options (S3 endpoint, credentials) are decided in one place.
 
+pub mod check;
 pub mod ingest;
 pub mod metrics;
 pub mod schema;
