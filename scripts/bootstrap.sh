@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tributary needs on a Debian machine with Rust: the PostgreSQL
-# server, the C toolchain pieces the Kafka client builds with, and the tansu
-# broker. Safe to run any number of times: it only installs what is missing.
+# server, the C toolchain pieces the Kafka client builds with, the tansu
+# broker and the s3s-fs S3 server the lake's S3 tests run against. Safe to
+# run any number of times: it only installs what is missing.
 set -euo pipefail
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
@@ -56,4 +57,11 @@ if ! command -v tansu >/dev/null 2>&1; then
   log "installing the tansu Kafka-API broker from crates.io (about 8 minutes on 2 cores)"
   cargo install tansu --version 0.6.0 --locked --features libsql
 fi
-log "ready: $(pg_config --version 2>/dev/null || echo postgres), $(tansu --version 2>/dev/null | head -1)"
+# A local S3 API for the tests of an s3:// lake. 0.14.1: later releases need
+# a newer rustc. It refuses a sequential second If-None-Match create but not
+# concurrent ones; `tributary lake check-store` shows that.
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  log "installing the s3s-fs S3 server from crates.io (about 2 minutes on 2 cores)"
+  cargo install s3s-fs --version 0.14.1 --locked --features binary
+fi
+log "ready: $(pg_config --version 2>/dev/null || echo postgres), $(tansu --version 2>/dev/null | head -1), $(s3s-fs --version 2>/dev/null)"

@@ -204,6 +204,22 @@ enum LakeCommand {
         #[arg(long)]
         metrics: Option<String>,
     },
+    /// Check whether the lake's store refuses a second create of a key
+    /// (what keeps several Delta writers apart without a coordinator), and
+    /// its read-after-write and list-after-write consistency. Writes and
+    /// then deletes scratch keys under `<root>/_tributary_check/`.
+    CheckStore {
+        /// Concurrent creators racing for one key.
+        #[arg(long, default_value_t = 20)]
+        creators: usize,
+        /// Races, each for a fresh key (one race can end with a single
+        /// winner by luck).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -378,6 +394,28 @@ async fn run(cli: Cli) -> Result<()> {
                 eprintln!("metrics on http://{addr}/metrics");
             }
             tributary_lake::ingest::run(lake, kafka, config.ingest.clone(), shutdown).await?;
+        }
+        Command::Lake {
+            command:
+                LakeCommand::CheckStore {
+                    creators,
+                    rounds,
+                    json,
+                },
+        } => {
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            let options = tributary_lake::check::CheckOptions { creators, rounds };
+            let report = tributary_lake::check::check_store(&lake, &options).await?;
+            if json {
+                let mut v = serde_json::to_value(&report).context("report as JSON")?;
+                v["verdict"] = report.verdict().into();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).context("report as JSON")?
+                );
+            } else {
+                print!("{report}");
+            }
         }
         Command::Etl {
             command:

@@ -2,6 +2,8 @@
 //!
 //! - [`store`]: where tables live (`<root>/{bronze,silver,gold}/<table>`),
 //!   opening them at their latest version, listing them.
+//! - [`check`]: whether the store refuses a second create of a key, which
+//!   is what keeps concurrent Delta writers apart without a coordinator.
 //! - [`ingest`]: Kafka change topics into bronze (append-only change log) and
 //!   silver (current state via MERGE), exactly once.
 //!
@@ -9,6 +11,7 @@
 //! storage options (S3 endpoint, credentials) are decided in one place.
 
 pub mod coordinator;
+pub mod check;
 pub mod ingest;
 pub mod lease;
 pub mod metrics;

@@ -1,9 +1,11 @@
 //! Where the lake's tables live and how to open them.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use deltalake::DeltaTable;
+use futures::StreamExt;
+use object_store::ObjectStore;
 use object_store::path::Path;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -65,6 +67,9 @@ pub struct Lake {
     writer: String,
     /// The lease this handle's commits must still hold.
     fence: Option<Fence>,
+    /// `layer/table` of the tables on an object store seen to have a log,
+    /// so opening them again costs no listing.
+    known: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Lake {
@@ -142,6 +147,7 @@ impl Lake {
             coordinator,
             writer: format!("{host}:{}", std::process::id()),
             fence: None,
+            known: Arc::default(),
         })
     }
 
@@ -215,26 +221,10 @@ impl Lake {
     /// Opens a table at its latest version; `None` when it does not exist yet.
     pub async fn open(&self, layer: &str, table: &str) -> Result<Option<DeltaTable>> {
         let url = self.table_url(layer, table);
-        if url.scheme() == "file" {
-            // A log folder holding only a temporary commit (a first commit in
-            // flight or abandoned) is not a table yet.
-            let has_entry = url
-                .to_file_path()
-                .ok()
-                .and_then(|p| std::fs::read_dir(p.join("_delta_log")).ok())
-                .is_some_and(|mut entries| {
-                    entries.any(|e| {
-                        e.ok().is_some_and(|e| {
-                            let name = e.file_name();
-                            let name = name.to_string_lossy();
-                            name.as_bytes().first().is_some_and(u8::is_ascii_digit)
-                                && (name.ends_with(".json") || name.ends_with(".parquet"))
-                        })
-                    })
-                });
-            if !has_entry {
-                return Ok(None);
-            }
+        // Checked first because Delta's kernel logs an error for every load
+        // of a table that does not exist.
+        if !self.has_log(layer, table).await? {
+            return Ok(None);
         }
         let mut t = self.build(layer, table, url).await?;
         match t.load().await {
@@ -246,6 +236,45 @@ impl Lake {
                 source,
             }),
         }
+    }
+
+    /// Whether `<root>/<layer>/<table>/_delta_log/` holds anything.
+    async fn has_log(&self, layer: &str, table: &str) -> Result<bool> {
+        let url = self.table_url(layer, table);
+        // A log holding only a temporary commit (a first commit in flight or
+        // abandoned) is not a table yet: look for a numbered entry.
+        let is_entry = |name: &str| {
+            name.as_bytes().first().is_some_and(u8::is_ascii_digit)
+                && (name.ends_with(".json") || name.ends_with(".parquet"))
+        };
+        if let Ok(path) = url.to_file_path() {
+            return Ok(std::fs::read_dir(path.join("_delta_log"))
+                .is_ok_and(|mut entries| {
+                    entries.any(|e| e.is_ok_and(|e| is_entry(&e.file_name().to_string_lossy())))
+                }));
+        }
+        let name = format!("{layer}/{table}");
+        if self.known.lock().expect("not poisoned").contains(&name) {
+            return Ok(true);
+        }
+        let (store, base) = self.object_store()?;
+        let log = base.join(layer).join(table).join("_delta_log");
+        let mut listing = store.list(Some(&log));
+        let mut found = false;
+        while let Some(entry) = listing.next().await {
+            match entry {
+                Ok(meta) if meta.location.filename().is_some_and(is_entry) => {
+                    found = true;
+                    break;
+                }
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::ObjectStore(log.to_string(), e)),
+            }
+        }
+        if found {
+            self.known.lock().expect("not poisoned").insert(name);
+        }
+        Ok(found)
     }
 
     /// A table handle that may not exist yet (for creating it).
@@ -260,10 +289,15 @@ impl Lake {
         self.build(layer, table, url).await
     }
 
+    /// The store under the lake and the root's path inside it.
+    pub(crate) fn object_store(&self) -> Result<(Box<dyn ObjectStore>, Path)> {
+        object_store::parse_url_opts(&self.root, self.options.iter())
+            .map_err(|e| Error::ObjectStore(self.root.to_string(), e))
+    }
+
     /// Names of the Delta tables in one layer, sorted.
     pub async fn list_tables(&self, layer: &str) -> Result<Vec<String>> {
-        let (store, base) = object_store::parse_url_opts(&self.root, self.options.iter())
-            .map_err(|e| Error::ObjectStore(self.root.to_string(), e))?;
+        let (store, base) = self.object_store()?;
         let prefix = Path::from(
             format!("{}/{layer}", base.as_ref().trim_end_matches('/')).trim_start_matches('/'),
         );

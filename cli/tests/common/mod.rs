@@ -276,3 +276,125 @@ pub fn up(env: &Env) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An s3s-fs server on a free loopback port, serving a temporary folder
+/// with one bucket; killed on drop. `scripts/bootstrap.sh` installs it.
+pub struct S3Server {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub bucket: String,
+    child: Child,
+}
+
+impl S3Server {
+    pub const ACCESS_KEY: &'static str = "tributary-test";
+    pub const SECRET_KEY: &'static str = "tributary-test-secret";
+
+    pub async fn start() -> S3Server {
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-s3-")
+            .tempdir_in(std::env::temp_dir())
+            .unwrap();
+        let bucket = "lake".to_string();
+        // s3s-fs serves each folder of its root as a bucket.
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::create_dir(dir.path().join("data").join(&bucket)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.path().join("s3s-fs.log")).unwrap();
+        let child = Command::new(s3s_fs_bin())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", Self::ACCESS_KEY])
+            .args(["--secret-key", Self::SECRET_KEY])
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting s3s-fs (run scripts/bootstrap.sh): {e}"));
+        let mut server = S3Server {
+            dir,
+            port,
+            bucket,
+            child,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Until the server answers HTTP at all (an unsigned request gets an
+    /// error status, which is an answer).
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if reqwest::get(self.endpoint()).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("s3s-fs exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not answer:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("s3s-fs.log")).unwrap_or_default()
+    }
+
+    /// The folder that holds the bucket's objects.
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.dir.path().join("data").join(&self.bucket)
+    }
+
+    /// Settings that put the lake at `s3://<bucket>/<prefix>` on this server,
+    /// for `Env::extra`.
+    pub fn lake_vars(&self, prefix: &str) -> Vec<(String, String)> {
+        vec![
+            (
+                "TRIBUTARY__LAKE__ROOT".into(),
+                format!("s3://{}/{prefix}", self.bucket),
+            ),
+            ("TRIBUTARY__LAKE__S3__ENDPOINT".into(), self.endpoint()),
+            (
+                "TRIBUTARY__LAKE__S3__ACCESS_KEY_ID".into(),
+                Self::ACCESS_KEY.into(),
+            ),
+            (
+                "TRIBUTARY__LAKE__S3__SECRET_ACCESS_KEY".into(),
+                Self::SECRET_KEY.into(),
+            ),
+            ("TRIBUTARY__LAKE__S3__ALLOW_HTTP".into(), "true".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `s3s-fs` on PATH, else where `cargo install` puts it.
+fn s3s_fs_bin() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("s3s-fs"))
+            .find(|p| p.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/s3s-fs")
+    })
+}
