@@ -4,10 +4,12 @@
 //!   opening them at their latest version, listing them.
 //! - [`ingest`]: Kafka change topics into bronze (append-only change log) and
 //!   silver (current state via MERGE), exactly once.
+//! - [`dlq`]: the dead letters ingest set aside, listed and replayed.
 //!
 //! Seam: [`store::Lake`] is the only way other crates reach tables, so the
 //! storage options (S3 endpoint, credentials) are decided in one place.
 
+pub mod dlq;
 pub mod ingest;
 pub mod metrics;
 pub mod schema;
