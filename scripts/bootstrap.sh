@@ -21,6 +21,7 @@ command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v perl >/dev/null 2>&1 || need_apt+=(perl)
 command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
@@ -39,17 +40,35 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# `tributary bench query` compares with DuckDB through its Python package.
+# Installs Python packages; Debian's python3 refuses a plain `pip install`
+# into the system (PEP 668) unless told to.
+pip_install() {
+  python3 -m pip install --quiet "$@" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "$@"
+}
+
+# `tributary bench query` and the interop test compare with DuckDB through
+# its Python package, over Arrow tables from pyarrow.
 if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
-  log "installing the duckdb Python package (for tributary bench query)"
-  python3 -m pip install --quiet duckdb
+  log "installing the duckdb Python package (for tributary bench query and the interop test)"
+  pip_install duckdb
+fi
+if ! python3 -c 'import pyarrow' >/dev/null 2>&1; then
+  log "installing pyarrow (for the interop test)"
+  pip_install pyarrow
+fi
+
+# The interop test opens every lake table with another Delta reader: the
+# Python `deltalake` package.
+if ! python3 -c 'import deltalake' >/dev/null 2>&1; then
+  log "installing the deltalake Python package (for the interop test)"
+  pip_install 'deltalake>=1.6'
 fi
 
 # The wire server's tests drive it with psycopg, a real Postgres client library.
 if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
   log "installing psycopg (Python) for the SQL wire server tests"
-  python3 -m pip install --quiet 'psycopg[binary]' 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]'
+  pip_install 'psycopg[binary]'
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -220,6 +220,49 @@ enum LakeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Messages ingest could not apply (`bronze._dead_letters`): list them,
+    /// replay them after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show dead letters: topic, partition, offset, error, time, payload
+    /// size and whether they have been replayed.
+    List {
+        /// Only dead letters of this source table's topic.
+        #[arg(long)]
+        table: Option<String>,
+        /// Only the newest N.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode dead letters again with the current decoder and apply those
+    /// that now fit to bronze and silver, once. Run it while `lake ingest`
+    /// is stopped.
+    Replay {
+        /// Only dead letters of this source table's topic.
+        #[arg(long)]
+        table: Option<String>,
+        /// Only the dead letter at PARTITION:OFFSET (requires --table).
+        #[arg(
+            long,
+            value_name = "PARTITION:OFFSET",
+            requires = "table",
+            conflicts_with = "all"
+        )]
+        offset: Option<String>,
+        /// Every pending dead letter (of --table, when given).
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -417,6 +460,12 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{report}");
             }
         }
+        Command::Lake {
+            command: LakeCommand::Dlq { command },
+        } => {
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            dead_letters(&lake, command).await?;
+        }
         Command::Etl {
             command:
                 EtlCommand::Run {
@@ -597,6 +646,96 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo { duration, rate } => {
             tributary::demo::run(&config, tributary::parse_duration(&duration)?, rate).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn dead_letters(lake: &tributary_lake::Lake, command: DlqCommand) -> Result<()> {
+    use tributary_lake::dlq::{self, Selection};
+    let known = |table: &Option<String>| -> Result<()> {
+        if let Some(t) = table {
+            anyhow::ensure!(
+                tributary_model::domain::TABLES.iter().any(|s| s.name == t),
+                "unknown table {t:?}"
+            );
+        }
+        Ok(())
+    };
+    match command {
+        DlqCommand::List { table, limit, json } => {
+            known(&table)?;
+            let selection = Selection {
+                table,
+                position: None,
+            };
+            let letters = dlq::list(lake, &selection, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+                return Ok(());
+            }
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for d in &letters {
+                println!(
+                    "{} {}:{} {:<8} {} {:>7} bytes  {}",
+                    d.topic,
+                    d.partition,
+                    d.offset,
+                    d.status,
+                    d.failed_at,
+                    d.payload_bytes.unwrap_or(0),
+                    d.error
+                );
+            }
+        }
+        DlqCommand::Replay {
+            table,
+            offset,
+            all,
+            json,
+        } => {
+            known(&table)?;
+            anyhow::ensure!(
+                all || offset.is_some(),
+                "say which dead letters to replay: --all, or --table T --offset PARTITION:OFFSET"
+            );
+            let position = offset
+                .map(|o| -> Result<(i32, i64)> {
+                    let (p, o) = o
+                        .split_once(':')
+                        .context("--offset takes PARTITION:OFFSET, e.g. 0:42")?;
+                    Ok((p.trim().parse()?, o.trim().parse()?))
+                })
+                .transpose()?;
+            let report = dlq::replay(lake, &Selection { table, position }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            for o in &report.outcomes {
+                match (o.result, &o.error) {
+                    ("failed", Some(e)) => {
+                        println!("{} {}:{} still fails: {e}", o.topic, o.partition, o.offset)
+                    }
+                    _ => println!(
+                        "{} {}:{} replayed as {} (silver: {})",
+                        o.topic,
+                        o.partition,
+                        o.offset,
+                        o.event_id.as_deref().unwrap_or("?"),
+                        o.silver.unwrap_or("?")
+                    ),
+                }
+            }
+            println!(
+                "{} replayed ({} new in bronze), {} still failing, {} replayed before",
+                report.replayed(),
+                report.bronze_rows,
+                report.failed(),
+                report.already_replayed
+            );
         }
     }
     Ok(())

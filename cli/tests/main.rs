@@ -376,3 +376,116 @@ fn unknown_config_keys_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("lake.rooot") || err.contains("rooot"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_listed_and_the_pipeline_goes_on() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new();
+    up(&env);
+    env.spawn("oltp", &["oltp", "serve"]);
+    env.wait_http().await;
+    scripted_changes(&env.url()).await;
+    env.spawn("cdc", &["cdc", "run"]);
+    env.spawn("ingest", &["lake", "ingest"]);
+    assert_lake_equals_source(&env).await;
+    let out = env.run(&["lake", "dlq", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let none: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(none, json!([]), "a clean run has no dead letters");
+
+    // A message on a live change topic that no decoder takes, then more
+    // traffic behind it.
+    let (topic, partition, offset) =
+        produce_raw(&env, "orders", b"0:poison", b"{\"op\": \"c\", truncated").await;
+    let url = env.url();
+    let load = env.run(&[
+        "load",
+        "--rate",
+        "30",
+        "--duration",
+        "8s",
+        "--url",
+        &url,
+        "--seed",
+        "3",
+    ]);
+    assert!(
+        load.status.success(),
+        "load failed: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    env.assert_running();
+    assert_lake_equals_source(&env).await;
+
+    let out = env.run(&["lake", "dlq", "list", "--table", "orders", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let letters = listed.as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{listed}");
+    let d = &letters[0];
+    assert_eq!(d["topic"], topic.as_str());
+    assert_eq!(d["partition"], partition);
+    assert_eq!(d["offset"], offset);
+    assert_eq!(d["table"], "orders");
+    assert_eq!(d["status"], "pending");
+    assert_eq!(d["payload_bytes"], 21);
+    assert!(
+        d["error"].as_str().unwrap().contains("line 1 column"),
+        "{d}"
+    );
+    assert!(d["failed_at"].as_str().unwrap().starts_with("20"), "{d}");
+    // Another table's filter shows nothing; the text listing names the error.
+    let out = env.run(&["lake", "dlq", "list", "--table", "payments", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!([])
+    );
+    let out = env.run(&["lake", "dlq", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{topic} {partition}:{offset} pending")),
+        "{text}"
+    );
+    // The ingester logged it and did not stop.
+    env.assert_running();
+    assert!(
+        env.log("ingest").contains("dead-letter"),
+        "{}",
+        tail(&env.log("ingest"))
+    );
+
+    // Replay with the same decoder: it still fails and stays pending.
+    env.kill9("ingest");
+    let out = env.run(&[
+        "lake",
+        "dlq",
+        "replay",
+        "--table",
+        "orders",
+        "--offset",
+        &format!("{partition}:{offset}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("still fails") && text.contains("0 replayed"),
+        "{text}"
+    );
+    let out = env.run(&["lake", "dlq", "replay"]);
+    assert!(
+        !out.status.success(),
+        "replay without a selection must refuse"
+    );
+}

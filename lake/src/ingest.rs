@@ -188,7 +188,7 @@ pub async fn check_broker(kafka: &KafkaConfig) -> Result<()> {
 }
 
 /// What ingest knows about one table between batches.
-struct TableState {
+pub(crate) struct TableState {
     table: String,
     topic: String,
     bronze_next: HashMap<i32, i64>,
@@ -264,7 +264,7 @@ pub(crate) async fn query_table(
         .map_err(df_err)
 }
 
-async fn load_state(
+pub(crate) async fn load_state(
     lake: &Lake,
     group: &str,
     table: &str,
@@ -641,14 +641,14 @@ fn stop_table(state: &TableState, e: &Error) {
     crate::metrics::table_stopped(&state.table, true);
 }
 
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
 
-fn rows_to_batch(schema: SchemaRef, rows: &[Value]) -> Result<RecordBatch> {
+pub(crate) fn rows_to_batch(schema: SchemaRef, rows: &[Value]) -> Result<RecordBatch> {
     let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
         .with_batch_size(rows.len().max(1))
         .build_decoder()?;
@@ -658,7 +658,7 @@ fn rows_to_batch(schema: SchemaRef, rows: &[Value]) -> Result<RecordBatch> {
         .unwrap_or_else(|| RecordBatch::new_empty(schema)))
 }
 
-async fn apply_batch(
+pub(crate) async fn apply_batch(
     lake: &Lake,
     group: &str,
     state: &mut TableState,
@@ -834,7 +834,7 @@ async fn apply_batch(
 /// Checks that silver can take the event, without touching the lake.
 /// `running` is silver's schema as the batch evolves it, and the last shape
 /// it was evolved for (most events share their predecessor's shape).
-fn check_event(
+pub(crate) fn check_event(
     table: &str,
     running: &mut (Option<SchemaRef>, Vec<Column>),
     ev: &ChangeEvent,
@@ -974,7 +974,7 @@ pub async fn committed_offsets(
     Ok((bronze, silver))
 }
 
-fn dead_letter(m: &OwnedMessage, error: &str) -> Value {
+pub(crate) fn dead_letter(m: &OwnedMessage, error: &str) -> Value {
     json!({
         "kafka_topic": m.topic(),
         "kafka_partition": m.partition(),
@@ -991,7 +991,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn bronze_row(ev: &ChangeEvent, m: &OwnedMessage, ingested: &str) -> Value {
+pub(crate) fn bronze_row(ev: &ChangeEvent, m: &OwnedMessage, ingested: &str) -> Value {
     let commit = format_utc_micros(ev.source.ts_us);
     let date = commit[..10].to_string();
     json!({
@@ -1014,7 +1014,7 @@ fn bronze_row(ev: &ChangeEvent, m: &OwnedMessage, ingested: &str) -> Value {
     })
 }
 
-async fn write_append(
+pub(crate) async fn write_append(
     lake: &Lake,
     layer: &str,
     table: &str,
@@ -1044,7 +1044,7 @@ async fn write_append(
 /// Applies change events to the silver table: creates it on first use,
 /// evolves its schema, splits the batch at truncates, and keeps only the
 /// newest change per key. Returns silver's schema when it merged rows.
-async fn merge_silver(
+pub(crate) async fn merge_silver(
     lake: &Lake,
     table: &str,
     events: Vec<ChangeEvent>,

@@ -6,12 +6,14 @@
 //!   is what keeps concurrent Delta writers apart without a coordinator.
 //! - [`ingest`]: Kafka change topics into bronze (append-only change log) and
 //!   silver (current state via MERGE), exactly once.
+//! - [`dlq`]: the dead letters ingest set aside, listed and replayed.
 //!
 //! Seam: [`store::Lake`] is the only way other crates reach tables, so the
 //! storage options (S3 endpoint, credentials) are decided in one place.
 
-pub mod coordinator;
 pub mod check;
+pub mod coordinator;
+pub mod dlq;
 pub mod ingest;
 pub mod lease;
 pub mod metrics;

@@ -235,6 +235,21 @@ pub fn dead_letter_schema() -> SchemaRef {
     ]))
 }
 
+/// The record of replayed dead letters (`bronze._dead_letters_replayed`):
+/// append-only, one row per dead letter a replay applied.
+pub fn dead_letters_replayed_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("kafka_topic", DataType::Utf8, false),
+        Field::new("kafka_partition", DataType::Int32, false),
+        Field::new("kafka_offset", DataType::Int64, false),
+        Field::new("source_table", DataType::Utf8, false),
+        Field::new("event_id", DataType::Utf8, false),
+        // `applied`, or `superseded` when a newer change of the key was in bronze.
+        Field::new("silver", DataType::Utf8, false),
+        Field::new("replayed_at", timestamp_type(), false),
+    ]))
+}
+
 /// The schema-change log (`bronze._schema_changes`): one row per change of a
 /// source table's shape, per shard, at the position of the first event of
 /// the new shape, and one row per change the lake applied to silver.

@@ -248,10 +248,11 @@ impl Lake {
                 && (name.ends_with(".json") || name.ends_with(".parquet"))
         };
         if let Ok(path) = url.to_file_path() {
-            return Ok(std::fs::read_dir(path.join("_delta_log"))
-                .is_ok_and(|mut entries| {
+            return Ok(
+                std::fs::read_dir(path.join("_delta_log")).is_ok_and(|mut entries| {
                     entries.any(|e| e.is_ok_and(|e| is_entry(&e.file_name().to_string_lossy())))
-                }));
+                }),
+            );
         }
         let name = format!("{layer}/{table}");
         if self.known.lock().expect("not poisoned").contains(&name) {

@@ -398,3 +398,32 @@ fn s3s_fs_bin() -> PathBuf {
         PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/s3s-fs")
     })
 }
+
+/// Produces one raw message to the change topic of `table` on the stack's
+/// broker (as a broken or foreign producer would) and returns where it
+/// landed: (topic, partition, offset).
+pub async fn produce_raw(env: &Env, table: &str, key: &[u8], payload: &[u8]) -> (String, i32, i64) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let cfg = env.config();
+    let stack = StackState::load(&cfg.state_dir).unwrap().unwrap();
+    let kafka = stack::kafka_config(&cfg, &stack);
+    let spec = tributary_model::domain::TABLES
+        .iter()
+        .find(|t| t.name == table)
+        .unwrap();
+    let topic = tributary_model::domain::topic_of(&kafka.topic_prefix, spec);
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    let delivery = producer
+        .send(
+            FutureRecord::to(&topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    (topic, delivery.partition, delivery.offset)
+}
