@@ -61,6 +61,9 @@ pub struct IngestConfig {
     /// Names the offsets in the lake (and the broker-side group, for monitoring only).
     #[serde(default = "default_group")]
     pub group_id: String,
+    /// Compaction, checkpoints and vacuum of the tables ingest writes.
+    #[serde(default)]
+    pub maintenance: crate::maintenance::MaintenanceConfig,
 }
 
 impl Default for IngestConfig {
@@ -69,6 +72,7 @@ impl Default for IngestConfig {
             batch_max_messages: default_batch_messages(),
             batch_max_ms: default_batch_ms(),
             group_id: default_group(),
+            maintenance: Default::default(),
         }
     }
 }
@@ -465,6 +469,7 @@ async fn run_once(
     tracing::info!(tables = states.len(), "ingest started");
 
     let max_wait = Duration::from_millis(config.batch_max_ms);
+    let mut maintainer = crate::maintenance::Maintainer::new(config.maintenance.clone());
     loop {
         let mut batch: BTreeMap<String, Vec<OwnedMessage>> = BTreeMap::new();
         let mut count = 0usize;
@@ -491,6 +496,10 @@ async fn run_once(
             )
             .await?
             {
+                // Maintenance of the table just committed, by its one writer.
+                if let Some(state) = states.get(&topic) {
+                    maintainer.after_batch(lake, &state.table).await;
+                }
                 continue;
             }
             let mut paused = TopicPartitionList::new();

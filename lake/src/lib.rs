@@ -5,10 +5,14 @@
 //! - [`ingest`]: Kafka change topics into bronze (append-only change log) and
 //!   silver (current state via MERGE), exactly once.
 //!
+//! - [`maintenance`]: compaction, vacuum and checkpoints, by hand or on the
+//!   ingester's own cadence.
+//!
 //! Seam: [`store::Lake`] is the only way other crates reach tables, so the
 //! storage options (S3 endpoint, credentials) are decided in one place.
 
 pub mod ingest;
+pub mod maintenance;
 pub mod metrics;
 pub mod schema;
 pub mod store;
@@ -52,6 +56,30 @@ pub enum Error {
         .0.table, .0.column, .0.lsn, .0.event_id, .0.reason, .0.remedy
     )]
     Incompatible(Box<IncompatibleChange>),
+    #[error("table {0} does not exist")]
+    NoSuchTable(String),
+    /// Another process holds the table's compaction lock.
+    #[error("table {0}: another compaction of this table is running")]
+    CompactionBusy(String),
+    /// Vacuum with a retention shorter than the table keeps removed files:
+    /// a running query or writer may still read them.
+    #[error(
+        "table {table}: a vacuum retention of {hours} h is below the table's minimum of {min_hours} h (delta.deletedFileRetentionDuration); queries and writers still running may read those files. Pass --force (`vacuum_force = true` in [ingest.maintenance]) to vacuum anyway"
+    )]
+    RetentionTooShort {
+        table: String,
+        hours: u64,
+        min_hours: u64,
+    },
+    /// A maintenance commit lost the race with other writers every time.
+    #[error("table {table}: {op} lost the race with other writers {attempts} times; giving up")]
+    MaintenanceGaveUp {
+        table: String,
+        op: &'static str,
+        attempts: u32,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// What silver could not take, where, and what to do about it.
@@ -73,11 +101,9 @@ impl Error {
         match self {
             Error::Kafka { .. } | Error::ObjectStore(..) => true,
             Error::Delta { source, .. } => {
-                matches!(
-                    source,
-                    deltalake::DeltaTableError::VersionAlreadyExists(_)
-                        | deltalake::DeltaTableError::ObjectStore { .. }
-                ) || caused_by_io(source)
+                matches!(source, deltalake::DeltaTableError::ObjectStore { .. })
+                    || maintenance::is_commit_conflict(source)
+                    || caused_by_io(source)
             }
             // A query fails transiently when it could not read the store.
             Error::DataFusion { source, .. } => caused_by_io(source),
