@@ -630,7 +630,7 @@ pub async fn checkpoint(
         table: name.clone(),
         source,
     };
-    let version = t.version().unwrap_or(0).max(0) as u64;
+    let version = t.version().unwrap_or(0);
     // A checkpoint is a file named by its version, written beside the log:
     // no commit, so nothing to race; a concurrent writer at most makes it
     // one version old.

@@ -34,7 +34,8 @@ static SCHEMA_CHANGES: LazyLock<Mutex<BTreeMap<(String, String), u64>>> =
 static STOPPED: LazyLock<Mutex<BTreeMap<String, bool>>> = LazyLock::new(Mutex::default);
 
 /// Maintenance per (layer, table, op): runs, retries after lost races, failures.
-static MAINTENANCE: LazyLock<Mutex<BTreeMap<(String, String, &'static str), [u64; 3]>>> =
+type MaintenanceKey = (String, String, &'static str);
+static MAINTENANCE: LazyLock<Mutex<BTreeMap<MaintenanceKey, [u64; 3]>>> =
     LazyLock::new(Mutex::default);
 
 /// Data files per (layer, table), as last seen by maintenance.
