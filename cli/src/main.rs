@@ -194,10 +194,11 @@ enum BenchCommand {
         #[arg(long)]
         skip_postgres: bool,
     },
-    /// A silver-like table after many small MERGE commits (a day at one a
-    /// minute): files and query times before and after optimize + checkpoint.
+    /// A silver-like table after many small commits (a day at one a minute;
+    /// appends and MERGEs): files and query times before and after
+    /// optimize + checkpoint.
     Optimize {
-        /// MERGE commits that build the table.
+        /// Commits that build the table (odd: appends, even: MERGEs).
         #[arg(long, default_value_t = 1440)]
         commits: usize,
         /// New orders per commit.
