@@ -5,6 +5,9 @@
 //!   as Delta tables, and runs the 13 queries through tributary's query
 //!   engine, DuckDB and PostgreSQL, checking that all give the same answers.
 //!
+//! - [`compaction`]: a silver-like table after a day of small MERGE
+//!   commits, queried before and after compaction and a checkpoint.
+//!
 //! Each benchmark is a module with an options struct and an async `run` that
 //! returns a report; the CLI (`tributary bench <name>`) only parses flags and
 //! prints the report.
@@ -19,6 +22,7 @@
 //! # }
 //! ```
 
+pub mod compaction;
 pub mod ssb;
 
 /// Errors of the benchmarks.

@@ -97,3 +97,25 @@ mod ssb {
         }
     }
 }
+
+mod compaction {
+    use tributary_bench::compaction::{Options, run};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_day_compacts_and_answers_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        // Insert-only: one small file per commit.
+        let options = Options {
+            commits: 30,
+            updates: 0,
+            runs: 1,
+            ..Options::new(dir.path().join("lake"))
+        };
+        // `run` fails when the answers differ after compaction.
+        let report = run(&options).await.unwrap();
+        assert_eq!(report.before.files, 30, "{report}");
+        assert_eq!(report.after.files, 1, "{report}");
+        assert_eq!(report.after.log_tail, 0, "{report}");
+        assert_eq!(report.rows, 30 * 40, "{report}");
+    }
+}

@@ -242,6 +242,41 @@ mod tests {
     }
 
     #[test]
+    fn ingest_maintenance_takes_env_overrides_and_names_unknown_keys() {
+        let c = load_from(None, &[]).unwrap();
+        assert_eq!(c.ingest.maintenance.vacuum_retention_hours, 168);
+        assert!(c.ingest.maintenance.enabled);
+        let c = load_from(
+            None,
+            &env(&[
+                (
+                    "TRIBUTARY__INGEST__MAINTENANCE__OPTIMIZE_EVERY_COMMITS",
+                    "5",
+                ),
+                (
+                    "TRIBUTARY__INGEST__MAINTENANCE__ZORDER__ORDERS",
+                    "[\"customer_id\"]",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.ingest.maintenance.optimize_every_commits, 5);
+        assert_eq!(c.ingest.maintenance.zorder["orders"], ["customer_id"]);
+        let err = format!(
+            "{:#}",
+            load_from(
+                None,
+                &env(&[("TRIBUTARY__INGEST__MAINTENANCE__OPTIMIZE_EVERY", "5")])
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("optimize_every") && err.contains("maintenance"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn sql_section_reads_limits_and_names_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("t.toml");

@@ -194,6 +194,29 @@ enum BenchCommand {
         #[arg(long)]
         skip_postgres: bool,
     },
+    /// A silver-like table after many small commits (a day at one a minute;
+    /// appends and MERGEs): files and query times before and after
+    /// optimize + checkpoint.
+    Optimize {
+        /// Commits that build the table (odd: appends, even: MERGEs).
+        #[arg(long, default_value_t = 1440)]
+        commits: usize,
+        /// New orders per commit.
+        #[arg(long, default_value_t = 40)]
+        inserts: usize,
+        /// Recent orders updated per commit.
+        #[arg(long, default_value_t = 20)]
+        updates: usize,
+        /// Timed runs per query; the report gives medians.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Compaction's target file size in bytes.
+        #[arg(long, default_value_t = 128 << 20)]
+        target_size: u64,
+        /// Where the table is built, fresh (default: <state>/bench/optimize).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +248,53 @@ enum LakeCommand {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Compact small files into few of a target size, optionally Z-ordered.
+    /// Safe beside a running ingester: a commit that loses a race with
+    /// ingest is redone, and one compaction per table runs at a time.
+    Optimize {
+        /// One table (e.g. `orders`); every table of the layer(s) when absent.
+        table: Option<String>,
+        /// bronze, silver, gold or all.
+        #[arg(long, default_value = "all")]
+        layer: String,
+        /// Target file size in bytes (default: [ingest.maintenance] target_file_size).
+        #[arg(long)]
+        target_size: Option<u64>,
+        /// Z-order by these columns, e.g. `customer_id,created_at`.
+        #[arg(long, value_delimiter = ',')]
+        zorder: Vec<String>,
+    },
+    /// Delete files no longer in a table once they are older than the retention.
+    Vacuum {
+        /// One table; every table of the layer(s) when absent.
+        table: Option<String>,
+        /// bronze, silver, gold or all.
+        #[arg(long, default_value = "all")]
+        layer: String,
+        /// Keep removed files this long (default: [ingest.maintenance] vacuum_retention_hours, 168).
+        #[arg(long)]
+        retention_hours: Option<u64>,
+        /// List the files that would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow a retention below the table's minimum (delta.deletedFileRetentionDuration).
+        #[arg(long)]
+        force: bool,
+        /// Also delete files the log never mentioned (failed writes); lists the whole table.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Write a checkpoint at the latest version, so readers skip replaying the log.
+    Checkpoint {
+        /// One table; every table of the layer(s) when absent.
+        table: Option<String>,
+        /// bronze, silver, gold or all.
+        #[arg(long, default_value = "all")]
+        layer: String,
+        /// Then delete log entries older than delta.logRetentionDuration (30 days).
+        #[arg(long)]
+        cleanup_logs: bool,
     },
 }
 
@@ -446,7 +516,13 @@ async fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         } => {
-            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            // The check writes plain objects, no Delta commit: it runs on
+            // any store, coordinator or not (deciding that is its purpose).
+            let mut lake_config = pipeline::lake_config(&config);
+            if let Some(s3) = lake_config.s3.as_mut() {
+                s3.trust_put_if_absent = true;
+            }
+            let lake = tributary_lake::Lake::new(&lake_config)?;
             let options = tributary_lake::check::CheckOptions { creators, rounds };
             let report = tributary_lake::check::check_store(&lake, &options).await?;
             if json {
@@ -465,6 +541,79 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
             dead_letters(&lake, command).await?;
+        }
+        Command::Lake {
+            command:
+                LakeCommand::Optimize {
+                    table,
+                    layer,
+                    target_size,
+                    zorder,
+                },
+        } => {
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            let m = &config.ingest.maintenance;
+            let options = tributary_lake::maintenance::OptimizeOptions {
+                target_size: target_size.unwrap_or(m.target_file_size),
+                zorder,
+                max_attempts: m.max_attempts,
+                ..Default::default()
+            };
+            for (layer, table) in lake_targets(&lake, &layer, table.as_deref()).await? {
+                let r = tributary_lake::maintenance::optimize(&lake, &layer, &table, &options)
+                    .await
+                    .with_context(|| format!("optimizing {layer}.{table}"))?;
+                println!("{r}");
+            }
+        }
+        Command::Lake {
+            command:
+                LakeCommand::Vacuum {
+                    table,
+                    layer,
+                    retention_hours,
+                    dry_run,
+                    force,
+                    full,
+                },
+        } => {
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            let m = &config.ingest.maintenance;
+            let options = tributary_lake::maintenance::VacuumOptions {
+                retention_hours: retention_hours.unwrap_or(m.vacuum_retention_hours),
+                dry_run,
+                force,
+                full,
+                max_attempts: m.max_attempts,
+            };
+            for (layer, table) in lake_targets(&lake, &layer, table.as_deref()).await? {
+                let r = tributary_lake::maintenance::vacuum(&lake, &layer, &table, &options)
+                    .await
+                    .with_context(|| format!("vacuuming {layer}.{table}"))?;
+                println!("{r}");
+                if dry_run {
+                    for f in &r.files {
+                        println!("    {f}");
+                    }
+                }
+            }
+        }
+        Command::Lake {
+            command:
+                LakeCommand::Checkpoint {
+                    table,
+                    layer,
+                    cleanup_logs,
+                },
+        } => {
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            for (layer, table) in lake_targets(&lake, &layer, table.as_deref()).await? {
+                let r =
+                    tributary_lake::maintenance::checkpoint(&lake, &layer, &table, cleanup_logs)
+                        .await
+                        .with_context(|| format!("checkpointing {layer}.{table}"))?;
+                println!("{r}");
+            }
         }
         Command::Etl {
             command:
@@ -644,6 +793,29 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{report}");
             anyhow::ensure!(report.answers_agree(), "the engines gave different answers");
         }
+        Command::Bench {
+            command:
+                BenchCommand::Optimize {
+                    commits,
+                    inserts,
+                    updates,
+                    runs,
+                    target_size,
+                    dir,
+                },
+        } => {
+            let dir = dir.unwrap_or_else(|| config.state_dir.join("bench").join("optimize"));
+            let options = tributary_bench::compaction::Options {
+                commits,
+                inserts,
+                updates,
+                runs,
+                target_size,
+                ..tributary_bench::compaction::Options::new(dir)
+            };
+            let report = tributary_bench::compaction::run(&options).await?;
+            print!("{report}");
+        }
         Command::Demo { duration, rate } => {
             tributary::demo::run(&config, tributary::parse_duration(&duration)?, rate).await?;
         }
@@ -739,6 +911,38 @@ async fn dead_letters(lake: &tributary_lake::Lake, command: DlqCommand) -> Resul
         }
     }
     Ok(())
+}
+
+/// The (layer, table) pairs a maintenance command works on: one table in
+/// the chosen layer(s), or every table of them.
+async fn lake_targets(
+    lake: &tributary_lake::Lake,
+    layer: &str,
+    table: Option<&str>,
+) -> Result<Vec<(String, String)>> {
+    const LAYERS: [&str; 3] = ["bronze", "silver", "gold"];
+    let layers: Vec<&str> = match layer {
+        "all" => LAYERS.to_vec(),
+        l if LAYERS.contains(&l) => vec![l],
+        other => anyhow::bail!("unknown layer {other:?}: use bronze, silver, gold or all"),
+    };
+    let mut out = Vec::new();
+    for l in &layers {
+        let tables = lake.list_tables(l).await?;
+        match table {
+            Some(t) if tables.iter().any(|x| x == t) => out.push((l.to_string(), t.to_string())),
+            Some(_) => {}
+            None => out.extend(tables.into_iter().map(|t| (l.to_string(), t))),
+        }
+    }
+    if let (Some(t), true) = (table, out.is_empty()) {
+        anyhow::bail!(
+            "no table {t:?} in {} of the lake at {}",
+            layers.join(", "),
+            lake.root()
+        );
+    }
+    Ok(out)
 }
 
 async fn print_status(config: &Config, json: bool) -> Result<()> {

@@ -447,6 +447,7 @@ mod tests {
         let lake = Lake::new(&LakeConfig {
             root: dir.path().display().to_string(),
             s3: None,
+            coordinator_dsn: None,
         })
         .unwrap();
         let options = CheckOptions {
@@ -467,6 +468,7 @@ mod tests {
         let lake = Lake::new(&LakeConfig {
             root: dir.path().display().to_string(),
             s3: None,
+            coordinator_dsn: None,
         })
         .unwrap();
         for (creators, rounds) in [(1, 10), (20, 0)] {

@@ -534,6 +534,7 @@ mod tests {
         let lake = Lake::new(&crate::LakeConfig {
             root: dir.path().display().to_string(),
             s3: None,
+            coordinator_dsn: None,
         })
         .unwrap();
         (dir, lake)

@@ -66,6 +66,9 @@ pub struct IngestConfig {
     /// killed owner is replaced within about this long.
     #[serde(default = "default_lease_ttl_ms")]
     pub lease_ttl_ms: u64,
+    /// Compaction, checkpoints and vacuum of the tables ingest writes.
+    #[serde(default)]
+    pub maintenance: crate::maintenance::MaintenanceConfig,
 }
 
 impl Default for IngestConfig {
@@ -75,6 +78,7 @@ impl Default for IngestConfig {
             batch_max_ms: default_batch_ms(),
             group_id: default_group(),
             lease_ttl_ms: default_lease_ttl_ms(),
+            maintenance: Default::default(),
         }
     }
 }
@@ -519,6 +523,7 @@ async fn run_once(
     tracing::info!(tables = states.len(), "ingest started");
 
     let max_wait = Duration::from_millis(config.batch_max_ms);
+    let mut maintainer = crate::maintenance::Maintainer::new(config.maintenance.clone());
     loop {
         let mut batch: BTreeMap<String, Vec<OwnedMessage>> = BTreeMap::new();
         let mut count = 0usize;
@@ -560,7 +565,12 @@ async fn run_once(
             )
             .await
             {
-                Ok(false) => continue,
+                Ok(false) => {
+                    // Maintenance of the table just committed, by its one
+                    // writer and under its lease.
+                    maintainer.after_batch(&lakes[table.as_str()], &table).await;
+                    continue;
+                }
                 Ok(true) => {}
                 Err(e) if crate::is_fenced(&e) => {
                     tracing::warn!(table, error = %error_chain(&e), "commit refused: this ingester no longer holds the table's lease");

@@ -8,6 +8,9 @@
 //!   silver (current state via MERGE), exactly once.
 //! - [`dlq`]: the dead letters ingest set aside, listed and replayed.
 //!
+//! - [`maintenance`]: compaction, vacuum and checkpoints, by hand or on the
+//!   ingester's own cadence.
+//!
 //! Seam: [`store::Lake`] is the only way other crates reach tables, so the
 //! storage options (S3 endpoint, credentials) are decided in one place.
 
@@ -16,6 +19,7 @@ pub mod coordinator;
 pub mod dlq;
 pub mod ingest;
 pub mod lease;
+pub mod maintenance;
 pub mod metrics;
 pub mod schema;
 pub mod store;
@@ -62,6 +66,30 @@ pub enum Error {
         .0.table, .0.column, .0.lsn, .0.event_id, .0.reason, .0.remedy
     )]
     Incompatible(Box<IncompatibleChange>),
+    #[error("table {0} does not exist")]
+    NoSuchTable(String),
+    /// Another process holds the table's compaction lock.
+    #[error("table {0}: another compaction of this table is running")]
+    CompactionBusy(String),
+    /// Vacuum with a retention shorter than the table keeps removed files:
+    /// a running query or writer may still read them.
+    #[error(
+        "table {table}: a vacuum retention of {hours} h is below the table's minimum of {min_hours} h (delta.deletedFileRetentionDuration); queries and writers still running may read those files. Pass --force (`vacuum_force = true` in [ingest.maintenance]) to vacuum anyway"
+    )]
+    RetentionTooShort {
+        table: String,
+        hours: u64,
+        min_hours: u64,
+    },
+    /// A maintenance commit lost the race with other writers every time.
+    #[error("table {table}: {op} lost the race with other writers {attempts} times; giving up")]
+    MaintenanceGaveUp {
+        table: String,
+        op: &'static str,
+        attempts: u32,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// What silver could not take, where, and what to do about it.
@@ -83,17 +111,11 @@ impl Error {
         match self {
             Error::Kafka { .. } | Error::ObjectStore(..) | Error::Coordinator(_) => true,
             Error::Delta { source, .. } => {
-                matches!(
-                    source,
-                    deltalake::DeltaTableError::VersionAlreadyExists(_)
-                        | deltalake::DeltaTableError::ObjectStore { .. }
-                        // A concurrent commit (maintenance) changed what this
-                        // one read: redo it from the lake's state.
-                        | deltalake::DeltaTableError::Transaction {
-                            source: deltalake::kernel::transaction::TransactionError::CommitConflict(_)
-                                | deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(_)
-                        }
-                ) || caused_by_io(source)
+                matches!(source, deltalake::DeltaTableError::ObjectStore { .. })
+                    // A concurrent commit changed what this one read: redo
+                    // it from the lake's state.
+                    || maintenance::is_commit_conflict(source)
+                    || caused_by_io(source)
                     || coordinator_unavailable(source)
             }
             // A query fails transiently when it could not read the store.

@@ -1,4 +1,5 @@
-//! Prometheus metrics of ingest (`tributary_lake_*`), rendered as text.
+//! Prometheus metrics of ingest and maintenance (`tributary_lake_*`),
+//! rendered as text.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -41,6 +42,45 @@ pub(crate) fn lease_owned(table: &str, owned: bool) {
         .lock()
         .expect("metrics lock")
         .insert(table.to_string(), owned);
+}
+
+/// Maintenance per (layer, table, op): runs, retries after lost races, failures.
+type MaintenanceKey = (String, String, &'static str);
+static MAINTENANCE: LazyLock<Mutex<BTreeMap<MaintenanceKey, [u64; 3]>>> =
+    LazyLock::new(Mutex::default);
+
+/// Data files per (layer, table), as last seen by maintenance.
+static TABLE_FILES: LazyLock<Mutex<BTreeMap<(String, String), usize>>> =
+    LazyLock::new(Mutex::default);
+
+fn maintenance_add(name: &str, op: &'static str, i: usize) {
+    let (layer, table) = name.split_once('.').unwrap_or(("", name));
+    let mut m = MAINTENANCE.lock().expect("metrics lock");
+    m.entry((layer.to_string(), table.to_string(), op))
+        .or_default()[i] += 1;
+}
+
+/// Counts a finished maintenance operation on `layer.table`.
+pub(crate) fn maintenance_run(name: &str, op: &'static str) {
+    maintenance_add(name, op, 0);
+}
+
+/// Counts a maintenance commit redone after it lost a race.
+pub(crate) fn maintenance_retry(name: &str, op: &'static str) {
+    maintenance_add(name, op, 1);
+}
+
+/// Counts a maintenance operation that failed.
+pub(crate) fn maintenance_failure(name: &str, op: &'static str) {
+    maintenance_add(name, op, 2);
+}
+
+/// Records a table's number of data files.
+pub(crate) fn table_files(layer: &str, table: &str, files: usize) {
+    TABLE_FILES
+        .lock()
+        .expect("metrics lock")
+        .insert((layer.to_string(), table.to_string()), files);
 }
 
 /// Counts a schema change seen at the source or applied to silver.
@@ -159,6 +199,42 @@ pub fn render() -> String {
     for (table, owned) in LEASES.lock().expect("metrics lock").iter() {
         let _ = writeln!(out, "{name}{{table=\"{table}\"}} {}", u8::from(*owned));
     }
+    let maintenance = MAINTENANCE.lock().expect("metrics lock");
+    for (i, name, help) in [
+        (
+            0,
+            "tributary_lake_maintenance_runs_total",
+            "Maintenance operations (optimize, vacuum, checkpoint) done.",
+        ),
+        (
+            1,
+            "tributary_lake_maintenance_retries_total",
+            "Maintenance commits redone after losing a race with another writer.",
+        ),
+        (
+            2,
+            "tributary_lake_maintenance_failures_total",
+            "Maintenance operations that failed.",
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for ((layer, table, op), n) in maintenance.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{layer=\"{layer}\",table=\"{table}\",op=\"{op}\"}} {}",
+                n[i]
+            );
+        }
+    }
+    drop(maintenance);
+    let name = "tributary_lake_table_files";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Data files in the table, as maintenance last saw it.\n# TYPE {name} gauge"
+    );
+    for ((layer, table), n) in TABLE_FILES.lock().expect("metrics lock").iter() {
+        let _ = writeln!(out, "{name}{{layer=\"{layer}\",table=\"{table}\"}} {n}");
+    }
     out
 }
 
@@ -194,6 +270,22 @@ mod tests {
         );
         assert!(
             text.contains("tributary_lake_table_stopped{table=\"metrics_test\"} 1"),
+            "{text}"
+        );
+        maintenance_run("silver.metrics_test", "optimize");
+        maintenance_retry("silver.metrics_test", "optimize");
+        table_files("silver", "metrics_test", 3);
+        let text = render();
+        assert!(
+            text.contains("tributary_lake_maintenance_runs_total{layer=\"silver\",table=\"metrics_test\",op=\"optimize\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tributary_lake_maintenance_retries_total{layer=\"silver\",table=\"metrics_test\",op=\"optimize\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tributary_lake_table_files{layer=\"silver\",table=\"metrics_test\"} 3"),
             "{text}"
         );
     }
