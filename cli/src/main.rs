@@ -243,6 +243,22 @@ enum LakeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fix a table whose ingest stopped on a source type change silver
+    /// cannot hold: rewrite `silver.<table>` with the column cast to the new
+    /// type (values that do not convert become NULL; bronze keeps them as
+    /// sent) or without it. Then restart the ingester: it resumes at the
+    /// event that stopped the table.
+    Retype {
+        table: String,
+        column: String,
+        /// The Arrow type the stop message names, e.g. `Int64`, `Utf8`,
+        /// `Decimal128(20, 2)`.
+        #[arg(long, conflicts_with = "drop", required_unless_present = "drop")]
+        to: Option<String>,
+        /// Drop the column from silver instead.
+        #[arg(long)]
+        drop: bool,
+    },
     /// Messages ingest could not apply (`bronze._dead_letters`): list them,
     /// replay them after a fix.
     Dlq {
@@ -534,6 +550,30 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             } else {
                 print!("{report}");
+            }
+        }
+        Command::Lake {
+            command:
+                LakeCommand::Retype {
+                    table,
+                    column,
+                    to,
+                    drop: _,
+                },
+        } => {
+            let to = to
+                .map(|t| {
+                    t.parse::<arrow::datatypes::DataType>()
+                        .with_context(|| format!("--to {t:?} is not an Arrow type"))
+                })
+                .transpose()?;
+            let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
+            tributary_lake::ingest::retype_silver_column(&lake, &table, &column, to.clone())
+                .await
+                .with_context(|| format!("rewriting silver.{table}"))?;
+            match to {
+                Some(t) => println!("silver.{table}.{column} is now {t}; restart `tributary lake ingest`"),
+                None => println!("silver.{table} no longer has {column}; restart `tributary lake ingest`"),
             }
         }
         Command::Lake {
