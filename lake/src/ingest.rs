@@ -61,6 +61,11 @@ pub struct IngestConfig {
     /// Names the offsets in the lake (and the broker-side group, for monitoring only).
     #[serde(default = "default_group")]
     pub group_id: String,
+    /// Longest time an idle silver table's freshness record in the lake may
+    /// lag the ingester's own (see [`crate::freshness`]): at most one
+    /// offsets-only commit per idle table per this interval.
+    #[serde(default = "default_freshness_record_ms")]
+    pub freshness_record_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -69,6 +74,7 @@ impl Default for IngestConfig {
             batch_max_messages: default_batch_messages(),
             batch_max_ms: default_batch_ms(),
             group_id: default_group(),
+            freshness_record_ms: default_freshness_record_ms(),
         }
     }
 }
@@ -81,6 +87,9 @@ fn default_batch_ms() -> u64 {
 }
 fn default_group() -> String {
     "tributary-lake".into()
+}
+fn default_freshness_record_ms() -> u64 {
+    10_000
 }
 
 /// Name of the dead-letter table in the bronze layer.
@@ -116,6 +125,28 @@ pub async fn run(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Runs ingest ([`run`]) and, beside it, the CDC watermark follower that
+/// tells [`crate::freshness`] how far each silver table is complete, until
+/// `shutdown`. The follower stops with ingest.
+pub async fn serve(
+    lake: Lake,
+    kafka: KafkaConfig,
+    config: IngestConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let follower_stop = shutdown.child_token();
+    let follower = tokio::spawn(crate::freshness::follow_watermarks(
+        kafka.clone(),
+        follower_stop.clone(),
+    ));
+    let result = run(lake, kafka, config, shutdown).await;
+    follower_stop.cancel();
+    if let Ok(Err(e)) = follower.await {
+        tracing::warn!(error = %error_chain(&e), "watermark follower stopped");
+    }
+    result
 }
 
 fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
@@ -502,11 +533,51 @@ async fn run_once(
                 source,
             })?;
         }
+        record_idle_freshness(lake, config, &states).await?;
         if shutdown.is_cancelled() {
             tracing::info!("ingest stopped");
             return Ok(());
         }
     }
+}
+
+/// Reports every table's silver offsets to [`crate::freshness`] (so idle
+/// tables follow the watermarks) and records the freshness of idle tables in
+/// the lake with an offsets-only commit that restates their offsets, at most
+/// once per `freshness_record_ms` per table.
+async fn record_idle_freshness(
+    lake: &Lake,
+    config: &IngestConfig,
+    states: &HashMap<String, TableState>,
+) -> Result<()> {
+    let interval = Duration::from_millis(config.freshness_record_ms);
+    for state in states.values() {
+        crate::freshness::observe_offsets(&state.table, &state.silver_next);
+        if state.silver_next.is_empty() {
+            continue;
+        }
+        let Some(record) = crate::freshness::idle_record_due(&state.table, interval) else {
+            continue;
+        };
+        let txns = state
+            .silver_next
+            .iter()
+            .map(|(p, v)| Transaction::new(app_id(&config.group_id, &state.topic, *p), *v))
+            .collect();
+        if commit_offsets_only(
+            lake,
+            "silver",
+            &state.table,
+            &config.group_id,
+            txns,
+            record.metadata(),
+        )
+        .await?
+        {
+            crate::freshness::committed(&state.table, &state.silver_next, None, Some(&record));
+        }
+    }
+    Ok(())
 }
 
 /// Applies one table's batch. A failure a retry cannot cure stops that table
@@ -715,7 +786,7 @@ async fn apply_batch(
         write_append(lake, "bronze", &state.table, batch, Some("date"), props).await?;
         true
     } else {
-        commit_offsets_only(lake, "bronze", &state.table, group, txns(group)).await?
+        commit_offsets_only(lake, "bronze", &state.table, group, txns(group), vec![]).await?
     };
     if committed {
         for (p, v) in &next {
@@ -723,18 +794,40 @@ async fn apply_batch(
         }
     }
     let silver_count = silver_events.len();
+    // Freshness: the commit records how far silver is complete once it
+    // lands; streamed changes are timed from their source commit.
+    let newest_commit = silver_events.iter().map(|e| e.source.ts_us).max();
+    let streamed_commits: Vec<i64> = silver_events
+        .iter()
+        .filter(|e| e.op != Op::Read)
+        .map(|e| e.source.ts_us)
+        .collect();
+    let mut after = state.silver_next.clone();
+    after.extend(next.iter().map(|(p, v)| (*p, *v)));
+    let freshness = crate::freshness::preview(&state.table, &after, newest_commit);
+    let metadata = freshness.as_ref().map(|r| r.metadata()).unwrap_or_default();
     let committed = if !silver_events.is_empty() {
-        if let Some(schema) = merge_silver(lake, &state.table, silver_events, txns(group)).await? {
+        if let Some(schema) =
+            merge_silver(lake, &state.table, silver_events, txns(group), metadata).await?
+        {
             state.silver_schema = Some(schema);
         }
         true
     } else {
-        commit_offsets_only(lake, "silver", &state.table, group, txns(group)).await?
+        commit_offsets_only(lake, "silver", &state.table, group, txns(group), metadata).await?
     };
     if committed {
         for (p, v) in &next {
             state.silver_next.insert(*p, *v);
         }
+        crate::freshness::committed(
+            &state.table,
+            &state.silver_next,
+            newest_commit,
+            freshness.as_ref(),
+        );
+        let now = now_us();
+        crate::metrics::freshness(streamed_commits.iter().map(|ts| (now - ts) as f64 / 1e6));
     }
     crate::metrics::batch(
         &state.table,
@@ -842,14 +935,16 @@ fn track_shape(state: &mut TableState, ev: &ChangeEvent, recorded: &str, rows: &
     state.shapes.insert(shard, (pos, ev.columns.clone()));
 }
 
-/// Commits only `txn` actions (a streaming update that wrote no rows).
-/// Returns false when the table does not exist yet.
+/// Commits only `txn` actions (a streaming update that wrote no rows), with
+/// `metadata` in its `commitInfo`. Returns false when the table does not
+/// exist yet.
 async fn commit_offsets_only(
     lake: &Lake,
     layer: &str,
     table: &str,
     group: &str,
     txns: Vec<Transaction>,
+    metadata: Vec<(String, Value)>,
 ) -> Result<bool> {
     let name = format!("{layer}.{table}");
     let Some(t) = lake.open(layer, table).await? else {
@@ -864,13 +959,17 @@ async fn commit_offsets_only(
         query_id: group.to_string(),
         epoch_id: snapshot.version() as i64,
     };
-    CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
-        .build(Some(snapshot), t.log_store(), operation)
-        .await
-        .map_err(|source| Error::Delta {
-            table: name,
-            source,
-        })?;
+    CommitBuilder::from(
+        CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_metadata(metadata),
+    )
+    .build(Some(snapshot), t.log_store(), operation)
+    .await
+    .map_err(|source| Error::Delta {
+        table: name,
+        source,
+    })?;
     Ok(true)
 }
 
@@ -969,6 +1068,7 @@ async fn merge_silver(
     table: &str,
     events: Vec<ChangeEvent>,
     txns: Vec<Transaction>,
+    metadata: Vec<(String, Value)>,
 ) -> Result<Option<SchemaRef>> {
     let mut schema = None;
     if let Some(t) = events.iter().find(|e| e.op == Op::Truncate)
@@ -1000,10 +1100,15 @@ async fn merge_silver(
     segments.push((segment, None));
     let last = segments.len() - 1;
     for (i, (events, truncate)) in segments.into_iter().enumerate() {
-        // Offsets are recorded with the last commit of the batch only.
-        let txns = if i == last { txns.clone() } else { vec![] };
+        // Offsets (and freshness) are recorded with the last commit of the
+        // batch only.
+        let (txns, metadata) = if i == last {
+            (txns.clone(), metadata.clone())
+        } else {
+            (vec![], vec![])
+        };
         if (!events.is_empty() || i == last)
-            && let Some(s) = merge_segment(lake, table, events, txns).await?
+            && let Some(s) = merge_segment(lake, table, events, txns, metadata).await?
         {
             schema = Some(s);
         }
@@ -1037,12 +1142,13 @@ async fn merge_segment(
     table: &str,
     events: Vec<ChangeEvent>,
     txns: Vec<Transaction>,
+    metadata: Vec<(String, Value)>,
 ) -> Result<Option<SchemaRef>> {
     let name = format!("silver.{table}");
     if events.is_empty() {
         // Nothing to merge (a batch ending in a truncate): still record the offsets.
         if !txns.is_empty() {
-            commit_offsets_only(lake, "silver", table, "merge", txns).await?;
+            commit_offsets_only(lake, "silver", table, "merge", txns, metadata).await?;
         }
         return Ok(None);
     }
@@ -1095,7 +1201,9 @@ async fn merge_segment(
     let all_u = all.clone();
     let all_i = all;
     let version_before = target.version();
-    let props = CommitProperties::default().with_application_transactions(txns.clone());
+    let props = CommitProperties::default()
+        .with_application_transactions(txns.clone())
+        .with_metadata(metadata.clone());
     let (merged, _metrics) = target
         .merge(source, on.join(" AND "))
         .with_source_alias("source")
@@ -1131,7 +1239,7 @@ async fn merge_segment(
         })?;
     // A merge that changes nothing writes no commit, and so no offsets.
     if merged.version() == version_before && !txns.is_empty() {
-        commit_offsets_only(lake, "silver", table, "merge", txns).await?;
+        commit_offsets_only(lake, "silver", table, "merge", txns, metadata).await?;
     }
     Ok(Some(schema))
 }

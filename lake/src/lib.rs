@@ -4,10 +4,12 @@
 //!   opening them at their latest version, listing them.
 //! - [`ingest`]: Kafka change topics into bronze (append-only change log) and
 //!   silver (current state via MERGE), exactly once.
+//! - [`freshness`]: how far behind its sources each silver table is.
 //!
 //! Seam: [`store::Lake`] is the only way other crates reach tables, so the
 //! storage options (S3 endpoint, credentials) are decided in one place.
 
+pub mod freshness;
 pub mod ingest;
 pub mod metrics;
 pub mod schema;
