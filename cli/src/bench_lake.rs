@@ -132,6 +132,9 @@ pub struct Report {
     pub batch_max_ms: u64,
     pub profile: &'static str,
     pub cores: usize,
+    /// `/proc/loadavg` (1, 5, 15 min) at the start and the end of the load:
+    /// the machine is shared, so this says how much else ran.
+    pub load_average: (String, String),
 }
 
 /// Runs the benchmark on a stack of its own and removes it afterwards
@@ -313,6 +316,7 @@ impl Bench<'_> {
         eprintln!("waiting for the initial snapshot to reach silver");
         self.caught_up(Duration::from_secs(300)).await?;
         let metrics_start = self.scrape().await?;
+        let load_start = load_average();
         let cpu_start = self.cpu();
         let shards = self.sources.shards.len();
         eprintln!(
@@ -360,6 +364,7 @@ impl Bench<'_> {
         let end = self.sample(started.elapsed(), total_written).await?;
         samples.push(end.clone());
         let peak_rss = self.pid("ingest").and_then(|p| proc_kib(p, "VmHWM"));
+        let load_end = load_average();
         let drain = Instant::now();
         self.caught_up(Duration::from_secs(600)).await?;
         let catch_up_secs = drain.elapsed().as_secs_f64();
@@ -427,6 +432,7 @@ impl Bench<'_> {
                 "optimised"
             },
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load_average: (load_start, load_end),
         })
     }
 }
@@ -570,6 +576,12 @@ async fn active_files(lake: &Lake, layer: &str, table: &str) -> Result<usize> {
         Some(t) => t.get_file_uris()?.count(),
         None => 0,
     })
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
@@ -771,6 +783,11 @@ impl fmt::Display for Report {
             self.cores,
             self.cores as f64 * (self.duration_secs + self.catch_up_secs),
             cpu.join(", ")
+        )?;
+        writeln!(
+            f,
+            "Load average at start / end of the load: {} / {}",
+            self.load_average.0, self.load_average.1
         )?;
         writeln!(f)?;
         writeln!(f, "| t (s) | written | in Kafka | in silver | backlog |")?;
