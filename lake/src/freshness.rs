@@ -452,7 +452,8 @@ async fn follow_once(kafka: &KafkaConfig, shutdown: &CancellationToken) -> Resul
         .await
         .map_err(|e| Error::Config(format!("metadata task: {e}")))?
         .map_err(kafka_err("reading topic metadata"))?;
-        if wm_topics.keys().any(|t| md.contains_key(t)) {
+        // The reader creates every database's watermark topic at its start.
+        if wm_topics.keys().all(|t| md.contains_key(t)) {
             break md;
         }
         tokio::select! {

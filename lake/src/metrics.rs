@@ -44,22 +44,37 @@ struct Histogram {
     count: u64,
 }
 
+impl Histogram {
+    fn observe(&mut self, seconds: impl IntoIterator<Item = f64>) {
+        for s in seconds {
+            let s = s.max(0.0);
+            let i = FRESHNESS_BUCKETS
+                .iter()
+                .position(|b| s <= *b)
+                .unwrap_or(FRESHNESS_BUCKETS.len());
+            self.counts[i] += 1;
+            self.sum += s;
+            self.count += 1;
+        }
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let mut cumulative = 0;
+        for (i, b) in FRESHNESS_BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i];
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", self.sum, self.count);
+    }
+}
+
 /// Postgres commit to visible in silver, per streamed change.
 static FRESHNESS: LazyLock<Mutex<Histogram>> = LazyLock::new(Mutex::default);
 
 /// Observes the end-to-end freshness of changes just committed to silver.
 pub(crate) fn freshness(seconds: impl IntoIterator<Item = f64>) {
-    let mut h = FRESHNESS.lock().expect("metrics lock");
-    for s in seconds {
-        let s = s.max(0.0);
-        let i = FRESHNESS_BUCKETS
-            .iter()
-            .position(|b| s <= *b)
-            .unwrap_or(FRESHNESS_BUCKETS.len());
-        h.counts[i] += 1;
-        h.sum += s;
-        h.count += 1;
-    }
+    FRESHNESS.lock().expect("metrics lock").observe(seconds);
 }
 
 /// Tables whose ingest stopped on a change the lake cannot apply.
@@ -193,14 +208,7 @@ pub fn render() -> String {
         out,
         "# HELP {name} Postgres commit to visible in silver, per streamed change.\n# TYPE {name} histogram"
     );
-    let h = FRESHNESS.lock().expect("metrics lock");
-    let mut cumulative = 0;
-    for (i, b) in FRESHNESS_BUCKETS.iter().enumerate() {
-        cumulative += h.counts[i];
-        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
+    FRESHNESS.lock().expect("metrics lock").render(name, &mut out);
     out
 }
 
@@ -238,15 +246,16 @@ mod tests {
             text.contains("tributary_lake_table_stopped{table=\"metrics_test\"} 1"),
             "{text}"
         );
-        freshness([0.07, 0.3, 1000.0]);
-        let text = render();
-        assert!(
-            text.contains("tributary_lake_freshness_seconds_bucket{le=\"0.1\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tributary_lake_freshness_seconds_bucket{le=\"+Inf\"} 3"),
-            "{text}"
-        );
+        // The process-wide histogram takes observations of other tests.
+        let mut h = Histogram::default();
+        h.observe([0.07, 0.3, 1000.0]);
+        let mut text = String::new();
+        h.render("f", &mut text);
+        assert!(text.contains("f_bucket{le=\"0.05\"} 0\n"), "{text}");
+        assert!(text.contains("f_bucket{le=\"0.1\"} 1\n"), "{text}");
+        assert!(text.contains("f_bucket{le=\"0.5\"} 2\n"), "{text}");
+        assert!(text.contains("f_bucket{le=\"300\"} 2\n"), "{text}");
+        assert!(text.contains("f_bucket{le=\"+Inf\"} 3\n"), "{text}");
+        assert!(text.contains("f_count 3"), "{text}");
     }
 }
