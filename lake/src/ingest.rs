@@ -803,7 +803,10 @@ async fn apply_batch(
         .map(|e| e.source.ts_us)
         .collect();
     let mut after = state.silver_next.clone();
-    after.extend(next.iter().map(|(p, v)| (*p, *v)));
+    for (p, v) in &next {
+        let o = after.entry(*p).or_insert(*v);
+        *o = (*o).max(*v);
+    }
     let freshness = crate::freshness::preview(&state.table, &after, newest_commit);
     let metadata = freshness.as_ref().map(|r| r.metadata()).unwrap_or_default();
     let committed = if !silver_events.is_empty() {

@@ -208,7 +208,10 @@ pub fn render() -> String {
         out,
         "# HELP {name} Postgres commit to visible in silver, per streamed change.\n# TYPE {name} histogram"
     );
-    FRESHNESS.lock().expect("metrics lock").render(name, &mut out);
+    FRESHNESS
+        .lock()
+        .expect("metrics lock")
+        .render(name, &mut out);
     out
 }
 
