@@ -221,7 +221,7 @@ pub async fn run(config: &Config, duration: Duration, rate: f64) -> Result<()> {
             shutdown.clone(),
         );
         tokio::spawn(async move {
-            tributary_lake::ingest::run(l, k, i, s)
+            tributary_lake::ingest::serve(l, k, i, s)
                 .await
                 .map_err(Into::into)
         })

@@ -2,6 +2,7 @@
 //! wiring between stages and the demo. `main.rs` only parses arguments.
 
 pub mod bench_cdc;
+pub mod bench_lake;
 pub mod config;
 pub mod demo;
 pub mod pipeline;

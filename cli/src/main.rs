@@ -175,6 +175,23 @@ enum BenchCommand {
         #[arg(long)]
         no_broker_ceiling: bool,
     },
+    /// The whole pipeline under a sustained write load on a stack of its own:
+    /// freshness (commit to silver) percentiles, CDC vs ingest throughput,
+    /// backlog over time, files per table, the ingester's peak memory.
+    Lake {
+        /// Row changes per second across all order shards.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// How long the load runs, e.g. 3m.
+        #[arg(long, default_value = "3m")]
+        duration: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Keep the bench's temporary stack and lake afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// The Star Schema Benchmark's 13 queries, hot, on tributary, DuckDB
     /// (over the same Parquet files) and PostgreSQL; answers are compared.
     Query {
@@ -522,7 +539,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
                 eprintln!("metrics on http://{addr}/metrics");
             }
-            tributary_lake::ingest::run(lake, kafka, config.ingest.clone(), shutdown).await?;
+            tributary_lake::ingest::serve(lake, kafka, config.ingest.clone(), shutdown).await?;
         }
         Command::Lake {
             command:
@@ -572,8 +589,12 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .with_context(|| format!("rewriting silver.{table}"))?;
             match to {
-                Some(t) => println!("silver.{table}.{column} is now {t}; restart `tributary lake ingest`"),
-                None => println!("silver.{table} no longer has {column}; restart `tributary lake ingest`"),
+                Some(t) => {
+                    println!("silver.{table}.{column} is now {t}; restart `tributary lake ingest`")
+                }
+                None => println!(
+                    "silver.{table} no longer has {column}; restart `tributary lake ingest`"
+                ),
             }
         }
         Command::Lake {
@@ -802,6 +823,30 @@ async fn run(cli: Cli) -> Result<()> {
                 broker_ceiling: !no_broker_ceiling,
             };
             let report = tributary::bench_cdc::run(&config, &options).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("report as JSON")?
+                );
+            } else {
+                print!("{report}");
+            }
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Lake {
+                    rate,
+                    duration,
+                    json,
+                    keep,
+                },
+        } => {
+            let options = tributary::bench_lake::BenchOptions {
+                rate,
+                duration: tributary::parse_duration(&duration)?,
+                keep,
+            };
+            let report = tributary::bench_lake::run(&config, &options).await?;
             if json {
                 println!(
                     "{}",

@@ -92,6 +92,10 @@ pub struct ComponentStatus {
     pub address: String,
     pub healthy: bool,
     pub detail: String,
+    /// Silver tables: how far behind their sources they are, in seconds (see
+    /// `tributary_lake::freshness`), as recorded in the lake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness_seconds: Option<f64>,
 }
 
 fn free_port() -> Result<u16> {
@@ -513,6 +517,7 @@ pub async fn status(config: &Config) -> Result<Vec<ComponentStatus>> {
             address: pg.dsn(),
             healthy,
             detail,
+            freshness_seconds: None,
         });
     }
     let kafka = kafka_config(config, &state);
@@ -525,15 +530,21 @@ pub async fn status(config: &Config) -> Result<Vec<ComponentStatus>> {
             Ok(()) => format!("data {}", state.broker.data_dir.display()),
             Err(e) => e.to_string(),
         },
+        freshness_seconds: None,
     });
-    let lake = crate::pipeline::lake_config(config);
+    let lake_config = crate::pipeline::lake_config(config);
+    let lake = tributary_lake::Lake::new(&lake_config);
     out.push(ComponentStatus {
         component: "lake".into(),
-        address: lake.root.clone(),
-        healthy: tributary_lake::Lake::new(&lake).is_ok(),
+        address: lake_config.root.clone(),
+        healthy: lake.is_ok(),
         detail: "bronze, silver, gold".into(),
+        freshness_seconds: None,
     });
-    out.extend(lake_writers(&lake).await);
+    out.extend(lake_writers(&lake_config).await);
+    if let Ok(lake) = lake {
+        out.extend(silver_freshness(&lake).await);
+    }
     Ok(out)
 }
 
@@ -551,6 +562,7 @@ async fn lake_writers(config: &tributary_lake::LakeConfig) -> Vec<ComponentStatu
                 address: config.coordinator_dsn.clone().unwrap_or_default(),
                 healthy: false,
                 detail: tributary_model::error_chain(&e),
+                freshness_seconds: None,
             }];
         }
         Err(_) => {
@@ -559,6 +571,7 @@ async fn lake_writers(config: &tributary_lake::LakeConfig) -> Vec<ComponentStatu
                 address: config.coordinator_dsn.clone().unwrap_or_default(),
                 healthy: false,
                 detail: "timed out".into(),
+                freshness_seconds: None,
             }];
         }
     };
@@ -592,7 +605,44 @@ async fn lake_writers(config: &tributary_lake::LakeConfig) -> Vec<ComponentStatu
                 address: resource,
                 healthy,
                 detail,
+                freshness_seconds: None,
             }
         })
         .collect()
+}
+
+/// One line per silver table: up to when it holds every source change, as
+/// its newest commits record it (`tributary_lake::freshness`). Read from the
+/// lake alone, so it shows (and keeps growing) while the ingester is down.
+async fn silver_freshness(lake: &tributary_lake::Lake) -> Vec<ComponentStatus> {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for t in TABLES {
+        let (detail, seconds) = match tributary_lake::freshness::recorded(lake, t.name).await {
+            Ok(Some((rec, _))) => {
+                let secs = (now_us - rec.complete_up_to_us).max(0) as f64 / 1e6;
+                (
+                    format!(
+                        "complete up to {} ({secs:.1} s behind, from {})",
+                        rec.complete_up_to,
+                        rec.basis.as_str()
+                    ),
+                    Some(secs),
+                )
+            }
+            Ok(None) => ("no freshness recorded yet".to_string(), None),
+            Err(e) => (format!("cannot read: {e}"), None),
+        };
+        out.push(ComponentStatus {
+            component: format!("silver.{}", t.name),
+            address: lake.table_url("silver", t.name).to_string(),
+            healthy: true,
+            detail,
+            freshness_seconds: seconds,
+        });
+    }
+    out
 }

@@ -2,6 +2,7 @@
 //! `initdb`, the tansu broker, Delta tables in a temporary folder, and the
 //! `tributary` binary run as separate processes so they can be SIGKILLed.
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -488,4 +489,142 @@ async fn a_poison_message_is_dead_lettered_listed_and_the_pipeline_goes_on() {
         !out.status.success(),
         "replay without a selection must refuse"
     );
+}
+
+/// `tributary_lake_silver_freshness_seconds{table}` from an ingester's /metrics.
+async fn freshness_gauge(metrics: &str, table: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("tributary_lake_silver_freshness_seconds{{table=\"{table}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `tributary status --json`: (freshness seconds, detail) of `silver.<table>`.
+fn status_freshness(env: &Env, table: &str) -> (Option<f64>, String) {
+    let out = env.run(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"] == format!("silver.{table}"))
+        .unwrap_or_else(|| panic!("no silver.{table} in {status}"))
+        .clone();
+    (
+        c["freshness_seconds"].as_f64(),
+        c["detail"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tables_stay_fresh_and_a_stopped_ingester_makes_freshness_grow() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new();
+    env.extra.push((
+        "TRIBUTARY__INGEST__FRESHNESS_RECORD_MS".into(),
+        "1000".into(),
+    ));
+    up(&env);
+    env.spawn("oltp", &["oltp", "serve"]);
+    env.wait_http().await;
+    // Every table gets rows, so every silver table exists.
+    scripted_changes(&env.url()).await;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    env.spawn("cdc", &["cdc", "run"]);
+    env.spawn("ingest", &["lake", "ingest", "--metrics", &metrics]);
+    assert_lake_equals_source(&env).await;
+
+    // Busy: customers on shard 0 change all the time. Idle: shipments (same
+    // database, other table) and products (other database) do not change.
+    let stack_state = StackState::load(&env.config().state_dir).unwrap().unwrap();
+    let shard0 = pipeline_connect(&stack_state.shards[0].dsn()).await;
+    let busy = tokio::spawn(async move {
+        for i in 0..400 {
+            shard0
+                .execute(
+                    "UPDATE customers SET name = 'busy ' || $1::int::text, updated_at = now()",
+                    &[&i],
+                )
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Give the idle tables a few heartbeats beyond the initial catch-up.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut worst: BTreeMap<&str, f64> = BTreeMap::new();
+    for _ in 0..8 {
+        for table in ["shipments", "products", "customers"] {
+            let f = freshness_gauge(&metrics, table)
+                .await
+                .unwrap_or_else(|| panic!("no freshness gauge for {table}"));
+            let w = worst.entry(table).or_insert(0.0);
+            *w = w.max(f);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("worst freshness while busy: {worst:?}");
+    // Heartbeats every second; a watermark is published at the heartbeat
+    // after its commit was acknowledged, then batched for up to 300 ms.
+    for (table, f) in &worst {
+        assert!(*f < 6.0, "{table} is {f} s behind while the pipeline runs");
+    }
+    // The lake records it too, for `tributary status`.
+    for table in ["shipments", "products"] {
+        let (f, detail) = status_freshness(&env, table);
+        let f = f.unwrap_or_else(|| panic!("no freshness for {table}: {detail}"));
+        assert!(f < 8.0, "status: {table} is {f} s behind: {detail}");
+        assert!(detail.contains("watermarks"), "{detail}");
+    }
+
+    // The ingester stops: silver falls behind, and status says so.
+    env.kill9("ingest");
+    let (before, _) = status_freshness(&env, "customers");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for table in ["customers", "shipments"] {
+        let (after, detail) = status_freshness(&env, table);
+        let after = after.unwrap();
+        assert!(
+            after >= 6.0 && after > before.unwrap_or(0.0),
+            "status: {table} is only {after} s behind with the ingester stopped: {detail}"
+        );
+    }
+    busy.await.unwrap();
+
+    // Back again: it catches up and is fresh again.
+    env.spawn("ingest", &["lake", "ingest", "--metrics", &metrics]);
+    assert_lake_equals_source(&env).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let f = freshness_gauge(&metrics, "customers").await.unwrap();
+    assert!(f < 6.0, "customers is {f} s behind after catching up");
+    // The end-to-end histogram saw the streamed changes.
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tributary_lake_freshness_seconds_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(count > 0.0, "{text}");
 }

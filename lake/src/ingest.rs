@@ -69,6 +69,11 @@ pub struct IngestConfig {
     /// Compaction, checkpoints and vacuum of the tables ingest writes.
     #[serde(default)]
     pub maintenance: crate::maintenance::MaintenanceConfig,
+    /// Longest time an idle silver table's freshness record in the lake may
+    /// lag the ingester's own (see [`crate::freshness`]): at most one
+    /// offsets-only commit per idle table per this interval.
+    #[serde(default = "default_freshness_record_ms")]
+    pub freshness_record_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -79,6 +84,7 @@ impl Default for IngestConfig {
             group_id: default_group(),
             lease_ttl_ms: default_lease_ttl_ms(),
             maintenance: Default::default(),
+            freshness_record_ms: default_freshness_record_ms(),
         }
     }
 }
@@ -94,6 +100,9 @@ fn default_group() -> String {
 }
 fn default_lease_ttl_ms() -> u64 {
     6000
+}
+fn default_freshness_record_ms() -> u64 {
+    10_000
 }
 
 /// Name of the dead-letter table in the bronze layer.
@@ -151,6 +160,28 @@ enum Exit {
     Shutdown,
     /// The set of owned tables changed: assign again.
     Reassign,
+}
+
+/// Runs ingest ([`run`]) and, beside it, the CDC watermark follower that
+/// tells [`crate::freshness`] how far each silver table is complete, until
+/// `shutdown`. The follower stops with ingest.
+pub async fn serve(
+    lake: Lake,
+    kafka: KafkaConfig,
+    config: IngestConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let follower_stop = shutdown.child_token();
+    let follower = tokio::spawn(crate::freshness::follow_watermarks(
+        kafka.clone(),
+        follower_stop.clone(),
+    ));
+    let result = run(lake, kafka, config, shutdown).await;
+    follower_stop.cancel();
+    if let Ok(Err(e)) = follower.await {
+        tracing::warn!(error = %error_chain(&e), "watermark follower stopped");
+    }
+    result
 }
 
 fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
@@ -588,6 +619,10 @@ async fn run_once(
                 source,
             })?;
         }
+        if let Some(table) = record_idle_freshness(&lakes, config, &states).await? {
+            leases.lost(&table);
+            return Ok(Exit::Reassign);
+        }
         if shutdown.is_cancelled() {
             tracing::info!("ingest stopped");
             return Ok(Exit::Shutdown);
@@ -597,6 +632,57 @@ async fn run_once(
             return Ok(Exit::Reassign);
         }
     }
+}
+
+/// Reports every table's silver offsets to [`crate::freshness`] (so idle
+/// tables follow the watermarks) and records the freshness of idle tables in
+/// the lake with an offsets-only commit that restates their offsets, at most
+/// once per `freshness_record_ms` per table. Returns a table whose commit
+/// was refused because this ingester lost its lease.
+async fn record_idle_freshness(
+    lakes: &HashMap<&str, Lake>,
+    config: &IngestConfig,
+    states: &HashMap<String, TableState>,
+) -> Result<Option<String>> {
+    let interval = Duration::from_millis(config.freshness_record_ms);
+    for state in states.values() {
+        crate::freshness::observe_offsets(&state.table, &state.silver_next);
+        if state.silver_next.is_empty() {
+            continue;
+        }
+        let Some(record) = crate::freshness::idle_record_due(&state.table, interval) else {
+            continue;
+        };
+        let txns = state
+            .silver_next
+            .iter()
+            .map(|(p, v)| Transaction::new(app_id(&config.group_id, &state.topic, *p), *v))
+            .collect();
+        let Some(lake) = lakes.get(state.table.as_str()) else {
+            continue;
+        };
+        match commit_offsets_only(
+            lake,
+            "silver",
+            &state.table,
+            &config.group_id,
+            txns,
+            record.metadata(),
+        )
+        .await
+        {
+            Ok(true) => {
+                crate::freshness::committed(&state.table, &state.silver_next, None, Some(&record));
+            }
+            Ok(false) => {}
+            Err(e) if crate::is_fenced(&e) => {
+                tracing::warn!(table = %state.table, error = %error_chain(&e), "commit refused: this ingester no longer holds the table's lease");
+                return Ok(Some(state.table.clone()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// Applies one table's batch. A failure a retry cannot cure stops that table
@@ -805,7 +891,7 @@ pub(crate) async fn apply_batch(
         write_append(lake, "bronze", &state.table, batch, Some("date"), props).await?;
         true
     } else {
-        commit_offsets_only(lake, "bronze", &state.table, group, txns(group)).await?
+        commit_offsets_only(lake, "bronze", &state.table, group, txns(group), vec![]).await?
     };
     if committed {
         for (p, v) in &next {
@@ -813,18 +899,43 @@ pub(crate) async fn apply_batch(
         }
     }
     let silver_count = silver_events.len();
+    // Freshness: the commit records how far silver is complete once it
+    // lands; streamed changes are timed from their source commit.
+    let newest_commit = silver_events.iter().map(|e| e.source.ts_us).max();
+    let streamed_commits: Vec<i64> = silver_events
+        .iter()
+        .filter(|e| e.op != Op::Read)
+        .map(|e| e.source.ts_us)
+        .collect();
+    let mut after = state.silver_next.clone();
+    for (p, v) in &next {
+        let o = after.entry(*p).or_insert(*v);
+        *o = (*o).max(*v);
+    }
+    let freshness = crate::freshness::preview(&state.table, &after, newest_commit);
+    let metadata = freshness.as_ref().map(|r| r.metadata()).unwrap_or_default();
     let committed = if !silver_events.is_empty() {
-        if let Some(schema) = merge_silver(lake, &state.table, silver_events, txns(group)).await? {
+        if let Some(schema) =
+            merge_silver(lake, &state.table, silver_events, txns(group), metadata).await?
+        {
             state.silver_schema = Some(schema);
         }
         true
     } else {
-        commit_offsets_only(lake, "silver", &state.table, group, txns(group)).await?
+        commit_offsets_only(lake, "silver", &state.table, group, txns(group), metadata).await?
     };
     if committed {
         for (p, v) in &next {
             state.silver_next.insert(*p, *v);
         }
+        crate::freshness::committed(
+            &state.table,
+            &state.silver_next,
+            newest_commit,
+            freshness.as_ref(),
+        );
+        let now = now_us();
+        crate::metrics::freshness(streamed_commits.iter().map(|ts| (now - ts) as f64 / 1e6));
     }
     crate::metrics::batch(
         &state.table,
@@ -932,14 +1043,16 @@ fn track_shape(state: &mut TableState, ev: &ChangeEvent, recorded: &str, rows: &
     state.shapes.insert(shard, (pos, ev.columns.clone()));
 }
 
-/// Commits only `txn` actions (a streaming update that wrote no rows).
-/// Returns false when the table does not exist yet.
+/// Commits only `txn` actions (a streaming update that wrote no rows), with
+/// `metadata` in its `commitInfo`. Returns false when the table does not
+/// exist yet.
 async fn commit_offsets_only(
     lake: &Lake,
     layer: &str,
     table: &str,
     group: &str,
     txns: Vec<Transaction>,
+    metadata: Vec<(String, Value)>,
 ) -> Result<bool> {
     let name = format!("{layer}.{table}");
     let Some(t) = lake.open(layer, table).await? else {
@@ -954,13 +1067,17 @@ async fn commit_offsets_only(
         query_id: group.to_string(),
         epoch_id: snapshot.version() as i64,
     };
-    CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
-        .build(Some(snapshot), t.log_store(), operation)
-        .await
-        .map_err(|source| Error::Delta {
-            table: name,
-            source,
-        })?;
+    CommitBuilder::from(
+        CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_metadata(metadata),
+    )
+    .build(Some(snapshot), t.log_store(), operation)
+    .await
+    .map_err(|source| Error::Delta {
+        table: name,
+        source,
+    })?;
     Ok(true)
 }
 
@@ -1059,6 +1176,7 @@ pub(crate) async fn merge_silver(
     table: &str,
     events: Vec<ChangeEvent>,
     txns: Vec<Transaction>,
+    metadata: Vec<(String, Value)>,
 ) -> Result<Option<SchemaRef>> {
     let mut schema = None;
     if let Some(t) = events.iter().find(|e| e.op == Op::Truncate)
@@ -1090,10 +1208,15 @@ pub(crate) async fn merge_silver(
     segments.push((segment, None));
     let last = segments.len() - 1;
     for (i, (events, truncate)) in segments.into_iter().enumerate() {
-        // Offsets are recorded with the last commit of the batch only.
-        let txns = if i == last { txns.clone() } else { vec![] };
+        // Offsets (and freshness) are recorded with the last commit of the
+        // batch only.
+        let (txns, metadata) = if i == last {
+            (txns.clone(), metadata.clone())
+        } else {
+            (vec![], vec![])
+        };
         if (!events.is_empty() || i == last)
-            && let Some(s) = merge_segment(lake, table, events, txns).await?
+            && let Some(s) = merge_segment(lake, table, events, txns, metadata).await?
         {
             schema = Some(s);
         }
@@ -1127,12 +1250,13 @@ async fn merge_segment(
     table: &str,
     events: Vec<ChangeEvent>,
     txns: Vec<Transaction>,
+    metadata: Vec<(String, Value)>,
 ) -> Result<Option<SchemaRef>> {
     let name = format!("silver.{table}");
     if events.is_empty() {
         // Nothing to merge (a batch ending in a truncate): still record the offsets.
         if !txns.is_empty() {
-            commit_offsets_only(lake, "silver", table, "merge", txns).await?;
+            commit_offsets_only(lake, "silver", table, "merge", txns, metadata).await?;
         }
         return Ok(None);
     }
@@ -1185,7 +1309,9 @@ async fn merge_segment(
     let all_u = all.clone();
     let all_i = all;
     let version_before = target.version();
-    let props = CommitProperties::default().with_application_transactions(txns.clone());
+    let props = CommitProperties::default()
+        .with_application_transactions(txns.clone())
+        .with_metadata(metadata.clone());
     let (merged, _metrics) = target
         .merge(source, on.join(" AND "))
         .with_source_alias("source")
@@ -1221,7 +1347,7 @@ async fn merge_segment(
         })?;
     // A merge that changes nothing writes no commit, and so no offsets.
     if merged.version() == version_before && !txns.is_empty() {
-        commit_offsets_only(lake, "silver", table, "merge", txns).await?;
+        commit_offsets_only(lake, "silver", table, "merge", txns, metadata).await?;
     }
     Ok(Some(schema))
 }

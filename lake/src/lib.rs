@@ -10,6 +10,7 @@
 //!
 //! - [`maintenance`]: compaction, vacuum and checkpoints, by hand or on the
 //!   ingester's own cadence.
+//! - [`freshness`]: how far behind its sources each silver table is.
 //!
 //! Seam: [`store::Lake`] is the only way other crates reach tables, so the
 //! storage options (S3 endpoint, credentials) are decided in one place.
@@ -17,6 +18,7 @@
 pub mod check;
 pub mod coordinator;
 pub mod dlq;
+pub mod freshness;
 pub mod ingest;
 pub mod lease;
 pub mod maintenance;

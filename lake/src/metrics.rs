@@ -30,6 +30,54 @@ static STATE: LazyLock<Mutex<BTreeMap<String, TableCounters>>> = LazyLock::new(M
 static SCHEMA_CHANGES: LazyLock<Mutex<BTreeMap<(String, String), u64>>> =
     LazyLock::new(Mutex::default);
 
+/// Upper bounds (seconds) of the end-to-end freshness histogram: fine below
+/// a few seconds, where the goal is.
+const FRESHNESS_BUCKETS: [f64; 19] = [
+    0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    /// Per bucket of [`FRESHNESS_BUCKETS`], not cumulative; the last is +Inf.
+    counts: [u64; FRESHNESS_BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: impl IntoIterator<Item = f64>) {
+        for s in seconds {
+            let s = s.max(0.0);
+            let i = FRESHNESS_BUCKETS
+                .iter()
+                .position(|b| s <= *b)
+                .unwrap_or(FRESHNESS_BUCKETS.len());
+            self.counts[i] += 1;
+            self.sum += s;
+            self.count += 1;
+        }
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let mut cumulative = 0;
+        for (i, b) in FRESHNESS_BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i];
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", self.sum, self.count);
+    }
+}
+
+/// Postgres commit to visible in silver, per streamed change.
+static FRESHNESS: LazyLock<Mutex<Histogram>> = LazyLock::new(Mutex::default);
+
+/// Observes the end-to-end freshness of changes just committed to silver.
+pub(crate) fn freshness(seconds: impl IntoIterator<Item = f64>) {
+    FRESHNESS.lock().expect("metrics lock").observe(seconds);
+}
+
 /// Tables whose ingest stopped on a change the lake cannot apply.
 static STOPPED: LazyLock<Mutex<BTreeMap<String, bool>>> = LazyLock::new(Mutex::default);
 
@@ -235,6 +283,30 @@ pub fn render() -> String {
     for ((layer, table), n) in TABLE_FILES.lock().expect("metrics lock").iter() {
         let _ = writeln!(out, "{name}{{layer=\"{layer}\",table=\"{table}\"}} {n}");
     }
+    let name = "tributary_lake_silver_freshness_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} How far behind its sources silver is: now minus the instant up to which it holds every source change (from CDC watermarks, else the newest commit applied).\n# TYPE {name} gauge"
+    );
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    for table in crate::freshness::known_tables() {
+        if let Some(rec) = crate::freshness::complete_up_to(&table) {
+            let secs = (now_us - rec.complete_up_to_us).max(0) as f64 / 1e6;
+            let _ = writeln!(out, "{name}{{table=\"{table}\"}} {secs}");
+        }
+    }
+    let name = "tributary_lake_freshness_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Postgres commit to visible in silver, per streamed change.\n# TYPE {name} histogram"
+    );
+    FRESHNESS
+        .lock()
+        .expect("metrics lock")
+        .render(name, &mut out);
     out
 }
 
@@ -288,5 +360,16 @@ mod tests {
             text.contains("tributary_lake_table_files{layer=\"silver\",table=\"metrics_test\"} 3"),
             "{text}"
         );
+        // The process-wide histogram takes observations of other tests.
+        let mut h = Histogram::default();
+        h.observe([0.07, 0.3, 1000.0]);
+        let mut text = String::new();
+        h.render("f", &mut text);
+        assert!(text.contains("f_bucket{le=\"0.05\"} 0\n"), "{text}");
+        assert!(text.contains("f_bucket{le=\"0.1\"} 1\n"), "{text}");
+        assert!(text.contains("f_bucket{le=\"0.5\"} 2\n"), "{text}");
+        assert!(text.contains("f_bucket{le=\"300\"} 2\n"), "{text}");
+        assert!(text.contains("f_bucket{le=\"+Inf\"} 3\n"), "{text}");
+        assert!(text.contains("f_count 3"), "{text}");
     }
 }

@@ -1,0 +1,338 @@
+//! Exactly-once under crashes: runs of a fresh stack under load in which the
+//! ingester and the broker are SIGKILLed at random moments and restarted.
+//! After catch-up, silver must equal the source row for row, bronze must
+//! hold no duplicate `event_id` and no gap in any transaction, bronze must
+//! hold every distinct event the CDC reader put in Kafka, no more, and
+//! bronze's inserts minus deletes must add up to the source's rows.
+//!
+//! `TRIBUTARY_CHAOS_RUNS` sets the number of runs (default 2);
+//! `TRIBUTARY_CHAOS_SEED` replays a printed seed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tributary::pipeline;
+use tributary::stack::{self, StackState};
+use tributary_model::domain::{TABLES, topic_of};
+
+mod common;
+
+use common::*;
+
+/// splitmix64: enough randomness for choosing moments, reproducible by seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[lo, hi)` milliseconds.
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo))
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// SIGKILLs the stack's broker (started by `tributary up` in a process
+/// group of its own, its pid in `<state>/broker/pid`).
+fn kill_broker(env: &Env) {
+    let state = StackState::load(&env.config().state_dir).unwrap().unwrap();
+    let pid_file = state.broker.data_dir.join("pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    // Gone once the port is closed (it is reaped by whoever adopted it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(state.broker.address()).is_ok() {
+        assert!(Instant::now() < deadline, "the broker did not die");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `tributary up` starts a broker that is not running.
+fn restart_broker(env: &Env) {
+    up(env);
+}
+
+fn running(env: &Env, name: &str) -> bool {
+    env.children.iter().any(|(n, _)| n == name)
+}
+
+/// Every distinct `event_id` the reader put in each table's topic.
+fn kafka_event_ids(env: &Env) -> BTreeMap<String, BTreeSet<String>> {
+    let cfg = env.config();
+    let state = StackState::load(&cfg.state_dir).unwrap().unwrap();
+    let kafka = stack::kafka_config(&cfg, &state);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", "tributary-chaos-check")
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for t in TABLES {
+        let topic = topic_of(&kafka.topic_prefix, t);
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = md.topics()[0].partitions().len() as i32;
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
+        for p in 0..partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .unwrap();
+            if high > low {
+                remaining.insert(p, high);
+            }
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut ids = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !remaining.is_empty() {
+            assert!(Instant::now() < deadline, "reading {topic} took too long");
+            let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            let ev = tributary_model::event::ChangeEvent::from_json(m.payload().unwrap())
+                .unwrap_or_else(|e| panic!("{topic}/{} at {}: {e}", m.partition(), m.offset()));
+            ids.insert(ev.event_id);
+            if remaining
+                .get(&m.partition())
+                .is_some_and(|h| m.offset() + 1 >= *h)
+            {
+                remaining.remove(&m.partition());
+            }
+        }
+        out.insert(t.name.to_string(), ids);
+    }
+    out
+}
+
+/// Bronze holds exactly the distinct events of Kafka: none missing, none
+/// invented (duplicates are checked by `assert_lake_equals_source`).
+async fn assert_bronze_equals_kafka(env: &Env) {
+    let kafka = kafka_event_ids(env);
+    let lake = tributary_lake::Lake::new(&pipeline::lake_config(&env.config())).unwrap();
+    let session = tributary_query::Session::new(lake).await.unwrap();
+    let mut total = 0;
+    for (table, ids) in &kafka {
+        let bronze: BTreeSet<String> = if ids.is_empty() {
+            BTreeSet::new()
+        } else {
+            let batches = session
+                .sql(&format!("SELECT event_id FROM bronze.{table}"))
+                .await
+                .unwrap();
+            pipeline_strings(&batches).into_iter().collect()
+        };
+        let missing: Vec<_> = ids.difference(&bronze).take(5).collect();
+        let extra: Vec<_> = bronze.difference(ids).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "bronze.{table}: {} events in Kafka, {} in bronze; missing {missing:?}, extra {extra:?}",
+            ids.len(),
+            bronze.len()
+        );
+        total += ids.len();
+    }
+    assert!(total > 0, "no events in Kafka at all");
+    eprintln!("chaos: bronze holds all {total} distinct events of Kafka");
+}
+
+/// Bronze against the source's own rows: per table, the rows bronze says
+/// exist (snapshot reads and inserts, minus deletes; the load changes no
+/// primary key and truncates nothing) equal the rows the source has. A lost
+/// insert or delete shows here even when a later change hides it in silver.
+async fn assert_bronze_nets_to_source(env: &Env) {
+    let cfg = env.config();
+    let state = StackState::load(&cfg.state_dir).unwrap().unwrap();
+    let lake = tributary_lake::Lake::new(&pipeline::lake_config(&cfg)).unwrap();
+    let session = tributary_query::Session::new(lake).await.unwrap();
+    for t in TABLES {
+        let dsns: Vec<String> = match t.db {
+            tributary_model::domain::Database::Orders => {
+                state.shards.iter().map(|s| s.dsn()).collect()
+            }
+            tributary_model::domain::Database::Catalog => vec![state.catalog.dsn()],
+        };
+        let mut source = 0i64;
+        for dsn in &dsns {
+            let c = pipeline_connect(dsn).await;
+            source += c
+                .query_one(&format!("SELECT count(*) FROM public.{}", t.name), &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0);
+        }
+        let net = match session
+            .sql(&format!(
+                "SELECT coalesce(sum(CASE WHEN op IN ('c', 'r') THEN 1 WHEN op = 'd' THEN -1 ELSE 0 END), 0) FROM bronze.{}",
+                t.name
+            ))
+            .await
+        {
+            Ok(b) => tributary_query_count(&b),
+            Err(_) => 0,
+        };
+        assert_eq!(
+            net, source,
+            "bronze.{}: inserts + snapshot reads − deletes = {net}, the source has {source} rows",
+            t.name
+        );
+    }
+}
+
+fn pipeline_strings(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    use arrow::array::{Array, StringArray};
+    let mut out = Vec::new();
+    for b in batches {
+        let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let a = c.as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..a.len() {
+            out.push(a.value(i).to_string());
+        }
+    }
+    out
+}
+
+/// One run: load for `load_secs` while the ingester and the broker die at
+/// random moments; then catch up and compare.
+async fn chaos_run(run: u64, seed: u64, load_secs: u64) -> Result<(), String> {
+    let mut rng = Rng(seed);
+    let mut env = Env::new();
+    up(&env);
+    env.spawn("oltp", &["oltp", "serve"]);
+    env.wait_http().await;
+    env.spawn("cdc", &["cdc", "run"]);
+    env.spawn("ingest", &["lake", "ingest"]);
+    let url = env.url();
+    let load_seed = (seed % 1_000_000).to_string();
+    let duration = format!("{load_secs}s");
+    let mut load = env
+        .command(&[
+            "load",
+            "--rate",
+            "40",
+            "--duration",
+            &duration,
+            "--url",
+            &url,
+            "--seed",
+            &load_seed,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut actions = Vec::new();
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(rng.millis(1_500, 5_000)).await;
+        if load.try_wait().unwrap().is_some() {
+            break;
+        }
+        let at = started.elapsed().as_secs_f64();
+        match rng.next() % 3 {
+            0 => {
+                env.kill9("ingest");
+                tokio::time::sleep(rng.millis(0, 2_000)).await;
+                env.spawn("ingest", &["lake", "ingest"]);
+                actions.push(format!("{at:.1}s ingester"));
+            }
+            1 => {
+                kill_broker(&env);
+                tokio::time::sleep(rng.millis(0, 3_000)).await;
+                restart_broker(&env);
+                actions.push(format!("{at:.1}s broker"));
+            }
+            _ => {
+                env.kill9("ingest");
+                kill_broker(&env);
+                tokio::time::sleep(rng.millis(0, 3_000)).await;
+                restart_broker(&env);
+                env.spawn("ingest", &["lake", "ingest"]);
+                actions.push(format!("{at:.1}s ingester+broker"));
+            }
+        }
+    }
+    eprintln!(
+        "chaos: run {run} seed {seed}: killed {}",
+        actions.join(", ")
+    );
+    let status = load.wait().unwrap();
+    if !status.success() {
+        return Err(format!("run {run}: the load failed ({status})"));
+    }
+    assert!(running(&env, "ingest"));
+    // The reader and the ingester survived every broker restart by themselves.
+    env.assert_running();
+    eprintln!(
+        "chaos: run {run}: the reader recovered from {} failures without restarting",
+        env.log("cdc")
+            .matches("reader failed, resuming from the slot")
+            .count()
+    );
+    let result = tokio::spawn(async move {
+        assert_lake_equals_source(&env).await;
+        assert_bronze_equals_kafka(&env).await;
+        assert_bronze_nets_to_source(&env).await;
+        env
+    })
+    .await;
+    match result {
+        Ok(_env) => Ok(()),
+        Err(e) => Err(format!("run {run} (seed {seed}): {e}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_when_ingester_and_broker_die_at_random_moments() {
+    let _serial = SERIAL.lock().await;
+    let runs = env_u64("TRIBUTARY_CHAOS_RUNS").unwrap_or(2);
+    let load_secs = env_u64("TRIBUTARY_CHAOS_LOAD_SECS").unwrap_or(25);
+    let seed = env_u64("TRIBUTARY_CHAOS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    eprintln!("chaos: {runs} runs, seed {seed} (TRIBUTARY_CHAOS_SEED={seed} to reproduce)");
+    assert!(runs > 0, "TRIBUTARY_CHAOS_RUNS=0 runs nothing");
+    let mut passed = 0;
+    let mut failures = Vec::new();
+    let mut seeds = Rng(seed);
+    for run in 1..=runs {
+        // Run 1 uses the printed seed itself, so one run replays alone.
+        let run_seed = if run == 1 { seed } else { seeds.next() };
+        match chaos_run(run, run_seed, load_secs).await {
+            Ok(()) => passed += 1,
+            Err(e) => {
+                eprintln!("chaos: FAILED {e}");
+                failures.push(e);
+            }
+        }
+    }
+    eprintln!("chaos: {passed} of {runs} runs passed");
+    assert_eq!(passed, runs, "chaos: failures: {failures:#?}");
+}
