@@ -287,18 +287,6 @@ impl Coordinator {
         Ok(())
     }
 
-    async fn withdraw(&self, table: &str, version: Version, tmp: &str) -> Result<()> {
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM tributary_lake.commits WHERE table_url = $1 AND version = $2 AND tmp_path = $3",
-                &[&table, &(version as i64), &tmp],
-            )
-            .await
-            .map_err(|e| db_error("withdrawing a claim", &e))?;
-        Ok(())
-    }
-
     /// Claims of a table whose `<version>.json` may not be written yet.
     async fn pending(&self, table: &str) -> Result<Vec<(Version, String)>> {
         let rows = self
@@ -448,11 +436,18 @@ impl CoordinatedLogStore {
         for (version, tmp) in &pending {
             let target = commit_path(*version);
             if store.head(&target).await.is_err() {
-                store
-                    .copy(&Path::from(tmp.as_str()), &target)
-                    .await
-                    .map_err(|e| Error::ObjectStore(format!("{}/{target}", self.table), e))?;
-                tracing::warn!(table = %self.table, version, "finished a commit its writer left claimed but unwritten");
+                match store.copy(&Path::from(tmp.as_str()), &target).await {
+                    Ok(()) => {
+                        tracing::info!(table = %self.table, version, "finished a claimed commit whose entry was not written yet");
+                    }
+                    // The claimant finished meanwhile and removed its
+                    // temporary object: the entry is there.
+                    Err(object_store::Error::NotFound { .. })
+                        if store.head(&target).await.is_ok() => {}
+                    Err(e) => {
+                        return Err(Error::ObjectStore(format!("{}/{target}", self.table), e));
+                    }
+                }
             }
             coordinator.complete(&self.table, *version).await?;
             let _ = store.delete(&Path::from(tmp.as_str())).await;
@@ -483,7 +478,9 @@ impl LogStore for CoordinatedLogStore {
         }
         self.finish_pending()
             .await
-            .map_err(|e| DeltaTableError::Generic(tributary_model::error_chain(&e)))?;
+            .map_err(|e| DeltaTableError::GenericError {
+                source: Box::new(e),
+            })?;
         self.inner.read_commit_entry(version).await
     }
 
@@ -506,6 +503,13 @@ impl LogStore for CoordinatedLogStore {
             Ok(c) => c,
             Err(e) => return Err(log_store_error("commit coordinator unavailable", e)),
         };
+        // A version the store already has (a table written before the
+        // coordinator knew it): never claim it. Checked before the claim:
+        // after it, the entry may be ours, written by someone finishing it.
+        if store.head(&target).await.is_ok() {
+            let _ = store.delete(tmp).await;
+            return Err(TransactionError::VersionAlreadyExists(version));
+        }
         match coordinator
             .claim(
                 &self.table,
@@ -532,15 +536,6 @@ impl LogStore for CoordinatedLogStore {
             Err(e @ ClaimError::Db(_)) => {
                 return Err(log_store_error("commit coordinator unavailable", e));
             }
-        }
-        // A version the store already has (written before the coordinator
-        // knew the table): withdraw the claim, never overwrite the entry.
-        if store.head(&target).await.is_ok() {
-            let _ = coordinator
-                .withdraw(&self.table, version, tmp.as_ref())
-                .await;
-            let _ = store.delete(tmp).await;
-            return Err(TransactionError::VersionAlreadyExists(version));
         }
         store
             .copy(tmp, &target)
@@ -573,7 +568,9 @@ impl LogStore for CoordinatedLogStore {
     async fn get_latest_version(&self, start_version: Version) -> DeltaResult<Version> {
         self.finish_pending()
             .await
-            .map_err(|e| DeltaTableError::Generic(tributary_model::error_chain(&e)))?;
+            .map_err(|e| DeltaTableError::GenericError {
+                source: Box::new(e),
+            })?;
         self.inner.get_latest_version(start_version).await
     }
 
