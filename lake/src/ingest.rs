@@ -579,61 +579,45 @@ async fn run_once(
         } else {
             owned.clone()
         };
-        // The tables of a round commit concurrently: each commit waits
-        // mostly on the store and the coordinator, and tables share nothing
-        // but the append-only dead-letter and schema-change logs, whose
-        // concurrent appends the commit protocol serialises.
-        let mut work = Vec::new();
         for (topic, messages) in batch {
-            let Some(state) = states.remove(&topic) else {
+            let Some(table) = states.get(&topic).map(|s| s.table.clone()) else {
                 continue;
             };
-            if !still_owned.contains_key(&state.table) {
-                states.insert(topic, state);
+            if !still_owned.contains_key(&table) {
                 continue;
             }
-            let lake = &lakes[state.table.as_str()];
-            let group = &config.group_id;
-            work.push(async move {
-                let mut state = state;
-                let result = apply_batch(lake, group, &mut state, messages).await;
-                (topic, state, result)
-            });
-        }
-        let mut lost = None;
-        let mut failed = None;
-        for (topic, state, result) in futures::future::join_all(work).await {
-            let table = state.table.clone();
-            match settle(&state, result, stopped) {
-                Outcome::Applied => {
-                    states.insert(topic, state);
+            match apply_or_stop(
+                &lakes[table.as_str()],
+                &config.group_id,
+                &mut states,
+                stopped,
+                &topic,
+                messages,
+            )
+            .await
+            {
+                Ok(false) => {
                     // Maintenance of the table just committed, by its one
                     // writer and under its lease.
                     maintainer.after_batch(&lakes[table.as_str()], &table).await;
+                    continue;
                 }
-                Outcome::Lost(e) => {
+                Ok(true) => {}
+                Err(e) if crate::is_fenced(&e) => {
                     tracing::warn!(table, error = %error_chain(&e), "commit refused: this ingester no longer holds the table's lease");
                     leases.lost(&table);
-                    lost = Some(table);
+                    return Ok(Exit::Reassign);
                 }
-                Outcome::Retry(e) => failed = Some(e),
-                Outcome::Stopped => {
-                    let mut paused = TopicPartitionList::new();
-                    for p in 0..counts[&topic] {
-                        paused.add_partition(&topic, p);
-                    }
-                    consumer.pause(&paused).map_err(|source| Error::Kafka {
-                        context: format!("pausing {topic}"),
-                        source,
-                    })?;
-                }
+                Err(e) => return Err(e),
             }
-        }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        if lost.is_some() {
-            return Ok(Exit::Reassign);
+            let mut paused = TopicPartitionList::new();
+            for p in 0..counts[&topic] {
+                paused.add_partition(&topic, p);
+            }
+            consumer.pause(&paused).map_err(|source| Error::Kafka {
+                context: format!("pausing {topic}"),
+                source,
+            })?;
         }
         if let Some(table) = record_idle_freshness(&lakes, config, &states).await? {
             leases.lost(&table);
@@ -701,30 +685,32 @@ async fn record_idle_freshness(
     Ok(None)
 }
 
-/// What one table's batch came to.
-enum Outcome {
-    Applied,
-    /// The commit was refused: this ingester lost the table's lease.
-    Lost(Error),
-    /// A failure a retry can cure: restart from the lake's offsets.
-    Retry(Error),
-    /// A failure a retry cannot cure: the table is stopped (and added to
-    /// `stopped`); other tables go on. Its offsets did not move, so nothing
-    /// is lost.
-    Stopped,
-}
-
-fn settle(state: &TableState, result: Result<()>, stopped: &mut HashSet<String>) -> Outcome {
-    match result {
-        Ok(()) => Outcome::Applied,
-        Err(e) if crate::is_fenced(&e) => Outcome::Lost(e),
-        Err(e) if e.is_transient() => Outcome::Retry(e),
-        Err(e) => {
-            stop_table(state, &e);
-            stopped.insert(state.table.clone());
-            Outcome::Stopped
-        }
+/// Applies one table's batch. A failure a retry cannot cure stops that table
+/// only (returns true; its state is dropped and it is added to `stopped`);
+/// a transient one is returned, so the caller restarts from the lake's
+/// offsets. Messages of a stopped table are dropped: its offsets in the lake
+/// did not move, so nothing is lost.
+async fn apply_or_stop(
+    lake: &Lake,
+    group: &str,
+    states: &mut HashMap<String, TableState>,
+    stopped: &mut HashSet<String>,
+    topic: &str,
+    messages: Vec<OwnedMessage>,
+) -> Result<bool> {
+    let Some(state) = states.get_mut(topic) else {
+        return Ok(false);
+    };
+    let Err(e) = apply_batch(lake, group, state, messages).await else {
+        return Ok(false);
+    };
+    if e.is_transient() || crate::is_fenced(&e) {
+        return Err(e);
     }
+    stop_table(state, &e);
+    stopped.insert(state.table.clone());
+    states.remove(topic);
+    Ok(true)
 }
 
 /// Says loudly that ingest of one table stopped, and why.
@@ -1844,30 +1830,6 @@ mod tests {
     use tributary_model::pgtype::PgType;
 
     const TOPIC: &str = "tributary.orders.customers";
-
-    /// One table's batch as the ingest loop applies it: true when the
-    /// table stopped (its state is dropped).
-    async fn apply_or_stop(
-        lake: &Lake,
-        group: &str,
-        states: &mut HashMap<String, TableState>,
-        stopped: &mut HashSet<String>,
-        topic: &str,
-        messages: Vec<OwnedMessage>,
-    ) -> Result<bool> {
-        let Some(state) = states.get_mut(topic) else {
-            return Ok(false);
-        };
-        let result = apply_batch(lake, group, state, messages).await;
-        match settle(state, result, stopped) {
-            Outcome::Applied => Ok(false),
-            Outcome::Lost(e) | Outcome::Retry(e) => Err(e),
-            Outcome::Stopped => {
-                states.remove(topic);
-                Ok(true)
-            }
-        }
-    }
 
     fn ev(op: Op, id: i64, name: &str, lsn: u64, ordinal: u64) -> ChangeEvent {
         let row = json!({"id": id, "name": name, "created_at": "2026-11-26T07:00:00.000000Z"});
