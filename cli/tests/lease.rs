@@ -338,16 +338,20 @@ async fn race_writers(config: &LakeConfig) -> (i64, i64) {
     for w in 0..2i64 {
         let lake = Lake::new(config).unwrap();
         writers.push(tokio::spawn(async move {
+            // Bounded: a store that loses commits can leave a table no
+            // writer gets past, and the race must end either way.
             for i in 0..15i64 {
-                loop {
-                    let t = lake.open("silver", "numbers").await.unwrap().unwrap();
+                for attempt in 1..=20 {
+                    let Ok(Some(t)) = lake.open("silver", "numbers").await else {
+                        continue;
+                    };
                     match t
                         .write(vec![numbers(&[w * 100 + i])])
                         .with_save_mode(SaveMode::Append)
                         .await
                     {
                         Ok(_) => break,
-                        Err(e) => eprintln!("writer {w} retries: {e}"),
+                        Err(e) => eprintln!("writer {w} attempt {attempt} failed: {e}"),
                     }
                 }
             }
@@ -356,16 +360,31 @@ async fn race_writers(config: &LakeConfig) -> (i64, i64) {
     for w in writers {
         w.await.unwrap();
     }
-    let t = lake.open("silver", "numbers").await.unwrap().unwrap();
-    let version = t.version().unwrap();
-    let session = tributary_query::Session::new(lake).await.unwrap();
-    let rows = tributary_query_count(
-        &session
+    // A table whose commits were overwritten may not read at all: -1.
+    let version = match lake.open("silver", "numbers").await {
+        Ok(Some(t)) => t.version().map_or(-1, |v| v as i64),
+        other => {
+            eprintln!("the raced table does not open: {:?}", other.err());
+            -1
+        }
+    };
+    let rows = match tributary_query::Session::new(lake).await {
+        Ok(session) => match session
             .sql("SELECT count(DISTINCT n) FROM silver.numbers")
             .await
-            .unwrap(),
-    );
-    (version as i64, rows)
+        {
+            Ok(batches) => tributary_query_count(&batches),
+            Err(e) => {
+                eprintln!("the raced table does not read: {e}");
+                -1
+            }
+        },
+        Err(e) => {
+            eprintln!("no session over the raced lake: {e}");
+            -1
+        }
+    };
+    (version, rows)
 }
 
 fn s3_lake(s3: &S3Server, prefix: &str, coordinator_dsn: Option<String>) -> LakeConfig {
@@ -403,7 +422,6 @@ async fn on_s3_concurrent_writers_lose_no_commit_through_the_coordinator() {
     // later one overwrites the earlier commit.
     let (version, rows) = race_writers(&s3_lake(&s3, "trusting", None)).await;
     println!(
-        "without the coordinator on s3s-fs: {version} versions, {rows} of 30 committed rows readable ({} lost)",
-        30 - rows
+        "without the coordinator on s3s-fs: version {version}, {rows} of 30 committed rows readable (-1: the table no longer reads)"
     );
 }

@@ -440,10 +440,10 @@ impl CoordinatedLogStore {
                     Ok(()) => {
                         tracing::info!(table = %self.table, version, "finished a claimed commit whose entry was not written yet");
                     }
-                    // The claimant finished meanwhile and removed its
+                    // Someone else (the claimant, or another repairer) wrote
+                    // the entry meanwhile, and may have removed the
                     // temporary object: the entry is there.
-                    Err(object_store::Error::NotFound { .. })
-                        if store.head(&target).await.is_ok() => {}
+                    Err(_) if store.head(&target).await.is_ok() => {}
                     Err(e) => {
                         return Err(Error::ObjectStore(format!("{}/{target}", self.table), e));
                     }
@@ -507,7 +507,8 @@ impl LogStore for CoordinatedLogStore {
         // coordinator knew it): never claim it. Checked before the claim:
         // after it, the entry may be ours, written by someone finishing it.
         if store.head(&target).await.is_ok() {
-            let _ = store.delete(tmp).await;
+            // delta-rs retries the next version with the same temporary
+            // object, so it stays.
             return Err(TransactionError::VersionAlreadyExists(version));
         }
         match coordinator
@@ -537,10 +538,12 @@ impl LogStore for CoordinatedLogStore {
                 return Err(log_store_error("commit coordinator unavailable", e));
             }
         }
-        store
-            .copy(tmp, &target)
-            .await
-            .map_err(|e| log_store_error("writing the claimed commit", e))?;
+        if let Err(e) = store.copy(tmp, &target).await {
+            // A repairer may have written it first (same bytes).
+            if store.head(&target).await.is_err() {
+                return Err(log_store_error("writing the claimed commit", e));
+            }
+        }
         coordinator
             .complete(&self.table, version)
             .await
@@ -552,16 +555,12 @@ impl LogStore for CoordinatedLogStore {
     async fn abort_commit_entry(
         &self,
         _version: Version,
-        commit_or_bytes: CommitOrBytes,
-        operation_id: Uuid,
+        _commit_or_bytes: CommitOrBytes,
+        _operation_id: Uuid,
     ) -> std::result::Result<(), TransactionError> {
-        if let CommitOrBytes::TmpCommit(tmp) = commit_or_bytes {
-            let _ = self
-                .inner
-                .object_store(Some(operation_id))
-                .delete(&tmp)
-                .await;
-        }
+        // The temporary object stays: if its claim went through, it is what
+        // finishes the commit, and deleting it could leave a claimed version
+        // nobody can write. An unclaimed one is a small leftover.
         Ok(())
     }
 
