@@ -189,7 +189,7 @@ impl Keeper {
                     }
                 }
             }
-            for (table, _) in self.resources.values().map(|t| (t, ())) {
+            for table in self.resources.values() {
                 crate::metrics::lease_owned(table, held.contains_key(table));
             }
             if changed {

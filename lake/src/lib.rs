@@ -145,7 +145,7 @@ fn coordinator_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
         if matches!(
             e.downcast_ref::<coordinator::ClaimError>(),
             Some(coordinator::ClaimError::Db(_))
-        ) || e.is::<Error>() && matches!(e.downcast_ref::<Error>(), Some(Error::Coordinator(_)))
+        ) || matches!(e.downcast_ref::<Error>(), Some(Error::Coordinator(_)))
         {
             return true;
         }
