@@ -10,9 +10,10 @@
 //! the slot without loss; replays carry the same `event_id`.
 //!
 //! Modules: [`protocol`] (the walsender conversation), [`decode`] (pgoutput),
-//! `snapshot`, [`sink`] (Kafka), `reader` (the per-database loop).
+//! `encode` (events as JSON), `snapshot`, [`sink`] (Kafka), `reader` (the per-database loop).
 
 pub mod decode;
+pub(crate) mod encode;
 pub mod metrics;
 pub(crate) mod protocol;
 pub(crate) mod reader;
@@ -22,6 +23,8 @@ pub(crate) mod state;
 
 use serde::Deserialize;
 
+#[doc(hidden)]
+pub use reader::run_discarding;
 pub use reader::{SourceDb, request_resnapshot, run, watermark_topic};
 
 /// CDC settings (`[cdc]` in the config file).

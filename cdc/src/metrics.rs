@@ -8,8 +8,8 @@ use tributary_model::lsn::Lsn;
 
 #[derive(Default)]
 struct State {
-    /// (table, op) -> events published.
-    events: BTreeMap<(String, &'static str), u64>,
+    /// table -> op -> events published.
+    events: BTreeMap<String, BTreeMap<&'static str, u64>>,
     /// table -> payload bytes published.
     bytes: BTreeMap<String, u64>,
     /// source ("db.shard") -> (received, confirmed) LSN.
@@ -66,8 +66,20 @@ static STATE: LazyLock<Mutex<State>> = LazyLock::new(Mutex::default);
 
 pub(crate) fn event(table: &str, op: &'static str, bytes: usize) {
     let mut s = STATE.lock().expect("metrics lock");
-    *s.events.entry((table.to_string(), op)).or_default() += 1;
-    *s.bytes.entry(table.to_string()).or_default() += bytes as u64;
+    // Called per event: allocate the keys only the first time.
+    match s.events.get_mut(table) {
+        Some(ops) => *ops.entry(op).or_default() += 1,
+        None => {
+            s.events
+                .insert(table.to_string(), BTreeMap::from([(op, 1)]));
+        }
+    }
+    match s.bytes.get_mut(table) {
+        Some(n) => *n += bytes as u64,
+        None => {
+            s.bytes.insert(table.to_string(), bytes as u64);
+        }
+    }
 }
 
 pub(crate) fn position(source: &str, received: Lsn, confirmed: Lsn) {
@@ -149,7 +161,11 @@ pub fn render() -> String {
     let s = STATE.lock().expect("metrics lock");
     let mut out = String::new();
     out.push_str("# HELP tributary_cdc_events_total Change events published to Kafka.\n# TYPE tributary_cdc_events_total counter\n");
-    for ((table, op), n) in &s.events {
+    for (table, op, n) in s
+        .events
+        .iter()
+        .flat_map(|(t, ops)| ops.iter().map(move |(op, n)| (t, op, n)))
+    {
         let _ = writeln!(
             out,
             "tributary_cdc_events_total{{table=\"{table}\",op=\"{op}\"}} {n}"

@@ -3,17 +3,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tributary_model::domain::{KafkaConfig, topic_name};
 use tributary_model::error_chain;
-use tributary_model::event::{ChangeEvent, Column, Op, Source, Transaction, event_id};
+use tributary_model::event::{Column, Op};
 use tributary_model::lsn::Lsn;
 use tributary_model::pgtype::PgType;
 
 use crate::decode::{PgOutput, Relation, TupleValue, decode};
+use crate::encode::{self, Cell, Meta, TableEncoder};
 use crate::protocol::{ReplicationConnection, ReplicationMessage};
 use crate::sink::{KafkaSink, check_broker, ensure_topics};
 use crate::{CdcConfig, Error, Result, pg, snapshot, state};
@@ -46,7 +47,40 @@ pub async fn run(
     sources: Vec<SourceDb>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    check_broker(&kafka, Duration::from_secs(10)).await?;
+    run_with(config, kafka, sources, shutdown, SinkKind::Kafka).await
+}
+
+/// Benchmarks only (`tributary bench cdc`): [`run`] with every event
+/// dropped instead of published, and reported durable at once, so slots
+/// move past changes that nobody received. Measures the reader's own
+/// ceiling (replication, decoding, JSON) without a broker.
+#[doc(hidden)]
+pub async fn run_discarding(
+    config: CdcConfig,
+    kafka: KafkaConfig,
+    sources: Vec<SourceDb>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    run_with(config, kafka, sources, shutdown, SinkKind::Discard).await
+}
+
+/// Where events go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SinkKind {
+    Kafka,
+    Discard,
+}
+
+async fn run_with(
+    config: CdcConfig,
+    kafka: KafkaConfig,
+    sources: Vec<SourceDb>,
+    shutdown: CancellationToken,
+    sink: SinkKind,
+) -> Result<()> {
+    if sink == SinkKind::Kafka {
+        check_broker(&kafka, Duration::from_secs(10)).await?;
+    }
     let topics: Vec<String> = sources
         .iter()
         .flat_map(|s| {
@@ -58,7 +92,9 @@ pub async fn run(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    ensure_topics(&kafka, &topics).await?;
+    if sink == SinkKind::Kafka {
+        ensure_topics(&kafka, &topics).await?;
+    }
 
     let mut tasks = JoinSet::new();
     for source in sources {
@@ -66,7 +102,7 @@ pub async fn run(
         tasks.spawn(async move {
             let mut backoff = Duration::from_millis(200);
             loop {
-                match run_reader(&config, &kafka, &source, &shutdown).await {
+                match run_reader(&config, &kafka, &source, &shutdown, sink).await {
                     Ok(()) => return Ok(()),
                     Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
                         tracing::warn!(db = %source.db, shard = source.shard, error = %error_chain(&e), "reader failed, resuming from the slot");
@@ -144,6 +180,7 @@ async fn run_reader(
     kafka: &KafkaConfig,
     source: &SourceDb,
     shutdown: &CancellationToken,
+    sink_kind: SinkKind,
 ) -> Result<()> {
     let slot = source.slot_name(&config.slot_prefix);
     let label = format!("{}.{}", source.db, source.shard);
@@ -168,7 +205,10 @@ async fn run_reader(
     }
 
     let mut repl = ReplicationConnection::connect(&source.dsn, "tributary-cdc").await?;
-    let sink = KafkaSink::new(kafka, Lsn::ZERO)?;
+    let sink = match sink_kind {
+        SinkKind::Kafka => KafkaSink::new(kafka, Lsn::ZERO)?,
+        SinkKind::Discard => KafkaSink::discard(Lsn::ZERO),
+    };
     let start = match (&slot_info, &run) {
         (Some(_), Some(run)) if run.completed => {
             tracing::info!(db = %source.db, shard = source.shard, slot = %slot, "resuming from slot");
@@ -569,7 +609,7 @@ async fn ensure_publication(
 struct RelationInfo {
     table: String,
     topic: String,
-    columns: Vec<Column>,
+    encoder: TableEncoder,
 }
 
 struct TxState {
@@ -598,6 +638,7 @@ struct StreamState<'a> {
     /// The newest acknowledged commit: (end, time).
     durable_commit: Option<(Lsn, i64)>,
     watermark_sent: Option<Lsn>,
+    buffers: Buffers,
 }
 
 impl<'a> StreamState<'a> {
@@ -620,6 +661,7 @@ impl<'a> StreamState<'a> {
             pending_commits: VecDeque::new(),
             durable_commit: None,
             watermark_sent: None,
+            buffers: Buffers::default(),
         }
     }
 
@@ -730,7 +772,7 @@ impl<'a> StreamState<'a> {
         let Some(rel) = self.relations.get(&relation) else {
             return false;
         };
-        rel.columns.iter().enumerate().any(|(i, c)| {
+        rel.encoder.columns().iter().enumerate().any(|(i, c)| {
             c.key && old.get(i).is_some_and(|o| *o != TupleValue::Null) && old.get(i) != new.get(i)
         })
     }
@@ -800,9 +842,9 @@ impl<'a> StreamState<'a> {
         self.relations.insert(
             rel.id,
             RelationInfo {
+                encoder: TableEncoder::new(&self.source.db, self.source.shard, &rel.name, columns),
                 table: rel.name,
                 topic,
-                columns,
             },
         );
         Ok(())
@@ -838,103 +880,107 @@ impl<'a> StreamState<'a> {
             }
             (n, _) => n,
         };
-        let mut unchanged = Vec::new();
-        let after = new
-            .map(|t| tuple_to_row(&t, &rel.columns, &rel.table, Some(&mut unchanged)))
-            .transpose()?;
-        let before = old
-            .map(|t| tuple_to_row(&t, &rel.columns, &rel.table, None))
-            .transpose()?;
+        let enc = &rel.encoder;
+        let columns = enc.columns();
+        let bufs = &mut self.buffers;
+        let after: Option<Vec<Cell<'_>>> = new.as_deref().map(cells);
+        let mut before: Option<Vec<Cell<'_>>> = old.as_deref().map(cells);
         // With REPLICA IDENTITY DEFAULT a delete carries only the key: keep
         // just the key columns so `before` never shows invented NULLs.
-        let before = before.map(|mut b| {
-            if op == Op::Delete || op == Op::Update {
-                let key_only = rel
-                    .columns
-                    .iter()
-                    .any(|c| !c.key && b.get(&c.name) == Some(&Value::Null));
-                if key_only {
-                    b.retain(|k, _| rel.columns.iter().any(|c| c.key && &c.name == k));
+        if let Some(b) = before.as_mut()
+            && (op == Op::Delete || op == Op::Update)
+            && b.len() == columns.len()
+        {
+            let key_only = columns
+                .iter()
+                .zip(b.iter())
+                .any(|(c, v)| !c.key && encode::reads_as_null(&c.pg_type, *v));
+            if key_only {
+                for (c, v) in columns.iter().zip(b.iter_mut()) {
+                    if !c.key {
+                        *v = Cell::Absent;
+                    }
                 }
             }
-            b
-        });
-        let db = &self.source.db;
-        let ev = ChangeEvent {
-            before,
-            after,
-            source: Source {
-                version: env!("CARGO_PKG_VERSION").into(),
-                connector: "postgresql".into(),
-                db: db.clone(),
-                shard: self.source.shard,
-                schema: "public".into(),
-                table: rel.table.clone(),
-                lsn: tx.lsn,
-                ordinal: tx.ordinal,
-                ts_us: tx.commit_ts_us,
-                tx_id: Some(tx.xid),
-                snapshot: false,
-            },
+        }
+        let unchanged: Vec<&str> = match &new {
+            Some(n) => n
+                .iter()
+                .zip(columns)
+                .filter(|(v, _)| **v == TupleValue::UnchangedToast)
+                .map(|(_, c)| c.name.as_str())
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(a) = &after {
+            let key = (op != Op::Delete && op != Op::Truncate).then_some(&mut bufs.key);
+            enc.row(a, &mut bufs.after, key)?;
+        }
+        if let Some(b) = &before {
+            let key = (op == Op::Delete).then_some(&mut bufs.key);
+            enc.row(b, &mut bufs.before, key)?;
+        }
+        let identified = if op == Op::Delete {
+            before.is_some()
+        } else {
+            after.is_some()
+        };
+        if op == Op::Truncate {
+            bufs.key.clear();
+            serde_json::to_writer(
+                &mut bufs.key,
+                &serde_json::json!({ "shard": self.source.shard, "truncate": true }),
+            )
+            .expect("json");
+        } else if !identified {
+            return Err(Error::Value(tributary_model::Error::InvalidEvent(format!(
+                "{} event has no row image",
+                op.as_str()
+            ))));
+        }
+        let meta = Meta {
             op,
+            lsn: tx.lsn,
+            ordinal: tx.ordinal,
+            ts_us: tx.commit_ts_us,
+            tx_id: Some(tx.xid),
+            snapshot: false,
             ts_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
-            transaction: Some(Transaction {
-                id: format!("{}:{}", tx.xid, tx.lsn),
-                total_order: tx.ordinal,
-            }),
-            event_id: event_id(db, self.source.shard, tx.lsn, tx.ordinal, false),
-            unchanged_toast: unchanged,
-            columns: rel.columns.clone(),
         };
-        let key = if op == Op::Truncate {
-            serde_json::json!({ "shard": self.source.shard, "truncate": true })
-        } else {
-            ev.key()?
-        };
-        let payload = ev.to_json();
-        crate::metrics::event(&rel.table, op.as_str(), payload.len());
-        sink.send(
-            &rel.topic,
-            &serde_json::to_vec(&key).expect("json"),
-            &payload,
-        )
-        .await
+        enc.event(
+            &meta,
+            before.is_some().then_some(&bufs.before[..]),
+            after.is_some().then_some(&bufs.after[..]),
+            &unchanged,
+            &mut bufs.payload,
+        );
+        crate::metrics::event(&rel.table, op.as_str(), bufs.payload.len());
+        sink.send(&rel.topic, &bufs.key, &bufs.payload).await
     }
 }
 
-fn tuple_to_row(
-    tuple: &[TupleValue],
-    columns: &[Column],
-    table: &str,
-    mut unchanged: Option<&mut Vec<String>>,
-) -> Result<Map<String, Value>> {
-    if tuple.len() != columns.len() {
-        return Err(Error::Decode(format!(
-            "tuple of {table} has {} values for {} columns",
-            tuple.len(),
-            columns.len()
-        )));
-    }
-    let mut row = Map::with_capacity(columns.len());
-    for (value, col) in tuple.iter().zip(columns) {
-        match value {
-            TupleValue::Null => {
-                row.insert(col.name.clone(), Value::Null);
-            }
-            TupleValue::UnchangedToast => {
-                if let Some(u) = unchanged.as_deref_mut() {
-                    u.push(col.name.clone());
-                }
-            }
-            TupleValue::Text(t) => {
-                row.insert(col.name.clone(), col.pg_type.text_to_json(&col.name, t)?);
-            }
-        }
-    }
-    Ok(row)
+/// Reused buffers for the event being written.
+#[derive(Default)]
+struct Buffers {
+    before: Vec<u8>,
+    after: Vec<u8>,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// A pgoutput tuple as row-image cells (unchanged TOAST is absent).
+fn cells(tuple: &[TupleValue]) -> Vec<Cell<'_>> {
+    tuple
+        .iter()
+        .map(|v| match v {
+            TupleValue::Null => Cell::Null,
+            TupleValue::UnchangedToast => Cell::Absent,
+            TupleValue::Text(t) => Cell::Text(t),
+        })
+        .collect()
 }
 
 fn now_us() -> i64 {

@@ -10,6 +10,7 @@
 //! The reader records each chunk once Kafka acknowledged all of its rows, so
 //! a reader killed mid-snapshot copies only the chunks that are not done.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tributary_model::event::{ChangeEvent, Column, Op, Source, event_id};
 use tributary_model::lsn::Lsn;
 use tributary_model::pgtype::PgType;
 
+use crate::encode::{Cell, Meta, TableEncoder};
 use crate::reader::SourceDb;
 use crate::sink::KafkaSink;
 use crate::{Error, Result};
@@ -213,11 +215,21 @@ pub(crate) struct Copy<'a> {
 struct TableInfo {
     name: String,
     topic: String,
-    columns: Vec<Column>,
+    encoder: TableEncoder,
 }
 
+/// A row as a copy worker wrote it: its `after` image and Kafka key. The
+/// publisher only wraps it in the envelope, as the ordinal is its to give.
+struct EncodedRow {
+    after: Vec<u8>,
+    key: Vec<u8>,
+}
+
+/// Rows per message from a copy worker to the publisher.
+const BATCH_ROWS: usize = 256;
+
 enum Copied {
-    Row(Arc<TableInfo>, Map<String, Value>),
+    Rows(Arc<TableInfo>, Vec<EncodedRow>),
     ChunkEnd(Chunk, u64),
     Failed(Error),
 }
@@ -245,12 +257,13 @@ where
         .into_iter()
         .map(|(name, columns)| {
             let topic = tributary_model::domain::topic_name(job.topic_prefix, &source.db, &name);
+            let encoder = TableEncoder::new(&source.db, source.shard, &name, columns);
             (
                 name.clone(),
                 Arc::new(TableInfo {
                     name,
                     topic,
-                    columns,
+                    encoder,
                 }),
             )
         })
@@ -278,7 +291,7 @@ where
                 transaction: None,
                 event_id: id,
                 unchanged_toast: vec![],
-                columns: info.columns.clone(),
+                columns: info.encoder.columns().to_vec(),
             }
         };
     for table in &job.reset {
@@ -310,7 +323,8 @@ where
     let label = format!("{}.{}", source.db, source.shard);
     let mut progress = Progress::new(label.clone(), chunks.len());
     let queue = Arc::new(std::sync::Mutex::new(VecDeque::from(chunks)));
-    let (tx, mut rx) = mpsc::channel::<Copied>(8192);
+    // Bounded in rows as before: 32 batches of 256.
+    let (tx, mut rx) = mpsc::channel::<Copied>(32);
     let mut workers = JoinSet::new();
     for _ in 0..job.workers.max(1) {
         let (queue, tx, infos) = (queue.clone(), tx.clone(), infos.clone());
@@ -328,21 +342,27 @@ where
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let publish = async {
         let mut ordinal = job.label.ordinal_base;
+        let mut payload = Vec::new();
         while let Some(copied) = rx.recv().await {
             match copied {
-                Copied::Row(info, after) => {
-                    ordinal += 1;
-                    let id = event_id(&source.db, source.shard, job.label.lsn, ordinal, true);
-                    let ev = event(&info, Op::Read, Some(after), ordinal, id);
-                    let payload = ev.to_json();
-                    crate::metrics::event(&info.name, "r", payload.len());
-                    sink.send(
-                        &info.topic,
-                        &serde_json::to_vec(&ev.key()?).expect("json"),
-                        &payload,
-                    )
-                    .await?;
-                    progress.row();
+                Copied::Rows(info, rows) => {
+                    for row in rows {
+                        ordinal += 1;
+                        let meta = Meta {
+                            op: Op::Read,
+                            lsn: job.label.lsn,
+                            ordinal,
+                            ts_us: now_us,
+                            tx_id: None,
+                            snapshot: true,
+                            ts_ms: now_us / 1000,
+                        };
+                        info.encoder
+                            .event(&meta, None, Some(&row.after), &[], &mut payload);
+                        crate::metrics::event(&info.name, "r", payload.len());
+                        sink.send(&info.topic, &row.key, &payload).await?;
+                        progress.row();
+                    }
                 }
                 Copied::ChunkEnd(chunk, rows) => {
                     let durable = sink.barrier().await?;
@@ -407,23 +427,45 @@ async fn copy_worker(
         pin_mut!(stream);
         let mut pending: Vec<u8> = Vec::new();
         let mut rows = 0u64;
+        let mut batch = Vec::with_capacity(BATCH_ROWS);
         while let Some(bytes) = stream.next().await {
             let bytes: Bytes = bytes.map_err(|source| Error::Postgres {
                 context: format!("COPY {table} chunk {}", chunk.index),
                 source,
             })?;
-            pending.extend_from_slice(&bytes);
+            // PostgreSQL sends a row per CopyData message: split in place
+            // unless a message ends inside a row.
+            let data: &[u8] = if pending.is_empty() {
+                &bytes
+            } else {
+                pending.extend_from_slice(&bytes);
+                &pending
+            };
             let mut start = 0;
-            while let Some(nl) = pending[start..].iter().position(|b| *b == b'\n') {
-                let after = parse_copy_line(&pending[start..start + nl], &info.columns, table)?;
+            while let Some(nl) = data[start..].iter().position(|b| *b == b'\n') {
+                batch.push(encode_copy_line(
+                    &data[start..start + nl],
+                    &info.encoder,
+                    table,
+                )?);
                 rows += 1;
-                if tx.send(Copied::Row(info.clone(), after)).await.is_err() {
+                start += nl + 1;
+            }
+            if pending.is_empty() {
+                pending.extend_from_slice(&bytes[start..]);
+            } else {
+                pending.drain(..start);
+            }
+            if batch.len() >= BATCH_ROWS {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+                if tx.send(Copied::Rows(info.clone(), full)).await.is_err() {
                     // The publisher stopped (it failed): nothing more to do.
                     return Ok(());
                 }
-                start += nl + 1;
             }
-            pending.drain(..start);
+        }
+        if !batch.is_empty() && tx.send(Copied::Rows(info.clone(), batch)).await.is_err() {
+            return Ok(());
         }
         if !pending.is_empty() {
             return Err(Error::Protocol(format!("COPY {table} ended inside a row")));
@@ -518,13 +560,26 @@ impl Progress {
     }
 }
 
-/// Parses one line of COPY text format into a JSON row.
-pub(crate) fn parse_copy_line(
-    line: &[u8],
-    columns: &[Column],
-    table: &str,
-) -> Result<Map<String, Value>> {
-    let fields: Vec<&[u8]> = line.split(|b| *b == b'\t').collect();
+/// Encodes one line of COPY text format as a row image and its key.
+fn encode_copy_line(line: &[u8], encoder: &TableEncoder, table: &str) -> Result<EncodedRow> {
+    let columns = encoder.columns();
+    let mut fields: Vec<Option<Cow<'_, str>>> = Vec::with_capacity(columns.len());
+    for (i, field) in line.split(|b| *b == b'\t').enumerate() {
+        if i >= columns.len() {
+            fields.push(None);
+            continue;
+        }
+        fields.push(if field == b"\\N" {
+            None
+        } else {
+            Some(unescape_copy(field).ok_or_else(|| {
+                Error::Decode(format!(
+                    "COPY value of {table}.{} is not valid text",
+                    columns[i].name
+                ))
+            })?)
+        });
+    }
     if fields.len() != columns.len() {
         return Err(Error::Decode(format!(
             "COPY row of {table} has {} fields, expected {}",
@@ -532,29 +587,23 @@ pub(crate) fn parse_copy_line(
             columns.len()
         )));
     }
-    let mut row = Map::with_capacity(columns.len());
-    for (field, col) in fields.into_iter().zip(columns) {
-        let value = if field == b"\\N" {
-            Value::Null
-        } else {
-            let text = unescape_copy(field).ok_or_else(|| {
-                Error::Decode(format!(
-                    "COPY value of {table}.{} is not valid text",
-                    col.name
-                ))
-            })?;
-            col.pg_type.text_to_json(&col.name, &text)?
-        };
-        row.insert(col.name.clone(), value);
-    }
+    let cells: Vec<Cell<'_>> = fields
+        .iter()
+        .map(|f| f.as_deref().map_or(Cell::Null, Cell::Text))
+        .collect();
+    let mut row = EncodedRow {
+        after: Vec::with_capacity(256),
+        key: Vec::with_capacity(32),
+    };
+    encoder.row(&cells, &mut row.after, Some(&mut row.key))?;
     Ok(row)
 }
 
 /// Undoes COPY text escaping (`\\`, `\t`, `\n`, `\r`, `\b`, `\f`, `\v`,
 /// octal `\NNN` and hex `\xHH`).
-fn unescape_copy(field: &[u8]) -> Option<String> {
+fn unescape_copy(field: &[u8]) -> Option<Cow<'_, str>> {
     if !field.contains(&b'\\') {
-        return String::from_utf8(field.to_vec()).ok();
+        return std::str::from_utf8(field).ok().map(Cow::Borrowed);
     }
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
@@ -597,7 +646,7 @@ fn unescape_copy(field: &[u8]) -> Option<String> {
             other => out.push(other),
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 #[cfg(test)]
@@ -623,6 +672,16 @@ mod tests {
                 key: false,
             },
         ]
+    }
+
+    fn parse_copy_line(line: &[u8], columns: &[Column], table: &str) -> Result<Value> {
+        let enc = TableEncoder::new("db", 0, table, columns.to_vec());
+        let row = encode_copy_line(line, &enc, table)?;
+        assert_eq!(
+            serde_json::from_slice::<Value>(&row.key).unwrap()["shard"],
+            json!(0)
+        );
+        Ok(serde_json::from_slice(&row.after).unwrap())
     }
 
     #[test]

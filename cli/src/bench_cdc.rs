@@ -11,6 +11,14 @@
 //! (until `tributary_cdc.snapshots` records it complete) against `COPY … TO
 //! STDOUT` of the same table.
 //!
+//! Each reader runs twice per run (`--sink both`, the default): into the
+//! broker, and into a discard sink that drops every event as soon as it is
+//! written (`tributary_cdc::run_discarding`, never the product's path). The
+//! second is the reader's own ceiling: replication, decoding and JSON with
+//! no Kafka. The broker alone is measured with the reader's producer
+//! settings, with the stack's storage and with none (tansu's `null`
+//! engine), so the report shows which stage bounds the rate.
+//!
 //! The reader runs in this process, so its peak memory is this process's
 //! `VmHWM`, reset (`/proc/self/clear_refs`) before each reader run; CPU
 //! seconds of this process, of the broker and of the reader's walsender
@@ -23,19 +31,22 @@
 //! written to, and topics never need deleting (tansu 0.6's DeleteTopics
 //! deletes every topic of the cluster, not just the one named).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use futures::{StreamExt, pin_mut};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +87,32 @@ pub struct BenchOptions {
     /// Also measure the broker's own produce rate with the reader's producer
     /// settings and event size, without PostgreSQL or decoding.
     pub broker_ceiling: bool,
+    /// Where the measured readers publish.
+    pub sinks: Sinks,
+}
+
+/// Which readers a run measures: into the broker (the product), and into a
+/// discard sink (the reader's own ceiling: replication, decoding and JSON,
+/// no Kafka).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sinks {
+    pub kafka: bool,
+    pub discard: bool,
+}
+
+/// Where a measured reader's events go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sink {
+    Kafka,
+    Discard,
+}
+
+/// One contender of a streaming or snapshot measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Contender {
+    /// pg_recvlogical (streaming) or COPY (snapshot).
+    Postgres,
+    Reader(Sink),
 }
 
 /// One run's measurements.
@@ -103,6 +140,15 @@ pub struct RunResult {
     pub snapshot_peak_rss_kib: Option<u64>,
     /// CPU seconds while the reader took its snapshot (no walsender).
     pub snapshot_cpu: Cpu,
+    /// The reader into the discard sink (no broker): streaming seconds.
+    pub discard_secs: Option<f64>,
+    /// Events it wrote (from its metrics; the discard sink keeps none).
+    pub discard_events: Option<u64>,
+    pub discard_cpu: Option<Cpu>,
+    /// The same reader's snapshot of the loaded table.
+    pub discard_snapshot_secs: Option<f64>,
+    pub discard_snapshot_events: Option<u64>,
+    pub discard_snapshot_cpu: Option<Cpu>,
 }
 
 /// CPU seconds spent by each process during a measurement.
@@ -116,6 +162,8 @@ pub struct Cpu {
 /// The broker alone: the reader's producer settings and event size.
 #[derive(Clone, Debug, Serialize)]
 pub struct BrokerCeiling {
+    /// tansu's `--storage-engine`.
+    pub storage: String,
     pub messages: u64,
     pub payload_bytes: usize,
     pub secs: f64,
@@ -135,7 +183,15 @@ pub struct Summary {
     /// Reader snapshot rate / COPY rate.
     pub snapshot_ratio: f64,
     pub reader_peak_rss_kib: Option<u64>,
+    /// The broker alone with the stack's storage (sqlite).
     pub broker_messages_per_sec: Option<f64>,
+    /// The broker alone without storage (tansu's null engine).
+    pub broker_null_messages_per_sec: Option<f64>,
+    /// The reader into the discard sink, and its ratios to PostgreSQL's tools.
+    pub discard_changes_per_sec: Option<f64>,
+    pub discard_streaming_ratio: Option<f64>,
+    pub discard_snapshot_rows_per_sec: Option<f64>,
+    pub discard_snapshot_ratio: Option<f64>,
 }
 
 /// The whole benchmark.
@@ -147,7 +203,11 @@ pub struct Report {
     /// This process's RSS before the first reader run.
     pub baseline_rss_kib: Option<u64>,
     pub runs: Vec<RunResult>,
+    /// The broker alone, with the stack's storage engine.
     pub broker: Option<BrokerCeiling>,
+    /// The broker alone without storage: what tansu's protocol and the
+    /// producer take before any storage cost.
+    pub broker_null: Option<BrokerCeiling>,
     pub summary: Summary,
 }
 
@@ -156,10 +216,14 @@ pub struct Report {
 pub async fn run(config: &Config, options: &BenchOptions) -> Result<Report> {
     ensure!(options.rows >= 2, "--rows must be at least 2");
     ensure!(options.runs >= 1, "--runs must be at least 1");
+    ensure!(
+        options.sinks.kafka || options.sinks.discard,
+        "no reader to measure"
+    );
     let state = stack::up(config).await?;
     let pg = state.shards.first().unwrap_or(&state.catalog);
     let admin_dsn = pg.dsn();
-    let broker = BenchBroker::start(config).await?;
+    let broker = BenchBroker::start(config, STACK_STORAGE).await?;
     let bench = Bench {
         dsn: format!(
             "host=127.0.0.1 port={} user=tributary dbname={DATABASE}",
@@ -188,6 +252,14 @@ pub async fn run(config: &Config, options: &BenchOptions) -> Result<Report> {
     Ok(report)
 }
 
+/// The stack's broker storage (see `stack.rs`).
+const STACK_STORAGE: &str = "sqlite://tansu.db";
+/// No storage at all (tansu's `null` engine: records are dropped, offsets
+/// invented): the broker's protocol and the producer without storage cost.
+/// (`memory://` needs tansu's `dynostore` feature, which the stack's
+/// install leaves out.)
+const NULL_STORAGE: &str = "null://tansu/";
+
 /// A tansu broker of the bench's own, started like the stack's (sqlite
 /// storage) in a temporary folder; stopped and removed on drop.
 struct BenchBroker {
@@ -197,7 +269,7 @@ struct BenchBroker {
 }
 
 impl BenchBroker {
-    async fn start(config: &Config) -> Result<BenchBroker> {
+    async fn start(config: &Config, storage: &str) -> Result<BenchBroker> {
         let bin = match &config.stack.broker_bin {
             Some(p) => p.clone(),
             None => std::env::var_os("PATH")
@@ -227,7 +299,7 @@ impl BenchBroker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", storage])
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -314,36 +386,53 @@ impl Bench<'_> {
             eprintln!("run {}/{}", run + 1, self.options.runs);
             let r = self.run_once(&client, &recvlogical, run).await?;
             eprintln!(
-                "  streaming {} changes: pg_recvlogical {:.2}s, reader {:.2}s; snapshot {} rows: COPY {:.2}s, reader {:.2}s",
+                "  streaming {} changes: pg_recvlogical {:.2}s, reader {:.2}s, reader (discard) {}; snapshot {} rows: COPY {:.2}s, reader {:.2}s, reader (discard) {}",
                 self.changes(),
                 r.recvlogical_secs,
                 r.reader_secs,
+                secs(r.discard_secs),
                 self.options.rows,
                 r.copy_secs,
-                r.snapshot_secs
+                r.snapshot_secs,
+                secs(r.discard_snapshot_secs),
             );
             runs.push(r);
         }
-        let broker = if self.options.broker_ceiling {
-            eprintln!("broker produce rate");
-            Some(self.broker_ceiling().await?)
+        let (broker, broker_null) = if self.options.broker_ceiling {
+            eprintln!("broker produce rate ({STACK_STORAGE})");
+            let stack = self
+                .broker_ceiling(&self.kafka.brokers, self.broker_pid, STACK_STORAGE)
+                .await?;
+            eprintln!("broker produce rate ({NULL_STORAGE})");
+            let null = BenchBroker::start(self.config, NULL_STORAGE).await?;
+            let no_storage = self
+                .broker_ceiling(&null.address(), null.pid(), NULL_STORAGE)
+                .await?;
+            (Some(stack), Some(no_storage))
         } else {
-            None
+            (None, None)
         };
-        let summary = summarize(self.options.rows, self.changes(), &runs, broker.as_ref());
+        let summary = summarize(
+            self.options.rows,
+            self.changes(),
+            &runs,
+            broker.as_ref(),
+            broker_null.as_ref(),
+        );
         Ok(Report {
             rows: self.options.rows,
             changes: self.changes(),
             baseline_rss_kib,
             runs,
             broker,
+            broker_null,
             summary,
         })
     }
 
-    /// One run: fresh slots, a backlog, both streaming readers, then both
-    /// snapshot readers of the loaded table. Even runs start with
-    /// PostgreSQL's tool, odd runs with ours.
+    /// One run: fresh slots, a backlog, the streaming contenders, then the
+    /// snapshot contenders on the loaded table. The order rotates from run
+    /// to run, so no contender always gets the warmer caches.
     async fn run_once(
         &self,
         client: &tokio_postgres::Client,
@@ -356,13 +445,36 @@ impl Bench<'_> {
             .await
             .context("emptying the bench table")?;
 
-        // Both slots exist before the load: ours through a reader that
-        // snapshots the empty table and stops, pg_recvlogical's by SQL.
-        let stream_slots = format!("{SLOT_PREFIX}_s{run}");
-        let stream_topics = format!("{TOPIC_PREFIX}.s{run}");
-        let reader = self.start_reader(&stream_slots, &stream_topics);
-        wait_snapshot(client, &reader.slot, &reader.handle).await?;
-        reader.stop().await?;
+        let mut contenders = vec![Contender::Postgres];
+        if self.options.sinks.kafka {
+            contenders.push(Contender::Reader(Sink::Kafka));
+        }
+        if self.options.sinks.discard {
+            contenders.push(Contender::Reader(Sink::Discard));
+        }
+        let len = contenders.len();
+        contenders.rotate_left(run % len);
+        let names = |sink: Sink, what: &str| match sink {
+            Sink::Kafka => (
+                format!("{SLOT_PREFIX}_{what}{run}"),
+                format!("{TOPIC_PREFIX}.{what}{run}"),
+            ),
+            Sink::Discard => (
+                format!("{SLOT_PREFIX}_{what}d{run}"),
+                format!("{TOPIC_PREFIX}.{what}d{run}"),
+            ),
+        };
+
+        // Every slot exists before the load: the readers' through a reader
+        // that snapshots the empty table and stops, pg_recvlogical's by SQL.
+        for c in &contenders {
+            if let Contender::Reader(sink) = *c {
+                let (slots, topics) = names(sink, "s");
+                let reader = self.start_reader(&slots, &topics, sink);
+                wait_snapshot(client, &reader.slot, &reader.handle).await?;
+                reader.stop().await?;
+            }
+        }
         let recv_slot = format!("{SLOT_PREFIX}_recv_{run}");
         client
             .execute(
@@ -379,20 +491,60 @@ impl Bench<'_> {
             (end.0 - start.0) / 1_000_000
         );
 
-        let mut recvlogical_secs = 0.0;
-        let mut reader_secs = 0.0;
-        let mut reader_peak_rss_kib = None;
-        let mut reader_cpu = Cpu::default();
-        for step in order(run) {
-            if step {
-                recvlogical_secs = self.time_recvlogical(recvlogical, &recv_slot, end).await?;
-            } else {
-                (reader_secs, reader_peak_rss_kib, reader_cpu) = self
-                    .time_streaming(client, &stream_slots, &stream_topics, end)
-                    .await?;
+        let mut r = RunResult {
+            wal_bytes: end.0 - start.0,
+            recvlogical_secs: 0.0,
+            recvlogical_changes: None,
+            reader_secs: 0.0,
+            reader_events: 0,
+            reader_peak_rss_kib: None,
+            reader_cpu: Cpu::default(),
+            copy_secs: 0.0,
+            copy_rows: 0,
+            snapshot_secs: 0.0,
+            snapshot_events: 0,
+            snapshot_peak_rss_kib: None,
+            snapshot_cpu: Cpu::default(),
+            discard_secs: None,
+            discard_events: None,
+            discard_cpu: None,
+            discard_snapshot_secs: None,
+            discard_snapshot_events: None,
+            discard_snapshot_cpu: None,
+        };
+        for c in &contenders {
+            match *c {
+                Contender::Postgres => {
+                    r.recvlogical_secs =
+                        self.time_recvlogical(recvlogical, &recv_slot, end).await?;
+                }
+                Contender::Reader(sink) => {
+                    let (slots, topics) = names(sink, "s");
+                    let events_before = metric_events();
+                    let (secs, peak, cpu) = self
+                        .time_streaming(client, &slots, &topics, end, sink)
+                        .await?;
+                    let events = metric_events() - events_before;
+                    match sink {
+                        Sink::Kafka => {
+                            (r.reader_secs, r.reader_peak_rss_kib, r.reader_cpu) =
+                                (secs, peak, cpu);
+                            r.reader_events = topic_events(
+                                &self.kafka.brokers,
+                                &topic_name(&topics, SOURCE_DB, TABLE),
+                            )
+                            .await?;
+                        }
+                        Sink::Discard => {
+                            r.discard_secs = Some(secs);
+                            r.discard_events = Some(events);
+                            r.discard_cpu = Some(cpu);
+                        }
+                    }
+                }
             }
         }
-        let recvlogical_changes = match &self.options.recvlogical_output {
+        r.recvlogical_changes = match &self.options.recvlogical_output {
             Some(path) => {
                 let out =
                     std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -400,46 +552,50 @@ impl Bench<'_> {
             }
             None => None,
         };
-        let reader_events = topic_events(
-            &self.kafka.brokers,
-            &topic_name(&stream_topics, SOURCE_DB, TABLE),
-        )
-        .await?;
 
-        let snap_slots = format!("{SLOT_PREFIX}_n{run}");
-        let snap_topics = format!("{TOPIC_PREFIX}.n{run}");
-        let mut copy = (0.0, 0);
-        let mut snapshot = (0.0, None, Cpu::default());
-        for step in order(run) {
-            if step {
-                copy = time_copy(client).await?;
-            } else {
-                snapshot = self
-                    .time_snapshot(client, &snap_slots, &snap_topics)
-                    .await?;
+        for c in &contenders {
+            match *c {
+                Contender::Postgres => (r.copy_secs, r.copy_rows) = time_copy(client).await?,
+                Contender::Reader(sink) => {
+                    let (slots, topics) = names(sink, "n");
+                    let events_before = metric_events();
+                    let (secs, peak, cpu) =
+                        self.time_snapshot(client, &slots, &topics, sink).await?;
+                    let events = metric_events() - events_before;
+                    match sink {
+                        Sink::Kafka => {
+                            (r.snapshot_secs, r.snapshot_peak_rss_kib, r.snapshot_cpu) =
+                                (secs, peak, cpu);
+                            r.snapshot_events = topic_events(
+                                &self.kafka.brokers,
+                                &topic_name(&topics, SOURCE_DB, TABLE),
+                            )
+                            .await?;
+                        }
+                        Sink::Discard => {
+                            r.discard_snapshot_secs = Some(secs);
+                            r.discard_snapshot_events = Some(events);
+                            r.discard_snapshot_cpu = Some(cpu);
+                        }
+                    }
+                }
             }
         }
-        let snapshot_events = topic_events(
-            &self.kafka.brokers,
-            &topic_name(&snap_topics, SOURCE_DB, TABLE),
-        )
-        .await?;
         drop_slots(client).await?;
-        Ok(RunResult {
-            wal_bytes: end.0 - start.0,
-            recvlogical_secs,
-            recvlogical_changes,
-            reader_secs,
-            reader_events,
-            reader_peak_rss_kib,
-            copy_secs: copy.0,
-            copy_rows: copy.1,
-            snapshot_secs: snapshot.0,
-            snapshot_events,
-            snapshot_peak_rss_kib: snapshot.1,
-            reader_cpu,
-            snapshot_cpu: snapshot.2,
-        })
+        // The discard sink keeps nothing to count in a broker: its reader's
+        // own event counter must still show every change and every row.
+        for (what, got, want) in [
+            ("streamed", r.discard_events, self.changes()),
+            ("snapshot", r.discard_snapshot_events, self.options.rows),
+        ] {
+            if let Some(got) = got {
+                ensure!(
+                    got == want,
+                    "the discarding reader {what} {got} events, expected {want}"
+                );
+            }
+        }
+        Ok(r)
     }
 
     /// Writes the backlog: `rows` inserts, then updates of the first half,
@@ -489,7 +645,7 @@ impl Bench<'_> {
         Ok((start, current_lsn(client).await?))
     }
 
-    fn start_reader(&self, slot_prefix: &str, topic_prefix: &str) -> RunningReader {
+    fn start_reader(&self, slot_prefix: &str, topic_prefix: &str, sink: Sink) -> RunningReader {
         let mut cdc = self.config.cdc.clone();
         cdc.slot_prefix = slot_prefix.into();
         cdc.publication = PUBLICATION.into();
@@ -500,12 +656,20 @@ impl Bench<'_> {
         let shutdown = CancellationToken::new();
         let source = self.source();
         let slot = format!("{slot_prefix}_{}_{}", source.db, source.shard);
-        let handle = tokio::spawn(tributary_cdc::run(
-            cdc,
-            kafka,
-            vec![source],
-            shutdown.clone(),
-        ));
+        let handle = match sink {
+            Sink::Kafka => tokio::spawn(tributary_cdc::run(
+                cdc,
+                kafka,
+                vec![source],
+                shutdown.clone(),
+            )),
+            Sink::Discard => tokio::spawn(tributary_cdc::run_discarding(
+                cdc,
+                kafka,
+                vec![source],
+                shutdown.clone(),
+            )),
+        };
         RunningReader {
             slot,
             shutdown,
@@ -563,11 +727,12 @@ impl Bench<'_> {
         slot_prefix: &str,
         topic_prefix: &str,
         end: Lsn,
+        sink: Sink,
     ) -> Result<(f64, Option<u64>, Cpu)> {
         let rss_reset = reset_peak_rss();
         let cpu_before = self.cpu_now();
         let started = Instant::now();
-        let reader = self.start_reader(slot_prefix, topic_prefix);
+        let reader = self.start_reader(slot_prefix, topic_prefix, sink);
         let deadline = started + Duration::from_secs(1800);
         let mut walsender = None;
         loop {
@@ -631,12 +796,13 @@ impl Bench<'_> {
         client: &tokio_postgres::Client,
         slot_prefix: &str,
         topic_prefix: &str,
+        sink: Sink,
     ) -> Result<(f64, Option<u64>, Cpu)> {
         let rss_reset = reset_peak_rss();
         let cpu_before = self.cpu_now();
         let started_wall = SystemTime::now();
         let started = Instant::now();
-        let reader = self.start_reader(slot_prefix, topic_prefix);
+        let reader = self.start_reader(slot_prefix, topic_prefix, sink);
         let completed = wait_snapshot(client, &reader.slot, &reader.handle).await?;
         let peak = rss_reset.then(|| proc_status_kib("VmHWM")).flatten();
         let cpu = self.cpu_now().since(cpu_before);
@@ -651,64 +817,73 @@ impl Bench<'_> {
     }
 
     /// Produces as many messages as a run streams, of the reader's mean
-    /// event size, with the reader's producer settings.
-    async fn broker_ceiling(&self) -> Result<BrokerCeiling> {
+    /// event size, with the reader's producer settings and its way of
+    /// tracking acknowledgements (a delivery callback, no future per
+    /// message), into the broker at `brokers` (process `pid`).
+    async fn broker_ceiling(
+        &self,
+        brokers: &str,
+        pid: u32,
+        storage: &str,
+    ) -> Result<BrokerCeiling> {
         let payload_bytes = mean_event_bytes().unwrap_or(600);
         let messages = self.changes();
         let topic = format!("{TOPIC_PREFIX}.ceiling");
-        create_topic(&self.kafka, &topic).await?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
-            .set("log_level", "3")
-            .set("enable.idempotence", "true")
-            .set("enable.gapless.guarantee", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "500000")
-            .set("message.timeout.ms", "60000")
-            .create()
+        let kafka = KafkaConfig {
+            brokers: brokers.to_string(),
+            ..self.kafka.clone()
+        };
+        create_topic(&kafka, &topic).await?;
+        let acks = Arc::new(CountAcks::default());
+        let producer: ThreadedProducer<Counting> = tributary_cdc::sink::producer_config(&kafka)
+            .create_with_context(Counting(acks.clone()))
             .context("creating a producer")?;
         let payload = vec![b'x'; payload_bytes];
-        let mut pending = std::collections::VecDeque::new();
-        let cpu_before = self.cpu_now();
+        let cpu = || Cpu {
+            reader: cpu_secs(std::process::id()).unwrap_or(0.0),
+            broker: cpu_secs(pid).unwrap_or(0.0),
+            walsender: None,
+        };
+        let cpu_before = cpu();
         let started = Instant::now();
+        let mut key = String::new();
         for i in 0..messages {
-            let key = format!("{{\"id\":{i},\"shard\":0}}");
-            let mut record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            key.clear();
+            write!(key, "{{\"id\":{i},\"shard\":0}}").expect("writing to a String");
+            let mut record = BaseRecord::to(&topic).key(&key).payload(&payload);
             loop {
-                match producer.send_result(record) {
-                    Ok(fut) => {
-                        pending.push_back(fut);
-                        break;
-                    }
+                match producer.send(record) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         record = r;
-                        let fut = pending
-                            .pop_front()
-                            .context("queue full with nothing queued")?;
-                        delivered(fut.await)?;
+                        acks.check()?;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     Err((e, _)) => return Err(e).context("producing"),
                 }
             }
-            // Keep the number of outstanding futures bounded.
-            if pending.len() >= 200_000 {
-                let fut = pending.pop_front().expect("non-empty");
-                delivered(fut.await)?;
-            }
         }
-        for fut in pending {
-            delivered(fut.await)?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while acks.ok.load(Ordering::SeqCst) < messages {
+            acks.check()?;
+            ensure!(
+                Instant::now() < deadline,
+                "deliveries did not finish within 10 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let secs = started.elapsed().as_secs_f64();
-        let cpu = self.cpu_now().since(cpu_before);
-        let held = topic_events(&self.kafka.brokers, &topic).await?;
-        ensure!(
-            held == messages,
-            "the broker holds {held} of {messages} messages"
-        );
+        let cpu = cpu().since(cpu_before);
+        // The null engine keeps nothing to count.
+        if storage != NULL_STORAGE {
+            let held = topic_events(brokers, &topic).await?;
+            ensure!(
+                held == messages,
+                "the broker holds {held} of {messages} messages"
+            );
+        }
         Ok(BrokerCeiling {
+            storage: storage.to_string(),
             messages,
             payload_bytes,
             secs,
@@ -717,26 +892,36 @@ impl Bench<'_> {
     }
 }
 
-/// Even runs: PostgreSQL's tool first (`true`), then ours; odd runs the
-/// other way round, so neither always gets the warmer caches.
-fn order(run: usize) -> [bool; 2] {
-    if run.is_multiple_of(2) {
-        [true, false]
-    } else {
-        [false, true]
+/// Acknowledged and failed deliveries of the broker-alone measurement.
+#[derive(Default)]
+struct CountAcks {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl CountAcks {
+    fn check(&self) -> Result<()> {
+        let failed = self.failed.load(Ordering::SeqCst);
+        ensure!(failed == 0, "{failed} deliveries failed");
+        Ok(())
     }
 }
 
-fn delivered(
-    result: Result<
-        rdkafka::producer::future_producer::OwnedDeliveryResult,
-        futures::channel::oneshot::Canceled,
-    >,
-) -> Result<()> {
-    match result {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(e).context("delivery failed"),
-        Err(_) => bail!("delivery cancelled"),
+/// The producer context that counts deliveries into [`CountAcks`].
+struct Counting(Arc<CountAcks>);
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let counter = if result.is_ok() {
+            &self.0.ok
+        } else {
+            &self.0.failed
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -1045,6 +1230,24 @@ pub fn count_pgoutput_changes(out: &[u8]) -> Result<PgOutputCounts> {
     Ok(counts)
 }
 
+/// Seconds for a progress line, or `-` when not measured.
+fn secs(s: Option<f64>) -> String {
+    s.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into())
+}
+
+/// The reader's events written so far on the bench table (all ops), from
+/// its metrics: the readers run in this process.
+fn metric_events() -> u64 {
+    tributary_cdc::metrics::render()
+        .lines()
+        .filter(|l| {
+            l.starts_with("tributary_cdc_events_total{")
+                && l.contains(&format!("table=\"{TABLE}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -1063,6 +1266,7 @@ fn summarize(
     changes: u64,
     runs: &[RunResult],
     broker: Option<&BrokerCeiling>,
+    broker_null: Option<&BrokerCeiling>,
 ) -> Summary {
     let rate = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
@@ -1071,7 +1275,18 @@ fn summarize(
     let reader = rate(changes, m(|r| r.reader_secs));
     let copy = rate(rows, m(|r| r.copy_secs));
     let snapshot = rate(rows, m(|r| r.snapshot_secs));
+    let some = |f: fn(&RunResult) -> Option<f64>| {
+        let v: Vec<f64> = runs.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    let discard = some(|r| r.discard_secs).map(|s| rate(changes, s));
+    let discard_snapshot = some(|r| r.discard_snapshot_secs).map(|s| rate(rows, s));
     Summary {
+        discard_changes_per_sec: discard,
+        discard_streaming_ratio: discard.map(|d| ratio(d, recv)),
+        discard_snapshot_rows_per_sec: discard_snapshot,
+        discard_snapshot_ratio: discard_snapshot.map(|d| ratio(d, copy)),
+        broker_null_messages_per_sec: broker_null.map(|b| rate(b.messages, b.secs)),
         recvlogical_changes_per_sec: recv,
         reader_changes_per_sec: reader,
         streaming_ratio: ratio(reader, recv),
@@ -1113,6 +1328,12 @@ impl fmt::Display for Report {
             "  tributary reader (into the broker)   {:>10.0} changes/s   {:.2}x",
             s.reader_changes_per_sec, s.streaming_ratio
         )?;
+        if let (Some(rate), Some(ratio)) = (s.discard_changes_per_sec, s.discard_streaming_ratio) {
+            writeln!(
+                f,
+                "  tributary reader (discard sink)      {rate:>10.0} changes/s   {ratio:.2}x   (the reader's own ceiling: no Kafka)"
+            )?;
+        }
         writeln!(f, "snapshot")?;
         writeln!(
             f,
@@ -1124,11 +1345,29 @@ impl fmt::Display for Report {
             "  tributary reader (into the broker)   {:>10.0} rows/s      {:.2}x",
             s.snapshot_rows_per_sec, s.snapshot_ratio
         )?;
-        if let (Some(b), Some(rate)) = (&self.broker, s.broker_messages_per_sec) {
+        if let (Some(rate), Some(ratio)) =
+            (s.discard_snapshot_rows_per_sec, s.discard_snapshot_ratio)
+        {
             writeln!(
                 f,
-                "broker alone (rdkafka, {} B messages)  {:>10.0} messages/s   (CPU s: producer {:.1}, broker {:.1}, wall {:.1})",
-                b.payload_bytes, rate, b.cpu.reader, b.cpu.broker, b.secs
+                "  tributary reader (discard sink)      {rate:>10.0} rows/s      {ratio:.2}x   (the reader's own ceiling: no Kafka)"
+            )?;
+        }
+        for b in [&self.broker, &self.broker_null].into_iter().flatten() {
+            let rate = if b.secs > 0.0 {
+                b.messages as f64 / b.secs
+            } else {
+                0.0
+            };
+            writeln!(
+                f,
+                "broker alone ({}, {} B messages, the reader's producer settings)",
+                b.storage, b.payload_bytes
+            )?;
+            writeln!(
+                f,
+                "                                       {rate:>10.0} messages/s   (CPU s: producer {:.1}, broker {:.1}; wall {:.1})",
+                b.cpu.reader, b.cpu.broker, b.secs
             )?;
         }
         writeln!(
@@ -1166,6 +1405,17 @@ impl fmt::Display for Report {
                 mib(r.snapshot_peak_rss_kib),
                 r.wal_bytes / 1_000_000
             )?;
+            if let (Some(d), Some(c)) = (r.discard_secs, r.discard_cpu) {
+                writeln!(
+                    f,
+                    "     discard sink: reader {d:.2}, CPU {:.1} | snapshot {}, CPU {}",
+                    c.reader,
+                    secs(r.discard_snapshot_secs),
+                    r.discard_snapshot_cpu
+                        .map(|c| format!("{:.1}", c.reader))
+                        .unwrap_or_else(|| "?".into()),
+                )?;
+            }
         }
         Ok(())
     }

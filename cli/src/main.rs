@@ -174,6 +174,10 @@ enum BenchCommand {
         /// Skip measuring the broker's own produce rate.
         #[arg(long)]
         no_broker_ceiling: bool,
+        /// Where the measured readers publish: the broker (`kafka`), a
+        /// discard sink that measures the reader alone (`null`), or both.
+        #[arg(long, value_enum, default_value_t = BenchSink::Both)]
+        sink: BenchSink,
     },
     /// The whole pipeline under a sustained write load on a stack of its own:
     /// freshness (commit to silver) percentiles, CDC vs ingest throughput,
@@ -234,6 +238,14 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// `tributary bench cdc --sink`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BenchSink {
+    Kafka,
+    Null,
+    Both,
 }
 
 #[derive(Subcommand)]
@@ -814,6 +826,7 @@ async fn run(cli: Cli) -> Result<()> {
                     json,
                     recvlogical_output,
                     no_broker_ceiling,
+                    sink,
                 },
         } => {
             let options = tributary::bench_cdc::BenchOptions {
@@ -821,6 +834,10 @@ async fn run(cli: Cli) -> Result<()> {
                 runs,
                 recvlogical_output,
                 broker_ceiling: !no_broker_ceiling,
+                sinks: tributary::bench_cdc::Sinks {
+                    kafka: !matches!(sink, BenchSink::Null),
+                    discard: !matches!(sink, BenchSink::Kafka),
+                },
             };
             let report = tributary::bench_cdc::run(&config, &options).await?;
             if json {
