@@ -56,7 +56,9 @@ pub struct IngestConfig {
     /// Most messages in one commit.
     #[serde(default = "default_batch_messages")]
     pub batch_max_messages: usize,
-    /// Longest time a batch collects before it is committed.
+    /// Longest time a change waits in the ingester before its batch starts
+    /// committing: counted from the end of the previous collection, so the
+    /// time the previous batch took to commit counts against it.
     #[serde(default = "default_batch_ms")]
     pub batch_max_ms: u64,
     /// Names the offsets in the lake (and the broker-side group, for monitoring only).
@@ -468,6 +470,10 @@ async fn partition_counts(
     }
 }
 
+/// The shortest collection of a batch: enough to drain what the consumer
+/// already buffered when the previous commits ran past `batch_max_ms`.
+const MIN_COLLECT: Duration = Duration::from_millis(20);
+
 async fn run_once(
     lake: &Lake,
     kafka: &KafkaConfig,
@@ -555,10 +561,16 @@ async fn run_once(
 
     let max_wait = Duration::from_millis(config.batch_max_ms);
     let mut maintainer = crate::maintenance::Maintainer::new(config.maintenance.clone());
+    // Changes that arrived while the previous batch committed have waited
+    // since that batch stopped collecting: the next one closes `max_wait`
+    // after that moment, not after its own start, so a change waits at most
+    // `max_wait` before its commit begins however long commits take. A
+    // short floor drains what the consumer already holds.
+    let mut collected = tokio::time::Instant::now();
     loop {
         let mut batch: BTreeMap<String, Vec<OwnedMessage>> = BTreeMap::new();
         let mut count = 0usize;
-        let deadline = tokio::time::Instant::now() + max_wait;
+        let deadline = (collected + max_wait).max(tokio::time::Instant::now() + MIN_COLLECT);
         let mut reassign = false;
         while count < config.batch_max_messages {
             tokio::select! {
@@ -572,6 +584,7 @@ async fn run_once(
                 }
             }
         }
+        collected = tokio::time::Instant::now();
         // A table whose lease was lost is not written again: what was
         // consumed for it is dropped (its offsets in the lake did not move).
         let still_owned = if reassign {
@@ -898,6 +911,7 @@ pub(crate) async fn apply_batch(
             state.bronze_next.insert(*p, *v);
         }
     }
+    let bronze_ms = started.elapsed().as_millis() as u64;
     let silver_count = silver_events.len();
     // Freshness: the commit records how far silver is complete once it
     // lands; streamed changes are timed from their source commit.
@@ -948,7 +962,7 @@ pub(crate) async fn apply_batch(
     state
         .silver_catch_up
         .retain(|(p, o)| next.get(p).is_none_or(|n| o >= n));
-    tracing::debug!(table = %state.table, messages = messages.len(), bronze = bronze_count, silver = silver_count, ms = started.elapsed().as_millis() as u64, "batch committed");
+    tracing::debug!(table = %state.table, messages = messages.len(), bronze = bronze_count, silver = silver_count, bronze_ms, ms = started.elapsed().as_millis() as u64, "batch committed");
     failure.map_or(Ok(()), Err)
 }
 
@@ -1260,7 +1274,13 @@ async fn merge_segment(
         }
         return Ok(None);
     }
+    let opened = Instant::now();
     let (target, schema) = prepare_silver(lake, table, &events).await?;
+    tracing::debug!(
+        table,
+        ms = opened.elapsed().as_millis() as u64,
+        "silver opened"
+    );
     check_values(table, &schema, &events)?;
     let events = collapse(events);
     // The key columns as the newest shape names them.
