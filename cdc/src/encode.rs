@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tributary_model::event::{Column, Op};
 use tributary_model::lsn::Lsn;
-use tributary_model::pgtype::PgType;
+use tributary_model::pgtype::{PgType, civil_from_days, days_from_civil};
 
 use crate::{Error, Result};
 
@@ -403,29 +403,6 @@ fn write_timestamp(text: &str, with_zone: bool, out: &mut Vec<u8>) -> Option<()>
     digits(out, micros, 6);
     out.push(b'Z');
     Some(())
-}
-
-// Howard Hinnant's civil-date algorithms (as `tributary_model::pgtype`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Whether a non-key value is NULL in a row's JSON form: a JSON column can

@@ -10,6 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono_free::parse_pg_timestamptz;
+pub use chrono_free::{civil_from_days, days_from_civil};
 
 /// Formats microseconds since the Unix epoch as an RFC 3339 UTC timestamp
 /// (`1970-01-01T00:00:00.000000Z`), the form timestamps take in events.
@@ -267,7 +268,8 @@ mod chrono_free {
     }
 
     // Howard Hinnant's civil-date algorithms.
-    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    /// Days since 1970-01-01 of a proleptic Gregorian date.
+    pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
         let y = if m <= 2 { y - 1 } else { y };
         let era = y.div_euclid(400);
         let yoe = y - era * 400;
@@ -277,7 +279,8 @@ mod chrono_free {
         era * 146_097 + doe - 719_468
     }
 
-    fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    /// The proleptic Gregorian date (year, month, day) of days since 1970-01-01.
+    pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
         let z = z + 719_468;
         let era = z.div_euclid(146_097);
         let doe = z - era * 146_097;

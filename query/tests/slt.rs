@@ -8,7 +8,6 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use deltalake::protocol::SaveMode;
@@ -98,17 +97,15 @@ fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// Rows given as JSON lines, in `schema`.
-fn rows(schema: &SchemaRef, json: &str) -> RecordBatch {
-    arrow::json::ReaderBuilder::new(schema.clone())
+/// Appends rows given as JSON lines, in `schema`, to `layer.table` (one
+/// commit, creating the table when absent).
+async fn append(lake: &Lake, layer: &str, table: &str, schema: &SchemaRef, json: &str) {
+    let batch = arrow::json::ReaderBuilder::new(schema.clone())
         .build(Cursor::new(json.as_bytes()))
         .unwrap()
         .next()
         .expect("at least one row")
-        .unwrap()
-}
-
-async fn append(lake: &Lake, layer: &str, table: &str, batch: RecordBatch) {
+        .unwrap();
     let handle = match lake.open(layer, table).await.unwrap() {
         Some(t) => t,
         None => lake.table_handle(layer, table).await.unwrap(),
@@ -136,11 +133,9 @@ async fn fixture(lake: &Lake) {
         lake,
         "silver",
         "orders",
-        rows(
-            &orders,
-            r#"{"id": 1, "customer_id": 10, "status": "paid", "total": "10.50", "created_at": "2024-03-01T10:00:00Z"}
+        &orders,
+        r#"{"id": 1, "customer_id": 10, "status": "paid", "total": "10.50", "created_at": "2024-03-01T10:00:00Z"}
 {"id": 2, "customer_id": 11, "status": "pending", "total": "2.00", "created_at": "2024-03-01T11:30:00Z"}"#,
-        ),
     )
     .await;
     // Version 1.
@@ -148,11 +143,9 @@ async fn fixture(lake: &Lake) {
         lake,
         "silver",
         "orders",
-        rows(
-            &orders,
-            r#"{"id": 3, "customer_id": 10, "status": "shipped", "total": "0.99", "created_at": "2024-03-02T09:00:00Z"}
+        &orders,
+        r#"{"id": 3, "customer_id": 10, "status": "shipped", "total": "0.99", "created_at": "2024-03-02T09:00:00Z"}
 {"id": 4, "customer_id": null, "status": "cancelled", "total": null, "created_at": "2024-03-02T12:00:00Z"}"#,
-        ),
     )
     .await;
 
@@ -167,11 +160,9 @@ async fn fixture(lake: &Lake) {
         lake,
         "gold",
         "dim_date",
-        rows(
-            &dim_date,
-            r#"{"date_key": 20240301, "date": "2024-03-01", "year": 2024, "month": 3, "day_name": "Friday"}
+        &dim_date,
+        r#"{"date_key": 20240301, "date": "2024-03-01", "year": 2024, "month": 3, "day_name": "Friday"}
 {"date_key": 20240302, "date": "2024-03-02", "year": 2024, "month": 3, "day_name": "Saturday"}"#,
-        ),
     )
     .await;
 
@@ -188,13 +179,11 @@ async fn fixture(lake: &Lake) {
         lake,
         "gold",
         "dim_customer",
-        rows(
-            &dim_customer,
-            r#"{"customer_key": -1, "customer_id": null, "name": "Unknown", "segment": null, "valid_from": null, "valid_to": null, "is_current": true}
+        &dim_customer,
+        r#"{"customer_key": -1, "customer_id": null, "name": "Unknown", "segment": null, "valid_from": null, "valid_to": null, "is_current": true}
 {"customer_key": 1, "customer_id": 10, "name": "Ada", "segment": "retail", "valid_from": "2024-01-01T00:00:00Z", "valid_to": "2024-03-02T00:00:00Z", "is_current": false}
 {"customer_key": 2, "customer_id": 10, "name": "Ada", "segment": "business", "valid_from": "2024-03-02T00:00:00Z", "valid_to": null, "is_current": true}
 {"customer_key": 3, "customer_id": 11, "name": "Grace", "segment": "retail", "valid_from": "2024-01-01T00:00:00Z", "valid_to": null, "is_current": true}"#,
-        ),
     )
     .await;
 
@@ -210,14 +199,12 @@ async fn fixture(lake: &Lake) {
         lake,
         "gold",
         "fct_order_line",
-        rows(
-            &fct,
-            r#"{"order_id": 1, "line_no": 1, "customer_key": 1, "date_key": 20240301, "quantity": 2, "amount": "8.00"}
+        &fct,
+        r#"{"order_id": 1, "line_no": 1, "customer_key": 1, "date_key": 20240301, "quantity": 2, "amount": "8.00"}
 {"order_id": 1, "line_no": 2, "customer_key": 1, "date_key": 20240301, "quantity": 1, "amount": "2.50"}
 {"order_id": 2, "line_no": 1, "customer_key": 3, "date_key": 20240301, "quantity": 1, "amount": "2.00"}
 {"order_id": 3, "line_no": 1, "customer_key": 2, "date_key": 20240302, "quantity": 3, "amount": "0.99"}
 {"order_id": 5, "line_no": 1, "customer_key": -1, "date_key": 20240302, "quantity": 1, "amount": "4.00"}"#,
-        ),
     )
     .await;
 }
