@@ -6,6 +6,7 @@
 //! ingest's MERGE it rewrites only the files holding those rows).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -16,6 +17,10 @@ use deltalake::protocol::SaveMode;
 use serde_json::{Map, Value, json};
 use tributary_etl::{BuildOptions, Error, MartsReport, Mode};
 use tributary_lake::{Lake, LakeConfig};
+use tributary_query::Session;
+
+#[path = "../../query/tests/slt_db/mod.rs"]
+mod slt_db;
 
 fn lake(dir: &tempfile::TempDir) -> Lake {
     Lake::new(&LakeConfig {
@@ -806,6 +811,111 @@ async fn a_fact_that_arrives_before_its_customer_is_rekeyed_later() {
             "{fact} still points at the Unknown customer"
         );
     }
+}
+
+/// What happens after [`base`]: customer 999 arrives (its insert committed
+/// before its order's), customer 100 moves, product 1's price changes three
+/// times in a day, customer 100 orders product 1 between two of those
+/// changes, order 1002 is paid, and order 1000 is refunded.
+fn later(src: &mut Source) {
+    let at = "2024-03-01T05:00:00Z";
+    src.change("customers", 1, "c", customer(999, "Cy", "Oslo", at), at);
+    let at = "2024-03-04T00:00:00Z";
+    src.change("customers", 0, "u", customer(100, "Ann", "Lyon", at), at);
+    for (price, at) in [
+        ("11.00", "2024-03-04T08:00:00Z"),
+        ("12.00", "2024-03-04T12:00:00Z"),
+        ("13.00", "2024-03-04T16:00:00Z"),
+    ] {
+        src.change("products", 0, "u", product(1, price, "tools", at), at);
+    }
+    let t = "2024-03-04T13:00:00Z";
+    src.change(
+        "orders",
+        0,
+        "c",
+        order(1003, 100, "pending", "24.00", t, t),
+        t,
+    );
+    src.change("order_items", 0, "c", item(5, 1003, 1, 2, "12.00", t), t);
+    let placed = "2024-03-02T01:00:00Z";
+    let paid = "2024-03-04T09:30:00Z";
+    src.change(
+        "payments",
+        1,
+        "c",
+        payment(5001, 1002, "10.00", "captured", paid, paid),
+        paid,
+    );
+    src.change(
+        "orders",
+        1,
+        "u",
+        order(1002, 999, "paid", "10.00", placed, paid),
+        paid,
+    );
+    let refunded = "2024-03-05T10:00:00Z";
+    src.change(
+        "payments",
+        0,
+        "u",
+        payment(
+            5000,
+            1000,
+            "25.50",
+            "refunded",
+            "2024-03-01T12:00:00Z",
+            refunded,
+        ),
+        refunded,
+    );
+    src.change(
+        "orders",
+        0,
+        "u",
+        order(
+            1000,
+            100,
+            "refunded",
+            "25.50",
+            "2024-03-01T10:00:00Z",
+            refunded,
+        ),
+        refunded,
+    );
+}
+
+/// Runs one `.slt` file of `tests/slt` over the lake as it is now.
+async fn run_slt(lake: &Lake, file: &str) -> usize {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/slt")
+        .join(file);
+    let session = Arc::new(Session::new(lake.clone()).await.unwrap());
+    slt_db::run_file(session, &path)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The marts' build pinned in sqllogictest files over gold:
+/// `1_full_build.slt` after a full build of [`base`], `2_incremental.slt`
+/// after [`later`] and an incremental build.
+#[tokio::test]
+async fn mart_builds_pinned_in_slt_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(&dir);
+    let mut src = Source::new(&lake);
+    base(&mut src);
+    src.flush().await;
+    assert!(matches!(build(&lake).await.mode, Mode::Full { .. }));
+    let mut records = run_slt(&lake, "1_full_build.slt").await;
+    later(&mut src);
+    src.flush().await;
+    assert!(
+        matches!(build(&lake).await.mode, Mode::Incremental { .. }),
+        "the second build is incremental"
+    );
+    records += run_slt(&lake, "2_incremental.slt").await;
+    assert!(records >= 20, "only {records} records ran");
 }
 
 #[tokio::test]

@@ -9,85 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use deltalake::protocol::SaveMode;
-use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner, strict_column_validator};
 use tributary_lake::{Lake, LakeConfig};
 use tributary_query::Session;
 
-/// A query session as a sqllogictest database.
-struct Db(Arc<Session>);
-
-/// The session's error, displayed as the console shows it.
-#[derive(Debug)]
-struct SqlError(String);
-
-impl std::fmt::Display for SqlError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SqlError {}
-
-#[async_trait::async_trait]
-impl AsyncDB for Db {
-    type Error = SqlError;
-    type ColumnType = DefaultColumnType;
-
-    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SqlError> {
-        let (schema, batches) = self
-            .0
-            .sql_with_schema(sql)
-            .await
-            .map_err(|e| SqlError(e.report()))?;
-        let types = schema
-            .fields()
-            .iter()
-            .map(|f| column_type(f.data_type()))
-            .collect();
-        let options = FormatOptions::default().with_null("NULL");
-        let mut rows = Vec::new();
-        for batch in &batches {
-            let formatters = batch
-                .columns()
-                .iter()
-                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SqlError(e.to_string()))?;
-            for row in 0..batch.num_rows() {
-                rows.push(
-                    formatters
-                        .iter()
-                        .map(|f| f.value(row).to_string())
-                        .collect(),
-                );
-            }
-        }
-        Ok(DBOutput::Rows { types, rows })
-    }
-
-    async fn shutdown(&mut self) {}
-
-    fn engine_name(&self) -> &str {
-        "tributary"
-    }
-
-    async fn sleep(dur: std::time::Duration) {
-        tokio::time::sleep(dur).await
-    }
-}
-
-/// `I` integers, `R` decimals and floats, `T` text, `?` anything else.
-fn column_type(t: &DataType) -> DefaultColumnType {
-    match t {
-        t if t.is_integer() => DefaultColumnType::Integer,
-        t if t.is_floating() => DefaultColumnType::FloatingPoint,
-        DataType::Decimal128(..) | DataType::Decimal256(..) => DefaultColumnType::FloatingPoint,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DefaultColumnType::Text,
-        _ => DefaultColumnType::Any,
-    }
-}
+mod slt_db;
 
 fn field(name: &str, t: DataType, nullable: bool) -> Field {
     Field::new(name, t, nullable)
@@ -209,20 +135,9 @@ async fn fixture(lake: &Lake) {
     .await;
 }
 
-fn slt_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[tokio::test]
 async fn sql_behaviour_pinned_in_slt_files() {
-    let files = slt_files();
+    let files = slt_db::slt_files(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt"));
     assert!(files.len() >= 3, "expected the .slt files, found {files:?}");
     let mut failures = Vec::new();
     let mut records = 0;
@@ -236,18 +151,9 @@ async fn sql_behaviour_pinned_in_slt_files() {
         .unwrap();
         fixture(&lake).await;
         let session = Arc::new(Session::new(lake).await.unwrap());
-        let mut runner = Runner::new(move || {
-            let session = session.clone();
-            async move { Ok(Db(session)) }
-        });
-        runner.with_column_validator(strict_column_validator);
-        records += std::fs::read_to_string(file)
-            .unwrap()
-            .lines()
-            .filter(|l| l.starts_with("query") || l.starts_with("statement"))
-            .count();
-        if let Err(e) = runner.run_file_async(file).await {
-            failures.push(format!("{}: {e}", file.display()));
+        match slt_db::run_file(session, file).await {
+            Ok(n) => records += n,
+            Err(e) => failures.push(e),
         }
     }
     assert!(records >= 20, "only {records} records ran");
