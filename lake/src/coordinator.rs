@@ -393,7 +393,7 @@ fn db_error(what: &str, e: &tokio_postgres::Error) -> Error {
     Error::Coordinator(format!("{what}: {}", tributary_model::error_chain(e)))
 }
 
-fn commit_path(version: Version) -> Path {
+pub(crate) fn commit_path(version: Version) -> Path {
     Path::from(format!("_delta_log/{version:020}.json"))
 }
 

@@ -388,7 +388,7 @@ async fn replay_table(
         });
     }
     if !applied.is_empty() {
-        merge_silver(lake, table, applied, Vec::new(), Vec::new()).await?;
+        merge_silver(lake, table, applied, Vec::new(), Vec::new(), &mut None).await?;
     }
 
     // Last: the record that makes these dead letters replayed.

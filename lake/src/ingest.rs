@@ -12,6 +12,10 @@
 //!   that (partition, shard) is a replay.
 //! - Silver applies exactly the events bronze accepted, through a MERGE that
 //!   only takes a change newer than the row's stored position.
+//! - A round commits every table's silver before any bronze, since freshness
+//!   is measured in silver. Each commit carries its own offsets, so a crash
+//!   in between leaves bronze a batch behind, and the replay writes bronze
+//!   only.
 //! - Silver follows the source's schema: each event carries its columns, and
 //!   silver gains added columns and widened types before a merge; dropped
 //!   columns stay (NULL on rows written after). Changes are logged in
@@ -112,6 +116,13 @@ pub const DEAD_LETTERS: &str = "_dead_letters";
 
 /// Name of the schema-change log in the bronze layer.
 pub const SCHEMA_CHANGES: &str = "_schema_changes";
+
+/// `delta.targetFileSize` of a silver table, set when ingest creates it.
+/// A MERGE rewrites every file holding a key it updates, and the files it
+/// writes are cut at this size; small files keep a batch that updates
+/// recent rows from rewriting the whole table (the merge skips files whose
+/// key range the batch misses).
+pub const SILVER_TARGET_FILE_SIZE: u64 = 1 << 20;
 
 /// Runs ingest until `shutdown`. Transient failures (broker, store, commit
 /// conflicts) restart from the offsets recorded in the lake. A change one
@@ -238,6 +249,10 @@ pub(crate) struct TableState {
     dead_next: HashMap<i32, i64>,
     /// Silver's schema as of the last merge (`None` before silver exists).
     silver_schema: Option<SchemaRef>,
+    /// No row of silver has a key above `.0` at version `.1` (tables with
+    /// one integer key; `None` until a batch needs it). See
+    /// [`merge_segment`].
+    silver_key_max: Option<(i64, u64)>,
     /// The newest source shape seen per shard, at its position: a change of
     /// shape is logged once, at the first event of the new shape.
     shapes: HashMap<u32, ((i64, i64), Vec<Column>)>,
@@ -317,6 +332,7 @@ pub(crate) async fn load_state(
         silver_catch_up: HashSet::new(),
         dead_next: HashMap::new(),
         silver_schema: None,
+        silver_key_max: None,
         shapes: HashMap::new(),
     };
     if let Some(log) = lake.open("bronze", SCHEMA_CHANGES).await? {
@@ -382,8 +398,9 @@ pub(crate) async fn load_state(
         })?;
         state.silver_schema = Some(snapshot.snapshot().arrow_schema());
     }
-    // Silver may lag bronze by one batch after a crash between the commits:
-    // find the offsets bronze accepted in that gap.
+    // Silver may lag bronze by one batch after a crash between the commits
+    // of a build that wrote bronze first: find the offsets bronze accepted
+    // in that gap.
     let mut gaps = Vec::new();
     for (p, b) in &state.bronze_next {
         let s = state.silver_next.get(p).copied().unwrap_or(0);
@@ -509,13 +526,22 @@ async fn run_once(
     if shutdown.is_cancelled() {
         return Ok(Exit::Shutdown);
     }
-    // Each table is written through a handle whose commits carry its lease.
+    // Each table is written through a handle whose commits carry its lease
+    // and which keeps the tables it opens (dropped with this run, so a
+    // restart after any error loads them from the store again).
     let lakes: HashMap<&str, Lake> = topics
         .iter()
         .map(|(_, table)| {
             let l = match &owned[*table] {
                 Some(fence) => lake.with_fence(fence.clone()),
                 None => lake.clone(),
+            };
+            let l = l.with_table_cache();
+            let l = if config.maintenance.enabled && config.maintenance.checkpoint_every_commits > 0
+            {
+                l.with_checkpoints_by_maintenance()
+            } else {
+                l
             };
             (*table, l)
         })
@@ -592,37 +618,49 @@ async fn run_once(
         } else {
             owned.clone()
         };
+        // Every table's silver first, then every table's bronze: freshness
+        // is measured in silver, and no silver commit waits for a bronze one.
+        let mut staged = Vec::new();
+        let mut halted = Vec::new();
         for (topic, messages) in batch {
-            let Some(table) = states.get(&topic).map(|s| s.table.clone()) else {
+            let Some(state) = states.get_mut(&topic) else {
                 continue;
             };
+            let table = state.table.clone();
             if !still_owned.contains_key(&table) {
                 continue;
             }
-            match apply_or_stop(
-                &lakes[table.as_str()],
-                &config.group_id,
-                &mut states,
-                stopped,
-                &topic,
-                messages,
-            )
-            .await
-            {
-                Ok(false) => {
-                    // Maintenance of the table just committed, by its one
-                    // writer and under its lease.
-                    maintainer.after_batch(&lakes[table.as_str()], &table).await;
-                    continue;
+            let lake = &lakes[table.as_str()];
+            match stage_batch(lake, &config.group_id, state, messages).await {
+                Ok(s) => staged.push((topic, table, s)),
+                Err(e) if crate::is_fenced(&e) => return Ok(fenced(leases, &table, &e)),
+                Err(e) => {
+                    stop_or_fail(&mut states, stopped, &topic, e)?;
+                    halted.push(topic);
                 }
-                Ok(true) => {}
-                Err(e) if crate::is_fenced(&e) => {
-                    tracing::warn!(table, error = %error_chain(&e), "commit refused: this ingester no longer holds the table's lease");
-                    leases.lost(&table);
-                    return Ok(Exit::Reassign);
-                }
-                Err(e) => return Err(e),
             }
+        }
+        let mut committed = Vec::new();
+        for (topic, table, s) in staged {
+            let Some(state) = states.get_mut(&topic) else {
+                continue;
+            };
+            let lake = &lakes[table.as_str()];
+            match finish_batch(lake, &config.group_id, state, s).await {
+                Ok(()) => committed.push(table),
+                Err(e) if crate::is_fenced(&e) => return Ok(fenced(leases, &table, &e)),
+                Err(e) => {
+                    stop_or_fail(&mut states, stopped, &topic, e)?;
+                    halted.push(topic);
+                }
+            }
+        }
+        // Maintenance of the tables just committed, by their one writer and
+        // under its lease.
+        for table in committed {
+            maintainer.after_batch(&lakes[table.as_str()], &table).await;
+        }
+        for topic in halted {
             let mut paused = TopicPartitionList::new();
             for p in 0..counts[&topic] {
                 paused.add_partition(&topic, p);
@@ -699,10 +737,8 @@ async fn record_idle_freshness(
 }
 
 /// Applies one table's batch. A failure a retry cannot cure stops that table
-/// only (returns true; its state is dropped and it is added to `stopped`);
-/// a transient one is returned, so the caller restarts from the lake's
-/// offsets. Messages of a stopped table are dropped: its offsets in the lake
-/// did not move, so nothing is lost.
+/// only (returns true); a transient one is returned (see [`stop_or_fail`]).
+#[cfg(test)]
 async fn apply_or_stop(
     lake: &Lake,
     group: &str,
@@ -717,13 +753,36 @@ async fn apply_or_stop(
     let Err(e) = apply_batch(lake, group, state, messages).await else {
         return Ok(false);
     };
+    stop_or_fail(states, stopped, topic, e)?;
+    Ok(true)
+}
+
+/// A failed batch of one table. A failure a retry cannot cure stops that
+/// table only: its state is dropped and it is added to `stopped`. A
+/// transient one (or a lost lease) is returned, so the caller restarts from
+/// the lake's offsets. Messages of a stopped table are dropped: its offsets
+/// in the lake did not move past what was applied, so nothing is lost.
+fn stop_or_fail(
+    states: &mut HashMap<String, TableState>,
+    stopped: &mut HashSet<String>,
+    topic: &str,
+    e: Error,
+) -> Result<()> {
     if e.is_transient() || crate::is_fenced(&e) {
         return Err(e);
     }
-    stop_table(state, &e);
-    stopped.insert(state.table.clone());
-    states.remove(topic);
-    Ok(true)
+    if let Some(state) = states.remove(topic) {
+        stop_table(&state, &e);
+        stopped.insert(state.table);
+    }
+    Ok(())
+}
+
+/// A commit refused because this ingester lost the table's lease.
+fn fenced(leases: &Leases, table: &str, e: &Error) -> Exit {
+    tracing::warn!(table, error = %error_chain(e), "commit refused: this ingester no longer holds the table's lease");
+    leases.lost(table);
+    Exit::Reassign
 }
 
 /// Says loudly that ingest of one table stopped, and why.
@@ -767,12 +826,45 @@ pub(crate) fn rows_to_batch(schema: SchemaRef, rows: &[Value]) -> Result<RecordB
         .unwrap_or_else(|| RecordBatch::new_empty(schema)))
 }
 
+/// Applies one table's batch: silver, then bronze ([`stage_batch`], then
+/// [`finish_batch`]).
+#[cfg(test)]
 pub(crate) async fn apply_batch(
     lake: &Lake,
     group: &str,
     state: &mut TableState,
     messages: Vec<OwnedMessage>,
 ) -> Result<()> {
+    let staged = stage_batch(lake, group, state, messages).await?;
+    finish_batch(lake, group, state, staged).await
+}
+
+/// A batch whose silver part is committed and whose bronze part is not yet.
+pub(crate) struct Staged {
+    started: Instant,
+    messages: usize,
+    /// The next offset per partition once the batch is applied.
+    next: HashMap<i32, i64>,
+    bronze_rows: Vec<Value>,
+    silver_count: usize,
+    dead_count: usize,
+    silver_ms: u64,
+    /// The change the table stopped at, reported once bronze is committed.
+    failure: Option<Error>,
+}
+
+/// The first half of a batch: decodes it, writes its dead letters and shape
+/// changes, and merges it into silver with its offsets. Silver goes first
+/// because freshness is measured there: in a round of several tables, no
+/// silver commit waits for a bronze one. Both halves carry their own
+/// offsets, so a crash between them leaves bronze behind silver, and the
+/// replay after it writes bronze only (see `new_for_silver`).
+pub(crate) async fn stage_batch(
+    lake: &Lake,
+    group: &str,
+    state: &mut TableState,
+    messages: Vec<OwnedMessage>,
+) -> Result<Staged> {
     let started = Instant::now();
     let mut next: HashMap<i32, i64> = HashMap::new();
     let mut bronze_rows = Vec::new();
@@ -865,7 +957,7 @@ pub(crate) async fn apply_batch(
             .map(|(p, v)| Transaction::new(app_id(group, &state.topic, *p), *v))
             .collect();
         let batch = rows_to_batch(dead_letter_schema(), &dead)?;
-        let props = CommitProperties::default().with_application_transactions(txns);
+        let props = lake.commit_properties().with_application_transactions(txns);
         write_append(lake, "bronze", DEAD_LETTERS, batch, None, props).await?;
         state.dead_next.extend(dead_offsets);
         tracing::warn!(table = %state.table, messages = dead_count, "messages sent to the dead-letter table");
@@ -881,7 +973,7 @@ pub(crate) async fn apply_batch(
             SCHEMA_CHANGES,
             batch,
             None,
-            CommitProperties::default(),
+            lake.commit_properties(),
         )
         .await?;
     }
@@ -895,23 +987,6 @@ pub(crate) async fn apply_batch(
             .map(|(p, v)| Transaction::new(app_id(group, &state.topic, *p), *v))
             .collect()
     };
-    // Every batch records its offsets, even when all it held were replays,
-    // so the lake's offsets always reach the end of what was consumed.
-    let bronze_count = bronze_rows.len();
-    let committed = if !bronze_rows.is_empty() {
-        let batch = rows_to_batch(bronze_schema(), &bronze_rows)?;
-        let props = CommitProperties::default().with_application_transactions(txns(group));
-        write_append(lake, "bronze", &state.table, batch, Some("date"), props).await?;
-        true
-    } else {
-        commit_offsets_only(lake, "bronze", &state.table, group, txns(group), vec![]).await?
-    };
-    if committed {
-        for (p, v) in &next {
-            state.bronze_next.insert(*p, *v);
-        }
-    }
-    let bronze_ms = started.elapsed().as_millis() as u64;
     let silver_count = silver_events.len();
     // Freshness: the commit records how far silver is complete once it
     // lands; streamed changes are timed from their source commit.
@@ -929,8 +1004,15 @@ pub(crate) async fn apply_batch(
     let freshness = crate::freshness::preview(&state.table, &after, newest_commit);
     let metadata = freshness.as_ref().map(|r| r.metadata()).unwrap_or_default();
     let committed = if !silver_events.is_empty() {
-        if let Some(schema) =
-            merge_silver(lake, &state.table, silver_events, txns(group), metadata).await?
+        if let Some(schema) = merge_silver(
+            lake,
+            &state.table,
+            silver_events,
+            txns(group),
+            metadata,
+            &mut state.silver_key_max,
+        )
+        .await?
         {
             state.silver_schema = Some(schema);
         }
@@ -951,9 +1033,59 @@ pub(crate) async fn apply_batch(
         let now = now_us();
         crate::metrics::freshness(streamed_commits.iter().map(|ts| (now - ts) as f64 / 1e6));
     }
+    Ok(Staged {
+        started,
+        messages: messages.len(),
+        next,
+        bronze_rows,
+        silver_count,
+        dead_count,
+        silver_ms: started.elapsed().as_millis() as u64,
+        failure,
+    })
+}
+
+/// The second half of a batch: appends its rows to bronze with its offsets.
+/// Returns the change the table stopped at, if any.
+pub(crate) async fn finish_batch(
+    lake: &Lake,
+    group: &str,
+    state: &mut TableState,
+    staged: Staged,
+) -> Result<()> {
+    let Staged {
+        started,
+        messages,
+        next,
+        bronze_rows,
+        silver_count,
+        dead_count,
+        silver_ms,
+        failure,
+    } = staged;
+    let txns: Vec<Transaction> = next
+        .iter()
+        .map(|(p, v)| Transaction::new(app_id(group, &state.topic, *p), *v))
+        .collect();
+    // Every batch records its offsets, even when all it held were replays,
+    // so the lake's offsets always reach the end of what was consumed.
+    let bronze_count = bronze_rows.len();
+    let committed = if !bronze_rows.is_empty() {
+        let batch = rows_to_batch(bronze_schema(), &bronze_rows)?;
+        let props = lake.commit_properties().with_application_transactions(txns);
+        write_append(lake, "bronze", &state.table, batch, Some("date"), props).await?;
+        true
+    } else {
+        commit_offsets_only(lake, "bronze", &state.table, group, txns, vec![]).await?
+    };
+    if committed {
+        for (p, v) in &next {
+            state.bronze_next.insert(*p, *v);
+        }
+    }
     crate::metrics::batch(
         &state.table,
-        messages.len(),
+        messages,
         bronze_count,
         silver_count,
         dead_count,
@@ -962,7 +1094,7 @@ pub(crate) async fn apply_batch(
     state
         .silver_catch_up
         .retain(|(p, o)| next.get(p).is_none_or(|n| o >= n));
-    tracing::debug!(table = %state.table, messages = messages.len(), bronze = bronze_count, silver = silver_count, bronze_ms, ms = started.elapsed().as_millis() as u64, "batch committed");
+    tracing::debug!(table = %state.table, messages, bronze = bronze_count, silver = silver_count, silver_ms, ms = started.elapsed().as_millis() as u64, "batch committed");
     failure.map_or(Ok(()), Err)
 }
 
@@ -1082,7 +1214,7 @@ async fn commit_offsets_only(
         epoch_id: snapshot.version() as i64,
     };
     CommitBuilder::from(
-        CommitProperties::default()
+        lake.commit_properties()
             .with_application_transactions(txns)
             .with_metadata(metadata),
     )
@@ -1092,6 +1224,8 @@ async fn commit_offsets_only(
         table: name,
         source,
     })?;
+    // The kept table does not hold this commit: read it again next time.
+    lake.forget(layer, table);
     Ok(true)
 }
 
@@ -1175,10 +1309,18 @@ pub(crate) async fn write_append(
     if let Some(p) = partition {
         w = w.with_partition_columns([p.to_string()]);
     }
-    w.await.map_err(|source| Error::Delta {
+    if layer == "silver" {
+        // Only read when the write creates the table.
+        w = w.with_configuration([(
+            "delta.targetFileSize",
+            Some(SILVER_TARGET_FILE_SIZE.to_string()),
+        )]);
+    }
+    let t = w.await.map_err(|source| Error::Delta {
         table: name,
         source,
     })?;
+    lake.keep(layer, table, &t);
     Ok(())
 }
 
@@ -1191,6 +1333,7 @@ pub(crate) async fn merge_silver(
     events: Vec<ChangeEvent>,
     txns: Vec<Transaction>,
     metadata: Vec<(String, Value)>,
+    key_max: &mut Option<(i64, u64)>,
 ) -> Result<Option<SchemaRef>> {
     let mut schema = None;
     if let Some(t) = events.iter().find(|e| e.op == Op::Truncate)
@@ -1200,15 +1343,7 @@ pub(crate) async fn merge_silver(
         // a table never written before): create it empty from the columns
         // the truncate carries, so the batch's offsets have a home.
         let empty = RecordBatch::new_empty(silver_schema(&t.columns));
-        write_append(
-            lake,
-            "silver",
-            table,
-            empty,
-            None,
-            CommitProperties::default(),
-        )
-        .await?;
+        write_append(lake, "silver", table, empty, None, lake.commit_properties()).await?;
     }
     let mut segment: Vec<ChangeEvent> = Vec::new();
     let mut segments: Vec<(Vec<ChangeEvent>, Option<ChangeEvent>)> = Vec::new();
@@ -1230,7 +1365,7 @@ pub(crate) async fn merge_silver(
             (vec![], vec![])
         };
         if (!events.is_empty() || i == last)
-            && let Some(s) = merge_segment(lake, table, events, txns, metadata).await?
+            && let Some(s) = merge_segment(lake, table, events, txns, metadata, key_max).await?
         {
             schema = Some(s);
         }
@@ -1265,6 +1400,7 @@ async fn merge_segment(
     events: Vec<ChangeEvent>,
     txns: Vec<Transaction>,
     metadata: Vec<(String, Value)>,
+    key_max: &mut Option<(i64, u64)>,
 ) -> Result<Option<SchemaRef>> {
     let name = format!("silver.{table}");
     if events.is_empty() {
@@ -1297,6 +1433,48 @@ async fn merge_segment(
         .unwrap_or_default();
     let rows: Vec<Value> = events.iter().map(merge_row).collect();
     let batch = rows_to_batch(merge_source_schema(&schema), &rows)?;
+    // A batch of inserts whose keys are all above every key silver holds
+    // (new rows of a table keyed by a growing id: order lines, payments)
+    // cannot match a row, so it is appended instead of merged: the same
+    // rows, without the join against silver.
+    let batch_keys: Option<Vec<i64>> = match keys.as_slice() {
+        [key] => events
+            .iter()
+            .map(|e| e.row().and_then(|r| r.get(key)).and_then(Value::as_i64))
+            .collect(),
+        _ => None,
+    };
+    let newest_key = batch_keys.as_ref().and_then(|k| k.iter().max().copied());
+    if let (Some(batch_keys), [key]) = (&batch_keys, keys.as_slice())
+        && events.iter().all(|e| e.op == Op::Create)
+    {
+        // Known from this writer's own commits as long as nobody else
+        // committed since; read from silver otherwise.
+        let bound = match *key_max {
+            Some((m, v)) if Some(v) == target.version() => m,
+            _ => silver_key_max(&target, &name, key).await?,
+        };
+        if batch_keys.iter().all(|k| *k > bound) {
+            let columns = batch.columns()[..schema.fields().len()].to_vec();
+            let rows = RecordBatch::try_new(schema.clone(), columns)?;
+            let props = lake
+                .commit_properties()
+                .with_application_transactions(txns)
+                .with_metadata(metadata);
+            let t = target
+                .write(vec![rows])
+                .with_save_mode(SaveMode::Append)
+                .with_commit_properties(props)
+                .await
+                .map_err(|source| Error::Delta {
+                    table: name.clone(),
+                    source,
+                })?;
+            lake.keep("silver", table, &t);
+            *key_max = newest_key.zip(t.version()).map(|(k, v)| (k.max(bound), v));
+            return Ok(Some(schema));
+        }
+    }
 
     let ctx = SessionContext::new();
     let source = ctx.read_batch(batch).map_err(|source| Error::DataFusion {
@@ -1329,7 +1507,8 @@ async fn merge_segment(
     let all_u = all.clone();
     let all_i = all;
     let version_before = target.version();
-    let props = CommitProperties::default()
+    let props = lake
+        .commit_properties()
         .with_application_transactions(txns.clone())
         .with_metadata(metadata.clone());
     let (merged, _metrics) = target
@@ -1365,11 +1544,31 @@ async fn merge_segment(
             table: name,
             source,
         })?;
+    lake.keep("silver", table, &merged);
+    // The bound stays known when it was known for the version merged into.
+    *key_max = match (*key_max, newest_key, merged.version()) {
+        (Some((m, v)), Some(k), Some(now)) if Some(v) == version_before => Some((m.max(k), now)),
+        _ => None,
+    };
     // A merge that changes nothing writes no commit, and so no offsets.
     if merged.version() == version_before && !txns.is_empty() {
         commit_offsets_only(lake, "silver", table, "merge", txns, metadata).await?;
     }
     Ok(Some(schema))
+}
+
+/// The highest value of `key` in silver; `i64::MIN` when it has no rows.
+async fn silver_key_max(target: &DeltaTable, name: &str, key: &str) -> Result<i64> {
+    let batches = query_table(
+        target,
+        name,
+        &format!("SELECT CAST(max(\"{key}\") AS BIGINT) FROM t"),
+    )
+    .await?;
+    Ok(batches
+        .first()
+        .filter(|b| b.num_rows() > 0 && b.column(0).is_valid(0))
+        .map_or(i64::MIN, |b| col_i64(b, 0)[0]))
 }
 
 fn is_meta(c: &str) -> bool {
