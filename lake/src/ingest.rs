@@ -2139,6 +2139,82 @@ mod tests {
         )[0]
     }
 
+    /// The operation of silver.customers' newest commit.
+    async fn last_silver_operation(lake: &Lake) -> String {
+        use futures::StreamExt;
+        let t = lake.open("silver", "customers").await.unwrap().unwrap();
+        let info = t.history(Some(1)).next().await.unwrap().unwrap();
+        info.operation.unwrap()
+    }
+
+    #[tokio::test]
+    async fn inserts_above_silver_keys_are_appended_and_the_rest_merged() {
+        let (_dir, lake) = new_lake();
+        // The ingester's handle keeps its tables between commits.
+        let lake = lake.with_table_cache();
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        let mut offset = 0;
+        let mut apply = async |state: &mut TableState, events: &[ChangeEvent]| {
+            let batch = events
+                .iter()
+                .map(|e| {
+                    offset += 1;
+                    msg(e, 0, offset - 1)
+                })
+                .collect();
+            apply_batch(&lake, "g", state, batch).await.unwrap();
+        };
+        let rows = |v: &[(i64, &str)]| -> Vec<(i64, String)> {
+            v.iter().map(|(i, n)| (*i, n.to_string())).collect()
+        };
+        apply(
+            &mut state,
+            &[
+                ev(Op::Create, 1, "ann", 100, 1),
+                ev(Op::Create, 2, "bob", 100, 2),
+            ],
+        )
+        .await;
+        apply(&mut state, &[ev(Op::Create, 3, "cat", 200, 1)]).await;
+        assert_eq!(last_silver_operation(&lake).await, "WRITE");
+        apply(&mut state, &[ev(Op::Delete, 2, "", 300, 1)]).await;
+        assert_eq!(last_silver_operation(&lake).await, "MERGE");
+        // A key silver held before: merged, never a second row.
+        apply(&mut state, &[ev(Op::Create, 2, "bea", 400, 1)]).await;
+        assert_eq!(last_silver_operation(&lake).await, "MERGE");
+        assert_eq!(
+            silver_rows(&lake).await,
+            rows(&[(1, "ann"), (2, "bea"), (3, "cat")])
+        );
+        // Another writer puts key 7 in silver with a newer position; the
+        // kept table and the known highest key are both out of date now.
+        let other = Lake::new(&crate::LakeConfig {
+            root: lake.root().to_string(),
+            s3: None,
+            coordinator_dsn: None,
+        })
+        .unwrap();
+        merge_silver(
+            &other,
+            "customers",
+            vec![ev(Op::Create, 7, "zed", 900, 1)],
+            vec![],
+            vec![],
+            &mut None,
+        )
+        .await
+        .unwrap();
+        apply(&mut state, &[ev(Op::Create, 7, "gus", 500, 1)]).await;
+        assert_eq!(
+            silver_rows(&lake).await,
+            rows(&[(1, "ann"), (2, "bea"), (3, "cat"), (7, "zed")]),
+            "the older insert of key 7 did not add a row or overwrite the newer one"
+        );
+        apply(&mut state, &[ev(Op::Create, 8, "hal", 600, 1)]).await;
+        assert_eq!(last_silver_operation(&lake).await, "WRITE");
+        assert_eq!(silver_rows(&lake).await.len(), 5);
+    }
+
     #[tokio::test]
     async fn truncate_removes_only_rows_written_before_it() {
         let dir = tempfile::tempdir().unwrap();
