@@ -537,8 +537,7 @@ async fn run_once(
                 None => lake.clone(),
             };
             let l = l.with_table_cache();
-            let l = if config.maintenance.enabled && config.maintenance.checkpoint_every_commits > 0
-            {
+            let l = if config.maintenance.writes_checkpoints() {
                 l.with_checkpoints_by_maintenance()
             } else {
                 l
@@ -1297,11 +1296,25 @@ pub(crate) async fn write_append(
     partition: Option<&str>,
     props: CommitProperties,
 ) -> Result<()> {
-    let name = format!("{layer}.{table}");
     let t = match lake.open(layer, table).await? {
         Some(t) => t,
         None => lake.table_handle(layer, table).await?,
     };
+    append_to(lake, layer, table, t, batch, partition, props).await?;
+    Ok(())
+}
+
+/// Appends `batch` to the open table `t` and keeps the result; returns it.
+async fn append_to(
+    lake: &Lake,
+    layer: &str,
+    table: &str,
+    t: DeltaTable,
+    batch: RecordBatch,
+    partition: Option<&str>,
+    props: CommitProperties,
+) -> Result<DeltaTable> {
+    let name = format!("{layer}.{table}");
     let mut w = t
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
@@ -1321,7 +1334,7 @@ pub(crate) async fn write_append(
         source,
     })?;
     lake.keep(layer, table, &t);
-    Ok(())
+    Ok(t)
 }
 
 /// Applies change events to the silver table: creates it on first use,
@@ -1437,15 +1450,18 @@ async fn merge_segment(
     // (new rows of a table keyed by a growing id: order lines, payments)
     // cannot match a row, so it is appended instead of merged: the same
     // rows, without the join against silver.
-    let batch_keys: Option<Vec<i64>> = match keys.as_slice() {
-        [key] => events
-            .iter()
-            .map(|e| e.row().and_then(|r| r.get(key)).and_then(Value::as_i64))
-            .collect(),
+    let key = match keys.as_slice() {
+        [key] => Some(key),
         _ => None,
     };
+    let batch_keys: Option<Vec<i64>> = key.and_then(|key| {
+        events
+            .iter()
+            .map(|e| e.row().and_then(|r| r.get(key)).and_then(Value::as_i64))
+            .collect()
+    });
     let newest_key = batch_keys.as_ref().and_then(|k| k.iter().max().copied());
-    if let (Some(batch_keys), [key]) = (&batch_keys, keys.as_slice())
+    if let (Some(batch_keys), Some(key)) = (&batch_keys, key)
         && events.iter().all(|e| e.op == Op::Create)
     {
         // Known from this writer's own commits as long as nobody else
@@ -1461,16 +1477,7 @@ async fn merge_segment(
                 .commit_properties()
                 .with_application_transactions(txns)
                 .with_metadata(metadata);
-            let t = target
-                .write(vec![rows])
-                .with_save_mode(SaveMode::Append)
-                .with_commit_properties(props)
-                .await
-                .map_err(|source| Error::Delta {
-                    table: name.clone(),
-                    source,
-                })?;
-            lake.keep("silver", table, &t);
+            let t = append_to(lake, "silver", table, target, rows, None, props).await?;
             *key_max = newest_key.zip(t.version()).map(|(k, v)| (k.max(bound), v));
             return Ok(Some(schema));
         }
@@ -2137,6 +2144,45 @@ mod tests {
                 .unwrap()[0],
             0,
         )[0]
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_silver_and_bronze_is_replayed_into_bronze_only() {
+        let (_dir, lake) = new_lake();
+        let events = [
+            ev(Op::Create, 1, "ann", 100, 1),
+            ev(Op::Create, 2, "bob", 100, 2),
+            ev(Op::Update, 1, "amy", 200, 1),
+        ];
+        let batch = || -> Vec<OwnedMessage> {
+            events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| msg(e, 0, i as i64))
+                .collect()
+        };
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        apply_batch(&lake, "g", &mut state, batch()[..1].to_vec())
+            .await
+            .unwrap();
+        // Silver commits the rest; the process dies before bronze does.
+        let staged = stage_batch(&lake, "g", &mut state, batch()[1..].to_vec())
+            .await
+            .unwrap();
+        drop(staged);
+        assert_eq!(bronze_count(&lake).await, 1);
+        // The restart reads the offsets back: bronze is behind silver.
+        let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+        assert_eq!(state.bronze_next.get(&0), Some(&1));
+        assert_eq!(state.silver_next.get(&0), Some(&3));
+        apply_batch(&lake, "g", &mut state, batch()[1..].to_vec())
+            .await
+            .unwrap();
+        assert_eq!(bronze_count(&lake).await, 3, "each event once in bronze");
+        assert_eq!(
+            silver_rows(&lake).await,
+            vec![(1, "amy".to_string()), (2, "bob".to_string())]
+        );
     }
 
     /// The operation of silver.customers' newest commit.

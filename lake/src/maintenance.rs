@@ -93,6 +93,13 @@ pub struct MaintenanceConfig {
     pub max_attempts: u32,
 }
 
+impl MaintenanceConfig {
+    /// Whether the ingester checkpoints tables on its own cadence.
+    pub fn writes_checkpoints(&self) -> bool {
+        self.enabled && self.checkpoint_every_commits > 0
+    }
+}
+
 impl Default for MaintenanceConfig {
     fn default() -> Self {
         MaintenanceConfig {

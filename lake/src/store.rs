@@ -330,7 +330,7 @@ impl Lake {
             // Another writer committed (or the store did not answer): read
             // the table from the store.
             _ => {
-                cache.0.lock().expect("not poisoned").remove(&key);
+                self.forget(layer, table);
                 None
             }
         }
