@@ -20,12 +20,14 @@ pub(crate) mod reader;
 pub mod sink;
 pub(crate) mod snapshot;
 pub(crate) mod state;
+pub mod status;
 
 use serde::Deserialize;
 
 #[doc(hidden)]
 pub use reader::run_discarding;
-pub use reader::{SourceDb, request_resnapshot, run, watermark_topic};
+pub use reader::{SourceDb, request_resnapshot, run};
+pub use status::{SlotStatus, slot_status};
 
 /// CDC settings (`[cdc]` in the config file).
 #[derive(Clone, Debug, Deserialize)]

@@ -7,11 +7,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tributary_model::domain::{KafkaConfig, topic_name};
+use tributary_kafka::KafkaConfig;
+use tributary_model::domain::topic_name;
 use tributary_model::error_chain;
 use tributary_model::event::{Column, Op};
 use tributary_model::lsn::Lsn;
 use tributary_model::pgtype::PgType;
+use tributary_model::watermark::{Watermark, watermark_topic};
 
 use crate::decode::{PgOutput, Relation, TupleValue, decode};
 use crate::encode::{self, Cell, Meta, TableEncoder};
@@ -34,7 +36,7 @@ pub struct SourceDb {
 
 impl SourceDb {
     fn slot_name(&self, prefix: &str) -> String {
-        format!("{prefix}_{}_{}", self.db, self.shard)
+        tributary_model::domain::slot_name(prefix, &self.db, self.shard)
     }
 }
 
@@ -294,7 +296,7 @@ async fn run_reader(
                     .map_err(pg("writing heartbeat"))?;
                 state.settle(sink.durable());
                 if let Some(w) = state.take_watermark() {
-                    sink.send(&watermark_topic, &serde_json::to_vec(&serde_json::json!({"shard": source.shard})).expect("json"), &w).await?;
+                    sink.send(&watermark_topic, &w.key(), &w.to_json()).await?;
                 }
                 if let Some(label_lsn) = state.resnapshot_lsn()
                     && let Some((id, table)) = state::pending_resnapshot(&client).await?
@@ -335,12 +337,6 @@ async fn run_reader(
             }
         }
     }
-}
-
-/// The topic of a database's watermarks: one message per shard every
-/// heartbeat, saying every change committed up to a time is in Kafka.
-pub fn watermark_topic(prefix: &str, db: &str) -> String {
-    topic_name(prefix, db, "_watermarks")
 }
 
 async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> Result<()> {
@@ -683,24 +679,20 @@ impl<'a> StreamState<'a> {
             .map_or(0.0, |(_, ts)| ((now_us() - ts) as f64 / 1e6).max(0.0))
     }
 
-    /// A watermark message when the acknowledged commit moved since the last.
-    fn take_watermark(&mut self) -> Option<Vec<u8>> {
+    /// A watermark when the acknowledged commit moved since the last.
+    fn take_watermark(&mut self) -> Option<Watermark> {
         let (end, ts) = self.durable_commit?;
         if self.watermark_sent.is_some_and(|w| w >= end) {
             return None;
         }
         self.watermark_sent = Some(end);
-        Some(
-            serde_json::to_vec(&serde_json::json!({
-                "db": self.source.db,
-                "shard": self.source.shard,
-                "lsn": end.to_string(),
-                "commit_ts_us": ts,
-                "commit_ts": tributary_model::pgtype::format_utc_micros(ts),
-                "emitted_at_us": now_us(),
-            }))
-            .expect("json"),
-        )
+        Some(Watermark::new(
+            &self.source.db,
+            self.source.shard,
+            end,
+            ts,
+            now_us(),
+        ))
     }
 
     /// The position for a resnapshot's rows: after everything handed to the

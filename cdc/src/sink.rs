@@ -25,7 +25,7 @@ use rdkafka::producer::{
     BaseRecord, DeliveryResult, FutureProducer, Producer, ProducerContext, ThreadedProducer,
 };
 use tokio::sync::oneshot;
-use tributary_model::domain::KafkaConfig;
+use tributary_kafka::KafkaConfig;
 use tributary_model::lsn::Lsn;
 
 use crate::{Error, Result};

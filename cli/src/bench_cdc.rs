@@ -52,7 +52,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tributary_cdc::SourceDb;
 use tributary_cdc::decode::{PgOutput, decode};
-use tributary_model::domain::{KafkaConfig, topic_name};
+use tributary_kafka::KafkaConfig;
+use tributary_model::domain::topic_name;
 use tributary_model::lsn::Lsn;
 
 use crate::config::Config;
@@ -233,6 +234,7 @@ pub async fn run(config: &Config, options: &BenchOptions) -> Result<Report> {
             brokers: broker.address(),
             topic_prefix: TOPIC_PREFIX.into(),
             partitions: stack::kafka_config(config, &state).partitions,
+            properties: Default::default(),
         },
         broker_pid: broker.pid(),
         config,
@@ -655,7 +657,7 @@ impl Bench<'_> {
         kafka.topic_prefix = topic_prefix.into();
         let shutdown = CancellationToken::new();
         let source = self.source();
-        let slot = format!("{slot_prefix}_{}_{}", source.db, source.shard);
+        let slot = tributary_model::domain::slot_name(slot_prefix, &source.db, source.shard);
         let handle = match sink {
             Sink::Kafka => tokio::spawn(tributary_cdc::run(
                 cdc,
@@ -943,7 +945,7 @@ impl RunningReader {
     }
 }
 
-/// Waits until `tributary_cdc.snapshots` records `slot`'s snapshot complete;
+/// Waits until the reader reports `slot`'s snapshot complete;
 /// returns when, by the server's clock.
 async fn wait_snapshot(
     client: &tokio_postgres::Client,
@@ -952,16 +954,11 @@ async fn wait_snapshot(
 ) -> Result<chrono::DateTime<chrono::Utc>> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        // The table does not exist until the reader's first start: an error
-        // here means "not yet".
-        if let Ok(Some(row)) = client
-            .query_opt(
-                "SELECT completed_at FROM tributary_cdc.snapshots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
+        if let Some(at) = tributary_cdc::slot_status(client, slot)
+            .await?
+            .snapshot_completed_at
         {
-            return Ok(row.get(0));
+            return Ok(at);
         }
         if reader.is_finished() {
             bail!("the CDC reader stopped before its snapshot completed (see its log above)");

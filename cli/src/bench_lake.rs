@@ -31,8 +31,9 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tributary_kafka::KafkaConfig;
 use tributary_lake::Lake;
-use tributary_model::domain::{KafkaConfig, TABLES, topic_of};
+use tributary_model::domain::{TABLES, topic_of};
 
 use crate::config::Config;
 use crate::pipeline::{self, Sources, connect};

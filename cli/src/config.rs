@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tributary_cdc::CdcConfig;
+use tributary_kafka::KafkaConfig;
 use tributary_lake::LakeConfig;
 use tributary_lake::ingest::IngestConfig;
-use tributary_model::domain::KafkaConfig;
 use tributary_oltp::OltpConfig;
 use tributary_query::SqlConfig;
 

@@ -434,10 +434,7 @@ fn sources(config: &Config) -> Result<(Sources, Option<StackState>)> {
     Ok((Sources::resolve(config, stack.as_ref())?, stack))
 }
 
-fn kafka(
-    config: &Config,
-    stack: Option<&StackState>,
-) -> Result<tributary_model::domain::KafkaConfig> {
+fn kafka(config: &Config, stack: Option<&StackState>) -> Result<tributary_kafka::KafkaConfig> {
     match (&config.kafka, stack) {
         (Some(k), _) => Ok(k.clone()),
         (None, Some(s)) => Ok(stack::kafka_config(config, s)),

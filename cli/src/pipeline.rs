@@ -10,8 +10,9 @@ use arrow::array::{Array, RecordBatch, StringArray};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tributary_cdc::SourceDb;
+use tributary_kafka::KafkaConfig;
 use tributary_lake::{Lake, LakeConfig};
-use tributary_model::domain::{Database, KafkaConfig, TABLES, tables_of, topic_of};
+use tributary_model::domain::{Database, TABLES, slot_name, tables_of, topic_of};
 use tributary_model::lsn::Lsn;
 
 use crate::config::Config;
@@ -140,28 +141,14 @@ pub async fn wait_caught_up(
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await?
             .get(0);
-        let slot = format!("{}_{}_{}", config.cdc.slot_prefix, src.db, src.shard);
+        let slot = slot_name(&config.cdc.slot_prefix, &src.db, src.shard);
         targets.push((client, slot, lsn.parse::<Lsn>()?));
     }
     for (client, slot, target) in &targets {
         loop {
-            let confirmed: Option<String> = client
-                .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[slot])
+            if tributary_cdc::slot_status(client, slot)
                 .await?
-                .and_then(|r| r.get(0));
-            // A new slot is confirmed at its consistent point before its
-            // snapshot is published: also wait for the snapshot to complete.
-            let snapshot_done = client
-                .query_opt(
-                    "SELECT 1 FROM tributary_cdc.snapshots WHERE slot_name = $1",
-                    &[slot],
-                )
-                .await
-                .map(|r| r.is_some())
-                .unwrap_or(false);
-            if let Some(c) = confirmed
-                && snapshot_done
-                && c.parse::<Lsn>()? >= *target
+                .caught_up_to(*target)
             {
                 break;
             }

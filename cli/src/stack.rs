@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
-use tributary_model::domain::{KafkaConfig, TABLES, topic_of};
+use tributary_kafka::KafkaConfig;
+use tributary_model::domain::{TABLES, topic_of};
 
 use crate::config::Config;
 
@@ -390,11 +391,10 @@ async fn start_broker(config: &Config, broker: &BrokerInstance) -> Result<()> {
 
 /// Kafka settings: from the config when given, else the local broker.
 pub fn kafka_config(config: &Config, state: &StackState) -> KafkaConfig {
-    config.kafka.clone().unwrap_or_else(|| KafkaConfig {
-        brokers: state.broker.address(),
-        topic_prefix: "tributary".into(),
-        partitions: 3,
-    })
+    config
+        .kafka
+        .clone()
+        .unwrap_or_else(|| KafkaConfig::local(&state.broker.address()))
 }
 
 /// Stops the stack; `purge` also deletes its data.

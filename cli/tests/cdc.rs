@@ -368,7 +368,7 @@ async fn an_idle_database_keeps_its_slot_moving_and_publishes_watermarks() {
     // Watermarks: every shard says it is complete up to a recent commit.
     let cfg = env.config();
     let kafka = stack::kafka_config(&cfg, &stack_of(&env));
-    let topic = tributary_cdc::watermark_topic(&kafka.topic_prefix, "orders");
+    let topic = tributary_model::watermark::watermark_topic(&kafka.topic_prefix, "orders");
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", "watermark-test")

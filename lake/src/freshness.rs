@@ -58,9 +58,11 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tributary_model::domain::{KafkaConfig, TABLES, topic_name, topic_of};
+use tributary_kafka::KafkaConfig;
+use tributary_model::domain::{TABLES, topic_of};
 use tributary_model::error_chain;
 use tributary_model::pgtype::format_utc_micros;
+use tributary_model::watermark::{Watermark, watermark_topic};
 
 use crate::{Error, Lake, Result};
 
@@ -71,16 +73,6 @@ pub const METADATA_KEY: &str = "tributary.freshness";
 /// receiving them. Dropping the oldest only delays completeness (a later
 /// target covers more offsets and a later time).
 const MAX_PENDING: usize = 4096;
-
-/// A CDC watermark as the reader publishes it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Watermark {
-    pub db: String,
-    pub shard: u32,
-    /// Commit LSN as `X/Y`.
-    pub lsn: String,
-    pub commit_ts_us: i64,
-}
 
 /// Where a table's "complete up to" instant came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,7 +365,7 @@ pub async fn recorded(lake: &Lake, table: &str) -> Result<Option<(Record, Option
 fn watermark_topics(prefix: &str) -> BTreeMap<String, &'static str> {
     TABLES
         .iter()
-        .map(|t| (topic_name(prefix, t.db.name(), "_watermarks"), t.db.name()))
+        .map(|t| (watermark_topic(prefix, t.db.name()), t.db.name()))
         .collect()
 }
 
@@ -490,7 +482,7 @@ async fn follow_once(kafka: &KafkaConfig, shutdown: &CancellationToken) -> Resul
             }
         }
         for m in &messages {
-            match serde_json::from_slice::<Watermark>(m.payload().unwrap_or_default()) {
+            match Watermark::from_json(m.payload().unwrap_or_default()) {
                 Ok(w) => arrived.push(w),
                 Err(e) => tracing::warn!(
                     topic = m.topic(),
@@ -555,12 +547,7 @@ mod tests {
     #[test]
     fn a_table_is_complete_up_to_the_oldest_shard_it_reached() {
         // Unique table names: the registry is per process.
-        let w = |shard, ts| Watermark {
-            db: "orders".into(),
-            shard,
-            lsn: "0/1".into(),
-            commit_ts_us: ts,
-        };
+        let w = |shard, ts| Watermark::new("orders", shard, "0/1".parse().unwrap(), ts, ts);
         // No watermark yet: the newest commit time applied.
         committed("shipments", &offsets(&[(0, 5)]), Some(900), None);
         let rec = complete_up_to("shipments").unwrap();

@@ -81,6 +81,13 @@ pub fn topic_name(prefix: &str, db: &str, table: &str) -> String {
     format!("{prefix}.{db}.{table}")
 }
 
+/// The replication slot of one source database's shard: `<prefix>_<db>_<shard>`.
+/// The CDC reader creates it; anything that asks about a reader's progress
+/// names the slot this way.
+pub fn slot_name(prefix: &str, db: &str, shard: u32) -> String {
+    format!("{prefix}_{db}_{shard}")
+}
+
 /// The topic of a table spec.
 pub fn topic_of(prefix: &str, table: &TableSpec) -> String {
     topic_name(prefix, table.db.name(), table.name)
@@ -118,28 +125,6 @@ mod tests {
             topic_of("tributary", table("orders").unwrap()),
             "tributary.orders.orders"
         );
+        assert_eq!(slot_name("tributary", "orders", 1), "tributary_orders_1");
     }
-}
-
-/// How to reach the broker (`[kafka]` in the config file); shared by the CDC
-/// reader, which produces, and the lake, which consumes.
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// `host:port[,host:port]`.
-    pub brokers: String,
-    /// Topics are `<prefix>.<db>.<table>`.
-    #[serde(default = "default_prefix")]
-    pub topic_prefix: String,
-    /// Partitions of each change topic when the reader creates it.
-    #[serde(default = "default_partitions")]
-    pub partitions: i32,
-}
-
-fn default_prefix() -> String {
-    "tributary".into()
-}
-
-fn default_partitions() -> i32 {
-    3
 }

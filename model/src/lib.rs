@@ -5,7 +5,9 @@
 //! - [`lsn`]: PostgreSQL log sequence numbers.
 //! - [`pgtype`]: the source column types the pipeline understands and the
 //!   conversion of PostgreSQL text output into typed JSON values.
-//! - [`domain`]: the order-domain table list, topic and lake table naming.
+//! - [`domain`]: the order-domain table list, topic, slot and lake table naming.
+//! - [`watermark`]: the CDC watermark message and its topic.
+//! - [`backoff`]: the retry delays of every long-running loop.
 //!
 //! ```
 //! use tributary_model::{domain, lsn::Lsn};
@@ -13,10 +15,12 @@
 //! assert_eq!("0/16B3748".parse::<Lsn>().unwrap().to_string(), "0/16B3748");
 //! ```
 
+pub mod backoff;
 pub mod domain;
 pub mod event;
 pub mod lsn;
 pub mod pgtype;
+pub mod watermark;
 
 /// Errors of the shared contracts: always bad input, never a broken invariant.
 #[derive(Debug, thiserror::Error)]
