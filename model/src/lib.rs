@@ -8,6 +8,7 @@
 //! - [`domain`]: the order-domain table list, topic, slot and lake table naming.
 //! - [`watermark`]: the CDC watermark message and its topic.
 //! - [`backoff`]: the retry delays of every long-running loop.
+//! - [`dsn`]: connection strings shown without their password.
 //!
 //! ```
 //! use tributary_model::{domain, lsn::Lsn};
@@ -17,6 +18,7 @@
 
 pub mod backoff;
 pub mod domain;
+pub mod dsn;
 pub mod event;
 pub mod lsn;
 pub mod pgtype;
