@@ -883,7 +883,7 @@ mod tests {
     use deltalake::protocol::SaveMode;
 
     use super::*;
-    use crate::ingest::query_table;
+    use crate::store::query_table;
 
     fn new_lake() -> (tempfile::TempDir, Lake) {
         let dir = tempfile::tempdir().unwrap();
