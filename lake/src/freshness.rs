@@ -58,7 +58,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tributary_kafka::KafkaConfig;
+use tributary_kafka::{KafkaConfig, kafka_err};
 use tributary_model::domain::{TABLES, topic_of};
 use tributary_model::error_chain;
 use tributary_model::pgtype::format_utc_micros;
@@ -390,23 +390,10 @@ pub async fn follow_watermarks(kafka: KafkaConfig, shutdown: CancellationToken) 
     }
 }
 
+/// The watermark consumer and offsets client: tributary's consumer settings;
+/// positions are assigned explicitly, never read from the broker.
 fn client(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", "tributary-lake-watermarks")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("socket.timeout.ms", "10000")
-        .set("fetch.wait.max.ms", "100")
-        .set("log_level", "3");
-    c
-}
-
-fn kafka_err(context: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> Error + '_ {
-    move |source| Error::Kafka {
-        context: context.to_string(),
-        source,
-    }
+    tributary_kafka::consumer_config(kafka, "tributary-lake-watermarks")
 }
 
 async fn follow_once(kafka: &KafkaConfig, shutdown: &CancellationToken) -> Result<()> {

@@ -47,12 +47,9 @@ pub enum Error {
     },
     #[error("arrow")]
     Arrow(#[from] arrow::error::ArrowError),
-    #[error("kafka: {context}")]
-    Kafka {
-        context: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+    /// The broker failed or could not be reached.
+    #[error(transparent)]
+    Kafka(#[from] tributary_kafka::Error),
     #[error("table {table}: {message}")]
     Schema { table: String, message: String },
     /// The commit coordinator's database failed (retryable).
@@ -111,7 +108,8 @@ impl Error {
     /// unavailable, commit conflict) as opposed to bad data or config.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Kafka { .. } | Error::ObjectStore(..) | Error::Coordinator(_) => true,
+            Error::Kafka(e) => e.is_transient(),
+            Error::ObjectStore(..) | Error::Coordinator(_) => true,
             Error::Delta { source, .. } => {
                 matches!(source, deltalake::DeltaTableError::ObjectStore { .. })
                     // A concurrent commit changed what this one read: redo

@@ -56,7 +56,7 @@ mod tests;
 
 pub use config::{DEAD_LETTERS, IngestConfig, SCHEMA_CHANGES, SILVER_TARGET_FILE_SIZE};
 pub use resume::committed_offsets;
-pub use runner::{check_broker, run, serve};
+pub use runner::{run, serve};
 pub use silver::retype_silver_column;
 
 // What dead-letter replay (`crate::dlq`) shares with ingest.

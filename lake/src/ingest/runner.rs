@@ -25,7 +25,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tributary_kafka::KafkaConfig;
+use tributary_kafka::{KafkaConfig, kafka_err};
 use tributary_model::domain::{TABLES, topic_of};
 use tributary_model::error_chain;
 
@@ -49,7 +49,7 @@ pub async fn run(
     config: IngestConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    check_broker(&kafka).await?;
+    tributary_kafka::check_broker(&kafka, Duration::from_secs(10)).await?;
     let tables = TABLES.iter().map(|t| t.name.to_string()).collect();
     let leases = Leases::start(
         &lake,
@@ -108,42 +108,13 @@ pub async fn serve(
     result
 }
 
+/// The ingest consumer: tributary's consumer settings (no broker-side
+/// offsets: they live in the lake), reading a partition from its start when
+/// the lake has no offset for it.
 fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("socket.timeout.ms", "10000")
-        .set("fetch.wait.max.ms", "100")
-        .set("log_level", "3");
+    let mut c = tributary_kafka::consumer_config(kafka, group);
+    c.set("auto.offset.reset", "earliest");
     c
-}
-
-/// Fails with a clear message when the broker does not answer.
-pub async fn check_broker(kafka: &KafkaConfig) -> Result<()> {
-    let consumer: StreamConsumer =
-        consumer_config(kafka, "tributary-check")
-            .create()
-            .map_err(|source| Error::Kafka {
-                context: "creating a consumer".into(),
-                source,
-            })?;
-    let brokers = kafka.brokers.clone();
-    tokio::task::spawn_blocking(move || {
-        consumer
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map(|_| ())
-            .map_err(|source| Error::Kafka {
-                context: format!(
-                    "cannot reach the Kafka broker at {brokers} within 10s; is it running?"
-                ),
-                source,
-            })
-    })
-    .await
-    .map_err(|e| Error::Config(format!("metadata task: {e}")))?
 }
 
 async fn partition_counts(
@@ -155,10 +126,7 @@ async fn partition_counts(
     loop {
         let md = consumer
             .fetch_metadata(None, Duration::from_secs(10))
-            .map_err(|source| Error::Kafka {
-                context: "reading topic metadata".into(),
-                source,
-            })?;
+            .map_err(kafka_err("reading topic metadata"))?;
         let mut counts = HashMap::new();
         for t in md.topics() {
             if t.error().is_none() && !t.partitions().is_empty() {
@@ -202,13 +170,9 @@ async fn run_once(
             _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
         }
     }
-    let consumer: StreamConsumer =
-        consumer_config(kafka, &config.group_id)
-            .create()
-            .map_err(|source| Error::Kafka {
-                context: "creating the consumer".into(),
-                source,
-            })?;
+    let consumer: StreamConsumer = consumer_config(kafka, &config.group_id)
+        .create()
+        .map_err(kafka_err("creating the consumer"))?;
     let topics: Vec<(String, &str)> = TABLES
         .iter()
         .filter(|t| owned.contains_key(t.name))
@@ -262,19 +226,13 @@ async fn run_once(
             };
             assignment
                 .add_partition_offset(topic, p, offset)
-                .map_err(|source| Error::Kafka {
-                    context: format!("assigning {topic}/{p}"),
-                    source,
-                })?;
+                .map_err(kafka_err(&format!("assigning {topic}/{p}")))?;
         }
         states.insert(topic.clone(), state);
     }
     consumer
         .assign(&assignment)
-        .map_err(|source| Error::Kafka {
-            context: "assigning partitions".into(),
-            source,
-        })?;
+        .map_err(kafka_err("assigning partitions"))?;
     tracing::info!(tables = states.len(), "ingest started");
 
     let max_wait = Duration::from_millis(config.batch_max_ms);
@@ -296,7 +254,7 @@ async fn run_once(
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = changed.changed() => { reassign = true; break }
                 m = consumer.recv() => {
-                    let m = m.map_err(|source| Error::Kafka { context: "consuming".into(), source })?;
+                    let m = m.map_err(kafka_err("consuming"))?;
                     batch.entry(m.topic().to_string()).or_default().push(m.detach());
                     count += 1;
                 }
@@ -357,10 +315,9 @@ async fn run_once(
             for p in 0..counts[&topic] {
                 paused.add_partition(&topic, p);
             }
-            consumer.pause(&paused).map_err(|source| Error::Kafka {
-                context: format!("pausing {topic}"),
-                source,
-            })?;
+            consumer
+                .pause(&paused)
+                .map_err(kafka_err(&format!("pausing {topic}")))?;
         }
         if let Some(table) = record_idle_freshness(&lakes, config, &states).await? {
             leases.lost(&table);
