@@ -59,6 +59,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tributary_kafka::{KafkaConfig, kafka_err};
+use tributary_model::backoff::Backoff;
 use tributary_model::domain::{TABLES, topic_of};
 use tributary_model::error_chain;
 use tributary_model::pgtype::format_utc_micros;
@@ -373,17 +374,16 @@ fn watermark_topics(prefix: &str) -> BTreeMap<String, &'static str> {
 /// table for each watermark (see the module docs). Broker trouble is
 /// retried; freshness just stops advancing meanwhile.
 pub async fn follow_watermarks(kafka: KafkaConfig, shutdown: CancellationToken) -> Result<()> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::restarts();
     loop {
         match follow_once(&kafka, &shutdown).await {
             Ok(()) => return Ok(()),
             Err(e) if !shutdown.is_cancelled() => {
                 tracing::warn!(error = %error_chain(&e), "watermark follower failed; restarting");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = shutdown.cancelled() => return Ok(()),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(_) => return Ok(()),
         }

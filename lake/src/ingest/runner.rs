@@ -26,6 +26,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tributary_kafka::{KafkaConfig, kafka_err};
+use tributary_model::backoff::Backoff;
 use tributary_model::domain::{TABLES, topic_of};
 use tributary_model::error_chain;
 
@@ -58,19 +59,18 @@ pub async fn run(
         shutdown.clone(),
     )
     .await?;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::restarts();
     let mut stopped: HashSet<String> = HashSet::new();
     let result = loop {
         match run_once(&lake, &kafka, &config, &shutdown, &mut stopped, &leases).await {
             Ok(Exit::Shutdown) => break Ok(()),
-            Ok(Exit::Reassign) => backoff = Duration::from_millis(200),
+            Ok(Exit::Reassign) => backoff.reset(),
             Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
                 tracing::warn!(error = %error_chain(&e), "ingest failed; resuming from the offsets in the lake");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = shutdown.cancelled() => break Ok(()),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => break Err(e),
         }

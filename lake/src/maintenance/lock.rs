@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use deltalake::DeltaTable;
+use tributary_model::backoff::Backoff;
 
 use crate::{Error, Lake, Result};
 
@@ -60,7 +61,7 @@ impl CompactionLock {
             LOCK_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let deadline = Instant::now() + wait;
-        let mut pause = Duration::from_millis(100);
+        let mut pauses = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             if let Some(epoch) = coordinator.try_acquire(&resource, &owner, LOCK_TTL).await? {
                 return Ok(Some(CompactionLock::Lease {
@@ -72,11 +73,11 @@ impl CompactionLock {
                     },
                 }));
             }
+            let pause = pauses.next_delay();
             if Instant::now() + pause > deadline {
                 return Ok(None);
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -88,7 +89,7 @@ impl CompactionLock {
         let path = object_store::path::Path::from(LOCK);
         let store_err = |e| Error::ObjectStore(format!("{name}/{LOCK}"), e);
         let deadline = Instant::now() + wait;
-        let mut pause = Duration::from_millis(100);
+        let mut pauses = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let now_ms = unix_ms();
             let token = format!(
@@ -133,11 +134,11 @@ impl CompactionLock {
                 let _ = store.delete(&path).await;
                 continue;
             }
+            let pause = pauses.next_delay();
             if Instant::now() + pause > deadline {
                 return Ok(None);
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 

@@ -19,6 +19,7 @@ use deltalake::kernel::transaction::TransactionError;
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::table::config::TablePropertiesExt as _;
+use tributary_model::backoff::Backoff;
 use tributary_model::error_chain;
 
 use super::lock::CompactionLock;
@@ -234,22 +235,16 @@ where
     Fut: Future<Output = Result<T>>,
 {
     let max_attempts = max_attempts.max(1);
-    let mut backoff = Duration::from_millis(50);
+    // Jitter, so two maintainers do not collide in lockstep.
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
+        .with_jitter(Duration::from_millis(50));
     for n in 1.. {
         match attempt().await {
             Ok(v) => return Ok((v, n)),
             Err(e) if conflicted(&e) && n < max_attempts => {
                 crate::metrics::maintenance_retry(name, op);
                 tracing::info!(table = name, op, attempt = n, error = %error_chain(&e), "maintenance commit lost a race with another writer; redoing it on the new version");
-                // Jitter, so two maintainers do not collide in lockstep.
-                let jitter = Duration::from_millis(u64::from(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.subsec_millis() % 50)
-                        .unwrap_or(0),
-                ));
-                tokio::time::sleep(backoff + jitter).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) if conflicted(&e) => {
                 return Err(Error::MaintenanceGaveUp {
