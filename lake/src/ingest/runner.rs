@@ -51,6 +51,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     tributary_kafka::check_broker(&kafka, Duration::from_secs(10)).await?;
+    crate::metrics::register();
     let tables = TABLES.iter().map(|t| t.name.to_string()).collect();
     let leases = Leases::start(
         &lake,

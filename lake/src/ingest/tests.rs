@@ -980,7 +980,7 @@ async fn an_incompatible_change_stops_only_its_table() {
     assert!(stops.await.unwrap(), "the table stops");
     assert!(stopped.contains("customers"));
     assert!(
-        crate::metrics::render().contains("tributary_lake_table_stopped{table=\"customers\"} 1")
+        tributary_metrics::render().contains("tributary_lake_table_stopped{table=\"customers\"} 1")
     );
     // Everything before the event is applied; it and what follows are not.
     let state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
