@@ -429,7 +429,7 @@ async fn follow_once(kafka: &KafkaConfig, shutdown: &CancellationToken) -> Resul
             })
         })
         .await
-        .map_err(|e| Error::Config(format!("metadata task: {e}")))?
+        .map_err(|e| Error::Internal(format!("the topic metadata task failed: {e}")))?
         .map_err(kafka_err("reading topic metadata"))?;
         // The reader creates every database's watermark topic at its start.
         if wm_topics.keys().all(|t| md.contains_key(t)) {
@@ -510,7 +510,7 @@ async fn follow_once(kafka: &KafkaConfig, shutdown: &CancellationToken) -> Resul
             Ok::<_, Error>(out)
         })
         .await
-        .map_err(|e| Error::Config(format!("end offsets task: {e}")))??;
+        .map_err(|e| Error::Internal(format!("the end offsets task failed: {e}")))??;
         for w in &arrived {
             let per_table: Vec<(String, HashMap<i32, i64>)> = TABLES
                 .iter()

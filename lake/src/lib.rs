@@ -52,9 +52,19 @@ pub enum Error {
     Kafka(#[from] tributary_kafka::Error),
     #[error("table {table}: {message}")]
     Schema { table: String, message: String },
-    /// The commit coordinator's database failed (retryable).
-    #[error("commit coordinator: {0}")]
-    Coordinator(String),
+    /// The commit coordinator's database failed or refused. Transient or
+    /// not by its SQLSTATE ([`coordinator::is_transient_db_error`]); the
+    /// message says when a retry cannot cure it.
+    #[error("commit coordinator: {context}{}", coordinator::advice(source))]
+    Coordinator {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A broken invariant or a failed task of the lake itself: a bug, not
+    /// bad input or a failing environment.
+    #[error("internal error: {0}; this is a bug in tributary, please report it")]
+    Internal(String),
     #[error("object store at {0}")]
     ObjectStore(String, #[source] object_store::Error),
     /// A change silver cannot store without loss: an incompatible column type
@@ -104,12 +114,15 @@ pub struct IncompatibleChange {
 }
 
 impl Error {
-    /// Whether retrying the same operation later can succeed (broker or store
-    /// unavailable, commit conflict) as opposed to bad data or config.
+    /// Whether retrying the same operation later can succeed (broker, store
+    /// or commit coordinator unavailable, commit conflict) as opposed to bad
+    /// data or config, a refusal of the coordinator's database (see
+    /// [`coordinator::is_transient_db_error`]) or a broken invariant.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Kafka(e) => e.is_transient(),
-            Error::ObjectStore(..) | Error::Coordinator(_) => true,
+            Error::ObjectStore(..) => true,
+            Error::Coordinator { source, .. } => coordinator::is_transient_db_error(source),
             Error::Delta { source, .. } => {
                 matches!(source, deltalake::DeltaTableError::ObjectStore { .. })
                     // A concurrent commit changed what this one read: redo
@@ -122,6 +135,14 @@ impl Error {
             Error::DataFusion { source, .. } => caused_by_io(source),
             _ => false,
         }
+    }
+
+    /// Whether the commit coordinator's database refused in a way no retry
+    /// cures (a missing privilege or table, bad credentials). Every commit
+    /// and lease of the process needs that database, so such an error stops
+    /// the ingester rather than one table.
+    pub fn is_coordinator_refusal(&self) -> bool {
+        coordinator_db_error(self).is_some_and(|e| !coordinator::is_transient_db_error(e))
     }
 }
 
@@ -137,23 +158,29 @@ pub fn is_fenced(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether the commit coordinator's database failed in a way a retry can
+/// cure.
 fn coordinator_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    coordinator_db_error(e).is_some_and(coordinator::is_transient_db_error)
+}
+
+/// The error of the commit coordinator's database in `e`'s chain, if any
+/// (the lake speaks to PostgreSQL only there).
+fn coordinator_db_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a tokio_postgres::Error> {
     let mut cur = Some(e);
     while let Some(e) = cur {
-        if matches!(
-            e.downcast_ref::<coordinator::ClaimError>(),
-            Some(coordinator::ClaimError::Db(_))
-        ) || matches!(e.downcast_ref::<Error>(), Some(Error::Coordinator(_)))
-        {
-            return true;
+        if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
+            return Some(pg);
         }
         cur = e.source();
     }
-    false
+    None
 }
 
 /// Whether an error was caused by the object store or the file system.
-fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(e) = cur {
         if e.is::<object_store::Error>()

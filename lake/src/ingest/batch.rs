@@ -81,7 +81,9 @@ pub(crate) async fn stage_batch(
     staging::record_shapes(lake, &shape_rows).await?;
     if next.is_empty() {
         // The first message already stopped the table: nothing to commit.
-        return Err(failure.expect("a batch has messages"));
+        return Err(failure.unwrap_or_else(|| {
+            Error::Internal(format!("an empty batch of {} reached staging", state.table))
+        }));
     }
 
     let txns = |group: &str| -> Vec<Transaction> {

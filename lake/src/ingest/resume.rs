@@ -176,10 +176,11 @@ pub(crate) async fn load_state(
         }
     }
     if !gaps.is_empty() {
-        let bronze = lake
-            .open("bronze", table)
-            .await?
-            .expect("bronze has offsets, so it exists");
+        let bronze = lake.open("bronze", table).await?.ok_or_else(|| {
+            Error::Internal(format!(
+                "bronze.{table} has recorded offsets but does not open"
+            ))
+        })?;
         let sql = format!(
             "SELECT kafka_partition, kafka_offset FROM t WHERE {}",
             gaps.join(" OR ")

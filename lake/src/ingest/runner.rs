@@ -15,7 +15,12 @@
 //! - A table is written only while this process holds its lease; a commit
 //!   refused by the fence drops the table and assigns again.
 //! - A failure a retry cannot cure stops its table only, right before the
-//!   change it failed on; transient ones restart the whole assignment.
+//!   change it failed on; transient ones restart the whole assignment with
+//!   backoff.
+//! - A refusal of the commit coordinator's database that no retry cures (a
+//!   missing privilege) stops the ingester with that error, whether a
+//!   commit, the lease keeper ([`Leases::failure`]) or maintenance met it:
+//!   every table needs that database, so waiting would never end.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -24,6 +29,7 @@ use deltalake::kernel::Transaction;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tributary_kafka::{KafkaConfig, kafka_err};
 use tributary_model::backoff::Backoff;
@@ -63,6 +69,9 @@ pub async fn run(
     let mut backoff = Backoff::restarts();
     let mut stopped: HashSet<String> = HashSet::new();
     let result = loop {
+        if let Some(e) = leases.failure() {
+            break Err(e);
+        }
         match run_once(&lake, &kafka, &config, &shutdown, &mut stopped, &leases).await {
             Ok(Exit::Shutdown) => break Ok(()),
             Ok(Exit::Reassign) => backoff.reset(),
@@ -103,7 +112,13 @@ pub async fn serve(
     ));
     let result = run(lake, kafka, config, shutdown).await;
     follower_stop.cancel();
-    if let Ok(Err(e)) = follower.await {
+    let stopped = match follower.await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Internal(format!(
+            "the watermark follower task failed: {e}"
+        ))),
+    };
+    if let Err(e) = stopped {
         tracing::warn!(error = %error_chain(&e), "watermark follower stopped");
     }
     result
@@ -118,11 +133,14 @@ fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
     c
 }
 
+/// The partition count of every topic of `topics`, once they all exist;
+/// `None` when `shutdown` or a change of owned tables came first.
 async fn partition_counts(
     consumer: &StreamConsumer,
     topics: &[String],
     shutdown: &CancellationToken,
-) -> Result<HashMap<String, i32>> {
+    changed: &mut watch::Receiver<u64>,
+) -> Result<Option<HashMap<String, i32>>> {
     let mut last_log = Instant::now() - Duration::from_secs(60);
     loop {
         let md = consumer
@@ -136,7 +154,7 @@ async fn partition_counts(
         }
         let missing: Vec<&String> = topics.iter().filter(|t| !counts.contains_key(*t)).collect();
         if missing.is_empty() {
-            return Ok(counts);
+            return Ok(Some(counts));
         }
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(?missing, "waiting for the CDC reader to create topics");
@@ -144,7 +162,8 @@ async fn partition_counts(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.cancelled() => return Ok(counts),
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = changed.changed() => return Ok(None),
         }
     }
 }
@@ -180,7 +199,13 @@ async fn run_once(
         .map(|t| (topic_of(&kafka.topic_prefix, t), t.name))
         .collect();
     let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
-    let counts = partition_counts(&consumer, &names, shutdown).await?;
+    let Some(counts) = partition_counts(&consumer, &names, shutdown, &mut changed).await? else {
+        return Ok(if shutdown.is_cancelled() {
+            Exit::Shutdown
+        } else {
+            Exit::Reassign
+        });
+    };
     if shutdown.is_cancelled() {
         return Ok(Exit::Shutdown);
     }
@@ -309,7 +334,9 @@ async fn run_once(
         // Maintenance of the tables just committed, by their one writer and
         // under its lease.
         for table in committed {
-            maintainer.after_batch(&lakes[table.as_str()], &table).await;
+            maintainer
+                .after_batch(&lakes[table.as_str()], &table)
+                .await?;
         }
         for topic in halted {
             let mut paused = TopicPartitionList::new();
@@ -389,7 +416,8 @@ async fn record_idle_freshness(
 /// A failed batch of one table. A failure a retry cannot cure stops that
 /// table only: its state is dropped and it is added to `stopped`. A
 /// transient one (or a lost lease) is returned, so the caller restarts from
-/// the lake's offsets. Messages of a stopped table are dropped: its offsets
+/// the lake's offsets; so is a refusal of the commit coordinator, which
+/// stops the ingester. Messages of a stopped table are dropped: its offsets
 /// in the lake did not move past what was applied, so nothing is lost.
 pub(super) fn stop_or_fail(
     states: &mut HashMap<String, TableState>,
@@ -397,7 +425,7 @@ pub(super) fn stop_or_fail(
     topic: &str,
     e: Error,
 ) -> Result<()> {
-    if e.is_transient() || crate::is_fenced(&e) {
+    if e.is_transient() || crate::is_fenced(&e) || e.is_coordinator_refusal() {
         return Err(e);
     }
     if let Some(state) = states.remove(topic) {

@@ -6,7 +6,9 @@
 //!   batch just committed: the table's one writer does it, under its lease,
 //!   so it never races ingest and never makes ingest wait on a lock.
 //! - A failure is logged and counted, and tried again at the next turn;
-//!   ingest goes on.
+//!   ingest goes on. The exception is a refusal of the commit coordinator
+//!   no retry cures (a missing privilege): ingest needs that database too,
+//!   so the error stops the ingester.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -18,7 +20,7 @@ use super::operations::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_RETENTION_HOURS, DEFAULT_TARGET_FILE_SIZE, OptimizeOptions,
     VacuumOptions, checkpoint, optimize, vacuum,
 };
-use crate::{Error, Lake};
+use crate::{Error, Lake, Result};
 
 /// `[ingest.maintenance]`: what the ingester does to the tables it writes,
 /// and when. Every trigger can be turned off with 0.
@@ -146,10 +148,12 @@ impl Maintainer {
     }
 
     /// Notes one committed batch of `table` and runs the maintenance that is
-    /// due. Never fails: errors are logged.
-    pub async fn after_batch(&mut self, lake: &Lake, table: &str) {
+    /// due. Errors are logged, except a refusal of the commit coordinator
+    /// that no retry cures ([`Error::is_coordinator_refusal`]): ingest needs
+    /// that database too, so it is returned and stops the ingester.
+    pub async fn after_batch(&mut self, lake: &Lake, table: &str) -> Result<()> {
         if !self.config.enabled {
-            return;
+            return Ok(());
         }
         let now = Instant::now();
         let c = self.tables.entry(table.to_string()).or_insert(Cadence {
@@ -182,18 +186,19 @@ impl Maintainer {
         }
         for layer in ["bronze", "silver"] {
             if optimize_due {
-                self.optimize_one(lake, layer, table).await;
+                self.optimize_one(lake, layer, table).await?;
             }
             if checkpoint_due {
-                self.checkpoint_one(lake, layer, table).await;
+                self.checkpoint_one(lake, layer, table).await?;
             }
             if vacuum_due {
-                self.vacuum_one(lake, layer, table).await;
+                self.vacuum_one(lake, layer, table).await?;
             }
         }
+        Ok(())
     }
 
-    async fn optimize_one(&self, lake: &Lake, layer: &str, table: &str) {
+    async fn optimize_one(&self, lake: &Lake, layer: &str, table: &str) -> Result<()> {
         let options = OptimizeOptions {
             target_size: self.config.target_file_size,
             zorder: if layer == "silver" {
@@ -207,37 +212,44 @@ impl Maintainer {
             lock_wait: Duration::ZERO,
         };
         match optimize(lake, layer, table, &options).await {
-            Ok(r) => tracing::info!(
-                table = %r.table,
-                files_before = r.files_before,
-                files_after = r.files_after,
-                bytes_before = r.bytes_before,
-                bytes_after = r.bytes_after,
-                attempts = r.attempts,
-                ms = r.elapsed.as_millis() as u64,
-                "table compacted"
-            ),
+            Ok(r) => {
+                tracing::info!(
+                    table = %r.table,
+                    files_before = r.files_before,
+                    files_after = r.files_after,
+                    bytes_before = r.bytes_before,
+                    bytes_after = r.bytes_after,
+                    attempts = r.attempts,
+                    ms = r.elapsed.as_millis() as u64,
+                    "table compacted"
+                );
+                Ok(())
+            }
             Err(Error::CompactionBusy(name)) => {
                 tracing::info!(table = %name, "another process is compacting the table; skipped this turn");
+                Ok(())
             }
-            Err(e) => failed(layer, table, "optimize", &e),
+            Err(e) => failed(layer, table, "optimize", e),
         }
     }
 
-    async fn checkpoint_one(&self, lake: &Lake, layer: &str, table: &str) {
+    async fn checkpoint_one(&self, lake: &Lake, layer: &str, table: &str) -> Result<()> {
         match checkpoint(lake, layer, table, self.config.cleanup_expired_logs).await {
-            Ok(r) => tracing::info!(
-                table = %r.table,
-                version = r.version,
-                logs_cleaned = r.logs_cleaned,
-                ms = r.elapsed.as_millis() as u64,
-                "checkpoint written"
-            ),
-            Err(e) => failed(layer, table, "checkpoint", &e),
+            Ok(r) => {
+                tracing::info!(
+                    table = %r.table,
+                    version = r.version,
+                    logs_cleaned = r.logs_cleaned,
+                    ms = r.elapsed.as_millis() as u64,
+                    "checkpoint written"
+                );
+                Ok(())
+            }
+            Err(e) => failed(layer, table, "checkpoint", e),
         }
     }
 
-    async fn vacuum_one(&mut self, lake: &Lake, layer: &str, table: &str) {
+    async fn vacuum_one(&mut self, lake: &Lake, layer: &str, table: &str) -> Result<()> {
         let options = VacuumOptions {
             retention_hours: self.config.vacuum_retention_hours,
             force: self.config.vacuum_force,
@@ -245,30 +257,40 @@ impl Maintainer {
             ..VacuumOptions::default()
         };
         match vacuum(lake, layer, table, &options).await {
-            Ok(r) => tracing::info!(
-                table = %r.table,
-                deleted = r.files.len(),
-                ms = r.elapsed.as_millis() as u64,
-                "table vacuumed"
-            ),
+            Ok(r) => {
+                tracing::info!(
+                    table = %r.table,
+                    deleted = r.files.len(),
+                    ms = r.elapsed.as_millis() as u64,
+                    "table vacuumed"
+                );
+                Ok(())
+            }
             Err(e @ Error::RetentionTooShort { .. }) => {
                 // A config mistake: say it once, not every interval and table.
                 if !self.warned_retention {
                     self.warned_retention = true;
-                    failed(layer, table, "vacuum", &e);
+                    return failed(layer, table, "vacuum", e);
                 }
+                Ok(())
             }
-            Err(e) => failed(layer, table, "vacuum", &e),
+            Err(e) => failed(layer, table, "vacuum", e),
         }
     }
 }
 
-fn failed(layer: &str, table: &str, op: &'static str, e: &Error) {
+/// Counts and logs a failed maintenance operation; returns the error only
+/// when it is a refusal of the commit coordinator no retry cures.
+fn failed(layer: &str, table: &str, op: &'static str, e: Error) -> Result<()> {
     // A table the batch did not create (silver of a table whose events all
     // were replays) is not an error.
     if matches!(e, Error::NoSuchTable(_)) {
-        return;
+        return Ok(());
     }
     crate::metrics::maintenance_failure(&format!("{layer}.{table}"), op);
-    tracing::warn!(layer, table, op, error = %error_chain(e), "maintenance failed; ingest goes on and maintenance tries again at its next turn");
+    if e.is_coordinator_refusal() {
+        return Err(e);
+    }
+    tracing::warn!(layer, table, op, error = %error_chain(&e), "maintenance failed; ingest goes on and maintenance tries again at its next turn");
+    Ok(())
 }

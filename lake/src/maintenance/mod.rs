@@ -27,7 +27,9 @@
 //! - Inside the ingester, maintenance runs between batches on the tables the
 //!   batch just committed, in the ingest task itself: the table's one writer
 //!   does it, so it never races ingest (see "Why inline" in
-//!   `docs/lake-maintenance.md`), and a failure is logged, never returned.
+//!   `docs/lake-maintenance.md`), and a failure is logged, not returned;
+//!   only a refusal of the commit coordinator that no retry cures stops the
+//!   ingester, since its own commits need that database too.
 //!
 //! ```no_run
 //! # async fn demo(lake: &tributary_lake::Lake) -> tributary_lake::Result<()> {

@@ -65,9 +65,9 @@ pub(super) async fn prepare_silver(
                 CommitProperties::default(),
             )
             .await?;
-            lake.open("silver", table)
-                .await?
-                .expect("silver table was just created")
+            lake.open("silver", table).await?.ok_or_else(|| {
+                Error::Internal(format!("{name} does not open right after its create"))
+            })?
         }
     };
     let current = target
