@@ -1,19 +1,59 @@
-//! The lake: Delta tables in a local folder or on S3.
+//! The lake: Delta tables in a local folder or on S3, written exactly once
+//! from the CDC topics and kept readable by any Delta reader.
 //!
+//! What it owns:
 //! - [`store`]: where tables live (`<root>/{bronze,silver,gold}/<table>`),
-//!   opening them at their latest version, listing them.
+//!   opening them at their latest version, listing and querying them.
+//! - [`coordinator`]: commits that are safe on any object store, claimed in
+//!   PostgreSQL, and the single-writer leases; [`lease`] keeps an
+//!   ingester's leases.
 //! - [`check`]: whether the store refuses a second create of a key, which
 //!   is what keeps concurrent Delta writers apart without a coordinator.
 //! - [`ingest`]: Kafka change topics into bronze (append-only change log) and
 //!   silver (current state via MERGE), exactly once.
 //! - [`dlq`]: the dead letters ingest set aside, listed and replayed.
-//!
 //! - [`maintenance`]: compaction, vacuum and checkpoints, by hand or on the
 //!   ingester's own cadence.
 //! - [`freshness`]: how far behind its sources each silver table is.
+//! - [`schema`]: the Arrow schemas of bronze, silver and the side tables.
+//! - [`metrics`]: the `tributary_lake_*` metrics.
 //!
-//! Seam: [`store::Lake`] is the only way other crates reach tables, so the
-//! storage options (S3 endpoint, credentials) are decided in one place.
+//! Seams:
+//! - [`Lake`] is the only way other crates reach tables, so the storage
+//!   options (S3 endpoint, credentials) and the commit path are decided in
+//!   one place.
+//! - [`coordinator::CoordinatedLogStore`] is delta-rs's `LogStore` for every
+//!   table of a lake with a coordinator. Its promise is delta-rs's: one
+//!   writer, and only one, creates each version; a claimed version is never
+//!   lost or overwritten, even on a store whose put-if-absent is not atomic.
+//! - Leases ([`coordinator::Coordinator::try_acquire`], [`lease::Leases`]):
+//!   one writer per table at a time; a commit made under a lease its writer
+//!   lost is refused ([`coordinator::Fenced`]).
+//! - Ingest → silver: after any crash, bronze holds every change event once
+//!   and silver equals the source once ingest catches up; each commit
+//!   carries the Kafka offsets it consumed, and ingest resumes from them
+//!   ([`ingest::committed_offsets`]), never from the broker's group offsets.
+//!
+//! Errors say whether a retry can cure them ([`Error::is_transient`]); a
+//! broken invariant is [`Error::Internal`].
+//!
+//! ```no_run
+//! # async fn demo() -> tributary_lake::Result<()> {
+//! use tributary_lake::{Lake, LakeConfig};
+//! let lake = Lake::new(&LakeConfig {
+//!     root: "/var/lib/tributary/lake".into(),
+//!     s3: None,
+//!     // With a coordinator every commit is claimed in PostgreSQL first.
+//!     coordinator_dsn: Some("host=127.0.0.1 user=tributary dbname=catalog".into()),
+//! })?;
+//! for table in lake.list_tables("silver").await? {
+//!     let (bronze, silver) =
+//!         tributary_lake::ingest::committed_offsets(&lake, "tributary-lake", &table, "tributary.orders.orders", 3).await?;
+//!     println!("{table}: bronze at {bronze:?}, silver at {silver:?}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod check;
 pub mod coordinator;

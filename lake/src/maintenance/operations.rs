@@ -42,7 +42,7 @@ pub struct OptimizeOptions {
     pub zorder: Vec<String>,
     pub max_attempts: u32,
     /// How long to wait for another compaction of the table to finish
-    /// (see [`CompactionLock`]); 0: fail at once with
+    /// (one compaction per table at a time); 0: fail at once with
     /// [`Error::CompactionBusy`].
     pub lock_wait: Duration,
 }
