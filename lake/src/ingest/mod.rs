@@ -24,7 +24,7 @@
 //!
 //! The modules, in the order a message meets them:
 //!
-//! - [`config`]: `[ingest]` settings and the names of the side tables.
+//! - `config`: `[ingest]` settings and the names of the side tables.
 //! - `runner`: the loop: [`run`] and [`serve`], one assignment of partitions
 //!   per set of owned leases, the exits and restarts, idle tables' freshness.
 //! - `resume`: where a table's ingest resumes: the offsets recorded in Delta
@@ -46,7 +46,7 @@
 
 mod batch;
 mod bronze;
-pub mod config;
+mod config;
 mod resume;
 mod runner;
 mod silver;
