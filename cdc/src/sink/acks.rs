@@ -188,6 +188,18 @@ mod tests {
     }
 
     #[test]
+    fn each_lsn_waits_for_exactly_the_messages_before_its_mark() {
+        let mut a = Acks::new(Lsn::ZERO);
+        a.mark(1, Lsn(10));
+        a.mark(2, Lsn(20));
+        a.mark(3, Lsn(30));
+        for (seq, durable) in [(0, 10), (1, 20), (2, 30)] {
+            a.acknowledged(seq);
+            assert_eq!(a.durable(), Lsn(durable), "after message {seq}");
+        }
+    }
+
+    #[test]
     fn a_mark_with_everything_acknowledged_is_durable_at_once() {
         let mut a = Acks::new(Lsn::ZERO);
         a.mark(0, Lsn(5));

@@ -62,9 +62,18 @@ pub(crate) async fn connect_sql(dsn: &str) -> Result<tokio_postgres::Client> {
     let (client, conn) = config
         .connect(tls.make_connect()?)
         .await
-        .map_err(|source| Error::Postgres {
-            context: format!("connecting to {shown} (sslmode={})", tls.mode().as_str()),
-            source,
+        .map_err(|source| {
+            // The TLS mode matters to most connection errors: say it when
+            // the DSN leaves it to the default.
+            let mode = if shown.contains("sslmode") {
+                String::new()
+            } else {
+                format!(" (sslmode={})", tls.mode().as_str())
+            };
+            Error::Postgres {
+                context: format!("connecting to {shown}{mode}"),
+                source,
+            }
         })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
