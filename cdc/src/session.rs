@@ -1,12 +1,24 @@
-//! One streaming session of one source database: connect, bring the slot
-//! to where streaming can start ([`crate::slot`]), then the loop that feeds
-//! the replication stream through the state machine ([`crate::stream`]) to
-//! the sink, writes heartbeats, confirms the slot with what is durable, and
-//! serves resnapshot requests.
+//! One streaming session of one source database, from connecting to the
+//! end of its stream.
 //!
-//! A session ends on shutdown (after what was sent is durable and
-//! confirmed) or on the first error; the supervisor decides whether to
-//! start another.
+//! A session:
+//! 1. connects (SQL and replication, [`crate::source`]) and brings the slot
+//!    to where streaming can start ([`crate::slot`]: publication, lost
+//!    slots, the snapshot);
+//! 2. opens a sink and starts replication from the slot;
+//! 3. loops over four events until shutdown or the first error:
+//!    - a replication message: decoded and fed through the state machine
+//!      ([`crate::stream`]) to the sink; a schema change it returns is
+//!      recorded before the next message;
+//!    - the status tick: the slot is confirmed with what the sink reports
+//!      durable, never more (and the lag metrics are updated);
+//!    - the heartbeat tick: a logical message in the database's WAL (so an
+//!      idle slot moves), the watermark of the newest durable commit, and a
+//!      pending resnapshot request, copied while the stream waits;
+//!    - shutdown: what was sent gets up to 10 s to become durable, the slot
+//!      is confirmed with it, and the session ends.
+//!
+//! The supervisor decides whether a failed session is followed by another.
 
 use std::time::Duration;
 

@@ -21,8 +21,9 @@ pub(crate) use tls::tls_rejected;
 /// The `application_name` of every connection of the reader.
 pub(crate) const APPLICATION_NAME: &str = "tributary-cdc";
 
-/// One source database to capture.
-#[derive(Clone, Debug)]
+/// One source database to capture. Its `Debug` output shows the DSN
+/// without the password.
+#[derive(Clone)]
 pub struct SourceDb {
     /// Logical database name (`orders`, `catalog`).
     pub db: String,
@@ -34,6 +35,17 @@ pub struct SourceDb {
     pub dsn: String,
     /// Tables (schema `public`) to publish.
     pub tables: Vec<String>,
+}
+
+impl std::fmt::Debug for SourceDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceDb")
+            .field("db", &self.db)
+            .field("shard", &self.shard)
+            .field("dsn", &tributary_model::dsn::describe(&self.dsn))
+            .field("tables", &self.tables)
+            .finish()
+    }
 }
 
 impl SourceDb {
@@ -155,6 +167,21 @@ mod tests {
             }
         });
         port
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let source = SourceDb {
+            db: "orders".into(),
+            shard: 1,
+            dsn: "host=db1 user=cdc password=hunter2secret".into(),
+            tables: vec!["orders".into()],
+        };
+        let shown = format!("{source:?}");
+        assert!(
+            !shown.contains("hunter2secret") && shown.contains("db1"),
+            "{shown}"
+        );
     }
 
     #[tokio::test]
