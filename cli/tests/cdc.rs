@@ -669,3 +669,326 @@ async fn the_reader_runs_with_a_least_privilege_role() {
         .get(0);
     assert_eq!(user, "tributary_reader");
 }
+
+/// `psql` of the stack's PostgreSQL: the test's way into a cluster that
+/// refuses plaintext (tokio-postgres here has no TLS).
+fn psql(dsn: &str, sql: &str) -> String {
+    let bin = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("psql"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "psql".into());
+    let out = std::process::Command::new(bin)
+        .args([dsn, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A CA, a server certificate for `localhost` (only) signed by it, and an
+/// unrelated CA, made with the `openssl` CLI in `dir`.
+fn certificates(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for args in [
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tributary test CA",
+            ],
+        ]
+        .concat(),
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ][..]
+            .to_vec(),
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "wrong.key",
+                "-out",
+                "wrong.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=another CA",
+            ],
+        ]
+        .concat(),
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A reader of `tls_probe` on shard 0 in this process, into the stack's
+/// broker, under names of its own (`tag`).
+fn tls_reader(
+    stack: &StackState,
+    dsn: String,
+    tag: &str,
+) -> (
+    tokio::task::JoinHandle<tributary_cdc::Result<()>>,
+    tokio_util::sync::CancellationToken,
+) {
+    let config = tributary_cdc::CdcConfig {
+        slot_prefix: format!("tls_{tag}"),
+        publication: format!("tls_pub_{tag}"),
+        heartbeat_interval_ms: 500,
+        ..Default::default()
+    };
+    let mut kafka = tributary_kafka::KafkaConfig::local(&stack.broker.address());
+    kafka.topic_prefix = format!("tls{tag}");
+    let source = tributary_cdc::SourceDb {
+        db: "orders".into(),
+        shard: 0,
+        dsn,
+        tables: vec!["tls_probe".into()],
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(tributary_cdc::run(
+        config,
+        kafka,
+        vec![source],
+        shutdown.clone(),
+    ));
+    (handle, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_streams_over_tls_and_verify_full_rejects_wrong_certificates() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new();
+    up(&env);
+    let stack = stack_of(&env);
+    let pg = stack.shards[0].clone();
+    shard(&env, 0)
+        .await
+        .batch_execute("CREATE TABLE tls_probe (id bigint PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+
+    // The cluster: TLS with a certificate for localhost, and TCP connections
+    // without TLS rejected (replication ones too).
+    let certs = env.dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    certificates(&certs);
+    for file in ["server.crt", "server.key"] {
+        std::fs::copy(certs.join(file), pg.data_dir.join(file)).unwrap();
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            pg.data_dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    if nix::unistd::Uid::effective().is_root() {
+        let ok = std::process::Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(pg.data_dir.join("server.crt"))
+            .arg(pg.data_dir.join("server.key"))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let conf = pg.data_dir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+    std::fs::write(&conf, text).unwrap();
+    std::fs::write(
+        pg.data_dir.join("pg_hba.conf"),
+        "hostssl all all 127.0.0.1/32 trust\n\
+         hostssl replication all 127.0.0.1/32 trust\n\
+         hostnossl all all 0.0.0.0/0 reject\n\
+         hostnossl replication all 0.0.0.0/0 reject\n",
+    )
+    .unwrap();
+    shard(&env, 0)
+        .await
+        .execute("SELECT pg_reload_conf()", &[])
+        .await
+        .unwrap();
+    let server_log =
+        || tail(&std::fs::read_to_string(pg.data_dir.join("server.log")).unwrap_or_default());
+    let plain = pg.dsn();
+    wait_for(
+        &mut env,
+        "plaintext connections to be refused",
+        Duration::from_secs(30),
+        || {
+            let plain = plain.clone();
+            async move {
+                tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+                    .await
+                    .is_err()
+            }
+        },
+    )
+    .await;
+    let base = format!("port={} user=tributary dbname={}", pg.port, pg.database);
+    let ca = certs.join("ca.crt").display().to_string();
+    let wrong = certs.join("wrong.crt").display().to_string();
+    let libpq = format!("host=localhost {base} sslmode=verify-full sslrootcert={ca}");
+    assert_eq!(psql(&libpq, "SHOW ssl"), "on", "{}", server_log());
+
+    let mut rows = 0;
+    for (tag, dsn) in [
+        ("require", format!("host=127.0.0.1 {base} sslmode=require")),
+        (
+            "full",
+            format!("host=localhost {base} sslmode=verify-full sslrootcert={ca}"),
+        ),
+        // The chain only: the certificate is not for 127.0.0.1.
+        (
+            "ca",
+            format!("host=127.0.0.1 {base} sslmode=verify-ca sslrootcert={ca}"),
+        ),
+    ] {
+        let (reader, shutdown) = tls_reader(&stack, dsn, tag);
+        let slot = format!("tls_{tag}_orders_0");
+        wait_for(&mut env, &format!("the {tag} reader's snapshot"), Duration::from_secs(60), || {
+            let (libpq, slot) = (libpq.clone(), slot.clone());
+            let finished = reader.is_finished();
+            async move {
+                assert!(!finished, "the {slot} reader stopped");
+                psql(&libpq, &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")) == "1"
+                    && psql(&libpq, &format!("SELECT count(*) FROM tributary_cdc.snapshots WHERE slot_name = '{slot}'")) == "1"
+            }
+        })
+        .await;
+        // Changes made now can only reach Kafka through the stream.
+        psql(
+            &libpq,
+            &format!(
+                "INSERT INTO tls_probe SELECT g, '{tag}' FROM generate_series({} + 1, {} + 2) g",
+                rows, rows
+            ),
+        );
+        rows += 2;
+        let topic = format!("tls{tag}.orders.tls_probe");
+        let brokers = stack.broker.address();
+        wait_for(
+            &mut env,
+            &format!("the {tag} reader's events"),
+            Duration::from_secs(60),
+            || {
+                let (brokers, topic) = (brokers.clone(), topic.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || topic_messages(&brokers, &topic, 3))
+                        .await
+                        .unwrap()
+                        == rows
+                }
+            },
+        )
+        .await;
+        // Both of the reader's connections are encrypted: the SQL one
+        // (heartbeats) and the walsender.
+        let sessions = psql(
+            &libpq,
+            "SELECT a.backend_type || ':' || s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'tributary-cdc' ORDER BY 1",
+        );
+        let sessions: std::collections::BTreeSet<&str> = sessions.lines().collect();
+        assert_eq!(
+            sessions,
+            ["client backend:true", "walsender:true"].into(),
+            "{tag}: the reader's connections"
+        );
+        shutdown.cancel();
+        reader.await.unwrap().unwrap();
+    }
+
+    // verify-full refuses a server whose certificate another CA signed, and
+    // one whose certificate is for another name, with a clear error and
+    // without retrying forever.
+    for (tag, dsn, says) in [
+        (
+            "wrongca",
+            format!("host=localhost {base} sslmode=verify-full sslrootcert={wrong}"),
+            "UnknownIssuer",
+        ),
+        (
+            "wronghost",
+            format!("host=127.0.0.1 {base} sslmode=verify-full sslrootcert={ca}"),
+            "not valid for name",
+        ),
+    ] {
+        let (reader, _shutdown) = tls_reader(&stack, dsn, tag);
+        let err = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .unwrap_or_else(|_| panic!("{tag}: the reader kept retrying"))
+            .unwrap()
+            .unwrap_err();
+        let text = tributary_model::error_chain(&err);
+        assert!(!err.is_transient(), "{tag}: {text}");
+        assert!(
+            text.contains("invalid peer certificate") && text.contains(says),
+            "{tag}: {text}"
+        );
+    }
+}

@@ -188,7 +188,7 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("tributary_cdc_events_total{table=\"orders\",op=\"c\"}"),
+        metrics.contains("tributary_cdc_events_total{op=\"c\",table=\"orders\"}"),
         "reader metrics lack order inserts:\n{metrics}"
     );
 
