@@ -3,7 +3,7 @@
 //! and both agree with DataFusion (through `tributary_query::Session`) on
 //! the Delta version, the row count and the contents of every column.
 //!
-//! The Python side is `tests/interop.py`; both sides render values to text
+//! The Python side is `interop.py` beside this file; both sides render values to text
 //! by the same rules (see [`canon`]) and compare order-independent digests.
 //! `TRIBUTARY_INTEROP_KEEP=<dir>` keeps a copy of the lake for a look after.
 
@@ -17,9 +17,7 @@ use tributary::pipeline;
 use tributary_model::domain::LAYERS;
 use tributary_model::error_chain;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// What one engine says about one table.
 #[derive(Debug, Default, PartialEq)]
@@ -319,45 +317,18 @@ fn differences(name: &str, df: &TableFacts, py: &TableFacts) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_lake_table_reads_the_same_in_deltalake_and_duckdb() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    up(&env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
-    let url = env.url();
-    let load = env.run(&[
-        "load",
-        "--rate",
-        "30",
-        "--duration",
-        "12s",
-        "--url",
-        &url,
-        "--seed",
-        "5",
-    ]);
-    assert!(
-        load.status.success(),
-        "load failed: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
+    let mut env = Env::stack().await;
+    env.start().await;
+    env.start_pipeline();
+    env.load(30, 12, 5);
     // A message no decoder takes, so the dead-letter table exists too.
     produce_raw(&env, "payments", b"interop", b"\x00\xffnot an event").await;
     env.assert_running();
     assert_lake_equals_source(&env).await;
-    let out = env.run(&["etl", "run", "marts"]);
-    assert!(
-        out.status.success(),
-        "etl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&["etl", "run", "marts"]);
     // Then schema changes, so silver tables whose columns were added (Delta
     // `add_columns`) and widened (an overwrite with a new schema) are read too.
-    let stack = tributary::stack::StackState::load(&env.config().state_dir)
-        .unwrap()
-        .unwrap();
+    let stack = env.stack_state();
     for shard in &stack.shards {
         let db = pipeline_connect(&shard.dsn()).await;
         for sql in [
@@ -372,24 +343,14 @@ async fn every_lake_table_reads_the_same_in_deltalake_and_duckdb() {
     }
     assert_lake_equals_source(&env).await;
     // An incremental run of the marts: gold tables with more than one commit.
-    let out = env.run(&["etl", "run", "marts"]);
-    assert!(
-        out.status.success(),
-        "etl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&["etl", "run", "marts"]);
     // Nothing writes while the engines compare.
     for name in ["ingest", "cdc", "oltp"] {
         env.kill9(name);
     }
     // Replaying the dead letter fails again: it stays pending.
-    let out = env.run(&["lake", "dlq", "replay", "--all", "--json"]);
-    assert!(
-        out.status.success(),
-        "dlq replay: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value =
+        serde_json::from_str(&env.run_ok(&["lake", "dlq", "replay", "--all", "--json"])).unwrap();
     assert_eq!(report["outcomes"][0]["result"], "failed", "{report}");
 
     let cfg = env.config();
@@ -424,7 +385,7 @@ async fn every_lake_table_reads_the_same_in_deltalake_and_duckdb() {
     if let Ok(keep) = std::env::var("TRIBUTARY_INTEROP_KEEP") {
         let _ = Command::new("cp").arg("-r").arg(&root).arg(keep).status();
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/interop.py");
     let out = Command::new("python3")
         .arg(script)
         .arg(&root)

@@ -3,16 +3,12 @@
 //! `tributary` binary run as separate processes so they can be SIGKILLed.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tributary::pipeline::{self, Sources};
-use tributary::stack::StackState;
+use tributary::pipeline::Sources;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Writes a known set of changes through the API: inserts, updates and deletes.
 async fn scripted_changes(base: &str) {
@@ -87,8 +83,7 @@ async fn scripted_changes(base: &str) {
 
 /// The test's load reached the lake through the stream, not only the snapshot.
 async fn assert_streamed(env: &Env) {
-    let lake = tributary_lake::Lake::new(&pipeline::lake_config(&env.config())).unwrap();
-    let session = tributary_query::Session::new(lake).await.unwrap();
+    let session = env.session().await;
     let batches = session
         .sql("SELECT count(*) FROM bronze.orders WHERE op <> 'r'")
         .await
@@ -101,21 +96,13 @@ async fn assert_streamed(env: &Env) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_changes_flow_to_silver_and_gold_reconciles() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    up(&env);
-    // `up` is idempotent.
-    up(&env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
+    let mut env = Env::stack().await;
+    env.up();
+    // `up` is idempotent: `start` runs it again.
+    env.start().await;
     // Data written before the reader starts arrives through the snapshot.
     scripted_changes(&env.url()).await;
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
     env.spawn("cdc", &["cdc", "run", "--metrics", &metrics_addr]);
     env.spawn("ingest", &["lake", "ingest"]);
     let url = env.url();
@@ -130,7 +117,7 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
     .await["id"]
         .as_i64()
         .unwrap();
-    let stack_state = StackState::load(&env.config().state_dir).unwrap().unwrap();
+    let stack_state = env.stack_state();
     let mut changed = 0;
     for shard in &stack_state.shards {
         let client = pipeline_connect(&shard.dsn()).await;
@@ -152,58 +139,30 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
     env.kill9("oltp");
     env.spawn("oltp", &["oltp", "serve"]);
     env.wait_http().await;
-    let products = reqwest::get(format!("{url}/products"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let products = http_text(&format!("{url}/products")).await;
     assert!(
         products.contains("E2E-0"),
         "the restarted service lost the catalog: {products}"
     );
-    let load = env.run(&[
-        "load",
-        "--rate",
-        "30",
-        "--duration",
-        "15s",
-        "--url",
-        &url,
-        "--seed",
-        "7",
-    ]);
-    assert!(
-        load.status.success(),
-        "load failed: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
+    env.load(30, 15, 7);
     env.assert_running();
     assert_lake_equals_source(&env).await;
     assert_streamed(&env).await;
-    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http_text(&format!("http://{metrics_addr}/metrics")).await;
     assert!(
-        metrics.contains("tributary_cdc_events_total{table=\"orders\",op=\"c\"}"),
+        metric(
+            &metrics,
+            "tributary_cdc_events_total",
+            &[("table", "orders"), ("op", "c")]
+        )
+        .is_some_and(|n| n > 0.0),
         "reader metrics lack order inserts:\n{metrics}"
     );
 
     // Gold reconciles with the source shards.
-    let out = env.run(&["etl", "run", "marts"]);
-    assert!(
-        out.status.success(),
-        "etl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cfg = env.config();
-    let stack = StackState::load(&cfg.state_dir).unwrap().unwrap();
-    let sources = Sources::resolve(&cfg, Some(&stack)).unwrap();
-    let lake = tributary_lake::Lake::new(&pipeline::lake_config(&cfg)).unwrap();
-    let session = tributary_query::Session::new(lake).await.unwrap();
+    env.run_ok(&["etl", "run", "marts"]);
+    let sources = Sources::resolve(&env.config(), Some(&env.stack_state())).unwrap();
+    let session = env.session().await;
     let r = tributary::demo::reconcile(&sources, &session)
         .await
         .unwrap();
@@ -215,24 +174,17 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
     assert!(r.balanced(), "reconciliation is off");
 
     // The console answers one-shot queries in every format.
-    let out = env.run(&[
+    let json = env.run_ok(&[
         "sql",
         "-e",
         "SELECT count(*) AS n FROM gold.fct_order_line",
         "--format",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"n\""));
+    assert!(json.contains("\"n\""), "{json}");
     let out = env.run(&["sql", "-e", "SELEC nonsense"]);
     assert!(!out.status.success());
-    let out = env.run(&["status", "--json"]);
-    assert!(out.status.success());
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status: Value = serde_json::from_str(&env.run_ok(&["status", "--json"])).unwrap();
     assert!(
         status
             .as_array()
@@ -245,37 +197,16 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_reader_and_ingester_loses_and_doubles_nothing() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    up(&env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
-    let url = env.url();
-    let mut load = env
-        .command(&[
-            "load",
-            "--rate",
-            "40",
-            "--duration",
-            "25s",
-            "--url",
-            &url,
-            "--seed",
-            "11",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut env = Env::stack().await;
+    env.start().await;
+    env.start_pipeline();
+    let mut load = env.spawn_load(40, 25, 11);
     tokio::time::sleep(Duration::from_secs(6)).await;
     env.kill9("cdc");
     tokio::time::sleep(Duration::from_secs(2)).await;
     env.kill9("ingest");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
+    env.start_pipeline();
     tokio::time::sleep(Duration::from_secs(5)).await;
     // And once more, the ingester alone, while it is busy.
     env.kill9("ingest");
@@ -293,20 +224,16 @@ async fn sigkill_of_reader_and_ingester_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_snapshot_clears_what_the_interrupted_one_left() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    up(&env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
+    let mut env = Env::stack().await;
+    env.start().await;
     scripted_changes(&env.url()).await;
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
+    env.start_pipeline();
     assert_lake_equals_source(&env).await;
     env.kill9("cdc");
     // The slot now has no recorded snapshot (as if made by someone else),
     // and rows disappear while no reader runs: the replacement snapshot must
     // clear them from silver, not only add the rows that remain.
-    let stack_state = StackState::load(&env.config().state_dir).unwrap().unwrap();
+    let stack_state = env.stack_state();
     let mut deleted = 0;
     for pg in stack_state.all_pg() {
         let client = pipeline_connect(&pg.dsn()).await;
@@ -380,55 +307,26 @@ fn unknown_config_keys_are_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_dead_lettered_listed_and_the_pipeline_goes_on() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    up(&env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
+    let mut env = Env::stack().await;
+    env.start().await;
     scripted_changes(&env.url()).await;
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
+    env.start_pipeline();
     assert_lake_equals_source(&env).await;
-    let out = env.run(&["lake", "dlq", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let none: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let none: Value =
+        serde_json::from_str(&env.run_ok(&["lake", "dlq", "list", "--json"])).unwrap();
     assert_eq!(none, json!([]), "a clean run has no dead letters");
 
     // A message on a live change topic that no decoder takes, then more
     // traffic behind it.
     let (topic, partition, offset) =
         produce_raw(&env, "orders", b"0:poison", b"{\"op\": \"c\", truncated").await;
-    let url = env.url();
-    let load = env.run(&[
-        "load",
-        "--rate",
-        "30",
-        "--duration",
-        "8s",
-        "--url",
-        &url,
-        "--seed",
-        "3",
-    ]);
-    assert!(
-        load.status.success(),
-        "load failed: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
+    env.load(30, 8, 3);
     env.assert_running();
     assert_lake_equals_source(&env).await;
 
-    let out = env.run(&["lake", "dlq", "list", "--table", "orders", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Value =
+        serde_json::from_str(&env.run_ok(&["lake", "dlq", "list", "--table", "orders", "--json"]))
+            .unwrap();
     let letters = listed.as_array().unwrap();
     assert_eq!(letters.len(), 1, "{listed}");
     let d = &letters[0];
@@ -465,7 +363,7 @@ async fn a_poison_message_is_dead_lettered_listed_and_the_pipeline_goes_on() {
 
     // Replay with the same decoder: it still fails and stays pending.
     env.kill9("ingest");
-    let out = env.run(&[
+    let text = env.run_ok(&[
         "lake",
         "dlq",
         "replay",
@@ -474,12 +372,6 @@ async fn a_poison_message_is_dead_lettered_listed_and_the_pipeline_goes_on() {
         "--offset",
         &format!("{partition}:{offset}"),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("still fails") && text.contains("0 replayed"),
         "{text}"
@@ -499,21 +391,16 @@ async fn freshness_gauge(metrics: &str, table: &str) -> Option<f64> {
         .text()
         .await
         .ok()?;
-    let prefix = format!("tributary_lake_silver_freshness_seconds{{table=\"{table}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
+    metric(
+        &text,
+        "tributary_lake_silver_freshness_seconds",
+        &[("table", table)],
+    )
 }
 
 /// `tributary status --json`: (freshness seconds, detail) of `silver.<table>`.
 fn status_freshness(env: &Env, table: &str) -> (Option<f64>, String) {
-    let out = env.run(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status: Value = serde_json::from_str(&env.run_ok(&["status", "--json"])).unwrap();
     let c = status
         .as_array()
         .unwrap()
@@ -529,30 +416,22 @@ fn status_freshness(env: &Env, table: &str) -> (Option<f64>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tables_stay_fresh_and_a_stopped_ingester_makes_freshness_grow() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
+    let mut env = Env::stack().await;
     env.extra.push((
         "TRIBUTARY__INGEST__FRESHNESS_RECORD_MS".into(),
         "1000".into(),
     ));
-    up(&env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
+    env.start().await;
     // Every table gets rows, so every silver table exists.
     scripted_changes(&env.url()).await;
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("127.0.0.1:{metrics_port}");
+    let metrics = format!("127.0.0.1:{}", free_port());
     env.spawn("cdc", &["cdc", "run"]);
     env.spawn("ingest", &["lake", "ingest", "--metrics", &metrics]);
     assert_lake_equals_source(&env).await;
 
     // Busy: customers on shard 0 change all the time. Idle: shipments (same
     // database, other table) and products (other database) do not change.
-    let stack_state = StackState::load(&env.config().state_dir).unwrap().unwrap();
+    let stack_state = env.stack_state();
     let shard0 = pipeline_connect(&stack_state.shards[0].dsn()).await;
     let busy = tokio::spawn(async move {
         for i in 0..400 {
@@ -614,17 +493,7 @@ async fn idle_tables_stay_fresh_and_a_stopped_ingester_makes_freshness_grow() {
     let f = freshness_gauge(&metrics, "customers").await.unwrap();
     assert!(f < 6.0, "customers is {f} s behind after catching up");
     // The end-to-end histogram saw the streamed changes.
-    let text = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("tributary_lake_freshness_seconds_count "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(count > 0.0, "{text}");
+    let text = http_text(&format!("http://{metrics}/metrics")).await;
+    let count = metric(&text, "tributary_lake_freshness_seconds_count", &[]);
+    assert!(count.is_some_and(|n| n > 0.0), "{text}");
 }
