@@ -381,11 +381,36 @@ async fn a_transaction_of_a_million_changes_streams_in_bounded_memory() {
         )
         .await
         .unwrap();
+    // Once the slot is confirmed past the transaction's commit, every one
+    // of its changes is durably in Kafka: the count is final, and must be
+    // exactly one event per change.
+    let committed: String = catalog
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     let pid = env.pid("cdc");
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
+        let confirmed: bool = catalog
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots
+                 WHERE slot_name = 'tributary_catalog_0'",
+                &[&committed],
+            )
+            .await
+            .unwrap()
+            .get(0);
         let n = topic_messages(&kafka, &topic) - before;
-        if n >= rows {
+        assert!(
+            n <= rows,
+            "{n} events in Kafka for {rows} changes: some are doubled"
+        );
+        if confirmed {
+            assert_eq!(
+                n, rows,
+                "the slot was confirmed past the transaction with {n} of its {rows} changes in Kafka"
+            );
             break;
         }
         env.assert_running();
