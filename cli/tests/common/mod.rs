@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
 use tributary::config::{self, Config};
 use tributary::pipeline::{self, Sources};
-use tributary::stack::{self, StackState};
+use tributary::stack::{self, PgInstance, StackState};
 use tributary_kafka::KafkaConfig;
 
 /// Held by the test whose stack runs (see the module documentation).
@@ -444,6 +444,24 @@ pub async fn pipeline_connect(dsn: &str) -> tokio_postgres::Client {
         .unwrap();
     tokio::spawn(conn);
     client
+}
+
+/// Makes `role` log in to `pg`'s cluster only with its password, over
+/// SCRAM-SHA-256: a `pg_hba.conf` line above the stack's `trust` lines
+/// (logical replication connections match the database lines too).
+pub async fn require_scram(pg: &PgInstance, role: &str) {
+    let hba = pg.data_dir.join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rest}"),
+    )
+    .unwrap();
+    pipeline_connect(&pg.dsn())
+        .await
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
 }
 
 /// A consumer of the stack's broker, built as tributary builds its own.

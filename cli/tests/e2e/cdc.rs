@@ -553,35 +553,69 @@ async fn the_reader_runs_with_a_least_privilege_role() {
     let mut env = Env::stack().await;
     env.start().await;
     let stack = env.stack_state();
-    // What the README tells an administrator to run on every source database.
+    // What the README tells an administrator to run on every source
+    // database, with the pg_hba.conf line it asks for: the role logs in with
+    // its password only, over SCRAM-SHA-256.
+    const PASSWORD: &str = "reader-Pw-5tq8";
     let setup = |tables: &str| {
         format!(
-            "CREATE ROLE tributary_reader LOGIN REPLICATION;
+            "CREATE ROLE tributary_reader LOGIN REPLICATION PASSWORD '{PASSWORD}';
              GRANT USAGE ON SCHEMA public TO tributary_reader;
              GRANT SELECT ON {tables} TO tributary_reader;
              CREATE SCHEMA tributary_cdc AUTHORIZATION tributary_reader;
              CREATE PUBLICATION tributary_pub FOR TABLE {tables};"
         )
     };
+    let as_reader = |pg: &tributary::stack::PgInstance| {
+        pg.dsn().replace(
+            "user=tributary",
+            &format!("user=tributary_reader password={PASSWORD}"),
+        )
+    };
     let orders = "customers, orders, order_items, payments, shipments";
     let mut shards = vec![];
-    for s in &stack.shards {
-        pipeline_connect(&s.dsn())
+    for (pg, tables) in stack
+        .shards
+        .iter()
+        .map(|s| (s, orders))
+        .chain([(&stack.catalog, "products, price_changes")])
+    {
+        pipeline_connect(&pg.dsn())
             .await
-            .batch_execute(&setup(orders))
+            .batch_execute(&setup(tables))
             .await
             .unwrap();
-        shards.push(s.dsn().replace("user=tributary", "user=tributary_reader"));
+        require_scram(pg, "tributary_reader").await;
+        shards.push(as_reader(pg));
     }
-    pipeline_connect(&stack.catalog.dsn())
+    let catalog = shards.pop().unwrap();
+    // Without its password the role is refused, and what the server keeps
+    // is a SCRAM verifier: the reader can only have logged in over SCRAM.
+    let refused = tokio_postgres::connect(
+        &stack.shards[0]
+            .dsn()
+            .replace("user=tributary", "user=tributary_reader"),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    let refusal = refused
+        .err()
+        .and_then(|e| std::error::Error::source(&e).map(ToString::to_string));
+    assert_eq!(
+        refusal.as_deref(),
+        Some("password missing"),
+        "the reader role logged in without its password"
+    );
+    let verifier: String = shard(&env, 0)
         .await
-        .batch_execute(&setup("products, price_changes"))
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'tributary_reader'",
+            &[],
+        )
         .await
-        .unwrap();
-    let catalog = stack
-        .catalog
-        .dsn()
-        .replace("user=tributary", "user=tributary_reader");
+        .unwrap()
+        .get(0);
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
     let reader = pipeline_connect(&shards[0]).await;
     let denied = reader.query("SELECT * FROM shard_meta", &[]).await;
     assert!(
@@ -598,16 +632,37 @@ async fn the_reader_runs_with_a_least_privilege_role() {
         ),
     )
     .unwrap();
+    // Customers live on the shard their id names: 10 on shard 0, 5 on 1.
     insert_customers(&shard(&env, 0).await, 0, 0, 10).await;
+    insert_customers(&shard(&env, 1).await, 1, 0, 5).await;
     env.spawn("cdc", &["--config", config.to_str().unwrap(), "cdc", "run"]);
     env.spawn("ingest", &["lake", "ingest"]);
-    shard(&env, 1)
-        .await
-        .batch_execute("UPDATE customers SET name = 'streamed' WHERE true")
-        .await
-        .unwrap();
+    // Changes made once both slots exist are streamed, not snapshotted.
+    for i in 0..stack.shards.len() {
+        let db = shard(&env, i).await;
+        env.wait_for(
+            &format!("the slot on shard {i}"),
+            Duration::from_secs(60),
+            || async { count(&db, "SELECT count(*) FROM pg_replication_slots").await > 0 },
+        )
+        .await;
+    }
+    for (i, rows) in [(0, 10), (1, 5)] {
+        let updated = shard(&env, i)
+            .await
+            .execute("UPDATE customers SET name = 'streamed'", &[])
+            .await
+            .unwrap();
+        assert_eq!(updated, rows, "customers updated on shard {i}");
+    }
     insert_customers(&shard(&env, 0).await, 0, 10, 10).await;
     assert_lake_equals_source(&env).await;
+    assert_eq!(
+        env.lake_count("SELECT count(*) FROM bronze.customers WHERE op = 'u'")
+            .await,
+        15,
+        "the updates did not all arrive through the reader's stream"
+    );
     // The stream really runs as the reader role.
     let user: String = reader
         .query_one(
