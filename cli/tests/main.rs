@@ -14,6 +14,7 @@ mod e2e {
     mod bench_lake;
     mod cdc;
     mod chaos;
+    mod console;
     mod interop;
     mod lease;
     mod maintenance;
