@@ -3,6 +3,7 @@
 //! `tributary` binary run as separate processes so they can be SIGKILLed.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -103,8 +104,9 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
     // Data written before the reader starts arrives through the snapshot.
     scripted_changes(&env.url()).await;
     let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let ingest_metrics = format!("127.0.0.1:{}", free_port());
     env.spawn("cdc", &["cdc", "run", "--metrics", &metrics_addr]);
-    env.spawn("ingest", &["lake", "ingest"]);
+    env.spawn("ingest", &["lake", "ingest", "--metrics", &ingest_metrics]);
     let url = env.url();
     // Writes that bypass the API are captured too, including a primary-key
     // change (a delete of the old row plus an insert of the new one).
@@ -158,6 +160,20 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
         .is_some_and(|n| n > 0.0),
         "reader metrics lack order inserts:\n{metrics}"
     );
+    let metrics = http_text(&format!("http://{ingest_metrics}/metrics")).await;
+    assert!(
+        metric(
+            &metrics,
+            "tributary_lake_bronze_rows_total",
+            &[("table", "orders")]
+        )
+        .is_some_and(|n| n > 0.0),
+        "ingester metrics lack bronze rows:\n{metrics}"
+    );
+    for addr in [&metrics_addr, &ingest_metrics] {
+        let health = http_text(&format!("http://{addr}/healthz")).await;
+        assert_eq!(health.trim(), "ok", "/healthz on {addr}");
+    }
 
     // Gold reconciles with the source shards.
     env.run_ok(&["etl", "run", "marts"]);
@@ -193,6 +209,130 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
             .all(|c| c["healthy"] == true),
         "{status}"
     );
+
+    // `wait` and `verify` as a user runs them: caught up, and every table
+    // equal...
+    assert_waits_and_verifies(&env);
+    // ... but not once the lake misses a change: the ingester stops and a
+    // source row changes.
+    env.kill9("ingest");
+    let mut changed = 0;
+    for shard in &stack_state.shards {
+        changed += pipeline_connect(&shard.dsn())
+            .await
+            .execute(
+                "UPDATE customers SET name = 'changed behind the lake'
+                 WHERE id = (SELECT min(id) FROM customers)",
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+    assert!(changed > 0, "no customer to change");
+    let out = env.run(&["wait", "--timeout", "3s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is `tributary lake ingest` running?"),
+        "wait with the ingester stopped: {err}"
+    );
+    let out = env.run(&["verify"]);
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !out.status.success()
+            && err.contains("silver differs from the source")
+            && stdout
+                .lines()
+                .any(|l| l.starts_with("customers ") && l.ends_with("DIFFERENT")),
+        "verify of a lake that misses a change: {stdout}{err}"
+    );
+    // Back again: the ingester catches up and `verify` agrees.
+    env.spawn("ingest", &["lake", "ingest"]);
+    assert_waits_and_verifies(&env);
+
+    // `down --purge`: every process of the stack stops, and its data is gone.
+    let state = env.stack_state();
+    let mut pids: Vec<i32> = state
+        .all_pg()
+        .map(|pg| first_number(&pg.data_dir.join("postmaster.pid")))
+        .collect();
+    pids.push(first_number(&state.broker.data_dir.join("pid")));
+    let ports: Vec<u16> = state
+        .all_pg()
+        .map(|pg| pg.port)
+        .chain([state.broker.port])
+        .collect();
+    let folders: Vec<PathBuf> = state
+        .all_pg()
+        .map(|pg| pg.data_dir.clone())
+        .chain([state.broker.data_dir.clone(), env.state_dir()])
+        .collect();
+    for name in ["cdc", "ingest", "oltp"] {
+        env.kill9(name);
+    }
+    let said = env.run_ok(&["down", "--purge"]);
+    assert!(
+        said.contains("stack is down and its data deleted"),
+        "{said}"
+    );
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} of the stack still runs");
+    }
+    for port in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} of the stack still answers"
+        );
+    }
+    for folder in folders {
+        assert!(!folder.exists(), "{} is left", folder.display());
+    }
+    let out = env.run(&["status"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no stack"),
+        "status after down --purge: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `tributary wait` says the lake caught up, and `tributary verify` finds
+/// every table equal to its source.
+fn assert_waits_and_verifies(env: &Env) {
+    let waited = env.run_ok(&["wait", "--timeout", "120s"]);
+    assert!(waited.contains("caught up"), "{waited}");
+    let verified = env.run_ok(&["verify"]);
+    let tables: Vec<&str> = verified.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(
+        tables.len(),
+        tributary_model::domain::TABLES.len(),
+        "{verified}"
+    );
+    assert!(tables.iter().all(|l| l.ends_with("equal")), "{verified}");
+}
+
+/// The number on the first line of a pid file.
+fn first_number(path: &Path) -> i32 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie (a stopped
+/// server left to whoever adopted it).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
