@@ -20,4 +20,5 @@ mod e2e {
     mod maintenance;
     mod pipeline;
     mod s3;
+    mod secrets;
 }
