@@ -847,7 +847,7 @@ fn certificates(dir: &std::path::Path) {
 /// A reader of `tls_probe` on shard 0 in this process, into the stack's
 /// broker, under names of its own (`tag`).
 fn tls_reader(
-    stack: &StackState,
+    stack: &tributary::stack::StackState,
     dsn: String,
     tag: &str,
 ) -> (
@@ -880,10 +880,9 @@ fn tls_reader(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reader_streams_over_tls_and_verify_full_rejects_wrong_certificates() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    up(&env);
-    let stack = stack_of(&env);
+    let mut env = Env::stack().await;
+    env.up();
+    let stack = env.stack_state();
     let pg = stack.shards[0].clone();
     shard(&env, 0)
         .await
@@ -936,8 +935,7 @@ async fn the_reader_streams_over_tls_and_verify_full_rejects_wrong_certificates(
     let server_log =
         || tail(&std::fs::read_to_string(pg.data_dir.join("server.log")).unwrap_or_default());
     let plain = pg.dsn();
-    wait_for(
-        &mut env,
+    env.wait_for(
         "plaintext connections to be refused",
         Duration::from_secs(30),
         || {
@@ -971,7 +969,7 @@ async fn the_reader_streams_over_tls_and_verify_full_rejects_wrong_certificates(
     ] {
         let (reader, shutdown) = tls_reader(&stack, dsn, tag);
         let slot = format!("tls_{tag}_orders_0");
-        wait_for(&mut env, &format!("the {tag} reader's snapshot"), Duration::from_secs(60), || {
+        env.wait_for(&format!("the {tag} reader's snapshot"), Duration::from_secs(60), || {
             let (libpq, slot) = (libpq.clone(), slot.clone());
             let finished = reader.is_finished();
             async move {
@@ -991,15 +989,14 @@ async fn the_reader_streams_over_tls_and_verify_full_rejects_wrong_certificates(
         );
         rows += 2;
         let topic = format!("tls{tag}.orders.tls_probe");
-        let brokers = stack.broker.address();
-        wait_for(
-            &mut env,
+        let kafka = tributary_kafka::KafkaConfig::local(&stack.broker.address());
+        env.wait_for(
             &format!("the {tag} reader's events"),
             Duration::from_secs(60),
             || {
-                let (brokers, topic) = (brokers.clone(), topic.clone());
+                let (kafka, topic) = (kafka.clone(), topic.clone());
                 async move {
-                    tokio::task::spawn_blocking(move || topic_messages(&brokers, &topic, 3))
+                    tokio::task::spawn_blocking(move || topic_messages(&kafka, &topic))
                         .await
                         .unwrap()
                         == rows
