@@ -13,7 +13,7 @@
 //!
 //! Each reader runs twice per run (`--sink both`, the default): into the
 //! broker, and into a discard sink that drops every event as soon as it is
-//! written (`tributary_cdc::run_discarding`, never the product's path). The
+//! written (`tributary_cdc::run_with::<DiscardSink>`, never the product's path). The
 //! second is the reader's own ceiling: replication, decoding and JSON with
 //! no Kafka. The broker alone is measured with the reader's producer
 //! settings, with the stack's storage and with none (tansu's `null`
@@ -665,12 +665,9 @@ impl Bench<'_> {
                 vec![source],
                 shutdown.clone(),
             )),
-            Sink::Discard => tokio::spawn(tributary_cdc::run_discarding(
-                cdc,
-                kafka,
-                vec![source],
-                shutdown.clone(),
-            )),
+            Sink::Discard => tokio::spawn(tributary_cdc::run_with::<
+                tributary_cdc::sink::DiscardSink,
+            >(cdc, kafka, vec![source], shutdown.clone())),
         };
         RunningReader {
             slot,
@@ -1096,7 +1093,7 @@ async fn topic_events(brokers: &str, topic: &str) -> Result<u64> {
 
 /// The reader's mean event payload so far, from its metrics.
 fn mean_event_bytes() -> Option<usize> {
-    let metrics = tributary_cdc::metrics::render();
+    let metrics = tributary_metrics::render();
     let sum = |name: &str| -> u64 {
         metrics
             .lines()
@@ -1235,7 +1232,7 @@ fn secs(s: Option<f64>) -> String {
 /// The reader's events written so far on the bench table (all ops), from
 /// its metrics: the readers run in this process.
 fn metric_events() -> u64 {
-    tributary_cdc::metrics::render()
+    tributary_metrics::render()
         .lines()
         .filter(|l| {
             l.starts_with("tributary_cdc_events_total{")

@@ -503,12 +503,9 @@ async fn run(cli: Cli) -> Result<()> {
             let kafka = kafka(&config, stack.as_ref())?;
             let shutdown = tributary::shutdown_on_signals();
             if let Some(listen) = metrics {
-                let addr = tributary::serve_metrics(
-                    &listen,
-                    tributary_cdc::metrics::render,
-                    shutdown.clone(),
-                )
-                .await?;
+                let addr =
+                    tributary::serve_metrics(&listen, tributary_metrics::render, shutdown.clone())
+                        .await?;
                 eprintln!("metrics on http://{addr}/metrics");
             }
             tributary_cdc::run(config.cdc.clone(), kafka, sources.cdc_sources(), shutdown).await?;

@@ -253,7 +253,7 @@ pub async fn up(config: &Config) -> Result<StackState> {
         .iter()
         .map(|t| topic_of(&kafka.topic_prefix, t))
         .collect();
-    tributary_cdc::sink::ensure_topics(&kafka, &topics)
+    tributary_kafka::ensure_topics(&kafka, &topics)
         .await
         .context("creating topics")?;
     Ok(state)
@@ -521,7 +521,7 @@ pub async fn status(config: &Config) -> Result<Vec<ComponentStatus>> {
         });
     }
     let kafka = kafka_config(config, &state);
-    let broker_ok = tributary_cdc::sink::check_broker(&kafka, Duration::from_secs(3)).await;
+    let broker_ok = tributary_kafka::check_broker(&kafka, Duration::from_secs(3)).await;
     out.push(ComponentStatus {
         component: "kafka broker (tansu)".into(),
         address: kafka.brokers.clone(),
