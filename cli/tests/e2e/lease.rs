@@ -425,9 +425,8 @@ async fn wait_exit(env: &mut Env, name: &str, limit: Duration) -> std::process::
 /// holds every lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_role_without_privileges_stops_the_ingester_with_a_clear_error() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    up(&env);
+    let mut env = Env::stack().await;
+    env.up();
     let admin_dsn = coordinator_dsn(&env);
     let admin = pipeline_connect(&admin_dsn).await;
     for sql in [
