@@ -537,12 +537,9 @@ async fn run(cli: Cli) -> Result<()> {
             let lake = tributary_lake::Lake::new(&pipeline::lake_config(&config))?;
             let shutdown = tributary::shutdown_on_signals();
             if let Some(listen) = metrics {
-                let addr = tributary::serve_metrics(
-                    &listen,
-                    tributary_lake::metrics::render,
-                    shutdown.clone(),
-                )
-                .await?;
+                let addr =
+                    tributary::serve_metrics(&listen, tributary_metrics::render, shutdown.clone())
+                        .await?;
                 eprintln!("metrics on http://{addr}/metrics");
             }
             tributary_lake::ingest::serve(lake, kafka, config.ingest.clone(), shutdown).await?;

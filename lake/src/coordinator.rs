@@ -93,8 +93,10 @@ pub enum ClaimError {
     Taken(Version),
     #[error(transparent)]
     Fenced(#[from] Fenced),
-    #[error("commit coordinator: {0}")]
-    Db(String),
+    /// The coordinator's database failed or refused; [`Error::is_transient`]
+    /// says whether a retry can cure it.
+    #[error(transparent)]
+    Db(Error),
 }
 
 /// A commit refused because the writer no longer holds its lease.
@@ -162,7 +164,7 @@ impl Coordinator {
                 "BEGIN; SELECT pg_advisory_xact_lock(7243001); {SCHEMA} COMMIT;"
             ))
             .await
-            .map_err(|e| db_error("creating the tributary_lake schema", &e))?;
+            .map_err(|e| db_error("creating the tributary_lake schema", e))?;
         Ok(c)
     }
 
@@ -183,7 +185,7 @@ impl Coordinator {
         let (client, conn) = cfg
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| db_error("connecting to the commit coordinator", &e))?;
+            .map_err(|e| db_error("connecting to the commit coordinator", e))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "commit coordinator connection closed");
@@ -203,10 +205,7 @@ impl Coordinator {
         writer: &str,
         fence: Option<&Fence>,
     ) -> std::result::Result<(), ClaimError> {
-        let client = self
-            .client()
-            .await
-            .map_err(|e| ClaimError::Db(tributary_model::error_chain(&e)))?;
+        let client = self.client().await.map_err(ClaimError::Db)?;
         let v = version as i64;
         let (resource, owner, epoch) = match fence {
             Some(f) => (
@@ -256,12 +255,16 @@ impl Coordinator {
                         &[&table],
                     )
                     .await
-                    .map_err(|e| ClaimError::Db(e.to_string()))?
+                    .map_err(|e| ClaimError::Db(db_error("reading the newest claim", e)))?
                     .get(0);
                 if newest.is_some_and(|n| n >= v) {
                     return Err(ClaimError::Taken(version));
                 }
-                let f = fence.expect("a claim without a fence is refused only by the version rule");
+                let Some(f) = fence else {
+                    return Err(ClaimError::Db(Error::Internal(format!(
+                        "a claim of version {version} without a fence was refused although no claim is at or above it"
+                    ))));
+                };
                 Err(ClaimError::Fenced(Fenced {
                     resource: f.resource.clone(),
                     owner: f.owner.clone(),
@@ -271,7 +274,7 @@ impl Coordinator {
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 Err(ClaimError::Taken(version))
             }
-            Err(e) => Err(ClaimError::Db(tributary_model::error_chain(&e))),
+            Err(e) => Err(ClaimError::Db(db_error("claiming a commit", e))),
         }
     }
 
@@ -283,7 +286,7 @@ impl Coordinator {
                 &[&table, &(version as i64)],
             )
             .await
-            .map_err(|e| db_error("completing a claim", &e))?;
+            .map_err(|e| db_error("completing a claim", e))?;
         Ok(())
     }
 
@@ -297,7 +300,7 @@ impl Coordinator {
                 &[&table],
             )
             .await
-            .map_err(|e| db_error("reading pending claims", &e))?;
+            .map_err(|e| db_error("reading pending claims", e))?;
         Ok(rows
             .iter()
             .map(|r| (r.get::<_, i64>(0) as Version, r.get(1)))
@@ -327,7 +330,7 @@ impl Coordinator {
                 &[&resource, &owner, &ttl_s],
             )
             .await
-            .map_err(|e| db_error("acquiring a lease", &e))?;
+            .map_err(|e| db_error("acquiring a lease", e))?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -347,7 +350,7 @@ impl Coordinator {
                 ],
             )
             .await
-            .map_err(|e| db_error("renewing a lease", &e))?;
+            .map_err(|e| db_error("renewing a lease", e))?;
         Ok(n == 1)
     }
 
@@ -361,7 +364,7 @@ impl Coordinator {
                 &[&fence.resource, &fence.owner, &fence.epoch],
             )
             .await
-            .map_err(|e| db_error("releasing a lease", &e))?;
+            .map_err(|e| db_error("releasing a lease", e))?;
         Ok(())
     }
 
@@ -376,7 +379,7 @@ impl Coordinator {
                 &[&prefix],
             )
             .await
-            .map_err(|e| db_error("reading leases", &e))?;
+            .map_err(|e| db_error("reading leases", e))?;
         Ok(rows
             .iter()
             .map(|r| LeaseInfo {
@@ -389,8 +392,51 @@ impl Coordinator {
     }
 }
 
-fn db_error(what: &str, e: &tokio_postgres::Error) -> Error {
-    Error::Coordinator(format!("{what}: {}", tributary_model::error_chain(e)))
+fn db_error(what: &str, source: tokio_postgres::Error) -> Error {
+    Error::Coordinator {
+        context: what.to_string(),
+        source,
+    }
+}
+
+/// Whether a retry can cure an error of the coordinator's database: a lost
+/// or refused connection, a server shutting down or out of connection
+/// slots, a serialization failure or deadlock. Anything else (a missing
+/// privilege or table, bad credentials, a statement the server rejects) will
+/// fail the same way again.
+pub fn is_transient_db_error(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => is_transient_sqlstate(code),
+        // No SQLSTATE: the connection failed (I/O, closed) or the client
+        // refused something (bad configuration, a type mismatch).
+        None => e.is_closed() || crate::caused_by_io(e),
+    }
+}
+
+/// Whether a SQLSTATE is one a retry can cure: class 08 (connection
+/// exception), 57P* (operator intervention: shutdown, crash, cannot connect
+/// now), 53300 (too many connections), 40001 (serialization failure) and
+/// 40P01 (deadlock detected).
+pub fn is_transient_sqlstate(code: &SqlState) -> bool {
+    let c = code.code();
+    c.starts_with("08") || c.starts_with("57P") || matches!(c, "53300" | "40001" | "40P01")
+}
+
+/// What an error of the coordinator's database means for the operator:
+/// nothing to add for one a retry cures; the SQLSTATE, and for a missing
+/// privilege what to grant, for one it does not.
+pub(crate) fn advice(e: &tokio_postgres::Error) -> String {
+    if is_transient_db_error(e) {
+        return String::new();
+    }
+    let not_retried = "a retry cannot cure this, so none is made";
+    match e.code() {
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => format!(
+            " (SQLSTATE 42501, insufficient privilege): the coordinator's role (lake.coordinator_dsn) must be able to create the schema tributary_lake and read and write its tables; grant that and restart; {not_retried}"
+        ),
+        Some(c) => format!(" (SQLSTATE {}): {not_retried}", c.code()),
+        None => format!(": {not_retried}"),
+    }
 }
 
 pub(crate) fn commit_path(version: Version) -> Path {
@@ -494,7 +540,7 @@ impl LogStore for CoordinatedLogStore {
             // delta-rs hands bytes only to the log stores it knows by name.
             return Err(log_store_error(
                 "the coordinated log store expects a temporary commit object",
-                Error::Coordinator("got commit bytes".into()),
+                Error::Internal("delta-rs handed the coordinated log store commit bytes".into()),
             ));
         };
         let store = self.inner.object_store(Some(operation_id));
@@ -583,5 +629,100 @@ impl LogStore for CoordinatedLogStore {
 
     fn config(&self) -> &LogStoreConfig {
         self.inner.config()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use deltalake::DeltaTableError;
+    use tokio_postgres::error::SqlState;
+
+    use super::*;
+
+    #[test]
+    fn sqlstates_a_retry_cures_are_told_from_the_rest() {
+        for code in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ] {
+            assert!(is_transient_sqlstate(&code), "{}", code.code());
+        }
+        for code in [
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::DISK_FULL,
+            SqlState::SYNTAX_ERROR,
+        ] {
+            assert!(!is_transient_sqlstate(&code), "{}", code.code());
+        }
+    }
+
+    /// A commit refused by the coordinator, as delta-rs hands it back.
+    fn refused_commit(e: tokio_postgres::Error) -> Error {
+        Error::Delta {
+            table: "silver.t".into(),
+            source: DeltaTableError::Transaction {
+                source: log_store_error(
+                    "commit coordinator unavailable",
+                    ClaimError::Db(db_error("claiming a commit", e)),
+                ),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_coordinator_is_retried_and_a_refusing_one_is_not() {
+        // Nothing listens on port 1: the connection is refused.
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(1)
+            .user("x")
+            .connect_timeout(Duration::from_secs(5));
+        let unreachable = match cfg.connect(tokio_postgres::NoTls).await {
+            Ok(_) => panic!("something answers on port 1"),
+            Err(e) => e,
+        };
+        assert!(is_transient_db_error(&unreachable), "{unreachable:?}");
+        let e = db_error("connecting to the commit coordinator", unreachable);
+        assert!(e.is_transient() && !e.is_coordinator_refusal());
+        assert_eq!(
+            e.to_string(),
+            "commit coordinator: connecting to the commit coordinator"
+        );
+        let unreachable = cfg.connect(tokio_postgres::NoTls).await.err().unwrap();
+        let commit = refused_commit(unreachable);
+        assert!(commit.is_transient() && !commit.is_coordinator_refusal());
+
+        // An error no retry cures (here the client's own refusal of a bad
+        // setting; a server's 42501 takes the same path by its SQLSTATE).
+        let bad = || {
+            "port=not-a-port"
+                .parse::<tokio_postgres::Config>()
+                .err()
+                .unwrap()
+        };
+        assert!(!is_transient_db_error(&bad()));
+        let e = db_error("acquiring a lease", bad());
+        assert!(!e.is_transient() && e.is_coordinator_refusal());
+        assert!(
+            e.to_string()
+                .contains("a retry cannot cure this, so none is made"),
+            "{e}"
+        );
+        // Through delta-rs's commit error too: not retried.
+        let commit = refused_commit(bad());
+        assert!(!commit.is_transient() && commit.is_coordinator_refusal());
+        assert!(!Error::Internal("x".into()).is_transient());
     }
 }

@@ -37,11 +37,9 @@ use tributary_model::error_chain;
 use tributary_model::event::{ChangeEvent, Op};
 use tributary_model::pgtype::format_utc_micros;
 
-use crate::ingest::{
-    DEAD_LETTERS, bronze_row, check_event, merge_silver, now_us, query_table, rows_to_batch,
-    write_append,
-};
-use crate::schema::dead_letters_replayed_schema;
+use crate::ingest::{DEAD_LETTERS, bronze_row, check_event, merge_silver, now_us, write_append};
+use crate::schema::{dead_letters_replayed_schema, rows_to_batch};
+use crate::store::query_table;
 use crate::{Error, Lake, Result};
 
 /// Name of the record of replayed dead letters in the bronze layer.

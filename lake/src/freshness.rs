@@ -58,7 +58,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tributary_kafka::KafkaConfig;
+use tributary_kafka::{KafkaConfig, kafka_err};
+use tributary_model::backoff::Backoff;
 use tributary_model::domain::{TABLES, topic_of};
 use tributary_model::error_chain;
 use tributary_model::pgtype::format_utc_micros;
@@ -373,40 +374,26 @@ fn watermark_topics(prefix: &str) -> BTreeMap<String, &'static str> {
 /// table for each watermark (see the module docs). Broker trouble is
 /// retried; freshness just stops advancing meanwhile.
 pub async fn follow_watermarks(kafka: KafkaConfig, shutdown: CancellationToken) -> Result<()> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::restarts();
     loop {
         match follow_once(&kafka, &shutdown).await {
             Ok(()) => return Ok(()),
             Err(e) if !shutdown.is_cancelled() => {
                 tracing::warn!(error = %error_chain(&e), "watermark follower failed; restarting");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = shutdown.cancelled() => return Ok(()),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(_) => return Ok(()),
         }
     }
 }
 
+/// The watermark consumer and offsets client: tributary's consumer settings;
+/// positions are assigned explicitly, never read from the broker.
 fn client(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", "tributary-lake-watermarks")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("socket.timeout.ms", "10000")
-        .set("fetch.wait.max.ms", "100")
-        .set("log_level", "3");
-    c
-}
-
-fn kafka_err(context: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> Error + '_ {
-    move |source| Error::Kafka {
-        context: context.to_string(),
-        source,
-    }
+    tributary_kafka::consumer_config(kafka, "tributary-lake-watermarks")
 }
 
 async fn follow_once(kafka: &KafkaConfig, shutdown: &CancellationToken) -> Result<()> {
@@ -442,7 +429,7 @@ async fn follow_once(kafka: &KafkaConfig, shutdown: &CancellationToken) -> Resul
             })
         })
         .await
-        .map_err(|e| Error::Config(format!("metadata task: {e}")))?
+        .map_err(|e| Error::Internal(format!("the topic metadata task failed: {e}")))?
         .map_err(kafka_err("reading topic metadata"))?;
         // The reader creates every database's watermark topic at its start.
         if wm_topics.keys().all(|t| md.contains_key(t)) {
@@ -523,7 +510,7 @@ async fn follow_once(kafka: &KafkaConfig, shutdown: &CancellationToken) -> Resul
             Ok::<_, Error>(out)
         })
         .await
-        .map_err(|e| Error::Config(format!("end offsets task: {e}")))??;
+        .map_err(|e| Error::Internal(format!("the end offsets task failed: {e}")))??;
         for w in &arrived {
             let per_table: Vec<(String, HashMap<i32, i64>)> = TABLES
                 .iter()

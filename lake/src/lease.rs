@@ -7,6 +7,10 @@
 //!   or the database was unreachable for a whole time to live) drops the
 //!   table at once; a commit still in flight is refused by the coordinator's
 //!   fence, so an old owner never commits after a new one took over.
+//! - A refusal of the coordinator's database that no retry cures (a missing
+//!   privilege, bad credentials) stops lease keeping for good: every table
+//!   is dropped and [`Leases::failure`] says why, so the ingester stops with
+//!   that error instead of waiting as a standby forever.
 //! - Without a coordinator the ingester owns every table, unfenced: the lake
 //!   then relies on the store's own put-if-absent (see `LakeConfig`).
 
@@ -19,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_model::error_chain;
 
 use crate::coordinator::{Coordinator, Fence};
-use crate::{Lake, Result};
+use crate::{Error, Lake, Result};
 
 /// Tables this process owns, with the fence its commits must carry
 /// (`None`: no coordinator, so no fence).
@@ -28,9 +32,36 @@ pub type Owned = BTreeMap<String, Option<Fence>>;
 /// The lease keeper's view, shared with ingest.
 #[derive(Clone)]
 pub struct Leases {
-    owned: Arc<Mutex<Owned>>,
+    shared: Arc<Shared>,
     changed: watch::Receiver<u64>,
     coordinator: Option<Arc<Coordinator>>,
+}
+
+/// What the keeper and ingest share.
+struct Shared {
+    owned: Mutex<Owned>,
+    /// Why lease keeping stopped for good, until ingest takes it.
+    failure: Mutex<Option<Error>>,
+    /// Bumped whenever `owned` changes (or keeping stopped).
+    changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn owned(&self) -> std::sync::MutexGuard<'_, Owned> {
+        self.owned.lock().expect("lease lock")
+    }
+
+    fn set_owned(&self, owned: Owned) {
+        *self.owned() = owned;
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Lease keeping stopped for good: nothing is owned any more.
+    fn fail(&self, e: Error) {
+        tracing::error!(error = %error_chain(&e), "lease keeping stopped; ingest stops with it");
+        self.failure.lock().expect("lease lock").get_or_insert(e);
+        self.set_owned(Owned::new());
+    }
 }
 
 impl Leases {
@@ -43,15 +74,21 @@ impl Leases {
         shutdown: CancellationToken,
     ) -> Result<Leases> {
         let (tx, rx) = watch::channel(0u64);
+        let shared = |owned| {
+            Arc::new(Shared {
+                owned: Mutex::new(owned),
+                failure: Mutex::new(None),
+                changed: tx,
+            })
+        };
         let Some(coordinator) = lake.coordinator().await? else {
-            let owned = tables.into_iter().map(|t| (t, None)).collect();
             return Ok(Leases {
-                owned: Arc::new(Mutex::new(owned)),
+                shared: shared(tables.into_iter().map(|t| (t, None)).collect()),
                 changed: rx,
                 coordinator: None,
             });
         };
-        let owned = Arc::new(Mutex::new(Owned::new()));
+        let shared = shared(Owned::new());
         let keeper = Keeper {
             coordinator: coordinator.clone(),
             owner: format!("{}/{:08x}", lake.writer(), rand_suffix()),
@@ -60,12 +97,19 @@ impl Leases {
                 .map(|t| (resource(lake, &t), t))
                 .collect(),
             ttl,
-            owned: owned.clone(),
-            changed: tx,
+            shared: shared.clone(),
         };
-        tokio::spawn(keeper.run(shutdown));
+        let watched = shared.clone();
+        tokio::spawn(async move {
+            let failure = match tokio::spawn(keeper.run(shutdown)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e,
+                Err(e) => Error::Internal(format!("the lease keeper task failed: {e}")),
+            };
+            watched.fail(failure);
+        });
         Ok(Leases {
-            owned,
+            shared,
             changed: rx,
             coordinator: Some(coordinator),
         })
@@ -75,7 +119,7 @@ impl Leases {
     /// without waiting for expiry.
     pub async fn release_all(&self) {
         let Some(c) = &self.coordinator else { return };
-        let owned = std::mem::take(&mut *self.owned.lock().expect("lease lock"));
+        let owned = std::mem::take(&mut *self.shared.owned());
         for fence in owned.values().flatten() {
             match c.release(fence).await {
                 Ok(()) => {
@@ -90,7 +134,7 @@ impl Leases {
 
     /// The tables owned now.
     pub fn owned(&self) -> Owned {
-        self.owned.lock().expect("lease lock").clone()
+        self.shared.owned().clone()
     }
 
     /// Resolves when the set of owned tables changes.
@@ -100,7 +144,15 @@ impl Leases {
 
     /// Drops a table whose commit was fenced (the keeper retakes it when free).
     pub fn lost(&self, table: &str) {
-        self.owned.lock().expect("lease lock").remove(table);
+        self.shared.owned().remove(table);
+    }
+
+    /// Why lease keeping stopped for good (a refusal of the coordinator that
+    /// no retry cures, or a failed keeper task), once: ingest must stop with
+    /// it. Nothing is owned after such a failure, and [`Leases::watch`] has
+    /// fired.
+    pub fn failure(&self) -> Option<Error> {
+        self.shared.failure.lock().expect("lease lock").take()
     }
 }
 
@@ -123,12 +175,23 @@ struct Keeper {
     /// Lease resource -> table.
     resources: BTreeMap<String, String>,
     ttl: Duration,
-    owned: Arc<Mutex<Owned>>,
-    changed: watch::Sender<u64>,
+    shared: Arc<Shared>,
 }
 
 impl Keeper {
-    async fn run(self, shutdown: CancellationToken) {
+    /// Keeps the leases until `shutdown`; returns the first error no retry
+    /// cures.
+    async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let result = self.keep(shutdown).await;
+        if result.is_err() {
+            for table in self.resources.values() {
+                crate::metrics::lease_owned(table, false);
+            }
+        }
+        result
+    }
+
+    async fn keep(&self, shutdown: CancellationToken) -> Result<()> {
         let renew_every = self.ttl / 3;
         let mut held: BTreeMap<String, Fence> = BTreeMap::new();
         let mut last_renewed = tokio::time::Instant::now();
@@ -137,7 +200,7 @@ impl Keeper {
             // Renew what is held; anything not renewed within the time to
             // live is gone on the database's clock too.
             for (table, fence) in held.clone() {
-                let still_ours = self.owned.lock().expect("lease lock").contains_key(&table);
+                let still_ours = self.shared.owned().contains_key(&table);
                 let renewed = if still_ours {
                     self.coordinator.renew(&fence, self.ttl).await
                 } else {
@@ -150,6 +213,7 @@ impl Keeper {
                         held.remove(&table);
                         changed = true;
                     }
+                    Err(e) if !e.is_transient() => return Err(e),
                     Err(e) if last_renewed.elapsed() < self.ttl => {
                         tracing::warn!(table, error = %error_chain(&e), "renewing a lease failed; retrying");
                     }
@@ -184,6 +248,7 @@ impl Keeper {
                         changed = true;
                     }
                     Ok(None) => {}
+                    Err(e) if !e.is_transient() => return Err(e),
                     Err(e) => {
                         tracing::warn!(table, error = %error_chain(&e), "acquiring a lease failed");
                     }
@@ -193,11 +258,11 @@ impl Keeper {
                 crate::metrics::lease_owned(table, held.contains_key(table));
             }
             if changed {
-                *self.owned.lock().expect("lease lock") = held
-                    .iter()
-                    .map(|(t, f)| (t.clone(), Some(f.clone())))
-                    .collect();
-                self.changed.send_modify(|g| *g += 1);
+                self.shared.set_owned(
+                    held.iter()
+                        .map(|(t, f)| (t.clone(), Some(f.clone())))
+                        .collect(),
+                );
             }
             let wait = if held.len() == self.resources.len() {
                 renew_every
@@ -207,7 +272,7 @@ impl Keeper {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => return Ok(()),
             }
         }
     }

@@ -1,111 +1,244 @@
-//! Prometheus metrics of ingest and maintenance (`tributary_lake_*`),
-//! rendered as text.
+//! Prometheus metrics of ingest and maintenance (`tributary_lake_*`), in the
+//! process's default registry through [`tributary_metrics`]; a process
+//! serves them with `tributary_metrics::serve` or renders them with
+//! `tributary_metrics::render`.
+//!
+//! Labels: `table` (a source table), `layer` (`bronze`, `silver`), `op`
+//! (`optimize`, `vacuum`, `checkpoint`) and `change` (a schema change kind):
+//! all from small closed sets.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
-#[derive(Default, Clone, Copy)]
-struct TableCounters {
-    messages: u64,
-    bronze_rows: u64,
-    silver_changes: u64,
-    dead_letters: u64,
-    batches: u64,
-    batch_seconds: f64,
-    last_commit_unix: f64,
-}
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{CounterVec, Opts};
+use tributary_metrics::{
+    GaugeVec, Histogram, IntCounterVec, IntGaugeVec, counter_vec, gauge_vec, histogram,
+    int_gauge_vec,
+};
 
-/// A metric: name, type, help text and how to read it from the counters.
-type Series = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&TableCounters) -> f64,
-);
-
-static STATE: LazyLock<Mutex<BTreeMap<String, TableCounters>>> = LazyLock::new(Mutex::default);
-
-/// Schema changes per (table, change kind).
-static SCHEMA_CHANGES: LazyLock<Mutex<BTreeMap<(String, String), u64>>> =
-    LazyLock::new(Mutex::default);
+pub const MESSAGES_TOTAL: &str = "tributary_lake_messages_total";
+pub const BRONZE_ROWS_TOTAL: &str = "tributary_lake_bronze_rows_total";
+pub const SILVER_CHANGES_TOTAL: &str = "tributary_lake_silver_changes_total";
+pub const DEAD_LETTERS_TOTAL: &str = "tributary_lake_dead_letters_total";
+pub const BATCHES_TOTAL: &str = "tributary_lake_batches_total";
+pub const BATCH_SECONDS_TOTAL: &str = "tributary_lake_batch_seconds_total";
+pub const LAST_COMMIT_TIMESTAMP_SECONDS: &str = "tributary_lake_last_commit_timestamp_seconds";
+pub const SCHEMA_CHANGES_TOTAL: &str = "tributary_lake_schema_changes_total";
+pub const TABLE_STOPPED: &str = "tributary_lake_table_stopped";
+pub const LEASE_OWNED: &str = "tributary_lake_lease_owned";
+pub const MAINTENANCE_RUNS_TOTAL: &str = "tributary_lake_maintenance_runs_total";
+pub const MAINTENANCE_RETRIES_TOTAL: &str = "tributary_lake_maintenance_retries_total";
+pub const MAINTENANCE_FAILURES_TOTAL: &str = "tributary_lake_maintenance_failures_total";
+pub const TABLE_FILES: &str = "tributary_lake_table_files";
+pub const SILVER_FRESHNESS_SECONDS: &str = "tributary_lake_silver_freshness_seconds";
+pub const FRESHNESS_SECONDS: &str = "tributary_lake_freshness_seconds";
 
 /// Upper bounds (seconds) of the end-to-end freshness histogram: fine below
 /// a few seconds, where the goal is.
-const FRESHNESS_BUCKETS: [f64; 19] = [
+pub const FRESHNESS_BUCKETS: [f64; 19] = [
     0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0,
     120.0, 300.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    /// Per bucket of [`FRESHNESS_BUCKETS`], not cumulative; the last is +Inf.
-    counts: [u64; FRESHNESS_BUCKETS.len() + 1],
-    sum: f64,
-    count: u64,
+/// Per-table batch counters.
+struct Batches {
+    messages: IntCounterVec,
+    bronze_rows: IntCounterVec,
+    silver_changes: IntCounterVec,
+    dead_letters: IntCounterVec,
+    batches: IntCounterVec,
+    seconds: CounterVec,
+    last_commit: GaugeVec,
 }
 
-impl Histogram {
-    fn observe(&mut self, seconds: impl IntoIterator<Item = f64>) {
-        for s in seconds {
-            let s = s.max(0.0);
-            let i = FRESHNESS_BUCKETS
-                .iter()
-                .position(|b| s <= *b)
-                .unwrap_or(FRESHNESS_BUCKETS.len());
-            self.counts[i] += 1;
-            self.sum += s;
-            self.count += 1;
-        }
-    }
+static BATCHES: LazyLock<Batches> = LazyLock::new(|| Batches {
+    messages: counter_vec(MESSAGES_TOTAL, "Kafka messages consumed.", &["table"]),
+    bronze_rows: counter_vec(
+        BRONZE_ROWS_TOTAL,
+        "Change events appended to bronze.",
+        &["table"],
+    ),
+    silver_changes: counter_vec(
+        SILVER_CHANGES_TOTAL,
+        "Change events merged into silver.",
+        &["table"],
+    ),
+    dead_letters: counter_vec(
+        DEAD_LETTERS_TOTAL,
+        "Messages sent to the dead-letter table.",
+        &["table"],
+    ),
+    batches: counter_vec(BATCHES_TOTAL, "Batches committed.", &["table"]),
+    seconds: float_counter_vec(
+        BATCH_SECONDS_TOTAL,
+        "Time spent committing batches.",
+        &["table"],
+    ),
+    last_commit: gauge_vec(
+        LAST_COMMIT_TIMESTAMP_SECONDS,
+        "Unix time of the last commit.",
+        &["table"],
+    ),
+});
 
-    fn render(&self, name: &str, out: &mut String) {
-        let mut cumulative = 0;
-        for (i, b) in FRESHNESS_BUCKETS.iter().enumerate() {
-            cumulative += self.counts[i];
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", self.sum, self.count);
-    }
-}
+static SCHEMA_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        SCHEMA_CHANGES_TOTAL,
+        "Schema changes seen at the source or applied to silver.",
+        &["table", "change"],
+    )
+});
+
+static STOPPED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    int_gauge_vec(
+        TABLE_STOPPED,
+        "1 when ingest of the table stopped on a change it cannot apply.",
+        &["table"],
+    )
+});
+
+static LEASES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    int_gauge_vec(
+        LEASE_OWNED,
+        "1 when this ingester holds the table's single-writer lease, 0 on standby.",
+        &["table"],
+    )
+});
+
+/// Maintenance per (layer, table, op): runs, retries after lost races,
+/// failures.
+static MAINTENANCE: LazyLock<[IntCounterVec; 3]> = LazyLock::new(|| {
+    let labels = &["layer", "table", "op"];
+    [
+        counter_vec(
+            MAINTENANCE_RUNS_TOTAL,
+            "Maintenance operations (optimize, vacuum, checkpoint) done.",
+            labels,
+        ),
+        counter_vec(
+            MAINTENANCE_RETRIES_TOTAL,
+            "Maintenance commits redone after losing a race with another writer.",
+            labels,
+        ),
+        counter_vec(
+            MAINTENANCE_FAILURES_TOTAL,
+            "Maintenance operations that failed.",
+            labels,
+        ),
+    ]
+});
+
+static FILES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    int_gauge_vec(
+        TABLE_FILES,
+        "Data files in the table, as maintenance last saw it.",
+        &["layer", "table"],
+    )
+});
 
 /// Postgres commit to visible in silver, per streamed change.
-static FRESHNESS: LazyLock<Mutex<Histogram>> = LazyLock::new(Mutex::default);
+static FRESHNESS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        FRESHNESS_SECONDS,
+        "Postgres commit to visible in silver, per streamed change.",
+        &FRESHNESS_BUCKETS,
+    )
+});
+
+static SILVER_FRESHNESS: LazyLock<()> = LazyLock::new(|| {
+    let c = SilverFreshness::new();
+    prometheus::default_registry()
+        .register(Box::new(c))
+        .unwrap_or_else(|e| panic!("registering metric {SILVER_FRESHNESS_SECONDS}: {e}"));
+});
+
+/// Registers every lake metric, so a scrape shows the freshness histogram
+/// (and each family as soon as it has a series) from the ingester's start.
+pub(crate) fn register() {
+    LazyLock::force(&BATCHES);
+    LazyLock::force(&SCHEMA_CHANGES);
+    LazyLock::force(&STOPPED);
+    LazyLock::force(&LEASES);
+    LazyLock::force(&MAINTENANCE);
+    LazyLock::force(&FILES);
+    LazyLock::force(&FRESHNESS);
+    LazyLock::force(&SILVER_FRESHNESS);
+}
+
+/// A counter with labels that counts fractions (seconds), which
+/// `tributary_metrics` has no helper for.
+fn float_counter_vec(name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let c = CounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    prometheus::default_registry()
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("registering metric {name}: {e}"));
+    c
+}
+
+/// `tributary_lake_silver_freshness_seconds{table}`, computed at scrape time
+/// from the instant each table is complete up to, so it grows while a table
+/// falls behind even when nothing is committed.
+struct SilverFreshness {
+    template: GaugeVec,
+}
+
+impl SilverFreshness {
+    const HELP: &'static str = "How far behind its sources silver is: now minus the instant up to which it holds every source change (from CDC watermarks, else the newest commit applied).";
+
+    fn new() -> Self {
+        SilverFreshness {
+            template: Self::gauges(),
+        }
+    }
+
+    fn gauges() -> GaugeVec {
+        GaugeVec::new(Opts::new(SILVER_FRESHNESS_SECONDS, Self::HELP), &["table"])
+            .unwrap_or_else(|e| panic!("metric {SILVER_FRESHNESS_SECONDS}: {e}"))
+    }
+}
+
+impl Collector for SilverFreshness {
+    fn desc(&self) -> Vec<&Desc> {
+        self.template.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let gauges = Self::gauges();
+        let now_us = crate::ingest::now_us();
+        for table in crate::freshness::known_tables() {
+            if let Some(rec) = crate::freshness::complete_up_to(&table) {
+                let secs = (now_us - rec.complete_up_to_us).max(0) as f64 / 1e6;
+                gauges.with_label_values(&[table.as_str()]).set(secs);
+            }
+        }
+        gauges.collect()
+    }
+}
 
 /// Observes the end-to-end freshness of changes just committed to silver.
 pub(crate) fn freshness(seconds: impl IntoIterator<Item = f64>) {
-    FRESHNESS.lock().expect("metrics lock").observe(seconds);
+    for s in seconds {
+        FRESHNESS.observe(s.max(0.0));
+    }
 }
-
-/// Tables whose ingest stopped on a change the lake cannot apply.
-static STOPPED: LazyLock<Mutex<BTreeMap<String, bool>>> = LazyLock::new(Mutex::default);
-
-/// Tables whose ingest lease this process holds (1) or waits for (0).
-static LEASES: LazyLock<Mutex<BTreeMap<String, bool>>> = LazyLock::new(Mutex::default);
 
 /// Notes whether this process owns a table's lease.
 pub(crate) fn lease_owned(table: &str, owned: bool) {
-    LEASES
-        .lock()
-        .expect("metrics lock")
-        .insert(table.to_string(), owned);
+    LEASES.with_label_values(&[table]).set(i64::from(owned));
 }
 
-/// Maintenance per (layer, table, op): runs, retries after lost races, failures.
-type MaintenanceKey = (String, String, &'static str);
-static MAINTENANCE: LazyLock<Mutex<BTreeMap<MaintenanceKey, [u64; 3]>>> =
-    LazyLock::new(Mutex::default);
-
-/// Data files per (layer, table), as last seen by maintenance.
-static TABLE_FILES: LazyLock<Mutex<BTreeMap<(String, String), usize>>> =
-    LazyLock::new(Mutex::default);
-
+/// The three maintenance counters of `layer.table` and `op`; all three
+/// series exist once any does.
 fn maintenance_add(name: &str, op: &'static str, i: usize) {
     let (layer, table) = name.split_once('.').unwrap_or(("", name));
-    let mut m = MAINTENANCE.lock().expect("metrics lock");
-    m.entry((layer.to_string(), table.to_string(), op))
-        .or_default()[i] += 1;
+    for (j, c) in MAINTENANCE.iter().enumerate() {
+        let series = c.with_label_values(&[layer, table, op]);
+        if i == j {
+            series.inc();
+        }
+    }
 }
 
 /// Counts a finished maintenance operation on `layer.table`.
@@ -125,27 +258,22 @@ pub(crate) fn maintenance_failure(name: &str, op: &'static str) {
 
 /// Records a table's number of data files.
 pub(crate) fn table_files(layer: &str, table: &str, files: usize) {
-    TABLE_FILES
-        .lock()
-        .expect("metrics lock")
-        .insert((layer.to_string(), table.to_string()), files);
+    FILES
+        .with_label_values(&[layer, table])
+        .set(i64::try_from(files).unwrap_or(i64::MAX));
 }
 
 /// Counts a schema change seen at the source or applied to silver.
 pub(crate) fn schema_change(table: &str, change: &str) {
-    let mut s = SCHEMA_CHANGES.lock().expect("metrics lock");
-    *s.entry((table.to_string(), change.to_string()))
-        .or_default() += 1;
+    SCHEMA_CHANGES.with_label_values(&[table, change]).inc();
 }
 
 /// Marks a table as stopped (`true`) or flowing.
 pub(crate) fn table_stopped(table: &str, stopped: bool) {
-    STOPPED
-        .lock()
-        .expect("metrics lock")
-        .insert(table.to_string(), stopped);
+    STOPPED.with_label_values(&[table]).set(i64::from(stopped));
 }
 
+/// Counts one committed batch of `table`.
 pub(crate) fn batch(
     table: &str,
     messages: usize,
@@ -154,168 +282,35 @@ pub(crate) fn batch(
     dead: usize,
     seconds: f64,
 ) {
-    let mut s = STATE.lock().expect("metrics lock");
-    let c = s.entry(table.to_string()).or_default();
-    c.messages += messages as u64;
-    c.bronze_rows += bronze as u64;
-    c.silver_changes += silver as u64;
-    c.dead_letters += dead as u64;
-    c.batches += 1;
-    c.batch_seconds += seconds;
-    c.last_commit_unix = std::time::SystemTime::now()
+    let b = &*BATCHES;
+    let labels = &[table];
+    b.messages.with_label_values(labels).inc_by(messages as u64);
+    b.bronze_rows
+        .with_label_values(labels)
+        .inc_by(bronze as u64);
+    b.silver_changes
+        .with_label_values(labels)
+        .inc_by(silver as u64);
+    b.dead_letters.with_label_values(labels).inc_by(dead as u64);
+    b.batches.with_label_values(labels).inc();
+    b.seconds.with_label_values(labels).inc_by(seconds.max(0.0));
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-}
-
-/// Ingest metrics in the Prometheus text format.
-pub fn render() -> String {
-    let s = STATE.lock().expect("metrics lock");
-    let mut out = String::new();
-    let series: [Series; 7] = [
-        (
-            "tributary_lake_messages_total",
-            "counter",
-            "Kafka messages consumed.",
-            |c| c.messages as f64,
-        ),
-        (
-            "tributary_lake_bronze_rows_total",
-            "counter",
-            "Change events appended to bronze.",
-            |c| c.bronze_rows as f64,
-        ),
-        (
-            "tributary_lake_silver_changes_total",
-            "counter",
-            "Change events merged into silver.",
-            |c| c.silver_changes as f64,
-        ),
-        (
-            "tributary_lake_dead_letters_total",
-            "counter",
-            "Messages sent to the dead-letter table.",
-            |c| c.dead_letters as f64,
-        ),
-        (
-            "tributary_lake_batches_total",
-            "counter",
-            "Batches committed.",
-            |c| c.batches as f64,
-        ),
-        (
-            "tributary_lake_batch_seconds_total",
-            "counter",
-            "Time spent committing batches.",
-            |c| c.batch_seconds,
-        ),
-        (
-            "tributary_lake_last_commit_timestamp_seconds",
-            "gauge",
-            "Unix time of the last commit.",
-            |c| c.last_commit_unix,
-        ),
-    ];
-    for (name, kind, help, get) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (table, c) in s.iter() {
-            let _ = writeln!(out, "{name}{{table=\"{table}\"}} {}", get(c));
-        }
-    }
-    drop(s);
-    let name = "tributary_lake_schema_changes_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Schema changes seen at the source or applied to silver.\n# TYPE {name} counter"
-    );
-    for ((table, change), n) in SCHEMA_CHANGES.lock().expect("metrics lock").iter() {
-        let _ = writeln!(out, "{name}{{table=\"{table}\",change=\"{change}\"}} {n}");
-    }
-    let name = "tributary_lake_table_stopped";
-    let _ = writeln!(
-        out,
-        "# HELP {name} 1 when ingest of the table stopped on a change it cannot apply.\n# TYPE {name} gauge"
-    );
-    for (table, stopped) in STOPPED.lock().expect("metrics lock").iter() {
-        let _ = writeln!(out, "{name}{{table=\"{table}\"}} {}", u8::from(*stopped));
-    }
-    let name = "tributary_lake_lease_owned";
-    let _ = writeln!(
-        out,
-        "# HELP {name} 1 when this ingester holds the table's single-writer lease, 0 on standby.\n# TYPE {name} gauge"
-    );
-    for (table, owned) in LEASES.lock().expect("metrics lock").iter() {
-        let _ = writeln!(out, "{name}{{table=\"{table}\"}} {}", u8::from(*owned));
-    }
-    let maintenance = MAINTENANCE.lock().expect("metrics lock");
-    for (i, name, help) in [
-        (
-            0,
-            "tributary_lake_maintenance_runs_total",
-            "Maintenance operations (optimize, vacuum, checkpoint) done.",
-        ),
-        (
-            1,
-            "tributary_lake_maintenance_retries_total",
-            "Maintenance commits redone after losing a race with another writer.",
-        ),
-        (
-            2,
-            "tributary_lake_maintenance_failures_total",
-            "Maintenance operations that failed.",
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for ((layer, table, op), n) in maintenance.iter() {
-            let _ = writeln!(
-                out,
-                "{name}{{layer=\"{layer}\",table=\"{table}\",op=\"{op}\"}} {}",
-                n[i]
-            );
-        }
-    }
-    drop(maintenance);
-    let name = "tributary_lake_table_files";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Data files in the table, as maintenance last saw it.\n# TYPE {name} gauge"
-    );
-    for ((layer, table), n) in TABLE_FILES.lock().expect("metrics lock").iter() {
-        let _ = writeln!(out, "{name}{{layer=\"{layer}\",table=\"{table}\"}} {n}");
-    }
-    let name = "tributary_lake_silver_freshness_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} How far behind its sources silver is: now minus the instant up to which it holds every source change (from CDC watermarks, else the newest commit applied).\n# TYPE {name} gauge"
-    );
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    for table in crate::freshness::known_tables() {
-        if let Some(rec) = crate::freshness::complete_up_to(&table) {
-            let secs = (now_us - rec.complete_up_to_us).max(0) as f64 / 1e6;
-            let _ = writeln!(out, "{name}{{table=\"{table}\"}} {secs}");
-        }
-    }
-    let name = "tributary_lake_freshness_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Postgres commit to visible in silver, per streamed change.\n# TYPE {name} histogram"
-    );
-    FRESHNESS
-        .lock()
-        .expect("metrics lock")
-        .render(name, &mut out);
-    out
+    b.last_commit.with_label_values(labels).set(now);
 }
 
 #[cfg(test)]
 mod tests {
+    use prometheus::{Encoder, HistogramOpts, TextEncoder};
+    use tributary_metrics::render;
+
     use super::*;
 
     #[test]
     fn renders_per_table_series() {
+        register();
         batch("metrics_test", 10, 8, 7, 2, 0.5);
         batch("metrics_test", 5, 5, 5, 0, 0.25);
         let text = render();
@@ -331,12 +326,17 @@ mod tests {
             text.contains("tributary_lake_batch_seconds_total{table=\"metrics_test\"} 0.75"),
             "{text}"
         );
+        assert!(
+            text.contains("# TYPE tributary_lake_batch_seconds_total counter"),
+            "{text}"
+        );
         schema_change("metrics_test", "add_column");
         table_stopped("metrics_test", true);
         let text = render();
+        // The prometheus crate writes labels sorted by name.
         assert!(
             text.contains(
-                "tributary_lake_schema_changes_total{table=\"metrics_test\",change=\"add_column\"} 1"
+                "tributary_lake_schema_changes_total{change=\"add_column\",table=\"metrics_test\"} 1"
             ),
             "{text}"
         );
@@ -349,27 +349,68 @@ mod tests {
         table_files("silver", "metrics_test", 3);
         let text = render();
         assert!(
-            text.contains("tributary_lake_maintenance_runs_total{layer=\"silver\",table=\"metrics_test\",op=\"optimize\"} 1"),
+            text.contains("tributary_lake_maintenance_runs_total{layer=\"silver\",op=\"optimize\",table=\"metrics_test\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("tributary_lake_maintenance_retries_total{layer=\"silver\",table=\"metrics_test\",op=\"optimize\"} 1"),
+            text.contains("tributary_lake_maintenance_retries_total{layer=\"silver\",op=\"optimize\",table=\"metrics_test\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tributary_lake_maintenance_failures_total{layer=\"silver\",op=\"optimize\",table=\"metrics_test\"} 0"),
             "{text}"
         );
         assert!(
             text.contains("tributary_lake_table_files{layer=\"silver\",table=\"metrics_test\"} 3"),
             "{text}"
         );
-        // The process-wide histogram takes observations of other tests.
-        let mut h = Histogram::default();
-        h.observe([0.07, 0.3, 1000.0]);
-        let mut text = String::new();
-        h.render("f", &mut text);
+        // Registered from the start, before any observation.
+        assert!(
+            text.contains("# TYPE tributary_lake_freshness_seconds histogram"),
+            "{text}"
+        );
+        // The process-wide histogram takes observations of other tests: the
+        // bucket text `bench lake` parses, on a histogram of its own.
+        let h =
+            Histogram::with_opts(HistogramOpts::new("f", "f").buckets(FRESHNESS_BUCKETS.to_vec()))
+                .unwrap();
+        for s in [0.07, 0.3, 1000.0] {
+            h.observe(s);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&h.collect(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
         assert!(text.contains("f_bucket{le=\"0.05\"} 0\n"), "{text}");
         assert!(text.contains("f_bucket{le=\"0.1\"} 1\n"), "{text}");
         assert!(text.contains("f_bucket{le=\"0.5\"} 2\n"), "{text}");
+        assert!(text.contains("f_bucket{le=\"1\"} 2\n"), "{text}");
         assert!(text.contains("f_bucket{le=\"300\"} 2\n"), "{text}");
         assert!(text.contains("f_bucket{le=\"+Inf\"} 3\n"), "{text}");
         assert!(text.contains("f_count 3"), "{text}");
+    }
+
+    #[test]
+    fn silver_freshness_is_computed_at_scrape_time() {
+        register();
+        let now = crate::ingest::now_us();
+        crate::freshness::committed(
+            "metrics_fresh",
+            &[(0, 1)].into_iter().collect(),
+            Some(now - 5_000_000),
+            None,
+        );
+        let value = || -> f64 {
+            let text = render();
+            let prefix = "tributary_lake_silver_freshness_seconds{table=\"metrics_fresh\"} ";
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("{text}"))
+                .parse()
+                .unwrap()
+        };
+        let first = value();
+        assert!((5.0..60.0).contains(&first), "{first}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(value() > first, "the gauge grows between scrapes");
     }
 }

@@ -1,11 +1,16 @@
-//! Arrow schemas of the bronze and silver tables.
+//! Arrow schemas of the bronze and silver tables, and JSON rows into
+//! batches of them.
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde_json::Value;
 use tributary_model::domain::silver_columns as meta;
 use tributary_model::event::Column;
 use tributary_model::pgtype::PgType;
+
+use crate::Result;
 
 /// Timestamps are stored as microseconds in UTC.
 pub fn timestamp_type() -> DataType {
@@ -273,8 +278,22 @@ pub fn schema_changes_schema() -> SchemaRef {
     ]))
 }
 
+/// JSON rows (one object per row, keyed by column name) as one batch of
+/// `schema`; no rows give an empty batch.
+pub(crate) fn rows_to_batch(schema: SchemaRef, rows: &[Value]) -> Result<RecordBatch> {
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()?;
+    decoder.serialize(rows)?;
+    Ok(decoder
+        .flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema)))
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -343,5 +362,26 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.column, "note");
+    }
+
+    #[test]
+    fn float_nan_and_infinity_reach_float_columns() {
+        // The CDC reader sends them as text: JSON has no NaN.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("f", DataType::Float64, true),
+            Field::new("g", DataType::Float32, true),
+        ]));
+        let rows = [
+            json!({"f": "NaN", "g": "Infinity"}),
+            json!({"f": "-Infinity", "g": 1.5}),
+        ];
+        let b = rows_to_batch(schema, &rows).unwrap();
+        let f = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap();
+        assert!(f.value(0).is_nan());
+        assert_eq!(f.value(1), f64::NEG_INFINITY);
     }
 }

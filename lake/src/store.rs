@@ -1,8 +1,11 @@
-//! Where the lake's tables live and how to open them.
+//! Where the lake's tables live, how to open them, and how to query one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::DataType;
+use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use futures::StreamExt;
 use object_store::path::Path;
@@ -440,4 +443,51 @@ impl Lake {
         tables.sort();
         Ok(tables)
     }
+}
+
+/// Runs a query over one Delta table registered as `t`.
+pub(crate) async fn query_table(
+    table: &DeltaTable,
+    name: &str,
+    sql: &str,
+) -> Result<Vec<RecordBatch>> {
+    let ctx = SessionContext::new();
+    let df_err = |source| Error::DataFusion {
+        table: name.to_string(),
+        source,
+    };
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|source| Error::Delta {
+            table: name.to_string(),
+            source,
+        })?;
+    let provider = table.table_provider().await.map_err(df_err)?;
+    ctx.register_table("t", provider).map_err(df_err)?;
+    ctx.sql(sql)
+        .await
+        .map_err(df_err)?
+        .collect()
+        .await
+        .map_err(df_err)
+}
+
+/// Column `i` of a query result as `i32` values.
+pub(crate) fn col_i32(b: &RecordBatch, i: usize) -> Vec<i32> {
+    let c = arrow::compute::cast(b.column(i), &DataType::Int32).expect("int column");
+    c.as_any()
+        .downcast_ref::<arrow::array::Int32Array>()
+        .expect("int32")
+        .values()
+        .to_vec()
+}
+
+/// Column `i` of a query result as `i64` values.
+pub(crate) fn col_i64(b: &RecordBatch, i: usize) -> Vec<i64> {
+    let c = arrow::compute::cast(b.column(i), &DataType::Int64).expect("int column");
+    c.as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("int64")
+        .values()
+        .to_vec()
 }

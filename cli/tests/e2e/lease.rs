@@ -399,3 +399,100 @@ async fn on_s3_concurrent_writers_lose_no_commit_through_the_coordinator() {
         "without the coordinator on s3s-fs: version {version}, {rows} of 30 committed rows readable (-1: the table no longer reads)"
     );
 }
+
+/// Waits until the process `name` exits and forgets it; fails when it
+/// still runs after `limit` (a retry loop that never gives up).
+async fn wait_exit(env: &mut Env, name: &str, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        let (_, child) = env.children.iter_mut().find(|(n, _)| n == name).unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            env.children.retain(|(n, _)| n != name);
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{name} still runs after {limit:?}: an error no retry cures is retried\n{}",
+            tail(&env.log(name))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A coordinator role that lacks a privilege is refused for good, not
+/// retried: the ingester exits with an error that names the SQLSTATE and
+/// the fix, whether the role lacks it from the start or loses it while it
+/// holds every lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_role_without_privileges_stops_the_ingester_with_a_clear_error() {
+    let mut env = Env::stack().await;
+    env.up();
+    let admin_dsn = coordinator_dsn(&env);
+    let admin = pipeline_connect(&admin_dsn).await;
+    for sql in [
+        "CREATE ROLE lake_owner LOGIN",
+        "CREATE ROLE lake_nobody LOGIN",
+        "CREATE DATABASE lake_coord OWNER lake_owner",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    // Later keys of a key-value DSN win.
+    let dsn_as = |user: &str| format!("{admin_dsn} user={user} dbname=lake_coord");
+    let lake_root = env.state_dir().join("lake").display().to_string();
+    env.extra = vec![
+        ("TRIBUTARY__LAKE__ROOT".into(), lake_root),
+        ("TRIBUTARY__INGEST__LEASE_TTL_MS".into(), "3000".into()),
+    ];
+    let refused = |log: &str| {
+        log.contains("SQLSTATE 42501")
+            && log.contains("a retry cannot cure this, so none is made")
+            && log.contains("lake.coordinator_dsn")
+    };
+
+    // A role that may not even create the coordinator's schema.
+    env.extra.push((
+        "TRIBUTARY__LAKE__COORDINATOR_DSN".into(),
+        dsn_as("lake_nobody"),
+    ));
+    env.spawn("ingest-nobody", &["lake", "ingest"]);
+    let status = wait_exit(&mut env, "ingest-nobody", Duration::from_secs(60)).await;
+    let log = env.log("ingest-nobody");
+    assert!(!status.success(), "{log}");
+    assert!(
+        refused(&log),
+        "the error does not say what is wrong:\n{log}"
+    );
+
+    // A role that owns the coordinator's database, until its privilege on
+    // the leases is revoked while it holds them all.
+    env.extra.pop();
+    env.extra.push((
+        "TRIBUTARY__LAKE__COORDINATOR_DSN".into(),
+        dsn_as("lake_owner"),
+    ));
+    env.spawn("ingest-owner", &["lake", "ingest"]);
+    let coord = pipeline_connect(&format!("{admin_dsn} dbname=lake_coord")).await;
+    let started = Instant::now();
+    while sole_owner(&coord).await.is_none() {
+        env.assert_running();
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the ingester never owned every table:\n{}",
+            tail(&env.log("ingest-owner"))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    coord
+        .batch_execute("REVOKE UPDATE ON tributary_lake.leases FROM lake_owner")
+        .await
+        .unwrap();
+    // Renewals run every second with a 3 s lease: a bounded wait, not a
+    // retry loop, ends this.
+    let status = wait_exit(&mut env, "ingest-owner", Duration::from_secs(30)).await;
+    let log = env.log("ingest-owner");
+    assert!(!status.success(), "{log}");
+    assert!(
+        refused(&log) && log.contains("renewing a lease"),
+        "the error does not say what is wrong:\n{log}"
+    );
+}

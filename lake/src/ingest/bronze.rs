@@ -1,0 +1,99 @@
+//! Bronze: the append-only change log, one row per change event as it
+//! arrived, and the append every bronze table (and silver's insert-only
+//! path) uses.
+//!
+//! Rule kept here: an append carries the caller's commit properties, so the
+//! offsets of what it holds land in the same commit; a table is created by
+//! its first append.
+
+use arrow::array::RecordBatch;
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use rdkafka::message::{Message, OwnedMessage};
+use serde_json::{Value, json};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tributary_model::event::ChangeEvent;
+use tributary_model::pgtype::format_utc_micros;
+
+use super::config::SILVER_TARGET_FILE_SIZE;
+use crate::{Error, Lake, Result};
+
+pub(crate) fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn bronze_row(ev: &ChangeEvent, m: &OwnedMessage, ingested: &str) -> Value {
+    let commit = format_utc_micros(ev.source.ts_us);
+    let date = commit[..10].to_string();
+    json!({
+        "event_id": ev.event_id,
+        "op": ev.op.as_str(),
+        "shard": ev.source.shard,
+        "lsn": ev.source.lsn.as_i64(),
+        "ordinal": ev.source.ordinal,
+        "commit_ts": commit,
+        "tx_id": ev.source.tx_id,
+        "key": m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+        "before": ev.before.as_ref().map(|b| Value::Object(b.clone()).to_string()),
+        "after": ev.after.as_ref().map(|a| Value::Object(a.clone()).to_string()),
+        "unchanged_toast": if ev.unchanged_toast.is_empty() { None } else { Some(ev.unchanged_toast.join(",")) },
+        "kafka_topic": m.topic(),
+        "kafka_partition": m.partition(),
+        "kafka_offset": m.offset(),
+        "ingested_at": ingested,
+        "date": date,
+    })
+}
+
+pub(crate) async fn write_append(
+    lake: &Lake,
+    layer: &str,
+    table: &str,
+    batch: RecordBatch,
+    partition: Option<&str>,
+    props: CommitProperties,
+) -> Result<()> {
+    let t = match lake.open(layer, table).await? {
+        Some(t) => t,
+        None => lake.table_handle(layer, table).await?,
+    };
+    append_to(lake, layer, table, t, batch, partition, props).await?;
+    Ok(())
+}
+
+/// Appends `batch` to the open table `t` and keeps the result; returns it.
+pub(crate) async fn append_to(
+    lake: &Lake,
+    layer: &str,
+    table: &str,
+    t: DeltaTable,
+    batch: RecordBatch,
+    partition: Option<&str>,
+    props: CommitProperties,
+) -> Result<DeltaTable> {
+    let name = format!("{layer}.{table}");
+    let mut w = t
+        .write(vec![batch])
+        .with_save_mode(SaveMode::Append)
+        .with_commit_properties(props);
+    if let Some(p) = partition {
+        w = w.with_partition_columns([p.to_string()]);
+    }
+    if layer == "silver" {
+        // Only read when the write creates the table.
+        w = w.with_configuration([(
+            "delta.targetFileSize",
+            Some(SILVER_TARGET_FILE_SIZE.to_string()),
+        )]);
+    }
+    let t = w.await.map_err(|source| Error::Delta {
+        table: name,
+        source,
+    })?;
+    lake.keep(layer, table, &t);
+    Ok(t)
+}
