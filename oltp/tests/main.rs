@@ -257,15 +257,12 @@ async fn order_service_end_to_end() {
     bad_requests_name_the_field(&api, &ctx).await;
     list_strategy_rejects_unknown_region(&topology).await;
 
-    let (_, metrics) = (
-        (),
-        reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("tributary_oltp_requests_total{route=\"POST /orders\",status=\"201\"}"),
         "{metrics}"
