@@ -52,15 +52,7 @@ async fn dimension(
         let out = Output::overwrite(spec.table, schema, vec![versions]);
         return Ok((out, BTreeSet::new()));
     }
-    let changed: BTreeSet<i64> = column::<Int64Array>(&versions, spec.id, &DataType::Int64)
-        .map_err(|source| Error::Model {
-            model: spec.table,
-            source,
-        })?
-        .values()
-        .iter()
-        .copied()
-        .collect();
+    let changed = session::ids_in(spec.table, &versions, spec.id)?;
     session::register_ids(ctx, "derive", &changed)?;
     let (_, kept) = session::sql(
         ctx,

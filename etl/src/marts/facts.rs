@@ -6,16 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use arrow::array::{Int64Array, RecordBatch};
-use arrow::datatypes::DataType;
+use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 
 use super::commit::{Output, Write};
 use super::history::{self, Change};
-use super::keys::column;
 use super::models::{FACTS, Fact};
 use super::session::{self, conform, ids, plain_schema, register_ids, sql};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Every fact in build order, each registered as `gold.<name>` before the
 /// next one runs (the aggregate reads the lines).
@@ -115,15 +113,7 @@ async fn stage_history(
     } else {
         "payment_id"
     };
-    let ids = column::<Int64Array>(&stage, id_column, &DataType::Int64)
-        .map_err(|source| Error::Model {
-            model: "bronze history",
-            source,
-        })?
-        .values()
-        .iter()
-        .copied()
-        .collect();
+    let ids = session::ids_in("bronze history", &stage, id_column)?;
     session::register_batches(ctx, "stage", name, stage.schema(), vec![stage])?;
     Ok(ids)
 }

@@ -138,6 +138,17 @@ pub(crate) async fn ids_text(ctx: &SessionContext, query: &str) -> Result<HashSe
         .collect())
 }
 
+/// The integers of `column` of `batch` (a stage or a model's output).
+pub(crate) fn ids_in(
+    model: &'static str,
+    batch: &RecordBatch,
+    name: &str,
+) -> Result<BTreeSet<i64>> {
+    let values = column::<Int64Array>(batch, name, &DataType::Int64)
+        .map_err(|source| Error::Model { model, source })?;
+    Ok(values.values().iter().copied().collect())
+}
+
 /// Plain Arrow types (no view types) and nullable columns: the gold
 /// contract, the same whatever DataFusion planned and readable everywhere.
 pub(crate) fn plain_schema(schema: &SchemaRef) -> SchemaRef {
