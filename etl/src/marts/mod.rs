@@ -2,7 +2,7 @@
 //!
 //! A run:
 //! 1. pins every source table at its current Delta version and reads the
-//!    watermark of the last successful run (see [`watermark`]);
+//!    watermark of the last successful run (see `watermark`);
 //! 2. finds what changed since: bronze files added since the watermark
 //!    (new change events), silver files added or removed (changed rows);
 //! 3. rebuilds only what those changes touch — the SCD2 chains of the rows
@@ -21,21 +21,21 @@
 //! scratch with the same code, so both paths give the same marts.
 //!
 //! Surrogate keys are hashes of the `event_id` that opened a version (see
-//! [`keys`]); facts find "the version valid at the event time" through the
+//! `keys`); facts find "the version valid at the event time" through the
 //! `customer_key_at` / `product_key_at` SQL functions.
 //!
 //! The modules, by job:
-//! - [`build`]: a run from start to end (steps 1 and 2, then the others in
+//! - `build`: a run from start to end (steps 1 and 2, then the others in
 //!   order), its options and its report;
-//! - [`watermark`]: what the last run recorded and what changed since;
-//! - [`dims`]: the SCD2 dimensions and the calendar;
-//! - [`facts`]: the facts and the daily aggregate, with their scopes;
-//! - [`checks`]: the data tests (step 4);
-//! - [`commit`]: writing gold and its watermark (step 5);
-//! - [`models`]: what each table reads and the SQL of the facts;
-//! - [`history`]: SCD2 versions and status histories from the change log;
-//! - [`keys`]: surrogate keys and the point-in-time lookups;
-//! - [`session`]: the run's DataFusion session and the gold column contract.
+//! - `watermark`: what the last run recorded and what changed since;
+//! - `dims`: the SCD2 dimensions and the calendar;
+//! - `facts`: the facts and the daily aggregate, with their scopes;
+//! - `checks`: the data tests (step 4);
+//! - `commit`: writing gold and its watermark (step 5);
+//! - `models`: what each table reads and the SQL of the facts;
+//! - `history`: SCD2 versions and status histories from the change log;
+//! - `keys`: surrogate keys and the point-in-time lookups;
+//! - `session`: the run's DataFusion session and the gold column contract.
 
 mod build;
 mod checks;
