@@ -16,11 +16,11 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, Decimal128Array, Int32Array, Int64Array, RecordBatch,
     StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use serde_json::{Map, Value};
 
-use super::keys::{UNKNOWN, column, surrogate_key};
+use super::keys::{UNKNOWN, column, surrogate_key, ts_type};
 use super::session;
 
 /// `valid_to` of a version that is still current.
@@ -62,7 +62,7 @@ pub(crate) fn read_changes(batches: &[RecordBatch]) -> Result<Vec<Change>, crate
         model: "bronze history",
         source: e,
     };
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let ts = ts_type();
     let mut out = Vec::new();
     for b in batches {
         let ids = column::<StringArray>(b, "event_id", &DataType::Utf8).map_err(internal)?;
@@ -301,10 +301,6 @@ pub(crate) const DIM_PRODUCT: DimSpec = DimSpec {
         },
     ],
 };
-
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
 
 impl DimSpec {
     pub(crate) fn schema(&self) -> SchemaRef {

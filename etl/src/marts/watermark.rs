@@ -319,8 +319,8 @@ fn empty_bronze() -> Arc<dyn TableProvider> {
 /// The columns the models read from an optional silver table that does not
 /// exist yet (nothing ingested), empty.
 fn empty_silver(table: &str) -> Arc<dyn TableProvider> {
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    use arrow::datatypes::{DataType, Field, Schema};
+    let ts = super::keys::ts_type;
     let fields = match table {
         "payments" => vec![
             Field::new("id", DataType::Int64, true),
