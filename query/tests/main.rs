@@ -76,6 +76,14 @@ fn take(console: &mut Console<Vec<u8>>) -> String {
     String::from_utf8(std::mem::take(console.output_mut())).unwrap()
 }
 
+/// Feeds `lines` to the console one by one; returns what it wrote.
+async fn output(console: &mut Console<Vec<u8>>, lines: &[&str]) -> String {
+    for line in lines {
+        console.handle_line(line).await;
+    }
+    take(console)
+}
+
 fn single_i64(batches: &[RecordBatch]) -> i64 {
     assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
     let batch = batches.iter().find(|b| b.num_rows() == 1).unwrap();
@@ -409,32 +417,24 @@ async fn console_explains_charts_writes_files_and_points_at_errors() {
     let session = Session::new(lake).await.unwrap();
     let mut console = Console::new(session, Vec::new());
 
-    console
-        .handle_line("explain select status, count(*) from orders group by status;")
-        .await;
-    let out = take(&mut console);
+    let explain = "explain select status, count(*) from orders group by status;";
+    let out = output(&mut console, &[explain]).await;
     assert!(
         out.contains("logical_plan") && out.contains("Aggregate"),
         "{out}"
     );
-    console
-        .handle_line("explain analyze select count(*) from orders;")
-        .await;
-    let out = take(&mut console);
+    let explain = "explain analyze select count(*) from orders;";
+    let out = output(&mut console, &[explain]).await;
     assert!(
         out.contains("Plan with Metrics") && out.contains("output_rows"),
         "{out}"
     );
 
-    console
-        .handle_line(
-            "select status, sum(total) as revenue from orders group by status order by status;",
-        )
-        .await;
-    let out = take(&mut console);
+    let revenue =
+        "select status, sum(total) as revenue from orders group by status order by status;";
+    let out = output(&mut console, &[revenue]).await;
     assert!(out.contains("2 rows in "), "{out}");
-    console.handle_line("\\chart bar").await;
-    let out = take(&mut console);
+    let out = output(&mut console, &["\\chart bar"]).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(
@@ -446,9 +446,7 @@ async fn console_explains_charts_writes_files_and_points_at_errors() {
     assert_eq!(lines[1].matches('█').count(), 50, "{out}");
 
     // Errors point at the place: the parser's position, with a caret.
-    console.handle_line("select id,").await;
-    console.handle_line("  statuz from orders;").await;
-    let out = take(&mut console);
+    let out = output(&mut console, &["select id,", "  statuz from orders;"]).await;
     assert!(
         out.starts_with("ERROR: ") && out.contains("statuz"),
         "{out}"
@@ -460,23 +458,16 @@ async fn console_explains_charts_writes_files_and_points_at_errors() {
     assert_eq!(&line[caret.len() - 1..caret.len() + 5], "statuz", "{out}");
 
     // Formats and files.
-    console.handle_line("\\format csv").await;
-    console
-        .handle_line("select id from orders order by id;")
-        .await;
-    let out = take(&mut console);
+    let ids = "select id from orders order by id;";
+    let out = output(&mut console, &["\\format csv", ids]).await;
     assert!(
         out.starts_with("Output format is csv.\nid\n1\n2\n3\n"),
         "{out}"
     );
     let file = dir.path().join("out/result.parquet");
-    console
-        .handle_line(&format!("\\o {}", file.display()))
-        .await;
-    console
-        .handle_line("select id, status from orders where id > 1 order by id;")
-        .await;
-    let out = take(&mut console);
+    let to_file = format!("\\o {}", file.display());
+    let select = "select id, status from orders where id > 1 order by id;";
+    let out = output(&mut console, &[&to_file, select]).await;
     assert!(
         out.contains("wrote 2 rows to") && out.contains("(parquet)"),
         "{out}"

@@ -107,6 +107,20 @@ async fn psql(
     }
 }
 
+/// A wrong password is refused, with `sslmode`.
+async fn assert_wrong_password_refused(addr: SocketAddr, sslmode: &str) {
+    let out = psql(addr, "wrong", sslmode, &["-t"], "select 1;\n").await;
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .to_lowercase()
+                .contains("password authentication failed"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// Runs `script` through psql with the right password, without TLS,
 /// printing tuples only.
 async fn tuples(addr: SocketAddr, script: &str) -> Output {
@@ -191,15 +205,7 @@ async fn psql_sees_errors_and_the_connection_and_server_stay_up() {
     );
     assert!(out.stderr.contains("nope"), "{}", out.stderr);
 
-    let out = psql(server.addr, "wrong", "disable", &["-t"], "select 1;\n").await;
-    assert!(!out.ok);
-    assert!(
-        out.stderr
-            .to_lowercase()
-            .contains("password authentication failed"),
-        "{}",
-        out.stderr
-    );
+    assert_wrong_password_refused(server.addr, "disable").await;
 
     // Still serving.
     let out = tuples(server.addr, "select 'up';\n").await;
@@ -299,16 +305,7 @@ async fn psql_connects_over_tls() {
     );
     assert!(out.stdout.ends_with("3\n"), "{}", out.stdout);
     // Without TLS it still works (sslmode=disable), with it wrong passwords still fail.
-    let out = psql(server.addr, "wrong", "require", &["-t"], "select 1;\n").await;
-    assert!(
-        !out.ok
-            && out
-                .stderr
-                .to_lowercase()
-                .contains("password authentication failed"),
-        "{}",
-        out.stderr
-    );
+    assert_wrong_password_refused(server.addr, "require").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
