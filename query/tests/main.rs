@@ -163,23 +163,25 @@ async fn results_render_as_csv_json_and_table() {
     let dir = tempfile::tempdir().unwrap();
     let lake = orders_lake(&dir, &[(2, "pending", 200), (1, "paid", 1050)]).await;
     let session = Session::new(lake).await.unwrap();
-    let (schema, batches) = session
-        .sql_with_schema("select id, status, total, created_at from orders order by id")
-        .await
-        .unwrap();
+    let rendered = |sql: &'static str, format: Format| {
+        let session = &session;
+        async move {
+            let (schema, batches) = session.sql_with_schema(sql).await.unwrap();
+            let mut out = Vec::new();
+            render(&schema, &batches, format, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        }
+    };
 
-    let mut csv = Vec::new();
-    render(&schema, &batches, Format::Csv, &mut csv).unwrap();
+    let all = "select id, status, total, created_at from orders order by id";
     assert_eq!(
-        String::from_utf8(csv).unwrap(),
+        rendered(all, Format::Csv).await,
         "id,status,total,created_at\n\
          1,paid,10.50,2024-03-01T10:01:00Z\n\
          2,pending,2.00,2024-03-01T10:02:00Z\n"
     );
 
-    let mut json = Vec::new();
-    render(&schema, &batches, Format::Json, &mut json).unwrap();
-    let json = String::from_utf8(json).unwrap();
+    let json = rendered(all, Format::Json).await;
     let lines: Vec<&str> = json.lines().collect();
     assert_eq!(lines.len(), 2, "{json}");
     assert!(
@@ -189,18 +191,11 @@ async fn results_render_as_csv_json_and_table() {
     assert!(lines[0].contains("10.50"), "{json}");
 
     // An empty result keeps its header.
-    let (schema, batches) = session
-        .sql_with_schema("select id, status from orders where id < 0")
-        .await
-        .unwrap();
-    let mut csv = Vec::new();
-    render(&schema, &batches, Format::Csv, &mut csv).unwrap();
-    assert_eq!(String::from_utf8(csv).unwrap(), "id,status\n");
-    let mut table = Vec::new();
-    render(&schema, &batches, Format::Table, &mut table).unwrap();
+    let none = "select id, status from orders where id < 0";
+    assert_eq!(rendered(none, Format::Csv).await, "id,status\n");
     assert!(
-        String::from_utf8(table)
-            .unwrap()
+        rendered(none, Format::Table)
+            .await
             .contains("| id | status |")
     );
 }
