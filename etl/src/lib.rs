@@ -2,7 +2,9 @@
 //!
 //! - [`marts`]: the gold star schema — SCD2 dimensions built from the bronze
 //!   change log, facts and aggregates built with DataFusion SQL from silver —
-//!   incremental by Delta version, with data tests that gate every commit.
+//!   incremental by Delta version, with data tests that gate every commit
+//!   ([`test_marts`] runs them on their own) and the models as a DAG
+//!   ([`models`], for listing).
 //!
 //! Seam: bronze and silver are read and gold written only through
 //! [`tributary_lake::Lake`]. A build reads every source at one pinned

@@ -16,20 +16,15 @@ use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use serde_json::{Map, Value, json};
 use tributary_etl::{BuildOptions, Error, MartsReport, Mode};
-use tributary_lake::{Lake, LakeConfig};
+use tributary_lake::Lake;
 use tributary_query::Session;
 
+#[path = "../../query/tests/scratch_lake/mod.rs"]
+mod scratch_lake;
 #[path = "../../query/tests/slt_db/mod.rs"]
 mod slt_db;
 
-fn lake(dir: &tempfile::TempDir) -> Lake {
-    Lake::new(&LakeConfig {
-        root: dir.path().to_str().unwrap().to_string(),
-        s3: None,
-        coordinator_dsn: None,
-    })
-    .unwrap()
-}
+use scratch_lake::lake;
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -163,8 +158,30 @@ impl Source {
         }
     }
 
+    /// A new row, committed at its `updated_at` (`created_at` for lines).
+    fn insert(&mut self, shard: i32, row: Row) {
+        let at = row.at();
+        self.change(shard, "c", row, &at);
+    }
+
+    /// The full new row, committed at its `updated_at`.
+    fn update(&mut self, shard: i32, row: Row) {
+        let at = row.at();
+        self.change(shard, "u", row, &at);
+    }
+
+    /// Deletes row `id` of `table`, committed at `at`.
+    fn delete(&mut self, table: &'static str, shard: i32, id: i64, at: &str) {
+        let row = Row {
+            table,
+            value: json!({ "id": id }),
+        };
+        self.change(shard, "d", row, at);
+    }
+
     /// One change committed at `at` (`c`, `u` with the full new row, `d`).
-    fn change(&mut self, table: &'static str, shard: i32, op: &str, row: Value, at: &str) {
+    fn change(&mut self, shard: i32, op: &str, row: Row, at: &str) {
+        let Row { table, value: row } = row;
         self.lsn += 16;
         let id = row["id"].as_i64().unwrap();
         let event_id = format!("{}.{shard}/{}/1", db_of(table), self.lsn);
@@ -201,11 +218,8 @@ impl Source {
     async fn flush(&mut self) {
         for (table, rows) in std::mem::take(&mut self.bronze) {
             let batch = rows_to_batch(tributary_lake::schema::bronze_schema(), &rows);
-            let handle = match self.lake.open("bronze", table).await.unwrap() {
-                Some(t) => t,
-                None => self.lake.table_handle("bronze", table).await.unwrap(),
-            };
-            handle
+            scratch_lake::table(&self.lake, "bronze", table)
+                .await
                 .write(vec![batch])
                 .with_save_mode(SaveMode::Append)
                 .with_partition_columns(["date".to_string()])
@@ -225,152 +239,131 @@ impl Source {
                         .await
                         .unwrap();
                 }
-                None => {
-                    self.lake
-                        .table_handle("silver", table)
-                        .await
-                        .unwrap()
-                        .write(vec![batch])
-                        .with_save_mode(SaveMode::Append)
-                        .await
-                        .unwrap();
-                }
+                None => scratch_lake::append(&self.lake, "silver", table, batch).await,
             }
         }
     }
 }
 
-fn customer(id: i64, name: &str, city: &str, at: &str) -> Value {
-    json!({"id": id, "email": format!("c{id}@example.com"), "name": name, "region": "eu",
-           "country": "FR", "city": city, "address": "1 rue", "lat": 48.8, "lon": 2.3,
-           "created_at": at, "updated_at": at})
+/// A row of a source table, as the service stores it.
+struct Row {
+    table: &'static str,
+    value: Value,
 }
 
-fn product(id: i64, price: &str, category: &str, at: &str) -> Value {
-    json!({"id": id, "sku": format!("SKU-{id}"), "name": format!("Product {id}"),
+impl Row {
+    /// When the row was last written: `updated_at`, or `created_at` for
+    /// rows never updated (order lines).
+    fn at(&self) -> String {
+        let at = self
+            .value
+            .get("updated_at")
+            .or(self.value.get("created_at"));
+        at.and_then(Value::as_str).unwrap().to_string()
+    }
+}
+
+fn customer(id: i64, name: &str, city: &str, at: &str) -> Row {
+    let value = json!({"id": id, "email": format!("c{id}@example.com"), "name": name,
+           "region": "eu", "country": "FR", "city": city, "address": "1 rue", "lat": 48.8,
+           "lon": 2.3, "created_at": at, "updated_at": at});
+    Row {
+        table: "customers",
+        value,
+    }
+}
+
+fn product(id: i64, price: &str, category: &str, at: &str) -> Row {
+    let value = json!({"id": id, "sku": format!("SKU-{id}"), "name": format!("Product {id}"),
            "category": category, "price": price, "active": true,
-           "created_at": "2024-01-01T00:00:00Z", "updated_at": at})
+           "created_at": "2024-01-01T00:00:00Z", "updated_at": at});
+    Row {
+        table: "products",
+        value,
+    }
 }
 
-fn order(id: i64, customer_id: i64, status: &str, total: &str, created: &str, at: &str) -> Value {
-    json!({"id": id, "customer_id": customer_id, "status": status, "currency": "EUR",
-           "total": total, "created_at": created, "updated_at": at})
+fn order(id: i64, customer_id: i64, status: &str, total: &str, created: &str, at: &str) -> Row {
+    let value = json!({"id": id, "customer_id": customer_id, "status": status,
+           "currency": "EUR", "total": total, "created_at": created, "updated_at": at});
+    Row {
+        table: "orders",
+        value,
+    }
 }
 
-fn item(id: i64, order_id: i64, product_id: i64, qty: i32, price: &str, at: &str) -> Value {
+fn item(id: i64, order_id: i64, product_id: i64, qty: i32, price: &str, at: &str) -> Row {
     let cents = (price.replace('.', "").parse::<i64>().unwrap()) * qty as i64;
-    json!({"id": id, "order_id": order_id, "product_id": product_id, "quantity": qty,
-           "unit_price": price, "line_total": format!("{}.{:02}", cents / 100, cents % 100),
-           "created_at": at})
+    let value = json!({"id": id, "order_id": order_id, "product_id": product_id,
+           "quantity": qty, "unit_price": price,
+           "line_total": format!("{}.{:02}", cents / 100, cents % 100), "created_at": at});
+    Row {
+        table: "order_items",
+        value,
+    }
 }
 
-fn payment(id: i64, order_id: i64, amount: &str, status: &str, created: &str, at: &str) -> Value {
-    json!({"id": id, "order_id": order_id, "amount": amount, "method": "card",
-           "status": status, "created_at": created, "updated_at": at})
+fn payment(id: i64, order_id: i64, amount: &str, status: &str, created: &str, at: &str) -> Row {
+    let value = json!({"id": id, "order_id": order_id, "amount": amount, "method": "card",
+           "status": status, "created_at": created, "updated_at": at});
+    Row {
+        table: "payments",
+        value,
+    }
+}
+
+fn shipment(
+    id: i64,
+    order_id: i64,
+    status: &str,
+    shipped: &str,
+    delivered: Option<&str>,
+    at: &str,
+) -> Row {
+    let value = json!({"id": id, "order_id": order_id, "carrier": "ups", "status": status,
+           "shipped_at": shipped, "delivered_at": delivered, "updated_at": at});
+    Row {
+        table: "shipments",
+        value,
+    }
 }
 
 /// Two shards and the catalog: customers 100 (shard 0) and 200 (shard 1),
 /// products 1 and 2; order 1000 paid, shipped and delivered; order 1001
 /// cancelled; order 1002 placed by customer 999, who has not arrived.
 fn base(src: &mut Source) {
-    src.change(
-        "products",
-        0,
-        "c",
-        product(1, "10.00", "tools", "2024-03-01T00:00:00Z"),
-        "2024-03-01T00:00:00Z",
-    );
-    src.change(
-        "products",
-        0,
-        "c",
-        product(2, "5.50", "toys", "2024-03-01T00:00:00Z"),
-        "2024-03-01T00:00:00Z",
-    );
-    src.change(
-        "customers",
-        0,
-        "c",
-        customer(100, "Ann", "Paris", "2024-03-01T01:00:00Z"),
-        "2024-03-01T01:00:00Z",
-    );
-    src.change(
-        "customers",
-        1,
-        "c",
-        customer(200, "Bob", "Boston", "2024-03-01T01:00:00Z"),
-        "2024-03-01T01:00:00Z",
-    );
+    src.insert(0, product(1, "10.00", "tools", "2024-03-01T00:00:00Z"));
+    src.insert(0, product(2, "5.50", "toys", "2024-03-01T00:00:00Z"));
+    src.insert(0, customer(100, "Ann", "Paris", "2024-03-01T01:00:00Z"));
+    src.insert(1, customer(200, "Bob", "Boston", "2024-03-01T01:00:00Z"));
     let t = "2024-03-01T10:00:00Z";
-    src.change(
-        "orders",
-        0,
-        "c",
-        order(1000, 100, "pending", "25.50", t, t),
-        t,
-    );
-    src.change("order_items", 0, "c", item(1, 1000, 1, 2, "10.00", t), t);
-    src.change("order_items", 0, "c", item(2, 1000, 2, 1, "5.50", t), t);
+    src.insert(0, order(1000, 100, "pending", "25.50", t, t));
+    src.insert(0, item(1, 1000, 1, 2, "10.00", t));
+    src.insert(0, item(2, 1000, 2, 1, "5.50", t));
     let paid = "2024-03-01T12:00:00Z";
-    src.change(
-        "payments",
-        0,
-        "c",
-        payment(5000, 1000, "25.50", "captured", paid, paid),
-        paid,
-    );
-    src.change(
-        "orders",
-        0,
-        "u",
-        order(1000, 100, "paid", "25.50", t, paid),
-        paid,
-    );
+    src.insert(0, payment(5000, 1000, "25.50", "captured", paid, paid));
+    src.update(0, order(1000, 100, "paid", "25.50", t, paid));
     let shipped = "2024-03-02T09:00:00Z";
-    src.change("shipments", 0, "c", json!({"id": 7000, "order_id": 1000, "carrier": "ups", "status": "shipped", "shipped_at": shipped, "delivered_at": null, "updated_at": shipped}), shipped);
-    src.change(
-        "orders",
-        0,
-        "u",
-        order(1000, 100, "shipped", "25.50", t, shipped),
-        shipped,
-    );
+    src.insert(0, shipment(7000, 1000, "shipped", shipped, None, shipped));
+    src.update(0, order(1000, 100, "shipped", "25.50", t, shipped));
     let delivered = "2024-03-03T15:00:00Z";
-    src.change("shipments", 0, "u", json!({"id": 7000, "order_id": 1000, "carrier": "ups", "status": "delivered", "shipped_at": shipped, "delivered_at": delivered, "updated_at": delivered}), delivered);
-    src.change(
-        "orders",
+    src.update(
         0,
-        "u",
-        order(1000, 100, "delivered", "25.50", t, delivered),
-        delivered,
+        shipment(7000, 1000, "delivered", shipped, Some(delivered), delivered),
     );
+    src.update(0, order(1000, 100, "delivered", "25.50", t, delivered));
 
     let t = "2024-03-02T23:30:00Z";
-    src.change(
-        "orders",
+    src.insert(1, order(1001, 200, "pending", "16.50", t, t));
+    src.insert(1, item(3, 1001, 2, 3, "5.50", t));
+    src.update(
         1,
-        "c",
-        order(1001, 200, "pending", "16.50", t, t),
-        t,
-    );
-    src.change("order_items", 1, "c", item(3, 1001, 2, 3, "5.50", t), t);
-    src.change(
-        "orders",
-        1,
-        "u",
         order(1001, 200, "cancelled", "16.50", t, "2024-03-03T00:10:00Z"),
-        "2024-03-03T00:10:00Z",
     );
 
     let t = "2024-03-02T01:00:00Z";
-    src.change(
-        "orders",
-        1,
-        "c",
-        order(1002, 999, "pending", "10.00", t, t),
-        t,
-    );
-    src.change("order_items", 1, "c", item(4, 1002, 1, 1, "10.00", t), t);
+    src.insert(1, order(1002, 999, "pending", "10.00", t, t));
+    src.insert(1, item(4, 1002, 1, 1, "10.00", t));
 }
 
 /// `SELECT ...` over the gold tables as CSV.
@@ -402,21 +395,15 @@ async fn csv(lake: &Lake, query: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
-const GOLD: [&str; 8] = [
-    "dim_customer",
-    "dim_product",
-    "dim_date",
-    "fct_order_line",
-    "fct_order_status_event",
-    "fct_payment",
-    "fct_order_fulfillment",
-    "agg_daily_sales",
-];
+/// Every gold table, in commit order.
+fn gold_tables() -> Vec<&'static str> {
+    tributary_etl::models().iter().map(|m| m.name).collect()
+}
 
-/// Every gold table, sorted on all columns.
+/// Every gold table, sorted on all columns: `name\n` and the rows as CSV.
 async fn snapshot(lake: &Lake) -> Vec<String> {
     let mut out = Vec::new();
-    for t in GOLD {
+    for t in gold_tables() {
         let n = csv(lake, &format!("SELECT * FROM gold.{t} LIMIT 0"))
             .await
             .lines()
@@ -569,23 +556,17 @@ async fn every_price_change_is_a_version_and_lines_get_the_price_of_their_time()
         ("12.00", "2024-03-04T12:00:00Z"),
         ("13.00", "2024-03-04T16:00:00Z"),
     ] {
-        src.change("products", 0, "u", product(1, price, "tools", at), at);
+        src.update(0, product(1, price, "tools", at));
     }
     let at = "2024-03-05T00:00:00Z";
-    src.change("products", 0, "u", product(1, "13.00", "garden", at), at);
+    src.update(0, product(1, "13.00", "garden", at));
     let mut renamed = product(1, "13.00", "garden", "2024-03-06T00:00:00Z");
-    renamed["name"] = json!("Better widget");
-    src.change("products", 0, "u", renamed, "2024-03-06T00:00:00Z");
+    renamed.value["name"] = json!("Better widget");
+    src.update(0, renamed);
     // A line ordered at 13:00 on the day of the changes.
     let t = "2024-03-04T13:00:00Z";
-    src.change(
-        "orders",
-        0,
-        "c",
-        order(1003, 100, "pending", "12.00", t, t),
-        t,
-    );
-    src.change("order_items", 0, "c", item(5, 1003, 1, 1, "12.00", t), t);
+    src.insert(0, order(1003, 100, "pending", "12.00", t, t));
+    src.insert(0, item(5, 1003, 1, 1, "12.00", t));
     src.flush().await;
     build(&lake).await;
 
@@ -628,42 +609,15 @@ async fn incremental_runs_give_the_same_marts_as_a_full_refresh() {
 
     // Round 1: a new order, a status change, a price change, an address change.
     let t = "2024-03-05T09:00:00Z";
-    src.change(
-        "orders",
+    src.insert(1, order(1004, 200, "pending", "5.50", t, t));
+    src.insert(1, item(6, 1004, 2, 1, "5.50", t));
+    src.update(0, product(2, "6.00", "toys", "2024-03-05T08:00:00Z"));
+    src.update(0, customer(100, "Ann", "Lyon", "2024-03-05T07:00:00Z"));
+    src.update(
         1,
-        "c",
-        order(1004, 200, "pending", "5.50", t, t),
-        t,
-    );
-    src.change("order_items", 1, "c", item(6, 1004, 2, 1, "5.50", t), t);
-    src.change(
-        "products",
-        0,
-        "u",
-        product(2, "6.00", "toys", "2024-03-05T08:00:00Z"),
-        "2024-03-05T08:00:00Z",
-    );
-    src.change(
-        "customers",
-        0,
-        "u",
-        customer(100, "Ann", "Lyon", "2024-03-05T07:00:00Z"),
-        "2024-03-05T07:00:00Z",
-    );
-    src.change(
-        "orders",
-        1,
-        "u",
         order(1002, 999, "paid", "10.00", "2024-03-02T01:00:00Z", t),
-        t,
     );
-    src.change(
-        "payments",
-        1,
-        "c",
-        payment(5001, 1002, "10.00", "captured", t, t),
-        t,
-    );
+    src.insert(1, payment(5001, 1002, "10.00", "captured", t, t));
     src.flush().await;
     let second = build(&lake).await;
     assert_eq!(second.mode, Mode::Incremental { since: 1 }, "{second}");
@@ -673,34 +627,16 @@ async fn incremental_runs_give_the_same_marts_as_a_full_refresh() {
     // Round 2: a refund, a deleted pending order (its lines go too), nothing
     // for the catalog.
     let t = "2024-03-06T10:00:00Z";
-    src.change(
-        "payments",
+    src.update(
         0,
-        "u",
         payment(5000, 1000, "25.50", "refunded", "2024-03-01T12:00:00Z", t),
-        t,
     );
-    src.change(
-        "orders",
+    src.update(
         0,
-        "u",
         order(1000, 100, "refunded", "25.50", "2024-03-01T10:00:00Z", t),
-        t,
     );
-    src.change(
-        "order_items",
-        1,
-        "d",
-        json!({"id": 6}),
-        "2024-03-06T11:00:00Z",
-    );
-    src.change(
-        "orders",
-        1,
-        "d",
-        json!({"id": 1004}),
-        "2024-03-06T11:00:00Z",
-    );
+    src.delete("order_items", 1, 6, "2024-03-06T11:00:00Z");
+    src.delete("orders", 1, 1004, "2024-03-06T11:00:00Z");
     src.flush().await;
     let third = build(&lake).await;
     assert_eq!(third.mode, Mode::Incremental { since: 2 }, "{third}");
@@ -789,7 +725,7 @@ async fn a_fact_that_arrives_before_its_customer_is_rekeyed_later() {
 
     // Customer 999 arrives (its insert was committed before the order).
     let at = "2024-03-01T05:00:00Z";
-    src.change("customers", 1, "c", customer(999, "Cy", "Oslo", at), at);
+    src.insert(1, customer(999, "Cy", "Oslo", at));
     src.flush().await;
     let report = build(&lake).await;
     assert_eq!(report.mode, Mode::Incremental { since: 1 });
@@ -819,46 +755,26 @@ async fn a_fact_that_arrives_before_its_customer_is_rekeyed_later() {
 /// changes, order 1002 is paid, and order 1000 is refunded.
 fn later(src: &mut Source) {
     let at = "2024-03-01T05:00:00Z";
-    src.change("customers", 1, "c", customer(999, "Cy", "Oslo", at), at);
+    src.insert(1, customer(999, "Cy", "Oslo", at));
     let at = "2024-03-04T00:00:00Z";
-    src.change("customers", 0, "u", customer(100, "Ann", "Lyon", at), at);
+    src.update(0, customer(100, "Ann", "Lyon", at));
     for (price, at) in [
         ("11.00", "2024-03-04T08:00:00Z"),
         ("12.00", "2024-03-04T12:00:00Z"),
         ("13.00", "2024-03-04T16:00:00Z"),
     ] {
-        src.change("products", 0, "u", product(1, price, "tools", at), at);
+        src.update(0, product(1, price, "tools", at));
     }
     let t = "2024-03-04T13:00:00Z";
-    src.change(
-        "orders",
-        0,
-        "c",
-        order(1003, 100, "pending", "24.00", t, t),
-        t,
-    );
-    src.change("order_items", 0, "c", item(5, 1003, 1, 2, "12.00", t), t);
+    src.insert(0, order(1003, 100, "pending", "24.00", t, t));
+    src.insert(0, item(5, 1003, 1, 2, "12.00", t));
     let placed = "2024-03-02T01:00:00Z";
     let paid = "2024-03-04T09:30:00Z";
-    src.change(
-        "payments",
-        1,
-        "c",
-        payment(5001, 1002, "10.00", "captured", paid, paid),
-        paid,
-    );
-    src.change(
-        "orders",
-        1,
-        "u",
-        order(1002, 999, "paid", "10.00", placed, paid),
-        paid,
-    );
+    src.insert(1, payment(5001, 1002, "10.00", "captured", paid, paid));
+    src.update(1, order(1002, 999, "paid", "10.00", placed, paid));
     let refunded = "2024-03-05T10:00:00Z";
-    src.change(
-        "payments",
+    src.update(
         0,
-        "u",
         payment(
             5000,
             1000,
@@ -867,12 +783,9 @@ fn later(src: &mut Source) {
             "2024-03-01T12:00:00Z",
             refunded,
         ),
-        refunded,
     );
-    src.change(
-        "orders",
+    src.update(
         0,
-        "u",
         order(
             1000,
             100,
@@ -881,7 +794,6 @@ fn later(src: &mut Source) {
             "2024-03-01T10:00:00Z",
             refunded,
         ),
-        refunded,
     );
 }
 
@@ -929,7 +841,7 @@ async fn a_failed_run_leaves_the_marts_as_they_were() {
     let before = snapshot(&lake).await;
     let versions = |lake: Lake| async move {
         let mut out = Vec::new();
-        for t in GOLD {
+        for t in gold_tables() {
             out.push(lake.open("gold", t).await.unwrap().unwrap().version());
         }
         out
@@ -937,14 +849,8 @@ async fn a_failed_run_leaves_the_marts_as_they_were() {
     let v0 = versions(lake.clone()).await;
 
     let t = "2024-03-07T09:00:00Z";
-    src.change(
-        "orders",
-        0,
-        "c",
-        order(1005, 100, "pending", "10.00", t, t),
-        t,
-    );
-    src.change("order_items", 0, "c", item(7, 1005, 1, 1, "10.00", t), t);
+    src.insert(0, order(1005, 100, "pending", "10.00", t, t));
+    src.insert(0, item(7, 1005, 1, 1, "10.00", t));
     src.flush().await;
 
     // Stopped after the data tests, before the first commit.
@@ -988,11 +894,14 @@ async fn a_failed_run_leaves_the_marts_as_they_were() {
     .await
     .unwrap();
     assert_eq!(snapshot(&lake).await, after_heal);
-    assert!(after_heal[3].contains("\n7,1005,"), "{}", after_heal[3]);
+    let lines = after_heal
+        .iter()
+        .find(|t| t.starts_with("fct_order_line\n"))
+        .unwrap();
+    assert!(lines.contains("\n7,1005,"), "{lines}");
 
     // A data test failure stops the run too, with a readable report.
     src.change(
-        "orders",
         0,
         "u",
         order(1005, 100, "lost", "10.00", t, t),
@@ -1063,7 +972,7 @@ async fn each_data_test_catches_the_data_built_to_break_it() {
     let mut src = Source::new(&lake);
     base(&mut src);
     let at = "2024-03-04T08:00:00Z";
-    src.change("products", 0, "u", product(1, "11.00", "tools", at), at);
+    src.update(0, product(1, "11.00", "tools", at));
     src.flush().await;
     build(&lake).await;
     let clean = tributary_etl::test_marts(&lake).await.unwrap();
@@ -1198,60 +1107,27 @@ async fn marts_timing() {
         )
     };
     for p in 1..=200 {
-        src.change(
-            "products",
-            0,
-            "c",
-            product(p, "10.00", "tools", "2024-01-01T00:00:00Z"),
-            "2024-01-01T00:00:00Z",
-        );
+        src.insert(0, product(p, "10.00", "tools", "2024-01-01T00:00:00Z"));
     }
     for c in 1..=2_000 {
         let at = "2024-01-01T00:00:00Z";
-        src.change(
-            "customers",
-            (c % 2) as i32,
-            "c",
-            customer(c, "C", "Paris", at),
-            at,
-        );
+        src.insert((c % 2) as i32, customer(c, "C", "Paris", at));
     }
     let mut next_item = 1;
     for o in 1..=orders {
         let at = day(o);
         let (shard, cust) = ((o % 2) as i32, 1 + o % 2_000);
-        src.change(
-            "orders",
-            shard,
-            "c",
-            order(o, cust, "pending", "20.00", &at, &at),
-            &at,
-        );
+        src.insert(shard, order(o, cust, "pending", "20.00", &at, &at));
         for _ in 0..2 {
-            src.change(
-                "order_items",
+            src.insert(
                 shard,
-                "c",
                 item(next_item, o, 1 + next_item % 200, 1, "10.00", &at),
-                &at,
             );
             next_item += 1;
         }
         if o % 2 == 0 {
-            src.change(
-                "payments",
-                shard,
-                "c",
-                payment(o, o, "20.00", "captured", &at, &at),
-                &at,
-            );
-            src.change(
-                "orders",
-                shard,
-                "u",
-                order(o, cust, "paid", "20.00", &at, &at),
-                &at,
-            );
+            src.insert(shard, payment(o, o, "20.00", "captured", &at, &at));
+            src.update(shard, order(o, cust, "paid", "20.00", &at, &at));
         }
     }
     src.flush().await;
@@ -1262,32 +1138,17 @@ async fn marts_timing() {
     // A small change: 20 new orders, 20 payments, 2 price changes.
     let at = "2024-12-30T10:00:00Z";
     for o in orders + 1..=orders + 20 {
-        src.change(
-            "orders",
-            0,
-            "c",
-            order(o, 1, "pending", "10.00", at, at),
-            at,
-        );
-        src.change(
-            "order_items",
-            0,
-            "c",
-            item(next_item, o, 1, 1, "10.00", at),
-            at,
-        );
+        src.insert(0, order(o, 1, "pending", "10.00", at, at));
+        src.insert(0, item(next_item, o, 1, 1, "10.00", at));
         next_item += 1;
         let p = o - orders;
-        src.change(
-            "payments",
+        src.insert(
             1,
-            "c",
             payment(p * 2 + 1, p * 2 + 1, "20.00", "captured", at, at),
-            at,
         );
     }
-    src.change("products", 0, "u", product(1, "11.00", "tools", at), at);
-    src.change("products", 0, "u", product(2, "12.00", "tools", at), at);
+    src.update(0, product(1, "11.00", "tools", at));
+    src.update(0, product(2, "12.00", "tools", at));
     src.flush().await;
     let t = std::time::Instant::now();
     let incremental = build(&lake).await;

@@ -2,14 +2,16 @@
 //!
 //! This crate owns the sharded order service (HTTP, axum), the catalog
 //! service, the shard map and its placement strategies ([`Router`]), the
-//! versioned schema migrations of every database ([`migrate`]) and the load
+//! versioned schema migrations of every database ([`migrate`]), the
+//! service's request metrics ([`metrics`], served as `/metrics`) and the load
 //! generator ([`run_load`]) that drives realistic traffic through the API.
 //!
 //! Seams other crates rely on:
 //! - the table names and column types created by [`migrate`] are the contract
 //!   of the CDC reader, the lake and the marts;
 //! - ids of orders, order items, payments and shipments are unique across
-//!   shards and carry their shard: [`shard_of_id`] recovers it.
+//!   shards and carry their shard: [`shard_of_id`] recovers it;
+//! - the metric names in [`metrics`] are what dashboards read.
 //!
 //! ```no_run
 //! # async fn demo() -> tributary_oltp::Result<()> {
@@ -30,6 +32,7 @@ mod api;
 mod config;
 mod error;
 mod load;
+pub mod metrics;
 mod migrate;
 mod money;
 mod pool;

@@ -171,14 +171,11 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
+        let (status, text) = send(req).await;
         let value = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text)
-                .unwrap_or_else(|_| panic!("non-JSON response {status} to {path}: {text}"))
+            json_of(status, path, &text)
         };
         (status, value)
     }
@@ -191,21 +188,31 @@ impl Api {
         self.call(reqwest::Method::GET, path, None).await
     }
 
+    /// `GET path` as text (not JSON).
+    async fn text(&self, path: &str) -> (StatusCode, String) {
+        send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
     async fn raw(&self, path: &str, content_type: &str, body: &'static str) -> (StatusCode, Value) {
-        let resp = self
+        let req = self
             .http
             .post(format!("{}{path}", self.base))
             .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("non-JSON response {status} to {path}: {text}"));
-        (status, value)
+            .body(body);
+        let (status, text) = send(req).await;
+        (status, json_of(status, path, &text))
     }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (StatusCode, String) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.text().await.unwrap())
+}
+
+fn json_of(status: StatusCode, path: &str, text: &str) -> Value {
+    serde_json::from_str(text)
+        .unwrap_or_else(|_| panic!("non-JSON response {status} to {path}: {text}"))
 }
 
 fn assert_error(resp: &(StatusCode, Value), status: StatusCode, field: &str) {
@@ -257,15 +264,8 @@ async fn order_service_end_to_end() {
     bad_requests_name_the_field(&api, &ctx).await;
     list_strategy_rejects_unknown_region(&topology).await;
 
-    let (_, metrics) = (
-        (),
-        reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let (status, metrics) = api.text("/metrics").await;
+    assert_eq!(status, StatusCode::OK, "{metrics}");
     assert!(
         metrics.contains("tributary_oltp_requests_total{route=\"POST /orders\",status=\"201\"}"),
         "{metrics}"

@@ -3,11 +3,19 @@
 //! - [`session`]: [`Session`], a DataFusion context with one schema per lake
 //!   layer (`bronze`, `silver`, `gold`); every table lookup opens the Delta
 //!   table at its latest version, so a query always sees the newest commits.
-//! - [`render`]: result output as an aligned table, CSV or JSON lines.
+//!   Time travel (`table_version(...)`, `table_at(...)`) reads a table as it
+//!   was at a version or a moment.
+//! - [`render`](mod@render): result output as an aligned table, CSV, JSON lines or
+//!   Parquet; [`chart`]: terminal charts of a two-column result.
 //! - [`console`]: the interactive `tributary sql` console and one-shot runs.
+//! - [`wire`]: the PostgreSQL wire server (`tributary sql serve`), so psql,
+//!   JDBC tools and drivers query the same session.
+//! - [`config`]: the `[sql]` section ([`SqlConfig`]): the wire server and
+//!   the engine's memory and spill limits.
 //!
-//! Seam: the lake is reached only through [`tributary_lake::Lake`]; the
-//! session never writes (DDL and DML are refused), it only reads.
+//! Seams: the lake is reached only through [`tributary_lake::Lake`]; the
+//! session never writes (DDL and DML are refused), it only reads; the wire
+//! server speaks the PostgreSQL protocol, so any PostgreSQL client is one.
 //!
 //! ```no_run
 //! # async fn demo(lake: tributary_lake::Lake) -> tributary_query::Result<()> {

@@ -6,18 +6,12 @@ use arrow::array::{
     Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use deltalake::protocol::SaveMode;
-use tributary_lake::{Lake, LakeConfig};
+use tributary_lake::Lake;
 use tributary_query::{Action, Console, Format, Session, render};
 
-fn lake(dir: &tempfile::TempDir) -> Lake {
-    Lake::new(&LakeConfig {
-        root: dir.path().to_str().unwrap().to_string(),
-        s3: None,
-        coordinator_dsn: None,
-    })
-    .unwrap()
-}
+mod scratch_lake;
+
+use scratch_lake::{append, lake};
 
 /// Rows of a small `orders`-like table: `(id, status, total in cents)`.
 fn orders(rows: &[(i64, &str, i128)]) -> RecordBatch {
@@ -60,24 +54,34 @@ fn orders(rows: &[(i64, &str, i128)]) -> RecordBatch {
     .unwrap()
 }
 
-/// Appends `batch` to `layer.table`, creating the table when absent.
-async fn append(lake: &Lake, layer: &str, table: &str, batch: RecordBatch) {
-    let exists = lake
-        .list_tables(layer)
-        .await
-        .unwrap()
-        .iter()
-        .any(|t| t == table);
-    let handle = if exists {
-        lake.open(layer, table).await.unwrap().unwrap()
-    } else {
-        lake.table_handle(layer, table).await.unwrap()
-    };
-    handle
-        .write(vec![batch])
-        .with_save_mode(SaveMode::Append)
-        .await
-        .unwrap();
+/// A lake in `dir` with `silver.orders` holding `rows` (one commit).
+async fn orders_lake(dir: &tempfile::TempDir, rows: &[(i64, &str, i128)]) -> Lake {
+    let lake = lake(dir);
+    append(&lake, "silver", "orders", orders(rows)).await;
+    lake
+}
+
+/// The one integer `sql` answers.
+async fn int_of(session: &Session, sql: &str) -> i64 {
+    single_i64(&session.sql(sql).await.unwrap())
+}
+
+/// The error `sql` fails with, as the console shows it.
+async fn error_of(session: &Session, sql: &str) -> String {
+    session.sql(sql).await.unwrap_err().report()
+}
+
+/// What the console wrote since the last call.
+fn take(console: &mut Console<Vec<u8>>) -> String {
+    String::from_utf8(std::mem::take(console.output_mut())).unwrap()
+}
+
+/// Feeds `lines` to the console one by one; returns what it wrote.
+async fn output(console: &mut Console<Vec<u8>>, lines: &[&str]) -> String {
+    for line in lines {
+        console.handle_line(line).await;
+    }
+    take(console)
 }
 
 fn single_i64(batches: &[RecordBatch]) -> i64 {
@@ -98,11 +102,7 @@ async fn session_sees_tables_and_rows_committed_after_it_started() {
     let session = Session::new(lake.clone()).await.unwrap();
 
     // Not there yet: a clear error, not a panic.
-    let err = session
-        .sql("select count(*) from orders")
-        .await
-        .unwrap_err()
-        .report();
+    let err = error_of(&session, "select count(*) from orders").await;
     assert!(err.contains("orders") && err.contains("not found"), "{err}");
 
     append(
@@ -112,68 +112,41 @@ async fn session_sees_tables_and_rows_committed_after_it_started() {
         orders(&[(1, "paid", 1050), (2, "pending", 200)]),
     )
     .await;
-    let count = session.sql("select count(*) from orders").await.unwrap();
-    assert_eq!(single_i64(&count), 2);
+    assert_eq!(int_of(&session, "select count(*) from orders").await, 2);
 
     append(&lake, "silver", "orders", orders(&[(3, "shipped", 99)])).await;
-    let count = session
-        .sql("select count(*) from silver.orders")
-        .await
-        .unwrap();
-    assert_eq!(single_i64(&count), 3);
-    let sum = session
-        .sql("select cast(sum(total) * 100 as bigint) from datafusion.silver.orders")
-        .await
-        .unwrap();
-    assert_eq!(single_i64(&sum), 1050 + 200 + 99);
+    assert_eq!(
+        int_of(&session, "select count(*) from silver.orders").await,
+        3
+    );
+    let sum = "select cast(sum(total) * 100 as bigint) from datafusion.silver.orders";
+    assert_eq!(int_of(&session, sum).await, 1050 + 200 + 99);
 
     // Other layers are schemas of the same catalog.
     append(&lake, "gold", "orders_copy", orders(&[(7, "paid", 1)])).await;
-    let count = session
-        .sql("select count(*) from gold.orders_copy")
-        .await
-        .unwrap();
-    assert_eq!(single_i64(&count), 1);
-    let listed = session
-        .sql("select count(*) from information_schema.tables where table_schema in ('silver', 'gold')")
-        .await
-        .unwrap();
-    assert_eq!(single_i64(&listed), 2);
+    let count = "select count(*) from gold.orders_copy";
+    assert_eq!(int_of(&session, count).await, 1);
+    let listed =
+        "select count(*) from information_schema.tables where table_schema in ('silver', 'gold')";
+    assert_eq!(int_of(&session, listed).await, 2);
 }
 
 #[tokio::test]
 async fn bad_sql_and_writes_come_back_as_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let lake = lake(&dir);
-    append(&lake, "silver", "orders", orders(&[(1, "paid", 1050)])).await;
+    let lake = orders_lake(&dir, &[(1, "paid", 1050)]).await;
     let session = Session::new(lake).await.unwrap();
 
-    let err = session
-        .sql("selec * from orders")
-        .await
-        .unwrap_err()
-        .report();
+    let err = error_of(&session, "selec * from orders").await;
     assert!(err.contains("selec") && err.contains("Line: 1"), "{err}");
 
-    let err = session
-        .sql("select nope from orders")
-        .await
-        .unwrap_err()
-        .report();
+    let err = error_of(&session, "select nope from orders").await;
     assert!(err.contains("nope"), "{err}");
 
-    let err = session
-        .sql("create table silver.x as select 1")
-        .await
-        .unwrap_err()
-        .report();
+    let err = error_of(&session, "create table silver.x as select 1").await;
     assert!(err.to_lowercase().contains("ddl"), "{err}");
 
-    let err = session
-        .sql("select 1; select 2")
-        .await
-        .unwrap_err()
-        .report();
+    let err = error_of(&session, "select 1; select 2").await;
     assert!(err.contains("one SQL statement"), "{err}");
 
     // Still usable after errors.
@@ -188,32 +161,27 @@ async fn bad_sql_and_writes_come_back_as_errors() {
 #[tokio::test]
 async fn results_render_as_csv_json_and_table() {
     let dir = tempfile::tempdir().unwrap();
-    let lake = lake(&dir);
-    append(
-        &lake,
-        "silver",
-        "orders",
-        orders(&[(2, "pending", 200), (1, "paid", 1050)]),
-    )
-    .await;
+    let lake = orders_lake(&dir, &[(2, "pending", 200), (1, "paid", 1050)]).await;
     let session = Session::new(lake).await.unwrap();
-    let (schema, batches) = session
-        .sql_with_schema("select id, status, total, created_at from orders order by id")
-        .await
-        .unwrap();
+    let rendered = |sql: &'static str, format: Format| {
+        let session = &session;
+        async move {
+            let (schema, batches) = session.sql_with_schema(sql).await.unwrap();
+            let mut out = Vec::new();
+            render(&schema, &batches, format, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        }
+    };
 
-    let mut csv = Vec::new();
-    render(&schema, &batches, Format::Csv, &mut csv).unwrap();
+    let all = "select id, status, total, created_at from orders order by id";
     assert_eq!(
-        String::from_utf8(csv).unwrap(),
+        rendered(all, Format::Csv).await,
         "id,status,total,created_at\n\
          1,paid,10.50,2024-03-01T10:01:00Z\n\
          2,pending,2.00,2024-03-01T10:02:00Z\n"
     );
 
-    let mut json = Vec::new();
-    render(&schema, &batches, Format::Json, &mut json).unwrap();
-    let json = String::from_utf8(json).unwrap();
+    let json = rendered(all, Format::Json).await;
     let lines: Vec<&str> = json.lines().collect();
     assert_eq!(lines.len(), 2, "{json}");
     assert!(
@@ -223,18 +191,11 @@ async fn results_render_as_csv_json_and_table() {
     assert!(lines[0].contains("10.50"), "{json}");
 
     // An empty result keeps its header.
-    let (schema, batches) = session
-        .sql_with_schema("select id, status from orders where id < 0")
-        .await
-        .unwrap();
-    let mut csv = Vec::new();
-    render(&schema, &batches, Format::Csv, &mut csv).unwrap();
-    assert_eq!(String::from_utf8(csv).unwrap(), "id,status\n");
-    let mut table = Vec::new();
-    render(&schema, &batches, Format::Table, &mut table).unwrap();
+    let none = "select id, status from orders where id < 0";
+    assert_eq!(rendered(none, Format::Csv).await, "id,status\n");
     assert!(
-        String::from_utf8(table)
-            .unwrap()
+        rendered(none, Format::Table)
+            .await
             .contains("| id | status |")
     );
 }
@@ -242,19 +203,10 @@ async fn results_render_as_csv_json_and_table() {
 #[tokio::test]
 async fn console_lists_describes_runs_multi_line_and_survives_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let lake = lake(&dir);
-    append(
-        &lake,
-        "silver",
-        "orders",
-        orders(&[(1, "paid", 1050), (2, "pending", 200)]),
-    )
-    .await;
+    let lake = orders_lake(&dir, &[(1, "paid", 1050), (2, "pending", 200)]).await;
     append(&lake, "bronze", "orders", orders(&[(1, "paid", 1050)])).await;
     let session = Session::new(lake).await.unwrap();
     let mut console = Console::new(session, Vec::new());
-    let take =
-        |c: &mut Console<Vec<u8>>| String::from_utf8(std::mem::take(c.output_mut())).unwrap();
 
     assert_eq!(console.handle_line("\\d").await, Action::Continue);
     let out = take(&mut console);
@@ -337,13 +289,12 @@ async fn a_query_over_the_memory_limit_fails_cleanly_and_the_session_goes_on() {
     let session = Session::with_config(lake.clone(), &tight).await.unwrap();
     // A full sort of 3M rows needs far more than 1 MiB and may not spill.
     let big = "select max(rn) from (select row_number() over (order by value desc) as rn from range(3000000))";
-    let err = session.sql(big).await.unwrap_err().report();
+    let err = error_of(&session, big).await;
     assert!(err.contains("Resources exhausted"), "{err}");
-    let ok = session
-        .sql("select count(*) from range(1000)")
-        .await
-        .unwrap();
-    assert_eq!(single_i64(&ok), 1000);
+    assert_eq!(
+        int_of(&session, "select count(*) from range(1000)").await,
+        1000
+    );
 
     // The same limit with spilling allowed: the sort goes to disk and the
     // query answers.
@@ -370,8 +321,7 @@ fn single_u64(batches: &[RecordBatch]) -> u64 {
 #[tokio::test]
 async fn time_travel_reads_earlier_versions_and_moments() {
     let dir = tempfile::tempdir().unwrap();
-    let lake = lake(&dir);
-    append(&lake, "silver", "orders", orders(&[(1, "paid", 100)])).await; // version 0
+    let lake = orders_lake(&dir, &[(1, "paid", 100)]).await; // version 0
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let between = chrono_now();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -384,65 +334,40 @@ async fn time_travel_reads_earlier_versions_and_moments() {
     .await; // version 1
     let session = Session::new(lake).await.unwrap();
 
-    let now = session.sql("select count(*) from orders").await.unwrap();
-    assert_eq!(single_i64(&now), 3);
-    let v0 = session
-        .sql("select count(*) from table_version('silver.orders', 0)")
-        .await
-        .unwrap();
-    assert_eq!(single_i64(&v0), 1);
-    let v1 = session
-        .sql("select count(*) from table_version('orders', 1) where status = 'paid'")
-        .await
-        .unwrap();
-    assert_eq!(single_i64(&v1), 2);
-    let at = session
-        .sql(&format!(
-            "select count(*) from table_at('silver.orders', '{between}')"
-        ))
-        .await
-        .unwrap();
-    assert_eq!(single_i64(&at), 1);
+    assert_eq!(int_of(&session, "select count(*) from orders").await, 3);
+    let v0 = "select count(*) from table_version('silver.orders', 0)";
+    assert_eq!(int_of(&session, v0).await, 1);
+    let v1 = "select count(*) from table_version('orders', 1) where status = 'paid'";
+    assert_eq!(int_of(&session, v1).await, 2);
+    let at = format!("select count(*) from table_at('silver.orders', '{between}')");
+    assert_eq!(int_of(&session, &at).await, 1);
     // A join of two versions: what changed between them.
-    let added = session
-        .sql(
-            "select count(*) from table_version('silver.orders', 1) n \
-             left join table_version('silver.orders', 0) o on n.id = o.id where o.id is null",
-        )
-        .await
-        .unwrap();
-    assert_eq!(single_i64(&added), 2);
+    let added = "select count(*) from table_version('silver.orders', 1) n \
+                 left join table_version('silver.orders', 0) o on n.id = o.id where o.id is null";
+    assert_eq!(int_of(&session, added).await, 2);
 
-    let err = session
-        .sql("select * from table_version('silver.orders', 7)")
-        .await
-        .unwrap_err()
-        .report();
+    let err = error_of(&session, "select * from table_version('silver.orders', 7)").await;
     assert!(
         err.contains("no version 7") && err.contains("0 to 1"),
         "{err}"
     );
-    let err = session
-        .sql("select * from table_at('silver.orders', 'last tuesday')")
-        .await
-        .unwrap_err()
-        .report();
+    let err = error_of(
+        &session,
+        "select * from table_at('silver.orders', 'last tuesday')",
+    )
+    .await;
     assert!(err.contains("not a timestamp"), "{err}");
     // Before the table existed: the Delta log has nothing to show.
-    let err = session
-        .sql("select * from table_at('silver.orders', '2000-01-01T00:00:00Z')")
-        .await
-        .unwrap_err()
-        .report();
+    let err = error_of(
+        &session,
+        "select * from table_at('silver.orders', '2000-01-01T00:00:00Z')",
+    )
+    .await;
     assert!(
         err.contains("silver.orders did not exist yet at 2000-01-01T00:00:00Z"),
         "{err}"
     );
-    let err = session
-        .sql("select * from table_version('silver.nope', 0)")
-        .await
-        .unwrap_err()
-        .report();
+    let err = error_of(&session, "select * from table_version('silver.nope', 0)").await;
     assert!(
         err.contains("silver.nope") && err.contains("not found"),
         "{err}"
@@ -482,45 +407,29 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[tokio::test]
 async fn console_explains_charts_writes_files_and_points_at_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let lake = lake(&dir);
-    append(
-        &lake,
-        "silver",
-        "orders",
-        orders(&[(1, "paid", 1000), (2, "paid", 3000), (3, "new", 500)]),
-    )
-    .await;
+    let rows = [(1, "paid", 1000), (2, "paid", 3000), (3, "new", 500)];
+    let lake = orders_lake(&dir, &rows).await;
     let session = Session::new(lake).await.unwrap();
     let mut console = Console::new(session, Vec::new());
-    let take =
-        |c: &mut Console<Vec<u8>>| String::from_utf8(std::mem::take(c.output_mut())).unwrap();
 
-    console
-        .handle_line("explain select status, count(*) from orders group by status;")
-        .await;
-    let out = take(&mut console);
+    let explain = "explain select status, count(*) from orders group by status;";
+    let out = output(&mut console, &[explain]).await;
     assert!(
         out.contains("logical_plan") && out.contains("Aggregate"),
         "{out}"
     );
-    console
-        .handle_line("explain analyze select count(*) from orders;")
-        .await;
-    let out = take(&mut console);
+    let explain = "explain analyze select count(*) from orders;";
+    let out = output(&mut console, &[explain]).await;
     assert!(
         out.contains("Plan with Metrics") && out.contains("output_rows"),
         "{out}"
     );
 
-    console
-        .handle_line(
-            "select status, sum(total) as revenue from orders group by status order by status;",
-        )
-        .await;
-    let out = take(&mut console);
+    let revenue =
+        "select status, sum(total) as revenue from orders group by status order by status;";
+    let out = output(&mut console, &[revenue]).await;
     assert!(out.contains("2 rows in "), "{out}");
-    console.handle_line("\\chart bar").await;
-    let out = take(&mut console);
+    let out = output(&mut console, &["\\chart bar"]).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(
@@ -532,9 +441,7 @@ async fn console_explains_charts_writes_files_and_points_at_errors() {
     assert_eq!(lines[1].matches('█').count(), 50, "{out}");
 
     // Errors point at the place: the parser's position, with a caret.
-    console.handle_line("select id,").await;
-    console.handle_line("  statuz from orders;").await;
-    let out = take(&mut console);
+    let out = output(&mut console, &["select id,", "  statuz from orders;"]).await;
     assert!(
         out.starts_with("ERROR: ") && out.contains("statuz"),
         "{out}"
@@ -546,23 +453,16 @@ async fn console_explains_charts_writes_files_and_points_at_errors() {
     assert_eq!(&line[caret.len() - 1..caret.len() + 5], "statuz", "{out}");
 
     // Formats and files.
-    console.handle_line("\\format csv").await;
-    console
-        .handle_line("select id from orders order by id;")
-        .await;
-    let out = take(&mut console);
+    let ids = "select id from orders order by id;";
+    let out = output(&mut console, &["\\format csv", ids]).await;
     assert!(
         out.starts_with("Output format is csv.\nid\n1\n2\n3\n"),
         "{out}"
     );
     let file = dir.path().join("out/result.parquet");
-    console
-        .handle_line(&format!("\\o {}", file.display()))
-        .await;
-    console
-        .handle_line("select id, status from orders where id > 1 order by id;")
-        .await;
-    let out = take(&mut console);
+    let to_file = format!("\\o {}", file.display());
+    let select = "select id, status from orders where id > 1 order by id;";
+    let out = output(&mut console, &[&to_file, select]).await;
     assert!(
         out.contains("wrote 2 rows to") && out.contains("(parquet)"),
         "{out}"

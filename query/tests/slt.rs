@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use deltalake::protocol::SaveMode;
-use tributary_lake::{Lake, LakeConfig};
+use tributary_lake::Lake;
 use tributary_query::Session;
 
+mod scratch_lake;
 mod slt_db;
 
 fn field(name: &str, t: DataType, nullable: bool) -> Field {
@@ -32,15 +32,7 @@ async fn append(lake: &Lake, layer: &str, table: &str, schema: &SchemaRef, json:
         .next()
         .expect("at least one row")
         .unwrap();
-    let handle = match lake.open(layer, table).await.unwrap() {
-        Some(t) => t,
-        None => lake.table_handle(layer, table).await.unwrap(),
-    };
-    handle
-        .write(vec![batch])
-        .with_save_mode(SaveMode::Append)
-        .await
-        .unwrap();
+    scratch_lake::append(lake, layer, table, batch).await;
 }
 
 /// The fixed lake every file runs against: `silver.orders` in two versions,
@@ -143,12 +135,7 @@ async fn sql_behaviour_pinned_in_slt_files() {
     let mut records = 0;
     for file in &files {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&LakeConfig {
-            root: dir.path().to_str().unwrap().to_string(),
-            s3: None,
-            coordinator_dsn: None,
-        })
-        .unwrap();
+        let lake = scratch_lake::lake(&dir);
         fixture(&lake).await;
         let session = Arc::new(Session::new(lake).await.unwrap());
         match slt_db::run_file(session, file).await {

@@ -6,7 +6,8 @@
 //! Everything here works per *chain*: the changes of one source row (one
 //! bronze `key`, i.e. shard and primary key) in commit order. A chain is
 //! always rebuilt from all its events, so a run that sees one new event of a
-//! row gives the same result as a full refresh.
+//! row gives the same result as a full refresh; [`changed_chains`] reads
+//! the chains a run rebuilds.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -15,10 +16,12 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, Decimal128Array, Int32Array, Int64Array, RecordBatch,
     StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::prelude::SessionContext;
 use serde_json::{Map, Value};
 
-use super::keys::{UNKNOWN, column, surrogate_key};
+use super::keys::{UNKNOWN, column, surrogate_key, ts_type};
+use super::session;
 
 /// `valid_to` of a version that is still current.
 pub(crate) const END_OF_TIME: i64 = 253_402_214_400_000_000; // 9999-12-31T00:00:00Z
@@ -26,7 +29,7 @@ pub(crate) const END_OF_TIME: i64 = 253_402_214_400_000_000; // 9999-12-31T00:00
 pub(crate) const START_OF_TIME: i64 = -2_208_988_800_000_000; // 1900-01-01T00:00:00Z
 
 /// The bronze columns a history reads.
-pub(crate) const BRONZE_COLUMNS: &str =
+const BRONZE_COLUMNS: &str =
     "event_id, op, shard, lsn, ordinal, commit_ts, key, before, after, unchanged_toast";
 
 /// One change event read back from bronze.
@@ -59,7 +62,7 @@ pub(crate) fn read_changes(batches: &[RecordBatch]) -> Result<Vec<Change>, crate
         model: "bronze history",
         source: e,
     };
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let ts = ts_type();
     let mut out = Vec::new();
     for b in batches {
         let ids = column::<StringArray>(b, "event_id", &DataType::Utf8).map_err(internal)?;
@@ -149,6 +152,39 @@ pub(crate) fn chains(changes: Vec<Change>) -> BTreeMap<String, Vec<Change>> {
     out
 }
 
+/// The whole history of every row of `bronze.<source>` with a new change
+/// (of every row on a full refresh, or when a new truncate closes them all),
+/// read from the run's session.
+pub(crate) async fn changed_chains(
+    ctx: &SessionContext,
+    source: &'static str,
+    full: bool,
+) -> Result<BTreeMap<String, Vec<Change>>, crate::Error> {
+    let truncated = !full
+        && !session::ids_text(
+            ctx,
+            &format!("SELECT op FROM new.{source} WHERE op = 't' LIMIT 1"),
+        )
+        .await?
+        .is_empty();
+    let everything = full || truncated;
+    let query = if everything {
+        format!("SELECT {BRONZE_COLUMNS} FROM bronze.{source}")
+    } else {
+        format!(
+            "SELECT {BRONZE_COLUMNS} FROM bronze.{source} WHERE key IN (SELECT key FROM new.{source}) OR op = 't'"
+        )
+    };
+    let (_, batches) = session::sql(ctx, source, &query).await?;
+    let mut chains = chains(read_changes(&batches)?);
+    if !everything {
+        let new_keys =
+            session::ids_text(ctx, &format!("SELECT DISTINCT key FROM new.{source}")).await?;
+        chains.retain(|k, _| new_keys.contains(k));
+    }
+    Ok(chains)
+}
+
 /// The row as it stood after `change`, given the state before it: values
 /// not sent (unchanged TOAST) keep the previous value.
 fn advance(state: &mut Map<String, Value>, change: &Change) {
@@ -181,7 +217,11 @@ pub(crate) struct Attr {
 #[derive(Debug)]
 pub(crate) struct DimSpec {
     pub table: &'static str,
+    /// The bronze table, also the name of the `scope.*` table of the ids
+    /// that got new versions in a run.
     pub source: &'static str,
+    /// The SQL function facts call to find the version valid at a time.
+    pub lookup: &'static str,
     pub key: &'static str,
     pub id: &'static str,
     pub attrs: &'static [Attr],
@@ -190,6 +230,7 @@ pub(crate) struct DimSpec {
 pub(crate) const DIM_CUSTOMER: DimSpec = DimSpec {
     table: "dim_customer",
     source: "customers",
+    lookup: "customer_key_at",
     key: "customer_key",
     id: "customer_id",
     attrs: &[
@@ -229,6 +270,7 @@ pub(crate) const DIM_CUSTOMER: DimSpec = DimSpec {
 pub(crate) const DIM_PRODUCT: DimSpec = DimSpec {
     table: "dim_product",
     source: "products",
+    lookup: "product_key_at",
     key: "product_key",
     id: "product_id",
     attrs: &[
@@ -259,10 +301,6 @@ pub(crate) const DIM_PRODUCT: DimSpec = DimSpec {
         },
     ],
 };
-
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
 
 impl DimSpec {
     pub(crate) fn schema(&self) -> SchemaRef {

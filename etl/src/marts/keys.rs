@@ -51,11 +51,7 @@ impl KeyIndex {
             let keys = column::<Int64Array>(b, key, &DataType::Int64)?;
             let ids = column::<Int64Array>(b, id, &DataType::Int64)?;
             let numbers = column::<Int32Array>(b, "version", &DataType::Int32)?;
-            let from = column::<TimestampMicrosecondArray>(
-                b,
-                "valid_from",
-                &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            )?;
+            let from = column::<TimestampMicrosecondArray>(b, "valid_from", &ts_type())?;
             for i in 0..b.num_rows() {
                 if keys.is_null(i) || ids.is_null(i) || keys.value(i) == UNKNOWN {
                     continue;
@@ -108,7 +104,8 @@ pub(crate) fn column<A: Array + Clone + 'static>(
         .ok_or_else(|| DataFusionError::Internal(format!("column {name} is not {data_type}")))
 }
 
-fn ts_type() -> DataType {
+/// The lake's timestamp type: microseconds in UTC.
+pub(crate) fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 

@@ -1,7 +1,10 @@
 //! The marts as models: what each gold table reads and how it is built.
 //!
 //! SQL models run on DataFusion over these schemas:
-//! - `silver.*`: current state, pinned at the run's start;
+//! - `bronze.*`: the change log, pinned at the run's start, and `new.*`:
+//!   its rows added since the last run (all of them on a full refresh);
+//! - `silver.*`: current state, pinned at the run's start, and
+//!   `changed.*`: the order ids of silver rows changed since the last run;
 //! - `stage.orders`: `silver.orders` with one row per id;
 //! - `stage.order_status_changes`, `stage.payment_events`: histories built
 //!   in Rust from bronze (see `history.rs`);
@@ -14,6 +17,34 @@
 //! ts)` return the key of the dimension version valid at `ts` (-1 when the
 //! dimension row has not arrived), `date_key(ts)` the `yyyymmdd` key (-1 for
 //! NULL: the Unknown date, or "milestone not reached").
+
+/// The schema of the marts.
+pub(crate) const GOLD: &str = "gold";
+
+/// Every gold table, in commit order.
+pub(crate) const TABLES: [&str; 8] = [
+    "dim_customer",
+    "dim_product",
+    "fct_order_status_event",
+    "fct_payment",
+    "fct_order_line",
+    "fct_order_fulfillment",
+    "agg_daily_sales",
+    "dim_date",
+];
+
+/// Source tables a run reads, `(layer, table, required)`; a required one
+/// must exist.
+pub(crate) const SOURCES: &[(&str, &str, bool)] = &[
+    ("bronze", "products", true),
+    ("bronze", "customers", true),
+    ("bronze", "orders", true),
+    ("bronze", "payments", false),
+    ("silver", "orders", true),
+    ("silver", "order_items", true),
+    ("silver", "payments", false),
+    ("silver", "shipments", false),
+];
 
 /// How a model is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -364,4 +395,34 @@ pub(crate) fn definition_hash() -> i64 {
     // Bump when the Rust-built tables change shape or meaning.
     text.push_str("rust-models-v1");
     super::keys::surrogate_key(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_come_after_their_dependencies() {
+        let models = models();
+        for (i, m) in models.iter().enumerate() {
+            for dep in &m.depends_on {
+                if let Some((layer, table)) = dep.split_once('.') {
+                    assert!(
+                        SOURCES.iter().any(|(l, t, _)| *l == layer && *t == table),
+                        "{} reads unregistered {dep}",
+                        m.name
+                    );
+                } else {
+                    let at = models.iter().position(|o| o.name == *dep);
+                    assert!(
+                        at.is_some_and(|at| at < i),
+                        "{} depends on {dep} built later",
+                        m.name
+                    );
+                }
+            }
+        }
+        let names: Vec<_> = models.iter().map(|m| m.name).collect();
+        assert_eq!(names, TABLES, "listing order is commit order");
+    }
 }

@@ -24,6 +24,8 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::protocol::{DeltaOperation, OutputMode};
 use tributary_lake::Lake;
 
+use super::models::{GOLD, SOURCES};
+use super::session;
 use crate::{Error, Result};
 
 const APP: &str = "tributary-etl/marts";
@@ -56,18 +58,6 @@ impl Watermark {
     }
 }
 
-/// Source names whose version a watermark may hold.
-const SOURCE_NAMES: [&str; 8] = [
-    "bronze.products",
-    "bronze.customers",
-    "bronze.orders",
-    "bronze.payments",
-    "silver.orders",
-    "silver.order_items",
-    "silver.payments",
-    "silver.shipments",
-];
-
 /// The last complete run's watermark, or why there is none (the reason a
 /// run becomes a full refresh).
 pub(crate) async fn read(
@@ -76,7 +66,7 @@ pub(crate) async fn read(
 ) -> Result<std::result::Result<Watermark, String>> {
     let mut found: Vec<(&str, Watermark)> = Vec::new();
     for table in tables {
-        let Some(t) = super::open(lake, "gold", table).await? else {
+        let Some(t) = session::open(lake, GOLD, table).await? else {
             return Ok(Err(format!("gold.{table} does not exist yet")));
         };
         let get = |app: String| {
@@ -102,9 +92,10 @@ pub(crate) async fn read(
         };
         let definition = get(format!("{APP}/definition")).await?.unwrap_or_default();
         let mut versions = BTreeMap::new();
-        for source in SOURCE_NAMES {
+        for (layer, source, _) in SOURCES {
+            let source = format!("{layer}.{source}");
             if let Some(v) = get(format!("{APP}/{source}")).await? {
-                versions.insert(source.to_string(), v);
+                versions.insert(source, v);
             }
         }
         found.push((
@@ -224,35 +215,27 @@ impl Source {
         Ok(())
     }
 
-    /// The whole table at the pinned version.
-    pub(crate) async fn current(&self, ctx: &SessionContext) -> Result<Arc<dyn TableProvider>> {
-        let _ = ctx;
-        match &self.delta {
-            Some(t) => super::provider(t, self.table).await,
-            None => Ok(empty_bronze()),
+    /// The whole table at the pinned version; an absent table is empty.
+    pub(crate) async fn current(&self) -> Result<Arc<dyn TableProvider>> {
+        match (&self.delta, self.layer) {
+            (Some(t), _) => session::provider(t, self.table).await,
+            (None, "bronze") => Ok(empty_bronze()),
+            (None, _) => Ok(empty_silver(self.table)),
         }
     }
 
     /// Rows in files added since the watermark (all rows without one).
-    pub(crate) async fn added(
-        &self,
-        ctx: &SessionContext,
-        full: bool,
-    ) -> Result<Arc<dyn TableProvider>> {
+    pub(crate) async fn added(&self, full: bool) -> Result<Arc<dyn TableProvider>> {
         match (&self.delta, &self.diff, full) {
-            (None, _, _) => Ok(empty_like(self.current(ctx).await?)),
-            (Some(_), None, _) | (Some(_), _, true) => self.current(ctx).await,
+            (None, _, _) => Ok(empty_like(self.current().await?)),
+            (Some(_), None, _) | (Some(_), _, true) => self.current().await,
             (Some(t), Some(d), false) => files(t, self.table, &d.added).await,
         }
     }
 
     /// For a silver table: the order ids (`id` for `orders`) of rows in
     /// files added or removed since the watermark, as `changed.<table>`.
-    pub(crate) async fn changed(
-        &self,
-        ctx: &SessionContext,
-        full: bool,
-    ) -> Result<Arc<dyn TableProvider>> {
+    pub(crate) async fn changed(&self, full: bool) -> Result<Arc<dyn TableProvider>> {
         let column = if self.table == "orders" {
             "id"
         } else {
@@ -268,7 +251,7 @@ impl Source {
                     files(t, self.table, &d.added).await?,
                     files(&d.before, self.table, &d.removed).await?,
                 ],
-                None => vec![self.current(ctx).await?],
+                None => vec![self.current().await?],
             };
             for side in sides {
                 let scratch = SessionContext::new();
@@ -293,7 +276,7 @@ impl Source {
                 })?);
             }
         }
-        let batches = super::conform(self.table, &schema, batches)?;
+        let batches = session::conform(self.table, &schema, batches)?;
         Ok(Arc::new(MemTable::try_new(schema, vec![batches]).map_err(
             |source| Error::Source {
                 table: self.table,
@@ -309,7 +292,7 @@ async fn files(
     name: &'static str,
     paths: &[String],
 ) -> Result<Arc<dyn TableProvider>> {
-    let provider = super::provider(table, name).await?;
+    let provider = session::provider(table, name).await?;
     if paths.is_empty() {
         return Ok(empty_like(provider));
     }
@@ -330,5 +313,29 @@ fn empty_like(provider: Arc<dyn TableProvider>) -> Arc<dyn TableProvider> {
 /// An absent optional bronze table: the change-log schema, no rows.
 fn empty_bronze() -> Arc<dyn TableProvider> {
     let schema = tributary_lake::schema::bronze_schema();
+    Arc::new(MemTable::try_new(schema, vec![vec![]]).expect("an empty table is valid"))
+}
+
+/// The columns the models read from an optional silver table that does not
+/// exist yet (nothing ingested), empty.
+fn empty_silver(table: &str) -> Arc<dyn TableProvider> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let ts = super::keys::ts_type;
+    let fields = match table {
+        "payments" => vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("order_id", DataType::Int64, true),
+            Field::new("status", DataType::Utf8, true),
+            Field::new("created_at", ts(), true),
+            Field::new("updated_at", ts(), true),
+        ],
+        _ => vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("order_id", DataType::Int64, true),
+            Field::new("shipped_at", ts(), true),
+            Field::new("delivered_at", ts(), true),
+        ],
+    };
+    let schema = Arc::new(Schema::new(fields));
     Arc::new(MemTable::try_new(schema, vec![vec![]]).expect("an empty table is valid"))
 }

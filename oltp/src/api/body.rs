@@ -165,22 +165,24 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
+/// The field a rejected request names; panics on anything but a bad request.
+#[cfg(test)]
+pub(crate) fn bad_field<T>(parsed: Result<T>) -> String {
+    match parsed {
+        Err(Error::BadRequest { field, .. }) => field,
+        other => panic!("expected a bad request, got {:?}", other.err()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn field_of(e: Error) -> String {
-        match e {
-            Error::BadRequest { field, .. } => field,
-            other => panic!("expected a bad request, got {other:?}"),
-        }
-    }
-
     #[test]
     fn malformed_and_non_object_bodies_name_body() {
-        assert_eq!(field_of(parse_object(b"{\"a\":").err().unwrap()), "body");
-        assert_eq!(field_of(parse_object(b"[1]").err().unwrap()), "body");
-        assert_eq!(field_of(parse_object(b"").err().unwrap()), "body");
+        assert_eq!(bad_field(parse_object(b"{\"a\":")), "body");
+        assert_eq!(bad_field(parse_object(b"[1]")), "body");
+        assert_eq!(bad_field(parse_object(b"")), "body");
     }
 
     #[test]
@@ -189,26 +191,26 @@ mod tests {
             br#"{"name": 5, "blank": "  ", "n": "7", "items": [{"q": 1.5}, 3], "x": null}"#,
         )
         .unwrap();
-        assert_eq!(field_of(f.string("name", 10).unwrap_err()), "name");
-        assert_eq!(field_of(f.string("blank", 10).unwrap_err()), "blank");
-        assert_eq!(field_of(f.string("missing", 10).unwrap_err()), "missing");
-        assert_eq!(field_of(f.string("x", 10).unwrap_err()), "x");
+        assert_eq!(bad_field(f.string("name", 10)), "name");
+        assert_eq!(bad_field(f.string("blank", 10)), "blank");
+        assert_eq!(bad_field(f.string("missing", 10)), "missing");
+        assert_eq!(bad_field(f.string("x", 10)), "x");
         assert_eq!(f.opt_string("x", 10).unwrap(), None);
-        assert_eq!(field_of(f.int("n").unwrap_err()), "n");
-        assert_eq!(field_of(f.objects("items").unwrap_err()), "items[1]");
-        assert_eq!(field_of(f.deny_unknown(&["name"]).unwrap_err()), "blank");
+        assert_eq!(bad_field(f.int("n")), "n");
+        assert_eq!(bad_field(f.objects("items")), "items[1]");
+        assert_eq!(bad_field(f.deny_unknown(&["name"])), "blank");
 
         let f = parse_object(br#"{"items": [{"q": 1.5}]}"#).unwrap();
         let items = f.objects("items").unwrap();
-        assert_eq!(field_of(items[0].int("q").unwrap_err()), "items[0].q");
-        assert_eq!(field_of(items[0].int("p").unwrap_err()), "items[0].p");
-        assert_eq!(field_of(f.string("items", 5).unwrap_err()), "items");
+        assert_eq!(bad_field(items[0].int("q")), "items[0].q");
+        assert_eq!(bad_field(items[0].int("p")), "items[0].p");
+        assert_eq!(bad_field(f.string("items", 5)), "items");
     }
 
     #[test]
     fn string_length_is_bounded() {
         let f = parse_object(br#"{"s": "abcdef"}"#).unwrap();
         assert_eq!(f.string("s", 6).unwrap(), "abcdef");
-        assert_eq!(field_of(f.string("s", 5).unwrap_err()), "s");
+        assert_eq!(bad_field(f.string("s", 5)), "s");
     }
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 
 use super::body::{Fields, IdPath, JsonBody};
 use super::{JsonResponse, Shared, is_sql_state};
@@ -141,25 +142,32 @@ pub(crate) async fn create(State(state): State<Shared>, JsonBody(body): JsonBody
     }
 }
 
-/// `GET /customers/{id}`.
-pub(crate) async fn fetch(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
-    let not_found = Error::NotFound {
+/// Runs `sql` (returning [`COLUMNS`] of at most one row) on the shard of
+/// customer `id` and answers with that row; `404` when there is none.
+async fn on_customer_shard(
+    state: &Shared,
+    id: i64,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> JsonResponse {
+    let not_found = || Error::NotFound {
         entity: "customer",
         id,
     };
-    let Some(shard) = state.customer_shard(id).await? else {
-        return Err(not_found);
-    };
+    let shard = state.customer_shard(id).await?.ok_or_else(not_found)?;
     let row = state.shards[shard]
         .get()
         .await?
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM customers WHERE id = $1"),
-            &[&id],
-        )
+        .query_opt(sql, params)
         .await?
-        .ok_or(not_found)?;
+        .ok_or_else(not_found)?;
     Ok((StatusCode::OK, Json(to_json(&row, shard))))
+}
+
+/// `GET /customers/{id}`.
+pub(crate) async fn fetch(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
+    let sql = format!("SELECT {COLUMNS} FROM customers WHERE id = $1");
+    on_customer_shard(&state, id, &sql, &[&id]).await
 }
 
 /// `PATCH /customers/{id}`: change any of address, city, country and name.
@@ -179,43 +187,25 @@ pub(crate) async fn update(
             "expected at least one of address, city, country, name",
         ));
     }
-    let not_found = Error::NotFound {
-        entity: "customer",
-        id,
-    };
-    let Some(shard) = state.customer_shard(id).await? else {
-        return Err(not_found);
-    };
-    let row = state.shards[shard]
-        .get()
-        .await?
-        .query_opt(
-            &format!(
-                "UPDATE customers SET
-                     address = coalesce($2, address),
-                     city = coalesce($3, city),
-                     country = coalesce($4, country),
-                     name = coalesce($5, name),
-                     updated_at = now()
-                 WHERE id = $1 RETURNING {COLUMNS}"
-            ),
-            &[&id, &address, &city, &country, &name],
-        )
-        .await?
-        .ok_or(not_found)?;
-    Ok((StatusCode::OK, Json(to_json(&row, shard))))
+    let sql = format!(
+        "UPDATE customers SET
+             address = coalesce($2, address),
+             city = coalesce($3, city),
+             country = coalesce($4, country),
+             name = coalesce($5, name),
+             updated_at = now()
+         WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    on_customer_shard(&state, id, &sql, &[&id, &address, &city, &country, &name]).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::body::parse_object;
+    use crate::api::body::{bad_field, parse_object};
 
     fn field_of(body: &str) -> String {
-        match parse_new(&parse_object(body.as_bytes()).unwrap()) {
-            Err(Error::BadRequest { field, .. }) => field,
-            other => panic!("expected a bad request, got {:?}", other.err()),
-        }
+        bad_field(parse_new(&parse_object(body.as_bytes()).unwrap()))
     }
 
     const OK: &str = r#"{"email":"a@b.c","name":"A","region":"eu","country":"DE","city":"Berlin","address":"x 1","lat":52.5,"lon":13.4}"#;

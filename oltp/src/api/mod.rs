@@ -2,7 +2,6 @@
 
 mod body;
 mod customers;
-mod metrics;
 mod orders;
 mod products;
 
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{OltpConfig, Topology};
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::migrate::migrate;
 use crate::pool::Pool;
 use crate::routing::Router;
@@ -35,7 +35,6 @@ pub(crate) struct AppState {
     pub(crate) shards: Vec<Pool>,
     pub(crate) router: Router,
     directory: RwLock<HashMap<i64, usize>>,
-    pub(crate) metrics: metrics::Metrics,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -120,7 +119,6 @@ impl Server {
             shards,
             router,
             directory: RwLock::new(HashMap::new()),
-            metrics: metrics::Metrics::default(),
         });
         let listener = TcpListener::bind(&config.listen)
             .await
@@ -178,10 +176,7 @@ fn app(state: Shared) -> axum::Router {
         .route("/orders/{id}/refund", post(orders::refund))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
 

@@ -499,17 +499,14 @@ pub(crate) async fn delete(State(state): State<Shared>, IdPath(id): IdPath) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::body::parse_object;
+    use crate::api::body::{bad_field, parse_object};
 
     fn parse(body: &str) -> Result<NewOrder> {
         parse_new(&parse_object(body.as_bytes())?)
     }
 
     fn field_of(body: &str) -> String {
-        match parse(body) {
-            Err(Error::BadRequest { field, .. }) => field,
-            other => panic!("expected a bad request, got {other:?}"),
-        }
+        bad_field(parse(body))
     }
 
     #[test]

@@ -152,13 +152,10 @@ pub(crate) async fn change_price(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::body::parse_object;
+    use crate::api::body::{bad_field, parse_object};
 
     fn field_of(body: &str) -> String {
-        match parse_new(&parse_object(body.as_bytes()).unwrap()) {
-            Err(Error::BadRequest { field, .. }) => field,
-            other => panic!("expected a bad request, got {:?}", other.err()),
-        }
+        bad_field(parse_new(&parse_object(body.as_bytes()).unwrap()))
     }
 
     #[test]

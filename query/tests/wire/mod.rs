@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_query::SqlConfig;
 use tributary_query::wire::Server;
 
-use super::{append, lake, orders};
+use super::{append, orders, orders_lake};
 
 const PASSWORD: &str = "s3cret-pw";
 
@@ -29,14 +29,7 @@ impl Drop for Running {
 
 async fn start(configure: impl FnOnce(&mut SqlConfig, &Path)) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let lake = lake(&dir);
-    append(
-        &lake,
-        "silver",
-        "orders",
-        orders(&[(1, "paid", 1050), (2, "pending", 200)]),
-    )
-    .await;
+    let lake = orders_lake(&dir, &[(1, "paid", 1050), (2, "pending", 200)]).await;
     append(&lake, "silver", "orders", orders(&[(3, "paid", 150)])).await;
     append(&lake, "gold", "daily", orders(&[(9, "x", 1)])).await;
     let mut config = SqlConfig {
@@ -66,6 +59,24 @@ struct Output {
     stderr: String,
 }
 
+/// psql connecting to the server at `addr` (no psqlrc, unaligned output),
+/// its output captured.
+fn psql_command(addr: SocketAddr, password: &str, sslmode: &str) -> Command {
+    let mut command = Command::new("psql");
+    command
+        .arg(format!(
+            "host=127.0.0.1 port={} user=tributary dbname=lake sslmode={sslmode}",
+            addr.port()
+        ))
+        .args(["-X", "-A"])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
 /// Runs psql (unaligned, tuples only unless `-c` says otherwise) with
 /// `args` and `stdin` as the script.
 async fn psql(
@@ -76,19 +87,10 @@ async fn psql(
     stdin: &str,
 ) -> Output {
     use tokio::io::AsyncWriteExt;
-    let mut child = Command::new("psql")
-        .arg(format!(
-            "host=127.0.0.1 port={} user=tributary dbname=lake sslmode={sslmode}",
-            addr.port()
-        ))
-        .args(["-X", "-A", "-v", "ON_ERROR_STOP=0"])
+    let mut child = psql_command(addr, password, sslmode)
+        .args(["-v", "ON_ERROR_STOP=0"])
         .args(args)
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10")
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("psql is installed (scripts/bootstrap.sh)");
     let mut input = child.stdin.take().unwrap();
@@ -105,14 +107,31 @@ async fn psql(
     }
 }
 
+/// A wrong password is refused, with `sslmode`.
+async fn assert_wrong_password_refused(addr: SocketAddr, sslmode: &str) {
+    let out = psql(addr, "wrong", sslmode, &["-t"], "select 1;\n").await;
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .to_lowercase()
+                .contains("password authentication failed"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Runs `script` through psql with the right password, without TLS,
+/// printing tuples only.
+async fn tuples(addr: SocketAddr, script: &str) -> Output {
+    psql(addr, PASSWORD, "disable", &["-t"], script).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_queries_lists_and_describes_tables() {
     let server = start(|_, _| {}).await;
-    let out = psql(
+    let out = tuples(
         server.addr,
-        PASSWORD,
-        "disable",
-        &["-t"],
         "select id, status, total, created_at from silver.orders order by id;\n\
          select count(*) from gold.daily;\n",
     )
@@ -167,11 +186,8 @@ async fn psql_queries_lists_and_describes_tables() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_sees_errors_and_the_connection_and_server_stay_up() {
     let server = start(|_, _| {}).await;
-    let out = psql(
+    let out = tuples(
         server.addr,
-        PASSWORD,
-        "disable",
-        &["-t"],
         "selec 1;\nselect nope from orders;\nselect 40 + 2;\n",
     )
     .await;
@@ -189,18 +205,10 @@ async fn psql_sees_errors_and_the_connection_and_server_stay_up() {
     );
     assert!(out.stderr.contains("nope"), "{}", out.stderr);
 
-    let out = psql(server.addr, "wrong", "disable", &["-t"], "select 1;\n").await;
-    assert!(!out.ok);
-    assert!(
-        out.stderr
-            .to_lowercase()
-            .contains("password authentication failed"),
-        "{}",
-        out.stderr
-    );
+    assert_wrong_password_refused(server.addr, "disable").await;
 
     // Still serving.
-    let out = psql(server.addr, PASSWORD, "disable", &["-t"], "select 'up';\n").await;
+    let out = tuples(server.addr, "select 'up';\n").await;
     assert_eq!(out.stdout, "up\n", "{}", out.stderr);
 }
 
@@ -209,11 +217,8 @@ async fn psql_ctrl_c_cancels_and_the_timeout_stops_long_queries() {
     let server = start(|c, _| c.statement_timeout_ms = 3_000).await;
     // The timeout.
     let started = Instant::now();
-    let out = psql(
+    let out = tuples(
         server.addr,
-        PASSWORD,
-        "disable",
-        &["-t"],
         "select sum(value) from range(1000000000000);\nselect 'after';\n",
     )
     .await;
@@ -223,22 +228,8 @@ async fn psql_ctrl_c_cancels_and_the_timeout_stops_long_queries() {
     assert!(took < Duration::from_secs(15), "{took:?}");
 
     // Ctrl-C: SIGINT to psql makes it send a CancelRequest.
-    let child = Command::new("psql")
-        .arg(format!(
-            "host=127.0.0.1 port={} user=tributary dbname=lake sslmode=disable",
-            server.addr.port()
-        ))
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-c",
-            "select sum(value) from range(1000000000000)",
-        ])
-        .env("PGPASSWORD", PASSWORD)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
+    let child = psql_command(server.addr, PASSWORD, "disable")
+        .args(["-t", "-c", "select sum(value) from range(1000000000000)"])
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -314,16 +305,7 @@ async fn psql_connects_over_tls() {
     );
     assert!(out.stdout.ends_with("3\n"), "{}", out.stdout);
     // Without TLS it still works (sslmode=disable), with it wrong passwords still fail.
-    let out = psql(server.addr, "wrong", "require", &["-t"], "select 1;\n").await;
-    assert!(
-        !out.ok
-            && out
-                .stderr
-                .to_lowercase()
-                .contains("password authentication failed"),
-        "{}",
-        out.stderr
-    );
+    assert_wrong_password_refused(server.addr, "require").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
