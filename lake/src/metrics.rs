@@ -9,12 +9,9 @@
 
 use std::sync::LazyLock;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-use prometheus::{CounterVec, Opts};
 use tributary_metrics::{
-    GaugeVec, Histogram, IntCounterVec, IntGaugeVec, counter_vec, gauge_vec, histogram,
-    int_gauge_vec,
+    Collector, CounterVec, Desc, GaugeVec, Histogram, IntCounterVec, IntGaugeVec, MetricFamily,
+    Opts, counter_vec, float_counter_vec, gauge_vec, histogram, int_gauge_vec, register_collector,
 };
 
 pub const MESSAGES_TOTAL: &str = "tributary_lake_messages_total";
@@ -148,9 +145,7 @@ static FRESHNESS: LazyLock<Histogram> = LazyLock::new(|| {
 
 static SILVER_FRESHNESS: LazyLock<()> = LazyLock::new(|| {
     let c = SilverFreshness::new();
-    prometheus::default_registry()
-        .register(Box::new(c))
-        .unwrap_or_else(|e| panic!("registering metric {SILVER_FRESHNESS_SECONDS}: {e}"));
+    register_collector(SILVER_FRESHNESS_SECONDS, Box::new(c));
 });
 
 /// Registers every lake metric, so a scrape shows the freshness histogram
@@ -164,17 +159,6 @@ pub(crate) fn register() {
     LazyLock::force(&FILES);
     LazyLock::force(&FRESHNESS);
     LazyLock::force(&SILVER_FRESHNESS);
-}
-
-/// A counter with labels that counts fractions (seconds), which
-/// `tributary_metrics` has no helper for.
-fn float_counter_vec(name: &str, help: &str, labels: &[&str]) -> CounterVec {
-    let c = CounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    prometheus::default_registry()
-        .register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("registering metric {name}: {e}"));
-    c
 }
 
 /// `tributary_lake_silver_freshness_seconds{table}`, computed at scrape time
@@ -303,8 +287,7 @@ pub(crate) fn batch(
 
 #[cfg(test)]
 mod tests {
-    use prometheus::{Encoder, HistogramOpts, TextEncoder};
-    use tributary_metrics::render;
+    use tributary_metrics::{HistogramOpts, render, render_families};
 
     use super::*;
 
@@ -377,9 +360,7 @@ mod tests {
         for s in [0.07, 0.3, 1000.0] {
             h.observe(s);
         }
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&h.collect(), &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = render_families(&h.collect());
         assert!(text.contains("f_bucket{le=\"0.05\"} 0\n"), "{text}");
         assert!(text.contains("f_bucket{le=\"0.1\"} 1\n"), "{text}");
         assert!(text.contains("f_bucket{le=\"0.5\"} 2\n"), "{text}");

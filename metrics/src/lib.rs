@@ -17,10 +17,13 @@
 
 use std::net::SocketAddr;
 
-use prometheus::{Encoder, HistogramOpts, Opts, TextEncoder};
+pub use prometheus::core::{Collector, Desc};
+pub use prometheus::proto::MetricFamily;
 pub use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts,
 };
+use prometheus::{Encoder, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
 /// Latency buckets in seconds, 1 ms to 10 s.
@@ -28,7 +31,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-fn register<C: prometheus::core::Collector + Clone + 'static>(name: &str, c: C) -> C {
+fn register<C: Collector + Clone + 'static>(name: &str, c: C) -> C {
     // A name registered twice is a programming error: two crates claimed it.
     prometheus::default_registry()
         .register(Box::new(c.clone()))
@@ -42,6 +45,31 @@ pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     register(name, c)
+}
+
+/// A counter with labels that counts fractions (e.g. seconds spent).
+pub fn float_counter_vec(name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let c = CounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(name, c)
+}
+
+/// Registers a collector of one's own: a metric computed at scrape time
+/// (e.g. "seconds behind", which grows while nothing happens). Call once.
+pub fn register_collector(name: &str, collector: Box<dyn Collector>) {
+    prometheus::default_registry()
+        .register(collector)
+        .unwrap_or_else(|e| panic!("registering metric {name}: {e}"));
+}
+
+/// Every metric family of `collector` as Prometheus text (for tests of a
+/// collector or histogram kept outside the registry).
+pub fn render_families(families: &[MetricFamily]) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(families, &mut out)
+        .expect("the text encoder writes to memory");
+    String::from_utf8(out).expect("the text encoder writes UTF-8")
 }
 
 /// A counter without labels.
@@ -83,11 +111,7 @@ pub fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -
 
 /// Every metric of this process, as Prometheus text (format 0.0.4).
 pub fn render() -> String {
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&prometheus::gather(), &mut out)
-        .expect("the text encoder writes to memory");
-    String::from_utf8(out).expect("the text encoder writes UTF-8")
+    render_families(&prometheus::gather())
 }
 
 /// Serves `/metrics` ([`render`]) and `/healthz` on `listen` until
