@@ -1,0 +1,258 @@
+//! PostgreSQL on this machine: finding the installed programs, running the
+//! server's tools (as the `postgres` OS user when we are root: `initdb` and
+//! the server refuse to run as root), the local stack's clusters, and the
+//! one way tributary's tools connect for SQL.
+//!
+//! ```no_run
+//! use tributary_stack::postgres::PgTools;
+//! let tools = PgTools::find(None).unwrap();
+//! let status = tools.command("pg_ctl").arg("--version").status().unwrap();
+//! assert!(status.success());
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tributary_model::dsn::describe;
+
+use crate::local::PgInstance;
+use crate::{Error, Result, io, pg};
+
+/// The programs of one PostgreSQL installation (`initdb`, `pg_ctl`,
+/// `postgres`, `pg_recvlogical`, …).
+#[derive(Clone, Debug)]
+pub struct PgTools {
+    dir: PathBuf,
+}
+
+impl PgTools {
+    /// `configured` (`stack.pg_bin`) when given; else `pg_config --bindir`
+    /// when it holds `pg_ctl`; else the newest `/usr/lib/postgresql/*/bin`
+    /// (Debian's layout) that does.
+    pub fn find(configured: Option<&Path>) -> Result<PgTools> {
+        if let Some(dir) = configured {
+            return Ok(PgTools { dir: dir.into() });
+        }
+        if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if dir.join("pg_ctl").exists() {
+                return Ok(PgTools { dir });
+            }
+        }
+        let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path().join("bin"))
+                    .filter(|p| p.join("pg_ctl").exists())
+                    .collect()
+            })
+            .unwrap_or_default();
+        candidates.sort();
+        let dir = candidates.pop().ok_or(Error::PostgresNotInstalled)?;
+        Ok(PgTools { dir })
+    }
+
+    /// The folder that holds the programs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of `program`; an error when this installation lacks it.
+    pub fn program(&self, program: &str) -> Result<PathBuf> {
+        let path = self.dir.join(program);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::PostgresToolMissing {
+                program: program.into(),
+                dir: self.dir.display().to_string(),
+            })
+        }
+    }
+
+    /// Runs a server tool (`initdb`, `pg_ctl`, `postgres`), as the
+    /// `postgres` user when we are root.
+    pub fn command(&self, program: &str) -> Command {
+        let exe = self.dir.join(program);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+}
+
+pub(crate) fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Gives `path` (recursively) to the `postgres` user when we are root, so
+/// the server run by [`PgTools::command`] can use it.
+pub fn chown_to_server_user(path: &Path) -> Result<()> {
+    if is_root() {
+        run(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path),
+            "chown to postgres",
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `cmd` to completion; its output is the error when it fails.
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| Error::Spawn {
+            what: what.into(),
+            program: format!("{:?}", cmd.get_program()),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(Error::CommandFailed {
+            what: what.into(),
+            status: out.status.to_string(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Connects for SQL with the session settings tributary's checks rely on
+/// (UTC, floats with every digit). The DSN reaches errors without its
+/// password.
+pub async fn connect(dsn: &str) -> Result<tokio_postgres::Client> {
+    let mut cfg: tokio_postgres::Config = dsn.parse().map_err(Error::InvalidDsn)?;
+    cfg.options("-c TimeZone=UTC -c extra_float_digits=1");
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(pg(format!("connecting to {}", describe(dsn))))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Where the stack's PostgreSQL data lives: under the state folder, unless
+/// we are root and the `postgres` user cannot reach it (e.g. a state folder
+/// under `/root`); then under `/var/tmp`, named after the state folder.
+pub(crate) fn data_base(state_dir: &Path) -> Result<PathBuf> {
+    let base = state_dir.join("pg");
+    if !is_root() {
+        return Ok(base);
+    }
+    std::fs::create_dir_all(state_dir).map_err(io(format!("creating {}", state_dir.display())))?;
+    let ok = Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(state_dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Ok(base);
+    }
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in state_dir.to_string_lossy().bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    Ok(PathBuf::from(format!("/var/tmp/tributary-{h:016x}/pg")))
+}
+
+/// Creates the cluster when it does not exist (logical replication on,
+/// loopback only, `tributary` as superuser with trust), starts it when it
+/// is stopped, and creates its database.
+pub(crate) async fn start_cluster(tools: &PgTools, cluster: &PgInstance) -> Result<()> {
+    let data = &cluster.data_dir;
+    if !data.join("PG_VERSION").exists() {
+        std::fs::create_dir_all(data).map_err(io(format!("creating {}", data.display())))?;
+        let parent = data
+            .parent()
+            .ok_or_else(|| Error::Internal(format!("{} has no parent", data.display())))?;
+        chown_to_server_user(parent)?;
+        run(
+            tools.command("initdb").arg("-D").arg(data).args([
+                "-U",
+                "tributary",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]),
+            "initdb",
+        )?;
+        let conf = format!(
+            "\n# tributary\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
+             wal_level = logical\nmax_replication_slots = 16\nmax_wal_senders = 16\n\
+             max_connections = 200\nshared_buffers = 128MB\nwal_sender_timeout = 30s\n",
+            cluster.port
+        );
+        let path = data.join("postgresql.conf");
+        let mut text =
+            std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+        text.push_str(&conf);
+        std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+        chown_to_server_user(data)?;
+    }
+    let running = tools
+        .command("pg_ctl")
+        .arg("-D")
+        .arg(data)
+        .arg("status")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !running {
+        run(
+            tools
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(data)
+                .arg("-l")
+                .arg(data.join("server.log"))
+                .args(["-w", "-t", "60", "start"]),
+            "pg_ctl start",
+        )?;
+    }
+    let (client, conn) = tokio_postgres::connect(&cluster.admin_dsn(), tokio_postgres::NoTls)
+        .await
+        .map_err(pg(format!("connecting to {}", cluster.name)))?;
+    tokio::spawn(conn);
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&cluster.database],
+        )
+        .await
+        .map_err(pg("reading pg_database"))?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE DATABASE {}", cluster.database))
+            .await
+            .map_err(pg(format!("creating database {}", cluster.database)))?;
+    }
+    Ok(())
+}
+
+/// Stops the cluster (fast shutdown) when it runs; errors are ignored.
+pub(crate) fn stop_cluster(tools: &PgTools, cluster: &PgInstance) {
+    if cluster.data_dir.join("postmaster.pid").exists() {
+        let _ = run(
+            tools
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(&cluster.data_dir)
+                .args(["-m", "fast", "-w", "stop"]),
+            "pg_ctl stop",
+        );
+    }
+}
