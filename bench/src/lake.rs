@@ -366,10 +366,7 @@ impl Bench<'_> {
                 out.insert(name.to_string(), s);
             }
         }
-        let broker_pid = self
-            .platform
-            .stack()
-            .and_then(|s| tributary_stack::broker::pid(&s.broker));
+        let broker_pid = self.platform.stack().and_then(|s| s.broker.pid());
         if let Some(s) = broker_pid.and_then(cpu_secs) {
             out.insert("broker".into(), s);
         }

@@ -2,9 +2,9 @@
 //! starting one on a loopback port with a storage engine, stopping it.
 //!
 //! The local stack's broker runs in its own process group with a pid file,
-//! so it outlives the command that started it ([`start_detached`],
-//! [`stop`]); a benchmark's broker is a child that dies with it
-//! ([`command`] and [`wait_listening`]).
+//! so it outlives the command that started it
+//! ([`BrokerInstance`](crate::BrokerInstance)); a benchmark's broker is a
+//! child that dies with it ([`command`] and [`wait_listening`]).
 
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::local::BrokerInstance;
 use crate::{Error, Result, io};
 
 /// The storage engine of the local stack's broker: sqlite in the broker's
@@ -84,38 +83,38 @@ pub async fn wait_listening(port: u16, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Starts the stack's broker unless it already listens: in its own process
-/// group (Ctrl-C on `tributary` does not stop the stack), its pid in
-/// `<data_dir>/pid`.
-pub(crate) async fn start_detached(bin: &Path, broker: &BrokerInstance) -> Result<()> {
-    if port_open(broker.port) {
+/// Starts a broker on `port` in `dir` with the stack's storage unless
+/// something listens there already: in its own process group (Ctrl-C on
+/// `tributary` does not stop the stack), its pid in `<dir>/pid`.
+pub(crate) async fn start_detached(bin: &Path, port: u16, dir: &Path) -> Result<()> {
+    if port_open(port) {
         return Ok(());
     }
-    let child = command(bin, broker.port, STACK_STORAGE, &broker.data_dir)?
+    let child = command(bin, port, STACK_STORAGE, dir)?
         .process_group(0)
         .spawn()
         .map_err(io(format!("starting {}", bin.display())))?;
-    let pid_file = broker.data_dir.join("pid");
+    let pid_file = dir.join("pid");
     std::fs::write(&pid_file, child.id().to_string())
         .map_err(io(format!("writing {}", pid_file.display())))?;
-    wait_listening(broker.port, &broker.data_dir).await
+    wait_listening(port, dir).await
 }
 
-/// The pid of the stack's broker, from its pid file.
-pub fn pid(broker: &BrokerInstance) -> Option<u32> {
-    std::fs::read_to_string(broker.data_dir.join("pid"))
+/// The pid recorded in `<dir>/pid` by [`start_detached`].
+pub(crate) fn pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("pid"))
         .ok()?
         .trim()
         .parse()
         .ok()
 }
 
-/// Stops the stack's broker recorded in its pid file: SIGTERM, up to 5 s,
-/// then SIGKILL.
-pub fn stop(broker: &BrokerInstance) {
+/// Stops the broker recorded in `<dir>/pid`: SIGTERM, up to 5 s, then
+/// SIGKILL.
+pub(crate) fn stop(dir: &Path) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    let Some(pid) = pid(broker) else {
+    let Some(pid) = pid(dir) else {
         return;
     };
     let pid = Pid::from_raw(pid as i32);
@@ -129,5 +128,5 @@ pub fn stop(broker: &BrokerInstance) {
         let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     }
     let _ = kill(pid, Signal::SIGKILL);
-    let _ = std::fs::remove_file(broker.data_dir.join("pid"));
+    let _ = std::fs::remove_file(dir.join("pid"));
 }

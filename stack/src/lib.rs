@@ -9,10 +9,10 @@
 //!   rule is the same everywhere: what the configuration names, else the
 //!   local stack. Every command, the demo and the benchmarks start from a
 //!   `Platform`, and so should every new process.
-//! - the local stack ([`up`], [`down`], [`status`], [`StackState`]):
-//!   PostgreSQL clusters made with the system's `initdb`/`pg_ctl`
-//!   ([`postgres`]) and a tansu broker ([`broker`]), all under the state
-//!   folder.
+//! - the local stack ([`Platform::start`], [`down`], [`status`],
+//!   [`StackState`]): PostgreSQL clusters made with the system's
+//!   `initdb`/`pg_ctl` (found by [`postgres::PgTools`]) and a tansu broker
+//!   ([`broker`]), all under the state folder.
 //! - [`checks`]: whether the pipeline has caught up with the sources and
 //!   whether silver equals them row for row: what `tributary wait` and
 //!   `tributary verify`, the demo, the benchmarks and the tests ask.
@@ -42,7 +42,7 @@ pub mod postgres;
 mod status;
 
 pub use config::Config;
-pub use local::{BrokerInstance, PgInstance, StackState, down, up};
+pub use local::{BrokerInstance, PgInstance, StackState, down};
 pub use platform::{Platform, Sources};
 pub use status::{ComponentStatus, status};
 

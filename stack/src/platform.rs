@@ -15,7 +15,7 @@
 use tributary_cdc::SourceDb;
 use tributary_kafka::KafkaConfig;
 use tributary_lake::{Lake, LakeConfig};
-use tributary_model::domain::{Database, tables_of};
+use tributary_model::domain::{Database, TABLES, tables_of, topic_of};
 
 use crate::config::Config;
 use crate::local::{self, StackState};
@@ -39,11 +39,22 @@ impl Platform {
         Ok(Platform::resolve(config, stack))
     }
 
-    /// Starts the local stack (creating what is missing; see [`local::up`])
-    /// and resolves `config` against it.
+    /// Starts the local stack (idempotent: creates the PostgreSQL clusters
+    /// and the broker that are missing, starts those that are stopped),
+    /// resolves `config` against it and creates the change topics on the
+    /// resolved broker (the configured one when there is one).
     pub async fn start(config: Config) -> Result<Platform> {
         let stack = local::up(&config).await?;
-        Ok(Platform::resolve(config, Some(stack)))
+        let platform = Platform::resolve(config, Some(stack));
+        let kafka = platform.kafka()?;
+        let topics: Vec<String> = TABLES
+            .iter()
+            .map(|t| topic_of(&kafka.topic_prefix, t))
+            .collect();
+        tributary_kafka::ensure_topics(kafka, &topics)
+            .await
+            .map_err(Error::Topics)?;
+        Ok(platform)
     }
 
     /// Resolves `config` against `stack` (the local stack, when there is one).
