@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use tributary_model::dsn::describe;
 use tributary_stack::checks::{self, first_column};
 use tributary_stack::postgres::connect;
 use tributary_stack::{Config, Platform, Sources};
@@ -186,7 +187,7 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
     let sources = platform.sources()?.clone();
     let kafka = platform.kafka()?.clone();
     for s in platform.stack().into_iter().flat_map(|s| s.all_pg()) {
-        println!("  postgres {:<8} {}", s.name, s.dsn());
+        println!("  postgres {:<8} {}", s.name, describe(&s.dsn()));
     }
     println!("  kafka            {}", kafka.brokers);
     println!("  lake             {}", platform.lake_config().root);

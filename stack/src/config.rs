@@ -66,12 +66,19 @@ fn default_shards() -> usize {
 }
 
 /// Databases outside the local stack (`[sources]`): when given, the pipeline
-/// reads these instead of the local clusters.
-#[derive(Clone, Debug, Deserialize)]
+/// reads these instead of the local clusters. `Debug` shows the DSNs
+/// without their passwords.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourcesConfig {
     pub shards: Vec<String>,
     pub catalog: String,
+}
+
+impl std::fmt::Debug for SourcesConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::platform::debug_dsns(f, "SourcesConfig", &self.shards, &self.catalog)
+    }
 }
 
 /// The resolved configuration.

@@ -12,10 +12,13 @@
 //! A missing part is an error only when a command needs it: `tributary sql`
 //! runs without sources or a broker.
 
+use std::fmt;
+
 use tributary_cdc::SourceDb;
 use tributary_kafka::KafkaConfig;
 use tributary_lake::{Lake, LakeConfig};
 use tributary_model::domain::{Database, TABLES, tables_of, topic_of};
+use tributary_model::dsn::describe;
 
 use crate::config::Config;
 use crate::local::{self, StackState};
@@ -139,12 +142,33 @@ impl Platform {
     }
 }
 
-/// The source databases: the order shards and the catalog.
-#[derive(Clone, Debug)]
+/// The source databases: the order shards and the catalog. `Debug` shows
+/// the DSNs without their passwords.
+#[derive(Clone)]
 pub struct Sources {
     /// One DSN per order shard, shard 0 first.
     pub shards: Vec<String>,
     pub catalog: String,
+}
+
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        debug_dsns(f, "Sources", &self.shards, &self.catalog)
+    }
+}
+
+/// A `Debug` of shard and catalog DSNs, each through [`describe`].
+pub(crate) fn debug_dsns(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    shards: &[String],
+    catalog: &str,
+) -> fmt::Result {
+    let shards: Vec<String> = shards.iter().map(|d| describe(d)).collect();
+    f.debug_struct(name)
+        .field("shards", &shards)
+        .field("catalog", &describe(catalog))
+        .finish()
 }
 
 impl Sources {
@@ -270,6 +294,29 @@ mod tests {
         assert_eq!(p.lake_config().root, "/lake");
         // The coordinator defaults to the configured catalog.
         assert_eq!(p.lake_config().coordinator_dsn.as_deref(), Some("host=c"));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_output() {
+        let c = config(&[
+            (
+                "TRIBUTARY__SOURCES__SHARDS",
+                "[\"host=a user=u password=hunter2 dbname=orders\"]",
+            ),
+            (
+                "TRIBUTARY__SOURCES__CATALOG",
+                "postgres://u:hunter3@c/catalog",
+            ),
+        ]);
+        let p = Platform::resolve(c, None);
+        for shown in [
+            format!("{:?}", p.sources().unwrap()),
+            format!("{:?}", p.config().sources),
+        ] {
+            assert!(shown.contains("host=a user=u dbname=orders"), "{shown}");
+            assert!(shown.contains("postgres://u@c/catalog"), "{shown}");
+            assert!(!shown.contains("hunter"), "{shown}");
+        }
     }
 
     #[test]

@@ -138,3 +138,21 @@ pub async fn connect(dsn: &str) -> Result<tokio_postgres::Client> {
     tokio::spawn(conn);
     Ok(client)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_connection_names_the_database_without_its_password() {
+        // Nothing listens on port 1.
+        let dsn = "host=127.0.0.1 port=1 user=u password=hunter2 dbname=orders connect_timeout=2";
+        let err = tributary_model::error_chain(&connect(dsn).await.unwrap_err());
+        assert!(err.contains("host=127.0.0.1 port=1 user=u"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let url = "postgres://u:hunter2@127.0.0.1:1/orders?connect_timeout=2";
+        let err = tributary_model::error_chain(&connect(url).await.unwrap_err());
+        assert!(err.contains("postgres://u@127.0.0.1:1/orders"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

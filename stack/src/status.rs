@@ -85,7 +85,7 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
         };
         out.push(ComponentStatus {
             component: format!("postgres {}", pg.name),
-            address: pg.dsn(),
+            address: describe(&pg.dsn()),
             healthy,
             detail,
             freshness_seconds: None,
