@@ -325,6 +325,6 @@ mod tests {
     }
 
     fn serde_json_like(text: &str) -> KafkaConfig {
-        serde::Deserialize::deserialize(&mut serde_json::Deserializer::from_str(text)).unwrap()
+        Deserialize::deserialize(&mut serde_json::Deserializer::from_str(text)).unwrap()
     }
 }
