@@ -4,9 +4,9 @@
 //! state folder, the CDC reader and the ingester as child processes of the
 //! `tributary` binary (as in production; [`Options::exe`]), and a load
 //! generator writing straight to the order shards at a target rate of row
-//! changes per second. Each unit of
-//! load is five row changes in two transactions: an order with two items,
-//! and the previous tick's orders paid (update + payment insert).
+//! changes per second. Each unit of load is five row changes in two
+//! transactions: an order with two items, and the previous tick's orders
+//! paid (update + payment insert).
 //!
 //! Measured, from outside the ingester:
 //! - freshness (Postgres commit to visible in silver) per streamed change:

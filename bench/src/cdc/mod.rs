@@ -35,6 +35,7 @@
 //! is a tansu of the bench's own with the stack's storage engine (sqlite)
 //! in a temporary folder, removed afterwards: the stack's broker is never
 //! written to, and topics never need deleting (tansu 0.6's DeleteTopics
+//! deletes every topic of the cluster, not just the one named).
 //!
 //! Modules: `postgres` (the load, pg_recvlogical, COPY, slots), `reader`
 //! (the reader under test), `broker` (the bench's broker, the broker
