@@ -1,33 +1,82 @@
 //! Change data capture: PostgreSQL logical replication (pgoutput) into Kafka.
 //!
-//! One reader task per source database. Each makes sure its publication and
-//! replication slot exist, takes a consistent initial snapshot (an exported
-//! snapshot read with COPY) when the slot is new, then streams pgoutput and
-//! publishes one [`tributary_model::event::ChangeEvent`] per row change.
+//! # What this crate owns
 //!
-//! Promise: the slot's confirmed LSN moves only after Kafka acknowledged every
-//! event up to that commit ([`sink`]), so a crash at any moment replays from
-//! the slot without loss; replays carry the same `event_id`.
+//! One reader per source database ([`SourceDb`]): its publication and
+//! replication slot, a consistent initial snapshot (an exported snapshot,
+//! copied in primary-key chunks by parallel connections, resumable), then
+//! the pgoutput stream decoded into one
+//! [`ChangeEvent`](tributary_model::event::ChangeEvent) per row change,
+//! heartbeats that keep idle slots moving, and watermarks. Its own state
+//! (snapshot progress, schema changes, resnapshot requests) lives in each
+//! source database, in schema `tributary_cdc`, which nothing else reads.
 //!
-//! Modules: [`protocol`] (the walsender conversation), [`decode`] (pgoutput),
-//! `encode` (events as JSON), `snapshot`, [`sink`] (Kafka), `reader` (the per-database loop).
+//! # The promise
+//!
+//! The slot's confirmed LSN moves only once every event up to that commit is
+//! durable in the sink, so a crash at any moment replays from the slot
+//! without loss; replays carry the same `event_id`.
+//!
+//! # Seams
+//!
+//! - [`sink::Sink`]: where events go and when they are *accepted* and
+//!   *durable*; [`sink::KafkaSink`] (the product) and [`sink::DiscardSink`]
+//!   (tests, benchmarks). [`run`] uses Kafka, [`run_with`] any sink.
+//! - [`slot_status`]: how far a reader got for a slot (confirmed LSN,
+//!   snapshot completed), for `tributary wait`, tests and benchmarks.
+//! - [`request_resnapshot`]: ask the running readers to copy a table again.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tributary_cdc::{CdcConfig, SourceDb};
+//! use tributary_kafka::KafkaConfig;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn f() -> tributary_cdc::Result<()> {
+//! let source = SourceDb {
+//!     db: "orders".into(),
+//!     shard: 0,
+//!     dsn: "host=db1 user=cdc dbname=orders sslmode=verify-full sslrootcert=/etc/rds-ca.pem".into(),
+//!     tables: vec!["orders".into(), "order_items".into()],
+//! };
+//! let shutdown = CancellationToken::new();
+//! // Runs until `shutdown` is cancelled (then confirms what is durable).
+//! tributary_cdc::run(CdcConfig::default(), KafkaConfig::local("127.0.0.1:9092"), vec![source], shutdown).await
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! [`supervisor`](run) (a task per source, restarts) → `session` (one
+//! streaming session: the select loop, heartbeats, status) → `slot`
+//! (publication, slot, snapshot start/resume/finish, resnapshot) and
+//! `stream` (the pgoutput → event state machine, no I/O) → [`sink`]. Below
+//! them: `snapshot` (the chunked copy), `state` (the `tributary_cdc`
+//! tables), [`decode`] (pgoutput), `encode` (events as JSON bytes),
+//! `protocol` (the walsender conversation), `source` (DSNs, TLS, the SQL
+//! and replication connections), [`metrics`].
 
 pub mod decode;
 pub(crate) mod encode;
 pub mod metrics;
 pub(crate) mod protocol;
-pub(crate) mod reader;
+pub(crate) mod session;
 pub mod sink;
+pub(crate) mod slot;
 pub(crate) mod snapshot;
+pub(crate) mod source;
 pub(crate) mod state;
 pub mod status;
+pub(crate) mod stream;
+pub(crate) mod supervisor;
 
 use serde::Deserialize;
 
-#[doc(hidden)]
-pub use reader::run_discarding;
-pub use reader::{SourceDb, request_resnapshot, run};
+pub use slot::request_resnapshot;
+pub use source::SourceDb;
 pub use status::{SlotStatus, slot_status};
+pub use supervisor::{run, run_with};
 
 /// CDC settings (`[cdc]` in the config file).
 #[derive(Clone, Debug, Deserialize)]
@@ -86,17 +135,29 @@ fn default_snapshot_workers() -> usize {
     2
 }
 
-/// Errors of the CDC reader.
+/// Errors of the CDC reader. [`Error::is_transient`] tells the supervisor
+/// which ones a restart from the slot cures.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Bad settings or input (a DSN, a table that is not published).
     #[error("cdc config: {0}")]
     Config(String),
+    /// The connection to a server failed or was lost.
     #[error("connecting to {target}")]
     Connect {
         target: String,
         #[source]
         source: std::io::Error,
     },
+    /// TLS cannot be set up as the DSN's `sslmode` demands: the server
+    /// refuses TLS, or its certificate is rejected.
+    #[error("TLS with {target}")]
+    Tls {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The walsender answered with an error.
     #[error("{target}: server error {code}: {message}")]
     Server {
         target: String,
@@ -119,12 +180,17 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// Reaching the broker or creating topics.
+    #[error(transparent)]
+    Broker(#[from] tributary_kafka::Error),
+    /// A delivery failed (or did not finish in time): replay from the slot.
     #[error("kafka delivery: {0}")]
     Delivery(String),
     #[error("row value")]
     Value(#[from] tributary_model::Error),
     #[error("io")]
     Io(#[source] std::io::Error),
+    /// A broken invariant or a failed task: a bug, not the environment.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -134,8 +200,11 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::Kafka { .. } | Error::Delivery(_) | Error::Io(_) => true,
+            Error::Broker(e) => e.is_transient(),
             Error::Postgres { source, .. } => match source.as_db_error() {
-                None => true,
+                // A certificate or a refused TLS does not change by retrying;
+                // a lost connection does.
+                None => !source::tls_rejected(source),
                 // Server shutting down or restarting, too many connections,
                 // connection failures: all cured by reconnecting.
                 Some(db) => {
@@ -149,7 +218,11 @@ impl Error {
                 code == "55006" || code.starts_with("57P") || code == "53300"
             }
             Error::Protocol(_) => true,
-            _ => false,
+            Error::Config(_)
+            | Error::Tls { .. }
+            | Error::Decode(_)
+            | Error::Value(_)
+            | Error::Internal(_) => false,
         }
     }
 }

@@ -3,22 +3,34 @@
 //! `tokio-postgres` has no CopyBoth support, so the walsender conversation is
 //! spoken here directly: startup with `replication=database`, authentication
 //! (trust, cleartext, MD5, SCRAM-SHA-256), simple queries for the replication
-//! commands, then the CopyBoth stream of `XLogData` and keepalives.
+//! commands, then the CopyBoth stream of `XLogData` and keepalives. The
+//! connection itself (TCP, TLS) is opened by [`crate::source`].
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tributary_model::lsn::Lsn;
 
 use crate::{Error, Result};
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 pub(crate) const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// The receiving side of a connection to the server (plain or TLS).
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The sending side of a connection to the server (plain or TLS).
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Who connects, to which database.
+pub(crate) struct Startup<'a> {
+    pub user: &'a str,
+    pub database: &'a str,
+    pub password: Option<&'a [u8]>,
+    pub application_name: &'a str,
+}
 
 /// A message from the server, framed but not yet interpreted.
 struct Frame {
@@ -37,49 +49,34 @@ pub(crate) enum ReplicationMessage {
 
 /// A connection to a walsender in logical replication mode.
 pub(crate) struct ReplicationConnection {
-    reader: BufReader<OwnedReadHalf>,
+    reader: BufReader<ReadHalf>,
     writer: StatusSender,
 }
 
 /// The receiving half of a connection in CopyBoth mode.
 pub(crate) struct MessageReader {
-    reader: BufReader<OwnedReadHalf>,
+    reader: BufReader<ReadHalf>,
     target: String,
 }
 
 /// The sending half: status updates to the walsender.
 pub(crate) struct StatusSender {
-    writer: OwnedWriteHalf,
+    writer: WriteHalf,
     out: BytesMut,
     /// Where we connect, for error messages (never includes the password).
     target: String,
 }
 
 impl ReplicationConnection {
-    /// Connects with the settings of a libpq-style DSN.
-    pub(crate) async fn connect(dsn: &str, application_name: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = dsn
-            .parse()
-            .map_err(|e| Error::Config(format!("invalid DSN: {e}")))?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => "127.0.0.1".to_string(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let user = config
-            .get_user()
-            .ok_or_else(|| Error::Config("DSN has no user".into()))?
-            .to_string();
-        let dbname = config.get_dbname().unwrap_or(&user).to_string();
-        let target = format!("{host}:{port}/{dbname}");
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| Error::Connect {
-                target: target.clone(),
-                source: e,
-            })?;
-        tcp.set_nodelay(true).ok();
-        let (read, write) = tcp.into_split();
+    /// Speaks the startup and authentication over an open connection
+    /// (plain or TLS, see [`crate::source`]). `target` names the server in
+    /// messages (`host:port/db`, never a password).
+    pub(crate) async fn start(
+        read: ReadHalf,
+        write: WriteHalf,
+        target: String,
+        startup: Startup<'_>,
+    ) -> Result<Self> {
         let mut conn = ReplicationConnection {
             reader: BufReader::with_capacity(256 * 1024, read),
             writer: StatusSender {
@@ -89,10 +86,10 @@ impl ReplicationConnection {
             },
         };
         let params = [
-            ("user", user.as_str()),
-            ("database", dbname.as_str()),
+            ("user", startup.user),
+            ("database", startup.database),
             ("replication", "database"),
-            ("application_name", application_name),
+            ("application_name", startup.application_name),
             // Values arrive in text form; fix their format.
             ("DateStyle", "ISO"),
             ("TimeZone", "UTC"),
@@ -102,7 +99,7 @@ impl ReplicationConnection {
         frontend::startup_message(params.iter().copied(), &mut conn.writer.out)
             .map_err(Error::Io)?;
         conn.writer.flush().await?;
-        conn.authenticate(&user, config.get_password()).await?;
+        conn.authenticate(startup.user, startup.password).await?;
         Ok(conn)
     }
 
@@ -360,6 +357,11 @@ impl StatusSender {
                 target: self.target.clone(),
                 source: e,
             })?;
+        // A TLS stream holds written records until flushed.
+        self.writer.flush().await.map_err(|e| Error::Connect {
+            target: self.target.clone(),
+            source: e,
+        })?;
         self.out.clear();
         Ok(())
     }

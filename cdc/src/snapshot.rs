@@ -26,8 +26,9 @@ use tributary_model::lsn::Lsn;
 use tributary_model::pgtype::PgType;
 
 use crate::encode::{Cell, Meta, TableEncoder};
-use crate::reader::SourceDb;
-use crate::sink::KafkaSink;
+use crate::metrics::TableCounters;
+use crate::sink::Sink;
+use crate::source::{SourceDb, connect_sql};
 use crate::{Error, Result};
 
 /// Reads a table's columns in attribute order, with their key flags.
@@ -216,6 +217,7 @@ struct TableInfo {
     name: String,
     topic: String,
     encoder: TableEncoder,
+    counters: TableCounters,
 }
 
 /// A row as a copy worker wrote it: its `after` image and Kafka key. The
@@ -237,13 +239,14 @@ enum Copied {
 /// Copies `chunks` in parallel and publishes one `r` event per row. Once a
 /// chunk's events are all durable in Kafka, `on_chunk_done` is called with
 /// it (to record progress). Returns the number of rows.
-pub(crate) async fn copy_chunks<F, Fut>(
+pub(crate) async fn copy_chunks<S, F, Fut>(
     job: Copy<'_>,
     chunks: Vec<Chunk>,
-    sink: &KafkaSink,
+    sink: &S,
     on_chunk_done: F,
 ) -> Result<u64>
 where
+    S: Sink,
     F: Fn(Chunk, u64) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
@@ -261,6 +264,7 @@ where
             (
                 name.clone(),
                 Arc::new(TableInfo {
+                    counters: TableCounters::new(&name),
                     name,
                     topic,
                     encoder,
@@ -359,13 +363,13 @@ where
                         };
                         info.encoder
                             .event(&meta, None, Some(&row.after), &[], &mut payload);
-                        crate::metrics::event(&info.name, "r", payload.len());
+                        info.counters.event(Op::Read, payload.len());
                         sink.send(&info.topic, &row.key, &payload).await?;
                         progress.row();
                     }
                 }
                 Copied::ChunkEnd(chunk, rows) => {
-                    let durable = sink.barrier().await?;
+                    let durable = sink.barrier()?;
                     let _ = done_tx.send((chunk, rows, durable));
                 }
                 Copied::Failed(e) => return Err(e),
@@ -376,8 +380,8 @@ where
     };
     let record = async {
         while let Some((chunk, rows, durable)) = done_rx.recv().await {
-            // Dropped unsignalled only when a delivery failed.
-            durable.await.map_err(|_| sink.tracker_stopped())?;
+            // Fails when a delivery failed first.
+            durable.wait().await?;
             on_chunk_done(chunk, rows).await?;
             crate::metrics::snapshot_chunk_done(&label);
         }
@@ -398,7 +402,7 @@ async fn copy_worker(
     infos: &HashMap<String, Arc<TableInfo>>,
     tx: &mpsc::Sender<Copied>,
 ) -> Result<()> {
-    let client = crate::reader::connect_sql(dsn).await?;
+    let client = connect_sql(dsn).await?;
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"

@@ -3,6 +3,8 @@
 //! table. It lives beside the data it describes, so it survives the reader,
 //! and a restarted reader finds exactly where its snapshot stopped.
 
+use std::collections::HashMap;
+
 use tributary_model::lsn::Lsn;
 
 use crate::snapshot::Chunk;
@@ -295,4 +297,56 @@ pub(crate) async fn schema_change(
         .await
         .map_err(pg("recording a schema change"))?;
     Ok(())
+}
+
+/// The last shape recorded for each table of the slot (column lists as
+/// JSON), so a restarted stream does not take them for changes.
+pub(crate) async fn recorded_shapes(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<HashMap<String, serde_json::Value>> {
+    Ok(client
+        .query(
+            "SELECT DISTINCT ON (table_name) table_name, columns FROM tributary_cdc.schema_changes
+             WHERE slot_name = $1 ORDER BY table_name, seen_at DESC",
+            &[&slot],
+        )
+        .await
+        .map_err(pg("reading recorded schemas"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Asks the reader to copy `table` again; returns the request's id.
+pub(crate) async fn request_resnapshot(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> Result<i64> {
+    Ok(client
+        .query_one(
+            "INSERT INTO tributary_cdc.resnapshot_requests(table_name) VALUES ($1) RETURNING id",
+            &[&table],
+        )
+        .await
+        .map_err(pg("requesting a resnapshot"))?
+        .get(0))
+}
+
+/// The rows a finished resnapshot request copied; `None` while it is not
+/// done.
+pub(crate) async fn resnapshot_rows(
+    client: &tokio_postgres::Client,
+    id: i64,
+) -> Result<Option<u64>> {
+    let rows: Option<i64> = client
+        .query_one(
+            "SELECT rows FROM tributary_cdc.resnapshot_requests WHERE id = $1 AND done_at IS NOT NULL
+             UNION ALL SELECT NULL LIMIT 1",
+            &[&id],
+        )
+        .await
+        .map_err(pg("reading a resnapshot request"))?
+        .get(0);
+    Ok(rows.map(|r| r as u64))
 }

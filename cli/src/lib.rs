@@ -61,7 +61,7 @@ pub mod pipeline {
 pub mod stack {
     use tributary_kafka::KafkaConfig;
     use tributary_stack::{Config, Platform};
-    pub use tributary_stack::{StackState, down};
+    pub use tributary_stack::{PgInstance, StackState, down};
 
     /// The broker of `config`: `[kafka]`, else the stack's.
     pub fn kafka_config(config: &Config, state: &StackState) -> KafkaConfig {

@@ -19,9 +19,9 @@
 //!
 //! Each reader runs twice per run (`--sink both`, the default): into the
 //! broker, and into a discard sink that drops every event as soon as it is
-//! written (`tributary_cdc::run_discarding`, never the product's path). The
-//! second is the reader's own ceiling: replication, decoding and JSON with
-//! no Kafka. The broker alone is measured with the reader's producer
+//! written (`tributary_cdc::run_with::<DiscardSink>`, never the product's
+//! path). The second is the reader's own ceiling: replication, decoding and
+//! JSON with no Kafka. The broker alone is measured with the reader's producer
 //! settings, with the stack's storage and with none (tansu's `null`
 //! engine), so the report shows which stage bounds the rate.
 //!

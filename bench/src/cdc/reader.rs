@@ -36,12 +36,9 @@ impl Bench<'_> {
                 vec![source],
                 shutdown.clone(),
             )),
-            Sink::Discard => tokio::spawn(tributary_cdc::run_discarding(
-                cdc,
-                kafka,
-                vec![source],
-                shutdown.clone(),
-            )),
+            Sink::Discard => tokio::spawn(tributary_cdc::run_with::<
+                tributary_cdc::sink::DiscardSink,
+            >(cdc, kafka, vec![source], shutdown.clone())),
         };
         RunningReader {
             slot,

@@ -1,50 +1,85 @@
-//! Shared by the end-to-end test binaries: a stack of its own per test in
-//! a temporary folder, the `tributary` binary run as separate processes (so
+//! Shared by the end-to-end tests: a stack of its own per test in a
+//! temporary folder, the `tributary` binary run as separate processes (so
 //! tests can SIGKILL them), and the check that the lake equals the source.
-
-#![allow(dead_code)]
+//!
+//! Tests that start a stack (PostgreSQL clusters, a broker, the pipeline's
+//! processes) take turns: two at once overload a 2-core machine and its
+//! timing assertions. [`Env::stack`] waits for the turn and holds it for the
+//! test's life; [`Env::new`] is for tests that start no stack and need no
+//! turn. Under `cargo test` (one process, a thread per test) the turn is a
+//! lock here; under nextest (a process per test) it is the `stack` test
+//! group of `.config/nextest.toml`, which lists the tests that need none.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::BaseConsumer;
 use serde_json::Value;
+use tokio::sync::{Mutex, MutexGuard};
 use tributary::config::{self, Config};
 use tributary::pipeline::{self, Sources};
-use tributary::stack::{self, StackState};
+use tributary::stack::{self, PgInstance, StackState};
+use tributary_kafka::KafkaConfig;
 
-/// Stacks are heavy for a 2-core machine: end-to-end tests take turns.
-pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Held by the test whose stack runs (see the module documentation).
+static STACK_TURN: Mutex<()> = Mutex::const_new(());
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tributary")
+/// The binary under test. `TRIBUTARY_TEST_BIN` points the tests at another
+/// build of it: in a target folder shared by several checkouts, another
+/// checkout's build replaces `target/debug/tributary` under a running test.
+pub fn bin() -> String {
+    std::env::var("TRIBUTARY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tributary").into())
 }
 
-/// A stack of its own under a temporary state folder.
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A state folder of its own under a temporary folder; with a stack when
+/// made by [`Env::stack`].
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub oltp_port: u16,
     pub children: Vec<(String, Child)>,
     /// Settings of this test on top of the defaults (`TRIBUTARY__...`).
     pub extra: Vec<(String, String)>,
+    /// Last, so the turn passes on only after the stack is gone.
+    turn: Option<MutexGuard<'static, ()>>,
 }
 
 impl Env {
+    /// For a test that starts no stack: it does not wait for the turn.
     pub fn new() -> Env {
+        Env::with_turn(None)
+    }
+
+    /// For a test that starts a stack: waits for its turn.
+    pub async fn stack() -> Env {
+        Env::with_turn(Some(STACK_TURN.lock().await))
+    }
+
+    /// [`Env::stack`] for a test outside an async runtime.
+    pub fn stack_blocking() -> Env {
+        Env::with_turn(Some(STACK_TURN.blocking_lock()))
+    }
+
+    fn with_turn(turn: Option<MutexGuard<'static, ()>>) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("tributary-e2e-")
             .tempdir_in(std::env::temp_dir())
             .unwrap();
-        let oltp_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         Env {
             dir,
-            oltp_port,
+            oltp_port: free_port(),
             children: vec![],
             extra: vec![],
+            turn,
         }
     }
 
@@ -96,10 +131,22 @@ impl Env {
         self.command(args).output().unwrap()
     }
 
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_success(&out, &format!("tributary {}", args.join(" ")));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn spawn(&mut self, name: &str, args: &[&str]) {
+        let child = self.command(args);
+        self.spawn_command(name, child);
+    }
+
+    /// Starts `command` as the child `name`, its output in `<name>.log`.
+    pub fn spawn_command(&mut self, name: &str, mut command: Command) {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
-        let child = self
-            .command(args)
+        let child = command
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -112,6 +159,15 @@ impl Env {
         let (_, mut child) = self.children.remove(i);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    pub fn pid(&self, name: &str) -> u32 {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no child {name}"))
+            .1
+            .id()
     }
 
     pub fn log(&self, name: &str) -> String {
@@ -135,21 +191,114 @@ impl Env {
     }
 
     pub async fn wait_http(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = reqwest::get(format!("{}/healthz", self.url())).await
-                && r.status().is_success()
-            {
-                return;
-            }
+        let url = format!("{}/healthz", self.url());
+        self.wait_for("the order API", Duration::from_secs(60), || async {
+            reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+
+    /// Polls `check` until it holds, failing the test after `timeout` or
+    /// when a child exits.
+    pub async fn wait_for<F, Fut>(&mut self, what: &str, timeout: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while !check().await {
             self.assert_running();
             assert!(
                 Instant::now() < deadline,
-                "order API did not come up:\n{}",
-                self.log("oltp")
+                "{what} did not happen within {timeout:?}\n{}",
+                self.logs()
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The end of every child's log, for a failure message.
+    pub fn logs(&self) -> String {
+        self.children
+            .iter()
+            .map(|(name, _)| format!("--- {name} log:\n{}", tail(&self.log(name))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `tributary up`: the stack, in a test that has the turn.
+    pub fn up(&self) {
+        assert!(
+            self.turn.is_some(),
+            "a test that starts a stack takes its turn: Env::stack()"
+        );
+        self.run_ok(&["up"]);
+    }
+
+    /// The stack and the order service (which creates the tables).
+    pub async fn start(&mut self) {
+        self.up();
+        self.spawn("oltp", &["oltp", "serve"]);
+        self.wait_http().await;
+    }
+
+    /// The CDC reader and the ingester.
+    pub fn start_pipeline(&mut self) {
+        self.spawn("cdc", &["cdc", "run"]);
+        self.spawn("ingest", &["lake", "ingest"]);
+    }
+
+    /// `tributary load` against the order service, to its end.
+    pub fn load(&self, rate: u32, secs: u64, seed: u64) {
+        let out = self.load_command(rate, secs, seed).output().unwrap();
+        assert_success(&out, "load");
+    }
+
+    /// [`Env::load`] in the background.
+    pub fn spawn_load(&self, rate: u32, secs: u64, seed: u64) -> Child {
+        self.load_command(rate, secs, seed)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn load_command(&self, rate: u32, secs: u64, seed: u64) -> Command {
+        self.command(&[
+            "load",
+            "--rate",
+            &rate.to_string(),
+            "--duration",
+            &format!("{secs}s"),
+            "--url",
+            &self.url(),
+            "--seed",
+            &seed.to_string(),
+        ])
+    }
+
+    pub fn stack_state(&self) -> StackState {
+        StackState::load(&self.config().state_dir)
+            .unwrap()
+            .expect("the test's stack is up")
+    }
+
+    /// The stack's broker and topics.
+    pub fn kafka(&self) -> KafkaConfig {
+        stack::kafka_config(&self.config(), &self.stack_state())
+    }
+
+    /// An SQL session over the test's lake.
+    pub async fn session(&self) -> tributary_query::Session {
+        let lake = tributary_lake::Lake::new(&pipeline::lake_config(&self.config())).unwrap();
+        tributary_query::Session::new(lake).await.unwrap()
+    }
+
+    /// The one number `sql` answers over the lake.
+    pub async fn lake_count(&self, sql: &str) -> i64 {
+        tributary_query_count(&self.session().await.sql(sql).await.unwrap())
     }
 }
 
@@ -159,10 +308,21 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if let Ok(cfg) = std::panic::catch_unwind(|| self.config()) {
+        if let Ok(cfg) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.config())) {
             let _ = stack::down(&cfg, true);
         }
     }
+}
+
+/// Fails the test, with both outputs, unless `out` is a success.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub async fn post(client: &reqwest::Client, url: String, body: Value) -> Value {
@@ -173,6 +333,41 @@ pub async fn post(client: &reqwest::Client, url: String, body: Value) -> Value {
     v
 }
 
+/// The body of a GET that must succeed.
+pub async fn http_text(url: &str) -> String {
+    let r = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert!(r.status().is_success(), "GET {url} -> {}", r.status());
+    r.text().await.unwrap()
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, whatever the
+/// order of its labels.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        let mut found: Vec<(&str, &str)> = rest
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                Some((k, v.trim_matches('"')))
+            })
+            .collect();
+        let mut wanted = labels.to_vec();
+        found.sort_unstable();
+        wanted.sort_unstable();
+        (n == name && found == wanted)
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
 pub async fn assert_lake_equals_source(env: &Env) {
     let cfg = env.config();
     let stack = StackState::load(&cfg.state_dir).unwrap().unwrap();
@@ -180,14 +375,9 @@ pub async fn assert_lake_equals_source(env: &Env) {
     let kafka = stack::kafka_config(&cfg, &stack);
     if let Err(e) = pipeline::wait_caught_up(&cfg, &sources, &kafka, Duration::from_secs(240)).await
     {
-        panic!(
-            "{e:#}\n--- cdc log:\n{}\n--- ingest log:\n{}",
-            tail(&env.log("cdc")),
-            tail(&env.log("ingest"))
-        );
+        panic!("{e:#}\n{}", env.logs());
     }
-    let lake = tributary_lake::Lake::new(&pipeline::lake_config(&cfg)).unwrap();
-    let session = tributary_query::Session::new(lake).await.unwrap();
+    let session = env.session().await;
     let checks = pipeline::compare_silver(&sources, &session).await.unwrap();
     let mut total = 0;
     for c in &checks {
@@ -256,6 +446,31 @@ pub async fn pipeline_connect(dsn: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Makes `role` log in to `pg`'s cluster only with its password, over
+/// SCRAM-SHA-256: a `pg_hba.conf` line above the stack's `trust` lines
+/// (logical replication connections match the database lines too).
+pub async fn require_scram(pg: &PgInstance, role: &str) {
+    let hba = pg.data_dir.join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rest}"),
+    )
+    .unwrap();
+    pipeline_connect(&pg.dsn())
+        .await
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+}
+
+/// A consumer of the stack's broker, built as tributary builds its own.
+pub fn kafka_consumer(kafka: &KafkaConfig, group: &str) -> BaseConsumer {
+    tributary_kafka::consumer_config(kafka, group)
+        .create()
+        .unwrap()
+}
+
 pub fn tail(s: &str) -> String {
     s.lines()
         .rev()
@@ -265,16 +480,6 @@ pub fn tail(s: &str) -> String {
         .rev()
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-pub fn up(env: &Env) {
-    let out = env.run(&["up"]);
-    assert!(
-        out.status.success(),
-        "tributary up failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// An s3s-fs server on a free loopback port, serving a temporary folder
@@ -299,11 +504,7 @@ impl S3Server {
         // s3s-fs serves each folder of its root as a bucket.
         std::fs::create_dir(dir.path().join("data")).unwrap();
         std::fs::create_dir(dir.path().join("data").join(&bucket)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let log = std::fs::File::create(dir.path().join("s3s-fs.log")).unwrap();
         let child = Command::new(s3s_fs_bin())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -404,16 +605,13 @@ fn s3s_fs_bin() -> PathBuf {
 /// landed: (topic, partition, offset).
 pub async fn produce_raw(env: &Env, table: &str, key: &[u8], payload: &[u8]) -> (String, i32, i64) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let cfg = env.config();
-    let stack = StackState::load(&cfg.state_dir).unwrap().unwrap();
-    let kafka = stack::kafka_config(&cfg, &stack);
+    let kafka = env.kafka();
     let spec = tributary_model::domain::TABLES
         .iter()
         .find(|t| t.name == table)
         .unwrap();
     let topic = tributary_model::domain::topic_of(&kafka.topic_prefix, spec);
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
+    let producer: FutureProducer = tributary_kafka::client_config(&kafka)
         .set("message.timeout.ms", "30000")
         .create()
         .unwrap();

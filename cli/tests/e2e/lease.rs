@@ -2,7 +2,6 @@
 //! with fences, and ingesters that take over from each other. Real
 //! PostgreSQL, the tansu broker, Delta tables and the `tributary` binary.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +14,7 @@ use tributary::pipeline;
 use tributary_lake::coordinator::{ClaimError, Coordinator, Fence};
 use tributary_lake::{Lake, LakeConfig};
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn coordinator_dsn(env: &Env) -> String {
     pipeline::lake_config(&env.config())
@@ -26,8 +23,7 @@ fn coordinator_dsn(env: &Env) -> String {
 }
 
 fn pid_of(env: &Env, name: &str) -> Pid {
-    let (_, child) = env.children.iter().find(|(n, _)| n == name).unwrap();
-    Pid::from_raw(child.id() as i32)
+    Pid::from_raw(env.pid(name) as i32)
 }
 
 /// Owner of every ingest lease, when one process holds them all.
@@ -128,13 +124,11 @@ async fn assert_one_writer_per_epoch(client: &tokio_postgres::Client, s3: Option
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ingesters_never_both_commit_and_a_lost_owner_is_replaced_in_seconds() {
-    let _serial = SERIAL.lock().await;
     takeovers(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_s3_two_ingesters_never_both_commit_and_a_lost_owner_is_replaced_in_seconds() {
-    let _serial = SERIAL.lock().await;
     let s3 = S3Server::start().await;
     takeovers(Some(&s3)).await;
 }
@@ -143,15 +137,13 @@ async fn on_s3_two_ingesters_never_both_commit_and_a_lost_owner_is_replaced_in_s
 /// new owner is killed; each time the other takes over within seconds, and
 /// no commit is refused, lost or made under a lost lease.
 async fn takeovers(s3: Option<&S3Server>) {
-    let mut env = Env::new();
+    let mut env = Env::stack().await;
     if let Some(s3) = s3 {
         env.extra = s3.lake_vars("lake");
     }
     env.extra
         .push(("TRIBUTARY__INGEST__LEASE_TTL_MS".into(), "3000".into()));
-    up(&env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
+    env.start().await;
     env.spawn("cdc", &["cdc", "run"]);
     env.spawn("ingest-a", &["lake", "ingest"]);
     let client = pipeline_connect(&coordinator_dsn(&env)).await;
@@ -168,23 +160,7 @@ async fn takeovers(s3: Option<&S3Server>) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     env.spawn("ingest-b", &["lake", "ingest"]);
-    let url = env.url();
-    let mut load = env
-        .command(&[
-            "load",
-            "--rate",
-            "40",
-            "--duration",
-            "30s",
-            "--url",
-            &url,
-            "--seed",
-            "5",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut load = env.spawn_load(40, 30, 5);
     tokio::time::sleep(Duration::from_secs(6)).await;
     // b is a standby: a keeps every table.
     assert_eq!(sole_owner(&client).await.as_deref(), Some(a.as_str()));
@@ -232,9 +208,8 @@ fn numbers(values: &[i64]) -> RecordBatch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_admit_one_writer_per_version_and_refuse_a_fenced_one() {
-    let _serial = SERIAL.lock().await;
-    let env = Env::new();
-    up(&env);
+    let env = Env::stack().await;
+    env.up();
     let dsn = coordinator_dsn(&env);
     let c = Coordinator::connect(&dsn).await.unwrap();
 
@@ -406,10 +381,9 @@ fn s3_lake(s3: &S3Server, prefix: &str, coordinator_dsn: Option<String>) -> Lake
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_s3_concurrent_writers_lose_no_commit_through_the_coordinator() {
-    let _serial = SERIAL.lock().await;
     let s3 = S3Server::start().await;
-    let env = Env::new();
-    up(&env);
+    let env = Env::stack().await;
+    env.up();
     let dsn = coordinator_dsn(&env);
     let (version, rows) = race_writers(&s3_lake(&s3, "coordinated", Some(dsn))).await;
     assert_eq!(

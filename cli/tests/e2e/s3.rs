@@ -3,32 +3,19 @@
 //! server is the real `s3s-fs` binary (installed by `scripts/bootstrap.sh`),
 //! started by the test on a free loopback port.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Runs `lake check-store --json` and returns its report.
 fn check_store(env: &Env, extra: &[&str]) -> Value {
     let mut args = vec!["lake", "check-store", "--json"];
     args.extend_from_slice(extra);
-    let out = env.run(&args);
-    assert!(
-        out.status.success(),
-        "check-store failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check-store --json printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let out = env.run_ok(&args);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("check-store --json printed no JSON ({e}): {out}"))
 }
 
 /// Files (not folders) anywhere under `dir`.
@@ -86,9 +73,7 @@ fn check_store_on_a_local_folder_finds_one_winner_and_calls_it_safe() {
         files_under(&lake)
     );
 
-    let out = env.run(&["lake", "check-store", "--creators", "8", "--rounds", "3"]);
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = env.run_ok(&["lake", "check-store", "--creators", "8", "--rounds", "3"]);
     assert!(
         text.contains("8 creators, 3 rounds; winners per round: 1, 1, 1\n"),
         "{text}"
@@ -166,49 +151,14 @@ async fn check_store_on_s3s_fs_sees_the_second_create_refused() {
 /// marts, with every Delta table on the S3 server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_runs_end_to_end_on_an_s3_lake() {
-    let _serial = SERIAL.lock().await;
     let s3 = S3Server::start().await;
-    let mut env = Env::new();
+    let mut env = Env::stack().await;
     env.extra = s3.lake_vars("lake");
-    up(&env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
-    let url = env.url();
+    env.start().await;
     // Rows written before the reader starts arrive through the snapshot.
-    let out = env.run(&[
-        "load",
-        "--rate",
-        "30",
-        "--duration",
-        "4s",
-        "--url",
-        &url,
-        "--seed",
-        "3",
-    ]);
-    assert!(
-        out.status.success(),
-        "load failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
-    let mut load = env
-        .command(&[
-            "load",
-            "--rate",
-            "30",
-            "--duration",
-            "15s",
-            "--url",
-            &url,
-            "--seed",
-            "5",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    env.load(30, 4, 3);
+    env.start_pipeline();
+    let mut load = env.spawn_load(30, 15, 5);
     // An ingester restarted mid-load finds its offsets in the Delta tables
     // on the server.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -242,29 +192,19 @@ async fn the_pipeline_runs_end_to_end_on_an_s3_lake() {
     );
     assert!(!env.state_dir().join("lake").exists());
 
-    let out = env.run(&["etl", "run", "marts"]);
-    assert!(
-        out.status.success(),
-        "etl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = env.run(&[
+    env.run_ok(&["etl", "run", "marts"]);
+    let csv = env.run_ok(&[
         "sql",
         "-e",
         "SELECT count(*) AS n FROM gold.fct_order_line",
         "--format",
         "csv",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let n: i64 = String::from_utf8_lossy(&out.stdout)
+    let n: i64 = csv
         .lines()
         .nth(1)
         .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+        .unwrap_or_else(|| panic!("{csv}"));
     assert!(n > 0, "gold.fct_order_line is empty");
     assert!(
         s3.bucket_dir()

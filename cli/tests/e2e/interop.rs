@@ -1,9 +1,11 @@
 //! Every table the pipeline writes opens unchanged in other Delta readers:
-//! the Python `deltalake` package reads it into Arrow and DuckDB queries it,
-//! and both agree with DataFusion (through `tributary_query::Session`) on
-//! the Delta version, the row count and the contents of every column.
+//! the Python `deltalake` package reads it into Arrow (queried in DuckDB),
+//! and DuckDB reads the current version's Parquet files itself, as the Delta
+//! log lists them; both agree with DataFusion (through
+//! `tributary_query::Session`) on the Delta version, the row count and the
+//! contents of every column.
 //!
-//! The Python side is `tests/interop.py`; both sides render values to text
+//! The Python side is `interop.py` beside this file; both sides render values to text
 //! by the same rules (see [`canon`]) and compare order-independent digests.
 //! `TRIBUTARY_INTEROP_KEEP=<dir>` keeps a copy of the lake for a look after.
 
@@ -17,9 +19,7 @@ use tributary::pipeline;
 use tributary_model::domain::LAYERS;
 use tributary_model::error_chain;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// What one engine says about one table.
 #[derive(Debug, Default, PartialEq)]
@@ -247,7 +247,7 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// Python's facts (deltalake + DuckDB) as printed by `interop.py`.
+/// One way's facts as printed by `interop.py`.
 fn python_facts(v: &Value) -> Result<TableFacts, String> {
     if let Some(e) = v.get("error") {
         return Err(e.as_str().unwrap_or_default().to_string());
@@ -274,24 +274,25 @@ fn python_facts(v: &Value) -> Result<TableFacts, String> {
     Ok(facts)
 }
 
-/// Every difference between the two engines' facts, naming the column.
-fn differences(name: &str, df: &TableFacts, py: &TableFacts) -> Vec<String> {
+/// Every difference between DataFusion's facts and those of another way
+/// of reading the table (`other`), naming the column.
+fn differences(name: &str, other: &str, df: &TableFacts, py: &TableFacts) -> Vec<String> {
     let mut out = Vec::new();
     if df.version != py.version {
         out.push(format!(
-            "{name}: Delta version {:?} (DataFusion) vs {:?} (deltalake)",
+            "{name}: Delta version {:?} (DataFusion) vs {:?} ({other})",
             df.version, py.version
         ));
     }
     if df.rows != py.rows {
         out.push(format!(
-            "{name}: {} rows (DataFusion) vs {} (deltalake+DuckDB)",
+            "{name}: {} rows (DataFusion) vs {} ({other})",
             df.rows, py.rows
         ));
     }
     for (column, d) in &df.columns {
         let Some(p) = py.columns.get(column) else {
-            out.push(format!("{name}.{column}: missing in deltalake"));
+            out.push(format!("{name}.{column}: missing in {other}"));
             continue;
         };
         if d.kind.starts_with("unsupported") {
@@ -299,18 +300,18 @@ fn differences(name: &str, df: &TableFacts, py: &TableFacts) -> Vec<String> {
         }
         if d != p {
             out.push(format!(
-                "{name}.{column}: DataFusion {d:?} vs deltalake+DuckDB {p:?}"
+                "{name}.{column}: DataFusion {d:?} vs {other} {p:?}"
             ));
         }
     }
     for column in py.columns.keys() {
         if !df.columns.contains_key(column) {
-            out.push(format!("{name}.{column}: only in deltalake"));
+            out.push(format!("{name}.{column}: only in {other}"));
         }
     }
     if out.is_empty() && df.row_fingerprint != py.row_fingerprint {
         out.push(format!(
-            "{name}: every column agrees but whole rows differ ({:?} vs {:?})",
+            "{name}: every column agrees but whole rows differ in {other} ({:?} vs {:?})",
             df.row_fingerprint, py.row_fingerprint
         ));
     }
@@ -319,45 +320,18 @@ fn differences(name: &str, df: &TableFacts, py: &TableFacts) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_lake_table_reads_the_same_in_deltalake_and_duckdb() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    up(&env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
-    let url = env.url();
-    let load = env.run(&[
-        "load",
-        "--rate",
-        "30",
-        "--duration",
-        "12s",
-        "--url",
-        &url,
-        "--seed",
-        "5",
-    ]);
-    assert!(
-        load.status.success(),
-        "load failed: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
+    let mut env = Env::stack().await;
+    env.start().await;
+    env.start_pipeline();
+    env.load(30, 12, 5);
     // A message no decoder takes, so the dead-letter table exists too.
     produce_raw(&env, "payments", b"interop", b"\x00\xffnot an event").await;
     env.assert_running();
     assert_lake_equals_source(&env).await;
-    let out = env.run(&["etl", "run", "marts"]);
-    assert!(
-        out.status.success(),
-        "etl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&["etl", "run", "marts"]);
     // Then schema changes, so silver tables whose columns were added (Delta
     // `add_columns`) and widened (an overwrite with a new schema) are read too.
-    let stack = tributary::stack::StackState::load(&env.config().state_dir)
-        .unwrap()
-        .unwrap();
+    let stack = env.stack_state();
     for shard in &stack.shards {
         let db = pipeline_connect(&shard.dsn()).await;
         for sql in [
@@ -372,24 +346,14 @@ async fn every_lake_table_reads_the_same_in_deltalake_and_duckdb() {
     }
     assert_lake_equals_source(&env).await;
     // An incremental run of the marts: gold tables with more than one commit.
-    let out = env.run(&["etl", "run", "marts"]);
-    assert!(
-        out.status.success(),
-        "etl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&["etl", "run", "marts"]);
     // Nothing writes while the engines compare.
     for name in ["ingest", "cdc", "oltp"] {
         env.kill9(name);
     }
     // Replaying the dead letter fails again: it stays pending.
-    let out = env.run(&["lake", "dlq", "replay", "--all", "--json"]);
-    assert!(
-        out.status.success(),
-        "dlq replay: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value =
+        serde_json::from_str(&env.run_ok(&["lake", "dlq", "replay", "--all", "--json"])).unwrap();
     assert_eq!(report["outcomes"][0]["result"], "failed", "{report}");
 
     let cfg = env.config();
@@ -424,7 +388,7 @@ async fn every_lake_table_reads_the_same_in_deltalake_and_duckdb() {
     if let Ok(keep) = std::env::var("TRIBUTARY_INTEROP_KEEP") {
         let _ = Command::new("cp").arg("-r").arg(&root).arg(keep).status();
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/interop.py");
     let out = Command::new("python3")
         .arg(script)
         .arg(&root)
@@ -452,27 +416,41 @@ async fn every_lake_table_reads_the_same_in_deltalake_and_duckdb() {
     for (layer, table) in &names {
         let name = format!("{layer}.{table}");
         let df = datafusion_facts(&lake, &session, layer, table).await;
-        match python_facts(&report["tables"][&name]) {
-            Err(e) => problems.push(format!("{name}: {e}")),
-            Ok(py) => {
-                problems.extend(differences(&name, &df, &py));
-                compared += 1;
-                eprintln!(
-                    "{name}: version {:?}, {} rows, {} columns",
-                    df.version,
-                    df.rows,
-                    df.columns.len()
-                );
+        let facts = &report["tables"][&name];
+        for (way, other) in [
+            ("deltalake", "deltalake+DuckDB over Arrow"),
+            ("duckdb", "DuckDB over the Parquet files"),
+        ] {
+            match python_facts(&facts[way]) {
+                Err(e) => problems.push(format!("{name}: {e}")),
+                Ok(py) => {
+                    problems.extend(differences(&name, other, &df, &py));
+                    compared += 1;
+                }
             }
         }
+        // DuckDB read the files itself: as many as the table has rows in.
+        let files = facts["duckdb"]["files"].as_i64().unwrap_or(-1);
+        if df.rows > 0 && files < 1 {
+            problems.push(format!("{name}: DuckDB read {files} files"));
+        }
+        eprintln!(
+            "{name}: version {:?}, {} rows, {} columns, {files} files",
+            df.version,
+            df.rows,
+            df.columns.len()
+        );
     }
     assert!(
         problems.is_empty(),
-        "{} of {} tables differ between DataFusion and deltalake+DuckDB:\n{}",
+        "{} differences between DataFusion and the other readers:\n{}",
         problems.len(),
-        names.len(),
         problems.join("\n")
     );
-    assert_eq!(compared, names.len());
-    assert!(compared >= 15, "compared only {compared} tables: {names:?}");
+    assert_eq!(compared, 2 * names.len());
+    assert!(
+        names.len() >= 15,
+        "compared only {} tables: {names:?}",
+        names.len()
+    );
 }

@@ -6,56 +6,18 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tributary::pipeline;
-use tributary::stack::{self, StackState};
+use rdkafka::{Offset, TopicPartitionList};
 
-mod common;
-
-use common::*;
-
-fn stack_of(env: &Env) -> StackState {
-    StackState::load(&env.config().state_dir).unwrap().unwrap()
-}
+use crate::common::*;
 
 async fn shard(env: &Env, i: usize) -> tokio_postgres::Client {
-    pipeline_connect(&stack_of(env).shards[i].dsn()).await
-}
-
-/// Starts the stack and the order service (which creates the tables).
-async fn start(env: &mut Env) {
-    up(env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
-}
-
-async fn wait_for<F, Fut>(env: &mut Env, what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        env.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {timeout:?}\n--- cdc log:\n{}",
-            tail(&env.log("cdc"))
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    pipeline_connect(&env.stack_state().shards[i].dsn()).await
 }
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-async fn lake_count(env: &Env, sql: &str) -> i64 {
-    let lake = tributary_lake::Lake::new(&pipeline::lake_config(&env.config())).unwrap();
-    let session = tributary_query::Session::new(lake).await.unwrap();
-    tributary_query_count(&session.sql(sql).await.unwrap())
 }
 
 /// Inserts `n` customers straight into a shard, ids `offset + 1..=offset + n`
@@ -75,13 +37,12 @@ async fn insert_customers(client: &tokio_postgres::Client, shard: i64, offset: i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_killed_midway_resumes_with_the_chunks_not_done() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
+    let mut env = Env::stack().await;
     env.extra = vec![
         ("TRIBUTARY__CDC__SNAPSHOT_CHUNK_ROWS".into(), "1000".into()),
         ("TRIBUTARY__CDC__SNAPSHOT_WORKERS".into(), "2".into()),
     ];
-    start(&mut env).await;
+    env.start().await;
     let db = shard(&env, 0).await;
     // Enough rows that the copy takes seconds even on a quiet machine.
     let rows = 150_000;
@@ -92,7 +53,7 @@ async fn a_snapshot_killed_midway_resumes_with_the_chunks_not_done() {
     let progress =
         "SELECT count(*) FILTER (WHERE done_at IS NOT NULL) FROM tributary_cdc.snapshot_chunks
                     WHERE slot_name = 'tributary_orders_0' AND table_name = 'customers'";
-    wait_for(&mut env, "a few snapshot chunks done", Duration::from_secs(120), || async {
+    env.wait_for("a few snapshot chunks done", Duration::from_secs(120), || async {
         db.query_opt(
             "SELECT 1 FROM pg_tables WHERE schemaname = 'tributary_cdc' AND tablename = 'snapshot_chunks'",
             &[],
@@ -128,8 +89,7 @@ async fn a_snapshot_killed_midway_resumes_with_the_chunks_not_done() {
     .unwrap();
     insert_customers(&db, 0, rows, 500).await;
 
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
+    env.start_pipeline();
     assert_lake_equals_source(&env).await;
     assert_eq!(
         count(
@@ -142,9 +102,7 @@ async fn a_snapshot_killed_midway_resumes_with_the_chunks_not_done() {
     );
     // Only the chunks not done were copied again: the second attempt's rows
     // (ordinals from 2^40) are fewer than the table.
-    let resumed = lake_count(
-        &env,
-        "SELECT count(*) FROM bronze.customers WHERE op = 'r' AND shard = 0 AND ordinal >= 1099511627776",
+    let resumed = env.lake_count("SELECT count(*) FROM bronze.customers WHERE op = 'r' AND shard = 0 AND ordinal >= 1099511627776",
     )
     .await;
     assert!(
@@ -155,11 +113,10 @@ async fn a_snapshot_killed_midway_resumes_with_the_chunks_not_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_values_are_kept_with_replica_identity_default_and_full() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    start(&mut env).await;
+    let mut env = Env::stack().await;
+    env.start().await;
     let db = shard(&env, 0).await;
-    let catalog = pipeline_connect(&stack_of(&env).catalog.dsn()).await;
+    let catalog = pipeline_connect(&env.stack_state().catalog.dsn()).await;
     // Stored out of line and uncompressed, so the values really are TOASTed.
     db.batch_execute("ALTER TABLE customers ALTER COLUMN address SET STORAGE EXTERNAL")
         .await
@@ -171,8 +128,7 @@ async fn unchanged_toast_values_are_kept_with_replica_identity_default_and_full(
         )
         .await
         .unwrap();
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
+    env.start_pipeline();
     // Written after the snapshot, so they arrive through the stream.
     tokio::time::sleep(Duration::from_secs(3)).await;
     insert_customers(&db, 0, 0, 3).await;
@@ -195,34 +151,28 @@ async fn unchanged_toast_values_are_kept_with_replica_identity_default_and_full(
         .unwrap();
     // The value was left out of the change with DEFAULT identity...
     assert_lake_equals_source(&env).await;
-    let unchanged = lake_count(
-        &env,
-        "SELECT count(*) FROM bronze.customers WHERE unchanged_toast LIKE '%address%'",
-    )
-    .await;
+    let unchanged = env
+        .lake_count("SELECT count(*) FROM bronze.customers WHERE unchanged_toast LIKE '%address%'")
+        .await;
     assert!(
         unchanged >= 2,
         "expected updates with an unchanged TOASTed address, found {unchanged}"
     );
     // ... and kept with FULL identity too, where the key is still the
     // primary key, not every column of the identity.
-    let long = lake_count(
-        &env,
-        "SELECT count(*) FROM silver.products WHERE length(name) = 12800",
-    )
-    .await;
+    let long = env
+        .lake_count("SELECT count(*) FROM silver.products WHERE length(name) = 12800")
+        .await;
     assert_eq!(long, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_changes_flow_to_silver_while_the_pipeline_runs() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    start(&mut env).await;
+    let mut env = Env::stack().await;
+    env.start().await;
     let db = shard(&env, 0).await;
     insert_customers(&db, 0, 0, 20).await;
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
+    env.start_pipeline();
     tokio::time::sleep(Duration::from_secs(2)).await;
     // DDL runs on every shard, as a migration would; changes on one.
     shard(&env, 1)
@@ -279,12 +229,66 @@ async fn schema_changes_flow_to_silver_while_the_pipeline_runs() {
         recorded >= 5,
         "expected the customer table's shapes recorded, found {recorded}"
     );
-    let historical_null = lake_count(
-        &env,
-        "SELECT count(*) FROM silver.customers WHERE loyalty IS NULL",
+    let historical_null = env
+        .lake_count("SELECT count(*) FROM silver.customers WHERE loyalty IS NULL")
+        .await;
+    assert!(historical_null > 0, "rows never updated should read NULL");
+
+    // A type change silver cannot hold (text to int) stops ingest of the
+    // table at that change; `tributary lake retype` rewrites silver's column
+    // and the restarted ingester resumes where it stopped.
+    for i in 0..2 {
+        shard(&env, i)
+            .await
+            .batch_execute("ALTER TABLE customers ALTER COLUMN town TYPE int USING length(town)")
+            .await
+            .unwrap();
+    }
+    db.batch_execute("UPDATE customers SET town = 42 WHERE id = 2048")
+        .await
+        .unwrap();
+    let ingest_log = env.dir.path().join("ingest.log");
+    env.wait_for(
+        "ingest of customers to stop on the type change",
+        Duration::from_secs(60),
+        || async {
+            std::fs::read_to_string(&ingest_log)
+                .unwrap_or_default()
+                .contains("stopped on a change the lake cannot apply")
+        },
     )
     .await;
-    assert!(historical_null > 0, "rows never updated should read NULL");
+    env.kill9("ingest");
+    let out = env.run(&["lake", "retype", "customers", "town", "--to", "Int3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not an Arrow type"),
+        "{err}"
+    );
+    let out = env.run(&["lake", "retype", "customers", "nope", "--to", "Int32"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("\"nope\""), "{err}");
+    let said = env.run_ok(&["lake", "retype", "customers", "town", "--to", "Int32"]);
+    assert!(
+        said.contains("silver.customers.town is now Int32"),
+        "{said}"
+    );
+    env.spawn("ingest", &["lake", "ingest"]);
+    // ALTER TYPE rewrote the source rows without change events: change them
+    // once more, so the stream carries their new values.
+    for i in 0..2 {
+        shard(&env, i)
+            .await
+            .batch_execute("UPDATE customers SET town = town")
+            .await
+            .unwrap();
+    }
+    assert_lake_equals_source(&env).await;
+    assert_eq!(
+        env.lake_count("SELECT count(*) FROM silver.customers WHERE town = 42")
+            .await,
+        1
+    );
 }
 
 async fn insert_customers_without_lon(client: &tokio_postgres::Client, offset: i64, n: i64) {
@@ -314,12 +318,11 @@ async fn slot_lag(client: &tokio_postgres::Client, slot: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_database_keeps_its_slot_moving_and_publishes_watermarks() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    start(&mut env).await;
+    let mut env = Env::stack().await;
+    env.start().await;
     env.spawn("cdc", &["cdc", "run"]);
     let db = shard(&env, 0).await;
-    wait_for(&mut env, "the snapshot of shard 0", Duration::from_secs(60), || async {
+    env.wait_for("the snapshot of shard 0", Duration::from_secs(60), || async {
         db.query_opt(
             "SELECT 1 FROM pg_tables WHERE schemaname = 'tributary_cdc' AND tablename = 'snapshots'",
             &[],
@@ -333,7 +336,7 @@ async fn an_idle_database_keeps_its_slot_moving_and_publishes_watermarks() {
     // A busy database in the same cluster, not captured: its WAL is the
     // captured (idle) database's WAL too.
     db.batch_execute("CREATE DATABASE busy").await.unwrap();
-    let dsn = stack_of(&env).shards[0]
+    let dsn = env.stack_state().shards[0]
         .dsn()
         .replace("dbname=orders", "dbname=busy");
     let busy = pipeline_connect(&dsn).await;
@@ -357,8 +360,7 @@ async fn an_idle_database_keeps_its_slot_moving_and_publishes_watermarks() {
         .unwrap()
         .get(0);
     assert!(written > 30_000_000, "only {written} bytes of WAL written");
-    wait_for(
-        &mut env,
+    env.wait_for(
         "the idle slot's lag to drop below 1 MB",
         Duration::from_secs(30),
         || async { slot_lag(&db, "tributary_orders_0").await < 1_000_000 },
@@ -366,15 +368,9 @@ async fn an_idle_database_keeps_its_slot_moving_and_publishes_watermarks() {
     .await;
 
     // Watermarks: every shard says it is complete up to a recent commit.
-    let cfg = env.config();
-    let kafka = stack::kafka_config(&cfg, &stack_of(&env));
+    let kafka = env.kafka();
     let topic = tributary_model::watermark::watermark_topic(&kafka.topic_prefix, "orders");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", "watermark-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer = kafka_consumer(&kafka, "watermark-test");
     let mut tpl = TopicPartitionList::new();
     for p in 0..kafka.partitions {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)
@@ -383,7 +379,7 @@ async fn an_idle_database_keeps_its_slot_moving_and_publishes_watermarks() {
     consumer.assign(&tpl).unwrap();
     let mut newest: std::collections::BTreeMap<u64, i64> = Default::default();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let shards = stack_of(&env).shards.len() as u64;
+    let shards = env.stack_state().shards.len() as u64;
     while (newest.len() as u64) < shards && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
             let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
@@ -414,14 +410,13 @@ async fn an_idle_database_keeps_its_slot_moving_and_publishes_watermarks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_of_a_million_changes_streams_in_bounded_memory() {
-    let _serial = SERIAL.lock().await;
     let rows: i64 = std::env::var("TRIBUTARY_TEST_LARGE_TX_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let mut env = Env::new();
-    start(&mut env).await;
-    let catalog = pipeline_connect(&stack_of(&env).catalog.dsn()).await;
+    let mut env = Env::stack().await;
+    env.start().await;
+    let catalog = pipeline_connect(&env.stack_state().catalog.dsn()).await;
     catalog
         .batch_execute(
             "INSERT INTO products (sku, name, category, price) VALUES ('P-1', 'One', 'tools', 1)",
@@ -430,10 +425,9 @@ async fn a_transaction_of_a_million_changes_streams_in_bounded_memory() {
         .unwrap();
     env.spawn("cdc", &["cdc", "run"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let cfg = env.config();
-    let kafka = stack::kafka_config(&cfg, &stack_of(&env));
+    let kafka = env.kafka();
     let topic = format!("{}.catalog.price_changes", kafka.topic_prefix);
-    let before = topic_messages(&kafka.brokers, &topic, kafka.partitions);
+    let before = topic_messages(&kafka, &topic);
     catalog
         .execute(
             "INSERT INTO price_changes (product_id, old_price, new_price)
@@ -443,17 +437,36 @@ async fn a_transaction_of_a_million_changes_streams_in_bounded_memory() {
         )
         .await
         .unwrap();
-    let pid = env
-        .children
-        .iter()
-        .find(|(n, _)| n == "cdc")
+    // Once the slot is confirmed past the transaction's commit, every one
+    // of its changes is durably in Kafka: the count is final, and must be
+    // exactly one event per change.
+    let committed: String = catalog
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
         .unwrap()
-        .1
-        .id();
+        .get(0);
+    let pid = env.pid("cdc");
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let n = topic_messages(&kafka.brokers, &topic, kafka.partitions) - before;
-        if n >= rows {
+        let confirmed: bool = catalog
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots
+                 WHERE slot_name = 'tributary_catalog_0'",
+                &[&committed],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let n = topic_messages(&kafka, &topic) - before;
+        assert!(
+            n <= rows,
+            "{n} events in Kafka for {rows} changes: some are doubled"
+        );
+        if confirmed {
+            assert_eq!(
+                n, rows,
+                "the slot was confirmed past the transaction with {n} of its {rows} changes in Kafka"
+            );
             break;
         }
         env.assert_running();
@@ -484,13 +497,9 @@ async fn a_transaction_of_a_million_changes_streams_in_bounded_memory() {
 }
 
 /// Messages in a topic: the sum of its partitions' high watermarks.
-fn topic_messages(brokers: &str, topic: &str, partitions: i32) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "count-test")
-        .create()
-        .unwrap();
-    (0..partitions)
+fn topic_messages(kafka: &tributary_kafka::KafkaConfig, topic: &str) -> i64 {
+    let consumer = kafka_consumer(kafka, "count-test");
+    (0..kafka.partitions)
         .map(|p| {
             consumer
                 .fetch_watermarks(topic, p, Duration::from_secs(10))
@@ -502,13 +511,11 @@ fn topic_messages(brokers: &str, topic: &str, partitions: i32) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_slot_is_detected_and_only_its_database_resnapshotted() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    start(&mut env).await;
+    let mut env = Env::stack().await;
+    env.start().await;
     let db = shard(&env, 0).await;
     insert_customers(&db, 0, 0, 50).await;
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
+    env.start_pipeline();
     assert_lake_equals_source(&env).await;
     env.kill9("cdc");
 
@@ -522,7 +529,7 @@ async fn a_lost_slot_is_detected_and_only_its_database_resnapshotted() {
     ] {
         db.batch_execute(sql).await.unwrap();
     }
-    let dsn = stack_of(&env).shards[0]
+    let dsn = env.stack_state().shards[0]
         .dsn()
         .replace("dbname=orders", "dbname=busy");
     let busy = pipeline_connect(&dsn).await;
@@ -578,7 +585,7 @@ async fn a_lost_slot_is_detected_and_only_its_database_resnapshotted() {
     // A slot dropped by hand is recovered the same way.
     env.kill9("cdc");
     // The killed reader's walsender lets go of the slot a moment later.
-    wait_for(&mut env, "the slot to be released", Duration::from_secs(30), || async {
+    env.wait_for("the slot to be released", Duration::from_secs(30), || async {
         count(
             &db,
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tributary_orders_0' AND active",
@@ -599,39 +606,72 @@ async fn a_lost_slot_is_detected_and_only_its_database_resnapshotted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reader_runs_with_a_least_privilege_role() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
-    start(&mut env).await;
-    let stack = stack_of(&env);
-    // What the README tells an administrator to run on every source database.
+    let mut env = Env::stack().await;
+    env.start().await;
+    let stack = env.stack_state();
+    // What the README tells an administrator to run on every source
+    // database, with the pg_hba.conf line it asks for: the role logs in with
+    // its password only, over SCRAM-SHA-256.
+    const PASSWORD: &str = "reader-Pw-5tq8";
     let setup = |tables: &str| {
         format!(
-            "CREATE ROLE tributary_reader LOGIN REPLICATION;
+            "CREATE ROLE tributary_reader LOGIN REPLICATION PASSWORD '{PASSWORD}';
              GRANT USAGE ON SCHEMA public TO tributary_reader;
              GRANT SELECT ON {tables} TO tributary_reader;
              CREATE SCHEMA tributary_cdc AUTHORIZATION tributary_reader;
              CREATE PUBLICATION tributary_pub FOR TABLE {tables};"
         )
     };
+    let as_reader = |pg: &tributary::stack::PgInstance| {
+        pg.dsn().replace(
+            "user=tributary",
+            &format!("user=tributary_reader password={PASSWORD}"),
+        )
+    };
     let orders = "customers, orders, order_items, payments, shipments";
     let mut shards = vec![];
-    for s in &stack.shards {
-        pipeline_connect(&s.dsn())
+    for (pg, tables) in stack
+        .shards
+        .iter()
+        .map(|s| (s, orders))
+        .chain([(&stack.catalog, "products, price_changes")])
+    {
+        pipeline_connect(&pg.dsn())
             .await
-            .batch_execute(&setup(orders))
+            .batch_execute(&setup(tables))
             .await
             .unwrap();
-        shards.push(s.dsn().replace("user=tributary", "user=tributary_reader"));
+        require_scram(pg, "tributary_reader").await;
+        shards.push(as_reader(pg));
     }
-    pipeline_connect(&stack.catalog.dsn())
+    let catalog = shards.pop().unwrap();
+    // Without its password the role is refused, and what the server keeps
+    // is a SCRAM verifier: the reader can only have logged in over SCRAM.
+    let refused = tokio_postgres::connect(
+        &stack.shards[0]
+            .dsn()
+            .replace("user=tributary", "user=tributary_reader"),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    let refusal = refused
+        .err()
+        .and_then(|e| std::error::Error::source(&e).map(ToString::to_string));
+    assert_eq!(
+        refusal.as_deref(),
+        Some("password missing"),
+        "the reader role logged in without its password"
+    );
+    let verifier: String = shard(&env, 0)
         .await
-        .batch_execute(&setup("products, price_changes"))
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'tributary_reader'",
+            &[],
+        )
         .await
-        .unwrap();
-    let catalog = stack
-        .catalog
-        .dsn()
-        .replace("user=tributary", "user=tributary_reader");
+        .unwrap()
+        .get(0);
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
     let reader = pipeline_connect(&shards[0]).await;
     let denied = reader.query("SELECT * FROM shard_meta", &[]).await;
     assert!(
@@ -648,16 +688,37 @@ async fn the_reader_runs_with_a_least_privilege_role() {
         ),
     )
     .unwrap();
+    // Customers live on the shard their id names: 10 on shard 0, 5 on 1.
     insert_customers(&shard(&env, 0).await, 0, 0, 10).await;
+    insert_customers(&shard(&env, 1).await, 1, 0, 5).await;
     env.spawn("cdc", &["--config", config.to_str().unwrap(), "cdc", "run"]);
     env.spawn("ingest", &["lake", "ingest"]);
-    shard(&env, 1)
-        .await
-        .batch_execute("UPDATE customers SET name = 'streamed' WHERE true")
-        .await
-        .unwrap();
+    // Changes made once both slots exist are streamed, not snapshotted.
+    for i in 0..stack.shards.len() {
+        let db = shard(&env, i).await;
+        env.wait_for(
+            &format!("the slot on shard {i}"),
+            Duration::from_secs(60),
+            || async { count(&db, "SELECT count(*) FROM pg_replication_slots").await > 0 },
+        )
+        .await;
+    }
+    for (i, rows) in [(0, 10), (1, 5)] {
+        let updated = shard(&env, i)
+            .await
+            .execute("UPDATE customers SET name = 'streamed'", &[])
+            .await
+            .unwrap();
+        assert_eq!(updated, rows, "customers updated on shard {i}");
+    }
     insert_customers(&shard(&env, 0).await, 0, 10, 10).await;
     assert_lake_equals_source(&env).await;
+    assert_eq!(
+        env.lake_count("SELECT count(*) FROM bronze.customers WHERE op = 'u'")
+            .await,
+        15,
+        "the updates did not all arrive through the reader's stream"
+    );
     // The stream really runs as the reader role.
     let user: String = reader
         .query_one(
@@ -668,4 +729,324 @@ async fn the_reader_runs_with_a_least_privilege_role() {
         .unwrap()
         .get(0);
     assert_eq!(user, "tributary_reader");
+}
+
+/// `psql` of the stack's PostgreSQL: the test's way into a cluster that
+/// refuses plaintext (tokio-postgres here has no TLS).
+fn psql(dsn: &str, sql: &str) -> String {
+    let bin = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("psql"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "psql".into());
+    let out = std::process::Command::new(bin)
+        .args([dsn, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A CA, a server certificate for `localhost` (only) signed by it, and an
+/// unrelated CA, made with the `openssl` CLI in `dir`.
+fn certificates(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for args in [
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tributary test CA",
+            ],
+        ]
+        .concat(),
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ][..]
+            .to_vec(),
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "wrong.key",
+                "-out",
+                "wrong.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=another CA",
+            ],
+        ]
+        .concat(),
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A reader of `tls_probe` on shard 0 in this process, into the stack's
+/// broker, under names of its own (`tag`).
+fn tls_reader(
+    stack: &tributary::stack::StackState,
+    dsn: String,
+    tag: &str,
+) -> (
+    tokio::task::JoinHandle<tributary_cdc::Result<()>>,
+    tokio_util::sync::CancellationToken,
+) {
+    let config = tributary_cdc::CdcConfig {
+        slot_prefix: format!("tls_{tag}"),
+        publication: format!("tls_pub_{tag}"),
+        heartbeat_interval_ms: 500,
+        ..Default::default()
+    };
+    let mut kafka = tributary_kafka::KafkaConfig::local(&stack.broker.address());
+    kafka.topic_prefix = format!("tls{tag}");
+    let source = tributary_cdc::SourceDb {
+        db: "orders".into(),
+        shard: 0,
+        dsn,
+        tables: vec!["tls_probe".into()],
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(tributary_cdc::run(
+        config,
+        kafka,
+        vec![source],
+        shutdown.clone(),
+    ));
+    (handle, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_streams_over_tls_and_verify_full_rejects_wrong_certificates() {
+    let mut env = Env::stack().await;
+    env.up();
+    let stack = env.stack_state();
+    let pg = stack.shards[0].clone();
+    shard(&env, 0)
+        .await
+        .batch_execute("CREATE TABLE tls_probe (id bigint PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+
+    // The cluster: TLS with a certificate for localhost, and TCP connections
+    // without TLS rejected (replication ones too).
+    let certs = env.dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    certificates(&certs);
+    for file in ["server.crt", "server.key"] {
+        std::fs::copy(certs.join(file), pg.data_dir.join(file)).unwrap();
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            pg.data_dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    if nix::unistd::Uid::effective().is_root() {
+        let ok = std::process::Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(pg.data_dir.join("server.crt"))
+            .arg(pg.data_dir.join("server.key"))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let conf = pg.data_dir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+    std::fs::write(&conf, text).unwrap();
+    std::fs::write(
+        pg.data_dir.join("pg_hba.conf"),
+        "hostssl all all 127.0.0.1/32 trust\n\
+         hostssl replication all 127.0.0.1/32 trust\n\
+         hostnossl all all 0.0.0.0/0 reject\n\
+         hostnossl replication all 0.0.0.0/0 reject\n",
+    )
+    .unwrap();
+    shard(&env, 0)
+        .await
+        .execute("SELECT pg_reload_conf()", &[])
+        .await
+        .unwrap();
+    let server_log =
+        || tail(&std::fs::read_to_string(pg.data_dir.join("server.log")).unwrap_or_default());
+    let plain = pg.dsn();
+    env.wait_for(
+        "plaintext connections to be refused",
+        Duration::from_secs(30),
+        || {
+            let plain = plain.clone();
+            async move {
+                tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+                    .await
+                    .is_err()
+            }
+        },
+    )
+    .await;
+    let base = format!("port={} user=tributary dbname={}", pg.port, pg.database);
+    let ca = certs.join("ca.crt").display().to_string();
+    let wrong = certs.join("wrong.crt").display().to_string();
+    let libpq = format!("host=localhost {base} sslmode=verify-full sslrootcert={ca}");
+    assert_eq!(psql(&libpq, "SHOW ssl"), "on", "{}", server_log());
+
+    let mut rows = 0;
+    for (tag, dsn) in [
+        ("require", format!("host=127.0.0.1 {base} sslmode=require")),
+        (
+            "full",
+            format!("host=localhost {base} sslmode=verify-full sslrootcert={ca}"),
+        ),
+        // The chain only: the certificate is not for 127.0.0.1.
+        (
+            "ca",
+            format!("host=127.0.0.1 {base} sslmode=verify-ca sslrootcert={ca}"),
+        ),
+    ] {
+        let (reader, shutdown) = tls_reader(&stack, dsn, tag);
+        let slot = format!("tls_{tag}_orders_0");
+        env.wait_for(&format!("the {tag} reader's snapshot"), Duration::from_secs(60), || {
+            let (libpq, slot) = (libpq.clone(), slot.clone());
+            let finished = reader.is_finished();
+            async move {
+                assert!(!finished, "the {slot} reader stopped");
+                psql(&libpq, &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")) == "1"
+                    && psql(&libpq, &format!("SELECT count(*) FROM tributary_cdc.snapshots WHERE slot_name = '{slot}'")) == "1"
+            }
+        })
+        .await;
+        // Changes made now can only reach Kafka through the stream.
+        psql(
+            &libpq,
+            &format!(
+                "INSERT INTO tls_probe SELECT g, '{tag}' FROM generate_series({} + 1, {} + 2) g",
+                rows, rows
+            ),
+        );
+        rows += 2;
+        let topic = format!("tls{tag}.orders.tls_probe");
+        let kafka = tributary_kafka::KafkaConfig::local(&stack.broker.address());
+        env.wait_for(
+            &format!("the {tag} reader's events"),
+            Duration::from_secs(60),
+            || {
+                let (kafka, topic) = (kafka.clone(), topic.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || topic_messages(&kafka, &topic))
+                        .await
+                        .unwrap()
+                        == rows
+                }
+            },
+        )
+        .await;
+        // Both of the reader's connections are encrypted: the SQL one
+        // (heartbeats) and the walsender.
+        let sessions = psql(
+            &libpq,
+            "SELECT a.backend_type || ':' || s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'tributary-cdc' ORDER BY 1",
+        );
+        let sessions: std::collections::BTreeSet<&str> = sessions.lines().collect();
+        assert_eq!(
+            sessions,
+            ["client backend:true", "walsender:true"].into(),
+            "{tag}: the reader's connections"
+        );
+        shutdown.cancel();
+        reader.await.unwrap().unwrap();
+    }
+
+    // verify-full refuses a server whose certificate another CA signed, and
+    // one whose certificate is for another name, with a clear error and
+    // without retrying forever.
+    for (tag, dsn, says) in [
+        (
+            "wrongca",
+            format!("host=localhost {base} sslmode=verify-full sslrootcert={wrong}"),
+            "UnknownIssuer",
+        ),
+        (
+            "wronghost",
+            format!("host=127.0.0.1 {base} sslmode=verify-full sslrootcert={ca}"),
+            "not valid for name",
+        ),
+    ] {
+        let (reader, _shutdown) = tls_reader(&stack, dsn, tag);
+        let err = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .unwrap_or_else(|_| panic!("{tag}: the reader kept retrying"))
+            .unwrap()
+            .unwrap_err();
+        let text = tributary_model::error_chain(&err);
+        assert!(!err.is_transient(), "{tag}: {text}");
+        assert!(
+            text.contains("invalid peer certificate") && text.contains(says),
+            "{tag}: {text}"
+        );
+    }
 }

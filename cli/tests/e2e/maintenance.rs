@@ -3,16 +3,13 @@
 //! runs in a loop from another process, under load; the lake still equals
 //! the source and silver ends with few files.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tributary::pipeline;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 async fn silver_files(env: &Env, table: &str) -> usize {
     let lake = tributary_lake::Lake::new(&pipeline::lake_config(&env.config())).unwrap();
@@ -28,8 +25,7 @@ async fn silver_files(env: &Env, table: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_beside_live_ingest_keeps_the_lake_equal_to_the_source() {
-    let _serial = SERIAL.lock().await;
-    let mut env = Env::new();
+    let mut env = Env::stack().await;
     for (k, v) in [
         ("OPTIMIZE_EVERY_COMMITS", "5"),
         ("CHECKPOINT_EVERY_COMMITS", "7"),
@@ -40,28 +36,9 @@ async fn maintenance_beside_live_ingest_keeps_the_lake_equal_to_the_source() {
         env.extra
             .push((format!("TRIBUTARY__INGEST__MAINTENANCE__{k}"), v.into()));
     }
-    up(&env);
-    env.spawn("oltp", &["oltp", "serve"]);
-    env.wait_http().await;
-    env.spawn("cdc", &["cdc", "run"]);
-    env.spawn("ingest", &["lake", "ingest"]);
-    let url = env.url();
-    let mut load = env
-        .command(&[
-            "load",
-            "--rate",
-            "40",
-            "--duration",
-            "25s",
-            "--url",
-            &url,
-            "--seed",
-            "5",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    env.start().await;
+    env.start_pipeline();
+    let mut load = env.spawn_load(40, 25, 5);
 
     // Compaction by hand, in a loop, beside the ingester's own.
     let stop = Arc::new(AtomicBool::new(false));
@@ -116,12 +93,7 @@ async fn maintenance_beside_live_ingest_keeps_the_lake_equal_to_the_source() {
     );
 
     // Once ingest is idle, one more pass leaves silver with few files.
-    let out = env.run(&["lake", "optimize", "--layer", "silver"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&["lake", "optimize", "--layer", "silver"]);
     for t in ["orders", "order_items", "customers"] {
         let n = silver_files(&env, t).await;
         assert!(n <= 2, "silver.{t} has {n} files after compaction");
@@ -147,18 +119,8 @@ async fn maintenance_beside_live_ingest_keeps_the_lake_equal_to_the_source() {
         out.status.success() && listed.contains("would delete"),
         "{listed}"
     );
-    let out = env.run(&["lake", "vacuum", "--retention-hours", "0", "--force"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = env.run(&["lake", "checkpoint", "--layer", "silver"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&["lake", "vacuum", "--retention-hours", "0", "--force"]);
+    env.run_ok(&["lake", "checkpoint", "--layer", "silver"]);
     // A missing table is named.
     let out = env.run(&["lake", "optimize", "nope"]);
     let err = String::from_utf8_lossy(&out.stderr);

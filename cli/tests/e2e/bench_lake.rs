@@ -6,13 +6,14 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::common::*;
+
 #[test]
 fn bench_lake_measures_every_change_once_and_cleans_up() {
-    let tmp = tempfile::Builder::new()
-        .prefix("tributary-bench-lake-test-")
-        .tempdir()
-        .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+    // The bench starts a stack of its own, in the test's folder.
+    let env = Env::stack_blocking();
+    let tmp = env.dir.path();
+    let out = Command::new(bin())
         .args([
             "bench",
             "lake",
@@ -24,17 +25,12 @@ fn bench_lake_measures_every_change_once_and_cleans_up() {
         ])
         // The bench makes its stack in the system temp folder: point that
         // at this test's folder to see that it is removed.
-        .env("TMPDIR", tmp.path())
+        .env("TMPDIR", tmp)
         .env_remove("TRIBUTARY_CONFIG")
-        .current_dir(tmp.path())
+        .current_dir(tmp)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "bench failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "bench lake");
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let written = r["written"].as_u64().unwrap();
     assert!(written >= 2_000, "only {written} changes written: {r}");
@@ -57,7 +53,7 @@ fn bench_lake_measures_every_change_once_and_cleans_up() {
         "{r}"
     );
     assert!(r["ingester_peak_rss_kib"].as_u64().unwrap() > 0, "{r}");
-    let left: Vec<_> = std::fs::read_dir(tmp.path())
+    let left: Vec<_> = std::fs::read_dir(tmp)
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -1,53 +1,19 @@
 //! `tributary bench cdc` end to end on a small load: both sides must have
 //! processed exactly the changes written, and the bench must clean up.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use tributary::config::{self, Config};
-use tributary::stack::{self, StackState};
+
+use crate::common::*;
 
 const ROWS: u64 = 2_000;
 
-/// A stack of its own under a temporary folder, purged on drop.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn vars(&self) -> Vec<(String, String)> {
-        vec![
-            (
-                "TRIBUTARY__STATE_DIR".into(),
-                self.state_dir().display().to_string(),
-            ),
-            // One order shard is enough: the bench uses shard 0's cluster.
-            ("TRIBUTARY__STACK__SHARDS".into(), "1".into()),
-        ]
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn config(&self) -> Config {
-        let mut env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| !k.starts_with("TRIBUTARY__"))
-            .collect();
-        env.extend(self.vars());
-        config::load_from_env(&env).unwrap()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = stack::down(&self.config(), true);
-    }
-}
-
 fn bench(env: &Env, recv_out: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+    // Only the state folder and the shards: the bench's own settings are
+    // what it measures with.
+    let out = Command::new(bin())
         .args([
             "bench",
             "cdc",
@@ -59,18 +25,17 @@ fn bench(env: &Env, recv_out: &Path) -> Value {
         ])
         .arg("--recvlogical-output")
         .arg(recv_out)
-        .envs(env.vars())
+        .env(
+            "TRIBUTARY__STATE_DIR",
+            env.state_dir().display().to_string(),
+        )
+        .envs(env.extra.iter().cloned())
         .env("TRIBUTARY_LOG", "warn")
         .current_dir(env.dir.path())
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "bench failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "bench cdc");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "bench output is not JSON ({e}):\n{}",
@@ -81,12 +46,10 @@ fn bench(env: &Env, recv_out: &Path) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_cdc_counts_every_change_and_cleans_up() {
-    let env = Env {
-        dir: tempfile::Builder::new()
-            .prefix("tributary-bench-")
-            .tempdir_in(std::env::temp_dir())
-            .unwrap(),
-    };
+    let mut env = Env::stack().await;
+    // One order shard is enough: the bench uses shard 0's cluster.
+    env.extra
+        .push(("TRIBUTARY__STACK__SHARDS".into(), "1".into()));
     let recv_out = env.dir.path().join("recvlogical.out");
     let report = bench(&env, &recv_out);
     let changes = ROWS + ROWS / 2;
@@ -124,11 +87,8 @@ async fn bench_cdc_counts_every_change_and_cleans_up() {
     );
 
     // Nothing of the bench is left: database, slots, topics.
-    let state = StackState::load(&env.state_dir()).unwrap().unwrap();
-    let (client, conn) = tokio_postgres::connect(&state.shards[0].dsn(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let state = env.stack_state();
+    let client = pipeline_connect(&state.shards[0].dsn()).await;
     let left: i64 = client
         .query_one(
             "SELECT (SELECT count(*) FROM pg_database WHERE datname = 'tributary_bench')
@@ -139,13 +99,10 @@ async fn bench_cdc_counts_every_change_and_cleans_up() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "the bench left its database or slots behind");
+    let kafka = env.kafka();
     let topics = tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", state.broker.address())
-            .set("log_level", "3")
-            .create()
-            .unwrap();
+        let consumer: BaseConsumer = tributary_kafka::client_config(&kafka).create().unwrap();
         let md = consumer
             .fetch_metadata(None, std::time::Duration::from_secs(10))
             .unwrap();
