@@ -8,6 +8,21 @@
 //! - [`compaction`]: a silver-like table after a day of small MERGE
 //!   commits, queried before and after compaction and a checkpoint.
 //!
+//! - [`cdc`]: the CDC reader against PostgreSQL's own tools
+//!   (`pg_recvlogical`, `COPY`) on the same database and write load, into
+//!   the broker and into a discard sink, and the broker alone. Every run
+//!   checks the broker holds exactly one event per change and per snapshot
+//!   row, and fails otherwise.
+//!
+//! - [`lake`]: the whole pipeline under a sustained write load on a stack of
+//!   its own: freshness (commit to silver), CDC against ingest throughput,
+//!   backlog, files, the ingester's memory.
+//!
+//! The benchmarks that need PostgreSQL or a broker start from
+//! [`tributary_stack`] (the local stack, its PostgreSQL programs and its
+//! broker); [`process`] and [`scrape`] read what `/proc` and a process's
+//! `/metrics` say.
+//!
 //! Each benchmark is a module with an options struct and an async `run` that
 //! returns a report; the CLI (`tributary bench <name>`) only parses flags and
 //! prints the report.
@@ -22,7 +37,11 @@
 //! # }
 //! ```
 
+pub mod cdc;
 pub mod compaction;
+pub mod lake;
+pub mod process;
+pub mod scrape;
 pub mod ssb;
 
 /// Errors of the benchmarks.
@@ -65,9 +84,59 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The local stack, the configuration, or a pipeline check.
+    #[error(transparent)]
+    Stack(Box<tributary_stack::Error>),
+    /// The pipeline did not catch up with the load; its processes' logs say why.
+    #[error("see {logs}")]
+    Pipeline {
+        logs: String,
+        #[source]
+        source: Box<tributary_stack::Error>,
+    },
+    #[error(transparent)]
+    Kafka(#[from] tributary_kafka::Error),
+    #[error("kafka: {context}")]
+    KafkaClient {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("the CDC reader failed")]
+    Cdc(#[source] Box<tributary_cdc::Error>),
+    #[error("order services")]
+    Oltp(#[source] Box<tributary_oltp::Error>),
+    #[error(transparent)]
+    Model(#[from] tributary_model::Error),
+    #[error("{context}")]
+    Http {
+        context: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A count that contradicts the pipeline's promise (an event lost or
+    /// doubled): the measurement is void.
+    #[error("wrong count: {0}")]
+    Count(String),
+    /// The benchmark could not finish as set up: a process exited, a
+    /// deadline passed.
+    #[error("{0}")]
+    Run(String),
     /// A broken invariant of the data generator or of this crate.
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl From<tributary_stack::Error> for Error {
+    fn from(source: tributary_stack::Error) -> Self {
+        Error::Stack(Box::new(source))
+    }
+}
+
+impl From<tributary_cdc::Error> for Error {
+    fn from(source: tributary_cdc::Error) -> Self {
+        Error::Cdc(Box::new(source))
+    }
 }
 
 impl From<tributary_lake::Error> for Error {
@@ -82,4 +151,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
     move |source| Error::Io { context, source }
+}
+
+/// Attaches a description to a PostgreSQL error.
+pub(crate) fn pg(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Postgres { context, source }
+}
+
+/// Attaches a description to a Kafka client error.
+pub(crate) fn kafka(
+    context: impl Into<String>,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {
+    let context = context.into();
+    move |source| Error::KafkaClient { context, source }
 }

@@ -6,9 +6,10 @@ use anyhow::{Context, Result, bail};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::pipeline::{self, Sources, strings};
-use crate::stack;
+use tributary_model::dsn::describe;
+use tributary_stack::checks::{self, first_column};
+use tributary_stack::postgres::connect;
+use tributary_stack::{Config, Platform, Sources};
 
 fn step(n: usize, text: &str) {
     println!("\n== {n}/6 {text}");
@@ -53,7 +54,7 @@ async fn lake_scalar(session: &tributary_query::Session, sql: &str) -> Result<St
         .sql(sql)
         .await
         .with_context(|| format!("query {sql}"))?;
-    Ok(strings(&batches)
+    Ok(first_column(&batches)
         .into_iter()
         .next()
         .unwrap_or_else(|| "0".into()))
@@ -73,13 +74,9 @@ pub async fn reconcile(
     };
     let mut rows = Vec::new();
     for t in tributary_model::domain::TABLES {
-        let dsns: Vec<&String> = match t.db {
-            tributary_model::domain::Database::Orders => sources.shards.iter().collect(),
-            tributary_model::domain::Database::Catalog => vec![&sources.catalog],
-        };
         let mut source = 0u64;
-        for dsn in dsns {
-            let c = pipeline::connect(dsn).await?;
+        for dsn in sources.dsns(t.db) {
+            let c = connect(dsn).await?;
             source += c
                 .query_one(&format!("SELECT count(*) FROM public.{}", t.name), &[])
                 .await?
@@ -104,7 +101,7 @@ pub async fn reconcile(
     }
     let mut revenue_source = 0i128;
     for dsn in &sources.shards {
-        let c = pipeline::connect(dsn).await?;
+        let c = connect(dsn).await?;
         let s: String = c
             .query_one(
                 "SELECT coalesce(sum(line_total), 0)::text FROM public.order_items",
@@ -177,22 +174,24 @@ fn check_alive(tasks: &[(&str, &JoinHandle<Result<()>>)]) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(config: &Config, duration: Duration, rate: f64) -> Result<()> {
+/// Runs the demo on the local stack (started when it is not running) and
+/// fails unless source, silver and gold reconcile.
+pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
     let started = Instant::now();
     step(
         1,
         "starting the local stack (PostgreSQL shards + catalog, Kafka broker)",
     );
-    let stack = stack::up(config).await?;
-    let sources = Sources::resolve(config, Some(&stack))?;
-    let kafka = stack::kafka_config(config, &stack);
-    for s in stack.all_pg() {
-        println!("  postgres {:<8} {}", s.name, s.dsn());
+    let platform = Platform::start(config).await?;
+    let config = platform.config();
+    let sources = platform.sources()?.clone();
+    let kafka = platform.kafka()?.clone();
+    for s in platform.stack().into_iter().flat_map(|s| s.all_pg()) {
+        println!("  postgres {:<8} {}", s.name, describe(&s.dsn()));
     }
     println!("  kafka            {}", kafka.brokers);
-    let lake_cfg = pipeline::lake_config(config);
-    println!("  lake             {}", lake_cfg.root);
-    let lake = tributary_lake::Lake::new(&lake_cfg)?;
+    println!("  lake             {}", platform.lake_config().root);
+    let lake = platform.lake()?;
 
     let shutdown = CancellationToken::new();
     let mut oltp_cfg = config.oltp.clone();
@@ -252,7 +251,7 @@ pub async fn run(config: &Config, duration: Duration, rate: f64) -> Result<()> {
 
     step(3, "waiting for CDC and ingest to catch up");
     let t = Instant::now();
-    pipeline::wait_caught_up(config, &sources, &kafka, Duration::from_secs(600)).await?;
+    checks::wait_caught_up(&platform, Duration::from_secs(600)).await?;
     println!("  caught up in {:.1}s", t.elapsed().as_secs_f64());
 
     step(4, "building the gold star schema");
@@ -292,13 +291,13 @@ pub async fn run(config: &Config, duration: Duration, rate: f64) -> Result<()> {
     step(6, "reconciliation: source vs silver vs gold");
     let r = reconcile(&sources, &session).await?;
     print_reconciliation(&r);
-    let checks = pipeline::compare_silver(&sources, &session).await?;
-    let equal = checks.iter().all(|c| c.equal());
+    let compared = checks::compare_silver(&sources, &session).await?;
+    let equal = compared.iter().all(|c| c.equal());
     println!(
         "row-for-row comparison of every silver table with its source tables: {}",
         if equal { "identical" } else { "DIFFERENT" }
     );
-    for c in checks.iter().filter(|c| !c.equal()) {
+    for c in compared.iter().filter(|c| !c.equal()) {
         println!(
             "  {}: {} missing, {} extra, e.g. {:?} {:?}",
             c.table,

@@ -1,16 +1,76 @@
-//! The `tributary` binary's library: configuration, the local stack, the
-//! wiring between stages and the demo. `main.rs` only parses arguments.
+//! The library of the `tributary` binary. What the commands do lives in
+//! the crates they call (the local stack and the configuration in
+//! `tributary_stack`, the benchmarks in `tributary_bench`, …); this library
+//! holds only what the binary adds on top:
+//!
+//! - [`demo`]: `tributary demo`, the whole platform end to end in one
+//!   process tree, and its reconciliation of source, silver and gold.
+//! - [`parse_duration`] and [`shutdown_on_signals`]: the command line's
+//!   durations and SIGINT/SIGTERM handling.
+//! - [`config`], [`pipeline`] and [`stack`]: the paths the end-to-end tests
+//!   (`cli/tests`) use, kept over `tributary_stack`; new code uses
+//!   [`tributary_stack::Platform`] directly.
+//!
+//! `main.rs` parses arguments (`args.rs`) and runs one module per command
+//! group (`commands/`).
 
-pub mod bench_cdc;
-pub mod bench_lake;
-pub mod config;
 pub mod demo;
-pub mod pipeline;
-pub mod stack;
 
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+
+pub use tributary_stack::config;
+
+/// The tests' names for the pipeline checks (see [`tributary_stack::checks`]).
+pub mod pipeline {
+    use std::time::Duration;
+
+    use tributary_kafka::KafkaConfig;
+    use tributary_lake::LakeConfig;
+    pub use tributary_stack::Sources;
+    pub use tributary_stack::checks::{TableCheck, bronze_duplicates, compare_silver};
+    use tributary_stack::{Config, Platform, Result};
+
+    /// The lake settings of `config` resolved against its local stack.
+    pub fn lake_config(config: &Config) -> LakeConfig {
+        let platform = match Platform::load(config.clone()) {
+            Ok(p) => p,
+            // An unreadable stack file: the lake without the stack's coordinator.
+            Err(_) => Platform::resolve(config.clone(), None),
+        };
+        platform.lake_config().clone()
+    }
+
+    /// [`tributary_stack::checks::wait_caught_up`] for these sources and
+    /// this broker.
+    pub async fn wait_caught_up(
+        config: &Config,
+        sources: &Sources,
+        kafka: &KafkaConfig,
+        timeout: Duration,
+    ) -> Result<()> {
+        let platform = Platform::load(config.clone())?
+            .with_sources(sources.clone())
+            .with_kafka(kafka.clone());
+        tributary_stack::checks::wait_caught_up(&platform, timeout).await
+    }
+}
+
+/// The tests' names for the local stack (see [`tributary_stack`]).
+pub mod stack {
+    use tributary_kafka::KafkaConfig;
+    use tributary_stack::{Config, Platform};
+    pub use tributary_stack::{PgInstance, StackState, down};
+
+    /// The broker of `config`: `[kafka]`, else the stack's.
+    pub fn kafka_config(config: &Config, state: &StackState) -> KafkaConfig {
+        Platform::resolve(config.clone(), Some(state.clone()))
+            .kafka()
+            .cloned()
+            .expect("a local stack always has a broker")
+    }
+}
 
 /// Parses `90s`, `2m`, `1h`, `500ms` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration> {
@@ -30,32 +90,6 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         _ => bail!("invalid duration {s:?}: unit must be ms, s, m or h"),
     };
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// Serves `/metrics` (Prometheus text from `render`) and `/healthz` on
-/// `listen` until `shutdown`.
-pub async fn serve_metrics(
-    listen: &str,
-    render: fn() -> String,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Result<std::net::SocketAddr> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || async move { ([("content-type", "text/plain; version=0.0.4")], render()) }),
-        )
-        .route("/healthz", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("metrics listener on {listen}: {e}"))?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    });
-    Ok(addr)
 }
 
 /// Cancels the token on SIGINT or SIGTERM: stop intake, flush, confirm, exit.

@@ -8,7 +8,7 @@
 //! included.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use tributary_query::Session;
+use tributary_stack::postgres::PgTools;
 
 use super::answers::Rows;
 use super::queries::Query;
@@ -39,46 +40,6 @@ pub const SETTINGS: &[(&str, &str)] = &[
 /// Bytes of COPY text sent per message.
 const COPY_CHUNK: usize = 1 << 20;
 
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
-/// The server binaries: `pg_config --bindir`, else the newest under
-/// `/usr/lib/postgresql`.
-fn pg_bin() -> Result<PathBuf> {
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("pg_ctl").exists() {
-            return Ok(dir);
-        }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin"))
-                .filter(|p| p.join("pg_ctl").exists())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
-        .pop()
-        .ok_or_else(|| Error::PostgresSetup("PostgreSQL server binaries not found".into()))
-}
-
-/// A PostgreSQL tool, run as `postgres` when we are root (initdb and the
-/// server refuse to run as root).
-fn pg_command(bin: &Path, tool: &str) -> Command {
-    let exe = bin.join(tool);
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(exe);
-        c
-    } else {
-        Command::new(exe)
-    }
-}
-
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd
         .output()
@@ -96,7 +57,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 
 /// A scratch cluster, stopped and deleted on drop.
 pub(crate) struct Cluster {
-    bin: PathBuf,
+    tools: PgTools,
     dir: PathBuf,
     port: u16,
     version: String,
@@ -106,7 +67,8 @@ impl Cluster {
     /// Creates and starts a cluster in a fresh folder under the system's
     /// temporary folder (which the `postgres` user can reach).
     pub(crate) fn start() -> Result<Cluster> {
-        let bin = pg_bin()?;
+        let tools = PgTools::find(None)
+            .map_err(|e| Error::PostgresSetup(tributary_model::error_chain(&e)))?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -119,38 +81,29 @@ impl Cluster {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .map_err(|e| Error::PostgresSetup(format!("finding a free port: {e}")))?;
-        let version = Command::new(bin.join("postgres"))
+        let version = Command::new(tools.dir().join("postgres"))
             .arg("--version")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
         let cluster = Cluster {
-            bin,
+            tools,
             dir,
             port,
             version,
         };
-        if is_root() {
-            run(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&cluster.dir),
-                "chown to postgres",
-            )?;
-        }
+        tributary_stack::postgres::chown_to_server_user(&cluster.dir)
+            .map_err(|e| Error::PostgresSetup(tributary_model::error_chain(&e)))?;
         let data = cluster.dir.join("data");
         run(
-            pg_command(&cluster.bin, "initdb")
-                .arg("-D")
-                .arg(&data)
-                .args([
-                    "-U",
-                    "tributary",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                ]),
+            cluster.tools.command("initdb").arg("-D").arg(&data).args([
+                "-U",
+                "tributary",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]),
             "initdb",
         )?;
         let mut options = format!(
@@ -161,7 +114,9 @@ impl Cluster {
             options.push_str(&format!(" -c {name}={value}"));
         }
         run(
-            pg_command(&cluster.bin, "pg_ctl")
+            cluster
+                .tools
+                .command("pg_ctl")
                 .arg("-D")
                 .arg(&data)
                 .arg("-o")
@@ -201,7 +156,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = pg_command(&self.bin, "pg_ctl")
+        let _ = self
+            .tools
+            .command("pg_ctl")
             .arg("-D")
             .arg(self.dir.join("data"))
             .args(["-m", "immediate", "stop"])

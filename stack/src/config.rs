@@ -1,10 +1,16 @@
 //! Configuration: embedded defaults, then a TOML file, then
 //! `TRIBUTARY__SECTION__KEY` environment variables. Unknown keys are errors
 //! that name the key.
+//!
+//! ```
+//! let env = [("TRIBUTARY__STACK__SHARDS".to_string(), "3".to_string())];
+//! let config = tributary_stack::config::load_from(None, &env).unwrap();
+//! assert_eq!(config.stack.shards, 3);
+//! assert!(config.kafka.is_none()); // the local stack's broker
+//! ```
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tributary_cdc::CdcConfig;
@@ -13,6 +19,8 @@ use tributary_lake::LakeConfig;
 use tributary_lake::ingest::IngestConfig;
 use tributary_oltp::OltpConfig;
 use tributary_query::SqlConfig;
+
+use crate::{Error, Result};
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -58,12 +66,19 @@ fn default_shards() -> usize {
 }
 
 /// Databases outside the local stack (`[sources]`): when given, the pipeline
-/// reads these instead of the local clusters.
-#[derive(Clone, Debug, Deserialize)]
+/// reads these instead of the local clusters. `Debug` shows the DSNs
+/// without their passwords.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourcesConfig {
     pub shards: Vec<String>,
     pub catalog: String,
+}
+
+impl std::fmt::Debug for SourcesConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::platform::debug_dsns(f, "SourcesConfig", &self.shards, &self.catalog)
+    }
 }
 
 /// The resolved configuration.
@@ -102,11 +117,14 @@ pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config
         None => Some(PathBuf::from("tributary.toml")).filter(|p| p.exists()),
     };
     if let Some(file) = &file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading config file {}", file.display()))?;
+        let path = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|source| Error::ConfigRead {
+            path: path.clone(),
+            source,
+        })?;
         root = text
             .parse::<toml::Table>()
-            .with_context(|| format!("parsing config file {}", file.display()))?;
+            .map_err(|source| Error::ConfigParse { path, source })?;
     }
     for (key, value) in env {
         let Some(rest) = key.strip_prefix("TRIBUTARY__") else {
@@ -114,18 +132,24 @@ pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config
         };
         let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
         if parts.iter().any(String::is_empty) {
-            bail!("environment variable {key}: empty key segment");
+            return Err(Error::EnvEmptySegment { key: key.clone() });
         }
-        set_path(&mut root, &parts, parse_env_value(value))
-            .with_context(|| format!("environment variable {key}"))?;
+        set_path(&mut root, &parts, parse_env_value(value)).map_err(|section| {
+            Error::EnvNotSection {
+                key: key.clone(),
+                section,
+            }
+        })?;
     }
-    let source = file
+    let origin = file
         .as_ref()
         .map(|f| f.display().to_string())
         .unwrap_or_else(|| "defaults".into());
-    let raw: RawConfig = deserialize(toml::Value::Table(root), "").with_context(|| {
-        format!("invalid configuration (from {source} and TRIBUTARY__* variables)")
-    })?;
+    let raw: RawConfig =
+        deserialize(toml::Value::Table(root), "").map_err(|e| Error::ConfigInvalid {
+            origin,
+            source: Box::new(e),
+        })?;
     let state_dir = raw.state_dir.unwrap_or_else(|| PathBuf::from(".tributary"));
     Ok(Config {
         state_dir: std::path::absolute(&state_dir).unwrap_or(state_dir),
@@ -157,7 +181,10 @@ fn deserialize<T: DeserializeOwned>(value: toml::Value, prefix: &str) -> Result<
             (false, ".") => format!(" in [{prefix}]"),
             (false, p) => format!(" at `{prefix}.{p}`"),
         };
-        anyhow::anyhow!("config error{at}: {}", e.into_inner())
+        Error::ConfigKey {
+            at,
+            message: e.into_inner().to_string(),
+        }
     })
 }
 
@@ -170,7 +197,12 @@ fn parse_env_value(v: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(v.to_string()))
 }
 
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<()> {
+/// Sets `path` in `table`; the error is the segment that is not a section.
+fn set_path(
+    table: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+) -> std::result::Result<(), String> {
     let (last, parents) = path.split_last().expect("non-empty path");
     let mut cur = table;
     for p in parents {
@@ -179,7 +211,7 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
             .or_insert_with(|| toml::Value::Table(Default::default()));
         cur = match entry {
             toml::Value::Table(t) => t,
-            _ => bail!("`{p}` is not a section"),
+            _ => return Err(p.clone()),
         };
     }
     cur.insert(last.clone(), value);
@@ -189,6 +221,7 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tributary_model::error_chain;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -227,17 +260,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("t.toml");
         std::fs::write(&f, "[kafka]\nbrokers = \"x:1\"\nbrokerz = 1\n").unwrap();
-        let err = format!("{:#}", load_from(Some(&f), &[]).unwrap_err());
+        let err = error_chain(&load_from(Some(&f), &[]).unwrap_err());
         assert!(err.contains("brokerz"), "{err}");
-        let err = format!(
-            "{:#}",
-            load_from(None, &env(&[("TRIBUTARY__STACK__SHARDZ", "1")])).unwrap_err()
-        );
+        let err =
+            error_chain(&load_from(None, &env(&[("TRIBUTARY__STACK__SHARDZ", "1")])).unwrap_err());
         assert!(err.contains("shardz") && err.contains("stack"), "{err}");
-        let err = format!(
-            "{:#}",
-            load_from(None, &env(&[("TRIBUTARY__NOPE", "1")])).unwrap_err()
-        );
+        let err = error_chain(&load_from(None, &env(&[("TRIBUTARY__NOPE", "1")])).unwrap_err());
         assert!(err.contains("nope"), "{err}");
     }
 
@@ -262,13 +290,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.ingest.maintenance.optimize_every_commits, 5);
         assert_eq!(c.ingest.maintenance.zorder["orders"], ["customer_id"]);
-        let err = format!(
-            "{:#}",
-            load_from(
+        let err = error_chain(
+            &load_from(
                 None,
-                &env(&[("TRIBUTARY__INGEST__MAINTENANCE__OPTIMIZE_EVERY", "5")])
+                &env(&[("TRIBUTARY__INGEST__MAINTENANCE__OPTIMIZE_EVERY", "5")]),
             )
-            .unwrap_err()
+            .unwrap_err(),
         );
         assert!(
             err.contains("optimize_every") && err.contains("maintenance"),
@@ -290,10 +317,10 @@ mod tests {
         assert_eq!(c.sql.memory_limit_bytes(), Some(64 << 20));
         assert!(!c.sql.spill && c.sql.password.is_some());
         std::fs::write(&f, "[sql]\npasswrd = \"x\"\n").unwrap();
-        let err = format!("{:#}", load_from(Some(&f), &[]).unwrap_err());
+        let err = error_chain(&load_from(Some(&f), &[]).unwrap_err());
         assert!(err.contains("passwrd") && err.contains("sql"), "{err}");
         std::fs::write(&f, "[sql]\nmemory_limit = \"lots\"\n").unwrap();
-        let err = format!("{:#}", load_from(Some(&f), &[]).unwrap_err());
+        let err = error_chain(&load_from(Some(&f), &[]).unwrap_err());
         assert!(
             err.contains("memory_limit") && err.contains("lots"),
             "{err}"

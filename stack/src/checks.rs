@@ -1,145 +1,37 @@
-//! Wiring between stages: which databases the CDC reader captures, where
-//! the lake is, when the pipeline has caught up, and whether the lake equals
-//! the source.
+//! Whether the pipeline has done its job: caught up with the sources
+//! ([`wait_caught_up`]), silver equal to the sources row for row
+//! ([`compare_silver`]), bronze without a change twice
+//! ([`bronze_duplicates`]). `tributary wait` and `tributary verify`, the
+//! demo, the benchmarks and the end-to-end tests all ask these.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
 use arrow::array::{Array, RecordBatch, StringArray};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use tributary_cdc::SourceDb;
-use tributary_kafka::KafkaConfig;
-use tributary_lake::{Lake, LakeConfig};
-use tributary_model::domain::{Database, TABLES, slot_name, tables_of, topic_of};
+use rdkafka::consumer::BaseConsumer;
+use tributary_model::domain::{TABLES, slot_name, topic_of};
 use tributary_model::lsn::Lsn;
 
-use crate::config::Config;
-use crate::stack::StackState;
-
-/// The lake settings: configured, or `<state>/lake`. Commits are claimed in
-/// `lake.coordinator_dsn`, by default the `postgres` database of the local
-/// stack's catalog cluster, else `[sources].catalog`.
-pub fn lake_config(config: &Config) -> LakeConfig {
-    let mut lake = config.lake.clone().unwrap_or_else(|| LakeConfig {
-        root: config.state_dir.join("lake").to_string_lossy().into_owned(),
-        s3: None,
-        coordinator_dsn: None,
-    });
-    if lake.coordinator_dsn.is_none() {
-        lake.coordinator_dsn = match (&config.sources, StackState::load(&config.state_dir)) {
-            (Some(s), _) => Some(s.catalog.clone()),
-            (None, Ok(Some(stack))) => Some(format!(
-                "host=127.0.0.1 port={} user=tributary dbname=postgres",
-                stack.catalog.port
-            )),
-            _ => None,
-        };
-    }
-    lake
-}
-
-/// The source databases: `[sources]` when configured, else the local stack.
-pub struct Sources {
-    pub shards: Vec<String>,
-    pub catalog: String,
-}
-
-impl Sources {
-    pub fn resolve(config: &Config, stack: Option<&StackState>) -> Result<Sources> {
-        if let Some(s) = &config.sources {
-            return Ok(Sources {
-                shards: s.shards.clone(),
-                catalog: s.catalog.clone(),
-            });
-        }
-        let stack =
-            stack.context("no [sources] configured and no local stack: run `tributary up`")?;
-        Ok(Sources {
-            shards: stack.shards.iter().map(|s| s.dsn()).collect(),
-            catalog: stack.catalog.dsn(),
-        })
-    }
-
-    /// One CDC source per database.
-    pub fn cdc_sources(&self) -> Vec<SourceDb> {
-        let orders: Vec<String> = tables_of(Database::Orders)
-            .map(|t| t.name.to_string())
-            .collect();
-        let catalog: Vec<String> = tables_of(Database::Catalog)
-            .map(|t| t.name.to_string())
-            .collect();
-        let mut out: Vec<SourceDb> = self
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(i, dsn)| SourceDb {
-                db: "orders".into(),
-                shard: i as u32,
-                dsn: dsn.clone(),
-                tables: orders.clone(),
-            })
-            .collect();
-        out.push(SourceDb {
-            db: "catalog".into(),
-            shard: 0,
-            dsn: self.catalog.clone(),
-            tables: catalog,
-        });
-        out
-    }
-
-    pub fn topology(&self) -> tributary_oltp::Topology {
-        tributary_oltp::Topology {
-            shards: self.shards.clone(),
-            catalog: self.catalog.clone(),
-        }
-    }
-
-    /// The DSN of the database that holds `db`'s shard `shard`.
-    fn dsn(&self, db: Database, shard: usize) -> &str {
-        match db {
-            Database::Orders => &self.shards[shard],
-            Database::Catalog => &self.catalog,
-        }
-    }
-
-    fn shard_count(&self, db: Database) -> usize {
-        match db {
-            Database::Orders => self.shards.len(),
-            Database::Catalog => 1,
-        }
-    }
-}
-
-pub(crate) async fn connect(dsn: &str) -> Result<tokio_postgres::Client> {
-    let mut cfg: tokio_postgres::Config = dsn.parse().context("invalid DSN")?;
-    cfg.options("-c TimeZone=UTC -c extra_float_digits=1");
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to {dsn}"))?;
-    tokio::spawn(conn);
-    Ok(client)
-}
+use crate::platform::{Platform, Sources};
+use crate::postgres::connect;
+use crate::{Error, Result, pg};
 
 /// Waits until everything written to the sources so far is in silver:
 /// every slot confirmed past the WAL position of now, and the lake's
 /// recorded offsets at the end of every partition.
-pub async fn wait_caught_up(
-    config: &Config,
-    sources: &Sources,
-    kafka: &KafkaConfig,
-    timeout: Duration,
-) -> Result<()> {
+pub async fn wait_caught_up(platform: &Platform, timeout: Duration) -> Result<()> {
+    let config = platform.config();
+    let sources = platform.sources()?;
+    let kafka = platform.kafka()?;
     let deadline = Instant::now() + timeout;
     let mut targets = Vec::new();
     for src in sources.cdc_sources() {
         let client = connect(&src.dsn).await?;
         let lsn: String = client
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await?
+            .await
+            .map_err(pg("reading the WAL position"))?
             .get(0);
         let slot = slot_name(&config.cdc.slot_prefix, &src.db, src.shard);
         targets.push((client, slot, lsn.parse::<Lsn>()?));
@@ -153,34 +45,26 @@ pub async fn wait_caught_up(
                 break;
             }
             if Instant::now() > deadline {
-                bail!(
-                    "slot {slot} did not confirm {target} within {timeout:?}: is `tributary cdc run` running?"
-                );
+                return Err(Error::SlotBehind {
+                    slot: slot.clone(),
+                    target: *target,
+                    timeout,
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", "tributary-catch-up")
-        .set("log_level", "3")
-        .create()?;
-    let lake = Lake::new(&lake_config(config))?;
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        tributary_kafka::consumer_config(kafka, "tributary-catch-up")
+            .create()
+            .map_err(tributary_kafka::kafka_err("creating a consumer"))?,
+    );
+    let lake = platform.lake()?;
     for t in TABLES {
         let topic = topic_of(&kafka.topic_prefix, t);
-        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let partitions = md
-            .topics()
-            .first()
-            .map(|t| t.partitions().len() as i32)
-            .unwrap_or(0);
-        let mut high = BTreeMap::new();
-        for p in 0..partitions {
-            let (_, h) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10))?;
-            if h > 0 {
-                high.insert(p, h);
-            }
-        }
+        let mut high = end_offsets(&consumer, &topic).await?;
+        let partitions = high.len() as i32;
+        high.retain(|_, h| *h > 0);
         loop {
             let (bronze, silver) = tributary_lake::ingest::committed_offsets(
                 &lake,
@@ -197,14 +81,24 @@ pub async fn wait_caught_up(
                 break;
             }
             if Instant::now() > deadline {
-                bail!(
-                    "the lake did not reach the end of {topic} within {timeout:?}: is `tributary lake ingest` running?"
-                );
+                return Err(Error::LakeBehind { topic, timeout });
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
     Ok(())
+}
+
+/// The end offset of every partition of `topic` (none when it does not
+/// exist), read off the async threads.
+async fn end_offsets(consumer: &Arc<BaseConsumer>, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let (consumer, topic) = (consumer.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        tributary_kafka::end_offsets(&*consumer, &topic, Duration::from_secs(10))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("end offsets task: {e}")))?
+    .map_err(Error::from)
 }
 
 /// One table's comparison of source and silver.
@@ -233,15 +127,17 @@ pub async fn compare_silver(
 ) -> Result<Vec<TableCheck>> {
     let mut out = Vec::new();
     for t in TABLES {
+        let dsns = sources.dsns(t.db);
         // Column list and types from the first source database.
-        let client = connect(sources.dsn(t.db, 0)).await?;
+        let client = connect(dsns[0]).await?;
         let cols = client
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                 &[&format!("public.{}", t.name)],
             )
-            .await?;
+            .await
+            .map_err(pg(format!("reading the columns of {}", t.name)))?;
         let mut pg_exprs = Vec::new();
         let mut df_exprs = Vec::new();
         for c in &cols {
@@ -268,14 +164,18 @@ pub async fn compare_silver(
             df_exprs.push(format!("coalesce({df}, '<null>')"));
         }
         let mut source_rows = Vec::new();
-        for shard in 0..sources.shard_count(t.db) {
-            let client = connect(sources.dsn(t.db, shard)).await?;
+        for (shard, dsn) in dsns.iter().enumerate() {
+            let client = connect(dsn).await?;
             let sql = format!(
                 "SELECT concat_ws('|', '{shard}', {}) FROM public.{}",
                 pg_exprs.join(", "),
                 t.name
             );
-            for r in client.query(&sql, &[]).await? {
+            let rows = client
+                .query(&sql, &[])
+                .await
+                .map_err(pg(format!("reading {} on shard {shard}", t.name)))?;
+            for r in rows {
                 source_rows.push(r.get::<_, String>(0));
             }
         }
@@ -285,7 +185,7 @@ pub async fn compare_silver(
             t.name
         );
         let silver_rows: Vec<String> = match session.sql(&sql).await {
-            Ok(batches) => strings(&batches),
+            Ok(batches) => first_column(&batches),
             // No silver table yet: it is empty.
             Err(e)
                 if session
@@ -296,7 +196,12 @@ pub async fn compare_silver(
                 tracing::debug!(error = %e, table = t.name, "no silver table");
                 vec![]
             }
-            Err(e) => return Err(e).with_context(|| format!("reading silver.{}", t.name)),
+            Err(e) => {
+                return Err(Error::Query {
+                    context: format!("reading silver.{}", t.name),
+                    source: Box::new(e),
+                });
+            }
         };
         source_rows.sort();
         let mut silver_sorted = silver_rows.clone();
@@ -313,7 +218,8 @@ pub async fn compare_silver(
     Ok(out)
 }
 
-pub(crate) fn strings(batches: &[RecordBatch]) -> Vec<String> {
+/// The first column of query results as text, `<null>` for NULL.
+pub fn first_column(batches: &[RecordBatch]) -> Vec<String> {
     let mut out = Vec::new();
     for b in batches {
         let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)

@@ -1,0 +1,500 @@
+//! The command line: every subcommand, flag and default, as clap types.
+//! Closed sets of values are enums, so clap refuses anything else and lists
+//! what it accepts.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "OLTP to OLAP: sharded Postgres -> CDC -> Kafka -> Delta lake -> star schema -> SQL"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./tributary.toml when present).
+    #[arg(long, global = true, env = "TRIBUTARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Start the local stack (Postgres shards + catalog, Kafka broker); idempotent.
+    Up,
+    /// Stop the local stack.
+    Down {
+        /// Also delete all data (databases, broker log, lake).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show every component with its address and health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Order and catalog services.
+    Oltp {
+        #[command(subcommand)]
+        command: OltpCommand,
+    },
+    /// Drive realistic traffic through the HTTP API.
+    Load {
+        /// Requests per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// How long, e.g. 60s or 2m.
+        #[arg(long, default_value = "60s")]
+        duration: String,
+        /// Base URL of `tributary oltp serve` (default: http://<oltp.listen>).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Change data capture.
+    Cdc {
+        #[command(subcommand)]
+        command: CdcCommand,
+    },
+    /// The Delta lake.
+    Lake {
+        #[command(subcommand)]
+        command: LakeCommand,
+    },
+    /// Warehouse jobs.
+    Etl {
+        #[command(subcommand)]
+        command: EtlCommand,
+    },
+    /// SQL over bronze, silver and gold: a console, one query with -e, or
+    /// the Postgres wire server (`sql serve`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Sql {
+        #[command(subcommand)]
+        command: Option<SqlCommand>,
+        /// Run this SQL and exit.
+        #[arg(short = 'e', long)]
+        execute: Option<String>,
+        /// table, csv, json, or parquet (with --output).
+        #[arg(long, value_enum, ignore_case = true, default_value_t = SqlFormat::Table)]
+        format: SqlFormat,
+        /// Write the result of -e to this file instead of stdout.
+        #[arg(short = 'o', long, requires = "execute")]
+        output: Option<PathBuf>,
+    },
+    /// Wait until the lake has everything the sources have committed so far.
+    Wait {
+        #[arg(long, default_value = "120s")]
+        timeout: String,
+    },
+    /// Compare every silver table with its source tables row for row.
+    Verify,
+    /// Benchmarks on the local stack.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Run the whole platform end to end on the local stack.
+    Demo {
+        /// How long to drive traffic.
+        #[arg(long, default_value = "60s")]
+        duration: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 40.0)]
+        rate: f64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SqlCommand {
+    /// Serve the lake over the PostgreSQL wire protocol (psql, JDBC, psycopg).
+    Serve {
+        /// Address to listen on (default: [sql] listen, 127.0.0.1:5433).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OltpCommand {
+    /// Serve the order and catalog HTTP API.
+    Serve,
+}
+
+#[derive(Subcommand)]
+pub enum CdcCommand {
+    /// Run one reader per database until stopped.
+    Run {
+        /// Serve /metrics and /healthz on this address, e.g. 127.0.0.1:9101.
+        #[arg(long)]
+        metrics: Option<String>,
+    },
+    /// Copy one table again from every database that publishes it, while
+    /// the readers keep streaming (the running readers do the copy).
+    Resnapshot {
+        /// The source table, e.g. `orders`.
+        table: String,
+        /// Return at once instead of waiting until every copy is done.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the copies.
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// The CDC reader against pg_recvlogical (streaming) and COPY (snapshot)
+    /// on the same database and write load.
+    Cdc {
+        /// Rows inserted per run; the first half are then updated.
+        #[arg(long, default_value_t = 500_000)]
+        rows: u64,
+        /// Runs; the report gives medians.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Where pg_recvlogical writes (default /dev/null); a file's
+        /// changes are counted.
+        #[arg(long)]
+        recvlogical_output: Option<PathBuf>,
+        /// Skip measuring the broker's own produce rate.
+        #[arg(long)]
+        no_broker_ceiling: bool,
+        /// Where the measured readers publish: the broker (`kafka`), a
+        /// discard sink that measures the reader alone (`null`), or both.
+        #[arg(long, value_enum, default_value_t = BenchSink::Both)]
+        sink: BenchSink,
+    },
+    /// The whole pipeline under a sustained write load on a stack of its own:
+    /// freshness (commit to silver) percentiles, CDC vs ingest throughput,
+    /// backlog over time, files per table, the ingester's peak memory.
+    Lake {
+        /// Row changes per second across all order shards.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// How long the load runs, e.g. 3m.
+        #[arg(long, default_value = "3m")]
+        duration: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Keep the bench's temporary stack and lake afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The Star Schema Benchmark's 13 queries, hot, on tributary, DuckDB
+    /// (over the same Parquet files) and PostgreSQL; answers are compared.
+    Query {
+        /// TPC-H scale factor (lineorder has about 6M rows per unit).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Timed runs per query and engine, after one warm-up run.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Where the generated Delta tables are kept (default: <state>/bench/ssb).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Leave out DuckDB.
+        #[arg(long)]
+        skip_duckdb: bool,
+        /// Leave out PostgreSQL (loading it takes about a minute at SF1).
+        #[arg(long)]
+        skip_postgres: bool,
+    },
+    /// A silver-like table after many small commits (a day at one a minute;
+    /// appends and MERGEs): files and query times before and after
+    /// optimize + checkpoint.
+    Optimize {
+        /// Commits that build the table (odd: appends, even: MERGEs).
+        #[arg(long, default_value_t = 1440)]
+        commits: usize,
+        /// New orders per commit.
+        #[arg(long, default_value_t = 40)]
+        inserts: usize,
+        /// Recent orders updated per commit.
+        #[arg(long, default_value_t = 20)]
+        updates: usize,
+        /// Timed runs per query; the report gives medians.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Compaction's target file size in bytes.
+        #[arg(long, default_value_t = 128 << 20)]
+        target_size: u64,
+        /// Where the table is built, fresh (default: <state>/bench/optimize).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `tributary bench cdc --sink`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchSink {
+    Kafka,
+    Null,
+    Both,
+}
+
+/// `tributary sql --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SqlFormat {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+impl From<SqlFormat> for tributary_query::Format {
+    fn from(f: SqlFormat) -> Self {
+        match f {
+            SqlFormat::Table => tributary_query::Format::Table,
+            SqlFormat::Csv => tributary_query::Format::Csv,
+            SqlFormat::Json => tributary_query::Format::Json,
+            SqlFormat::Parquet => tributary_query::Format::Parquet,
+        }
+    }
+}
+
+/// `--layer` of the lake's maintenance commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LayerArg {
+    Bronze,
+    Silver,
+    Gold,
+    All,
+}
+
+impl LayerArg {
+    /// The lake layers this choice names.
+    pub fn layers(self) -> &'static [&'static str] {
+        static LAYERS: [&str; 3] = tributary_model::domain::LAYERS;
+        match self {
+            LayerArg::Bronze => &LAYERS[0..1],
+            LayerArg::Silver => &LAYERS[1..2],
+            LayerArg::Gold => &LAYERS[2..3],
+            LayerArg::All => &LAYERS,
+        }
+    }
+}
+
+/// The model groups `tributary etl run` and `test` build or check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EtlTarget {
+    /// The gold star schema.
+    Marts,
+}
+
+#[derive(Subcommand)]
+pub enum LakeCommand {
+    /// Consume the CDC topics into bronze and silver until stopped.
+    Ingest {
+        /// Serve /metrics and /healthz on this address, e.g. 127.0.0.1:9102.
+        #[arg(long)]
+        metrics: Option<String>,
+    },
+    /// Check whether the lake's store refuses a second create of a key
+    /// (what keeps several Delta writers apart without a coordinator), and
+    /// its read-after-write and list-after-write consistency. Writes and
+    /// then deletes scratch keys under `<root>/_tributary_check/`.
+    CheckStore {
+        /// Concurrent creators racing for one key.
+        #[arg(long, default_value_t = 20)]
+        creators: usize,
+        /// Races, each for a fresh key (one race can end with a single
+        /// winner by luck).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fix a table whose ingest stopped on a source type change silver
+    /// cannot hold: rewrite `silver.<table>` with the column cast to the new
+    /// type (values that do not convert become NULL; bronze keeps them as
+    /// sent) or without it. Then restart the ingester: it resumes at the
+    /// event that stopped the table.
+    Retype {
+        table: String,
+        column: String,
+        /// The Arrow type the stop message names, e.g. `Int64`, `Utf8`,
+        /// `Decimal128(20, 2)`.
+        #[arg(long, conflicts_with = "drop", required_unless_present = "drop")]
+        to: Option<String>,
+        /// Drop the column from silver instead.
+        #[arg(long)]
+        drop: bool,
+    },
+    /// Messages ingest could not apply (`bronze._dead_letters`): list them,
+    /// replay them after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Compact small files into few of a target size, optionally Z-ordered.
+    /// Safe beside a running ingester: a commit that loses a race with
+    /// ingest is redone, and one compaction per table runs at a time.
+    Optimize {
+        /// One table (e.g. `orders`); every table of the layer(s) when absent.
+        table: Option<String>,
+        /// bronze, silver, gold or all.
+        #[arg(long, value_enum, default_value_t = LayerArg::All)]
+        layer: LayerArg,
+        /// Target file size in bytes (default: [ingest.maintenance] target_file_size).
+        #[arg(long)]
+        target_size: Option<u64>,
+        /// Z-order by these columns, e.g. `customer_id,created_at`.
+        #[arg(long, value_delimiter = ',')]
+        zorder: Vec<String>,
+    },
+    /// Delete files no longer in a table once they are older than the retention.
+    Vacuum {
+        /// One table; every table of the layer(s) when absent.
+        table: Option<String>,
+        /// bronze, silver, gold or all.
+        #[arg(long, value_enum, default_value_t = LayerArg::All)]
+        layer: LayerArg,
+        /// Keep removed files this long (default: [ingest.maintenance] vacuum_retention_hours, 168).
+        #[arg(long)]
+        retention_hours: Option<u64>,
+        /// List the files that would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow a retention below the table's minimum (delta.deletedFileRetentionDuration).
+        #[arg(long)]
+        force: bool,
+        /// Also delete files the log never mentioned (failed writes); lists the whole table.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Write a checkpoint at the latest version, so readers skip replaying the log.
+    Checkpoint {
+        /// One table; every table of the layer(s) when absent.
+        table: Option<String>,
+        /// bronze, silver, gold or all.
+        #[arg(long, value_enum, default_value_t = LayerArg::All)]
+        layer: LayerArg,
+        /// Then delete log entries older than delta.logRetentionDuration (30 days).
+        #[arg(long)]
+        cleanup_logs: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// Show dead letters: topic, partition, offset, error, time, payload
+    /// size and whether they have been replayed.
+    List {
+        /// Only dead letters of this source table's topic.
+        #[arg(long)]
+        table: Option<String>,
+        /// Only the newest N.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode dead letters again with the current decoder and apply those
+    /// that now fit to bronze and silver, once. Run it while `lake ingest`
+    /// is stopped.
+    Replay {
+        /// Only dead letters of this source table's topic.
+        #[arg(long)]
+        table: Option<String>,
+        /// Only the dead letter at PARTITION:OFFSET (requires --table).
+        #[arg(
+            long,
+            value_name = "PARTITION:OFFSET",
+            requires = "table",
+            conflicts_with = "all"
+        )]
+        offset: Option<String>,
+        /// Every pending dead letter (of --table, when given).
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EtlCommand {
+    /// Build a group of models: only what changed since the last run.
+    Run {
+        /// `marts`: the gold star schema.
+        #[arg(value_enum)]
+        target: EtlTarget,
+        /// Rebuild every table from all of bronze and silver.
+        #[arg(long)]
+        full_refresh: bool,
+    },
+    /// List the models, what they read and their grain.
+    List,
+    /// Run the data tests over the gold tables as they are.
+    Test {
+        /// `marts`.
+        #[arg(value_enum)]
+        target: EtlTarget,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tributary").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn closed_sets_take_their_values_and_refuse_others() {
+        let Command::Lake {
+            command: LakeCommand::Optimize { layer, .. },
+        } = parse(&["lake", "optimize"]).unwrap().command
+        else {
+            panic!("not lake optimize");
+        };
+        assert_eq!(layer, LayerArg::All);
+        assert_eq!(layer.layers(), ["bronze", "silver", "gold"]);
+        let Command::Lake {
+            command: LakeCommand::Vacuum { layer, .. },
+        } = parse(&["lake", "vacuum", "--layer", "silver"])
+            .unwrap()
+            .command
+        else {
+            panic!("not lake vacuum");
+        };
+        assert_eq!(layer.layers(), ["silver"]);
+        assert!(parse(&["lake", "checkpoint", "--layer", "platinum"]).is_err());
+        assert!(parse(&["etl", "run", "marts"]).is_ok());
+        assert!(parse(&["etl", "test", "mart"]).is_err());
+        // Formats were case-insensitive strings before they were an enum.
+        let Command::Sql { format, .. } = parse(&["sql", "-e", "SELECT 1", "--format", "CSV"])
+            .unwrap()
+            .command
+        else {
+            panic!("not sql");
+        };
+        assert_eq!(format, SqlFormat::Csv);
+        assert!(parse(&["sql", "-e", "SELECT 1", "--format", "xml"]).is_err());
+        assert!(parse(&["bench", "cdc", "--sink", "null"]).is_ok());
+        assert!(parse(&["bench", "cdc", "--sink", "void"]).is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! `tributary bench …`: the benchmarks of `tributary_bench`; this module
+//! only turns flags into their options and prints their reports.
+
+use anyhow::{Context, Result};
+use tributary::parse_duration;
+use tributary_bench::{cdc, compaction, lake, ssb};
+use tributary_stack::Config;
+
+use super::print_json;
+use crate::args::{BenchCommand, BenchSink};
+
+pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Cdc {
+            rows,
+            runs,
+            json,
+            recvlogical_output,
+            no_broker_ceiling,
+            sink,
+        } => {
+            let options = cdc::Options {
+                rows,
+                runs,
+                recvlogical_output,
+                broker_ceiling: !no_broker_ceiling,
+                sinks: cdc::Sinks {
+                    kafka: sink != BenchSink::Null,
+                    discard: sink != BenchSink::Kafka,
+                },
+            };
+            let report = cdc::run(&config, &options).await?;
+            if json {
+                print_json(&report, "report")?;
+            } else {
+                print!("{report}");
+            }
+        }
+        BenchCommand::Lake {
+            rate,
+            duration,
+            json,
+            keep,
+        } => {
+            let options = lake::Options {
+                rate,
+                duration: parse_duration(&duration)?,
+                keep,
+                ..lake::Options::new(std::env::current_exe().context("finding this binary")?)
+            };
+            let report = lake::run(&config, &options).await?;
+            if json {
+                print_json(&report, "report")?;
+            } else {
+                print!("{report}");
+            }
+        }
+        BenchCommand::Query {
+            scale,
+            runs,
+            dir,
+            skip_duckdb,
+            skip_postgres,
+        } => {
+            let dir = dir.unwrap_or_else(|| config.state_dir.join("bench").join("ssb"));
+            let options = ssb::Options {
+                scale,
+                runs,
+                duckdb: !skip_duckdb,
+                postgres: !skip_postgres,
+                ..ssb::Options::new(dir)
+            };
+            let report = ssb::run(&options).await?;
+            print!("{report}");
+            anyhow::ensure!(report.answers_agree(), "the engines gave different answers");
+        }
+        BenchCommand::Optimize {
+            commits,
+            inserts,
+            updates,
+            runs,
+            target_size,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(|| config.state_dir.join("bench").join("optimize"));
+            let options = compaction::Options {
+                commits,
+                inserts,
+                updates,
+                runs,
+                target_size,
+                ..compaction::Options::new(dir)
+            };
+            let report = compaction::run(&options).await?;
+            print!("{report}");
+        }
+    }
+    Ok(())
+}

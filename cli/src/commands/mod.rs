@@ -1,0 +1,61 @@
+//! One module per command group. Each resolves what it needs from the
+//! configuration through [`tributary_stack::Platform`], calls the crate that
+//! does the work and prints the result.
+
+mod bench;
+mod cdc;
+mod etl;
+mod lake;
+mod oltp;
+mod pipeline;
+mod sql;
+mod stack;
+
+use anyhow::Result;
+use tributary::parse_duration;
+use tributary_stack::config;
+
+use crate::args::{Cli, Command};
+
+/// Runs the command `cli` names.
+pub async fn run(cli: Cli) -> Result<()> {
+    let config = config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Up => stack::up(config).await,
+        Command::Down { purge } => stack::down(&config, purge),
+        Command::Status { json } => stack::status(config, json).await,
+        Command::Oltp { command } => oltp::run(config, command).await,
+        Command::Load {
+            rate,
+            duration,
+            url,
+            concurrency,
+            seed,
+        } => oltp::load(&config, rate, &duration, url, concurrency, seed).await,
+        Command::Cdc { command } => cdc::run(config, command).await,
+        Command::Lake { command } => lake::run(config, command).await,
+        Command::Etl { command } => etl::run(config, command).await,
+        Command::Sql {
+            command,
+            execute,
+            format,
+            output,
+        } => sql::run(config, command, execute, format, output).await,
+        Command::Wait { timeout } => pipeline::wait(config, &timeout).await,
+        Command::Verify => pipeline::verify(config).await,
+        Command::Bench { command } => bench::run(config, command).await,
+        Command::Demo { duration, rate } => {
+            tributary::demo::run(config, parse_duration(&duration)?, rate).await
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON.
+fn print_json(value: &impl serde::Serialize, what: &str) -> Result<()> {
+    use anyhow::Context;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).with_context(|| format!("{what} as JSON"))?
+    );
+    Ok(())
+}

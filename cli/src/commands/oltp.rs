@@ -1,0 +1,49 @@
+//! `tributary oltp serve` and `tributary load`: the order and catalog
+//! services, and traffic through them.
+
+use anyhow::Result;
+use tributary::{parse_duration, shutdown_on_signals};
+use tributary_stack::{Config, Platform};
+
+use crate::args::OltpCommand;
+
+pub async fn run(config: Config, command: OltpCommand) -> Result<()> {
+    match command {
+        OltpCommand::Serve => {
+            let platform = Platform::load(config)?;
+            let sources = platform.sources()?;
+            let shutdown = shutdown_on_signals();
+            let server =
+                tributary_oltp::Server::bind(platform.config().oltp.clone(), sources.topology())
+                    .await?;
+            eprintln!("order and catalog API on http://{}", server.local_addr());
+            server.run(shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn load(
+    config: &Config,
+    rate: f64,
+    duration: &str,
+    url: Option<String>,
+    concurrency: usize,
+    seed: u64,
+) -> Result<()> {
+    let base_url = url.unwrap_or_else(|| format!("http://{}", config.oltp.listen));
+    let shutdown = shutdown_on_signals();
+    let report = tributary_oltp::run_load(
+        tributary_oltp::LoadConfig {
+            base_url,
+            rate,
+            duration: parse_duration(duration)?,
+            concurrency,
+            seed,
+        },
+        shutdown,
+    )
+    .await?;
+    println!("{report}");
+    Ok(())
+}

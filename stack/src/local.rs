@@ -1,0 +1,313 @@
+//! The local stack: PostgreSQL clusters (N order shards and one catalog)
+//! made with the system's `initdb`/`pg_ctl`, and a Kafka-API broker (tansu)
+//! with durable storage, all under the state folder.
+//!
+//! `up` is idempotent: it creates what is missing and starts what is stopped.
+//! Ports are picked free on first `up` and kept in `<state>/stack.json`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::postgres::{PgTools, chown_to_server_user, is_root, run};
+use crate::{Error, Result, broker, io, pg};
+
+/// One PostgreSQL cluster of the stack.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PgInstance {
+    pub name: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub database: String,
+}
+
+impl PgInstance {
+    /// Its database (`orders` or `catalog`).
+    pub fn dsn(&self) -> String {
+        self.dsn_of(&self.database)
+    }
+
+    /// Its `postgres` database: administration, and the lake's commit
+    /// coordinator by default.
+    pub fn admin_dsn(&self) -> String {
+        self.dsn_of("postgres")
+    }
+
+    /// Another database of the same cluster.
+    pub fn dsn_of(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=tributary dbname={database}",
+            self.port
+        )
+    }
+}
+
+/// The broker of the stack.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BrokerInstance {
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl BrokerInstance {
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        broker::pid(&self.data_dir)
+    }
+}
+
+/// What `up` made, as kept in `<state>/stack.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StackState {
+    pub shards: Vec<PgInstance>,
+    pub catalog: PgInstance,
+    pub broker: BrokerInstance,
+}
+
+impl StackState {
+    fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("stack.json")
+    }
+
+    /// Reads the stack description; `None` before the first `up`.
+    pub fn load(state_dir: &Path) -> Result<Option<StackState>> {
+        let p = Self::path(state_dir);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&p).map_err(io(format!("reading {}", p.display())))?;
+        let state = serde_json::from_str(&text).map_err(|source| Error::StateFile {
+            path: p.display().to_string(),
+            source,
+        })?;
+        Ok(Some(state))
+    }
+
+    fn save(&self, state_dir: &Path) -> Result<()> {
+        let p = Self::path(state_dir);
+        let text = serde_json::to_string_pretty(self).map_err(|source| Error::StateFile {
+            path: p.display().to_string(),
+            source,
+        })?;
+        std::fs::write(&p, text).map_err(io(format!("writing {}", p.display())))
+    }
+
+    /// The order shards, then the catalog.
+    pub fn all_pg(&self) -> impl Iterator<Item = &PgInstance> {
+        self.shards.iter().chain(std::iter::once(&self.catalog))
+    }
+}
+
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(io("finding a free port"))
+}
+
+fn plan(config: &Config) -> Result<StackState> {
+    let base = data_base(&config.state_dir)?;
+    let pg = |name: String, database: &str| -> Result<PgInstance> {
+        Ok(PgInstance {
+            data_dir: base.join(&name),
+            name,
+            port: free_port()?,
+            database: database.into(),
+        })
+    };
+    Ok(StackState {
+        shards: (0..config.stack.shards)
+            .map(|i| pg(format!("shard{i}"), "orders"))
+            .collect::<Result<_>>()?,
+        catalog: pg("catalog".into(), "catalog")?,
+        broker: BrokerInstance {
+            port: free_port()?,
+            data_dir: config.state_dir.join("broker"),
+        },
+    })
+}
+
+/// Creates and starts the clusters and the broker that are missing or
+/// stopped. The change topics are [`Platform::start`](crate::Platform::start)'s
+/// job: they go where the configuration says the broker is.
+pub(crate) async fn up(config: &Config) -> Result<StackState> {
+    std::fs::create_dir_all(&config.state_dir).map_err(io(format!(
+        "creating state folder {}",
+        config.state_dir.display()
+    )))?;
+    let state = match StackState::load(&config.state_dir)? {
+        Some(s) => {
+            if s.shards.len() != config.stack.shards {
+                return Err(Error::ShardsChanged {
+                    state_dir: config.state_dir.display().to_string(),
+                    found: s.shards.len(),
+                    configured: config.stack.shards,
+                });
+            }
+            s
+        }
+        None => {
+            let s = plan(config)?;
+            s.save(&config.state_dir)?;
+            s
+        }
+    };
+    let tools = PgTools::find(config.stack.pg_bin.as_deref())?;
+    for pg in state.all_pg() {
+        start_cluster(&tools, pg)
+            .await
+            .map_err(|e| Error::PostgresStart {
+                name: pg.name.clone(),
+                source: Box::new(e),
+            })?;
+    }
+    let bin = broker::binary(config.stack.broker_bin.as_deref())?;
+    broker::start_detached(&bin, state.broker.port, &state.broker.data_dir).await?;
+    Ok(state)
+}
+
+/// Stops the stack; `purge` also deletes its data.
+pub fn down(config: &Config, purge: bool) -> Result<()> {
+    if let Some(state) = StackState::load(&config.state_dir)? {
+        if let Ok(tools) = PgTools::find(config.stack.pg_bin.as_deref()) {
+            for pg in state.all_pg() {
+                stop_cluster(&tools, pg);
+            }
+        }
+        broker::stop(&state.broker.data_dir);
+        if purge {
+            for pg in state.all_pg() {
+                let _ = std::fs::remove_dir_all(&pg.data_dir);
+            }
+        }
+    }
+    if purge && config.state_dir.exists() {
+        std::fs::remove_dir_all(&config.state_dir)
+            .map_err(io(format!("removing {}", config.state_dir.display())))?;
+    }
+    Ok(())
+}
+
+/// Where the stack's PostgreSQL data lives: under the state folder, unless
+/// we are root and the `postgres` user cannot reach it (e.g. a state folder
+/// under `/root`); then under `/var/tmp`, named after the state folder.
+fn data_base(state_dir: &Path) -> Result<PathBuf> {
+    let base = state_dir.join("pg");
+    if !is_root() {
+        return Ok(base);
+    }
+    std::fs::create_dir_all(state_dir).map_err(io(format!("creating {}", state_dir.display())))?;
+    let ok = Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(state_dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Ok(base);
+    }
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in state_dir.to_string_lossy().bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    Ok(PathBuf::from(format!("/var/tmp/tributary-{h:016x}/pg")))
+}
+
+/// Creates the cluster when it does not exist (logical replication on,
+/// loopback only, `tributary` as superuser with trust), starts it when it
+/// is stopped, and creates its database.
+async fn start_cluster(tools: &PgTools, cluster: &PgInstance) -> Result<()> {
+    let data = &cluster.data_dir;
+    if !data.join("PG_VERSION").exists() {
+        std::fs::create_dir_all(data).map_err(io(format!("creating {}", data.display())))?;
+        let parent = data
+            .parent()
+            .ok_or_else(|| Error::Internal(format!("{} has no parent", data.display())))?;
+        chown_to_server_user(parent)?;
+        run(
+            tools.command("initdb").arg("-D").arg(data).args([
+                "-U",
+                "tributary",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]),
+            "initdb",
+        )?;
+        let conf = format!(
+            "\n# tributary\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
+             wal_level = logical\nmax_replication_slots = 16\nmax_wal_senders = 16\n\
+             max_connections = 200\nshared_buffers = 128MB\nwal_sender_timeout = 30s\n",
+            cluster.port
+        );
+        let path = data.join("postgresql.conf");
+        let mut text =
+            std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+        text.push_str(&conf);
+        std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+        chown_to_server_user(data)?;
+    }
+    let running = tools
+        .command("pg_ctl")
+        .arg("-D")
+        .arg(data)
+        .arg("status")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !running {
+        run(
+            tools
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(data)
+                .arg("-l")
+                .arg(data.join("server.log"))
+                .args(["-w", "-t", "60", "start"]),
+            "pg_ctl start",
+        )?;
+    }
+    let (client, conn) = tokio_postgres::connect(&cluster.admin_dsn(), tokio_postgres::NoTls)
+        .await
+        .map_err(pg(format!("connecting to {}", cluster.name)))?;
+    tokio::spawn(conn);
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&cluster.database],
+        )
+        .await
+        .map_err(pg("reading pg_database"))?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE DATABASE {}", cluster.database))
+            .await
+            .map_err(pg(format!("creating database {}", cluster.database)))?;
+    }
+    Ok(())
+}
+
+/// Stops the cluster (fast shutdown) when it runs; errors are ignored.
+fn stop_cluster(tools: &PgTools, cluster: &PgInstance) {
+    if cluster.data_dir.join("postmaster.pid").exists() {
+        let _ = run(
+            tools
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(&cluster.data_dir)
+                .args(["-m", "fast", "-w", "stop"]),
+            "pg_ctl stop",
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! `tributary status`: every component of the platform with its address
+//! and health, read from outside (nothing here needs a running command).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tributary_model::domain::TABLES;
+use tributary_model::dsn::describe;
+
+use crate::platform::Platform;
+use crate::{Error, Result};
+
+/// The status of one component.
+#[derive(Debug, Serialize)]
+pub struct ComponentStatus {
+    pub component: String,
+    pub address: String,
+    pub healthy: bool,
+    pub detail: String,
+    /// Silver tables: how far behind their sources they are, in seconds (see
+    /// `tributary_lake::freshness`), as recorded in the lake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness_seconds: Option<f64>,
+}
+
+/// Health of every component, with its address.
+pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
+    let Some(state) = platform.stack() else {
+        return Err(Error::NoStack {
+            state_dir: platform.config().state_dir.display().to_string(),
+        });
+    };
+    let mut out = Vec::new();
+    for pg in state.all_pg() {
+        let (healthy, detail) = match tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio_postgres::connect(&pg.dsn(), tokio_postgres::NoTls),
+        )
+        .await
+        {
+            Ok(Ok((client, conn))) => {
+                tokio::spawn(conn);
+                // Bytes: WAL written but not confirmed by the reader. Seconds:
+                // the walsender's flush lag (how long ago the newest
+                // confirmed WAL was written; 0 once caught up).
+                let slots = client
+                    .query(
+                        "SELECT s.slot_name::text,
+                                pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8,
+                                s.active, s.wal_status,
+                                extract(epoch FROM r.flush_lag)::float8
+                         FROM pg_replication_slots s
+                         LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+                         WHERE s.slot_type = 'logical' ORDER BY s.slot_name",
+                        &[],
+                    )
+                    .await
+                    .unwrap_or_default();
+                let lag = if slots.is_empty() {
+                    "no slot yet".to_string()
+                } else {
+                    slots
+                        .iter()
+                        .map(|r| {
+                            let bytes = r.get::<_, Option<i64>>(1).unwrap_or(0);
+                            let seconds = if r.get::<_, bool>(2) {
+                                format!("{:.1} s", r.get::<_, Option<f64>>(4).unwrap_or(0.0))
+                            } else {
+                                "reader not connected".to_string()
+                            };
+                            let wal = r.get::<_, Option<String>>(3).unwrap_or_default();
+                            let wal = if wal == "lost" { " SLOT LOST" } else { "" };
+                            format!(
+                                "slot {} lag {bytes} bytes, {seconds}{wal}",
+                                r.get::<_, String>(0)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                (true, format!("{}; data {}", lag, pg.data_dir.display()))
+            }
+            Ok(Err(e)) => (false, e.to_string()),
+            Err(_) => (false, "timed out".into()),
+        };
+        out.push(ComponentStatus {
+            component: format!("postgres {}", pg.name),
+            address: describe(&pg.dsn()),
+            healthy,
+            detail,
+            freshness_seconds: None,
+        });
+    }
+    let kafka = platform.kafka()?;
+    let broker_ok = tributary_kafka::check_broker(kafka, Duration::from_secs(3)).await;
+    out.push(ComponentStatus {
+        component: "kafka broker (tansu)".into(),
+        address: kafka.brokers.clone(),
+        healthy: broker_ok.is_ok(),
+        detail: match broker_ok {
+            Ok(()) => format!("data {}", state.broker.data_dir.display()),
+            Err(e) => e.to_string(),
+        },
+        freshness_seconds: None,
+    });
+    let lake_config = platform.lake_config();
+    let lake = tributary_lake::Lake::new(lake_config);
+    out.push(ComponentStatus {
+        component: "lake".into(),
+        address: lake_config.root.clone(),
+        healthy: lake.is_ok(),
+        detail: "bronze, silver, gold".into(),
+        freshness_seconds: None,
+    });
+    out.extend(lake_writers(lake_config).await);
+    if let Ok(lake) = lake {
+        out.extend(silver_freshness(&lake).await);
+    }
+    Ok(out)
+}
+
+/// Who writes each table (the ingest lease holder) and for how long.
+async fn lake_writers(config: &tributary_lake::LakeConfig) -> Vec<ComponentStatus> {
+    let Ok(lake) = tributary_lake::Lake::new(config) else {
+        return vec![];
+    };
+    let coordinator = match tokio::time::timeout(Duration::from_secs(3), lake.coordinator()).await {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) => return vec![],
+        Ok(Err(e)) => {
+            return vec![ComponentStatus {
+                component: "lake commit coordinator".into(),
+                address: config
+                    .coordinator_dsn
+                    .as_deref()
+                    .map(describe)
+                    .unwrap_or_default(),
+                healthy: false,
+                detail: tributary_model::error_chain(&e),
+                freshness_seconds: None,
+            }];
+        }
+        Err(_) => {
+            return vec![ComponentStatus {
+                component: "lake commit coordinator".into(),
+                address: config
+                    .coordinator_dsn
+                    .as_deref()
+                    .map(describe)
+                    .unwrap_or_default(),
+                healthy: false,
+                detail: "timed out".into(),
+                freshness_seconds: None,
+            }];
+        }
+    };
+    let leases = coordinator
+        .leases(lake.root().as_str())
+        .await
+        .unwrap_or_default();
+    TABLES
+        .iter()
+        .map(|t| {
+            let resource = tributary_lake::lease::resource(&lake, t.name);
+            let (healthy, detail) = match leases.iter().find(|l| l.resource == resource) {
+                Some(l) if l.expires_in_s > 0.0 => (
+                    true,
+                    format!(
+                        "written by {} (lease epoch {}, expires in {:.1} s unless renewed)",
+                        l.owner, l.epoch, l.expires_in_s
+                    ),
+                ),
+                Some(l) => (
+                    false,
+                    format!(
+                        "no writer: the lease of {} (epoch {}) expired {:.0} s ago",
+                        l.owner, l.epoch, -l.expires_in_s
+                    ),
+                ),
+                None => (true, "no ingester has claimed it yet".into()),
+            };
+            ComponentStatus {
+                component: format!("lake writer {}", t.name),
+                address: resource,
+                healthy,
+                detail,
+                freshness_seconds: None,
+            }
+        })
+        .collect()
+}
+
+/// One line per silver table: up to when it holds every source change, as
+/// its newest commits record it (`tributary_lake::freshness`). Read from the
+/// lake alone, so it shows (and keeps growing) while the ingester is down.
+async fn silver_freshness(lake: &tributary_lake::Lake) -> Vec<ComponentStatus> {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for t in TABLES {
+        let (detail, seconds) = match tributary_lake::freshness::recorded(lake, t.name).await {
+            Ok(Some((rec, _))) => {
+                let secs = (now_us - rec.complete_up_to_us).max(0) as f64 / 1e6;
+                (
+                    format!(
+                        "complete up to {} ({secs:.1} s behind, from {})",
+                        rec.complete_up_to,
+                        rec.basis.as_str()
+                    ),
+                    Some(secs),
+                )
+            }
+            Ok(None) => ("no freshness recorded yet".to_string(), None),
+            Err(e) => (format!("cannot read: {e}"), None),
+        };
+        out.push(ComponentStatus {
+            component: format!("silver.{}", t.name),
+            address: lake.table_url("silver", t.name).to_string(),
+            healthy: true,
+            detail,
+            freshness_seconds: seconds,
+        });
+    }
+    out
+}
