@@ -17,8 +17,9 @@ use url::Url;
 use crate::coordinator::{CoordinatedLogStore, Coordinator, Fence, LazyCoordinator};
 use crate::{Error, Result};
 
-/// Lake settings (`[lake]` in the config file).
-#[derive(Clone, Debug, Deserialize)]
+/// Lake settings (`[lake]` in the config file). Its `Debug` output shows
+/// the coordinator's DSN without its password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LakeConfig {
     /// `file:///abs/path`, a plain absolute path, or `s3://bucket/prefix`.
@@ -32,6 +33,22 @@ pub struct LakeConfig {
     /// database.
     #[serde(default)]
     pub coordinator_dsn: Option<String>,
+}
+
+impl std::fmt::Debug for LakeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeConfig")
+            .field("root", &self.root)
+            .field("s3", &self.s3)
+            .field(
+                "coordinator_dsn",
+                &self
+                    .coordinator_dsn
+                    .as_deref()
+                    .map(tributary_model::dsn::describe),
+            )
+            .finish()
+    }
 }
 
 /// Access to an S3 or S3-compatible store.
@@ -490,4 +507,21 @@ pub(crate) fn col_i64(b: &RecordBatch, i: usize) -> Vec<i64> {
         .expect("int64")
         .values()
         .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_coordinator_password() {
+        let c = LakeConfig {
+            root: "/tmp/lake".into(),
+            s3: None,
+            coordinator_dsn: Some("host=db user=lake password=hunter2 dbname=postgres".into()),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("host=db user=lake"), "{shown}");
+    }
 }
