@@ -7,9 +7,6 @@
 //!   process tree, and its reconciliation of source, silver and gold.
 //! - [`parse_duration`] and [`shutdown_on_signals`]: the command line's
 //!   durations and SIGINT/SIGTERM handling.
-//! - [`config`], [`pipeline`] and [`stack`]: the paths the end-to-end tests
-//!   (`cli/tests`) use, kept over `tributary_stack`; new code uses
-//!   [`tributary_stack::Platform`] directly.
 //!
 //! `main.rs` parses arguments (`args.rs`) and runs one module per command
 //! group (`commands/`).
@@ -19,58 +16,6 @@ pub mod demo;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-
-pub use tributary_stack::config;
-
-/// The tests' names for the pipeline checks (see [`tributary_stack::checks`]).
-pub mod pipeline {
-    use std::time::Duration;
-
-    use tributary_kafka::KafkaConfig;
-    use tributary_lake::LakeConfig;
-    pub use tributary_stack::Sources;
-    pub use tributary_stack::checks::{TableCheck, bronze_duplicates, compare_silver};
-    use tributary_stack::{Config, Platform, Result};
-
-    /// The lake settings of `config` resolved against its local stack.
-    pub fn lake_config(config: &Config) -> LakeConfig {
-        let platform = match Platform::load(config.clone()) {
-            Ok(p) => p,
-            // An unreadable stack file: the lake without the stack's coordinator.
-            Err(_) => Platform::resolve(config.clone(), None),
-        };
-        platform.lake_config().clone()
-    }
-
-    /// [`tributary_stack::checks::wait_caught_up`] for these sources and
-    /// this broker.
-    pub async fn wait_caught_up(
-        config: &Config,
-        sources: &Sources,
-        kafka: &KafkaConfig,
-        timeout: Duration,
-    ) -> Result<()> {
-        let platform = Platform::load(config.clone())?
-            .with_sources(sources.clone())
-            .with_kafka(kafka.clone());
-        tributary_stack::checks::wait_caught_up(&platform, timeout).await
-    }
-}
-
-/// The tests' names for the local stack (see [`tributary_stack`]).
-pub mod stack {
-    use tributary_kafka::KafkaConfig;
-    use tributary_stack::{Config, Platform};
-    pub use tributary_stack::{PgInstance, StackState, down};
-
-    /// The broker of `config`: `[kafka]`, else the stack's.
-    pub fn kafka_config(config: &Config, state: &StackState) -> KafkaConfig {
-        Platform::resolve(config.clone(), Some(state.clone()))
-            .kafka()
-            .cloned()
-            .expect("a local stack always has a broker")
-    }
-}
 
 /// Parses `90s`, `2m`, `1h`, `500ms` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration> {

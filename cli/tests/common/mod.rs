@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::BaseConsumer;
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
-use tributary::config::{self, Config};
-use tributary::pipeline::{self, Sources};
-use tributary::stack::{self, PgInstance, StackState};
 use tributary_kafka::KafkaConfig;
+use tributary_stack::config::{self, Config};
+use tributary_stack::{PgInstance, Platform, StackState, checks};
 
 /// Held by the test whose stack runs (see the module documentation).
 static STACK_TURN: Mutex<()> = Mutex::const_new(());
@@ -285,14 +284,24 @@ impl Env {
             .expect("the test's stack is up")
     }
 
+    /// The test's platform: its configuration resolved against its stack.
+    pub fn platform(&self) -> Platform {
+        Platform::load(self.config()).unwrap()
+    }
+
     /// The stack's broker and topics.
     pub fn kafka(&self) -> KafkaConfig {
-        stack::kafka_config(&self.config(), &self.stack_state())
+        self.platform().kafka().unwrap().clone()
+    }
+
+    /// The test's lake settings.
+    pub fn lake_config(&self) -> tributary_lake::LakeConfig {
+        self.platform().lake_config().clone()
     }
 
     /// An SQL session over the test's lake.
     pub async fn session(&self) -> tributary_query::Session {
-        let lake = tributary_lake::Lake::new(&pipeline::lake_config(&self.config())).unwrap();
+        let lake = tributary_lake::Lake::new(&self.lake_config()).unwrap();
         tributary_query::Session::new(lake).await.unwrap()
     }
 
@@ -309,7 +318,7 @@ impl Drop for Env {
             let _ = c.wait();
         }
         if let Ok(cfg) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.config())) {
-            let _ = stack::down(&cfg, true);
+            let _ = tributary_stack::down(&cfg, true);
         }
     }
 }
@@ -369,16 +378,13 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 pub async fn assert_lake_equals_source(env: &Env) {
-    let cfg = env.config();
-    let stack = StackState::load(&cfg.state_dir).unwrap().unwrap();
-    let sources = Sources::resolve(&cfg, Some(&stack)).unwrap();
-    let kafka = stack::kafka_config(&cfg, &stack);
-    if let Err(e) = pipeline::wait_caught_up(&cfg, &sources, &kafka, Duration::from_secs(240)).await
-    {
+    let platform = env.platform();
+    if let Err(e) = checks::wait_caught_up(&platform, Duration::from_secs(240)).await {
         panic!("{e:#}\n{}", env.logs());
     }
     let session = env.session().await;
-    let checks = pipeline::compare_silver(&sources, &session).await.unwrap();
+    let sources = platform.sources().unwrap();
+    let checks = checks::compare_silver(sources, &session).await.unwrap();
     let mut total = 0;
     for c in &checks {
         assert!(
@@ -389,7 +395,7 @@ pub async fn assert_lake_equals_source(env: &Env) {
         total += c.source_rows;
     }
     assert!(total > 0, "the comparison compared nothing");
-    for (table, (n, distinct)) in pipeline::bronze_duplicates(&session).await.unwrap() {
+    for (table, (n, distinct)) in checks::bronze_duplicates(&session).await.unwrap() {
         assert_eq!(n, distinct, "bronze.{table} has duplicate event_ids");
     }
     assert_no_gaps(&session).await;

@@ -622,7 +622,7 @@ async fn the_reader_runs_with_a_least_privilege_role() {
              CREATE PUBLICATION tributary_pub FOR TABLE {tables};"
         )
     };
-    let as_reader = |pg: &tributary::stack::PgInstance| {
+    let as_reader = |pg: &tributary_stack::PgInstance| {
         pg.dsn().replace(
             "user=tributary",
             &format!("user=tributary_reader password={PASSWORD}"),
@@ -847,7 +847,7 @@ fn certificates(dir: &std::path::Path) {
 /// A reader of `tls_probe` on shard 0 in this process, into the stack's
 /// broker, under names of its own (`tag`).
 fn tls_reader(
-    stack: &tributary::stack::StackState,
+    stack: &tributary_stack::StackState,
     dsn: String,
     tag: &str,
 ) -> (

@@ -116,7 +116,7 @@ fn kafka_event_ids(env: &Env) -> BTreeMap<String, BTreeSet<String>> {
 /// invented (duplicates are checked by `assert_lake_equals_source`).
 async fn assert_bronze_equals_kafka(env: &Env) {
     let kafka = kafka_event_ids(env);
-    let lake = tributary_lake::Lake::new(&tributary::pipeline::lake_config(&env.config())).unwrap();
+    let lake = tributary_lake::Lake::new(&env.lake_config()).unwrap();
     let session = env.session().await;
     let mut total = 0;
     for (table, ids) in &kafka {

@@ -15,7 +15,6 @@ use std::process::Command;
 use arrow::array::Array;
 use arrow::datatypes::{DataType, TimeUnit};
 use serde_json::Value;
-use tributary::pipeline;
 use tributary_model::domain::LAYERS;
 use tributary_model::error_chain;
 
@@ -356,8 +355,7 @@ async fn every_lake_table_reads_the_same_in_deltalake_and_duckdb() {
         serde_json::from_str(&env.run_ok(&["lake", "dlq", "replay", "--all", "--json"])).unwrap();
     assert_eq!(report["outcomes"][0]["result"], "failed", "{report}");
 
-    let cfg = env.config();
-    let lake = tributary_lake::Lake::new(&pipeline::lake_config(&cfg)).unwrap();
+    let lake = tributary_lake::Lake::new(&env.lake_config()).unwrap();
     let session = tributary_query::Session::new(lake.clone()).await.unwrap();
     let mut names = Vec::new();
     for layer in LAYERS {

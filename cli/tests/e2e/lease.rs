@@ -10,14 +10,13 @@ use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::protocol::SaveMode;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tributary::pipeline;
 use tributary_lake::coordinator::{ClaimError, Coordinator, Fence};
 use tributary_lake::{Lake, LakeConfig};
 
 use crate::common::*;
 
 fn coordinator_dsn(env: &Env) -> String {
-    pipeline::lake_config(&env.config())
+    env.lake_config()
         .coordinator_dsn
         .expect("the local stack gives the lake a coordinator")
 }

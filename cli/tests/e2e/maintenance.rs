@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tributary::pipeline;
-
 use crate::common::*;
 
 async fn silver_files(env: &Env, table: &str) -> usize {
-    let lake = tributary_lake::Lake::new(&pipeline::lake_config(&env.config())).unwrap();
+    let lake = tributary_lake::Lake::new(&env.lake_config()).unwrap();
     let t = lake
         .open("silver", table)
         .await

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tributary::pipeline::Sources;
+use tributary_stack::Sources;
 
 use crate::common::*;
 

@@ -32,7 +32,7 @@ async fn secrets_never_reach_logs_or_errors() {
             .unwrap();
         require_scram(pg, "tributary_secret").await;
     }
-    let url = |pg: &tributary::stack::PgInstance, password: &str| {
+    let url = |pg: &tributary_stack::PgInstance, password: &str| {
         format!(
             "postgres://tributary_secret:{password}@127.0.0.1:{}/{}",
             pg.port, pg.database
