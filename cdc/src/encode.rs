@@ -423,20 +423,18 @@ mod tests {
     use tributary_model::event::{ChangeEvent, Source, Transaction, event_id};
 
     fn columns() -> Vec<Column> {
-        let col = |name: &str, pg_type, key| Column {
-            name: name.into(),
-            pg_type,
-            key,
-        };
-        vec![
-            col("id", PgType::Int8, true),
-            col("zeta", PgType::Text, false),
-            col("amount", PgType::Numeric(Some((12, 2))), false),
-            col("at", PgType::Timestamptz, false),
-            col("doc", PgType::Json, false),
-            col("ok", PgType::Bool, false),
-            col("region", PgType::Int4, true),
+        [
+            ("id", PgType::Int8, true),
+            ("zeta", PgType::Text, false),
+            ("amount", PgType::Numeric(Some((12, 2))), false),
+            ("at", PgType::Timestamptz, false),
+            ("doc", PgType::Json, false),
+            ("ok", PgType::Bool, false),
+            ("region", PgType::Int4, true),
         ]
+        .into_iter()
+        .map(|(name, pg_type, key)| Column::new(name, pg_type, key))
+        .collect()
     }
 
     fn value_row(cells: &[Cell<'_>], cols: &[Column]) -> Map<String, Value> {

@@ -234,10 +234,12 @@ impl<'a> StreamState<'a> {
         let columns: Vec<Column> = rel
             .columns
             .iter()
-            .map(|c| Column {
-                name: c.name.clone(),
-                pg_type: PgType::from_oid(c.type_oid, c.type_modifier),
-                key: c.key,
+            .map(|c| {
+                Column::new(
+                    c.name.clone(),
+                    PgType::from_oid(c.type_oid, c.type_modifier),
+                    c.key,
+                )
             })
             .collect();
         let shape = serde_json::to_value(&columns).expect("columns serialise to JSON");
