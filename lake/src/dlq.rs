@@ -520,65 +520,27 @@ fn binaries(b: &RecordBatch, i: usize) -> Result<Vec<Option<Vec<u8>>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{event, new_lake};
     use crate::ingest::{apply_batch, dead_letter, load_state};
-    use tributary_model::event::{Column, Source, event_id};
-    use tributary_model::lsn::Lsn;
+    use tributary_model::event::Column;
     use tributary_model::pgtype::PgType;
 
     const TOPIC: &str = "tributary.orders.customers";
 
-    fn new_lake() -> (tempfile::TempDir, Lake) {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&crate::LakeConfig {
-            root: dir.path().display().to_string(),
-            s3: None,
-            coordinator_dsn: None,
-        })
-        .unwrap();
-        (dir, lake)
-    }
-
     /// A change of `customers` on shard 0.
     fn ev(op: Op, id: i64, name: &str, lsn: u64) -> ChangeEvent {
-        let row = json!({"id": id, "name": name}).as_object().unwrap().clone();
-        let (before, after) = match op {
-            Op::Delete => (Some(row), None),
-            _ => (None, Some(row)),
-        };
-        ChangeEvent {
-            before,
-            after,
-            source: Source {
-                version: "test".into(),
-                connector: "postgresql".into(),
-                db: "orders".into(),
-                shard: 0,
-                schema: "public".into(),
-                table: "customers".into(),
-                lsn: Lsn(lsn),
-                ordinal: 1,
-                ts_us: 1_764_140_400_000_000,
-                tx_id: Some(1),
-                snapshot: false,
-            },
+        let columns = vec![
+            Column::new("id", PgType::Int8, true),
+            Column::new("name", PgType::Text, false),
+        ];
+        event(
+            "customers",
             op,
-            ts_ms: 0,
-            transaction: None,
-            event_id: event_id("orders", 0, Lsn(lsn), 1, false),
-            unchanged_toast: vec![],
-            columns: vec![
-                Column {
-                    name: "id".into(),
-                    pg_type: PgType::Int8,
-                    key: true,
-                },
-                Column {
-                    name: "name".into(),
-                    pg_type: PgType::Text,
-                    key: false,
-                },
-            ],
-        }
+            lsn,
+            1,
+            columns,
+            json!({"id": id, "name": name}),
+        )
     }
 
     /// A message keyed like the CDC reader keys rows: one key per row.

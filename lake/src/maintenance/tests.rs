@@ -19,19 +19,9 @@ use tributary_model::error_chain;
 use super::lock::CompactionLock;
 use super::operations::{conflicted, open_existing, with_retries};
 use super::*;
+use crate::fixtures::new_lake;
 use crate::store::query_table;
 use crate::{Error, Lake, Result};
-
-fn new_lake() -> (tempfile::TempDir, Lake) {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(&crate::LakeConfig {
-        root: dir.path().display().to_string(),
-        s3: None,
-        coordinator_dsn: None,
-    })
-    .unwrap();
-    (dir, lake)
-}
 
 fn batch(ids: std::ops::Range<i64>, v: &str) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
