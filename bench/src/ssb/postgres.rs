@@ -95,17 +95,10 @@ impl Cluster {
         tributary_stack::postgres::chown_to_server_user(&cluster.dir)
             .map_err(|e| Error::PostgresSetup(tributary_model::error_chain(&e)))?;
         let data = cluster.dir.join("data");
-        run(
-            cluster.tools.command("initdb").arg("-D").arg(&data).args([
-                "-U",
-                "tributary",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-            ]),
-            "initdb",
-        )?;
+        cluster
+            .tools
+            .initdb(&data)
+            .map_err(|e| Error::PostgresSetup(tributary_model::error_chain(&e)))?;
         let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1",
             cluster.dir.display()
