@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use arrow::array::{Array, BinaryArray, RecordBatch, StringArray};
+use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
 use deltalake::kernel::transaction::CommitProperties;
 use rdkafka::message::{OwnedMessage, Timestamp};
@@ -39,7 +39,7 @@ use tributary_model::pgtype::format_utc_micros;
 
 use crate::ingest::{DEAD_LETTERS, bronze_row, check_event, merge_silver, now_us, write_append};
 use crate::schema::{dead_letters_replayed_schema, rows_to_batch};
-use crate::store::query_table;
+use crate::store::{cast_column, query_table};
 use crate::{Error, Lake, Result};
 
 /// Name of the record of replayed dead letters in the bronze layer.
@@ -487,34 +487,18 @@ fn quote(s: &str) -> String {
 }
 
 fn texts(b: &RecordBatch, i: usize) -> Result<Vec<Option<String>>> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Utf8)?;
-    let c = c
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .expect("cast to Utf8");
-    Ok((0..c.len())
-        .map(|j| (!c.is_null(j)).then(|| c.value(j).to_string()))
-        .collect())
+    let c: StringArray = cast_column(b, i, &DataType::Utf8)?;
+    Ok(c.iter().map(|v| v.map(str::to_string)).collect())
 }
 
 fn ints(b: &RecordBatch, i: usize) -> Result<Vec<i64>> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Int64)?;
-    let c = c
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .expect("cast to Int64");
+    let c: Int64Array = cast_column(b, i, &DataType::Int64)?;
     Ok(c.values().to_vec())
 }
 
 fn binaries(b: &RecordBatch, i: usize) -> Result<Vec<Option<Vec<u8>>>> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Binary)?;
-    let c = c
-        .as_any()
-        .downcast_ref::<BinaryArray>()
-        .expect("cast to Binary");
-    Ok((0..c.len())
-        .map(|j| (!c.is_null(j)).then(|| c.value(j).to_vec()))
-        .collect())
+    let c: BinaryArray = cast_column(b, i, &DataType::Binary)?;
+    Ok(c.iter().map(|v| v.map(<[u8]>::to_vec)).collect())
 }
 
 #[cfg(test)]

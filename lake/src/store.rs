@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{ArrayData, Int32Array, Int64Array, RecordBatch};
 use arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
@@ -489,22 +489,30 @@ pub(crate) async fn query_table(
         .map_err(df_err)
 }
 
+/// Column `i` of a query result cast to `to`, as `A`, the array type of `to`.
+pub(crate) fn cast_column<A: From<ArrayData>>(
+    b: &RecordBatch,
+    i: usize,
+    to: &DataType,
+) -> Result<A> {
+    Ok(arrow::array::downcast_array(&arrow::compute::cast(
+        b.column(i),
+        to,
+    )?))
+}
+
 /// Column `i` of a query result as `i32` values.
 pub(crate) fn col_i32(b: &RecordBatch, i: usize) -> Vec<i32> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Int32).expect("int column");
-    c.as_any()
-        .downcast_ref::<arrow::array::Int32Array>()
-        .expect("int32")
+    cast_column::<Int32Array>(b, i, &DataType::Int32)
+        .expect("int column")
         .values()
         .to_vec()
 }
 
 /// Column `i` of a query result as `i64` values.
 pub(crate) fn col_i64(b: &RecordBatch, i: usize) -> Vec<i64> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Int64).expect("int column");
-    c.as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .expect("int64")
+    cast_column::<Int64Array>(b, i, &DataType::Int64)
+        .expect("int column")
         .values()
         .to_vec()
 }

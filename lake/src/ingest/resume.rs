@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use arrow::array::Array;
+use arrow::array::StringArray;
 use arrow::datatypes::DataType;
 use arrow::datatypes::SchemaRef;
 use deltalake::DeltaTable;
@@ -24,7 +24,7 @@ use serde_json::Value;
 use tributary_model::event::Column;
 
 use super::config::{DEAD_LETTERS, SCHEMA_CHANGES};
-use crate::store::{col_i32, col_i64, query_table};
+use crate::store::{cast_column, col_i32, col_i64, query_table};
 use crate::{Error, Lake, Result};
 
 /// What ingest knows about one table between batches.
@@ -109,11 +109,7 @@ pub(crate) async fn load_state(
             let shards = col_i32(&b, 0);
             let lsns = col_i64(&b, 1);
             let ordinals = col_i64(&b, 2);
-            let columns = arrow::compute::cast(b.column(3), &DataType::Utf8)?;
-            let columns = columns
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .expect("cast to Utf8");
+            let columns: StringArray = cast_column(&b, 3, &DataType::Utf8)?;
             for i in 0..b.num_rows() {
                 let pos = (lsns[i], ordinals[i]);
                 let shard = shards[i] as u32;
