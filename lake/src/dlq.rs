@@ -554,6 +554,27 @@ mod tests {
         out
     }
 
+    /// Sets `letters` aside in the dead-letter table, as ingest would.
+    async fn set_aside(lake: &Lake, letters: &[Value]) {
+        let batch = rows_to_batch(crate::schema::dead_letter_schema(), letters).unwrap();
+        write_append(
+            lake,
+            "bronze",
+            DEAD_LETTERS,
+            batch,
+            None,
+            CommitProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Silver's customers as `id name`, by id.
+    async fn silver(lake: &Lake) -> Vec<String> {
+        let sql = "SELECT id, name FROM t ORDER BY id";
+        rows(lake, "silver", "customers", sql).await
+    }
+
     async fn version(lake: &Lake, layer: &str, table: &str) -> Option<u64> {
         lake.open(layer, table)
             .await
@@ -573,11 +594,7 @@ mod tests {
             msg(&ev(Op::Delete, 4, "dan", 300).to_json(), 4, 3),
         ];
         apply_batch(&lake, "g", &mut state, batch).await.unwrap();
-        let silver = "SELECT id, name FROM t ORDER BY id";
-        assert_eq!(
-            rows(&lake, "silver", "customers", silver).await,
-            ["1 ann", "2 bob"]
-        );
+        assert_eq!(silver(&lake).await, ["1 ann", "2 bob"]);
         let pending = list(&lake, &Selection::default(), None).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(
@@ -604,16 +621,7 @@ mod tests {
             .iter()
             .map(|(m, _)| dead_letter(m, "missing field `columns`"))
             .collect();
-        write_append(
-            &lake,
-            "bronze",
-            DEAD_LETTERS,
-            rows_to_batch(crate::schema::dead_letter_schema(), &letters).unwrap(),
-            None,
-            CommitProperties::default(),
-        )
-        .await
-        .unwrap();
+        set_aside(&lake, &letters).await;
         assert_eq!(
             list(&lake, &Selection::default(), None)
                 .await
@@ -661,7 +669,7 @@ mod tests {
             "the event bronze held is not added again"
         );
         assert_eq!(
-            rows(&lake, "silver", "customers", silver).await,
+            silver(&lake).await,
             ["1 ann", "2 bob", "3 cy"],
             "the deleted row stays deleted"
         );
@@ -745,16 +753,7 @@ mod tests {
         .iter()
         .map(|m| dead_letter(m, "old decoder"))
         .collect();
-        write_append(
-            &lake,
-            "bronze",
-            DEAD_LETTERS,
-            rows_to_batch(crate::schema::dead_letter_schema(), &letters).unwrap(),
-            None,
-            CommitProperties::default(),
-        )
-        .await
-        .unwrap();
+        set_aside(&lake, &letters).await;
         let one = Selection {
             table: Some("customers".into()),
             position: Some((0, 1)),
@@ -778,15 +777,6 @@ mod tests {
                 .contains("event for table orders"),
             "{report:?}"
         );
-        assert_eq!(
-            rows(
-                &lake,
-                "silver",
-                "customers",
-                "SELECT id, name FROM t ORDER BY id"
-            )
-            .await,
-            ["1 ann", "7 g"]
-        );
+        assert_eq!(silver(&lake).await, ["1 ann", "7 g"]);
     }
 }
