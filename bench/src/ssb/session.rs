@@ -1,14 +1,12 @@
 //! The queries through tributary's own engine: a [`tributary_query::Session`]
 //! over the bench lake, exactly as `tributary sql` runs them.
 
-use std::time::Instant;
-
 use tributary_lake::Lake;
 use tributary_query::Session;
 
 use super::answers::{self, Rows};
 use super::queries::Query;
-use super::{Measured, store};
+use super::{Measured, measure_hot, store};
 use crate::{Error, Result};
 
 /// A session whose unqualified names resolve in the SSB layer.
@@ -45,21 +43,12 @@ pub(crate) async fn measure(
     queries: &[Query],
     runs: usize,
 ) -> Result<Vec<Measured>> {
-    let mut out = Vec::with_capacity(queries.len());
-    for query in queries {
-        let rows = answer(session, query).await?;
-        let mut times = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let started = Instant::now();
-            let batches = session
-                .sql(query.sql)
-                .await
-                .map_err(|e| query_error(query.name, e))?;
-            times.push(started.elapsed());
-            drop(batches);
-        }
-        tracing::debug!(query = query.name, "measured on tributary");
-        out.push(Measured { times, rows });
-    }
-    Ok(out)
+    let timed = async |query: &Query| {
+        session
+            .sql(query.sql)
+            .await
+            .map_err(|e| query_error(query.name, e))
+    };
+    let first = async |query: &Query| answer(session, query).await;
+    measure_hot("tributary", queries, runs, first, timed).await
 }
