@@ -7,23 +7,16 @@ use tributary_query::Session;
 use super::answers::{self, Rows};
 use super::queries::Query;
 use super::{Measured, measure_hot, store};
-use crate::{Error, Result};
+use crate::Result;
 
 /// A session whose unqualified names resolve in the SSB layer.
 pub(crate) async fn open(lake: &Lake) -> Result<Session> {
     let session = Session::new(lake.clone())
         .await
-        .map_err(|e| query_error("session", e))?;
+        .map_err(crate::query("session"))?;
     let set = format!("set datafusion.catalog.default_schema = '{}'", store::LAYER);
-    session.sql(&set).await.map_err(|e| query_error("set", e))?;
+    session.sql(&set).await.map_err(crate::query("set"))?;
     Ok(session)
-}
-
-fn query_error(query: &str, source: tributary_query::Error) -> Error {
-    Error::Query {
-        query: query.to_string(),
-        source: Box::new(source),
-    }
 }
 
 /// Runs one query once and returns its rows.
@@ -31,7 +24,7 @@ pub(crate) async fn answer(session: &Session, query: &Query) -> Result<Rows> {
     let batches = session
         .sql(query.sql)
         .await
-        .map_err(|e| query_error(query.name, e))?;
+        .map_err(crate::query(query.name))?;
     answers::from_batches(&batches)
 }
 
@@ -47,7 +40,7 @@ pub(crate) async fn measure(
         session
             .sql(query.sql)
             .await
-            .map_err(|e| query_error(query.name, e))
+            .map_err(crate::query(query.name))
     };
     let first = async |query: &Query| answer(session, query).await;
     measure_hot("tributary", queries, runs, first, timed).await
