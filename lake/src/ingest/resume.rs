@@ -18,13 +18,11 @@ use arrow::datatypes::DataType;
 use arrow::datatypes::SchemaRef;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::protocol::{DeltaOperation, OutputMode};
 use serde_json::Value;
 use tributary_model::event::Column;
 
 use super::config::{DEAD_LETTERS, SCHEMA_CHANGES};
-use crate::store::{cast_column, col_i32, col_i64, query_table};
+use crate::store::{cast_column, col_i32, col_i64, commit_without_data, query_table};
 use crate::{Error, Lake, Result};
 
 /// What ingest knows about one table between batches.
@@ -212,26 +210,16 @@ pub(crate) async fn commit_offsets_only(
     let Some(t) = lake.open(layer, table).await? else {
         return Ok(false);
     };
-    let snapshot = t.snapshot().map_err(|source| Error::Delta {
-        table: name.clone(),
-        source,
-    })?;
-    let operation = DeltaOperation::StreamingUpdate {
-        output_mode: OutputMode::Append,
-        query_id: group.to_string(),
-        epoch_id: snapshot.version() as i64,
-    };
-    CommitBuilder::from(
-        lake.commit_properties()
-            .with_application_transactions(txns)
-            .with_metadata(metadata),
-    )
-    .build(Some(snapshot), t.log_store(), operation)
-    .await
-    .map_err(|source| Error::Delta {
-        table: name,
-        source,
-    })?;
+    let props = lake
+        .commit_properties()
+        .with_application_transactions(txns)
+        .with_metadata(metadata);
+    commit_without_data(&t, group, props)
+        .await
+        .map_err(|source| Error::Delta {
+            table: name,
+            source,
+        })?;
     // The kept table does not hold this commit: read it again next time.
     lake.forget(layer, table);
     Ok(true)
