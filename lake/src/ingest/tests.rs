@@ -165,7 +165,7 @@ async fn inserts_above_silver_keys_are_appended_and_the_rest_merged() {
     );
     // Another writer puts key 7 in silver with a newer position; the
     // kept table and the known highest key are both out of date now.
-    let other = lake_at(&lake.root().to_string());
+    let other = lake_at(lake.root().as_str());
     merge_silver(
         &other,
         "customers",
