@@ -23,12 +23,13 @@ use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
 use tributary_lake::maintenance::{self, OptimizeOptions};
 use tributary_lake::{Lake, LakeConfig};
 use tributary_query::Session;
 
 use crate::ssb::median;
-use crate::{Error, Result, io};
+use crate::{Error, Result, io, query};
 
 const TABLE: &str = "orders";
 const STATUSES: [&str; 4] = ["placed", "paid", "shipped", "delivered"];
@@ -204,15 +205,32 @@ fn commit_rows(o: &Options, k: usize) -> Result<RecordBatch> {
     )?)
 }
 
-async fn merge(lake: &Lake, batch: RecordBatch) -> Result<()> {
-    let delta_err = |source| Error::Delta {
+/// The bench table, which must exist by now.
+async fn open_table(lake: &Lake) -> Result<DeltaTable> {
+    lake.open("silver", TABLE)
+        .await?
+        .ok_or_else(|| Error::Internal("the bench table vanished".into()))
+}
+
+fn delta_err(source: DeltaTableError) -> Error {
+    Error::Delta {
         table: format!("silver.{TABLE}"),
         source,
-    };
-    let t = lake
-        .open("silver", TABLE)
-        .await?
-        .ok_or_else(|| Error::Internal("the bench table vanished".into()))?;
+    }
+}
+
+/// Appends `rows` to the bench table through `table`, its handle.
+async fn append(table: DeltaTable, rows: RecordBatch) -> Result<()> {
+    table
+        .write(vec![rows])
+        .with_save_mode(SaveMode::Append)
+        .await
+        .map_err(delta_err)?;
+    Ok(())
+}
+
+async fn merge(lake: &Lake, batch: RecordBatch) -> Result<()> {
+    let t = open_table(lake).await?;
     let source = SessionContext::new()
         .read_batch(batch)
         .map_err(|e| Error::Internal(format!("source batch: {e}")))?;
@@ -264,12 +282,7 @@ fn log_tail(dir: &std::path::Path) -> Result<usize> {
 }
 
 async fn time_query(session: &Session, sql: &str, runs: usize) -> Result<(Duration, String)> {
-    let run = || async {
-        session.sql(sql).await.map_err(|source| Error::Query {
-            query: sql.to_string(),
-            source: Box::new(source),
-        })
-    };
+    let run = || async { session.sql(sql).await.map_err(query(sql)) };
     let answer = arrow::util::pretty::pretty_format_batches(&run().await?)?.to_string();
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
@@ -284,18 +297,10 @@ const POINT: &str = "SELECT * FROM silver.orders WHERE id = 12345";
 const AGGREGATE: &str = "SELECT status, count(*) AS n, sum(amount) AS amount FROM silver.orders GROUP BY status ORDER BY status";
 
 async fn measure(lake: &Lake, o: &Options) -> Result<(State, Vec<String>)> {
-    let t = lake
-        .open("silver", TABLE)
-        .await?
-        .ok_or_else(|| Error::Internal("the bench table vanished".into()))?;
+    let t = open_table(lake).await?;
     let (files, bytes) = maintenance::file_stats(&t, TABLE)?;
     // A session of its own, so nothing is cached from the other state.
-    let session = Session::new(lake.clone())
-        .await
-        .map_err(|source| Error::Query {
-            query: "session".into(),
-            source: Box::new(source),
-        })?;
+    let session = Session::new(lake.clone()).await.map_err(query("session"))?;
     let (point, a) = time_query(&session, POINT, o.runs).await?;
     let (aggregate, b) = time_query(&session, AGGREGATE, o.runs).await?;
     Ok((
@@ -328,31 +333,14 @@ pub async fn run(o: &Options) -> Result<Report> {
     })?;
     let started = Instant::now();
     let first = commit_rows(o, 0)?;
-    lake.table_handle("silver", TABLE)
-        .await?
-        .write(vec![first])
-        .with_save_mode(SaveMode::Append)
-        .await
-        .map_err(|source| Error::Delta {
-            table: format!("silver.{TABLE}"),
-            source,
-        })?;
+    append(lake.table_handle("silver", TABLE).await?, first).await?;
     for k in 1..o.commits {
         if k % 2 == 1 {
             // New orders only: a blind append, as bronze and a silver
             // insert-only batch write. It adds one small file.
             let rows = commit_rows(o, k)?;
             let inserts = rows.slice(0, o.inserts.min(rows.num_rows()));
-            lake.open("silver", TABLE)
-                .await?
-                .ok_or_else(|| Error::Internal("the bench table vanished".into()))?
-                .write(vec![inserts])
-                .with_save_mode(SaveMode::Append)
-                .await
-                .map_err(|source| Error::Delta {
-                    table: format!("silver.{TABLE}"),
-                    source,
-                })?;
+            append(open_table(&lake).await?, inserts).await?;
         } else {
             merge(&lake, commit_rows(o, k)?).await?;
         }
@@ -380,19 +368,11 @@ pub async fn run(o: &Options) -> Result<Report> {
             "answers differ after compaction:\n{answers_before:?}\n{answers_after:?}"
         )));
     }
-    let session = Session::new(lake.clone())
-        .await
-        .map_err(|source| Error::Query {
-            query: "session".into(),
-            source: Box::new(source),
-        })?;
+    let session = Session::new(lake.clone()).await.map_err(query("session"))?;
     let rows = session
         .sql("SELECT count(*) FROM silver.orders")
         .await
-        .map_err(|source| Error::Query {
-            query: "count".into(),
-            source: Box::new(source),
-        })?;
+        .map_err(query("count"))?;
     let rows = rows
         .first()
         .and_then(|b| b.column(0).as_any().downcast_ref::<Int64Array>())

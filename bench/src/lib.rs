@@ -166,3 +166,12 @@ pub(crate) fn kafka(
     let context = context.into();
     move |source| Error::KafkaClient { context, source }
 }
+
+/// Attaches the query (or what was asked of the engine) to a query error.
+pub(crate) fn query(query: impl Into<String>) -> impl FnOnce(tributary_query::Error) -> Error {
+    let query = query.into();
+    move |source| Error::Query {
+        query,
+        source: Box::new(source),
+    }
+}

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tributary_model::event::{Column, Op};
 use tributary_model::lsn::Lsn;
-use tributary_model::pgtype::{PgType, civil_from_days, days_from_civil};
+use tributary_model::pgtype::{PgType, to_utc};
 
 use crate::{Error, Result};
 
@@ -369,13 +369,7 @@ fn write_timestamp(text: &str, with_zone: bool, out: &mut Vec<u8>) -> Option<()>
     } else if !rest.is_empty() {
         return None;
     }
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let total = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    let (days, secs) = (total.div_euclid(86_400), total.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
+    let ((y, m, d), secs) = to_utc((year, month, day), (hour, minute, second), offset_secs)?;
     if !(0..=9999).contains(&y) {
         return None;
     }
@@ -423,20 +417,18 @@ mod tests {
     use tributary_model::event::{ChangeEvent, Source, Transaction, event_id};
 
     fn columns() -> Vec<Column> {
-        let col = |name: &str, pg_type, key| Column {
-            name: name.into(),
-            pg_type,
-            key,
-        };
-        vec![
-            col("id", PgType::Int8, true),
-            col("zeta", PgType::Text, false),
-            col("amount", PgType::Numeric(Some((12, 2))), false),
-            col("at", PgType::Timestamptz, false),
-            col("doc", PgType::Json, false),
-            col("ok", PgType::Bool, false),
-            col("region", PgType::Int4, true),
+        [
+            ("id", PgType::Int8, true),
+            ("zeta", PgType::Text, false),
+            ("amount", PgType::Numeric(Some((12, 2))), false),
+            ("at", PgType::Timestamptz, false),
+            ("doc", PgType::Json, false),
+            ("ok", PgType::Bool, false),
+            ("region", PgType::Int4, true),
         ]
+        .into_iter()
+        .map(|(name, pg_type, key)| Column::new(name, pg_type, key))
+        .collect()
     }
 
     fn value_row(cells: &[Cell<'_>], cols: &[Column]) -> Map<String, Value> {

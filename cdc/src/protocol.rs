@@ -103,6 +103,14 @@ impl ReplicationConnection {
         Ok(conn)
     }
 
+    /// A PasswordMessage: the cleartext password or its MD5 hash, ended by
+    /// a NUL as the protocol wants.
+    async fn send_password(&mut self, mut password: Vec<u8>) -> Result<()> {
+        password.push(0);
+        frontend::password_message(&password, &mut self.writer.out).map_err(Error::Io)?;
+        self.writer.flush().await
+    }
+
     async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<()> {
         let need_password =
             || Error::Config("server asks for a password and the DSN has none".into());
@@ -116,11 +124,7 @@ impl ReplicationConnection {
                         0 => {}
                         3 => {
                             let pw = password.ok_or_else(need_password)?;
-                            let mut v = pw.to_vec();
-                            v.push(0);
-                            frontend::password_message(&v, &mut self.writer.out)
-                                .map_err(Error::Io)?;
-                            self.writer.flush().await?;
+                            self.send_password(pw.to_vec()).await?;
                         }
                         5 => {
                             let pw = password.ok_or_else(need_password)?;
@@ -134,11 +138,7 @@ impl ReplicationConnection {
                                 pw,
                                 salt,
                             );
-                            let mut v = hash.into_bytes();
-                            v.push(0);
-                            frontend::password_message(&v, &mut self.writer.out)
-                                .map_err(Error::Io)?;
-                            self.writer.flush().await?;
+                            self.send_password(hash.into_bytes()).await?;
                         }
                         10 => {
                             let pw = password.ok_or_else(need_password)?;

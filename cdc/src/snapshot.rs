@@ -59,10 +59,12 @@ pub(crate) async fn table_columns(
     }
     Ok(rows
         .iter()
-        .map(|r| Column {
-            name: r.get(0),
-            pg_type: PgType::from_oid(r.get::<_, i64>(1) as u32, r.get(2)),
-            key: r.get(3),
+        .map(|r| {
+            Column::new(
+                r.get::<_, String>(0),
+                PgType::from_oid(r.get::<_, i64>(1) as u32, r.get(2)),
+                r.get(3),
+            )
         })
         .collect())
 }
@@ -660,21 +662,9 @@ mod tests {
 
     fn cols() -> Vec<Column> {
         vec![
-            Column {
-                name: "id".into(),
-                pg_type: PgType::Int8,
-                key: true,
-            },
-            Column {
-                name: "note".into(),
-                pg_type: PgType::Text,
-                key: false,
-            },
-            Column {
-                name: "price".into(),
-                pg_type: PgType::Numeric(Some((12, 2))),
-                key: false,
-            },
+            Column::new("id", PgType::Int8, true),
+            Column::new("note", PgType::Text, false),
+            Column::new("price", PgType::Numeric(Some((12, 2))), false),
         ]
     }
 

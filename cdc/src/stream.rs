@@ -234,10 +234,12 @@ impl<'a> StreamState<'a> {
         let columns: Vec<Column> = rel
             .columns
             .iter()
-            .map(|c| Column {
-                name: c.name.clone(),
-                pg_type: PgType::from_oid(c.type_oid, c.type_modifier),
-                key: c.key,
+            .map(|c| {
+                Column::new(
+                    c.name.clone(),
+                    PgType::from_oid(c.type_oid, c.type_modifier),
+                    c.key,
+                )
             })
             .collect();
         let shape = serde_json::to_value(&columns).expect("columns serialise to JSON");
@@ -406,8 +408,8 @@ pub(crate) fn now_us() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{LazyLock, Mutex};
 
     use serde_json::json;
     use tributary_kafka::KafkaConfig;
@@ -482,13 +484,17 @@ mod tests {
     const ITEMS: u32 = 16_390;
     const COMMIT_TS: i64 = 1_780_000_000_000_000;
 
-    fn source() -> SourceDb {
-        SourceDb {
-            db: "orders".into(),
-            shard: 2,
-            dsn: String::new(),
-            tables: vec!["items".into()],
-        }
+    static SOURCE: LazyLock<SourceDb> = LazyLock::new(|| SourceDb {
+        db: "orders".into(),
+        shard: 2,
+        dsn: String::new(),
+        tables: vec!["items".into()],
+    });
+
+    /// A stream of [`SOURCE`] that has recorded no table yet, and its sink.
+    fn stream() -> (StreamState<'static>, Recording) {
+        let state = StreamState::new(&SOURCE, "trib", HashMap::new());
+        (state, Recording::default())
     }
 
     fn column(name: &str, type_oid: u32, key: bool) -> RelationColumn {
@@ -539,6 +545,14 @@ mod tests {
         TupleValue::Text(s.into())
     }
 
+    /// `changes` as transaction `xid` committed at `lsn`, ending at `end`.
+    fn transaction(lsn: u64, xid: u32, end: u64, changes: Vec<PgOutput>) -> Vec<PgOutput> {
+        let mut msgs = vec![begin(lsn, xid)];
+        msgs.extend(changes);
+        msgs.push(commit(lsn, end));
+        msgs
+    }
+
     async fn feed(
         state: &mut StreamState<'_>,
         sink: &Recording,
@@ -553,33 +567,27 @@ mod tests {
 
     #[tokio::test]
     async fn a_transaction_becomes_events_with_ordinals_ids_and_images() {
-        let (source, sink) = (source(), Recording::default());
-        let mut state = StreamState::new(&source, "trib", HashMap::new());
-        feed(
-            &mut state,
-            &sink,
-            vec![
-                items(false),
-                begin(0x100, 7),
-                PgOutput::Insert {
-                    relation: ITEMS,
-                    new: vec![t("1"), t("one"), t("long note")],
-                },
-                // The unchanged TOASTed note is not sent.
-                PgOutput::Update {
-                    relation: ITEMS,
-                    old: None,
-                    new: vec![t("1"), t("uno"), TupleValue::UnchangedToast],
-                },
-                // REPLICA IDENTITY DEFAULT: a delete carries the key only.
-                PgOutput::Delete {
-                    relation: ITEMS,
-                    old: vec![t("1"), TupleValue::Null, TupleValue::Null],
-                },
-                commit(0x100, 0x108),
-            ],
-        )
-        .await;
+        let (mut state, sink) = stream();
+        let changes = vec![
+            PgOutput::Insert {
+                relation: ITEMS,
+                new: vec![t("1"), t("one"), t("long note")],
+            },
+            // The unchanged TOASTed note is not sent.
+            PgOutput::Update {
+                relation: ITEMS,
+                old: None,
+                new: vec![t("1"), t("uno"), TupleValue::UnchangedToast],
+            },
+            // REPLICA IDENTITY DEFAULT: a delete carries the key only.
+            PgOutput::Delete {
+                relation: ITEMS,
+                old: vec![t("1"), TupleValue::Null, TupleValue::Null],
+            },
+        ];
+        feed(&mut state, &sink, vec![items(false)]).await;
+        let tx = transaction(0x100, 7, 0x108, changes);
+        feed(&mut state, &sink, tx).await;
         let events = sink.take();
         assert_eq!(events.len(), 3);
         for (n, (topic, key, ev)) in events.iter().enumerate() {
@@ -619,23 +627,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_change_is_a_delete_of_the_old_key_and_a_create() {
-        let (source, sink) = (source(), Recording::default());
-        let mut state = StreamState::new(&source, "trib", HashMap::new());
-        feed(
-            &mut state,
-            &sink,
-            vec![
-                items(false),
-                begin(0x200, 8),
-                PgOutput::Update {
-                    relation: ITEMS,
-                    old: Some(vec![t("2"), TupleValue::Null, TupleValue::Null]),
-                    new: vec![t("3"), t("two"), TupleValue::Null],
-                },
-                commit(0x200, 0x210),
-            ],
-        )
-        .await;
+        let (mut state, sink) = stream();
+        let key_change = PgOutput::Update {
+            relation: ITEMS,
+            old: Some(vec![t("2"), TupleValue::Null, TupleValue::Null]),
+            new: vec![t("3"), t("two"), TupleValue::Null],
+        };
+        feed(&mut state, &sink, vec![items(false)]).await;
+        let tx = transaction(0x200, 8, 0x210, vec![key_change]);
+        feed(&mut state, &sink, tx).await;
         let events = sink.take();
         let ops: Vec<(Op, u64, Value)> = events
             .iter()
@@ -652,27 +652,19 @@ mod tests {
 
     #[tokio::test]
     async fn replica_identity_full_fills_unchanged_toast_from_the_old_row() {
-        let (source, sink) = (source(), Recording::default());
-        let mut state = StreamState::new(&source, "trib", HashMap::new());
+        let (mut state, sink) = stream();
         let PgOutput::Relation(mut rel) = items(false) else {
             unreachable!()
         };
         rel.replica_identity = b'f';
-        feed(
-            &mut state,
-            &sink,
-            vec![
-                PgOutput::Relation(rel),
-                begin(0x300, 9),
-                PgOutput::Update {
-                    relation: ITEMS,
-                    old: Some(vec![t("1"), t("one"), t("long note")]),
-                    new: vec![t("1"), t("uno"), TupleValue::UnchangedToast],
-                },
-                commit(0x300, 0x308),
-            ],
-        )
-        .await;
+        let update = PgOutput::Update {
+            relation: ITEMS,
+            old: Some(vec![t("1"), t("one"), t("long note")]),
+            new: vec![t("1"), t("uno"), TupleValue::UnchangedToast],
+        };
+        feed(&mut state, &sink, vec![PgOutput::Relation(rel)]).await;
+        let tx = transaction(0x300, 9, 0x308, vec![update]);
+        feed(&mut state, &sink, tx).await;
         let (_, _, ev) = sink.take().remove(0);
         assert_eq!(
             Value::Object(ev.after.unwrap()),
@@ -687,30 +679,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_relation_with_an_added_column_is_returned_as_a_schema_change() {
-        let (source, sink) = (source(), Recording::default());
         // What an earlier session recorded: the table as it was.
-        let mut first = StreamState::new(&source, "trib", HashMap::new());
+        let (mut first, sink) = stream();
         let seen = feed(&mut first, &sink, vec![items(false)]).await;
         assert_eq!(seen.len(), 1, "a table's first shape is recorded");
         let recorded = HashMap::from([("items".to_string(), seen[0].columns.clone())]);
 
-        let mut state = StreamState::new(&source, "trib", recorded);
+        let mut state = StreamState::new(&SOURCE, "trib", recorded);
         // The same shape again (a restart): no change.
         assert!(feed(&mut state, &sink, vec![items(false)]).await.is_empty());
-        let changes = feed(
-            &mut state,
-            &sink,
-            vec![
-                begin(0x400, 10),
-                items(true),
-                PgOutput::Insert {
-                    relation: ITEMS,
-                    new: vec![t("4"), t("four"), TupleValue::Null, t("7")],
-                },
-                commit(0x400, 0x410),
-            ],
-        )
-        .await;
+        let insert = PgOutput::Insert {
+            relation: ITEMS,
+            new: vec![t("4"), t("four"), TupleValue::Null, t("7")],
+        };
+        let tx = transaction(0x400, 10, 0x410, vec![items(true), insert]);
+        let changes = feed(&mut state, &sink, tx).await;
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].table, "items");
         assert_eq!(changes[0].lsn, Lsn(0x400));
@@ -730,21 +713,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_truncate_is_one_event_per_table_keyed_by_shard() {
-        let (source, sink) = (source(), Recording::default());
-        let mut state = StreamState::new(&source, "trib", HashMap::new());
-        feed(
-            &mut state,
-            &sink,
-            vec![
-                items(false),
-                begin(0x500, 11),
-                PgOutput::Truncate {
-                    relations: vec![ITEMS],
-                },
-                commit(0x500, 0x508),
-            ],
-        )
-        .await;
+        let (mut state, sink) = stream();
+        let truncate = PgOutput::Truncate {
+            relations: vec![ITEMS],
+        };
+        feed(&mut state, &sink, vec![items(false)]).await;
+        let tx = transaction(0x500, 11, 0x508, vec![truncate]);
+        feed(&mut state, &sink, tx).await;
         let events = sink.take();
         assert_eq!(events.len(), 1);
         let (topic, key, ev) = &events[0];
@@ -757,23 +732,15 @@ mod tests {
 
     #[tokio::test]
     async fn heartbeats_give_watermarks_only_once_durable() {
-        let (source, sink) = (source(), Recording::default());
-        let mut state = StreamState::new(&source, "trib", HashMap::new());
-        feed(
-            &mut state,
-            &sink,
-            vec![
-                begin(0x600, 12),
-                PgOutput::Message {
-                    transactional: true,
-                    lsn: Lsn(0x600),
-                    prefix: "tributary.heartbeat".into(),
-                    content: bytes::Bytes::from_static(b"2026-01-01 00:00:00+00"),
-                },
-                commit(0x600, 0x608),
-            ],
-        )
-        .await;
+        let (mut state, sink) = stream();
+        let heartbeat = PgOutput::Message {
+            transactional: true,
+            lsn: Lsn(0x600),
+            prefix: "tributary.heartbeat".into(),
+            content: bytes::Bytes::from_static(b"2026-01-01 00:00:00+00"),
+        };
+        let tx = transaction(0x600, 12, 0x608, vec![heartbeat]);
+        feed(&mut state, &sink, tx).await;
         assert!(sink.take().is_empty(), "a heartbeat is no change event");
         assert_eq!(sink.marks(), [Lsn(0x608)]);
         // Not durable yet: no watermark, and the commit counts as lag.
@@ -794,8 +761,7 @@ mod tests {
 
     #[tokio::test]
     async fn keepalives_move_an_idle_slot_only_between_transactions() {
-        let (source, sink) = (source(), Recording::default());
-        let mut state = StreamState::new(&source, "trib", HashMap::new());
+        let (mut state, sink) = stream();
         assert_eq!(state.resnapshot_lsn(), None);
         state.keepalive(Lsn(0x700), &sink).unwrap();
         assert_eq!(state.resnapshot_lsn(), Some(Lsn(0x6ff)));
@@ -807,8 +773,7 @@ mod tests {
 
     #[tokio::test]
     async fn changes_out_of_place_are_errors() {
-        let (source, sink) = (source(), Recording::default());
-        let mut state = StreamState::new(&source, "trib", HashMap::new());
+        let (mut state, sink) = stream();
         let insert = || PgOutput::Insert {
             relation: ITEMS,
             new: vec![t("1"), t("a"), t("b")],

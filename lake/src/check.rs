@@ -439,17 +439,11 @@ impl fmt::Display for StoreCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LakeConfig;
+    use crate::fixtures::new_lake;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_local_folder_is_safe_and_left_clean() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&LakeConfig {
-            root: dir.path().display().to_string(),
-            s3: None,
-            coordinator_dsn: None,
-        })
-        .unwrap();
+        let (_dir, lake) = new_lake();
         let options = CheckOptions {
             creators: 16,
             rounds: 3,
@@ -464,13 +458,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_creator_or_no_round_is_no_race() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&LakeConfig {
-            root: dir.path().display().to_string(),
-            s3: None,
-            coordinator_dsn: None,
-        })
-        .unwrap();
+        let (_dir, lake) = new_lake();
         for (creators, rounds) in [(1, 10), (20, 0)] {
             let options = CheckOptions { creators, rounds };
             assert!(matches!(

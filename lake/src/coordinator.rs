@@ -500,6 +500,17 @@ impl CoordinatedLogStore {
         }
         Ok(pending.len())
     }
+
+    /// [`Self::finish_pending`] for a reader of the log: before it looks
+    /// for a version, every claimed one has its entry.
+    async fn finish_pending_for_delta(&self) -> DeltaResult<()> {
+        self.finish_pending()
+            .await
+            .map_err(|e| DeltaTableError::GenericError {
+                source: Box::new(e),
+            })?;
+        Ok(())
+    }
 }
 
 fn log_store_error(
@@ -522,11 +533,7 @@ impl LogStore for CoordinatedLogStore {
         if let Some(b) = self.inner.read_commit_entry(version).await? {
             return Ok(Some(b));
         }
-        self.finish_pending()
-            .await
-            .map_err(|e| DeltaTableError::GenericError {
-                source: Box::new(e),
-            })?;
+        self.finish_pending_for_delta().await?;
         self.inner.read_commit_entry(version).await
     }
 
@@ -611,11 +618,7 @@ impl LogStore for CoordinatedLogStore {
     }
 
     async fn get_latest_version(&self, start_version: Version) -> DeltaResult<Version> {
-        self.finish_pending()
-            .await
-            .map_err(|e| DeltaTableError::GenericError {
-                source: Box::new(e),
-            })?;
+        self.finish_pending_for_delta().await?;
         self.inner.get_latest_version(start_version).await
     }
 

@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use arrow::array::{Array, BinaryArray, RecordBatch, StringArray};
+use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
 use deltalake::kernel::transaction::CommitProperties;
 use rdkafka::message::{OwnedMessage, Timestamp};
@@ -39,7 +39,7 @@ use tributary_model::pgtype::format_utc_micros;
 
 use crate::ingest::{DEAD_LETTERS, bronze_row, check_event, merge_silver, now_us, write_append};
 use crate::schema::{dead_letters_replayed_schema, rows_to_batch};
-use crate::store::query_table;
+use crate::store::{cast_column, query_table};
 use crate::{Error, Lake, Result};
 
 /// Name of the record of replayed dead letters in the bronze layer.
@@ -487,98 +487,44 @@ fn quote(s: &str) -> String {
 }
 
 fn texts(b: &RecordBatch, i: usize) -> Result<Vec<Option<String>>> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Utf8)?;
-    let c = c
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .expect("cast to Utf8");
-    Ok((0..c.len())
-        .map(|j| (!c.is_null(j)).then(|| c.value(j).to_string()))
-        .collect())
+    let c: StringArray = cast_column(b, i, &DataType::Utf8)?;
+    Ok(c.iter().map(|v| v.map(str::to_string)).collect())
 }
 
 fn ints(b: &RecordBatch, i: usize) -> Result<Vec<i64>> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Int64)?;
-    let c = c
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .expect("cast to Int64");
+    let c: Int64Array = cast_column(b, i, &DataType::Int64)?;
     Ok(c.values().to_vec())
 }
 
 fn binaries(b: &RecordBatch, i: usize) -> Result<Vec<Option<Vec<u8>>>> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Binary)?;
-    let c = c
-        .as_any()
-        .downcast_ref::<BinaryArray>()
-        .expect("cast to Binary");
-    Ok((0..c.len())
-        .map(|j| (!c.is_null(j)).then(|| c.value(j).to_vec()))
-        .collect())
+    let c: BinaryArray = cast_column(b, i, &DataType::Binary)?;
+    Ok(c.iter().map(|v| v.map(<[u8]>::to_vec)).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{event, new_lake};
     use crate::ingest::{apply_batch, dead_letter, load_state};
-    use tributary_model::event::{Column, Source, event_id};
-    use tributary_model::lsn::Lsn;
+    use tributary_model::event::Column;
     use tributary_model::pgtype::PgType;
 
     const TOPIC: &str = "tributary.orders.customers";
 
-    fn new_lake() -> (tempfile::TempDir, Lake) {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&crate::LakeConfig {
-            root: dir.path().display().to_string(),
-            s3: None,
-            coordinator_dsn: None,
-        })
-        .unwrap();
-        (dir, lake)
-    }
-
     /// A change of `customers` on shard 0.
     fn ev(op: Op, id: i64, name: &str, lsn: u64) -> ChangeEvent {
-        let row = json!({"id": id, "name": name}).as_object().unwrap().clone();
-        let (before, after) = match op {
-            Op::Delete => (Some(row), None),
-            _ => (None, Some(row)),
-        };
-        ChangeEvent {
-            before,
-            after,
-            source: Source {
-                version: "test".into(),
-                connector: "postgresql".into(),
-                db: "orders".into(),
-                shard: 0,
-                schema: "public".into(),
-                table: "customers".into(),
-                lsn: Lsn(lsn),
-                ordinal: 1,
-                ts_us: 1_764_140_400_000_000,
-                tx_id: Some(1),
-                snapshot: false,
-            },
+        let columns = vec![
+            Column::new("id", PgType::Int8, true),
+            Column::new("name", PgType::Text, false),
+        ];
+        event(
+            "customers",
             op,
-            ts_ms: 0,
-            transaction: None,
-            event_id: event_id("orders", 0, Lsn(lsn), 1, false),
-            unchanged_toast: vec![],
-            columns: vec![
-                Column {
-                    name: "id".into(),
-                    pg_type: PgType::Int8,
-                    key: true,
-                },
-                Column {
-                    name: "name".into(),
-                    pg_type: PgType::Text,
-                    key: false,
-                },
-            ],
-        }
+            lsn,
+            1,
+            columns,
+            json!({"id": id, "name": name}),
+        )
     }
 
     /// A message keyed like the CDC reader keys rows: one key per row.
@@ -608,6 +554,27 @@ mod tests {
         out
     }
 
+    /// Sets `letters` aside in the dead-letter table, as ingest would.
+    async fn set_aside(lake: &Lake, letters: &[Value]) {
+        let batch = rows_to_batch(crate::schema::dead_letter_schema(), letters).unwrap();
+        write_append(
+            lake,
+            "bronze",
+            DEAD_LETTERS,
+            batch,
+            None,
+            CommitProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Silver's customers as `id name`, by id.
+    async fn silver(lake: &Lake) -> Vec<String> {
+        let sql = "SELECT id, name FROM t ORDER BY id";
+        rows(lake, "silver", "customers", sql).await
+    }
+
     async fn version(lake: &Lake, layer: &str, table: &str) -> Option<u64> {
         lake.open(layer, table)
             .await
@@ -627,11 +594,7 @@ mod tests {
             msg(&ev(Op::Delete, 4, "dan", 300).to_json(), 4, 3),
         ];
         apply_batch(&lake, "g", &mut state, batch).await.unwrap();
-        let silver = "SELECT id, name FROM t ORDER BY id";
-        assert_eq!(
-            rows(&lake, "silver", "customers", silver).await,
-            ["1 ann", "2 bob"]
-        );
+        assert_eq!(silver(&lake).await, ["1 ann", "2 bob"]);
         let pending = list(&lake, &Selection::default(), None).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(
@@ -658,16 +621,7 @@ mod tests {
             .iter()
             .map(|(m, _)| dead_letter(m, "missing field `columns`"))
             .collect();
-        write_append(
-            &lake,
-            "bronze",
-            DEAD_LETTERS,
-            rows_to_batch(crate::schema::dead_letter_schema(), &letters).unwrap(),
-            None,
-            CommitProperties::default(),
-        )
-        .await
-        .unwrap();
+        set_aside(&lake, &letters).await;
         assert_eq!(
             list(&lake, &Selection::default(), None)
                 .await
@@ -715,7 +669,7 @@ mod tests {
             "the event bronze held is not added again"
         );
         assert_eq!(
-            rows(&lake, "silver", "customers", silver).await,
+            silver(&lake).await,
             ["1 ann", "2 bob", "3 cy"],
             "the deleted row stays deleted"
         );
@@ -799,16 +753,7 @@ mod tests {
         .iter()
         .map(|m| dead_letter(m, "old decoder"))
         .collect();
-        write_append(
-            &lake,
-            "bronze",
-            DEAD_LETTERS,
-            rows_to_batch(crate::schema::dead_letter_schema(), &letters).unwrap(),
-            None,
-            CommitProperties::default(),
-        )
-        .await
-        .unwrap();
+        set_aside(&lake, &letters).await;
         let one = Selection {
             table: Some("customers".into()),
             position: Some((0, 1)),
@@ -832,15 +777,6 @@ mod tests {
                 .contains("event for table orders"),
             "{report:?}"
         );
-        assert_eq!(
-            rows(
-                &lake,
-                "silver",
-                "customers",
-                "SELECT id, name FROM t ORDER BY id"
-            )
-            .await,
-            ["1 ann", "7 g"]
-        );
+        assert_eq!(silver(&lake).await, ["1 ann", "7 g"]);
     }
 }

@@ -58,6 +58,8 @@
 pub mod check;
 pub mod coordinator;
 pub mod dlq;
+#[cfg(test)]
+mod fixtures;
 pub mod freshness;
 pub mod ingest;
 pub mod lease;

@@ -304,11 +304,7 @@ mod tests {
         );
         assert_eq!(arrow_type(&PgType::Numeric(None)), DataType::Utf8);
         assert_eq!(arrow_type(&PgType::Timestamptz), timestamp_type());
-        let s = silver_schema(&[Column {
-            name: "id".into(),
-            pg_type: PgType::Int8,
-            key: true,
-        }]);
+        let s = silver_schema(&[Column::new("id", PgType::Int8, true)]);
         assert!(!s.field(0).is_nullable());
         assert_eq!(s.fields().len(), 6);
     }
@@ -336,11 +332,7 @@ mod tests {
         assert_eq!(fit(&Utf8, &Int32), Fit::Incompatible);
         assert_eq!(fit(&Float64, &Int64), Fit::Incompatible);
 
-        let col = |name: &str, pg_type| Column {
-            name: name.into(),
-            pg_type,
-            key: name == "id",
-        };
+        let col = |name: &str, pg_type| Column::new(name, pg_type, name == "id");
         let current = silver_schema(&[col("id", PgType::Int8), col("qty", PgType::Int2)]);
         let (schema, changes) = evolve(
             &current,

@@ -3,10 +3,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{ArrayData, Int32Array, Int64Array, RecordBatch};
 use arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
-use deltalake::DeltaTable;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::protocol::{DeltaOperation, OutputMode};
+use deltalake::{DeltaTable, DeltaTableError};
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _};
@@ -244,9 +246,8 @@ impl Lake {
     }
 
     /// Commit properties for this handle's commits.
-    pub fn commit_properties(&self) -> deltalake::kernel::transaction::CommitProperties {
-        deltalake::kernel::transaction::CommitProperties::default()
-            .with_create_checkpoint(self.checkpoint_on_commit)
+    pub fn commit_properties(&self) -> CommitProperties {
+        CommitProperties::default().with_create_checkpoint(self.checkpoint_on_commit)
     }
 
     /// Keeps `t`, the table as this handle's commit just left it, for the
@@ -367,7 +368,7 @@ impl Lake {
         let mut t = self.build(layer, table, url).await?;
         match t.load().await {
             Ok(()) => Ok(Some(t)),
-            Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+            Err(DeltaTableError::NotATable(_)) => Ok(None),
             Err(e) if e.to_string().contains("No files in log segment") => Ok(None),
             Err(source) => Err(Error::Delta {
                 table: format!("{layer}.{table}"),
@@ -489,22 +490,50 @@ pub(crate) async fn query_table(
         .map_err(df_err)
 }
 
+/// Commits a streaming update (the stream `query_id`) that writes no rows:
+/// only what `props` carries, application transactions and commit metadata.
+/// Returns the new version.
+pub async fn commit_without_data(
+    table: &DeltaTable,
+    query_id: &str,
+    props: CommitProperties,
+) -> std::result::Result<u64, DeltaTableError> {
+    let snapshot = table.snapshot()?;
+    let operation = DeltaOperation::StreamingUpdate {
+        output_mode: OutputMode::Append,
+        query_id: query_id.to_string(),
+        epoch_id: snapshot.version() as i64,
+    };
+    let committed = CommitBuilder::from(props)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await?;
+    Ok(committed.version() as u64)
+}
+
+/// Column `i` of a query result cast to `to`, as `A`, the array type of `to`.
+pub(crate) fn cast_column<A: From<ArrayData>>(
+    b: &RecordBatch,
+    i: usize,
+    to: &DataType,
+) -> Result<A> {
+    Ok(arrow::array::downcast_array(&arrow::compute::cast(
+        b.column(i),
+        to,
+    )?))
+}
+
 /// Column `i` of a query result as `i32` values.
 pub(crate) fn col_i32(b: &RecordBatch, i: usize) -> Vec<i32> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Int32).expect("int column");
-    c.as_any()
-        .downcast_ref::<arrow::array::Int32Array>()
-        .expect("int32")
+    cast_column::<Int32Array>(b, i, &DataType::Int32)
+        .expect("int column")
         .values()
         .to_vec()
 }
 
 /// Column `i` of a query result as `i64` values.
 pub(crate) fn col_i64(b: &RecordBatch, i: usize) -> Vec<i64> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Int64).expect("int column");
-    c.as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .expect("int64")
+    cast_column::<Int64Array>(b, i, &DataType::Int64)
+        .expect("int column")
         .values()
         .to_vec()
 }

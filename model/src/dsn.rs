@@ -1,6 +1,7 @@
 //! Connection strings in messages: a DSN may carry a password, and secrets
 //! never reach logs or errors. Every message that names a database names it
-//! through [`describe`].
+//! through [`describe`]. [`settings`] reads the `key=value` form for it and
+//! for whoever else needs a DSN's settings.
 //!
 //! ```
 //! use tributary_model::dsn::describe;
@@ -41,14 +42,50 @@ pub fn describe(dsn: &str) -> String {
         let tail = redact_query(tail);
         return format!("{scheme}{authority}{tail}");
     }
+    match settings(dsn) {
+        Ok(settings) => settings
+            .iter()
+            .filter(|s| !s.key.eq_ignore_ascii_case("password"))
+            .map(|s| format!("{}={}", s.key, s.raw))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(_) => "<unreadable connection string>".into(),
+    }
+}
+
+/// One setting of a `key=value` connection string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting {
+    pub key: String,
+    /// The value as written (quotes and escapes kept), to pass on as it is.
+    pub raw: String,
+    /// The value as meant (quotes removed, escapes resolved).
+    pub value: String,
+}
+
+/// The settings of a connection string in libpq's `key=value` form: values
+/// optionally in single quotes, with `\'` and `\\` escapes. The error says
+/// what is wrong and names the key it stopped at, never a value.
+///
+/// ```
+/// use tributary_model::dsn::settings;
+/// let s = settings(r"host=db1 password='p w\'d'").unwrap();
+/// assert_eq!((s[1].key.as_str(), s[1].value.as_str()), ("password", "p w'd"));
+/// assert_eq!(s[1].raw, r"'p w\'d'");
+/// ```
+pub fn settings(dsn: &str) -> Result<Vec<Setting>, String> {
     let mut out = Vec::new();
     let mut chars = dsn.chars().peekable();
-    // key = value pairs; values may be single-quoted with \' and \\ escapes.
-    loop {
+    let skip_spaces = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
         }
-        let Some(_) = chars.peek() else { break };
+    };
+    loop {
+        skip_spaces(&mut chars);
+        if chars.peek().is_none() {
+            break;
+        }
         let mut key = String::new();
         while let Some(&c) = chars.peek() {
             if c == '=' || c.is_whitespace() {
@@ -57,47 +94,59 @@ pub fn describe(dsn: &str) -> String {
             key.push(c);
             chars.next();
         }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
+        skip_spaces(&mut chars);
         if chars.next() != Some('=') {
-            return "<unreadable connection string>".into();
+            return Err(format!("setting {key:?} has no value"));
         }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
+        skip_spaces(&mut chars);
         let mut raw = String::new();
+        let mut value = String::new();
         if chars.peek() == Some(&'\'') {
             raw.push(chars.next().expect("peeked"));
             let mut closed = false;
             while let Some(c) = chars.next() {
                 raw.push(c);
-                if c == '\\' {
-                    if let Some(n) = chars.next() {
-                        raw.push(n);
+                match c {
+                    '\\' => {
+                        let next = chars
+                            .next()
+                            .ok_or_else(|| format!("value of {key} ends in a backslash"))?;
+                        raw.push(next);
+                        value.push(next);
                     }
-                } else if c == '\'' {
-                    closed = true;
-                    break;
+                    '\'' => {
+                        closed = true;
+                        break;
+                    }
+                    c => value.push(c),
                 }
             }
             if !closed {
-                return "<unreadable connection string>".into();
+                return Err(format!("unterminated quoted value of {key}"));
             }
         } else {
             while let Some(&c) = chars.peek() {
                 if c.is_whitespace() {
                     break;
                 }
+                if c == '\\' {
+                    chars.next();
+                    let next = chars
+                        .next()
+                        .ok_or_else(|| format!("value of {key} ends in a backslash"))?;
+                    raw.push('\\');
+                    raw.push(next);
+                    value.push(next);
+                    continue;
+                }
                 raw.push(c);
+                value.push(c);
                 chars.next();
             }
         }
-        if !key.eq_ignore_ascii_case("password") {
-            out.push(format!("{key}={raw}"));
-        }
+        out.push(Setting { key, raw, value });
     }
-    out.join(" ")
+    Ok(out)
 }
 
 fn redact_query(tail: &str) -> String {

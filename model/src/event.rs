@@ -57,6 +57,18 @@ pub struct Column {
     pub key: bool,
 }
 
+impl Column {
+    /// A column named `name` of type `pg_type`, `key` when it belongs to
+    /// the primary key.
+    pub fn new(name: impl Into<String>, pg_type: PgType, key: bool) -> Column {
+        Column {
+            name: name.into(),
+            pg_type,
+            key,
+        }
+    }
+}
+
 /// Where a change came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
@@ -201,16 +213,8 @@ mod tests {
             event_id: event_id("orders", 1, Lsn(0x16B3748), 3, false),
             unchanged_toast: vec![],
             columns: vec![
-                Column {
-                    name: "id".into(),
-                    pg_type: PgType::Int8,
-                    key: true,
-                },
-                Column {
-                    name: "total".into(),
-                    pg_type: PgType::Numeric(Some((12, 2))),
-                    key: false,
-                },
+                Column::new("id", PgType::Int8, true),
+                Column::new("total", PgType::Numeric(Some((12, 2))), false),
             ],
         }
     }

@@ -8,7 +8,7 @@
 //! - [`domain`]: the order-domain table list, topic, slot and lake table naming.
 //! - [`watermark`]: the CDC watermark message and its topic.
 //! - [`backoff`]: the retry delays of every long-running loop.
-//! - [`dsn`]: connection strings shown without their password.
+//! - [`dsn`]: connection strings read, and shown without their password.
 //!
 //! ```
 //! use tributary_model::{domain, lsn::Lsn};

@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono_free::parse_pg_timestamptz;
-pub use chrono_free::{civil_from_days, days_from_civil};
+pub use chrono_free::{civil_from_days, days_from_civil, to_utc};
 
 /// Formats microseconds since the Unix epoch as an RFC 3339 UTC timestamp
 /// (`1970-01-01T00:00:00.000000Z`), the form timestamps take in events.
@@ -238,13 +238,7 @@ mod chrono_free {
         } else if !rest.is_empty() {
             return None;
         }
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-            return None;
-        }
-        let days = days_from_civil(year, month, day);
-        let total = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-        let (days, secs) = (total.div_euclid(86_400), total.rem_euclid(86_400));
-        let (y, m, d) = civil_from_days(days);
+        let ((y, m, d), secs) = to_utc((year, month, day), (hour, minute, second), offset_secs)?;
         Some(format!(
             "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
             secs / 3600,
@@ -265,6 +259,23 @@ mod chrono_free {
             sod % 3600 / 60,
             sod % 60
         )
+    }
+
+    /// A local date and time `offset_secs` east of UTC as the UTC date and
+    /// the second of that day; `None` when a field is out of range.
+    #[inline]
+    pub fn to_utc(
+        (year, month, day): (i64, i64, i64),
+        (hour, minute, second): (i64, i64, i64),
+        offset_secs: i64,
+    ) -> Option<((i64, i64, i64), i64)> {
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        let total = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+        let (days, secs) = (total.div_euclid(86_400), total.rem_euclid(86_400));
+        Some((civil_from_days(days), secs))
     }
 
     // Howard Hinnant's civil-date algorithms.

@@ -215,6 +215,11 @@ fn json_of(status: StatusCode, path: &str, text: &str) -> Value {
         .unwrap_or_else(|_| panic!("non-JSON response {status} to {path}: {text}"))
 }
 
+/// The one row `sql` returns for the id `$1`.
+async fn row_of(c: &tokio_postgres::Client, sql: &str, id: i64) -> tokio_postgres::Row {
+    c.query_one(sql, &[&id]).await.unwrap()
+}
+
 fn assert_error(resp: &(StatusCode, Value), status: StatusCode, field: &str) {
     assert_eq!(resp.0, status, "unexpected answer {resp:?}");
     assert_eq!(resp.1["field"], field, "unexpected answer {resp:?}");
@@ -362,13 +367,8 @@ async fn catalog_and_customers(api: &Api, topology: &Topology) -> Ctx {
     assert_eq!(p["price"], json!(120.5));
     products[2].1 = 120.5;
     let c = db(&topology.catalog).await;
-    let row = c
-        .query_one(
-            "SELECT old_price::text, new_price::text FROM price_changes WHERE product_id = $1",
-            &[&products[2].0],
-        )
-        .await
-        .unwrap();
+    let sql = "SELECT old_price::text, new_price::text FROM price_changes WHERE product_id = $1";
+    let row = row_of(&c, sql, products[2].0).await;
     assert_eq!(row.get::<_, String>(0), "100.00");
     assert_eq!(row.get::<_, String>(1), "120.50");
 
@@ -385,14 +385,8 @@ async fn catalog_and_customers(api: &Api, topology: &Topology) -> Ctx {
     }
     assert!(seen[0] && seen[1], "hash placement used one shard only");
     let (id, shard) = customers[0];
-    let directory: i32 = c
-        .query_one(
-            "SELECT shard FROM customer_directory WHERE customer_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let sql = "SELECT shard FROM customer_directory WHERE customer_id = $1";
+    let directory: i32 = row_of(&c, sql, id).await.get(0);
     assert_eq!(directory as usize, shard);
 
     let (s, got) = api.get(&format!("/customers/{id}")).await;
@@ -471,23 +465,13 @@ async fn orders_and_lifecycle(api: &Api, topology: &Topology, ctx: &Ctx) {
     assert_eq!(r["status"], "refunded");
 
     let c = db(&topology.shards[shard]).await;
-    let row = c
-        .query_one(
-            "SELECT amount::text, status, id FROM payments WHERE order_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
+    let sql = "SELECT amount::text, status, id FROM payments WHERE order_id = $1";
+    let row = row_of(&c, sql, id).await;
     assert_eq!(row.get::<_, String>(0), "65.22");
     assert_eq!(row.get::<_, String>(1), "refunded");
     assert_eq!(shard_of_id(row.get(2)), shard);
-    let row = c
-        .query_one(
-            "SELECT status, delivered_at IS NOT NULL FROM shipments WHERE order_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
+    let sql = "SELECT status, delivered_at IS NOT NULL FROM shipments WHERE order_id = $1";
+    let row = row_of(&c, sql, id).await;
     assert_eq!(row.get::<_, String>(0), "delivered");
     assert!(row.get::<_, bool>(1));
 
@@ -512,14 +496,8 @@ async fn orders_and_lifecycle(api: &Api, topology: &Topology, ctx: &Ctx) {
         StatusCode::NOT_FOUND,
         "id",
     );
-    let items: i64 = c
-        .query_one(
-            "SELECT count(*) FROM order_items WHERE order_id = $1",
-            &[&id3],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let sql = "SELECT count(*) FROM order_items WHERE order_id = $1";
+    let items: i64 = row_of(&c, sql, id3).await.get(0);
     assert_eq!(items, 0);
     assert_error(
         &api.post(&format!("/orders/{id3}/pay"), json!({"method": "card"}))
@@ -562,14 +540,8 @@ async fn idempotent_retries_create_one_order(api: &Api, topology: &Topology, ctx
     assert!(answers.iter().all(|(s, _)| s.is_success()), "{answers:?}");
 
     let c = db(&topology.shards[shard]).await;
-    let orders: i64 = c
-        .query_one(
-            "SELECT count(*) FROM orders WHERE customer_id = $1",
-            &[&cust],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let sql = "SELECT count(*) FROM orders WHERE customer_id = $1";
+    let orders: i64 = row_of(&c, sql, cust).await.get(0);
     assert_eq!(orders, 1);
 
     // The same key with another body is refused.
@@ -597,58 +569,45 @@ async fn bad_requests_name_the_field(api: &Api, ctx: &Ctx) {
         StatusCode::BAD_REQUEST,
         "Content-Type",
     );
-    assert_error(
-        &api.post("/orders", json!({"customer_id": cust})).await,
-        StatusCode::BAD_REQUEST,
-        "items",
-    );
-    assert_error(
-        &api.post("/orders", json!({"customer_id": cust, "items": []}))
-            .await,
-        StatusCode::BAD_REQUEST,
-        "items",
-    );
-    assert_error(
-        &api.post(
-            "/orders",
+    for (body, status, field) in [
+        (
+            json!({"customer_id": cust}),
+            StatusCode::BAD_REQUEST,
+            "items",
+        ),
+        (
+            json!({"customer_id": cust, "items": []}),
+            StatusCode::BAD_REQUEST,
+            "items",
+        ),
+        (
             json!({"customer_id": "seven", "items": [{"product_id": product, "quantity": 1}]}),
-        )
-        .await,
-        StatusCode::BAD_REQUEST,
-        "customer_id",
-    );
-    assert_error(
-        &api.post(
-            "/orders",
+            StatusCode::BAD_REQUEST,
+            "customer_id",
+        ),
+        (
             json!({"customer_id": cust, "items": [{"product_id": product, "quantity": 0}]}),
-        )
-        .await,
-        StatusCode::BAD_REQUEST,
-        "items[0].quantity",
-    );
-    assert_error(
-        &api.post(
-            "/orders",
+            StatusCode::BAD_REQUEST,
+            "items[0].quantity",
+        ),
+        (
             json!({"customer_id": cust, "items": [{"product_id": product, "quantity": -2}]}),
-        )
-        .await,
-        StatusCode::BAD_REQUEST,
-        "items[0].quantity",
-    );
-    assert_error(
-        &api.post(
-            "/orders",
+            StatusCode::BAD_REQUEST,
+            "items[0].quantity",
+        ),
+        (
             json!({"customer_id": 987654, "items": [{"product_id": product, "quantity": 1}]}),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "customer_id",
-    );
-    assert_error(
-        &api.post("/orders", json!({"customer_id": cust, "items": [{"product_id": product, "quantity": 1}, {"product_id": 987654, "quantity": 1}]})).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "items[1].product_id",
-    );
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "customer_id",
+        ),
+        (
+            json!({"customer_id": cust, "items": [{"product_id": product, "quantity": 1}, {"product_id": 987654, "quantity": 1}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "items[1].product_id",
+        ),
+    ] {
+        assert_error(&api.post("/orders", body).await, status, field);
+    }
     let mut bad = customer("x@example.com", "eu");
     bad.as_object_mut().unwrap().remove("email");
     assert_error(

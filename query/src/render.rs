@@ -146,6 +146,12 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// [`sample`] rendered as `format`.
+    fn sample_as(format: Format) -> String {
+        let (schema, batches) = sample();
+        to_string(&schema, &batches, format)
+    }
+
     #[test]
     fn format_parses_and_names_the_choices() {
         assert_eq!("CSV".parse::<Format>().unwrap(), Format::Csv);
@@ -160,18 +166,13 @@ mod tests {
 
     #[test]
     fn csv_quotes_and_has_a_header() {
-        let (schema, batches) = sample();
-        assert_eq!(
-            to_string(&schema, &batches, Format::Csv),
-            "id,name\n1,\"a,b\"\n2,\n"
-        );
+        assert_eq!(sample_as(Format::Csv), "id,name\n1,\"a,b\"\n2,\n");
     }
 
     #[test]
     fn json_lines_keep_nulls() {
-        let (schema, batches) = sample();
         assert_eq!(
-            to_string(&schema, &batches, Format::Json),
+            sample_as(Format::Json),
             "{\"id\":1,\"name\":\"a,b\"}\n{\"id\":2,\"name\":null}\n"
         );
     }
@@ -187,8 +188,7 @@ mod tests {
 
     #[test]
     fn table_aligns_values() {
-        let (schema, batches) = sample();
-        let table = to_string(&schema, &batches, Format::Table);
+        let table = sample_as(Format::Table);
         assert!(table.contains("| 1  | a,b  |"), "{table}");
     }
 }

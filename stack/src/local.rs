@@ -231,17 +231,7 @@ async fn start_cluster(tools: &PgTools, cluster: &PgInstance) -> Result<()> {
             .parent()
             .ok_or_else(|| Error::Internal(format!("{} has no parent", data.display())))?;
         chown_to_server_user(parent)?;
-        run(
-            tools.command("initdb").arg("-D").arg(data).args([
-                "-U",
-                "tributary",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-            ]),
-            "initdb",
-        )?;
+        tools.initdb(data)?;
         let conf = format!(
             "\n# tributary\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
              wal_level = logical\nmax_replication_slots = 16\nmax_wal_senders = 16\n\

@@ -81,6 +81,22 @@ impl PgTools {
             Command::new(exe)
         }
     }
+
+    /// Creates a cluster in `data`: `tributary` as superuser, trusted on
+    /// every local connection, UTF8 without a locale.
+    pub fn initdb(&self, data: &Path) -> Result<()> {
+        run(
+            self.command("initdb").arg("-D").arg(data).args([
+                "-U",
+                "tributary",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]),
+            "initdb",
+        )
+    }
 }
 
 pub(crate) fn is_root() -> bool {

@@ -124,35 +124,24 @@ async fn lake_writers(config: &tributary_lake::LakeConfig) -> Vec<ComponentStatu
     let Ok(lake) = tributary_lake::Lake::new(config) else {
         return vec![];
     };
+    let unreachable = |detail: String| {
+        vec![ComponentStatus {
+            component: "lake commit coordinator".into(),
+            address: config
+                .coordinator_dsn
+                .as_deref()
+                .map(describe)
+                .unwrap_or_default(),
+            healthy: false,
+            detail,
+            freshness_seconds: None,
+        }]
+    };
     let coordinator = match tokio::time::timeout(Duration::from_secs(3), lake.coordinator()).await {
         Ok(Ok(Some(c))) => c,
         Ok(Ok(None)) => return vec![],
-        Ok(Err(e)) => {
-            return vec![ComponentStatus {
-                component: "lake commit coordinator".into(),
-                address: config
-                    .coordinator_dsn
-                    .as_deref()
-                    .map(describe)
-                    .unwrap_or_default(),
-                healthy: false,
-                detail: tributary_model::error_chain(&e),
-                freshness_seconds: None,
-            }];
-        }
-        Err(_) => {
-            return vec![ComponentStatus {
-                component: "lake commit coordinator".into(),
-                address: config
-                    .coordinator_dsn
-                    .as_deref()
-                    .map(describe)
-                    .unwrap_or_default(),
-                healthy: false,
-                detail: "timed out".into(),
-                freshness_seconds: None,
-            }];
-        }
+        Ok(Err(e)) => return unreachable(tributary_model::error_chain(&e)),
+        Err(_) => return unreachable("timed out".into()),
     };
     let leases = coordinator
         .leases(lake.root().as_str())

@@ -12,16 +12,22 @@ use tributary_model::lsn::Lsn;
 use super::{Bench, DATABASE, LOAD_TX_ROWS, PUBLICATION, TABLE};
 use crate::{Error, Result, io, pg};
 
+/// Ids 1 to `last` in ranges of [`LOAD_TX_ROWS`], one transaction each:
+/// `(first, last)` of each range, both included.
+fn id_ranges(last: i64) -> impl Iterator<Item = (i64, i64)> {
+    let step = LOAD_TX_ROWS as i64;
+    (1..=last)
+        .step_by(LOAD_TX_ROWS as usize)
+        .map(move |from| (from, (from + step - 1).min(last)))
+}
+
 impl Bench<'_> {
     /// Writes the backlog: `rows` inserts, then updates of the first half,
     /// in large transactions. Returns the WAL positions before and after.
     pub(super) async fn load(&self, client: &tokio_postgres::Client) -> Result<(Lsn, Lsn)> {
         let start = current_lsn(client).await?;
         let rows = self.options.rows as i64;
-        let step = LOAD_TX_ROWS as i64;
-        let mut from = 1;
-        while from <= rows {
-            let to = (from + step - 1).min(rows);
+        for (from, to) in id_ranges(rows) {
             client
                 .execute(
                     &format!(
@@ -38,12 +44,8 @@ impl Bench<'_> {
                 )
                 .await
                 .map_err(pg("inserting the backlog"))?;
-            from = to + 1;
         }
-        let updates = rows / 2;
-        let mut from = 1;
-        while from <= updates {
-            let to = (from + step - 1).min(updates);
+        for (from, to) in id_ranges(rows / 2) {
             client
                 .execute(
                     &format!(
@@ -55,7 +57,6 @@ impl Bench<'_> {
                 )
                 .await
                 .map_err(pg("updating the backlog"))?;
-            from = to + 1;
         }
         Ok((start, current_lsn(client).await?))
     }
@@ -237,6 +238,21 @@ pub fn count_pgoutput_changes(out: &[u8]) -> Result<PgOutputCounts> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_ranges_cover_every_id_once_in_transaction_sized_ranges() {
+        let step = LOAD_TX_ROWS as i64;
+        let ranges: Vec<_> = id_ranges(2 * step + 3).collect();
+        assert_eq!(
+            ranges,
+            [
+                (1, step),
+                (step + 1, 2 * step),
+                (2 * step + 1, 2 * step + 3)
+            ]
+        );
+        assert_eq!(id_ranges(0).count(), 0);
+    }
 
     fn message(tag: u8, body: &[&[u8]]) -> Vec<u8> {
         let mut m = vec![tag];

@@ -90,6 +90,32 @@ impl Measured {
     }
 }
 
+/// Every query hot on `engine`: one warm-up run of `first`, whose rows are
+/// kept, then `runs` runs of `timed`, each timed until it returns (what it
+/// returns is dropped after the clock stops).
+async fn measure_hot<R>(
+    engine: &str,
+    queries: &[Query],
+    runs: usize,
+    first: impl AsyncFn(&Query) -> Result<Rows>,
+    timed: impl AsyncFn(&Query) -> Result<R>,
+) -> Result<Vec<Measured>> {
+    let mut out = Vec::with_capacity(queries.len());
+    for query in queries {
+        let rows = first(query).await?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = std::time::Instant::now();
+            let result = timed(query).await?;
+            times.push(started.elapsed());
+            drop(result);
+        }
+        tracing::debug!(query = query.name, "measured on {engine}");
+        out.push(Measured { times, rows });
+    }
+    Ok(out)
+}
+
 /// The median; the mean of the middle two for an even count.
 pub fn median(times: &[Duration]) -> Duration {
     let mut sorted = times.to_vec();

@@ -23,7 +23,7 @@ use tributary_stack::postgres::PgTools;
 
 use super::answers::Rows;
 use super::queries::Query;
-use super::{Measured, store};
+use super::{Measured, measure_hot, store};
 use crate::{Error, Result};
 
 /// Server settings beyond the defaults, recorded with the results.
@@ -95,17 +95,10 @@ impl Cluster {
         tributary_stack::postgres::chown_to_server_user(&cluster.dir)
             .map_err(|e| Error::PostgresSetup(tributary_model::error_chain(&e)))?;
         let data = cluster.dir.join("data");
-        run(
-            cluster.tools.command("initdb").arg("-D").arg(&data).args([
-                "-U",
-                "tributary",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-            ]),
-            "initdb",
-        )?;
+        cluster
+            .tools
+            .initdb(&data)
+            .map_err(|e| Error::PostgresSetup(tributary_model::error_chain(&e)))?;
         let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1",
             cluster.dir.display()
@@ -316,18 +309,9 @@ pub(crate) async fn measure(
     queries: &[Query],
     runs: usize,
 ) -> Result<Vec<Measured>> {
-    let mut out = Vec::with_capacity(queries.len());
-    for query in queries {
-        let rows = answer(client, query).await?;
-        let mut times = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let started = Instant::now();
-            answer(client, query).await?;
-            times.push(started.elapsed());
-        }
-        out.push(Measured { times, rows });
-    }
-    Ok(out)
+    let first = async |query: &Query| answer(client, query).await;
+    let timed = async |query: &Query| answer(client, query).await.map(drop);
+    measure_hot("postgres", queries, runs, first, timed).await
 }
 
 #[cfg(test)]

@@ -1,31 +1,22 @@
 //! The queries through tributary's own engine: a [`tributary_query::Session`]
 //! over the bench lake, exactly as `tributary sql` runs them.
 
-use std::time::Instant;
-
 use tributary_lake::Lake;
 use tributary_query::Session;
 
 use super::answers::{self, Rows};
 use super::queries::Query;
-use super::{Measured, store};
-use crate::{Error, Result};
+use super::{Measured, measure_hot, store};
+use crate::Result;
 
 /// A session whose unqualified names resolve in the SSB layer.
 pub(crate) async fn open(lake: &Lake) -> Result<Session> {
     let session = Session::new(lake.clone())
         .await
-        .map_err(|e| query_error("session", e))?;
+        .map_err(crate::query("session"))?;
     let set = format!("set datafusion.catalog.default_schema = '{}'", store::LAYER);
-    session.sql(&set).await.map_err(|e| query_error("set", e))?;
+    session.sql(&set).await.map_err(crate::query("set"))?;
     Ok(session)
-}
-
-fn query_error(query: &str, source: tributary_query::Error) -> Error {
-    Error::Query {
-        query: query.to_string(),
-        source: Box::new(source),
-    }
 }
 
 /// Runs one query once and returns its rows.
@@ -33,7 +24,7 @@ pub(crate) async fn answer(session: &Session, query: &Query) -> Result<Rows> {
     let batches = session
         .sql(query.sql)
         .await
-        .map_err(|e| query_error(query.name, e))?;
+        .map_err(crate::query(query.name))?;
     answers::from_batches(&batches)
 }
 
@@ -45,21 +36,12 @@ pub(crate) async fn measure(
     queries: &[Query],
     runs: usize,
 ) -> Result<Vec<Measured>> {
-    let mut out = Vec::with_capacity(queries.len());
-    for query in queries {
-        let rows = answer(session, query).await?;
-        let mut times = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let started = Instant::now();
-            let batches = session
-                .sql(query.sql)
-                .await
-                .map_err(|e| query_error(query.name, e))?;
-            times.push(started.elapsed());
-            drop(batches);
-        }
-        tracing::debug!(query = query.name, "measured on tributary");
-        out.push(Measured { times, rows });
-    }
-    Ok(out)
+    let timed = async |query: &Query| {
+        session
+            .sql(query.sql)
+            .await
+            .map_err(crate::query(query.name))
+    };
+    let first = async |query: &Query| answer(session, query).await;
+    measure_hot("tributary", queries, runs, first, timed).await
 }

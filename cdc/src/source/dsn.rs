@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use tributary_model::dsn::describe;
+use tributary_model::dsn::{Setting, describe, settings};
 
 use super::tls::{SslMode, TlsSettings};
 use crate::{Error, Result};
@@ -116,76 +116,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
 fn split_key_values(dsn: &str) -> Result<Split, String> {
     let mut kept = Vec::new();
     let mut tls = Vec::new();
-    let mut chars = dsn.chars().peekable();
-    let skip_spaces = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-    };
-    loop {
-        skip_spaces(&mut chars);
-        if chars.peek().is_none() {
-            break;
-        }
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c.is_whitespace() {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        skip_spaces(&mut chars);
-        if chars.next() != Some('=') {
-            return Err(format!("setting {key:?} has no value"));
-        }
-        skip_spaces(&mut chars);
-        // The value as written (for tokio-postgres) and as meant.
-        let mut raw = String::new();
-        let mut value = String::new();
-        if chars.peek() == Some(&'\'') {
-            raw.push(chars.next().expect("peeked"));
-            let mut closed = false;
-            while let Some(c) = chars.next() {
-                raw.push(c);
-                match c {
-                    '\\' => {
-                        let next = chars
-                            .next()
-                            .ok_or_else(|| format!("value of {key} ends in a backslash"))?;
-                        raw.push(next);
-                        value.push(next);
-                    }
-                    '\'' => {
-                        closed = true;
-                        break;
-                    }
-                    c => value.push(c),
-                }
-            }
-            if !closed {
-                return Err(format!("unterminated quoted value of {key}"));
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c.is_whitespace() {
-                    break;
-                }
-                if c == '\\' {
-                    chars.next();
-                    let next = chars
-                        .next()
-                        .ok_or_else(|| format!("value of {key} ends in a backslash"))?;
-                    raw.push('\\');
-                    raw.push(next);
-                    value.push(next);
-                    continue;
-                }
-                raw.push(c);
-                value.push(c);
-                chars.next();
-            }
-        }
+    for Setting { key, raw, value } in settings(dsn)? {
         if TLS_KEYS.contains(&key.as_str()) {
             tls.push((key, value));
         } else {

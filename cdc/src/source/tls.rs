@@ -171,7 +171,10 @@ impl TlsSettings {
         let mut config = match &self.verify {
             Verify::Nothing => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(Lenient {
+                    provider,
+                    chain: None,
+                }))
                 .with_no_client_auth(),
             Verify::Full(file) => builder
                 .with_root_certificates(roots(file, self.mode)?)
@@ -179,13 +182,16 @@ impl TlsSettings {
             Verify::Chain(file) => {
                 let verifier = WebPkiServerVerifier::builder_with_provider(
                     Arc::new(roots(file, self.mode)?),
-                    provider,
+                    provider.clone(),
                 )
                 .build()
                 .map_err(|e| Error::Config(format!("sslrootcert {}: {e}", file.display())))?;
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AnyName(verifier)))
+                    .with_custom_certificate_verifier(Arc::new(Lenient {
+                        provider,
+                        chain: Some(verifier),
+                    }))
                     .with_no_client_auth()
             }
         };
@@ -223,64 +229,20 @@ fn roots(file: &Path, mode: SslMode) -> Result<RootCertStore> {
     Ok(store)
 }
 
-/// Accepts any certificate (`prefer` and `require` without a root file:
+/// The two checks rustls has no setting for. Without a chain verifier it
+/// accepts any certificate (`prefer` and `require` without a root file:
 /// encrypted against eavesdropping, not against a man in the middle, as
-/// libpq does). The handshake signatures are still checked.
+/// libpq does). With one (`verify-ca`), the chain must lead to a trusted
+/// root and the name is not checked: rustls checks the chain before the
+/// name, so a name error means the chain was good. The handshake signatures
+/// are checked either way, with the provider's algorithms.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Lenient {
+    provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name is not
-/// checked. rustls checks the chain before the name, so a name error means
-/// the chain was good.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -289,10 +251,10 @@ impl ServerCertVerifier for AnyName {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -306,7 +268,12 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -315,11 +282,18 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -551,6 +525,28 @@ mod tests {
         );
         assert!(SslMode::parse("allow").is_err());
         assert!(SslMode::Require.demands_tls() && !SslMode::Prefer.demands_tls());
+    }
+
+    #[test]
+    fn without_a_chain_any_certificate_passes_with_the_providers_signatures() {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let lenient = Lenient {
+            provider: provider.clone(),
+            chain: None,
+        };
+        let name = ServerName::try_from("db1").unwrap();
+        let garbage = CertificateDer::from(vec![1, 2, 3]);
+        assert!(
+            lenient
+                .verify_server_cert(&garbage, &[], &name, &[], UnixTime::now())
+                .is_ok()
+        );
+        assert_eq!(
+            lenient.supported_verify_schemes(),
+            provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        );
     }
 
     #[test]

@@ -452,6 +452,14 @@ pub async fn pipeline_connect(dsn: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The first column of the one row `sql` (without parameters) returns.
+pub async fn scalar<T>(client: &tokio_postgres::Client, sql: &str) -> T
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 /// Makes `role` log in to `pg`'s cluster only with its password, over
 /// SCRAM-SHA-256: a `pg_hba.conf` line above the stack's `trust` lines
 /// (logical replication connections match the database lines too).

@@ -17,7 +17,7 @@ async fn shard(env: &Env, i: usize) -> tokio_postgres::Client {
 }
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
+    scalar(client, sql).await
 }
 
 /// Inserts `n` customers straight into a shard, ids `offset + 1..=offset + n`
@@ -340,11 +340,7 @@ async fn an_idle_database_keeps_its_slot_moving_and_publishes_watermarks() {
         .dsn()
         .replace("dbname=orders", "dbname=busy");
     let busy = pipeline_connect(&dsn).await;
-    let start_lsn: String = db
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let start_lsn: String = scalar(&db, "SELECT pg_current_wal_lsn()::text").await;
     busy.batch_execute(
         "CREATE TABLE filler (x text);
          INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 40000);",
@@ -440,11 +436,7 @@ async fn a_transaction_of_a_million_changes_streams_in_bounded_memory() {
     // Once the slot is confirmed past the transaction's commit, every one
     // of its changes is durably in Kafka: the count is final, and must be
     // exactly one event per change.
-    let committed: String = catalog
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let committed: String = scalar(&catalog, "SELECT pg_current_wal_lsn()::text").await;
     let pid = env.pid("cdc");
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -543,14 +535,11 @@ async fn a_lost_slot_is_detected_and_only_its_database_resnapshotted() {
         db.batch_execute("SELECT pg_switch_wal()").await.unwrap();
         db.batch_execute("CHECKPOINT").await.unwrap();
     }
-    let wal_status: Option<String> = db
-        .query_one(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'tributary_orders_0'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let wal_status: Option<String> = scalar(
+        &db,
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'tributary_orders_0'",
+    )
+    .await;
     assert_eq!(
         wal_status.as_deref(),
         Some("lost"),
@@ -720,14 +709,11 @@ async fn the_reader_runs_with_a_least_privilege_role() {
         "the updates did not all arrive through the reader's stream"
     );
     // The stream really runs as the reader role.
-    let user: String = reader
-        .query_one(
-            "SELECT usename::text FROM pg_stat_replication WHERE application_name = 'tributary-cdc'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let user: String = scalar(
+        &reader,
+        "SELECT usename::text FROM pg_stat_replication WHERE application_name = 'tributary-cdc'",
+    )
+    .await;
     assert_eq!(user, "tributary_reader");
 }
 

@@ -239,17 +239,18 @@ async fn claims_admit_one_writer_per_version_and_refuse_a_fenced_one() {
     // Leases: a second owner waits; after expiry it takes over with a
     // higher epoch and the old owner's commits are refused.
     let ttl = Duration::from_millis(800);
+    let fence = |owner: &str, epoch| Fence {
+        resource: "test://lease".into(),
+        owner: owner.into(),
+        epoch,
+    };
     let ea = c
         .try_acquire("test://lease", "a", ttl)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(c.try_acquire("test://lease", "b", ttl).await.unwrap(), None);
-    let fa = Fence {
-        resource: "test://lease".into(),
-        owner: "a".into(),
-        epoch: ea,
-    };
+    let fa = fence("a", ea);
     c.claim("test://fenced", 0, "t0", "a", Some(&fa))
         .await
         .unwrap();
@@ -268,11 +269,7 @@ async fn claims_admit_one_writer_per_version_and_refuse_a_fenced_one() {
         Err(ClaimError::Fenced(f)) => assert_eq!(f.epoch, ea),
         other => panic!("the old owner's commit was not fenced: {other:?}"),
     }
-    let fb = Fence {
-        resource: "test://lease".into(),
-        owner: "b".into(),
-        epoch: eb,
-    };
+    let fb = fence("b", eb);
     c.claim("test://fenced", 1, "t1", "b", Some(&fb))
         .await
         .unwrap();

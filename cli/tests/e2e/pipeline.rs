@@ -95,6 +95,16 @@ async fn assert_streamed(env: &Env) {
     );
 }
 
+/// A started stack whose pipeline has caught up with [`scripted_changes`].
+async fn caught_up() -> Env {
+    let mut env = Env::stack().await;
+    env.start().await;
+    scripted_changes(&env.url()).await;
+    env.start_pipeline();
+    assert_lake_equals_source(&env).await;
+    env
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_changes_flow_to_silver_and_gold_reconciles() {
     let mut env = Env::stack().await;
@@ -364,11 +374,7 @@ async fn sigkill_of_reader_and_ingester_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_snapshot_clears_what_the_interrupted_one_left() {
-    let mut env = Env::stack().await;
-    env.start().await;
-    scripted_changes(&env.url()).await;
-    env.start_pipeline();
-    assert_lake_equals_source(&env).await;
+    let mut env = caught_up().await;
     env.kill9("cdc");
     // The slot now has no recorded snapshot (as if made by someone else),
     // and rows disappear while no reader runs: the replacement snapshot must
@@ -447,11 +453,7 @@ fn unknown_config_keys_are_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_dead_lettered_listed_and_the_pipeline_goes_on() {
-    let mut env = Env::stack().await;
-    env.start().await;
-    scripted_changes(&env.url()).await;
-    env.start_pipeline();
-    assert_lake_equals_source(&env).await;
+    let mut env = caught_up().await;
     let none: Value =
         serde_json::from_str(&env.run_ok(&["lake", "dlq", "list", "--json"])).unwrap();
     assert_eq!(none, json!([]), "a clean run has no dead letters");

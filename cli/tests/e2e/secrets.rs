@@ -116,11 +116,7 @@ async fn secrets_never_reach_logs_or_errors() {
     })
     .await;
     let client = pipeline_connect(&sql_ready).await;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM silver.orders", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&client, "SELECT count(*) FROM silver.orders").await;
     assert!(n > 0, "silver.orders is empty");
     let refused = tokio_postgres::connect(
         &format!("{server} password='{WRONG}'"),

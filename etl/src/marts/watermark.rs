@@ -20,9 +20,9 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::protocol::{DeltaOperation, OutputMode};
+use deltalake::kernel::transaction::CommitProperties;
 use tributary_lake::Lake;
+use tributary_lake::store::commit_without_data;
 
 use super::models::{GOLD, SOURCES};
 use super::session;
@@ -125,23 +125,12 @@ pub(crate) async fn commit_only(
     name: &'static str,
     props: CommitProperties,
 ) -> Result<u64> {
-    let snapshot = table.snapshot().map_err(|source| Error::Write {
-        table: name,
-        source,
-    })?;
-    let operation = DeltaOperation::StreamingUpdate {
-        output_mode: OutputMode::Append,
-        query_id: APP.into(),
-        epoch_id: snapshot.version() as i64,
-    };
-    let committed = CommitBuilder::from(props)
-        .build(Some(snapshot), table.log_store(), operation)
+    commit_without_data(table, APP, props)
         .await
         .map_err(|source| Error::Write {
             table: name,
             source,
-        })?;
-    Ok(committed.version() as u64)
+        })
 }
 
 /// One source table pinned at the version a run reads.

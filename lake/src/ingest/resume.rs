@@ -13,18 +13,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-use arrow::array::Array;
+use arrow::array::StringArray;
 use arrow::datatypes::DataType;
 use arrow::datatypes::SchemaRef;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::protocol::{DeltaOperation, OutputMode};
 use serde_json::Value;
 use tributary_model::event::Column;
 
 use super::config::{DEAD_LETTERS, SCHEMA_CHANGES};
-use crate::store::{col_i32, col_i64, query_table};
+use crate::store::{cast_column, col_i32, col_i64, commit_without_data, query_table};
 use crate::{Error, Lake, Result};
 
 /// What ingest knows about one table between batches.
@@ -109,11 +107,7 @@ pub(crate) async fn load_state(
             let shards = col_i32(&b, 0);
             let lsns = col_i64(&b, 1);
             let ordinals = col_i64(&b, 2);
-            let columns = arrow::compute::cast(b.column(3), &DataType::Utf8)?;
-            let columns = columns
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .expect("cast to Utf8");
+            let columns: StringArray = cast_column(&b, 3, &DataType::Utf8)?;
             for i in 0..b.num_rows() {
                 let pos = (lsns[i], ordinals[i]);
                 let shard = shards[i] as u32;
@@ -216,26 +210,16 @@ pub(crate) async fn commit_offsets_only(
     let Some(t) = lake.open(layer, table).await? else {
         return Ok(false);
     };
-    let snapshot = t.snapshot().map_err(|source| Error::Delta {
-        table: name.clone(),
-        source,
-    })?;
-    let operation = DeltaOperation::StreamingUpdate {
-        output_mode: OutputMode::Append,
-        query_id: group.to_string(),
-        epoch_id: snapshot.version() as i64,
-    };
-    CommitBuilder::from(
-        lake.commit_properties()
-            .with_application_transactions(txns)
-            .with_metadata(metadata),
-    )
-    .build(Some(snapshot), t.log_store(), operation)
-    .await
-    .map_err(|source| Error::Delta {
-        table: name,
-        source,
-    })?;
+    let props = lake
+        .commit_properties()
+        .with_application_transactions(txns)
+        .with_metadata(metadata);
+    commit_without_data(&t, group, props)
+        .await
+        .map_err(|source| Error::Delta {
+            table: name,
+            source,
+        })?;
     // The kept table does not hold this commit: read it again next time.
     lake.forget(layer, table);
     Ok(true)

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use arrow::datatypes::DataType;
 use rdkafka::message::{OwnedHeaders, OwnedMessage, Timestamp};
-use serde_json::{Value, json};
-use tributary_model::event::{ChangeEvent, Column, Op, Source, event_id};
+use serde_json::json;
+use tributary_model::event::{ChangeEvent, Column, Op};
 use tributary_model::lsn::Lsn;
 use tributary_model::pgtype::PgType;
 
@@ -16,56 +16,23 @@ use super::config::{DEAD_LETTERS, SCHEMA_CHANGES};
 use super::resume::{TableState, load_state};
 use super::runner::stop_or_fail;
 use super::silver::{merge_silver, retype_silver_column};
+use crate::fixtures::{event, lake_at, new_lake};
 use crate::store::{col_i64, query_table};
 use crate::{Error, Lake, Result};
 
 const TOPIC: &str = "tributary.orders.customers";
 
 fn ev(op: Op, id: i64, name: &str, lsn: u64, ordinal: u64) -> ChangeEvent {
-    let row = json!({"id": id, "name": name, "created_at": "2026-11-26T07:00:00.000000Z"});
-    let (before, after) = match op {
-        Op::Delete => (Some(json!({"id": id}).as_object().unwrap().clone()), None),
-        _ => (None, Some(row.as_object().unwrap().clone())),
+    let row = match op {
+        Op::Delete => json!({"id": id}),
+        _ => json!({"id": id, "name": name, "created_at": "2026-11-26T07:00:00.000000Z"}),
     };
-    ChangeEvent {
-        before,
-        after,
-        source: Source {
-            version: "test".into(),
-            connector: "postgresql".into(),
-            db: "orders".into(),
-            shard: 0,
-            schema: "public".into(),
-            table: "customers".into(),
-            lsn: Lsn(lsn),
-            ordinal,
-            ts_us: 1_764_140_400_000_000,
-            tx_id: Some(1),
-            snapshot: false,
-        },
-        op,
-        ts_ms: 0,
-        transaction: None,
-        event_id: event_id("orders", 0, Lsn(lsn), ordinal, false),
-        unchanged_toast: vec![],
-        columns: vec![
-            Column {
-                name: "id".into(),
-                pg_type: PgType::Int8,
-                key: true,
-            },
-            Column {
-                name: "name".into(),
-                pg_type: PgType::Text,
-                key: false,
-            },
-            Column {
-                name: "created_at".into(),
-                pg_type: PgType::Timestamptz,
-                key: false,
-            },
-        ],
-    }
+    let columns = vec![
+        col("id", PgType::Int8),
+        col("name", PgType::Text),
+        col("created_at", PgType::Timestamptz),
+    ];
+    event("customers", op, lsn, ordinal, columns, row)
 }
 
 fn msg(e: &ChangeEvent, partition: i32, offset: i64) -> OwnedMessage {
@@ -198,12 +165,7 @@ async fn inserts_above_silver_keys_are_appended_and_the_rest_merged() {
     );
     // Another writer puts key 7 in silver with a newer position; the
     // kept table and the known highest key are both out of date now.
-    let other = Lake::new(&crate::LakeConfig {
-        root: lake.root().to_string(),
-        s3: None,
-        coordinator_dsn: None,
-    })
-    .unwrap();
+    let other = lake_at(lake.root().as_str());
     merge_silver(
         &other,
         "customers",
@@ -227,13 +189,7 @@ async fn inserts_above_silver_keys_are_appended_and_the_rest_merged() {
 
 #[tokio::test]
 async fn truncate_removes_only_rows_written_before_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(&crate::LakeConfig {
-        root: dir.path().display().to_string(),
-        s3: None,
-        coordinator_dsn: None,
-    })
-    .unwrap();
+    let (_dir, lake) = new_lake();
     let mut state = load_state(&lake, "g", "customers", TOPIC, 2).await.unwrap();
     let a = [
         ev(Op::Create, 1, "ann", 100, 1),
@@ -275,13 +231,7 @@ async fn truncate_removes_only_rows_written_before_it() {
 
 #[tokio::test]
 async fn replays_and_stale_events_never_move_silver_backwards() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(&crate::LakeConfig {
-        root: dir.path().display().to_string(),
-        s3: None,
-        coordinator_dsn: None,
-    })
-    .unwrap();
+    let (_dir, lake) = new_lake();
     let events = [
         ev(Op::Create, 1, "ann", 100, 1),
         ev(Op::Update, 1, "anna", 200, 1),
@@ -377,45 +327,8 @@ async fn replays_and_stale_events_never_move_silver_backwards() {
     );
 }
 
-fn new_lake() -> (tempfile::TempDir, Lake) {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(&crate::LakeConfig {
-        root: dir.path().display().to_string(),
-        s3: None,
-        coordinator_dsn: None,
-    })
-    .unwrap();
-    (dir, lake)
-}
-
 fn col(name: &str, pg_type: PgType) -> Column {
-    Column {
-        name: name.into(),
-        pg_type,
-        key: name == "id",
-    }
-}
-
-/// An event of `table` on shard 0 with any shape: `row` is `after`, or
-/// `before` for deletes.
-fn shaped(
-    table: &str,
-    op: Op,
-    lsn: u64,
-    ordinal: u64,
-    columns: Vec<Column>,
-    row: Value,
-) -> ChangeEvent {
-    let mut e = ev(op, 0, "", lsn, ordinal);
-    e.source.table = table.into();
-    e.columns = columns;
-    let row = row.as_object().unwrap().clone();
-    if op == Op::Delete {
-        e.before = Some(row);
-    } else {
-        e.after = Some(row);
-    }
-    e
+    Column::new(name, pg_type, name == "id")
 }
 
 fn msgs(topic: &str, events: &[ChangeEvent], partition: i32, first: i64) -> Vec<OwnedMessage> {
@@ -488,7 +401,7 @@ async fn added_column_appears_mid_stream_and_old_rows_read_null() {
         col("name", PgType::Text),
         col("email", PgType::Text),
     ];
-    let c = |op, lsn, cols: &Vec<Column>, row| shaped("customers", op, lsn, 1, cols.clone(), row);
+    let c = |op, lsn, cols: &Vec<Column>, row| event("customers", op, lsn, 1, cols.clone(), row);
     let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
     let first = [
         c(Op::Create, 100, &v1, json!({"id": 1, "name": "ann"})),
@@ -569,7 +482,7 @@ async fn dropped_and_renamed_columns_stay_and_read_null_on_rows_written_after() 
     // DROP COLUMN phone, then RENAME name TO full_name.
     let v2 = vec![col("id", PgType::Int8), col("name", PgType::Text)];
     let v3 = vec![col("id", PgType::Int8), col("full_name", PgType::Text)];
-    let c = |op, lsn, cols: &Vec<Column>, row| shaped("customers", op, lsn, 1, cols.clone(), row);
+    let c = |op, lsn, cols: &Vec<Column>, row| event("customers", op, lsn, 1, cols.clone(), row);
     let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
     let events = [
         c(
@@ -659,7 +572,7 @@ async fn widening_evolves_silver_types_and_keeps_stored_values() {
     let v1 = shape(PgType::Int2, PgType::Float4, PgType::Numeric(Some((6, 2))));
     let v2 = shape(PgType::Int4, PgType::Float8, PgType::Numeric(Some((12, 2))));
     let v3 = shape(PgType::Int8, PgType::Float8, PgType::Numeric(None));
-    let c = |op, lsn, cols: &Vec<Column>, row| shaped("customers", op, lsn, 1, cols.clone(), row);
+    let c = |op, lsn, cols: &Vec<Column>, row| event("customers", op, lsn, 1, cols.clone(), row);
     let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
     let events = [c(
         Op::Create,
@@ -800,7 +713,7 @@ async fn unchanged_toast_takes_the_value_an_earlier_change_of_the_batch_set() {
         col("bio", PgType::Text),
     ];
     let big = |c: char| c.to_string().repeat(10_000);
-    let c = |op, lsn, row| shaped("customers", op, lsn, 1, cols.clone(), row);
+    let c = |op, lsn, row| event("customers", op, lsn, 1, cols.clone(), row);
     let unchanged = |lsn, name: &str| {
         let mut e = c(Op::Update, lsn, json!({"id": 1, "name": name}));
         e.unchanged_toast = vec!["bio".into()];
@@ -927,9 +840,9 @@ async fn an_incompatible_change_stops_only_its_table() {
         col("id", PgType::Int8),
         col("price", PgType::Numeric(Some((6, 2)))),
     ];
-    let c = |op, lsn, cols: &Vec<Column>, row| shaped("customers", op, lsn, 1, cols.clone(), row);
+    let c = |op, lsn, cols: &Vec<Column>, row| event("customers", op, lsn, 1, cols.clone(), row);
     let p = |lsn, id: i64, price: &str| {
-        shaped(
+        event(
             "products",
             Op::Create,
             lsn,

@@ -19,19 +19,9 @@ use tributary_model::error_chain;
 use super::lock::CompactionLock;
 use super::operations::{conflicted, open_existing, with_retries};
 use super::*;
+use crate::fixtures::new_lake;
 use crate::store::query_table;
 use crate::{Error, Lake, Result};
-
-fn new_lake() -> (tempfile::TempDir, Lake) {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(&crate::LakeConfig {
-        root: dir.path().display().to_string(),
-        s3: None,
-        coordinator_dsn: None,
-    })
-    .unwrap();
-    (dir, lake)
-}
 
 fn batch(ids: std::ops::Range<i64>, v: &str) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
@@ -123,13 +113,26 @@ fn small() -> OptimizeOptions {
     }
 }
 
+/// `files` appends of ten rows each (ids from 0 on) to `layer.t`; bronze's
+/// are partitioned by date.
+async fn small_files(lake: &Lake, layer: &str, files: i64, v: &str) {
+    for i in 0..files {
+        append(
+            lake,
+            layer,
+            "t",
+            batch(i * 10..i * 10 + 10, v),
+            layer == "bronze",
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn optimize_compacts_small_files_and_keeps_every_row() {
     let (_dir, lake) = new_lake();
-    for i in 0..12 {
-        append(&lake, "bronze", "t", batch(i * 10..i * 10 + 10, "x"), true).await;
-        append(&lake, "silver", "t", batch(i * 10..i * 10 + 10, "y"), false).await;
-    }
+    small_files(&lake, "bronze", 12, "x").await;
+    small_files(&lake, "silver", 12, "y").await;
     for layer in ["bronze", "silver"] {
         let before = contents(&lake, layer, "t").await;
         assert_eq!(before.len(), 120);
@@ -158,9 +161,7 @@ async fn optimize_compacts_small_files_and_keeps_every_row() {
 #[tokio::test]
 async fn zorder_rewrites_and_keeps_every_row() {
     let (_dir, lake) = new_lake();
-    for i in 0..6 {
-        append(&lake, "silver", "t", batch(i * 10..i * 10 + 10, "y"), false).await;
-    }
+    small_files(&lake, "silver", 6, "y").await;
     let before = contents(&lake, "silver", "t").await;
     let options = OptimizeOptions {
         zorder: vec!["id".into(), "v".into()],
@@ -199,9 +200,7 @@ fn data_files(dir: &std::path::Path) -> Vec<String> {
 #[tokio::test]
 async fn vacuum_deletes_only_unreferenced_files_past_retention() {
     let (dir, lake) = new_lake();
-    for i in 0..5 {
-        append(&lake, "bronze", "t", batch(i * 10..i * 10 + 10, "x"), true).await;
-    }
+    small_files(&lake, "bronze", 5, "x").await;
     let table_dir = dir.path().join("bronze/t");
     let before = contents(&lake, "bronze", "t").await;
     optimize(&lake, "bronze", "t", &small()).await.unwrap();
@@ -293,9 +292,7 @@ fn percent_decode(s: &str) -> String {
 #[tokio::test]
 async fn checkpoint_appears_and_the_table_loads_from_it() {
     let (dir, lake) = new_lake();
-    for i in 0..7 {
-        append(&lake, "silver", "t", batch(i * 10..i * 10 + 10, "y"), false).await;
-    }
+    small_files(&lake, "silver", 7, "y").await;
     let before = contents(&lake, "silver", "t").await;
     let r = checkpoint(&lake, "silver", "t", false).await.unwrap();
     assert_eq!(r.version, 6, "{r}");
@@ -339,16 +336,7 @@ async fn a_missing_table_is_named() {
 #[tokio::test]
 async fn a_merge_that_read_the_table_before_a_compaction_conflicts() {
     let (_dir, lake) = new_lake();
-    for i in 0..4 {
-        append(
-            &lake,
-            "silver",
-            "t",
-            batch(i * 10..i * 10 + 10, "old"),
-            false,
-        )
-        .await;
-    }
+    small_files(&lake, "silver", 4, "old").await;
     let stale = lake.open("silver", "t").await.unwrap().unwrap();
     optimize(&lake, "silver", "t", &small()).await.unwrap();
     let err = merge_into(stale, "t", batch(5..6, "new"))
@@ -367,9 +355,7 @@ async fn a_merge_that_read_the_table_before_a_compaction_conflicts() {
 #[tokio::test]
 async fn two_unlocked_compactions_of_the_same_files_double_rows() {
     let (_dir, lake) = new_lake();
-    for i in 0..4 {
-        append(&lake, "silver", "t", batch(i * 10..i * 10 + 10, "x"), false).await;
-    }
+    small_files(&lake, "silver", 4, "x").await;
     let target = NonZeroU64::new(1 << 20).unwrap();
     let a = lake.open("silver", "t").await.unwrap().unwrap();
     let b = lake.open("silver", "t").await.unwrap().unwrap();
@@ -385,9 +371,7 @@ async fn two_unlocked_compactions_of_the_same_files_double_rows() {
 #[tokio::test]
 async fn a_second_compaction_waits_for_the_lock_or_is_told_busy() {
     let (_dir, lake) = new_lake();
-    for i in 0..4 {
-        append(&lake, "silver", "t", batch(i * 10..i * 10 + 10, "x"), false).await;
-    }
+    small_files(&lake, "silver", 4, "x").await;
     let t = lake.open("silver", "t").await.unwrap().unwrap();
     let held = CompactionLock::acquire(&lake, &t, "silver.t", Duration::ZERO)
         .await
@@ -412,16 +396,7 @@ async fn a_second_compaction_waits_for_the_lock_or_is_told_busy() {
 #[tokio::test]
 async fn a_compaction_that_loses_a_race_is_redone() {
     let (_dir, lake) = new_lake();
-    for i in 0..4 {
-        append(
-            &lake,
-            "silver",
-            "t",
-            batch(i * 10..i * 10 + 10, "old"),
-            false,
-        )
-        .await;
-    }
+    small_files(&lake, "silver", 4, "old").await;
     let mut first = true;
     let (metrics, attempts) = with_retries("silver.t", "optimize", 3, || {
         let lake = lake.clone();

@@ -130,18 +130,7 @@ async fn merge_segment(
     );
     check_values(table, &schema, &events)?;
     let events = collapse(events);
-    // The key columns as the newest shape names them.
-    let keys: Vec<String> = events
-        .iter()
-        .max_by_key(|e| e.position())
-        .map(|e| {
-            e.columns
-                .iter()
-                .filter(|c| c.key)
-                .map(|c| c.name.clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let keys = newest_keys(&events);
     let rows: Vec<Value> = events.iter().map(merge_row).collect();
     let batch = rows_to_batch(merge_source_schema(&schema), &rows)?;
     // A batch of inserts whose keys are all above every key silver holds
@@ -276,15 +265,9 @@ async fn silver_key_max(target: &DeltaTable, name: &str, key: &str) -> Result<i6
         .map_or(i64::MIN, |b| col_i64(b, 0)[0]))
 }
 
-/// Keeps the newest change per key. Unchanged TOAST columns of a change are
-/// filled from the previous change of the same key in the batch when that
-/// one carried the value: silver's stored value is older than it.
-///
-/// Relies on all changes of a key reaching one partition in position order
-/// (the key decides the partition; replays are dropped by position), so an
-/// earlier change of the batch is never older than silver's row.
-fn collapse(mut events: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
-    let keys: Vec<String> = events
+/// The key columns as the newest shape of the batch names them.
+fn newest_keys(events: &[ChangeEvent]) -> Vec<String> {
+    events
         .iter()
         .max_by_key(|e| e.position())
         .map(|e| {
@@ -294,7 +277,18 @@ fn collapse(mut events: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
                 .map(|c| c.name.clone())
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Keeps the newest change per key. Unchanged TOAST columns of a change are
+/// filled from the previous change of the same key in the batch when that
+/// one carried the value: silver's stored value is older than it.
+///
+/// Relies on all changes of a key reaching one partition in position order
+/// (the key decides the partition; replays are dropped by position), so an
+/// earlier change of the batch is never older than silver's row.
+fn collapse(mut events: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
+    let keys = newest_keys(&events);
     events.sort_by_key(|e| e.position());
     let mut newest: HashMap<String, ChangeEvent> = HashMap::new();
     for mut ev in events {
