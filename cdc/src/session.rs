@@ -11,9 +11,12 @@
 //!      ([`crate::stream`]) to the sink; a schema change it returns is
 //!      recorded before the next message;
 //!    - the status tick: the slot is confirmed with what the sink reports
-//!      durable, never more (and the lag metrics are updated);
+//!      durable, never more (and the lag metrics are updated); when the
+//!      newest durable commit moved, its watermark is published, so under
+//!      load watermarks follow the status cadence (stream jobs close
+//!      windows on them);
 //!    - the heartbeat tick: a logical message in the database's WAL (so an
-//!      idle slot moves), the watermark of the newest durable commit, and a
+//!      idle slot moves and an idle shard's watermark still advances) and a
 //!      pending resnapshot request, copied while the stream waits;
 //!    - shutdown: what was sent gets up to 10 s to become durable, the slot
 //!      is confirmed with it, and the session ends.
@@ -97,6 +100,9 @@ pub(crate) async fn run<S: Sink>(
                 crate::metrics::position(&label, received, sink.durable());
                 crate::metrics::lag_seconds(&label, state.lag_seconds());
                 status.send_status(received, sink.durable()).await?;
+                if let Some(w) = state.take_watermark() {
+                    sink.send(&watermark_topic, &w.key(), &w.to_json()).await?;
+                }
             }
             _ = heartbeat.tick() => {
                 // A heartbeat is a small transaction in this database's WAL:
@@ -106,10 +112,6 @@ pub(crate) async fn run<S: Sink>(
                     .execute("SELECT pg_logical_emit_message(true, 'tributary.heartbeat', now()::text)", &[])
                     .await
                     .map_err(pg("writing heartbeat"))?;
-                state.settle(sink.durable());
-                if let Some(w) = state.take_watermark() {
-                    sink.send(&watermark_topic, &w.key(), &w.to_json()).await?;
-                }
                 if let Some(label_lsn) = state.resnapshot_lsn()
                     && let Some((id, table)) = state::pending_resnapshot(&client).await?
                 {
