@@ -29,6 +29,7 @@
 //! ```
 
 mod api;
+mod clickstream;
 mod config;
 mod error;
 mod load;
