@@ -87,6 +87,14 @@ pub enum Error {
     #[error("HTTP client request failed")]
     Http(#[from] reqwest::Error),
 
+    /// The load generator's labels file could not be created.
+    #[error("cannot create the labels file {path}")]
+    Labels {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A broken invariant: a bug or a corrupted database.
     #[error("internal error: {0}")]
     Internal(String),

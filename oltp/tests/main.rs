@@ -686,6 +686,7 @@ async fn load_generator_drives_traffic(base: &str, topology: &Topology) {
         duration: Duration::from_secs(4),
         concurrency: 4,
         seed: 42,
+        ..LoadConfig::default()
     };
     let report = run_load(config, CancellationToken::new()).await.unwrap();
     println!("{report}");
@@ -714,6 +715,7 @@ async fn load_generator_drives_traffic(base: &str, topology: &Topology) {
             duration: Duration::from_secs(600),
             concurrency: 2,
             seed: 7,
+            ..LoadConfig::default()
         },
         stop.clone(),
     ));
