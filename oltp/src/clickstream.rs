@@ -121,10 +121,7 @@ impl Clickstream {
             .create_with_context(Counting)
             .map_err(|source| Error::Kafka {
                 context: "creating the clickstream producer".into(),
-                source: tributary_kafka::Error::Kafka {
-                    context: "creating a producer".into(),
-                    source,
-                },
+                source,
             })?;
         let topic = clickstream_topic(&kafka.topic_prefix);
         let topics = [topic.clone()];

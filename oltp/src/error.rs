@@ -39,7 +39,7 @@ pub enum Error {
     Kafka {
         context: String,
         #[source]
-        source: tributary_kafka::Error,
+        source: rdkafka::error::KafkaError,
     },
 
     /// A statement failed; the SQL text never reaches clients.
@@ -111,7 +111,6 @@ impl Error {
             | Error::PoolTimeout { .. }
             | Error::Http(_)
             | Error::Unavailable { .. } => true,
-            Error::Kafka { source, .. } => source.is_transient(),
             Error::Database(e) | Error::Migration { source: e, .. } => {
                 e.is_closed()
                     || e.code().is_some_and(|c| {

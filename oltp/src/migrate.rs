@@ -183,6 +183,12 @@ ALTER SEQUENCE outbox_id_seq OWNED BY outbox.id;
 /// shard database was initialised as a different shard index than its
 /// position in `topology.shards`, since its ids would then collide.
 pub async fn migrate(topology: &Topology) -> Result<()> {
+    migrate_to(topology, i32::MAX).await
+}
+
+/// Like [`migrate`], but applies no version above `version`: the schema an
+/// older release left, for testing upgrades.
+pub async fn migrate_to(topology: &Topology, version: i32) -> Result<()> {
     if topology.shards.is_empty() || topology.shards.len() > MAX_SHARDS {
         return Err(Error::Config {
             field: "oltp.shards",
@@ -193,11 +199,15 @@ pub async fn migrate(topology: &Topology) -> Result<()> {
         });
     }
     let mut catalog = connect(&topology.catalog, "catalog").await?;
-    apply(&mut catalog, "catalog", CATALOG, None).await?;
+    let upto = |list: &'static [Migration]| {
+        let n = list.iter().take_while(|m| m.version <= version).count();
+        &list[..n]
+    };
+    apply(&mut catalog, "catalog", upto(CATALOG), None).await?;
     for (index, dsn) in topology.shards.iter().enumerate() {
         let label = format!("shard{index}");
         let mut client = connect(dsn, &label).await?;
-        apply(&mut client, &label, SHARD, Some(index)).await?;
+        apply(&mut client, &label, upto(SHARD), Some(index)).await?;
         let recorded: i32 = client
             .query_one("SELECT shard FROM shard_meta", &[])
             .await?
