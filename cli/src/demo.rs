@@ -196,7 +196,10 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
     let shutdown = CancellationToken::new();
     let mut oltp_cfg = config.oltp.clone();
     oltp_cfg.listen = "127.0.0.1:0".into();
-    let server = tributary_oltp::Server::bind(oltp_cfg, sources.topology()).await?;
+    let server = tributary_oltp::Server::bind(oltp_cfg, sources.topology())
+        .await?
+        .with_clickstream(&kafka)
+        .await?;
     let base_url = format!("http://{}", server.local_addr());
     println!("  order API        {base_url}");
     let oltp: JoinHandle<Result<()>> = {
@@ -238,6 +241,7 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
             duration,
             concurrency: 8,
             seed: 42,
+            ..Default::default()
         },
         signals.clone(),
     )

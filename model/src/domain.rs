@@ -64,6 +64,13 @@ pub const TABLES: &[TableSpec] = &[
         name: "shipments",
         primary_key: &["id"],
     },
+    // Business events written in the transaction of what they describe
+    // (`order_placed`), so CDC carries them exactly as committed.
+    TableSpec {
+        db: Database::Orders,
+        name: "outbox",
+        primary_key: &["id"],
+    },
 ];
 
 /// The tables of one logical database.
@@ -121,6 +128,8 @@ mod tests {
             assert_eq!(table(t.name), Some(t));
         }
         assert_eq!(tables_of(Database::Catalog).count(), 2);
+        assert_eq!(tables_of(Database::Orders).count(), 6);
+        assert_eq!(table("outbox").map(|t| t.db), Some(Database::Orders));
         assert_eq!(
             topic_of("tributary", table("orders").unwrap()),
             "tributary.orders.orders"

@@ -7,6 +7,7 @@
 //!   conversion of PostgreSQL text output into typed JSON values.
 //! - [`domain`]: the order-domain table list, topic, slot and lake table naming.
 //! - [`watermark`]: the CDC watermark message and its topic.
+//! - [`clickstream`]: the click events the order service publishes directly.
 //! - [`backoff`]: the retry delays of every long-running loop.
 //! - [`dsn`]: connection strings read, and shown without their password.
 //!
@@ -17,6 +18,7 @@
 //! ```
 
 pub mod backoff;
+pub mod clickstream;
 pub mod domain;
 pub mod dsn;
 pub mod event;
@@ -37,6 +39,8 @@ pub enum Error {
     },
     #[error("change event is malformed: {0}")]
     InvalidEvent(String),
+    #[error("click event: `{field}` {reason}")]
+    InvalidClickEvent { field: &'static str, reason: String },
     #[error("change event is not valid JSON")]
     Json(#[source] serde_json::Error),
 }

@@ -29,6 +29,19 @@ pub enum Error {
     #[error("conflict on `{field}`: {reason}")]
     Conflict { field: String, reason: String },
 
+    /// A feature the request needs is not available in this deployment or
+    /// not right now (503); `field` names what is missing.
+    #[error("`{field}` unavailable: {reason}")]
+    Unavailable { field: String, reason: String },
+
+    /// The Kafka client could not be set up or used.
+    #[error("kafka: {context}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
     /// A statement failed; the SQL text never reaches clients.
     #[error("database statement failed")]
     Database(#[from] tokio_postgres::Error),
@@ -74,6 +87,14 @@ pub enum Error {
     #[error("HTTP client request failed")]
     Http(#[from] reqwest::Error),
 
+    /// The load generator's labels file could not be created.
+    #[error("cannot create the labels file {path}")]
+    Labels {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A broken invariant: a bug or a corrupted database.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,7 +107,10 @@ impl Error {
     /// Whether retrying the same operation later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Connect { .. } | Error::PoolTimeout { .. } | Error::Http(_) => true,
+            Error::Connect { .. }
+            | Error::PoolTimeout { .. }
+            | Error::Http(_)
+            | Error::Unavailable { .. } => true,
             Error::Database(e) | Error::Migration { source: e, .. } => {
                 e.is_closed()
                     || e.code().is_some_and(|c| {

@@ -29,6 +29,7 @@
 //! ```
 
 mod api;
+mod clickstream;
 mod config;
 mod error;
 mod load;
@@ -42,5 +43,5 @@ pub use api::Server;
 pub use config::{GeoPoint, OltpConfig, ShardingConfig, StrategyKind, Topology};
 pub use error::{Error, Result};
 pub use load::{LoadConfig, LoadReport, run_load};
-pub use migrate::migrate;
+pub use migrate::{migrate, migrate_to};
 pub use routing::{MAX_SHARDS, Placement, Router, shard_of_id};

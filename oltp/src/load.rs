@@ -5,9 +5,27 @@
 //! function of the seed and of the server's answers. Targets come from an
 //! in-memory book of entities by state, and a target is taken out of the book
 //! while a request on it is in flight, so the generator never races itself.
+//!
+//! Two knobs shape the traffic for stream processing, both off by default
+//! (then the traffic is exactly what it was without them):
+//! - `browse`: customers get a home country, 1 or 2 usual devices and a card;
+//!   before an order they view its products and put up to 2 in the cart
+//!   (`POST /products/{id}/view`, `/cart`, which need the service's
+//!   clickstream), and orders carry the device and billing = shipping = home
+//!   country; card payments carry the card's fingerprint.
+//! - `fraud_rate`: the share of planned orders replaced by a labelled
+//!   incident ([`fraud`]), fraud or a benign look-alike; implies `browse`.
+//!   The labels go to `labels_path`. The rest of the traffic is then kept
+//!   clear of every pattern: orders under 400.00 and under 5x the customer's
+//!   mean once they have 5 orders, at most 3 orders per customer per 60 s,
+//!   one card per customer, no failed payments, no product under 2.00.
 
-use std::collections::BTreeMap;
+mod fraud;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +33,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +53,28 @@ pub struct LoadConfig {
     pub concurrency: usize,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Browse before buying, with devices and countries (see the module doc).
+    pub browse: bool,
+    /// Share of planned orders replaced by a labelled incident, 0 to 1.
+    pub fraud_rate: f64,
+    /// Where the incidents' labels go (JSON lines, truncated at start);
+    /// required when `fraud_rate` > 0.
+    pub labels_path: Option<PathBuf>,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            base_url: "http://127.0.0.1:8088".into(),
+            rate: 10.0,
+            duration: Duration::from_secs(60),
+            concurrency: 8,
+            seed: 42,
+            browse: false,
+            fraud_rate: 0.0,
+            labels_path: None,
+        }
+    }
 }
 
 /// What a load run did.
@@ -46,6 +86,11 @@ pub struct LoadReport {
     pub by_operation: BTreeMap<String, u64>,
     /// Failed requests (transport errors, 4xx, 5xx), by operation.
     pub errors_by_operation: BTreeMap<String, u64>,
+    /// Incidents labelled, by pattern.
+    pub incidents: BTreeMap<String, u64>,
+    /// Incidents left unlabelled: a request failed or an amount came out
+    /// other than planned.
+    pub incidents_incomplete: u64,
 }
 
 impl fmt::Display for LoadReport {
@@ -53,6 +98,16 @@ impl fmt::Display for LoadReport {
         for (op, n) in &self.by_operation {
             let errors = self.errors_by_operation.get(op).copied().unwrap_or(0);
             writeln!(f, "{op:<16} requests={n:<8} errors={errors}")?;
+        }
+        for (pattern, n) in &self.incidents {
+            writeln!(f, "incident {pattern:<26} labelled={n}")?;
+        }
+        if self.incidents_incomplete > 0 {
+            writeln!(
+                f,
+                "incidents incomplete (unlabelled) {}",
+                self.incidents_incomplete
+            )?;
         }
         Ok(())
     }
@@ -124,6 +179,24 @@ const CITIES: [(&str, &str, &str, f64, f64); 12] = [
     ("apac", "IN", "Mumbai", 19.076, 72.878),
 ];
 const PAYMENT_METHODS: [&str; 4] = ["card", "paypal", "bank_transfer", "gift_card"];
+/// With fraud on: the most a background order may come to, in cents.
+const BENIGN_MAX_TOTAL: i64 = 40_000;
+/// With fraud on: most background orders per customer per 60 s.
+const BENIGN_ORDERS_PER_MINUTE: usize = 3;
+/// The price of the product card testers buy, in cents.
+const TINY_PRICE: i64 = 149;
+
+/// What the generator knows of a customer when browsing.
+#[derive(Clone, Debug, PartialEq)]
+struct Profile {
+    home: String,
+    devices: Vec<String>,
+    card: String,
+    /// Planned times of their recent orders (ticks of the rate).
+    recent: VecDeque<u64>,
+    orders: u32,
+    total_cents: i64,
+}
 const CARRIERS: [&str; 4] = ["ups", "dhl", "fedex", "usps"];
 
 /// Entities the generator knows, by state.
@@ -136,18 +209,45 @@ struct Book {
     paid: Vec<i64>,
     shipped: Vec<i64>,
     delivered: Vec<i64>,
+    /// With `browse`: customers' profiles, and the customer of each order
+    /// not yet paid, cancelled or deleted.
+    profiles: HashMap<i64, Profile>,
+    order_customer: HashMap<i64, i64>,
 }
 
 /// One planned action; `Order` with a key sends two requests.
 #[derive(Debug)]
 enum Plan {
     CreateProduct(Value),
-    Signup(Value),
-    UpdateCustomer { id: i64, body: Value },
-    ChangePrice { id: i64, cents: i64 },
-    Order { body: Value, key: Option<String> },
-    Pay { id: i64, method: &'static str },
-    Ship { id: i64, carrier: &'static str },
+    Signup {
+        body: Value,
+        profile: Option<Profile>,
+    },
+    UpdateCustomer {
+        id: i64,
+        body: Value,
+    },
+    ChangePrice {
+        id: i64,
+        cents: i64,
+    },
+    Order {
+        body: Value,
+        key: Option<String>,
+        /// Views and add-to-carts before it: `(add_to_cart, product, device)`.
+        clicks: Vec<(bool, i64, String)>,
+        customer: i64,
+    },
+    Pay {
+        id: i64,
+        method: &'static str,
+        card: Option<String>,
+    },
+    Incident(fraud::Incident),
+    Ship {
+        id: i64,
+        carrier: &'static str,
+    },
     Deliver(i64),
     Cancel(i64),
     Refund(i64),
@@ -158,7 +258,8 @@ enum Plan {
 impl Plan {
     fn cost(&self) -> u64 {
         match self {
-            Plan::Order { key: Some(_), .. } => 2,
+            Plan::Order { key, clicks, .. } => 1 + u64::from(key.is_some()) + clicks.len() as u64,
+            Plan::Incident(i) => i.requests(),
             _ => 1,
         }
     }
@@ -201,6 +302,17 @@ struct Planner {
     seq: u64,
     products_to_create: usize,
     customers_to_create: usize,
+    browse: bool,
+    fraud_rate: f64,
+    /// Ticks of the rate planned so far: the planned time of the next plan.
+    ticks: u64,
+    /// Requests per second and the run's length, to place plans in time.
+    rate: f64,
+    duration: Duration,
+    incidents: u64,
+    /// The patterns of the current round of incidents, each once.
+    deck: Vec<fraud::Pattern>,
+    tiny_requested: bool,
 }
 
 fn take(rng: &mut StdRng, v: &mut Vec<i64>) -> Option<i64> {
@@ -218,6 +330,12 @@ impl Planner {
     }
 
     fn plan(&mut self, book: &mut Book) -> Plan {
+        let plan = self.plan_one(book);
+        self.ticks += plan.cost();
+        plan
+    }
+
+    fn plan_one(&mut self, book: &mut Book) -> Plan {
         if self.products_to_create > 0 {
             self.products_to_create -= 1;
             return self.product();
@@ -225,6 +343,16 @@ impl Planner {
         if self.customers_to_create > 0 {
             self.customers_to_create -= 1;
             return self.signup();
+        }
+        if self.fraud() && !self.tiny_requested && !book.products.iter().any(|p| p.1 < 200) {
+            self.tiny_requested = true;
+            let seq = self.next_seq();
+            return Plan::CreateProduct(json!({
+                "sku": format!("SKU-{}-{seq}", self.nonce),
+                "name": format!("sample sachet {seq}"),
+                "category": "beauty",
+                "price": TINY_PRICE as f64 / 100.0,
+            }));
         }
         let total: u32 = MIX.iter().map(|(_, w)| w).sum();
         let mut pick = self.rng.random_range(0..total);
@@ -247,7 +375,158 @@ impl Planner {
             })
     }
 
+    fn fraud(&self) -> bool {
+        self.fraud_rate > 0.0
+    }
+
+    /// 60 s in ticks of the rate.
+    fn minute_ticks(&self) -> u64 {
+        (60.0 * self.rate).ceil() as u64
+    }
+
+    /// An incident instead of an order, with probability `fraud_rate`, when
+    /// it fits in the time left.
+    fn incident(&mut self, book: &Book) -> Option<Plan> {
+        if !self.fraud() || !self.rng.random_bool(self.fraud_rate.min(1.0)) {
+            return None;
+        }
+        if self.deck.is_empty() {
+            self.deck = fraud::Pattern::ALL.to_vec();
+            // Fisher-Yates from the seeded RNG.
+            for i in (1..self.deck.len()).rev() {
+                let j = self.rng.random_range(0..=i);
+                self.deck.swap(i, j);
+            }
+        }
+        let pattern = self.deck.pop()?;
+        let Plan::Signup { body, .. } = self.signup() else {
+            return None;
+        };
+        self.incidents += 1;
+        let id = format!("inc-{}-{}", self.nonce, self.incidents);
+        let catalog = fraud::Catalog {
+            products: &book.products,
+        };
+        let incident = fraud::plan(&mut self.rng, id, pattern, body, &catalog)?;
+        let now = self.ticks as f64 / self.rate;
+        let left = self.duration.as_secs_f64() - now;
+        (incident.span().as_secs_f64() + 1.0 < left).then_some(Plan::Incident(incident))
+    }
+
+    /// A background order: with `browse`, from a usual device at home,
+    /// browsed first; with fraud on, kept clear of every pattern.
+    fn order(&mut self, book: &mut Book) -> Option<Plan> {
+        if book.products.is_empty() {
+            return None;
+        }
+        if let Some(plan) = self.incident(book) {
+            return Some(plan);
+        }
+        let window = self.minute_ticks();
+        let rng = &mut self.rng;
+        let mut customer = *book
+            .customers
+            .get(rng.random_range(0..book.customers.len().max(1)))?;
+        if self.fraud_rate > 0.0 {
+            // Someone who has not ordered much in the last minute.
+            let now = self.ticks;
+            let busy = |c: &i64| {
+                book.profiles.get(c).is_some_and(|p| {
+                    p.recent.iter().filter(|t| now < **t + window).count()
+                        >= BENIGN_ORDERS_PER_MINUTE
+                })
+            };
+            if busy(&customer) {
+                customer = (0..5)
+                    .map(|_| book.customers[rng.random_range(0..book.customers.len())])
+                    .find(|c| !busy(c))?;
+            }
+        }
+        let lines = rng.random_range(1..=5);
+        let mut items: Vec<(i64, i64)> = (0..lines)
+            .map(|_| {
+                let product = book.products[zipf(rng, book.products.len())].0;
+                let quantity = match rng.random_range(0..100) {
+                    0..60 => 1,
+                    60..85 => 2,
+                    85..95 => 3,
+                    _ => rng.random_range(4..=5),
+                };
+                (product, quantity)
+            })
+            .collect();
+        let keyed = rng.random_bool(KEYED_ORDER_SHARE);
+        let key = if keyed {
+            let seq = self.next_seq();
+            Some(format!("load-{}-{seq}", self.nonce))
+        } else {
+            None
+        };
+        let rng = &mut self.rng;
+        let mut body = json!({"customer_id": customer, "currency": "USD"});
+        let mut clicks = Vec::new();
+        if self.browse
+            && let Some(profile) = book.profiles.get_mut(&customer)
+        {
+            if self.fraud_rate > 0.0 {
+                let price = |id: i64| {
+                    book.products
+                        .iter()
+                        .find(|p| p.0 == id)
+                        .map_or(i64::MAX, |p| p.1)
+                };
+                let cap = if profile.orders >= 5 {
+                    (profile.total_cents / i64::from(profile.orders) * 5).min(BENIGN_MAX_TOTAL)
+                } else {
+                    BENIGN_MAX_TOTAL
+                };
+                items.retain(|(p, _)| price(*p) >= 200);
+                items = fit_basket(items, cap, &price);
+                if items.is_empty() {
+                    // The cheapest regular product: at or under any cap
+                    // a customer's history allows.
+                    let cheapest = book
+                        .products
+                        .iter()
+                        .filter(|p| p.1 >= 200)
+                        .min_by_key(|p| p.1)?;
+                    items = vec![(cheapest.0, 1)];
+                }
+                let total: i64 = items.iter().map(|(p, q)| price(*p) * q).sum();
+                profile.orders += 1;
+                profile.total_cents += total;
+                profile.recent.push_back(self.ticks);
+                while profile.recent.len() > BENIGN_ORDERS_PER_MINUTE {
+                    profile.recent.pop_front();
+                }
+            }
+            let device = profile.devices[rng.random_range(0..profile.devices.len())].clone();
+            for (i, (product, _)) in items.iter().enumerate() {
+                clicks.push((false, *product, device.clone()));
+                if i < 2 && rng.random_bool(0.5) {
+                    clicks.push((true, *product, device.clone()));
+                }
+            }
+            body["device_id"] = json!(device);
+            body["billing_country"] = json!(profile.home);
+            body["shipping_country"] = json!(profile.home);
+        }
+        body["items"] = items
+            .iter()
+            .map(|(p, q)| json!({"product_id": p, "quantity": q}))
+            .collect();
+        Some(Plan::Order {
+            body,
+            key,
+            clicks,
+            customer,
+        })
+    }
+
     fn plan_kind(&mut self, kind: Kind, book: &mut Book) -> Option<Plan> {
+        if let Kind::Order = kind {
+            return self.order(book);
+        }
         let rng = &mut self.rng;
         Some(match kind {
             Kind::Signup => self.signup(),
@@ -266,53 +545,40 @@ impl Planner {
                 let (id, cents) = *book
                     .products
                     .get(rng.random_range(0..book.products.len().max(1)))?;
+                // Card testers' cheap product stays under 2.00.
+                if self.fraud_rate > 0.0 && cents < 500 {
+                    return None;
+                }
                 let factor = rng.random_range(0.8..1.25);
                 let cents = ((cents as f64 * factor).round() as i64).max(1);
                 Plan::ChangePrice { id, cents }
             }
-            Kind::Order => {
-                if book.products.is_empty() {
-                    return None;
-                }
-                let customer = *book
-                    .customers
-                    .get(rng.random_range(0..book.customers.len().max(1)))?;
-                let lines = rng.random_range(1..=5);
-                let items: Vec<Value> = (0..lines)
-                    .map(|_| {
-                        let product = book.products[zipf(rng, book.products.len())].0;
-                        let quantity = match rng.random_range(0..100) {
-                            0..60 => 1,
-                            60..85 => 2,
-                            85..95 => 3,
-                            _ => rng.random_range(4..=5),
-                        };
-                        json!({"product_id": product, "quantity": quantity})
-                    })
-                    .collect();
-                let keyed = rng.random_bool(KEYED_ORDER_SHARE);
-                let key = if keyed {
-                    let seq = self.next_seq();
-                    Some(format!("load-{}-{seq}", self.nonce))
-                } else {
-                    None
-                };
-                Plan::Order {
-                    body: json!({"customer_id": customer, "currency": "USD", "items": items}),
-                    key,
-                }
+            Kind::Order => unreachable!("planned by Planner::order"),
+            Kind::Pay => {
+                let id = take(rng, &mut book.pending)?;
+                let method = PAYMENT_METHODS[rng.random_range(0..PAYMENT_METHODS.len())];
+                let customer = book.order_customer.remove(&id);
+                let card = customer
+                    .and_then(|c| book.profiles.get(&c))
+                    .filter(|_| method == "card")
+                    .map(|p| p.card.clone());
+                Plan::Pay { id, method, card }
             }
-            Kind::Pay => Plan::Pay {
-                id: take(rng, &mut book.pending)?,
-                method: PAYMENT_METHODS[rng.random_range(0..PAYMENT_METHODS.len())],
-            },
             Kind::Ship => Plan::Ship {
                 id: take(rng, &mut book.paid)?,
                 carrier: CARRIERS[rng.random_range(0..CARRIERS.len())],
             },
             Kind::Deliver => Plan::Deliver(take(rng, &mut book.shipped)?),
-            Kind::Cancel => Plan::Cancel(take(rng, &mut book.pending)?),
-            Kind::Delete => Plan::Delete(take(rng, &mut book.pending)?),
+            Kind::Cancel => {
+                let id = take(rng, &mut book.pending)?;
+                book.order_customer.remove(&id);
+                Plan::Cancel(id)
+            }
+            Kind::Delete => {
+                let id = take(rng, &mut book.pending)?;
+                book.order_customer.remove(&id);
+                Plan::Delete(id)
+            }
             Kind::Refund => {
                 let start = rng.random_range(0..3);
                 let id = (0..3).find_map(|i| {
@@ -363,7 +629,7 @@ impl Planner {
         let (region, country, city, lat, lon) = CITIES[self.rng.random_range(0..CITIES.len())];
         let name = self.name();
         let street = STREETS[self.rng.random_range(0..STREETS.len())];
-        Plan::Signup(json!({
+        let body = json!({
             "email": format!("load{}.{seq}@example.com", self.nonce),
             "name": name,
             "region": region,
@@ -372,8 +638,43 @@ impl Planner {
             "address": format!("{} {street}", self.rng.random_range(1..400)),
             "lat": lat + self.rng.random_range(-0.2..0.2),
             "lon": lon + self.rng.random_range(-0.2..0.2),
-        }))
+        });
+        let profile = (self.browse || self.fraud()).then(|| Profile {
+            home: country.to_owned(),
+            devices: (0..self.rng.random_range(1..=2))
+                .map(|_| format!("dev-{:08x}", self.rng.random::<u32>()))
+                .collect(),
+            card: format!("fp-{:016x}", self.rng.random::<u64>()),
+            recent: VecDeque::new(),
+            orders: 0,
+            total_cents: 0,
+        });
+        Plan::Signup { body, profile }
     }
+}
+
+/// Lowers quantities, then drops lines from the end, until the basket comes
+/// to at most `cap` cents; empty when even one unit of the first line is
+/// over.
+fn fit_basket(
+    mut items: Vec<(i64, i64)>,
+    cap: i64,
+    price: &impl Fn(i64) -> i64,
+) -> Vec<(i64, i64)> {
+    let total = |items: &[(i64, i64)]| -> i64 {
+        items
+            .iter()
+            .map(|(p, q)| price(*p).saturating_mul(*q))
+            .sum()
+    };
+    while total(&items) > cap {
+        if let Some(line) = items.iter_mut().rev().find(|(_, q)| *q > 1) {
+            line.1 -= 1;
+        } else {
+            items.pop();
+        }
+    }
+    items
 }
 
 /// A Zipf-like rank in `0..n`: rank `k` has weight `1 / (k + 1)^1.1`.
@@ -403,6 +704,20 @@ fn validate(config: &LoadConfig) -> Result<()> {
             reason: "must be at least 1".into(),
         });
     }
+    if !(config.fraud_rate.is_finite() && (0.0..=1.0).contains(&config.fraud_rate)) {
+        return Err(Error::Config {
+            field: "load.fraud_rate",
+            reason: "must be between 0 and 1".into(),
+        });
+    }
+    if config.fraud_rate > 0.0 && config.labels_path.is_none() {
+        return Err(Error::Config {
+            field: "load.labels_path",
+            reason:
+                "required when load.fraud_rate is above 0: fraud without labels measures nothing"
+                    .into(),
+        });
+    }
     if !config.base_url.starts_with("http://") {
         return Err(Error::Config {
             field: "load.base_url",
@@ -417,6 +732,10 @@ struct Shared {
     base: String,
     book: Mutex<Book>,
     report: Mutex<LoadReport>,
+    /// Request slots; an incident gives its slot back while it waits.
+    permits: Arc<Semaphore>,
+    /// The labels file, when incidents are planned.
+    labels: Mutex<Option<std::fs::File>>,
 }
 
 impl Shared {
@@ -432,6 +751,21 @@ impl Shared {
         path: &str,
         body: Option<&Value>,
         key: Option<&str>,
+    ) -> Option<(StatusCode, Value)> {
+        self.send_expecting(op, method, path, body, key, StatusCode::is_success)
+            .await
+    }
+
+    /// Like [`Shared::send`]; a status for which `expected` is false counts
+    /// as an error.
+    async fn send_expecting(
+        &self,
+        op: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+        expected: fn(&StatusCode) -> bool,
     ) -> Option<(StatusCode, Value)> {
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
@@ -450,7 +784,7 @@ impl Shared {
             ))
         }
         .await;
-        let ok = matches!(&result, Ok((s, _)) if s.is_success());
+        let ok = matches!(&result, Ok((s, _)) if expected(s));
         self.report
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -464,7 +798,179 @@ impl Shared {
         }
     }
 
-    async fn execute(&self, plan: Plan) {
+    /// A view or an add-to-cart; answered 202.
+    async fn click(&self, cart: bool, product: i64, customer: i64, device: &str) {
+        let (op, verb) = if cart {
+            ("add_to_cart", "cart")
+        } else {
+            ("view", "view")
+        };
+        let body = json!({"customer_id": customer, "device_id": device});
+        self.send(
+            op,
+            Method::POST,
+            &format!("/products/{product}/{verb}"),
+            Some(&body),
+            None,
+        )
+        .await;
+    }
+
+    /// Runs an incident's steps in order, then labels it when every step
+    /// got the expected answer and the amounts came out as planned. The
+    /// slot is given back during waits.
+    async fn incident(&self, incident: fraud::Incident, permit: OwnedSemaphorePermit) {
+        let mut permit = Some(permit);
+        let first = chrono::Utc::now();
+        let pattern = incident.pattern.name();
+        let customer = match self
+            .send(
+                "incident_signup",
+                Method::POST,
+                "/customers",
+                Some(&incident.signup),
+                None,
+            )
+            .await
+        {
+            Some((StatusCode::CREATED, v)) => v.get("id").and_then(Value::as_i64),
+            _ => None,
+        };
+        let mut complete = customer.is_some();
+        let customer = customer.unwrap_or(0);
+        let mut orders: Vec<i64> = Vec::new();
+        let mut totals: Vec<i64> = Vec::new();
+        for step in &incident.steps {
+            if !complete {
+                break;
+            }
+            if permit.is_none() {
+                match self.permits.clone().acquire_owned().await {
+                    Ok(p) => permit = Some(p),
+                    Err(_) => return,
+                }
+            }
+            complete = match step {
+                fraud::Step::Wait(d) => {
+                    permit = None;
+                    tokio::time::sleep(*d).await;
+                    true
+                }
+                fraud::Step::View { product, device } | fraud::Step::Cart { product, device } => {
+                    let verb = if matches!(step, fraud::Step::Cart { .. }) {
+                        "cart"
+                    } else {
+                        "view"
+                    };
+                    let body = json!({"customer_id": customer, "device_id": device});
+                    matches!(
+                        self.send(
+                            "incident_click",
+                            Method::POST,
+                            &format!("/products/{product}/{verb}"),
+                            Some(&body),
+                            None
+                        )
+                        .await,
+                        Some((StatusCode::ACCEPTED, _))
+                    )
+                }
+                fraud::Step::Order {
+                    items,
+                    device,
+                    billing,
+                    shipping,
+                } => {
+                    let body = json!({
+                        "customer_id": customer,
+                        "currency": "USD",
+                        "items": items.iter().map(|(p, q)| json!({"product_id": p, "quantity": q})).collect::<Vec<_>>(),
+                        "device_id": device,
+                        "billing_country": billing,
+                        "shipping_country": shipping,
+                    });
+                    match self
+                        .send("incident_order", Method::POST, "/orders", Some(&body), None)
+                        .await
+                    {
+                        Some((StatusCode::CREATED, v)) => {
+                            let id = v.get("id").and_then(Value::as_i64);
+                            let total = v
+                                .get("total")
+                                .and_then(Value::as_f64)
+                                .map(|t| (t * 100.0).round() as i64);
+                            if let (Some(id), Some(total)) = (id, total) {
+                                orders.push(id);
+                                totals.push(total);
+                                true
+                            } else {
+                                false
+                            }
+                        }
+                        _ => false,
+                    }
+                }
+                fraud::Step::Pay {
+                    order,
+                    card,
+                    outcome,
+                } => {
+                    let Some(id) = orders.get(*order) else {
+                        complete = false;
+                        break;
+                    };
+                    let (value, op, expected): (&str, &str, fn(&StatusCode) -> bool) = match outcome
+                    {
+                        fraud::Outcome::Captured => {
+                            ("captured", "incident_pay", |s| *s == StatusCode::OK)
+                        }
+                        fraud::Outcome::Failed => ("failed", "incident_pay_declined", |s| {
+                            *s == StatusCode::PAYMENT_REQUIRED
+                        }),
+                    };
+                    let body =
+                        json!({"method": "card", "card_fingerprint": card, "outcome": value});
+                    self.send_expecting(
+                        op,
+                        Method::POST,
+                        &format!("/orders/{id}/pay"),
+                        Some(&body),
+                        None,
+                        expected,
+                    )
+                    .await
+                    .is_some_and(|(s, _)| expected(&s))
+                }
+            };
+        }
+        let last = chrono::Utc::now();
+        let labelled = complete && incident.amounts_hold(&totals);
+        if !labelled {
+            tracing::warn!(incident = %incident.id, pattern, ?totals, "incident incomplete; not labelled");
+            self.report
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .incidents_incomplete += 1;
+            return;
+        }
+        let line = fraud::Label::new(&incident, customer, orders, first, last).to_line();
+        let written = match &mut *self.labels.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(file) => file.write_all(line.as_bytes()).and_then(|()| file.flush()),
+            None => Ok(()),
+        };
+        if let Err(error) = written {
+            tracing::error!(%error, "cannot write the incident label");
+        }
+        *self
+            .report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .incidents
+            .entry(pattern.to_owned())
+            .or_default() += 1;
+    }
+
+    async fn execute(&self, plan: Plan, permit: OwnedSemaphorePermit) {
         let id_of = |v: &Value| v.get("id").and_then(Value::as_i64);
         match plan {
             Plan::CreateProduct(body) => {
@@ -484,13 +990,17 @@ impl Shared {
                     book.products.sort_unstable();
                 }
             }
-            Plan::Signup(body) => {
+            Plan::Signup { body, profile } => {
                 if let Some((StatusCode::CREATED, v)) = self
                     .send("signup", Method::POST, "/customers", Some(&body), None)
                     .await
                     && let Some(id) = id_of(&v)
                 {
-                    self.book().customers.push(id);
+                    let mut book = self.book();
+                    book.customers.push(id);
+                    if let Some(profile) = profile {
+                        book.profiles.insert(id, profile);
+                    }
                 }
             }
             Plan::UpdateCustomer { id, body } => {
@@ -519,7 +1029,15 @@ impl Shared {
                     p.1 = cents;
                 }
             }
-            Plan::Order { body, key } => {
+            Plan::Order {
+                body,
+                key,
+                clicks,
+                customer,
+            } => {
+                for (cart, product, device) in &clicks {
+                    self.click(*cart, *product, customer, device).await;
+                }
                 let first = self
                     .send(
                         "create_order",
@@ -557,10 +1075,18 @@ impl Shared {
                             .or_default() += 1;
                     }
                 }
-                self.book().pending.push(id);
+                let mut book = self.book();
+                book.pending.push(id);
+                if book.profiles.contains_key(&customer) {
+                    book.order_customer.insert(id, customer);
+                }
             }
-            Plan::Pay { id, method } => {
-                let body = json!({"method": method});
+            Plan::Incident(incident) => self.incident(incident, permit).await,
+            Plan::Pay { id, method, card } => {
+                let mut body = json!({"method": method});
+                if let Some(card) = card {
+                    body["card_fingerprint"] = json!(card);
+                }
                 if self.transition("pay", id, "pay", Some(&body)).await {
                     self.book().paid.push(id);
                 }
@@ -624,6 +1150,16 @@ impl Shared {
 pub async fn run_load(config: LoadConfig, shutdown: CancellationToken) -> Result<LoadReport> {
     validate(&config)?;
     let mut budget = (config.rate * config.duration.as_secs_f64()).floor() as u64;
+    let labels = match &config.labels_path {
+        Some(path) if config.fraud_rate > 0.0 => {
+            Some(std::fs::File::create(path).map_err(|source| Error::Labels {
+                path: path.display().to_string(),
+                source,
+            })?)
+        }
+        _ => None,
+    };
+    let permits = Arc::new(Semaphore::new(config.concurrency));
     let shared = Arc::new(Shared {
         client: reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -631,6 +1167,8 @@ pub async fn run_load(config: LoadConfig, shutdown: CancellationToken) -> Result
         base: config.base_url.trim_end_matches('/').to_owned(),
         book: Mutex::new(Book::default()),
         report: Mutex::new(LoadReport::default()),
+        permits: permits.clone(),
+        labels: Mutex::new(labels),
     });
     if budget == 0 {
         return Ok(LoadReport::default());
@@ -694,6 +1232,14 @@ pub async fn run_load(config: LoadConfig, shutdown: CancellationToken) -> Result
             0
         },
         customers_to_create: BOOTSTRAP_CUSTOMERS,
+        browse: config.browse || config.fraud_rate > 0.0,
+        fraud_rate: config.fraud_rate,
+        ticks: 1,
+        rate: config.rate,
+        duration: config.duration,
+        incidents: 0,
+        deck: Vec::new(),
+        tiny_requested: false,
     };
     tracing::info!(
         rate = config.rate,
@@ -701,22 +1247,28 @@ pub async fn run_load(config: LoadConfig, shutdown: CancellationToken) -> Result
         concurrency = config.concurrency,
         seed = config.seed,
         products = listed,
+        browse = config.browse,
+        fraud_rate = config.fraud_rate,
         "load run starting"
     );
 
-    let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut tasks = JoinSet::new();
     'dispatch: while budget > 0 {
         let plan = {
             let mut book = shared.book();
             let mut plan = planner.plan(&mut book);
             if plan.cost() > budget
-                && let Plan::Order { key, .. } = &mut plan
+                && let Plan::Order { key, clicks, .. } = &mut plan
             {
                 *key = None;
+                clicks.truncate((budget - 1) as usize);
             }
             plan
         };
+        if plan.cost() > budget {
+            // An incident larger than what is left of the budget.
+            break 'dispatch;
+        }
         // A plan of several requests waits for as many ticks, keeping the rate.
         for _ in 0..plan.cost() {
             tokio::select! {
@@ -733,8 +1285,7 @@ pub async fn run_load(config: LoadConfig, shutdown: CancellationToken) -> Result
         budget -= plan.cost();
         let shared = shared.clone();
         tasks.spawn(async move {
-            shared.execute(plan).await;
-            drop(permit);
+            shared.execute(plan, permit).await;
         });
         // Reap finished tasks so the set does not grow with the run.
         while tasks.try_join_next().is_some() {}
@@ -773,6 +1324,14 @@ mod tests {
             seq: 0,
             products_to_create: 0,
             customers_to_create: 0,
+            browse: false,
+            fraud_rate: 0.0,
+            ticks: 0,
+            rate: 50.0,
+            duration: Duration::from_secs(3600),
+            incidents: 0,
+            deck: Vec::new(),
+            tiny_requested: false,
         }
     }
 
@@ -784,6 +1343,7 @@ mod tests {
             paid: (200..210).collect(),
             shipped: (300..310).collect(),
             delivered: (400..410).collect(),
+            ..Book::default()
         }
     }
 
@@ -809,7 +1369,7 @@ mod tests {
         let mut book = Book::default();
         assert!(matches!(p.plan(&mut book), Plan::CreateProduct(_)));
         assert!(matches!(p.plan(&mut book), Plan::CreateProduct(_)));
-        assert!(matches!(p.plan(&mut book), Plan::Signup(_)));
+        assert!(matches!(p.plan(&mut book), Plan::Signup { .. }));
         // With nothing to act on, the planner still produces a creating action.
         assert!(matches!(p.plan(&mut book), Plan::CreateProduct(_)));
     }
@@ -837,6 +1397,134 @@ mod tests {
         assert!(book.pending.is_empty() || book.pending.len() < 10);
     }
 
+    /// A planner with fraud on and a book whose customers have profiles.
+    fn fraud_planner(seed: u64, rate: f64) -> (Planner, Book) {
+        let mut p = planner(seed);
+        p.browse = true;
+        p.fraud_rate = rate;
+        let mut book = stocked();
+        book.products.push((51, 149));
+        for c in book.customers.clone() {
+            let Plan::Signup { profile, .. } = p.signup() else {
+                unreachable!()
+            };
+            book.profiles.insert(c, profile.unwrap());
+        }
+        (p, book)
+    }
+
+    fn fraud_trace(seed: u64) -> Vec<String> {
+        let (mut p, mut book) = fraud_planner(seed, 0.2);
+        (0..300)
+            .map(|_| format!("{:?}", p.plan(&mut book)))
+            .collect()
+    }
+
+    #[test]
+    fn fraud_plans_are_deterministic_per_seed() {
+        assert_eq!(fraud_trace(11), fraud_trace(11));
+        assert_ne!(fraud_trace(11), fraud_trace(12));
+    }
+
+    #[test]
+    fn at_rate_one_every_pattern_is_planned() {
+        let (mut p, mut book) = fraud_planner(5, 1.0);
+        let mut seen = BTreeMap::new();
+        for _ in 0..400 {
+            if let Plan::Incident(i) = p.plan(&mut book) {
+                *seen.entry(i.pattern.name()).or_insert(0) += 1;
+                assert!(i.requests() > 1);
+            }
+        }
+        for pattern in fraud::Pattern::ALL {
+            assert!(
+                seen.contains_key(pattern.name()),
+                "{} missing: {seen:?}",
+                pattern.name()
+            );
+        }
+        assert!(
+            fraud::Pattern::ALL
+                .iter()
+                .any(|p| !p.is_fraud() && seen.contains_key(p.name()))
+        );
+    }
+
+    #[test]
+    fn incidents_that_do_not_fit_in_the_run_are_not_started() {
+        let (mut p, mut book) = fraud_planner(5, 1.0);
+        p.duration = Duration::from_secs(10);
+        for _ in 0..400 {
+            if let Plan::Incident(i) = p.plan(&mut book) {
+                assert!(i.span() < Duration::from_secs(10), "{:?}", i.pattern);
+            }
+        }
+    }
+
+    #[test]
+    fn background_orders_keep_clear_of_the_patterns() {
+        let (mut p, mut book) = fraud_planner(9, 0.1);
+        let price: HashMap<i64, i64> = book.products.iter().copied().collect();
+        let window = p.minute_ticks();
+        let mut times: HashMap<i64, Vec<u64>> = Default::default();
+        let mut orders = 0;
+        for _ in 0..3_000 {
+            let at = p.ticks;
+            if let Plan::Order {
+                body,
+                clicks,
+                customer,
+                ..
+            } = p.plan(&mut book)
+            {
+                orders += 1;
+                let total: i64 = body["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|l| {
+                        price[&l["product_id"].as_i64().unwrap()] * l["quantity"].as_i64().unwrap()
+                    })
+                    .sum();
+                assert!(total <= BENIGN_MAX_TOTAL, "{body}");
+                assert!(total >= 200, "a background order under 2.00: {body}");
+                let profile = &book.profiles[&customer];
+                assert_eq!(body["billing_country"], json!(profile.home));
+                assert_eq!(body["shipping_country"], body["billing_country"]);
+                let device = body["device_id"].as_str().unwrap();
+                assert!(profile.devices.iter().any(|d| d == device));
+                assert!(clicks.iter().filter(|c| c.0).count() <= 2);
+                assert!(clicks.iter().all(|c| c.2 == device));
+                let t = times.entry(customer).or_default();
+                t.push(at);
+                let recent = t.iter().filter(|x| at < **x + window).count();
+                assert!(
+                    recent <= BENIGN_ORDERS_PER_MINUTE,
+                    "customer {customer}: {t:?}"
+                );
+            }
+            // Orders get paid, so pending does not run dry.
+            book.pending
+                .extend(1_000_000 + p.ticks as i64..1_000_000 + p.ticks as i64 + 1);
+        }
+        assert!(orders > 100, "only {orders} background orders");
+    }
+
+    #[test]
+    fn baskets_shrink_to_the_cap() {
+        let price = |id: i64| id * 100;
+        assert_eq!(
+            fit_basket(vec![(5, 3), (2, 2)], 2_000, &price),
+            vec![(5, 3), (2, 2)]
+        );
+        assert_eq!(
+            fit_basket(vec![(5, 3), (2, 2)], 1_000, &price),
+            vec![(5, 1), (2, 1)]
+        );
+        assert_eq!(fit_basket(vec![(5, 3), (2, 2)], 600, &price), vec![(5, 1)]);
+        assert!(fit_basket(vec![(5, 3)], 100, &price).is_empty());
+    }
+
     #[test]
     fn zipf_prefers_low_ranks() {
         let mut rng = StdRng::seed_from_u64(9);
@@ -856,6 +1544,7 @@ mod tests {
             duration: Duration::from_secs(1),
             concurrency: 2,
             seed: 1,
+            ..LoadConfig::default()
         };
         assert!(validate(&ok).is_ok());
         let field = |c: LoadConfig| match validate(&c) {
@@ -875,6 +1564,20 @@ mod tests {
                 ..ok.clone()
             }),
             "load.concurrency"
+        );
+        assert_eq!(
+            field(LoadConfig {
+                fraud_rate: 1.5,
+                ..ok.clone()
+            }),
+            "load.fraud_rate"
+        );
+        assert_eq!(
+            field(LoadConfig {
+                fraud_rate: 0.1,
+                ..ok.clone()
+            }),
+            "load.labels_path"
         );
         assert_eq!(
             field(LoadConfig {
@@ -906,6 +1609,7 @@ mod tests {
             duration: Duration::from_millis(500),
             concurrency: 1,
             seed: 1,
+            ..LoadConfig::default()
         };
         assert!(
             run_load(cfg.clone(), CancellationToken::new())

@@ -1,7 +1,9 @@
 //! The order service's Prometheus metrics, on [`tributary_metrics`]: requests
 //! served and their latency, by route template (`POST /orders/{id}/pay`),
 //! so label cardinality stays bounded whatever paths clients send. Served
-//! by the service itself as `/metrics`.
+//! by the service itself as `/metrics`. The clickstream producer's counters
+//! ([`CLICKSTREAM_SENT_TOTAL`], [`CLICKSTREAM_DROPPED_TOTAL`]) are served
+//! there too.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -11,6 +13,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tributary_metrics::{HistogramVec, IntCounterVec};
+
+pub use crate::clickstream::{
+    DROPPED_TOTAL as CLICKSTREAM_DROPPED_TOTAL, SENT_TOTAL as CLICKSTREAM_SENT_TOTAL,
+};
 
 /// Counter of HTTP requests served, labels `route` and `status`.
 pub const REQUESTS_TOTAL: &str = "tributary_oltp_requests_total";

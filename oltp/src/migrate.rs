@@ -60,10 +60,11 @@ CREATE TABLE customer_directory (
 "#,
 }];
 
-const SHARD: &[Migration] = &[Migration {
-    version: 1,
-    name: "order tables",
-    sql: r#"
+const SHARD: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "order tables",
+        sql: r#"
 CREATE TABLE shard_meta (shard int PRIMARY KEY);
 INSERT INTO shard_meta (shard) VALUES ({shard});
 
@@ -141,7 +142,40 @@ CREATE TABLE idempotency_keys (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 "#,
-}];
+    },
+    // Additive only: every new column is nullable, so rows written before
+    // and clients that do not send the new fields stay valid.
+    Migration {
+        version: 2,
+        name: "fraud signals and the outbox",
+        sql: r#"
+ALTER TABLE orders
+    ADD COLUMN device_id text,
+    ADD COLUMN billing_country text,
+    ADD COLUMN shipping_country text;
+
+ALTER TABLE payments
+    ADD COLUMN customer_id bigint,
+    ADD COLUMN card_fingerprint text,
+    DROP CONSTRAINT payments_status_check,
+    ADD CONSTRAINT payments_status_check CHECK (status IN ('captured','refunded','failed'));
+CREATE INDEX payments_customer_id_idx ON payments (customer_id);
+
+-- Business events, written in the transaction of what they describe; CDC
+-- carries them. `payload` is a JSON document stored as text (checked to
+-- parse): the lake keeps JSON columns as text, and text round-trips exactly.
+CREATE SEQUENCE outbox_id_seq AS bigint START WITH {start} INCREMENT BY 1024;
+CREATE TABLE outbox (
+    id bigint PRIMARY KEY DEFAULT nextval('outbox_id_seq'),
+    customer_id bigint NOT NULL,
+    event_type text NOT NULL,
+    payload text NOT NULL CHECK (payload::jsonb IS NOT NULL),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER SEQUENCE outbox_id_seq OWNED BY outbox.id;
+"#,
+    },
+];
 
 /// Brings the catalog and every shard up to the latest schema version.
 ///
@@ -149,6 +183,12 @@ CREATE TABLE idempotency_keys (
 /// shard database was initialised as a different shard index than its
 /// position in `topology.shards`, since its ids would then collide.
 pub async fn migrate(topology: &Topology) -> Result<()> {
+    migrate_to(topology, i32::MAX).await
+}
+
+/// Like [`migrate`], but applies no version above `version`: the schema an
+/// older release left, for testing upgrades.
+pub async fn migrate_to(topology: &Topology, version: i32) -> Result<()> {
     if topology.shards.is_empty() || topology.shards.len() > MAX_SHARDS {
         return Err(Error::Config {
             field: "oltp.shards",
@@ -159,11 +199,15 @@ pub async fn migrate(topology: &Topology) -> Result<()> {
         });
     }
     let mut catalog = connect(&topology.catalog, "catalog").await?;
-    apply(&mut catalog, "catalog", CATALOG, None).await?;
+    let upto = |list: &'static [Migration]| {
+        let n = list.iter().take_while(|m| m.version <= version).count();
+        &list[..n]
+    };
+    apply(&mut catalog, "catalog", upto(CATALOG), None).await?;
     for (index, dsn) in topology.shards.iter().enumerate() {
         let label = format!("shard{index}");
         let mut client = connect(dsn, &label).await?;
-        apply(&mut client, &label, SHARD, Some(index)).await?;
+        apply(&mut client, &label, upto(SHARD), Some(index)).await?;
         let recorded: i32 = client
             .query_one("SELECT shard FROM shard_meta", &[])
             .await?
@@ -265,6 +309,8 @@ mod tests {
         assert!(sql.contains("VALUES (3)"));
         assert!(sql.contains("orders_id_seq AS bigint START WITH 4 INCREMENT BY 1024"));
         assert!(!sql.contains("{start}") && !sql.contains("{shard}"));
+        let v2 = render(SHARD[1].sql, Some(3));
+        assert!(v2.contains("outbox_id_seq AS bigint START WITH 4 INCREMENT BY 1024"));
         assert_eq!(render("a {shard}", None), "a {shard}");
     }
 }

@@ -12,9 +12,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tributary_kafka::KafkaConfig;
 use tributary_oltp::{
-    LoadConfig, OltpConfig, Server, ShardingConfig, StrategyKind, Topology, migrate, run_load,
-    shard_of_id,
+    LoadConfig, OltpConfig, Server, ShardingConfig, StrategyKind, Topology, migrate, migrate_to,
+    run_load, shard_of_id,
 };
 
 /// The PostgreSQL server binaries: `pg_config --bindir`, else the newest
@@ -237,8 +238,13 @@ fn customer(email: &str, region: &str) -> Value {
 async fn order_service_end_to_end() {
     let cluster = Cluster::start();
     cluster
-        .create_databases(&["catalog", "orders_s0", "orders_s1"])
+        .create_databases(&["catalog", "orders_s0", "orders_s1", "old_catalog", "old_s0"])
         .await;
+    version_2_upgrades_a_version_1_shard(&Topology {
+        shards: vec![cluster.dsn("old_s0")],
+        catalog: cluster.dsn("old_catalog"),
+    })
+    .await;
     let topology = Topology {
         shards: vec![cluster.dsn("orders_s0"), cluster.dsn("orders_s1")],
         catalog: cluster.dsn("catalog"),
@@ -265,6 +271,9 @@ async fn order_service_end_to_end() {
 
     let ctx = catalog_and_customers(&api, &topology).await;
     orders_and_lifecycle(&api, &topology, &ctx).await;
+    failed_then_captured_payment(&api, &topology, &ctx).await;
+    outbox_row_commits_with_its_order(&api, &topology, &ctx).await;
+    clicks_need_a_broker(&api, &ctx).await;
     idempotent_retries_create_one_order(&api, &topology, &ctx).await;
     bad_requests_name_the_field(&api, &ctx).await;
     list_strategy_rejects_unknown_region(&topology).await;
@@ -278,6 +287,7 @@ async fn order_service_end_to_end() {
     assert!(metrics.contains("tributary_oltp_request_duration_seconds_bucket"));
 
     load_generator_drives_traffic(&base, &topology).await;
+    labelled_fraud_runs_through_the_api(&topology).await;
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), serving)
@@ -300,7 +310,7 @@ async fn migrations_are_idempotent_and_race_free(topology: &Topology) {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(versions, 1);
+        assert_eq!(versions, 2);
         let shard: i32 = c
             .query_one("SELECT shard FROM shard_meta", &[])
             .await
@@ -686,6 +696,7 @@ async fn load_generator_drives_traffic(base: &str, topology: &Topology) {
         duration: Duration::from_secs(4),
         concurrency: 4,
         seed: 42,
+        ..LoadConfig::default()
     };
     let report = run_load(config, CancellationToken::new()).await.unwrap();
     println!("{report}");
@@ -714,6 +725,7 @@ async fn load_generator_drives_traffic(base: &str, topology: &Topology) {
             duration: Duration::from_secs(600),
             concurrency: 2,
             seed: 7,
+            ..LoadConfig::default()
         },
         stop.clone(),
     ));
@@ -725,4 +737,387 @@ async fn load_generator_drives_traffic(base: &str, topology: &Topology) {
         .unwrap()
         .unwrap();
     assert!(report.requests > 0 && report.requests < 50, "{report:?}");
+}
+
+/// A shard left at version 1 with rows in it takes version 2: old rows stay
+/// valid with NULL in the new columns, and the new statuses and table work.
+async fn version_2_upgrades_a_version_1_shard(topology: &Topology) {
+    migrate_to(topology, 1).await.unwrap();
+    let c = db(&topology.shards[0]).await;
+    c.batch_execute(
+        "INSERT INTO customers (id, email, name, region, country, city, address, lat, lon)
+         VALUES (7, 'old@example.com', 'Old', 'eu', 'DE', 'Berlin', 'x', 1, 2);
+         INSERT INTO orders (id, customer_id, status, total) VALUES (1, 7, 'paid', 10);
+         INSERT INTO payments (order_id, amount, method, status) VALUES (1, 10, 'card', 'captured');",
+    )
+    .await
+    .unwrap();
+    let refused = c
+        .execute(
+            "INSERT INTO payments (order_id, amount, method, status) VALUES (1, 10, 'card', 'failed')",
+            &[],
+        )
+        .await;
+    assert!(refused.is_err(), "version 1 knows no failed payments");
+    assert!(c.query("SELECT 1 FROM outbox", &[]).await.is_err());
+
+    migrate(topology).await.unwrap();
+    let versions: Vec<i32> = c
+        .query("SELECT version FROM schema_migrations ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    let old = c
+        .query_one(
+            "SELECT o.status, o.device_id, o.billing_country, o.shipping_country, p.customer_id, p.card_fingerprint
+             FROM orders o JOIN payments p ON p.order_id = o.id WHERE o.id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(old.get::<_, String>(0), "paid");
+    for i in 1..4 {
+        assert_eq!(old.get::<_, Option<String>>(i), None);
+    }
+    assert_eq!(old.get::<_, Option<i64>>(4), None);
+    assert_eq!(old.get::<_, Option<String>>(5), None);
+    c.execute(
+        "INSERT INTO payments (order_id, amount, method, status, customer_id, card_fingerprint)
+         VALUES (1, 10, 'card', 'failed', 7, 'fp-1')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let bogus = c
+        .execute(
+            "INSERT INTO payments (order_id, amount, method, status) VALUES (1, 10, 'card', 'lost')",
+            &[],
+        )
+        .await;
+    assert!(
+        bogus.is_err(),
+        "the new CHECK still refuses unknown statuses"
+    );
+    // The outbox takes ids from its own sequence, on the shard's lane.
+    let id: i64 = c
+        .query_one(
+            "INSERT INTO outbox (customer_id, event_type, payload) VALUES (7, 'x', '{\"a\": 1}') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shard_of_id(id), 0);
+    let not_json = c
+        .execute(
+            "INSERT INTO outbox (customer_id, event_type, payload) VALUES (7, 'x', 'nope')",
+            &[],
+        )
+        .await;
+    assert!(not_json.is_err(), "the payload must be JSON");
+}
+
+async fn failed_then_captured_payment(api: &Api, topology: &Topology, ctx: &Ctx) {
+    let (cust, shard) = ctx.customers[3];
+    let (s, order) = api
+        .post(
+            "/orders",
+            json!({"customer_id": cust, "device_id": "dev-a", "billing_country": "DE",
+                   "shipping_country": "FR", "items": [{"product_id": ctx.products[1].0, "quantity": 2}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    assert_eq!(order["device_id"], "dev-a");
+    assert_eq!(order["billing_country"], "DE");
+    assert_eq!(order["shipping_country"], "FR");
+    let id = order["id"].as_i64().unwrap();
+    let path = format!("/orders/{id}/pay");
+    let pay = |outcome: &'static str, card: &'static str| {
+        api.post(
+            &path,
+            json!({"method": "card", "card_fingerprint": card, "outcome": outcome}),
+        )
+    };
+    let (s, declined) = pay("failed", "fp-bad").await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{declined}");
+    assert_eq!(declined["field"], "outcome");
+    assert!(declined["error"].as_str().unwrap().contains("declined"));
+    assert_eq!(declined["order"]["status"], "pending");
+    let failed_id = declined["payment_id"].as_i64().unwrap();
+    assert_eq!(shard_of_id(failed_id), shard);
+    let (s, got) = api.get(&format!("/orders/{id}")).await;
+    assert_eq!((s, &got["status"]), (StatusCode::OK, &json!("pending")));
+
+    let (s, paid) = pay("captured", "fp-good").await;
+    assert_eq!(s, StatusCode::OK, "{paid}");
+    assert_eq!(paid["status"], "paid");
+    assert_error(
+        &pay("failed", "fp-bad").await,
+        StatusCode::CONFLICT,
+        "status",
+    );
+    assert_error(
+        &api.post(
+            &format!("/orders/{id}/pay"),
+            json!({"method": "card", "outcome": "maybe"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "outcome",
+    );
+
+    let (s, _) = api.post(&format!("/orders/{id}/refund"), json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let c = db(&topology.shards[shard]).await;
+    let rows: Vec<(String, Option<i64>, Option<String>, String)> = c
+        .query(
+            "SELECT status, customer_id, card_fingerprint, amount::text FROM payments WHERE order_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                "failed".into(),
+                Some(cust),
+                Some("fp-bad".into()),
+                "10.50".into()
+            ),
+            (
+                "refunded".into(),
+                Some(cust),
+                Some("fp-good".into()),
+                "10.50".into()
+            ),
+        ],
+        "the refund leaves the failed attempt alone"
+    );
+}
+
+/// The `order_placed` row commits in the order's transaction: same
+/// transaction id, and when the outbox insert fails, no order either.
+async fn outbox_row_commits_with_its_order(api: &Api, topology: &Topology, ctx: &Ctx) {
+    let (cust, shard) = ctx.customers[4];
+    let c = db(&topology.shards[shard]).await;
+    let body = json!({"customer_id": cust, "device_id": "dev-b", "billing_country": "US",
+                      "shipping_country": "US", "items": [{"product_id": ctx.products[0].0, "quantity": 1}]});
+    let (s, order) = api.post("/orders", body.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    let id = order["id"].as_i64().unwrap();
+    let rows = c
+        .query(
+            "SELECT o.xmin::text, x.xmin::text, x.customer_id, x.event_type, x.payload, shard_meta.shard
+             FROM orders o, outbox x, shard_meta
+             WHERE o.id = $1 AND (x.payload::jsonb ->> 'id')::bigint = o.id",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one outbox row per order");
+    let r = &rows[0];
+    assert_eq!(
+        r.get::<_, String>(0),
+        r.get::<_, String>(1),
+        "same transaction"
+    );
+    assert_eq!(r.get::<_, i64>(2), cust);
+    assert_eq!(r.get::<_, String>(3), "order_placed");
+    let payload: Value = serde_json::from_str(&r.get::<_, String>(4)).unwrap();
+    assert_eq!(
+        payload, order,
+        "the payload is the order as the API shows it"
+    );
+    assert_eq!(payload["items"].as_array().unwrap().len(), 1);
+    assert_eq!(payload["device_id"], "dev-b");
+    assert_eq!(payload["shipping_country"], "US");
+
+    // Force the outbox insert to fail: the order must not exist either.
+    c.batch_execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .unwrap();
+    let orders_before = count(
+        &c,
+        "SELECT count(*) FROM orders WHERE customer_id = $1",
+        cust,
+    )
+    .await;
+    let (s, _) = api.post("/orders", body).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM orders WHERE customer_id = $1",
+            cust
+        )
+        .await,
+        orders_before,
+        "an order without its outbox row committed"
+    );
+    c.batch_execute("DROP TRIGGER refuse ON outbox; DROP FUNCTION refuse();")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM outbox WHERE customer_id = $1",
+            cust
+        )
+        .await,
+        count(
+            &c,
+            "SELECT count(*) FROM orders WHERE customer_id = $1",
+            cust
+        )
+        .await,
+    );
+}
+
+async fn count(c: &tokio_postgres::Client, sql: &str, id: i64) -> i64 {
+    row_of(c, sql, id).await.get(0)
+}
+
+async fn clicks_need_a_broker(api: &Api, ctx: &Ctx) {
+    let (cust, _) = ctx.customers[0];
+    let product = ctx.products[0].0;
+    let body = json!({"customer_id": cust, "device_id": "dev-a"});
+    let resp = api.post(&format!("/products/{product}/view"), body).await;
+    assert_error(&resp, StatusCode::SERVICE_UNAVAILABLE, "clickstream");
+    assert!(
+        resp.1["error"].as_str().unwrap().contains("Kafka"),
+        "{resp:?}"
+    );
+    assert_error(
+        &api.post(
+            &format!("/products/{product}/cart"),
+            json!({"customer_id": cust}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "device_id",
+    );
+}
+
+/// With a clickstream (its broker unreachable: clicks are accepted, then
+/// counted as dropped) the load generator runs incidents end to end and
+/// labels them.
+async fn labelled_fraud_runs_through_the_api(topology: &Topology) {
+    let config = OltpConfig {
+        listen: "127.0.0.1:0".into(),
+        pool_size: 8,
+        ..OltpConfig::default()
+    };
+    let mut kafka = KafkaConfig::local("127.0.0.1:1");
+    kafka
+        .properties
+        .insert("message.timeout.ms".into(), "500".into());
+    let server = Server::bind(config, topology.clone())
+        .await
+        .unwrap()
+        .with_clickstream(&kafka)
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(server.run(stop.clone()));
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+    };
+    let (s, click) = api
+        .post(
+            "/products/1/cart",
+            json!({"customer_id": 5, "device_id": "d"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{click}");
+    assert_eq!(click["kind"], "add_to_cart");
+    assert_eq!(click["event_id"].as_str().unwrap().len(), 36);
+
+    let labels =
+        std::env::temp_dir().join(format!("tributary-labels-{}.jsonl", std::process::id()));
+    let report = run_load(
+        LoadConfig {
+            base_url: base,
+            rate: 80.0,
+            duration: Duration::from_secs(8),
+            concurrency: 4,
+            seed: 3,
+            fraud_rate: 1.0,
+            labels_path: Some(labels.clone()),
+            ..LoadConfig::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    println!("{report}");
+    assert_eq!(report.errors, 0, "{report}");
+    assert_eq!(report.incidents_incomplete, 0, "{report}");
+    assert!(report.by_operation.contains_key("view"), "{report}");
+    let text = std::fs::read_to_string(&labels).unwrap();
+    let _ = std::fs::remove_file(&labels);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let labelled: u64 = report.incidents.values().sum();
+    assert_eq!(lines.len() as u64, labelled);
+    assert!(lines.len() >= 5, "{text}");
+    let mut patterns = std::collections::BTreeSet::new();
+    for l in &lines {
+        patterns.insert(l["pattern"].as_str().unwrap().to_owned());
+        assert!(l["label"] == "fraud" || l["label"] == "benign", "{l}");
+        assert!(l["first_ts"].as_str().unwrap() <= l["last_ts"].as_str().unwrap());
+        let customer = l["customer_id"].as_i64().unwrap();
+        let ids = l["order_ids"].as_array().unwrap();
+        assert!(!ids.is_empty(), "{l}");
+        let shard = shard_of_id(ids[0].as_i64().unwrap());
+        let c = db(&topology.shards[shard]).await;
+        for id in ids {
+            let owner: i64 = row_of(
+                &c,
+                "SELECT customer_id FROM orders WHERE id = $1",
+                id.as_i64().unwrap(),
+            )
+            .await
+            .get(0);
+            assert_eq!(owner, customer, "{l}");
+        }
+        if l["pattern"] == "failed_payments" {
+            let failed: i64 = row_of(
+                &c,
+                "SELECT count(*) FROM payments WHERE customer_id = $1 AND status = 'failed'",
+                customer,
+            )
+            .await
+            .get(0);
+            assert!(failed >= 3, "{l}");
+        }
+    }
+    assert!(patterns.len() >= 4, "{patterns:?}");
+    assert!(
+        patterns
+            .iter()
+            .any(|p| ["traveler", "retry_once"].contains(&p.as_str())),
+        "{patterns:?}"
+    );
+
+    let (_, metrics) = api.text("/metrics").await;
+    assert!(
+        metrics.contains("tributary_oltp_clickstream_dropped_total"),
+        "{metrics}"
+    );
+    stop.cancel();
+    serving.await.unwrap().unwrap();
 }

@@ -13,9 +13,14 @@ pub async fn run(config: Config, command: OltpCommand) -> Result<()> {
             let platform = Platform::load(config)?;
             let sources = platform.sources()?;
             let shutdown = shutdown_on_signals();
-            let server =
+            let mut server =
                 tributary_oltp::Server::bind(platform.config().oltp.clone(), sources.topology())
                     .await?;
+            // Product views and add-to-carts go to the platform's broker;
+            // without one the click endpoints answer 503.
+            if let Ok(kafka) = platform.kafka() {
+                server = server.with_clickstream(kafka).await?;
+            }
             eprintln!("order and catalog API on http://{}", server.local_addr());
             server.run(shutdown).await?;
         }
@@ -40,6 +45,7 @@ pub async fn load(
             duration: parse_duration(duration)?,
             concurrency,
             seed,
+            ..Default::default()
         },
         shutdown,
     )

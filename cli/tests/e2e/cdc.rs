@@ -617,7 +617,7 @@ async fn the_reader_runs_with_a_least_privilege_role() {
             &format!("user=tributary_reader password={PASSWORD}"),
         )
     };
-    let orders = "customers, orders, order_items, payments, shipments";
+    let orders = "customers, orders, order_items, payments, shipments, outbox";
     let mut shards = vec![];
     for (pg, tables) in stack
         .shards

@@ -115,6 +115,20 @@ impl Fields {
         Ok(Some(s.to_owned()))
     }
 
+    /// An optional ISO 3166-1 alpha-2 country code: two upper-case letters.
+    pub(crate) fn opt_country(&self, name: &str) -> Result<Option<String>> {
+        let Some(c) = self.opt_string(name, 2)? else {
+            return Ok(None);
+        };
+        if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Error::bad(
+                self.path(name),
+                "must be a two-letter upper-case country code (ISO 3166-1 alpha-2)",
+            ));
+        }
+        Ok(Some(c))
+    }
+
     /// A required integer.
     pub(crate) fn int(&self, name: &str) -> Result<i64> {
         self.required(name)?
@@ -205,6 +219,16 @@ mod tests {
         assert_eq!(bad_field(items[0].int("q")), "items[0].q");
         assert_eq!(bad_field(items[0].int("p")), "items[0].p");
         assert_eq!(bad_field(f.string("items", 5)), "items");
+    }
+
+    #[test]
+    fn countries_are_two_upper_case_letters() {
+        let f = parse_object(br#"{"a": "DE", "b": "de", "c": "DEU", "d": "D1", "e": 5}"#).unwrap();
+        assert_eq!(f.opt_country("a").unwrap().as_deref(), Some("DE"));
+        assert_eq!(f.opt_country("missing").unwrap(), None);
+        for name in ["b", "c", "d", "e"] {
+            assert_eq!(bad_field(f.opt_country(name)), name);
+        }
     }
 
     #[test]

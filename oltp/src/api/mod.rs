@@ -1,6 +1,7 @@
 //! The HTTP API of the order and catalog services.
 
 mod body;
+mod clicks;
 mod customers;
 mod orders;
 mod products;
@@ -18,7 +19,9 @@ use axum::routing::{get, patch, post};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tributary_kafka::KafkaConfig;
 
+use crate::clickstream::Clickstream;
 use crate::config::{OltpConfig, Topology};
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -35,6 +38,8 @@ pub(crate) struct AppState {
     pub(crate) shards: Vec<Pool>,
     pub(crate) router: Router,
     directory: RwLock<HashMap<i64, usize>>,
+    /// `None`: no broker configured; the click endpoints answer 503.
+    pub(crate) clickstream: Option<Clickstream>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -92,7 +97,7 @@ impl AppState {
 /// The order and catalog HTTP service, bound and ready to serve.
 pub struct Server {
     listener: TcpListener,
-    app: axum::Router,
+    state: Shared,
     addr: SocketAddr,
 }
 
@@ -119,6 +124,7 @@ impl Server {
             shards,
             router,
             directory: RwLock::new(HashMap::new()),
+            clickstream: None,
         });
         let listener = TcpListener::bind(&config.listen)
             .await
@@ -133,9 +139,21 @@ impl Server {
         tracing::info!(%addr, shards = state.shards.len(), "order service bound");
         Ok(Server {
             listener,
-            app: app(state),
+            state,
             addr,
         })
+    }
+
+    /// Publishes product views and add-to-carts (`POST /products/{id}/view`,
+    /// `/cart`) to the clickstream topic of `kafka`, creating it. Without
+    /// this the click endpoints answer 503. A broker that does not answer
+    /// is not an error: orders never need it, and clicks are best effort.
+    pub async fn with_clickstream(mut self, kafka: &KafkaConfig) -> Result<Server> {
+        let clickstream = Clickstream::open(kafka).await?;
+        Arc::get_mut(&mut self.state)
+            .ok_or_else(|| Error::Internal("server state shared before it serves".into()))?
+            .clickstream = Some(clickstream);
+        Ok(self)
     }
 
     /// The address the listener is bound to (useful with port 0).
@@ -146,10 +164,31 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then drains in-flight requests.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let addr = self.addr;
-        axum::serve(self.listener, self.app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+        let state = self.state.clone();
+        let topic = {
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Some(c) = &state.clickstream {
+                    c.ensure_topic_until(shutdown).await;
+                }
+            })
+        };
+        let served = axum::serve(self.listener, app(self.state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
-            .map_err(|source| Error::Serve { addr, source })?;
+            .map_err(|source| Error::Serve { addr, source });
+        topic.abort();
+        if state.clickstream.is_some() {
+            let flushing = tokio::task::spawn_blocking(move || {
+                if let Some(c) = &state.clickstream {
+                    c.flush(Duration::from_secs(2));
+                }
+            });
+            if let Err(error) = flushing.await {
+                tracing::warn!(%error, "flushing the clickstream failed");
+            }
+        }
+        served?;
         tracing::info!(%addr, "order service stopped");
         Ok(())
     }
@@ -167,6 +206,8 @@ fn app(state: Shared) -> axum::Router {
         .route("/products", get(products::list).post(products::create))
         .route("/products/{id}", get(products::fetch))
         .route("/products/{id}/price", patch(products::change_price))
+        .route("/products/{id}/view", post(clicks::view))
+        .route("/products/{id}/cart", post(clicks::add_to_cart))
         .route("/orders", post(orders::create))
         .route("/orders/{id}", get(orders::fetch).delete(orders::delete))
         .route("/orders/{id}/pay", post(orders::pay))
@@ -236,6 +277,7 @@ impl IntoResponse for Error {
             Error::Unprocessable { field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, field.clone()),
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "id".to_owned()),
             Error::Conflict { field, .. } => (StatusCode::CONFLICT, field.clone()),
+            Error::Unavailable { field, .. } => (StatusCode::SERVICE_UNAVAILABLE, field.clone()),
             Error::PoolTimeout { .. } | Error::Connect { .. } => {
                 tracing::error!(error = %self, "database unavailable");
                 return error_response(

@@ -1,5 +1,16 @@
 //! Orders: placement with idempotency keys, the status lifecycle, lookups.
 //!
+//! Placing an order also writes an `order_placed` row to the `outbox` table
+//! in the same transaction (payload: the order as `GET /orders/{id}` shows
+//! it, with its items, device and countries), so the business event exists
+//! exactly when the order does; CDC carries it.
+//!
+//! Payments: the platform has no card processor, so the caller plays it.
+//! `POST /orders/{id}/pay` takes `outcome`: `"captured"` (the default) pays
+//! the order; `"failed"` records a declined attempt (a `payments` row with
+//! status `failed`), leaves the order `pending` so it can be paid again, and
+//! answers 402 Payment Required with the order and the payment id.
+//!
 //! Idempotency keys live in the customer's shard, so they are unique per
 //! shard; clients should make them globally unique (a UUID per logical
 //! request). A key whose order was deleted answers 409 instead of silently
@@ -15,6 +26,7 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 
 use super::body::{Fields, IdPath, JsonBody};
+use super::clicks::MAX_DEVICE_ID;
 use super::{JsonResponse, Shared, is_sql_state};
 use crate::error::{Error, Result};
 use crate::money::{MAX_CENTS, cents_to_json};
@@ -22,6 +34,10 @@ use crate::money::{MAX_CENTS, cents_to_json};
 const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 const MAX_ITEMS: usize = 100;
 const MAX_QUANTITY: i64 = 10_000;
+/// Longest card fingerprint accepted, in characters.
+const MAX_FINGERPRINT: usize = 128;
+/// The outbox event of a new order.
+const ORDER_PLACED: &str = "order_placed";
 
 #[derive(Debug, PartialEq)]
 pub(crate) struct NewOrder {
@@ -29,10 +45,20 @@ pub(crate) struct NewOrder {
     currency: String,
     /// `(product_id, quantity)` in request order.
     items: Vec<(i64, i32)>,
+    device_id: Option<String>,
+    billing_country: Option<String>,
+    shipping_country: Option<String>,
 }
 
 pub(crate) fn parse_new(f: &Fields) -> Result<NewOrder> {
-    f.deny_unknown(&["customer_id", "currency", "items"])?;
+    f.deny_unknown(&[
+        "customer_id",
+        "currency",
+        "items",
+        "device_id",
+        "billing_country",
+        "shipping_country",
+    ])?;
     let customer_id = f.int("customer_id")?;
     if customer_id <= 0 {
         return Err(Error::bad("customer_id", "must be a positive integer"));
@@ -76,6 +102,9 @@ pub(crate) fn parse_new(f: &Fields) -> Result<NewOrder> {
         customer_id,
         currency,
         items,
+        device_id: f.opt_string("device_id", MAX_DEVICE_ID)?,
+        billing_country: f.opt_country("billing_country")?,
+        shipping_country: f.opt_country("shipping_country")?,
     })
 }
 
@@ -85,6 +114,17 @@ fn request_hash(o: &NewOrder) -> String {
     let mut canonical = format!("v1|{}|{}", o.customer_id, o.currency);
     for (p, q) in &o.items {
         canonical.push_str(&format!("|{p}x{q}"));
+    }
+    // Appended only when present, so the hashes of requests without them
+    // (stored before these fields existed) stay the same.
+    for (name, v) in [
+        ("device", &o.device_id),
+        ("billing", &o.billing_country),
+        ("shipping", &o.shipping_country),
+    ] {
+        if let Some(v) = v {
+            canonical.push_str(&format!("|{name}={v}"));
+        }
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in canonical.bytes() {
@@ -116,7 +156,7 @@ async fn load(client: &impl GenericClient, id: i64, shard: usize) -> Result<Opti
     let Some(o) = client
         .query_opt(
             "SELECT id, customer_id, status, currency, (total * 100)::bigint AS total_cents,
-                    created_at, updated_at
+                    device_id, billing_country, shipping_country, created_at, updated_at
              FROM orders WHERE id = $1",
             &[&id],
         )
@@ -151,6 +191,9 @@ async fn load(client: &impl GenericClient, id: i64, shard: usize) -> Result<Opti
         "status": o.get::<_, String>("status"),
         "currency": o.get::<_, String>("currency"),
         "total": cents_to_json(o.get("total_cents")),
+        "device_id": o.get::<_, Option<String>>("device_id"),
+        "billing_country": o.get::<_, Option<String>>("billing_country"),
+        "shipping_country": o.get::<_, Option<String>>("shipping_country"),
         "created_at": o.get::<_, chrono::DateTime<chrono::Utc>>("created_at"),
         "updated_at": o.get::<_, chrono::DateTime<chrono::Utc>>("updated_at"),
         "items": items,
@@ -268,9 +311,18 @@ pub(crate) async fn create(
             .get(0),
     };
     tx.execute(
-        "INSERT INTO orders (id, customer_id, status, currency, total)
-         VALUES ($1, $2, 'pending', $3, $4::bigint::numeric / 100)",
-        &[&order_id, &order.customer_id, &order.currency, &total],
+        "INSERT INTO orders (id, customer_id, status, currency, total,
+                             device_id, billing_country, shipping_country)
+         VALUES ($1, $2, 'pending', $3, $4::bigint::numeric / 100, $5, $6, $7)",
+        &[
+            &order_id,
+            &order.customer_id,
+            &order.currency,
+            &total,
+            &order.device_id,
+            &order.billing_country,
+            &order.shipping_country,
+        ],
     )
     .await
     .map_err(|e| {
@@ -293,9 +345,26 @@ pub(crate) async fn create(
     let created = load(&tx, order_id, shard)
         .await?
         .ok_or_else(|| Error::Internal("order vanished inside its transaction".into()))?;
+    write_outbox(&tx, order.customer_id, ORDER_PLACED, &created).await?;
     tx.commit().await?;
     tracing::info!(order_id, shard, lines = lines.len(), "order placed");
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Writes one business event to the outbox, inside the caller's transaction.
+async fn write_outbox(
+    client: &impl GenericClient,
+    customer_id: i64,
+    event_type: &str,
+    payload: &Value,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO outbox (customer_id, event_type, payload) VALUES ($1, $2, $3)",
+            &[&customer_id, &event_type, &payload.to_string()],
+        )
+        .await?;
+    Ok(())
 }
 
 /// `GET /orders/{id}`.
@@ -313,11 +382,41 @@ pub(crate) async fn fetch(State(state): State<Shared>, IdPath(id): IdPath) -> Js
     Ok((StatusCode::OK, Json(order)))
 }
 
+/// What the (simulated) card processor answered to a payment attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Captured,
+    Failed,
+}
+
+impl Outcome {
+    fn parse(f: &Fields) -> Result<Outcome> {
+        match f.opt_string("outcome", 16)?.as_deref() {
+            None | Some("captured") => Ok(Outcome::Captured),
+            Some("failed") => Ok(Outcome::Failed),
+            Some(_) => Err(Error::bad("outcome", "must be \"captured\" or \"failed\"")),
+        }
+    }
+
+    fn status(self) -> &'static str {
+        match self {
+            Outcome::Captured => "captured",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 /// A status change of an order and the rows it writes alongside.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Action<'a> {
-    Pay { method: &'a str },
-    Ship { carrier: &'a str },
+    Pay {
+        method: &'a str,
+        card_fingerprint: Option<&'a str>,
+        outcome: Outcome,
+    },
+    Ship {
+        carrier: &'a str,
+    },
     Deliver,
     Cancel,
     Refund,
@@ -349,6 +448,10 @@ impl Action<'_> {
     /// The status after the action; `None` when the order is removed.
     fn to(&self) -> Option<&'static str> {
         match self {
+            Action::Pay {
+                outcome: Outcome::Failed,
+                ..
+            } => Some("pending"),
             Action::Pay { .. } => Some("paid"),
             Action::Ship { .. } => Some("shipped"),
             Action::Deliver => Some("delivered"),
@@ -359,9 +462,16 @@ impl Action<'_> {
     }
 }
 
+/// What a transition left: the order (`None` once deleted) and the id of
+/// the payment row it wrote, if any.
+struct Transitioned {
+    order: Option<Value>,
+    payment_id: Option<i64>,
+}
+
 /// Applies `action` under a row lock, so that concurrent transitions of the
 /// same order serialise and each checks the status the other left.
-async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Option<Value>> {
+async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Transitioned> {
     let not_found = Error::NotFound {
         entity: "order",
         id,
@@ -373,13 +483,15 @@ async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Optio
     let tx = conn.transaction().await?;
     let row = tx
         .query_opt(
-            "SELECT status, (total * 100)::bigint FROM orders WHERE id = $1 FOR UPDATE",
+            "SELECT status, (total * 100)::bigint, customer_id FROM orders WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .await?
         .ok_or(not_found)?;
     let status: String = row.get(0);
     let total: i64 = row.get(1);
+    let customer_id: i64 = row.get(2);
+    let mut payment_id = None;
     if !action.from().contains(&status.as_str()) {
         return Err(Error::conflict(
             "status",
@@ -387,13 +499,26 @@ async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Optio
         ));
     }
     match action {
-        Action::Pay { method } => {
-            tx.execute(
-                "INSERT INTO payments (order_id, amount, method, status)
-                 VALUES ($1, $2::bigint::numeric / 100, $3, 'captured')",
-                &[&id, &total, &method],
-            )
-            .await?;
+        Action::Pay {
+            method,
+            card_fingerprint,
+            outcome,
+        } => {
+            let row = tx
+                .query_one(
+                    "INSERT INTO payments (order_id, amount, method, status, customer_id, card_fingerprint)
+                     VALUES ($1, $2::bigint::numeric / 100, $3, $4, $5, $6) RETURNING id",
+                    &[
+                        &id,
+                        &total,
+                        &method,
+                        &outcome.status(),
+                        &customer_id,
+                        &card_fingerprint,
+                    ],
+                )
+                .await?;
+            payment_id = Some(row.get(0));
         }
         Action::Ship { carrier } => {
             tx.execute(
@@ -421,6 +546,8 @@ async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Optio
         Action::Cancel | Action::Delete => {}
     }
     let result = match action.to() {
+        // A failed payment leaves the order as it was.
+        Some(to) if to == status => load(&tx, id, shard).await?,
         Some(to) => {
             tx.execute(
                 "UPDATE orders SET status = $2, updated_at = now() WHERE id = $1",
@@ -443,25 +570,67 @@ async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Optio
         action = action.name(),
         "order transition"
     );
-    Ok(result)
+    Ok(Transitioned {
+        order: result,
+        payment_id,
+    })
 }
 
 async fn respond(state: &Shared, id: i64, action: Action<'_>) -> JsonResponse {
     let order = transition(state, id, action)
         .await?
+        .order
         .ok_or_else(|| Error::Internal("transition lost its order".into()))?;
     Ok((StatusCode::OK, Json(order)))
 }
 
-/// `POST /orders/{id}/pay` with `{method}`.
+/// A payment request: `{method, card_fingerprint?, outcome?}`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct PayRequest {
+    method: String,
+    card_fingerprint: Option<String>,
+    outcome: Outcome,
+}
+
+pub(crate) fn parse_pay(f: &Fields) -> Result<PayRequest> {
+    f.deny_unknown(&["method", "card_fingerprint", "outcome"])?;
+    Ok(PayRequest {
+        method: f.string("method", 32)?,
+        card_fingerprint: f.opt_string("card_fingerprint", MAX_FINGERPRINT)?,
+        outcome: Outcome::parse(f)?,
+    })
+}
+
+/// `POST /orders/{id}/pay` with `{method, card_fingerprint?, outcome?}`:
+/// 200 with the paid order, or 402 with `{error, field: "outcome",
+/// payment_id, order}` when the caller reports the card declined.
 pub(crate) async fn pay(
     State(state): State<Shared>,
     IdPath(id): IdPath,
     JsonBody(body): JsonBody,
 ) -> JsonResponse {
-    body.deny_unknown(&["method"])?;
-    let method = body.string("method", 32)?;
-    respond(&state, id, Action::Pay { method: &method }).await
+    let req = parse_pay(&body)?;
+    let action = Action::Pay {
+        method: &req.method,
+        card_fingerprint: req.card_fingerprint.as_deref(),
+        outcome: req.outcome,
+    };
+    let done = transition(&state, id, action).await?;
+    let order = done
+        .order
+        .ok_or_else(|| Error::Internal("transition lost its order".into()))?;
+    match req.outcome {
+        Outcome::Captured => Ok((StatusCode::OK, Json(order))),
+        Outcome::Failed => Ok((
+            StatusCode::PAYMENT_REQUIRED,
+            Json(json!({
+                "error": "payment failed: the card was declined; the order stays pending and can be paid again",
+                "field": "outcome",
+                "payment_id": done.payment_id,
+                "order": order,
+            })),
+        )),
+    }
 }
 
 /// `POST /orders/{id}/ship` with `{carrier}`.
@@ -559,6 +728,59 @@ mod tests {
     }
 
     #[test]
+    fn fraud_signals_are_optional_and_validated() {
+        let base = r#"{"customer_id": 3, "items": [{"product_id": 1, "quantity": 2}]"#;
+        let with = |extra: &str| format!("{base}, {extra}}}");
+        let o = parse(&with(
+            r#""device_id": "dev-9", "billing_country": "DE", "shipping_country": "FR""#,
+        ))
+        .unwrap();
+        assert_eq!(o.device_id.as_deref(), Some("dev-9"));
+        assert_eq!(o.billing_country.as_deref(), Some("DE"));
+        assert_eq!(o.shipping_country.as_deref(), Some("FR"));
+        let plain = parse(&format!("{base}}}")).unwrap();
+        assert_eq!((plain.device_id, plain.billing_country), (None, None));
+        assert_eq!(field_of(&with(r#""device_id": """#)), "device_id");
+        assert_eq!(
+            field_of(&with(&format!(r#""device_id": "{}""#, "d".repeat(65)))),
+            "device_id"
+        );
+        assert_eq!(
+            field_of(&with(r#""billing_country": "de""#)),
+            "billing_country"
+        );
+        assert_eq!(
+            field_of(&with(r#""shipping_country": "FRA""#)),
+            "shipping_country"
+        );
+        assert_eq!(
+            field_of(&with(r#""shipping_country": 7"#)),
+            "shipping_country"
+        );
+    }
+
+    #[test]
+    fn payment_requests_are_validated() {
+        let pay = |body: &str| parse_pay(&parse_object(body.as_bytes())?);
+        let p = pay(r#"{"method": "card"}"#).unwrap();
+        assert_eq!((p.outcome, p.card_fingerprint), (Outcome::Captured, None));
+        let p =
+            pay(r#"{"method": "card", "card_fingerprint": "fp-1", "outcome": "failed"}"#).unwrap();
+        assert_eq!(p.outcome, Outcome::Failed);
+        assert_eq!(p.card_fingerprint.as_deref(), Some("fp-1"));
+        assert_eq!(
+            bad_field(pay(r#"{"method": "card", "outcome": "lost"}"#)),
+            "outcome"
+        );
+        assert_eq!(
+            bad_field(pay(r#"{"method": "card", "card_fingerprint": ""}"#)),
+            "card_fingerprint"
+        );
+        assert_eq!(bad_field(pay(r#"{"outcome": "failed"}"#)), "method");
+        assert_eq!(bad_field(pay(r#"{"method": "card", "cvv": "123"}"#)), "cvv");
+    }
+
+    #[test]
     fn request_hash_tells_bodies_apart() {
         let a =
             parse(r#"{"customer_id": 3, "items": [{"product_id": 1, "quantity": 2}]}"#).unwrap();
@@ -570,12 +792,26 @@ mod tests {
             parse(r#"{"customer_id": 3, "items": [{"product_id": 1, "quantity": 3}]}"#).unwrap();
         assert_eq!(request_hash(&a), request_hash(&b));
         assert_ne!(request_hash(&a), request_hash(&c));
+        // The hash of a request without the new fields is what it always was.
+        assert_eq!(request_hash(&a), "fnv1a64:a42c7a609c440f10");
+        let d = parse(
+            r#"{"customer_id": 3, "items": [{"product_id": 1, "quantity": 2}], "device_id": "x"}"#,
+        )
+        .unwrap();
+        assert_ne!(request_hash(&a), request_hash(&d));
         assert!(request_hash(&a).starts_with("fnv1a64:"));
     }
 
     #[test]
     fn lifecycle_allows_only_valid_transitions() {
-        assert_eq!(Action::Pay { method: "card" }.from(), &["pending"]);
+        let pay = |outcome| Action::Pay {
+            method: "card",
+            card_fingerprint: None,
+            outcome,
+        };
+        assert_eq!(pay(Outcome::Captured).from(), &["pending"]);
+        assert_eq!(pay(Outcome::Captured).to(), Some("paid"));
+        assert_eq!(pay(Outcome::Failed).to(), Some("pending"));
         assert_eq!(Action::Ship { carrier: "x" }.to(), Some("shipped"));
         assert!(Action::Refund.from().contains(&"delivered"));
         assert!(!Action::Refund.from().contains(&"pending"));
