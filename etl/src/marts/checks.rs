@@ -16,7 +16,8 @@ use crate::{Error, Result};
 /// Status values a fact may carry; `unknown` marks a line whose order has not
 /// arrived in silver yet.
 const ORDER_STATUSES: &str = "'pending', 'paid', 'shipped', 'delivered', 'cancelled', 'refunded'";
-const PAYMENT_STATUSES: &str = "'captured', 'refunded'";
+/// A declined card is a `failed` payment row; the order stays pending.
+const PAYMENT_STATUSES: &str = "'captured', 'refunded', 'failed'";
 
 /// One data test.
 #[derive(Clone, Debug)]

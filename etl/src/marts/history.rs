@@ -635,7 +635,8 @@ pub(crate) fn order_status_changes(
 }
 
 /// One row per payment event: the capture (positive amount) and the refund
-/// (negative amount) of each payment.
+/// (negative amount) of each payment; a declined attempt (`failed`) is an
+/// event with amount zero.
 pub(crate) fn payment_events(
     chains: &BTreeMap<String, Vec<Change>>,
 ) -> Result<RecordBatch, crate::Error> {
@@ -645,10 +646,11 @@ pub(crate) fn payment_events(
         .iter()
         .map(|r| {
             let amount = r.state.get("amount").and_then(cents)?;
-            Some(if r.status.as_deref() == Some("refunded") {
-                -amount
-            } else {
-                amount
+            Some(match r.status.as_deref() {
+                Some("refunded") => -amount,
+                // A declined card moved no money.
+                Some("failed") => 0,
+                _ => amount,
             })
         })
         .collect::<Decimal128Array>()

@@ -245,7 +245,7 @@ WITH milestones AS (
 payments AS (
     SELECT
         order_id,
-        MIN(created_at) AS paid_at,
+        MIN(CASE WHEN status <> 'failed' THEN created_at END) AS paid_at,
         MIN(CASE WHEN status = 'refunded' THEN updated_at END) AS refunded_at
     FROM silver.payments
     GROUP BY order_id
