@@ -100,6 +100,7 @@ pub mod checkpoint;
 pub mod late;
 pub mod metrics;
 pub mod reorder;
+pub mod source;
 pub mod state;
 pub mod watermark;
 pub mod window;
@@ -123,6 +124,10 @@ pub enum Error {
     /// A checkpoint object that does not parse (or not as this job's state).
     #[error("checkpoint {path} is not readable: {reason}")]
     CheckpointFormat { path: String, reason: String },
+    /// An input topic that does not exist (yet: CDC topics appear once the
+    /// reader ran). Transient.
+    #[error("input topic {topic} does not exist")]
+    NoTopic { topic: String },
     /// Broker trouble.
     #[error(transparent)]
     Kafka(#[from] tributary_kafka::Error),
@@ -136,7 +141,7 @@ impl Error {
     /// as opposed to bad settings, bad checkpoints or bugs.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Store { .. } => true,
+            Error::Store { .. } | Error::NoTopic { .. } => true,
             Error::Kafka(e) => e.is_transient(),
             _ => false,
         }
