@@ -97,6 +97,12 @@ pub enum Command {
     },
     /// Compare every silver table with its source tables row for row.
     Verify,
+    /// The fraud detector: stream rules over orders, payments and the
+    /// clickstream; alerts to Kafka, Delta and a webhook.
+    Fraud {
+        #[command(subcommand)]
+        command: FraudCommand,
+    },
     /// Benchmarks on the local stack.
     Bench {
         #[command(subcommand)]
@@ -149,6 +155,47 @@ pub enum CdcCommand {
         #[arg(long, default_value = "10m")]
         timeout: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum FraudCommand {
+    /// Run the detector until stopped (resumes from its last checkpoint).
+    Run {
+        /// The rules file, reloaded when it changes (default: `[live.fraud]
+        /// rules`, else the built-in rules).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// POST every alert here too (default: `[live.fraud] webhook`).
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Serve /metrics and /healthz on this address, e.g. 127.0.0.1:9104.
+        #[arg(long)]
+        metrics: Option<String>,
+    },
+    /// Print alerts as they are raised (each alert id once).
+    Tail {
+        /// Start with every alert in the topic, not only new ones.
+        #[arg(long)]
+        from_beginning: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this long (default: until interrupted).
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// Rules files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Check a rules file without running a detector; the error names the
+    /// rule and the field.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]

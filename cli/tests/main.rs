@@ -15,6 +15,7 @@ mod e2e {
     mod cdc;
     mod chaos;
     mod console;
+    mod fraud;
     mod interop;
     mod lease;
     mod maintenance;

@@ -430,7 +430,7 @@ impl Lake {
     }
 
     /// The store under the lake and the root's path inside it.
-    pub(crate) fn object_store(&self) -> Result<(Box<dyn ObjectStore>, Path)> {
+    pub fn object_store(&self) -> Result<(Box<dyn ObjectStore>, Path)> {
         object_store::parse_url_opts(&self.root, self.options.iter())
             .map_err(|e| Error::ObjectStore(self.root.to_string(), e))
     }

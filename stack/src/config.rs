@@ -17,6 +17,7 @@ use tributary_cdc::CdcConfig;
 use tributary_kafka::KafkaConfig;
 use tributary_lake::LakeConfig;
 use tributary_lake::ingest::IngestConfig;
+use tributary_live::config::LiveConfig;
 use tributary_oltp::OltpConfig;
 use tributary_query::SqlConfig;
 
@@ -42,6 +43,8 @@ struct RawConfig {
     oltp: Option<toml::Value>,
     #[serde(default)]
     sources: Option<toml::Value>,
+    #[serde(default)]
+    live: Option<toml::Value>,
     #[serde(default)]
     sql: Option<toml::Value>,
 }
@@ -96,6 +99,8 @@ pub struct Config {
     pub sources: Option<SourcesConfig>,
     /// `[sql]`: the console, the wire server and the query engine's limits.
     pub sql: SqlConfig,
+    /// `[live]`: the stream jobs (fraud detector, product activity).
+    pub live: LiveConfig,
 }
 
 /// Loads `path` (or `./tributary.toml` when present) and applies the
@@ -161,6 +166,7 @@ pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config
         oltp: section(raw.oltp, "oltp")?,
         sources: raw.sources.map(|v| deserialize(v, "sources")).transpose()?,
         sql: section(raw.sql, "sql")?,
+        live: section(raw.live, "live")?,
     })
 }
 

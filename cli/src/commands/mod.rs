@@ -5,6 +5,7 @@
 mod bench;
 mod cdc;
 mod etl;
+mod fraud;
 mod lake;
 mod oltp;
 mod pipeline;
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => sql::run(config, command, execute, format, output).await,
         Command::Wait { timeout } => pipeline::wait(config, &timeout).await,
         Command::Verify => pipeline::verify(config).await,
+        Command::Fraud { command } => fraud::run(config, command).await,
         Command::Bench { command } => bench::run(config, command).await,
         Command::Demo { duration, rate } => {
             tributary::demo::run(config, parse_duration(&duration)?, rate).await

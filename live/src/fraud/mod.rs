@@ -1,0 +1,253 @@
+//! The fraud detector: rules over each customer's timeline, alerts with
+//! deterministic ids.
+//!
+//! Inputs: the CDC topics of `orders`, `payments` and `customers`, their
+//! database's watermarks, and the clickstream (add-to-carts). The rules
+//! ([`rules`]) come from a file reloaded while it runs ([`reload`]); the
+//! detector ([`detector`]) applies them in event-time order; every alert
+//! ([`alert`]) goes to `tributary.alerts.fraud` (key = alert id) and an
+//! optional webhook at once, and to `gold.fraud_alerts` exactly once with
+//! the job's checkpoints. Late clickstream events go to the runtime's late
+//! path (`gold.live_late_events`), so nothing is dropped silently.
+
+pub mod alert;
+pub mod detector;
+pub mod input;
+pub mod reload;
+pub mod rules;
+pub mod table;
+pub mod tail;
+
+use std::path::PathBuf;
+
+use arrow::array::RecordBatch;
+use serde::{Deserialize, Serialize};
+use tributary_kafka::KafkaConfig;
+use tributary_model::clickstream::{ClickEvent, clickstream_topic};
+use tributary_model::domain::topic_name;
+use tributary_model::event::ChangeEvent;
+use tributary_model::watermark::watermark_topic;
+use tributary_stream::EventTime;
+use tributary_stream::source::{Record, TopicKind};
+
+use crate::metrics::{ALERT_LATENCY, ALERTS};
+use crate::runtime::Job;
+use crate::sink::kafka::TopicSink;
+use crate::sink::webhook::Webhook;
+use crate::{Error, Result};
+use alert::Alert;
+use detector::Detector;
+use input::Input;
+use reload::RulesFile;
+use rules::Rules;
+
+/// The job's name: consumer group `tributary-live-fraud`, checkpoints under
+/// `_checkpoints/live/fraud/`, `txn` app `tributary-live/fraud`.
+pub const JOB: &str = "fraud";
+pub const TABLE: &str = "fraud_alerts";
+
+/// The topic alerts are published to.
+pub fn alerts_topic(prefix: &str) -> String {
+    format!("{prefix}.alerts.fraud")
+}
+
+/// Where the detector's alerts go besides Delta.
+pub struct Outputs {
+    pub topic: Option<TopicSink>,
+    pub webhook: Option<Webhook>,
+}
+
+pub struct FraudJob {
+    state: Detector,
+    rules_file: Option<RulesFile>,
+    shards: u32,
+    outputs: Outputs,
+}
+
+/// The detector's checkpointed state.
+#[derive(Serialize, Deserialize)]
+pub struct State(Detector);
+
+impl FraudJob {
+    /// A detector over `shards` order shards, with the rules of `rules`
+    /// (reloaded while it runs) or the built-in ones.
+    pub fn new(
+        rules: Option<PathBuf>,
+        shards: u32,
+        lateness_us: i64,
+        outputs: Outputs,
+    ) -> Result<FraudJob> {
+        let (rules_file, rules) = match rules {
+            Some(path) => {
+                let (file, rules) = RulesFile::open(path)?;
+                (Some(file), rules)
+            }
+            None => (None, Rules::defaults()),
+        };
+        Ok(FraudJob {
+            state: Detector::new(rules, lateness_us)?,
+            rules_file,
+            shards,
+            outputs,
+        })
+    }
+
+    pub fn detector(&self) -> &Detector {
+        &self.state
+    }
+
+    /// Waits for the webhook's queue to drain.
+    pub async fn close(self) {
+        if let Some(w) = self.outputs.webhook {
+            w.drain().await;
+        }
+    }
+}
+
+const INPUT_TABLES: [&str; 3] = ["customers", "orders", "payments"];
+
+impl Job for FraudJob {
+    type Input = Input;
+    type Output = Alert;
+    type State = Detector;
+
+    fn name(&self) -> &'static str {
+        JOB
+    }
+
+    fn state(&self) -> &Detector {
+        &self.state
+    }
+
+    fn restore(&mut self, state: Detector) -> Result<()> {
+        let rules = self.state.rules().clone();
+        self.state = state;
+        // The rules file may have changed while the detector was down.
+        self.state.set_rules(rules)
+    }
+
+    fn inputs(&self, kafka: &KafkaConfig) -> Vec<(String, TopicKind)> {
+        let prefix = &kafka.topic_prefix;
+        let mut inputs: Vec<(String, TopicKind)> = INPUT_TABLES
+            .iter()
+            .map(|t| {
+                (
+                    topic_name(prefix, "orders", t),
+                    TopicKind::Cdc {
+                        db: "orders".into(),
+                    },
+                )
+            })
+            .collect();
+        inputs.push((
+            watermark_topic(prefix, "orders"),
+            TopicKind::Watermarks {
+                db: "orders".into(),
+            },
+        ));
+        inputs.push((clickstream_topic(prefix), TopicKind::Events));
+        inputs
+    }
+
+    fn cdc_sources(&self) -> Vec<(String, u32)> {
+        (0..self.shards)
+            .map(|s| ("orders".to_string(), s))
+            .collect()
+    }
+
+    fn parse(&self, record: &Record) -> Result<Option<Input>> {
+        let Some(payload) = &record.payload else {
+            return Ok(None);
+        };
+        if record.topic.ends_with(".events.clickstream") {
+            let ev = ClickEvent::from_json(payload)
+                .map_err(|e| Error::Input(format!("clickstream message: {e}")))?;
+            return Ok(input::from_click(&ev));
+        }
+        let ev = ChangeEvent::from_json(payload)
+            .map_err(|e| Error::Input(format!("change event: {e}")))?;
+        input::from_change(&ev)
+    }
+
+    fn apply(&mut self, input: &Input, now_us: i64) -> Vec<Alert> {
+        let alerts = self.state.apply(input, now_us);
+        for a in &alerts {
+            ALERTS.with_label_values(&[a.rule.as_str()]).inc();
+            ALERT_LATENCY.observe(((now_us - a.source_commit_us) as f64 / 1e6).max(0.0));
+        }
+        alerts
+    }
+
+    fn advance(&mut self, watermark: EventTime) -> Vec<Alert> {
+        self.state.advance(watermark);
+        Vec::new()
+    }
+
+    fn rows(&self, alerts: &[Alert]) -> Result<Vec<RecordBatch>> {
+        Ok(vec![table::rows(alerts)?])
+    }
+
+    async fn publish(&mut self, alerts: &[Alert]) -> Result<()> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        for a in alerts {
+            tracing::info!(alert = %a.id, rule = a.rule.as_str(), customer = a.customer_id, "fraud alert");
+        }
+        if let Some(w) = &self.outputs.webhook {
+            for a in alerts {
+                w.send(&a.id, a.to_json());
+            }
+        }
+        if let Some(t) = &self.outputs.topic {
+            let messages: Vec<(String, Vec<u8>)> =
+                alerts.iter().map(|a| (a.id.clone(), a.to_json())).collect();
+            t.send(&messages).await?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        if let Some(file) = &mut self.rules_file
+            && let Some(rules) = file.check()
+        {
+            self.state.set_rules(rules)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the detector over `shards` order shards until `shutdown`.
+pub async fn run(
+    kafka: &KafkaConfig,
+    lake: &tributary_lake::Lake,
+    shards: u32,
+    config: &crate::config::LiveConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    let outputs = Outputs {
+        topic: Some(TopicSink::open(kafka, &alerts_topic(&kafka.topic_prefix)).await?),
+        webhook: config
+            .fraud
+            .webhook
+            .as_deref()
+            .map(|url| Webhook::start(url, config.fraud.webhook_attempts))
+            .transpose()?,
+    };
+    let job = FraudJob::new(
+        config.fraud.rules.clone(),
+        shards,
+        config.engine.allowed_lateness_us(),
+        outputs,
+    )?;
+    let output = crate::sink::delta::DeltaOutput::new(
+        lake.clone(),
+        "gold",
+        TABLE,
+        &format!("tributary-live/{JOB}"),
+        table::SCHEMA.clone(),
+    );
+    let job = crate::runtime::run(job, kafka, lake, output, &config.engine, shutdown).await?;
+    job.close().await;
+    Ok(())
+}
