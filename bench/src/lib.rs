@@ -18,6 +18,10 @@
 //!   its own: freshness (commit to silver), CDC against ingest throughput,
 //!   backlog, files, the ingester's memory.
 //!
+//! - [`fraud`]: the fraud detector on a stack of its own under labelled
+//!   traffic: precision and recall per rule, equality with a batch oracle
+//!   in SQL, latency, kills, an idle shard, memory per customer.
+//!
 //! The benchmarks that need PostgreSQL or a broker start from
 //! [`tributary_stack`] (the local stack, its PostgreSQL programs and its
 //! broker); [`process`] and [`scrape`] read what `/proc` and a process's
@@ -39,6 +43,7 @@
 
 pub mod cdc;
 pub mod compaction;
+pub mod fraud;
 pub mod lake;
 pub mod process;
 pub mod scrape;

@@ -241,6 +241,41 @@ pub enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// The fraud detector on a stack of its own under labelled traffic:
+    /// precision and recall per rule, equality with a batch oracle (SQL over
+    /// bronze), commit-to-alert latency, SIGKILLs, an idle shard, memory
+    /// per customer. Fails when the oracle and the detector disagree.
+    Fraud {
+        /// Requests per second of the load generator (browsing traffic: an
+        /// order is about one request in four).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// How long the load runs, e.g. 2m.
+        #[arg(long, default_value = "2m")]
+        duration: String,
+        /// Share of planned orders replaced by a labelled incident.
+        #[arg(long, default_value_t = 0.05)]
+        fraud_rate: f64,
+        /// SIGKILLs of the detector during the load (each restarted at once).
+        #[arg(long, default_value_t = 2)]
+        kills: usize,
+        /// How long shard 1 stays silent after the load (0s: skip).
+        #[arg(long, default_value = "60s")]
+        idle: String,
+        /// Distinct customers fed to an in-process detector for memory per
+        /// key (0: skip).
+        #[arg(long, default_value_t = 1_000_000)]
+        memory_customers: usize,
+        /// Seed of the load generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Keep the bench's temporary stack and lake afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// The Star Schema Benchmark's 13 queries, hot, on tributary, DuckDB
     /// (over the same Parquet files) and PostgreSQL; answers are compared.
     Query {

@@ -11,6 +11,7 @@ mod common;
 
 mod e2e {
     mod bench_cdc;
+    mod bench_fraud;
     mod bench_lake;
     mod cdc;
     mod chaos;

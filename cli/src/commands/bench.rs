@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use tributary::parse_duration;
-use tributary_bench::{cdc, compaction, lake, ssb};
+use tributary_bench::{cdc, compaction, fraud, lake, ssb};
 use tributary_stack::Config;
 
 use super::print_json;
@@ -54,6 +54,39 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
             } else {
                 print!("{report}");
             }
+        }
+        BenchCommand::Fraud {
+            rate,
+            duration,
+            fraud_rate,
+            kills,
+            idle,
+            memory_customers,
+            seed,
+            json,
+            keep,
+        } => {
+            let options = fraud::Options {
+                rate,
+                duration: parse_duration(&duration)?,
+                fraud_rate,
+                kills,
+                idle: parse_duration(&idle)?,
+                memory_customers,
+                seed,
+                keep,
+                ..fraud::Options::new(std::env::current_exe().context("finding this binary")?)
+            };
+            let report = fraud::run(&config, &options).await?;
+            if json {
+                print_json(&report, "report")?;
+            } else {
+                print!("{report}");
+            }
+            anyhow::ensure!(
+                report.consistent(),
+                "the detector's alerts differ from the batch oracle's or an alert id is doubled"
+            );
         }
         BenchCommand::Query {
             scale,
