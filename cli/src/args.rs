@@ -103,6 +103,12 @@ pub enum Command {
         #[command(subcommand)]
         command: FraudCommand,
     },
+    /// Live product activity: views, add-to-carts, orders and revenue per
+    /// product per 5-minute window, from the streams.
+    Activity {
+        #[command(subcommand)]
+        command: ActivityCommand,
+    },
     /// Benchmarks on the local stack.
     Bench {
         #[command(subcommand)]
@@ -188,6 +194,21 @@ pub enum FraudCommand {
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ActivityCommand {
+    /// Run the job until stopped (resumes from its last checkpoint).
+    Run {
+        /// Serve /metrics and /healthz on this address, e.g. 127.0.0.1:9105.
+        #[arg(long)]
+        metrics: Option<String>,
+    },
+    /// The top products of the last hour of closed windows, by revenue.
+    Top {
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
     },
 }
 

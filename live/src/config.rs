@@ -11,6 +11,9 @@
 //! rules = "fraud.toml"            # reloaded while running; built-in rules when absent
 //! webhook = "https://…"           # optional; never logged beyond its host
 //! webhook_attempts = 6
+//!
+//! [live.activity]
+//! window_ms = 300000              # gold.product_activity_5m's window
 //! ```
 
 use std::path::PathBuf;
@@ -26,6 +29,29 @@ pub struct LiveConfig {
     pub engine: RuntimeConfig,
     #[serde(default)]
     pub fraud: FraudConfig,
+    #[serde(default)]
+    pub activity: ActivityConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityConfig {
+    /// The window of `gold.product_activity_5m`: five minutes; tests make
+    /// it shorter so that windows close within a test.
+    #[serde(default = "default_window_ms")]
+    pub window_ms: u64,
+}
+
+fn default_window_ms() -> u64 {
+    300_000
+}
+
+impl Default for ActivityConfig {
+    fn default() -> Self {
+        ActivityConfig {
+            window_ms: default_window_ms(),
+        }
+    }
 }
 
 #[derive(Clone, Deserialize)]

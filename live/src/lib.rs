@@ -44,7 +44,7 @@ pub enum Error {
     Lake {
         what: String,
         #[source]
-        source: tributary_lake::Error,
+        source: Box<tributary_lake::Error>,
     },
     #[error("Delta table {table}")]
     Delta {

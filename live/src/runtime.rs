@@ -179,7 +179,7 @@ pub async fn run<J: Job>(
     let name = job.name();
     let (store, base) = lake.object_store().map_err(|source| Error::Lake {
         what: "opening the lake's store for checkpoints".into(),
-        source,
+        source: Box::new(source),
     })?;
     let store = CheckpointStore::new(
         Arc::from(store),
@@ -213,6 +213,10 @@ pub async fn run<J: Job>(
         }
     };
     let inputs = job.inputs(kafka);
+    // A job may start before the CDC reader made its topics; it makes them
+    // the same way (same partitions), so whoever comes first is right.
+    let topics: Vec<String> = inputs.iter().map(|(t, _)| t.clone()).collect();
+    tributary_kafka::ensure_topics(kafka, &topics).await?;
     let driver = Driver::open(
         kafka,
         &format!("tributary-live-{name}"),
@@ -281,8 +285,11 @@ pub async fn run<J: Job>(
                     out.extend(state.job.apply(&input, now_us()));
                 }
                 out.extend(state.job.advance(w));
+                tracing::trace!(job = name, watermark = w, outputs = out.len(), buffered = state.buffer.len(), "watermark moved");
                 watermark = Some(w);
                 crate::metrics::progress(name, w);
+                tributary_stream::metrics::set_watermark(name, Some(w));
+                tributary_stream::metrics::set_buffered_events(name, state.buffer.len());
                 state.emit(out).await?;
             }
             _ = second.tick() => state.job.tick()?,
@@ -357,6 +364,14 @@ impl<J: Job> Running<J> {
                 .commit(seq, vec![crate::sink::late::rows(&late)?])
                 .await?;
         }
+        tracing::debug!(
+            job = self.job.name(),
+            checkpoint = seq,
+            outputs = self.pending.len(),
+            late = late.len(),
+            buffered = self.buffer.len(),
+            "checkpoint"
+        );
         output.commit(seq, self.job.rows(&self.pending)?).await?;
         self.pending.clear();
         self.seq = seq;

@@ -2,6 +2,7 @@
 //! configuration through [`tributary_stack::Platform`], calls the crate that
 //! does the work and prints the result.
 
+mod activity;
 mod bench;
 mod cdc;
 mod etl;
@@ -45,6 +46,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Wait { timeout } => pipeline::wait(config, &timeout).await,
         Command::Verify => pipeline::verify(config).await,
         Command::Fraud { command } => fraud::run(config, command).await,
+        Command::Activity { command } => activity::run(config, command).await,
         Command::Bench { command } => bench::run(config, command).await,
         Command::Demo { duration, rate } => {
             tributary::demo::run(config, parse_duration(&duration)?, rate).await

@@ -194,6 +194,15 @@ async fn fraud_alerts_once_across_a_kill_with_rules_reloaded_and_late_events_rec
     let rules_arg = rules.display().to_string();
     env.spawn("fraud", &["fraud", "run", "--rules", &rules_arg]);
     let shop = Shop::open(env.url()).await;
+    for _ in 0..2 {
+        let (status, body) = send(
+            &shop.c,
+            format!("{}/products/{}/view", shop.base, shop.normal),
+            json!({"customer_id": 1, "device_id": "dev-home"}),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
 
     // Wave 1: every pattern, and the benign look-alikes.
     let velocity = shop.customer("velocity").await;
@@ -391,6 +400,7 @@ async fn fraud_alerts_once_across_a_kill_with_rules_reloaded_and_late_events_rec
         tailed_set, all,
         "the topic and the table hold the same alerts"
     );
+
     env.assert_running();
 }
 

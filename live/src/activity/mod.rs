@@ -7,10 +7,11 @@
 //! A window is written once, when the watermark passed its end plus the
 //! allowed lateness, so the table is append-only and each (product, window)
 //! is one row; with the runtime's checkpoints each row is in the table
-//! once. The same figures computed in batch (orders and revenue from
-//! `bronze.order_items`, views and add-to-carts from the clickstream topic)
-//! equal it for every closed window, less the events the late path
-//! recorded in `gold.live_late_events` (`tributary bench activity`).
+//! once. The same figures computed in batch (orders, units and revenue from
+//! the lake's `order_items` by commit time; add-to-carts from what was
+//! sent) equal it for every closed window, less the events the late path
+//! recorded in `gold.live_late_events` (`docs/stream.md`: an end-to-end
+//! check of this is still open).
 //!
 //! The top products of the last hour are a query over the table:
 //! [`top_products_sql`].
@@ -35,6 +36,7 @@ use crate::{Error, Result};
 
 pub const JOB: &str = "activity";
 pub const TABLE: &str = "product_activity_5m";
+/// The table's window; `[live.activity] window_ms` may shorten it (tests).
 pub const WINDOW_US: i64 = 5 * 60 * 1_000_000;
 
 /// One product's activity in one window.
@@ -98,8 +100,8 @@ pub struct ActivityJob {
 }
 
 impl ActivityJob {
-    pub fn new(shards: u32, lateness_us: i64) -> Result<ActivityJob> {
-        let spec = WindowSpec::tumbling(WINDOW_US).map_err(|e| Error::Input(e.to_string()))?;
+    pub fn new(shards: u32, window_us: i64, lateness_us: i64) -> Result<ActivityJob> {
+        let spec = WindowSpec::tumbling(window_us).map_err(|e| Error::Input(e.to_string()))?;
         Ok(ActivityJob {
             windows: KeyedWindows::new(spec, lateness_us)
                 .map_err(|e| Error::Input(e.to_string()))?,
@@ -274,8 +276,9 @@ impl Job for ActivityJob {
     }
 }
 
-/// The top `limit` products of the hour before the newest closed window,
-/// by revenue, as SQL over the table.
+/// The top `limit` products of the hour up to the newest closed window, by
+/// revenue, as SQL over the table (the seed's "top products of the last
+/// hour"; `tributary activity top`).
 pub fn top_products_sql(limit: usize) -> String {
     format!(
         "WITH recent AS (SELECT * FROM gold.{TABLE} \
@@ -294,7 +297,11 @@ pub async fn run(
     config: &crate::config::LiveConfig,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
-    let job = ActivityJob::new(shards, config.engine.allowed_lateness_us())?;
+    let job = ActivityJob::new(
+        shards,
+        config.activity.window_ms as i64 * 1000,
+        config.engine.allowed_lateness_us(),
+    )?;
     let output = crate::sink::delta::DeltaOutput::new(
         lake.clone(),
         "gold",
@@ -325,7 +332,7 @@ mod tests {
     #[test]
     fn windows_close_once_with_every_touch_counted() {
         assert_eq!(T0 % WINDOW_US, 0);
-        let mut job = ActivityJob::new(1, 0).unwrap();
+        let mut job = ActivityJob::new(1, WINDOW_US, 0).unwrap();
         let inputs = [
             input(1, T0, Touch::View),
             input(1, T0 + MIN, Touch::AddToCart),

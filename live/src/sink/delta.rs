@@ -75,7 +75,7 @@ impl DeltaOutput {
             .await
             .map_err(|source| Error::Lake {
                 what: format!("opening {}", self.name()),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -132,7 +132,7 @@ impl DeltaOutput {
                 .await
                 .map_err(|source| Error::Lake {
                     what: format!("creating {}", self.name()),
-                    source,
+                    source: Box::new(source),
                 })?,
         };
         handle
