@@ -29,7 +29,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -43,9 +42,10 @@ use tributary_model::domain::{TABLES, topic_of};
 use tributary_stack::postgres::connect;
 use tributary_stack::{Config, Platform, Sources, checks};
 
+use crate::children::{Children, free_port, on_own_stack};
 use crate::process::{cpu_secs, load_average, status_kib};
 use crate::scrape::{self, Histogram};
-use crate::{Error, Result, io, pg};
+use crate::{Error, Result, pg};
 
 /// Row changes per unit of load.
 const CHANGES_PER_UNIT: u64 = 5;
@@ -182,35 +182,13 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report> {
     if options.rate <= 0.0 {
         return Err(Error::Options("--rate must be positive".into()));
     }
-    if config.sources.is_some() || config.kafka.is_some() || config.lake.is_some() {
-        return Err(Error::Options(
-            "bench lake runs on a stack of its own: leave [sources], [kafka] and [lake] unset"
-                .into(),
-        ));
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("tributary-bench-lake-")
-        .tempdir()
-        .map_err(io("creating the bench folder"))?;
-    let mut cfg = config.clone();
-    cfg.state_dir = dir.path().join("state");
-    eprintln!("bench stack in {}", cfg.state_dir.display());
-    let result = Bench::start(cfg.clone(), options).await;
-    let report = match result {
-        Ok(mut bench) => {
-            let r = bench.measure().await;
-            bench.stop();
-            r
-        }
-        Err(e) => Err(e),
-    };
-    if options.keep {
-        let kept = dir.keep();
-        eprintln!("kept the bench stack in {}", kept.display());
-    } else {
-        tributary_stack::down(&cfg, true)?;
-    }
-    report
+    on_own_stack(config, "lake", options.keep, async |cfg, _| {
+        let mut bench = Bench::start(cfg, options).await?;
+        let report = bench.measure().await;
+        bench.children.stop();
+        report
+    })
+    .await
 }
 
 struct Bench<'a> {
@@ -220,7 +198,7 @@ struct Bench<'a> {
     kafka: KafkaConfig,
     lake: Lake,
     metrics: String,
-    children: Vec<(&'static str, Child)>,
+    children: Children,
 }
 
 impl Bench<'_> {
@@ -233,10 +211,22 @@ impl Bench<'_> {
             .map_err(|e| Error::Oltp(Box::new(e)))?;
         seed(&sources).await?;
         let lake = platform.lake()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(io("finding a free port"))?
-            .port();
+        let port = free_port()?;
+        let c = platform.config();
+        let children = Children::new(
+            options.exe.clone(),
+            vec![
+                (
+                    "TRIBUTARY__STATE_DIR".to_string(),
+                    c.state_dir.display().to_string(),
+                ),
+                (
+                    "TRIBUTARY__INGEST__BATCH_MAX_MS".to_string(),
+                    c.ingest.batch_max_ms.to_string(),
+                ),
+            ],
+            c.state_dir.clone(),
+        );
         let mut bench = Bench {
             platform,
             options,
@@ -244,11 +234,13 @@ impl Bench<'_> {
             kafka,
             lake,
             metrics: format!("127.0.0.1:{port}"),
-            children: Vec::new(),
+            children,
         };
-        bench.spawn("cdc", &["cdc", "run"])?;
+        bench.children.spawn("cdc", &["cdc", "run"])?;
         let metrics = bench.metrics.clone();
-        bench.spawn("ingest", &["lake", "ingest", "--metrics", &metrics])?;
+        bench
+            .children
+            .spawn("ingest", &["lake", "ingest", "--metrics", &metrics])?;
         Ok(bench)
     }
 
@@ -256,89 +248,15 @@ impl Bench<'_> {
         self.platform.config()
     }
 
-    fn spawn(&mut self, name: &'static str, args: &[&str]) -> Result<()> {
-        let path = self.log_path(name);
-        let log =
-            std::fs::File::create(&path).map_err(io(format!("creating {}", path.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(io(format!("opening {}", path.display())))?;
-        let child = Command::new(&self.options.exe)
-            .args(args)
-            .env("TRIBUTARY__STATE_DIR", &self.cfg().state_dir)
-            .env(
-                "TRIBUTARY__INGEST__BATCH_MAX_MS",
-                self.cfg().ingest.batch_max_ms.to_string(),
-            )
-            .stdin(Stdio::null())
-            .stdout(log2)
-            .stderr(log)
-            .spawn()
-            .map_err(io(format!(
-                "starting {name} ({})",
-                self.options.exe.display()
-            )))?;
-        self.children.push((name, child));
-        Ok(())
-    }
-
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.cfg().state_dir.join(format!("{name}.log"))
-    }
-
-    fn check_children(&mut self) -> Result<()> {
-        let mut exited = None;
-        for (name, child) in &mut self.children {
-            if let Some(status) = child
-                .try_wait()
-                .map_err(io(format!("waiting for {name}")))?
-            {
-                exited = Some((*name, status));
-                break;
-            }
-        }
-        match exited {
-            Some((name, status)) => Err(Error::Run(format!(
-                "{name} exited with {status}; see {}",
-                self.log_path(name).display()
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    fn pid(&self, name: &str) -> Option<u32> {
-        self.children
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, c)| c.id())
-    }
-
-    /// SIGTERM, a few seconds to drain, then SIGKILL.
-    fn stop(&mut self) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        for (_, c) in &self.children {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, c) in &mut self.children {
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
     async fn caught_up(&mut self, timeout: Duration) -> Result<()> {
-        self.check_children()?;
+        self.children.check()?;
         checks::wait_caught_up(&self.platform, timeout)
             .await
             .map_err(|e| Error::Pipeline {
                 logs: format!(
                     "{} and {}",
-                    self.log_path("cdc").display(),
-                    self.log_path("ingest").display()
+                    self.children.log_path("cdc").display(),
+                    self.children.log_path("ingest").display()
                 ),
                 source: Box::new(e),
             })
@@ -361,8 +279,8 @@ impl Bench<'_> {
     /// CPU seconds so far of the children and the stack's broker.
     fn cpu(&self) -> BTreeMap<String, f64> {
         let mut out = BTreeMap::new();
-        for (name, c) in &self.children {
-            if let Some(s) = cpu_secs(c.id()) {
+        for (name, pid) in self.children.pids() {
+            if let Some(s) = cpu_secs(pid) {
                 out.insert(name.to_string(), s);
             }
         }
@@ -408,7 +326,7 @@ impl Bench<'_> {
         while started.elapsed() < self.options.duration {
             let left = self.options.duration.saturating_sub(started.elapsed());
             tokio::time::sleep(left.min(SAMPLE)).await;
-            self.check_children()?;
+            self.children.check()?;
             if let Some(done) = writers.try_join_next() {
                 done.map_err(|e| Error::Internal(format!("load writer: {e}")))??;
                 return Err(Error::Run("a load writer stopped early".into()));
@@ -432,7 +350,10 @@ impl Bench<'_> {
         let total_written = count(&written);
         let end = self.sample(started.elapsed(), total_written).await?;
         samples.push(end.clone());
-        let peak_rss = self.pid("ingest").and_then(|p| status_kib(p, "VmHWM"));
+        let peak_rss = self
+            .children
+            .pid("ingest")
+            .and_then(|p| status_kib(p, "VmHWM"));
         let load_end = load_average();
         let drain = Instant::now();
         self.caught_up(Duration::from_secs(600)).await?;

@@ -42,6 +42,7 @@
 //! ```
 
 pub mod cdc;
+mod children;
 pub mod compaction;
 pub mod fraud;
 pub mod lake;

@@ -17,6 +17,7 @@
 pub mod activity;
 pub mod config;
 pub mod fraud;
+pub mod inputs;
 pub mod metrics;
 pub mod runtime;
 pub mod sink;

@@ -32,7 +32,6 @@ pub mod score;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
@@ -49,9 +48,10 @@ use tributary_model::domain::TABLES;
 use tributary_stack::postgres::connect;
 use tributary_stack::{Config, Platform, checks};
 
+use crate::children::{Children, free_port, on_own_stack};
 use crate::process::load_average;
 use crate::scrape;
-use crate::{Error, Result, io, pg};
+use crate::{Error, Result, pg};
 use memory::Memory;
 use oracle::{Click, Inputs};
 use score::{AlertRow, BenignScore, RuleScore};
@@ -217,12 +217,6 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report> {
             "--fraud-rate must be above 0 and at most 1".into(),
         ));
     }
-    if config.sources.is_some() || config.kafka.is_some() || config.lake.is_some() {
-        return Err(Error::Options(
-            "bench fraud runs on a stack of its own: leave [sources], [kafka] and [lake] unset"
-                .into(),
-        ));
-    }
     let memory = if options.memory_customers > 0 {
         eprintln!(
             "memory: {} customers into an in-process detector",
@@ -237,47 +231,23 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report> {
     } else {
         None
     };
-    let dir = tempfile::Builder::new()
-        .prefix("tributary-bench-fraud-")
-        .tempdir()
-        .map_err(io("creating the bench folder"))?;
-    let mut cfg = config.clone();
-    cfg.state_dir = dir.path().join("state");
-    eprintln!("bench stack in {}", cfg.state_dir.display());
-    let result = Bench::start(cfg.clone(), options, dir.path().join("labels.jsonl")).await;
-    let report = match result {
-        Ok(mut bench) => {
-            let r = bench.measure(memory).await;
-            bench.stop();
-            r
-        }
-        Err(e) => Err(e),
-    };
-    if options.keep {
-        let kept = dir.keep();
-        eprintln!("kept the bench stack in {}", kept.display());
-    } else {
-        tributary_stack::down(&cfg, true)?;
-    }
-    report
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(io("finding a free port"))?
-        .port())
+    on_own_stack(config, "fraud", options.keep, async |cfg, dir| {
+        let mut bench = Bench::start(cfg, options, dir.join("labels.jsonl")).await?;
+        let report = bench.measure(memory).await;
+        bench.children.stop();
+        report
+    })
+    .await
 }
 
 struct Bench<'a> {
     platform: Platform,
     options: &'a Options,
     kafka: KafkaConfig,
-    env: Vec<(String, String)>,
     oltp: String,
     metrics: String,
     labels: PathBuf,
-    children: Vec<(&'static str, Vec<String>, Child)>,
+    children: Children,
 }
 
 impl Bench<'_> {
@@ -321,22 +291,24 @@ impl Bench<'_> {
                 c.live.engine.allowed_lateness_ms.to_string(),
             ),
         ];
+        let children = Children::new(options.exe.clone(), env, c.state_dir.clone());
         let mut bench = Bench {
             platform,
             options,
             kafka,
-            env,
             oltp,
             metrics: format!("127.0.0.1:{}", free_port()?),
             labels,
-            children: Vec::new(),
+            children,
         };
-        bench.spawn("oltp", &["oltp", "serve"])?;
+        bench.children.spawn("oltp", &["oltp", "serve"])?;
         bench.wait_http().await?;
-        bench.spawn("cdc", &["cdc", "run"])?;
-        bench.spawn("ingest", &["lake", "ingest"])?;
+        bench.children.spawn("cdc", &["cdc", "run"])?;
+        bench.children.spawn("ingest", &["lake", "ingest"])?;
         let metrics = bench.metrics.clone();
-        bench.spawn("fraud", &["fraud", "run", "--metrics", &metrics])?;
+        bench
+            .children
+            .spawn("fraud", &["fraud", "run", "--metrics", &metrics])?;
         Ok(bench)
     }
 
@@ -344,90 +316,11 @@ impl Bench<'_> {
         self.platform.config()
     }
 
-    fn spawn(&mut self, name: &'static str, args: &[&str]) -> Result<()> {
-        let path = self.log_path(name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(format!("opening {}", path.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(io(format!("opening {}", path.display())))?;
-        let child = Command::new(&self.options.exe)
-            .args(args)
-            .envs(self.env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(log2)
-            .stderr(log)
-            .spawn()
-            .map_err(io(format!(
-                "starting {name} ({})",
-                self.options.exe.display()
-            )))?;
-        let args = args.iter().map(|a| a.to_string()).collect();
-        self.children.push((name, args, child));
-        Ok(())
-    }
-
-    /// SIGKILLs a child and starts it again with the same arguments.
-    fn kill_and_restart(&mut self, name: &'static str) -> Result<()> {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let i = self
-            .children
-            .iter()
-            .position(|(n, _, _)| *n == name)
-            .ok_or_else(|| Error::Internal(format!("no child {name}")))?;
-        let (_, args, mut child) = self.children.remove(i);
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-        let _ = child.wait();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.spawn(name, &args)
-    }
-
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.cfg().state_dir.join(format!("{name}.log"))
-    }
-
-    fn check_children(&mut self) -> Result<()> {
-        let dir = self.platform.config().state_dir.clone();
-        for (name, _, child) in &mut self.children {
-            if let Some(status) = child
-                .try_wait()
-                .map_err(io(format!("waiting for {name}")))?
-            {
-                return Err(Error::Run(format!(
-                    "{name} exited with {status}; see {}",
-                    dir.join(format!("{name}.log")).display()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// SIGTERM, a few seconds to drain, then SIGKILL.
-    fn stop(&mut self) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        for (_, _, c) in &self.children {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, _, c) in &mut self.children {
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
     async fn wait_http(&mut self) -> Result<()> {
         let url = format!("http://{}/products", self.oltp);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            self.check_children()?;
+            self.children.check()?;
             if let Ok(r) = reqwest::get(&url).await
                 && r.status().is_success()
             {
@@ -436,7 +329,7 @@ impl Bench<'_> {
             if Instant::now() > deadline {
                 return Err(Error::Run(format!(
                     "the order service did not answer on {url}; see {}",
-                    self.log_path("oltp").display()
+                    self.children.log_path("oltp").display()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -504,14 +397,14 @@ impl Bench<'_> {
                         .map_err(|e| Error::Oltp(Box::new(e)))?;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    if let Err(e) = self.check_children() {
+                    if let Err(e) = self.children.check() {
                         stop.cancel();
                         return Err(e);
                     }
                     if kill_times.get(kills_at.len()).is_some_and(|t| started.elapsed() >= *t) {
                         eprintln!("  {:>6.1}s SIGKILL the detector, restarting it", started.elapsed().as_secs_f64());
                         kills_at.push(started.elapsed().as_secs_f64());
-                        self.kill_and_restart("fraud")?;
+                        self.children.kill_and_restart("fraud")?;
                     }
                 }
             }
@@ -533,8 +426,8 @@ impl Bench<'_> {
             .map_err(|e| Error::Pipeline {
                 logs: format!(
                     "{} and {}",
-                    self.log_path("cdc").display(),
-                    self.log_path("ingest").display()
+                    self.children.log_path("cdc").display(),
+                    self.children.log_path("ingest").display()
                 ),
                 source: Box::new(e),
             })?;
@@ -542,7 +435,7 @@ impl Bench<'_> {
         let caught = now_us() / 1_000_000;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            self.check_children()?;
+            self.children.check()?;
             if self
                 .watermark()
                 .await
@@ -553,7 +446,7 @@ impl Bench<'_> {
             if Instant::now() > deadline {
                 return Err(Error::Run(format!(
                     "the detector's watermark did not pass the end of the load; see {}",
-                    self.log_path("fraud").display()
+                    self.children.log_path("fraud").display()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -673,7 +566,7 @@ impl Bench<'_> {
         let mut lag_gauge = false;
         while started.elapsed() < idle {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            self.check_children()?;
+            self.children.check()?;
             if let Some((w, lag, gauge)) = self.watermark().await {
                 samples += 1;
                 lag_gauge = gauge;

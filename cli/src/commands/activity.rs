@@ -15,10 +15,7 @@ pub async fn run(config: Config, command: ActivityCommand) -> Result<()> {
             let lake = platform.lake()?;
             let shards = platform.sources()?.shards.len() as u32;
             let shutdown = shutdown_on_signals();
-            if let Some(listen) = metrics {
-                let addr = tributary_metrics::serve(&listen, shutdown.clone()).await?;
-                eprintln!("metrics on http://{addr}/metrics");
-            }
+            super::serve_metrics(metrics, &shutdown).await?;
             activity::run(&kafka, &lake, shards, &platform.config().live, shutdown).await?;
         }
         ActivityCommand::Top { limit } => {

@@ -13,10 +13,7 @@ pub async fn run(config: Config, command: CdcCommand) -> Result<()> {
             let sources = platform.sources()?;
             let kafka = platform.kafka()?.clone();
             let shutdown = shutdown_on_signals();
-            if let Some(listen) = metrics {
-                let addr = tributary_metrics::serve(&listen, shutdown.clone()).await?;
-                eprintln!("metrics on http://{addr}/metrics");
-            }
+            super::serve_metrics(metrics, &shutdown).await?;
             tributary_cdc::run(
                 platform.config().cdc.clone(),
                 kafka,

@@ -40,10 +40,7 @@ pub async fn run(config: Config, command: FraudCommand) -> Result<()> {
             let lake = platform.lake()?;
             let shards = platform.sources()?.shards.len() as u32;
             let shutdown = shutdown_on_signals();
-            if let Some(listen) = metrics {
-                let addr = tributary_metrics::serve(&listen, shutdown.clone()).await?;
-                eprintln!("metrics on http://{addr}/metrics");
-            }
+            super::serve_metrics(metrics, &shutdown).await?;
             fraud::run(&kafka, &lake, shards, &live, shutdown).await?;
             Ok(())
         }

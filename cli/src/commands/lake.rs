@@ -19,10 +19,7 @@ pub async fn run(config: Config, command: LakeCommand) -> Result<()> {
             let kafka = platform.kafka()?.clone();
             let lake = platform.lake()?;
             let shutdown = shutdown_on_signals();
-            if let Some(listen) = metrics {
-                let addr = tributary_metrics::serve(&listen, shutdown.clone()).await?;
-                eprintln!("metrics on http://{addr}/metrics");
-            }
+            super::serve_metrics(metrics, &shutdown).await?;
             tributary_lake::ingest::serve(lake, kafka, config.ingest.clone(), shutdown).await?;
         }
         LakeCommand::CheckStore {

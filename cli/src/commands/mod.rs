@@ -54,6 +54,19 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Serves `/metrics` and `/healthz` on `listen`, when given, until
+/// `shutdown`; says where on stderr.
+async fn serve_metrics(
+    listen: Option<String>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    if let Some(listen) = listen {
+        let addr = tributary_metrics::serve(&listen, shutdown.clone()).await?;
+        eprintln!("metrics on http://{addr}/metrics");
+    }
+    Ok(())
+}
+
 /// Prints `value` as pretty JSON.
 fn print_json(value: &impl serde::Serialize, what: &str) -> Result<()> {
     use anyhow::Context;

@@ -21,16 +21,15 @@ pub mod table;
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use tributary_kafka::KafkaConfig;
-use tributary_model::clickstream::{ClickEvent, ClickKind, clickstream_topic};
-use tributary_model::domain::topic_name;
+use tributary_model::clickstream::{ClickEvent, ClickKind};
 use tributary_model::event::{ChangeEvent, Op};
-use tributary_model::watermark::watermark_topic;
 use tributary_stream::EventTime;
 use tributary_stream::reorder::Timed;
 use tributary_stream::source::{Record, TopicKind};
 use tributary_stream::window::{KeyedWindows, Merge, Window, WindowSpec};
 
 use crate::fraud::input::parse_cents;
+use crate::inputs::{Message, decode, order_inputs, order_shards};
 use crate::runtime::Job;
 use crate::{Error, Result};
 
@@ -187,42 +186,19 @@ impl Job for ActivityJob {
     }
 
     fn inputs(&self, kafka: &KafkaConfig) -> Vec<(String, TopicKind)> {
-        let prefix = &kafka.topic_prefix;
-        vec![
-            (
-                topic_name(prefix, "orders", "order_items"),
-                TopicKind::Cdc {
-                    db: "orders".into(),
-                },
-            ),
-            (
-                watermark_topic(prefix, "orders"),
-                TopicKind::Watermarks {
-                    db: "orders".into(),
-                },
-            ),
-            (clickstream_topic(prefix), TopicKind::Events),
-        ]
+        order_inputs(&kafka.topic_prefix, &["order_items"])
     }
 
     fn cdc_sources(&self) -> Vec<(String, u32)> {
-        (0..self.shards)
-            .map(|s| ("orders".to_string(), s))
-            .collect()
+        order_shards(self.shards)
     }
 
     fn parse(&self, record: &Record) -> Result<Option<Input>> {
-        let Some(payload) = &record.payload else {
-            return Ok(None);
-        };
-        if record.topic.ends_with(".events.clickstream") {
-            let ev = ClickEvent::from_json(payload)
-                .map_err(|e| Error::Input(format!("clickstream message: {e}")))?;
-            return Ok(Some(from_click(&ev)));
+        match decode(record)? {
+            Some(Message::Click(ev)) => Ok(Some(from_click(&ev))),
+            Some(Message::Change(ev)) => from_change(&ev),
+            None => Ok(None),
         }
-        let ev = ChangeEvent::from_json(payload)
-            .map_err(|e| Error::Input(format!("change event: {e}")))?;
-        from_change(&ev)
     }
 
     fn apply(&mut self, input: &Input, _now_us: i64) -> Vec<Row> {
@@ -302,13 +278,7 @@ pub async fn run(
         config.activity.window_ms as i64 * 1000,
         config.engine.allowed_lateness_us(),
     )?;
-    let output = crate::sink::delta::DeltaOutput::new(
-        lake.clone(),
-        "gold",
-        TABLE,
-        &format!("tributary-live/{JOB}"),
-        table::SCHEMA.clone(),
-    );
+    let output = crate::sink::delta::DeltaOutput::for_job(lake, JOB, TABLE, table::SCHEMA.clone());
     crate::runtime::run(job, kafka, lake, output, &config.engine, shutdown).await?;
     Ok(())
 }

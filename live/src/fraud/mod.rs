@@ -23,18 +23,15 @@ use std::path::PathBuf;
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use tributary_kafka::KafkaConfig;
-use tributary_model::clickstream::{ClickEvent, clickstream_topic};
-use tributary_model::domain::topic_name;
-use tributary_model::event::ChangeEvent;
-use tributary_model::watermark::watermark_topic;
 use tributary_stream::EventTime;
 use tributary_stream::source::{Record, TopicKind};
 
+use crate::Result;
+use crate::inputs::{Message, decode, order_inputs, order_shards};
 use crate::metrics::{ALERT_LATENCY, ALERTS};
 use crate::runtime::Job;
 use crate::sink::kafka::TopicSink;
 use crate::sink::webhook::Webhook;
-use crate::{Error, Result};
 use alert::Alert;
 use detector::Detector;
 use input::Input;
@@ -92,10 +89,6 @@ impl FraudJob {
         })
     }
 
-    pub fn detector(&self) -> &Detector {
-        &self.state
-    }
-
     /// Waits for the webhook's queue to drain.
     pub async fn close(self) {
         if let Some(w) = self.outputs.webhook {
@@ -127,46 +120,19 @@ impl Job for FraudJob {
     }
 
     fn inputs(&self, kafka: &KafkaConfig) -> Vec<(String, TopicKind)> {
-        let prefix = &kafka.topic_prefix;
-        let mut inputs: Vec<(String, TopicKind)> = INPUT_TABLES
-            .iter()
-            .map(|t| {
-                (
-                    topic_name(prefix, "orders", t),
-                    TopicKind::Cdc {
-                        db: "orders".into(),
-                    },
-                )
-            })
-            .collect();
-        inputs.push((
-            watermark_topic(prefix, "orders"),
-            TopicKind::Watermarks {
-                db: "orders".into(),
-            },
-        ));
-        inputs.push((clickstream_topic(prefix), TopicKind::Events));
-        inputs
+        order_inputs(&kafka.topic_prefix, &INPUT_TABLES)
     }
 
     fn cdc_sources(&self) -> Vec<(String, u32)> {
-        (0..self.shards)
-            .map(|s| ("orders".to_string(), s))
-            .collect()
+        order_shards(self.shards)
     }
 
     fn parse(&self, record: &Record) -> Result<Option<Input>> {
-        let Some(payload) = &record.payload else {
-            return Ok(None);
-        };
-        if record.topic.ends_with(".events.clickstream") {
-            let ev = ClickEvent::from_json(payload)
-                .map_err(|e| Error::Input(format!("clickstream message: {e}")))?;
-            return Ok(input::from_click(&ev));
+        match decode(record)? {
+            Some(Message::Click(ev)) => Ok(input::from_click(&ev)),
+            Some(Message::Change(ev)) => input::from_change(&ev),
+            None => Ok(None),
         }
-        let ev = ChangeEvent::from_json(payload)
-            .map_err(|e| Error::Input(format!("change event: {e}")))?;
-        input::from_change(&ev)
     }
 
     fn apply(&mut self, input: &Input, now_us: i64) -> Vec<Alert> {
@@ -240,13 +206,7 @@ pub async fn run(
         config.engine.allowed_lateness_us(),
         outputs,
     )?;
-    let output = crate::sink::delta::DeltaOutput::new(
-        lake.clone(),
-        "gold",
-        TABLE,
-        &format!("tributary-live/{JOB}"),
-        table::SCHEMA.clone(),
-    );
+    let output = crate::sink::delta::DeltaOutput::for_job(lake, JOB, TABLE, table::SCHEMA.clone());
     let job = crate::runtime::run(job, kafka, lake, output, &config.engine, shutdown).await?;
     job.close().await;
     Ok(())

@@ -23,9 +23,11 @@ use tributary_lake::store::commit_without_data;
 
 use crate::{Error, Result};
 
+/// Live jobs write to gold.
+const LAYER: &str = "gold";
+
 pub struct DeltaOutput {
     lake: Lake,
-    layer: &'static str,
     table: &'static str,
     app: String,
     schema: SchemaRef,
@@ -34,21 +36,25 @@ pub struct DeltaOutput {
 }
 
 impl DeltaOutput {
-    pub fn new(
-        lake: Lake,
-        layer: &'static str,
-        table: &'static str,
-        app: &str,
-        schema: SchemaRef,
-    ) -> Self {
+    /// `gold.<table>`, its checkpoints recorded under the `txn` app `app`.
+    pub fn new(lake: Lake, table: &'static str, app: &str, schema: SchemaRef) -> Self {
         DeltaOutput {
             lake,
-            layer,
             table,
             app: app.to_string(),
             schema,
             lenient: false,
         }
+    }
+
+    /// A job's own table, under the `txn` app `tributary-live/<job>`.
+    pub fn for_job(lake: &Lake, job: &str, table: &'static str, schema: SchemaRef) -> Self {
+        DeltaOutput::new(
+            lake.clone(),
+            table,
+            &format!("tributary-live/{job}"),
+            schema,
+        )
     }
 
     /// For a side output written before the main one: a checkpoint number
@@ -59,7 +65,7 @@ impl DeltaOutput {
     }
 
     pub fn name(&self) -> String {
-        format!("{}.{}", self.layer, self.table)
+        format!("{LAYER}.{}", self.table)
     }
 
     fn delta_err(&self) -> impl FnOnce(deltalake::DeltaTableError) -> Error + '_ {
@@ -71,7 +77,7 @@ impl DeltaOutput {
 
     async fn open(&self) -> Result<Option<DeltaTable>> {
         self.lake
-            .open(self.layer, self.table)
+            .open(LAYER, self.table)
             .await
             .map_err(|source| Error::Lake {
                 what: format!("opening {}", self.name()),
@@ -81,9 +87,13 @@ impl DeltaOutput {
 
     /// The number of the last committed checkpoint; `None` before the first.
     pub async fn committed(&self) -> Result<Option<u64>> {
-        let Some(table) = self.open().await? else {
-            return Ok(None);
-        };
+        match self.open().await? {
+            Some(table) => self.committed_in(&table).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn committed_in(&self, table: &DeltaTable) -> Result<Option<u64>> {
         let snapshot = table.snapshot().map_err(self.delta_err())?;
         let v = snapshot
             .transaction_version(table.log_store().as_ref(), &self.app)
@@ -95,7 +105,11 @@ impl DeltaOutput {
     /// Appends `rows` as checkpoint `seq`'s output, in one commit with
     /// `txn (app, seq)`; nothing but the `txn` when there are no rows.
     pub async fn commit(&self, seq: u64, rows: Vec<RecordBatch>) -> Result<()> {
-        let committed = self.committed().await?;
+        let existing = self.open().await?;
+        let committed = match &existing {
+            Some(table) => self.committed_in(table).await?,
+            None => None,
+        };
         if self.lenient && committed.is_some_and(|c| c >= seq) {
             return Ok(());
         }
@@ -109,7 +123,6 @@ impl DeltaOutput {
             .lake
             .commit_properties()
             .with_application_transactions(vec![Transaction::new(&self.app, seq as i64)]);
-        let existing = self.open().await?;
         let n: usize = rows.iter().map(RecordBatch::num_rows).sum();
         if n == 0
             && let Some(table) = &existing
@@ -128,7 +141,7 @@ impl DeltaOutput {
             Some(t) => t,
             None => self
                 .lake
-                .table_handle(self.layer, self.table)
+                .table_handle(LAYER, self.table)
                 .await
                 .map_err(|source| Error::Lake {
                     what: format!("creating {}", self.name()),
@@ -142,7 +155,7 @@ impl DeltaOutput {
             .with_commit_properties(props)
             .await
             .map_err(self.delta_err())?;
-        self.lake.forget(self.layer, self.table);
+        self.lake.forget(LAYER, self.table);
         Ok(())
     }
 }

@@ -37,7 +37,6 @@ pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 pub fn output(lake: &Lake, job: &str) -> DeltaOutput {
     DeltaOutput::new(
         lake.clone(),
-        "gold",
         TABLE,
         &format!("tributary-live/{job}/late"),
         SCHEMA.clone(),
