@@ -27,7 +27,10 @@ fn bench_fraud_agrees_with_its_oracle_and_finds_the_labelled_fraud() {
             "--kills",
             "1",
             "--idle",
-            "5s",
+            // Long enough that a detector still catching up after its kill
+            // shows the watermark moving on a loaded machine (5 s did not
+            // once in CI: no advance over the whole phase).
+            "15s",
             "--memory-customers",
             "2000",
             "--json",
