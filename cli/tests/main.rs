@@ -10,6 +10,7 @@
 mod common;
 
 mod e2e {
+    mod activity;
     mod bench_cdc;
     mod bench_fraud;
     mod bench_lake;

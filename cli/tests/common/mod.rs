@@ -218,6 +218,21 @@ impl Env {
         }
     }
 
+    /// Polls `check` until it holds; fails after `secs` or when a child
+    /// exited.
+    pub async fn until(&mut self, what: &str, secs: u64, check: impl AsyncFn(&Env) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !check(self).await {
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen within {secs} s\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     /// The end of every child's log, for a failure message.
     pub fn logs(&self) -> String {
         self.children

@@ -146,23 +146,8 @@ fn keys(alerts: &BTreeMap<(String, i64), BTreeSet<String>>) -> BTreeSet<(String,
     alerts.keys().cloned().collect()
 }
 
-/// Polls `check` until it holds; fails after `secs` or when a child exited.
-async fn until(env: &mut Env, what: &str, secs: u64, check: impl AsyncFn(&Env) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !check(env).await {
-        env.assert_running();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} did not happen within {secs} s\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 async fn wait_for_alerts(env: &mut Env, want: &BTreeSet<(String, i64)>) {
-    until(
-        env,
+    env.until(
         "the expected alerts in gold.fraud_alerts",
         90,
         async |env: &Env| want.is_subset(&keys(&alerts(env).await.0)),
@@ -281,8 +266,7 @@ async fn fraud_alerts_once_across_a_kill_with_rules_reloaded_and_late_events_rec
 
     // A bad rules file is refused; the rules in force keep alerting.
     std::fs::write(&rules, "[velocity]\nmax_orders = 0\nwindow = \"1m\"\n").unwrap();
-    until(
-        &mut env,
+    env.until(
         "the refusal in the detector's log",
         20,
         async |env: &Env| {
@@ -306,12 +290,9 @@ async fn fraud_alerts_once_across_a_kill_with_rules_reloaded_and_late_events_rec
         "[velocity]\nmax_orders = 1\nwindow = \"60s\"\nslide = \"30s\"\n",
     )
     .unwrap();
-    until(
-        &mut env,
-        "the reload in the detector's log",
-        20,
-        async |env: &Env| env.log("fraud").contains("fraud rules reloaded"),
-    )
+    env.until("the reload in the detector's log", 20, async |env: &Env| {
+        env.log("fraud").contains("fraud rules reloaded")
+    })
     .await;
     let fourth = shop.customer("velocity-4").await;
     for _ in 0..2 {
@@ -345,7 +326,7 @@ async fn fraud_alerts_once_across_a_kill_with_rules_reloaded_and_late_events_rec
             .map_err(|(e, _)| e)
             .unwrap();
     }
-    until(&mut env, "the late event in gold.live_late_events", 60, async |env: &Env| {
+    env.until("the late event in gold.live_late_events", 60, async |env: &Env| {
         let session = env.session().await;
         match session
             .sql("SELECT count(*) FROM gold.live_late_events WHERE job = 'fraud' AND topic LIKE '%clickstream'")

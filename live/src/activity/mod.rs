@@ -10,8 +10,8 @@
 //! once. The same figures computed in batch (orders, units and revenue from
 //! the lake's `order_items` by commit time; add-to-carts from what was
 //! sent) equal it for every closed window, less the events the late path
-//! recorded in `gold.live_late_events` (`docs/stream.md`: an end-to-end
-//! check of this is still open).
+//! recorded in `gold.live_late_events` (`e2e::activity` checks it on the
+//! real stack).
 //!
 //! The top products of the last hour are a query over the table:
 //! [`top_products_sql`].

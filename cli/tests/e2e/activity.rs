@@ -1,0 +1,169 @@
+//! Live product activity on the real stack: the windows the stream job
+//! closes equal the same figures computed in batch from the lake, and the
+//! clickstream's views and add-to-carts are each counted once, across a
+//! SIGKILL of the job.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Int64Type};
+use serde_json::json;
+
+use crate::common::*;
+
+/// (product, window start µs) -> (orders, units, revenue cents).
+type Windows = BTreeMap<(i64, i64), (i64, i64, i64)>;
+
+/// Runs `sql`, whose columns are product, window start (µs), then three
+/// integers; `None` while a table does not exist yet.
+async fn windows(env: &Env, sql: &str) -> Option<Windows> {
+    let batches = env.session().await.sql(sql).await.ok()?;
+    let mut out = Windows::new();
+    for b in &batches {
+        let cols: Vec<_> = (0..5)
+            .map(|i| arrow::compute::cast(b.column(i), &DataType::Int64).unwrap())
+            .collect();
+        let v = |c: usize, i: usize| cols[c].as_primitive::<Int64Type>().value(i);
+        for i in 0..b.num_rows() {
+            assert!(cols.iter().all(|c| !c.is_null(i)), "{sql}: a null");
+            out.insert((v(0, i), v(1, i)), (v(2, i), v(3, i), v(4, i)));
+        }
+    }
+    Some(out)
+}
+
+const STREAMED: &str = "SELECT product_id, CAST(to_unixtime(window_start) * 1000000 AS BIGINT), \
+     orders, units, CAST(revenue * 100 AS BIGINT) FROM gold.product_activity_5m WHERE orders > 0";
+
+/// The same windows in batch: order lines by their commit time, from silver
+/// (the test never updates an order line, so silver's commit time is the
+/// creation's).
+const BATCH: &str = "SELECT product_id, \
+     CAST(to_unixtime(date_bin(INTERVAL '10 seconds', _commit_ts, TIMESTAMP '1970-01-01T00:00:00Z')) * 1000000 AS BIGINT), \
+     count(*), sum(quantity), CAST(sum(line_total) * 100 AS BIGINT) FROM silver.order_items GROUP BY 1, 2";
+
+#[tokio::test]
+async fn streamed_windows_equal_the_batch_figures_across_a_kill() {
+    let mut env = Env::stack().await;
+    env.extra.extend(
+        [
+            ("TRIBUTARY__CDC__STATUS_INTERVAL_MS", "200"),
+            ("TRIBUTARY__LIVE__ENGINE__CHECKPOINT_INTERVAL_MS", "300"),
+            ("TRIBUTARY__LIVE__ENGINE__IDLE_TIMEOUT_MS", "2000"),
+            ("TRIBUTARY__LIVE__ACTIVITY__WINDOW_MS", "10000"),
+            ("TRIBUTARY_LOG", "info,tributary_live=debug"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    env.start().await;
+    env.start_pipeline();
+    env.spawn("activity", &["activity", "run"]);
+    let base = env.url();
+    let c = reqwest::Client::new();
+    let mut products = vec![];
+    for (i, price) in [4.25, 19.99].iter().enumerate() {
+        let p = post(
+            &c,
+            format!("{base}/products"),
+            json!({"sku": format!("ACT-{i}"), "name": format!("Thing {i}"), "category": "tools", "price": price}),
+        )
+        .await;
+        products.push(p["id"].as_i64().unwrap());
+    }
+    let customer = post(
+        &c,
+        format!("{base}/customers"),
+        json!({"email": "act@example.com", "name": "Act", "region": "eu", "country": "DE",
+               "city": "Berlin", "address": "Strasse 1", "lat": 52.5, "lon": 13.4}),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let click = async |product: i64, what: &str| {
+        let r = c
+            .post(format!("{base}/products/{product}/{what}"))
+            .json(&json!({"customer_id": customer, "device_id": "dev-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{what}: {}", r.status());
+    };
+    let order = async |lines: serde_json::Value| {
+        post(
+            &c,
+            format!("{base}/orders"),
+            json!({"customer_id": customer, "items": lines}),
+        )
+        .await;
+    };
+    for _ in 0..2 {
+        click(products[0], "view").await;
+    }
+    for _ in 0..3 {
+        click(products[1], "cart").await;
+    }
+    order(json!([{"product_id": products[0], "quantity": 2}, {"product_id": products[1], "quantity": 1}])).await;
+    order(json!([{"product_id": products[1], "quantity": 3}])).await;
+    // A kill mid-stream: nothing counted twice or lost.
+    env.kill9("activity");
+    for _ in 0..2 {
+        click(products[1], "cart").await;
+    }
+    order(json!([{"product_id": products[0], "quantity": 1}])).await;
+    env.spawn("activity", &["activity", "run"]);
+
+    env.until(
+        "every batch window in gold.product_activity_5m",
+        120,
+        async |env: &Env| {
+            let (Some(streamed), Some(batch)) =
+                (windows(env, STREAMED).await, windows(env, BATCH).await)
+            else {
+                return false;
+            };
+            let lines: i64 = batch.values().map(|v| v.0).sum();
+            lines == 4 && batch.keys().all(|k| streamed.contains_key(k))
+        },
+    )
+    .await;
+    let streamed = windows(&env, STREAMED).await.unwrap();
+    let batch = windows(&env, BATCH).await.unwrap();
+    assert_eq!(streamed, batch, "streamed windows == batch windows");
+    let session = env.session().await;
+    let clicks = session
+        .sql(&format!(
+            "SELECT product_id, sum(views), sum(add_to_carts) FROM gold.product_activity_5m \
+             WHERE product_id IN ({}, {}) GROUP BY 1 ORDER BY 1",
+            products[0], products[1]
+        ))
+        .await
+        .unwrap();
+    let b = arrow::compute::concat_batches(&clicks[0].schema(), &clicks).unwrap();
+    let col = |i: usize| {
+        arrow::compute::cast(b.column(i), &DataType::Int64)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec()
+    };
+    assert_eq!(col(0), products, "both products have windows");
+    assert_eq!(col(1), vec![2, 0], "views, once each");
+    assert_eq!(col(2), vec![0, 5], "add-to-carts, once each");
+    let distinct = tributary_query_count(
+        &session
+            .sql(
+                "SELECT count(*) FROM (SELECT DISTINCT product_id, window_start \
+                 FROM gold.product_activity_5m)",
+            )
+            .await
+            .unwrap(),
+    );
+    let rows = tributary_query_count(
+        &session
+            .sql("SELECT count(*) FROM gold.product_activity_5m")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows, distinct, "each (product, window) written once");
+    env.assert_running();
+}
