@@ -105,7 +105,7 @@ impl fmt::Display for LoadReport {
         if self.incidents_incomplete > 0 {
             writeln!(
                 f,
-                "incidents incomplete (unlabelled) {}",
+                "incidents incomplete (labelled `incomplete`) {}",
                 self.incidents_incomplete
             )?;
         }
@@ -404,9 +404,15 @@ impl Planner {
         };
         self.incidents += 1;
         let id = format!("inc-{}-{}", self.nonce, self.incidents);
-        let catalog = fraud::Catalog {
-            products: &book.products,
-        };
+        // Only products whose price the load never changes, so an
+        // incident's amounts come out as planned.
+        let fixed: Vec<(i64, i64)> = book
+            .products
+            .iter()
+            .copied()
+            .filter(|&(id, cents)| fraud::price_fixed(id, cents))
+            .collect();
+        let catalog = fraud::Catalog { products: &fixed };
         let incident = fraud::plan(&mut self.rng, id, pattern, body, &catalog)?;
         let now = self.ticks as f64 / self.rate;
         let left = self.duration.as_secs_f64() - now;
@@ -545,8 +551,9 @@ impl Planner {
                 let (id, cents) = *book
                     .products
                     .get(rng.random_range(0..book.products.len().max(1)))?;
-                // Card testers' cheap product stays under 2.00.
-                if self.fraud_rate > 0.0 && cents < 500 {
+                // What incidents buy keeps its price (card testers' cheap
+                // product stays under 2.00, planned totals stay in range).
+                if self.fraud_rate > 0.0 && fraud::price_fixed(id, cents) {
                     return None;
                 }
                 let factor = rng.random_range(0.8..1.25);
@@ -945,21 +952,32 @@ impl Shared {
         }
         let last = chrono::Utc::now();
         let labelled = complete && incident.amounts_hold(&totals);
+        let mut label = fraud::Label::new(&incident, customer, orders, first, last);
         if !labelled {
-            tracing::warn!(incident = %incident.id, pattern, ?totals, "incident incomplete; not labelled");
+            tracing::warn!(incident = %incident.id, pattern, ?totals, "incident incomplete; labelled `incomplete`");
             self.report
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .incidents_incomplete += 1;
-            return;
+            // Its customer may still have done part of the pattern (or more):
+            // the label says so, and a score leaves the customer out. Without
+            // a customer there is nothing to label.
+            if customer == 0 {
+                return;
+            }
+            label.label = fraud::INCOMPLETE;
         }
-        let line = fraud::Label::new(&incident, customer, orders, first, last).to_line();
         let written = match &mut *self.labels.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(file) => file.write_all(line.as_bytes()).and_then(|()| file.flush()),
+            Some(file) => file
+                .write_all(label.to_line().as_bytes())
+                .and_then(|()| file.flush()),
             None => Ok(()),
         };
         if let Err(error) = written {
             tracing::error!(%error, "cannot write the incident label");
+        }
+        if !labelled {
+            return;
         }
         *self
             .report

@@ -856,16 +856,16 @@ impl fmt::Display for Report {
             .collect();
         writeln!(
             f,
-            "| incidents labelled | {} (incomplete {}) |",
+            "| incidents labelled | {} (incomplete, left out of precision: {}) |",
             incidents.join(", "),
             t.incidents_incomplete
         )?;
         writeln!(f)?;
         writeln!(
             f,
-            "| rule | incidents | detected | recall | alerts | on its pattern | precision | false positives |"
+            "| rule | incidents | detected | recall | alerts | on its pattern | on incomplete incidents | precision | false positives |"
         )?;
-        writeln!(f, "|---|---:|---:|---:|---:|---:|---:|---|")?;
+        writeln!(f, "|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
         for r in &self.rules {
             let fp: Vec<String> = r
                 .false_positives
@@ -874,13 +874,14 @@ impl fmt::Display for Report {
                 .collect();
             writeln!(
                 f,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.rule,
                 r.incidents,
                 r.detected,
                 ratio(r.recall),
                 r.alerts,
                 r.true_alerts,
+                r.on_incomplete,
                 ratio(r.precision),
                 if fp.is_empty() {
                     "none".into()

@@ -5,7 +5,9 @@
 //! of rule P names its customer. Precision of rule P = its alerts on
 //! customers of fraud incidents of pattern P / all its alerts; an alert on
 //! any other customer (plain traffic, a benign look-alike, an incident of
-//! another pattern) is a false positive.
+//! another pattern) is a false positive. Alerts on the customer of an
+//! incident labelled `incomplete` (it did not go as planned, so what it did
+//! is unknown) are left out of precision and counted apart.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -48,6 +50,8 @@ pub struct RuleScore {
     /// False positives by who they fell on: `plain traffic`, a benign
     /// pattern, or another fraud pattern.
     pub false_positives: BTreeMap<String, usize>,
+    /// Alerts on customers of incomplete incidents: neither true nor false.
+    pub on_incomplete: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -71,6 +75,9 @@ pub fn read_labels(path: &Path) -> Result<Vec<Label>> {
         .collect()
 }
 
+/// The label of an incident that did not go as planned.
+pub const INCOMPLETE: &str = "incomplete";
+
 /// Scores per rule, and how the benign look-alikes fared.
 pub fn score(labels: &[Label], alerts: &[AlertRow]) -> (Vec<RuleScore>, Vec<BenignScore>) {
     let by_customer: HashMap<i64, &Label> = labels.iter().map(|l| (l.customer_id, l)).collect();
@@ -90,10 +97,12 @@ pub fn score(labels: &[Label], alerts: &[AlertRow]) -> (Vec<RuleScore>, Vec<Beni
             })
             .count();
         let mut true_alerts = 0;
+        let mut on_incomplete = 0;
         let mut false_positives: BTreeMap<String, usize> = BTreeMap::new();
         let of_rule: Vec<&AlertRow> = alerts.iter().filter(|a| a.rule == name).collect();
         for a in &of_rule {
             match by_customer.get(&a.customer_id) {
+                Some(l) if l.label == INCOMPLETE => on_incomplete += 1,
                 Some(l) if l.label == "fraud" && l.pattern == name => true_alerts += 1,
                 Some(l) => *false_positives.entry(l.pattern.clone()).or_default() += 1,
                 None => *false_positives.entry("plain traffic".into()).or_default() += 1,
@@ -106,12 +115,14 @@ pub fn score(labels: &[Label], alerts: &[AlertRow]) -> (Vec<RuleScore>, Vec<Beni
             recall: (!incidents.is_empty()).then(|| detected as f64 / incidents.len() as f64),
             alerts: of_rule.len(),
             true_alerts,
-            precision: (!of_rule.is_empty()).then(|| true_alerts as f64 / of_rule.len() as f64),
+            precision: (of_rule.len() > on_incomplete)
+                .then(|| true_alerts as f64 / (of_rule.len() - on_incomplete) as f64),
             false_positives,
+            on_incomplete,
         });
     }
     let mut benign: BTreeMap<String, BenignScore> = BTreeMap::new();
-    for l in labels.iter().filter(|l| l.label != "fraud") {
+    for l in labels.iter().filter(|l| l.label == "benign") {
         let b = benign.entry(l.pattern.clone()).or_insert(BenignScore {
             pattern: l.pattern.clone(),
             incidents: 0,
@@ -130,9 +141,13 @@ mod tests {
     use super::*;
 
     fn label(pattern: &str, fraud: bool, customer_id: i64) -> Label {
+        labelled(pattern, if fraud { "fraud" } else { "benign" }, customer_id)
+    }
+
+    fn labelled(pattern: &str, label: &str, customer_id: i64) -> Label {
         Label {
             incident: format!("inc-{customer_id}"),
-            label: if fraud { "fraud" } else { "benign" }.into(),
+            label: label.into(),
             pattern: pattern.into(),
             customer_id,
         }
@@ -155,8 +170,10 @@ mod tests {
             label("velocity", true, 2),
             label("bulk_buyer", false, 3),
             label("card_testing", true, 4),
+            labelled("bulk_buyer", INCOMPLETE, 5),
         ];
         let alerts = vec![
+            alert("velocity", 5),
             alert("velocity", 1),
             alert("velocity", 1),
             alert("velocity", 3),
@@ -166,8 +183,14 @@ mod tests {
         let (rules, benign) = score(&labels, &alerts);
         let v = rules.iter().find(|r| r.rule == "velocity").unwrap();
         assert_eq!(
-            (v.incidents, v.detected, v.alerts, v.true_alerts),
-            (2, 1, 4, 2)
+            (
+                v.incidents,
+                v.detected,
+                v.alerts,
+                v.true_alerts,
+                v.on_incomplete
+            ),
+            (2, 1, 5, 2, 1)
         );
         assert_eq!(v.recall, Some(0.5));
         assert_eq!(v.precision, Some(0.5));
@@ -178,6 +201,7 @@ mod tests {
         let a = rules.iter().find(|r| r.rule == "amount_spike").unwrap();
         assert_eq!(a.precision, Some(0.0));
         assert_eq!(a.false_positives["card_testing"], 1);
+        assert_eq!(benign.len(), 1, "an incomplete incident is no benign one");
         assert_eq!(benign[0].pattern, "bulk_buyer");
         assert_eq!((benign[0].incidents, benign[0].alerted), (1, 1));
     }

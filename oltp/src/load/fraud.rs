@@ -15,8 +15,10 @@
 //! first request was sent and the last answered, so every commit of the
 //! incident lies between them. An incident is labelled only when every
 //! request got the expected answer and the amounts it relies on came out as
-//! planned (prices can change meanwhile); otherwise it is counted as
-//! incomplete in the report and left unlabelled.
+//! planned; otherwise it is counted as incomplete in the report and its
+//! line says `"label":"incomplete"` (its customer did part of the pattern,
+//! or something else: a score leaves it out). Incidents buy only products
+//! whose price the load never changes ([`price_fixed`]), so this is rare.
 //!
 //! What each pattern does (amounts are order totals):
 //! - fraud `velocity`: 6 orders within a few seconds.
@@ -210,6 +212,14 @@ const SLOW: Duration = Duration::from_secs(15);
 /// Countries no load-generator customer lives in: a destination "never
 /// used" by anyone.
 const FOREIGN: [&str; 6] = ["BR", "NG", "VN", "UA", "ZA", "MX"];
+
+/// Products whose price the load generator never changes while it plants
+/// incidents: the cheap ones (card testing's product stays under 2.00) and
+/// every third. Incidents buy only these, so the amounts a pattern relies on
+/// come out as planned. Once true for a product it stays true.
+pub(crate) fn price_fixed(id: i64, cents: i64) -> bool {
+    cents < 500 || id % 3 == 0
+}
 
 /// What the planner knows when it plans an incident.
 pub(crate) struct Catalog<'a> {
@@ -450,11 +460,14 @@ pub(crate) fn plan(
     })
 }
 
+/// The label of an incident that did not go as planned.
+pub(crate) const INCOMPLETE: &str = "incomplete";
+
 /// One line of the labels file.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub(crate) struct Label {
     pub(crate) incident: String,
-    /// `fraud` or `benign`.
+    /// `fraud`, `benign` or [`INCOMPLETE`].
     pub(crate) label: &'static str,
     pub(crate) pattern: &'static str,
     pub(crate) customer_id: i64,
