@@ -22,6 +22,9 @@
 //!   traffic: precision and recall per rule, equality with a batch oracle
 //!   in SQL, latency, kills, an idle shard, memory per customer.
 //!
+//! - [`profile`]: the customer risk-profile job on polars against the
+//!   same profile in DataFusion SQL, over the same silver tables.
+//!
 //! The benchmarks that need PostgreSQL or a broker start from
 //! [`tributary_stack`] (the local stack, its PostgreSQL programs and its
 //! broker); [`process`] and [`scrape`] read what `/proc` and a process's
@@ -47,6 +50,7 @@ pub mod compaction;
 pub mod fraud;
 pub mod lake;
 pub mod process;
+pub mod profile;
 pub mod scrape;
 pub mod ssb;
 
@@ -108,6 +112,8 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error("the risk-profile job")]
+    Etl(#[source] Box<tributary_etl::Error>),
     #[error("the CDC reader failed")]
     Cdc(#[source] Box<tributary_cdc::Error>),
     #[error("order services")]

@@ -339,6 +339,24 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The risk-profile job on polars against the same profile in
+    /// DataFusion SQL, over the same synthetic silver tables.
+    Profile {
+        /// Orders (and as many payments).
+        #[arg(long, default_value_t = 1_000_000)]
+        orders: usize,
+        #[arg(long, default_value_t = 100_000)]
+        customers: usize,
+        /// Files (commits) per table.
+        #[arg(long, default_value_t = 16)]
+        files: usize,
+        /// Timed runs per engine; the report gives medians.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the tables are built, fresh (default: <state>/bench/profile).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `tributary bench cdc --sink`.
@@ -396,6 +414,18 @@ impl LayerArg {
 pub enum EtlTarget {
     /// The gold star schema.
     Marts,
+    /// `gold.customer_risk_profile`, the fraud detector's baseline per
+    /// customer (polars over silver).
+    RiskProfile,
+}
+
+/// The engine of `tributary etl run risk-profile`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProfileEngine {
+    /// Lazy polars frames over the Parquet files (the faster here).
+    Polars,
+    /// DataFusion SQL over the Delta tables.
+    Datafusion,
 }
 
 #[derive(Subcommand)]
@@ -534,18 +564,27 @@ pub enum DlqCommand {
 pub enum EtlCommand {
     /// Build a group of models: only what changed since the last run.
     Run {
-        /// `marts`: the gold star schema.
+        /// `marts`: the gold star schema; `risk-profile`: the customer risk
+        /// profiles.
         #[arg(value_enum)]
         target: EtlTarget,
-        /// Rebuild every table from all of bronze and silver.
+        /// Rebuild every table from all of bronze and silver (marts).
         #[arg(long)]
         full_refresh: bool,
+        /// The engine that computes the profiles (risk-profile).
+        #[arg(long, value_enum, default_value_t = ProfileEngine::Polars)]
+        engine: ProfileEngine,
+        /// The end of the profiles' 90-day window, RFC 3339 (risk-profile;
+        /// default: now).
+        #[arg(long)]
+        as_of: Option<String>,
     },
     /// List the models, what they read and their grain.
     List,
     /// Run the data tests over the gold tables as they are.
     Test {
-        /// `marts`.
+        /// `marts`: the data tests; `risk-profile`: both engines compute
+        /// the profiles of the lake as it is and must agree.
         #[arg(value_enum)]
         target: EtlTarget,
     },

@@ -11,9 +11,15 @@ use tributary_stack::checks::{self, first_column};
 use tributary_stack::postgres::connect;
 use tributary_stack::{Config, Platform, Sources};
 
+const STEPS: usize = 7;
+
 fn step(n: usize, text: &str) {
-    println!("\n== {n}/6 {text}");
+    println!("\n== {n}/{STEPS} {text}");
 }
+
+/// Share of planned orders the demo's traffic turns into labelled fraud or
+/// a benign look-alike.
+const FRAUD_RATE: f64 = 0.05;
 
 /// One table's row counts: (table, source, silver, gold table and its rows).
 pub type TableCounts = (String, u64, u64, Option<(String, u64)>);
@@ -228,12 +234,45 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
                 .map_err(Into::into)
         })
     };
+    let shards = sources.shards.len() as u32;
+    let fraud: JoinHandle<Result<()>> = {
+        let (k, l, live, s) = (
+            kafka.clone(),
+            lake.clone(),
+            config.live.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            tributary_live::fraud::run(&k, &l, shards, &live, s)
+                .await
+                .map_err(Into::into)
+        })
+    };
+    let activity: JoinHandle<Result<()>> = {
+        let (k, l, live, s) = (
+            kafka.clone(),
+            lake.clone(),
+            config.live.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            tributary_live::activity::run(&k, &l, shards, &live, s)
+                .await
+                .map_err(Into::into)
+        })
+    };
+    println!("  stream jobs      fraud detector, live product activity");
     let signals = crate::shutdown_on_signals();
 
     step(
         2,
-        &format!("driving order traffic for {duration:?} at {rate} requests/s"),
+        &format!(
+            "driving order traffic for {duration:?} at {rate} requests/s, browsing first, \
+             with {:.0}% of orders replaced by labelled fraud or a benign look-alike",
+            FRAUD_RATE * 100.0
+        ),
     );
+    let labels_path = config.state_dir.join("demo").join("fraud-labels.jsonl");
     let report = tributary_oltp::run_load(
         tributary_oltp::LoadConfig {
             base_url,
@@ -241,31 +280,53 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
             duration,
             concurrency: 8,
             seed: 42,
-            ..Default::default()
+            browse: true,
+            fraud_rate: FRAUD_RATE,
+            labels_path: Some(labels_path.clone()),
         },
         signals.clone(),
     )
     .await?;
     println!("{report}");
-    check_alive(&[
+    println!(
+        "  labels (the detector never reads them): {}",
+        labels_path.display()
+    );
+    let tasks = [
         ("the order API", &oltp),
         ("the CDC reader", &cdc),
         ("lake ingest", &ingest),
-    ])?;
+        ("the fraud detector", &fraud),
+        ("live product activity", &activity),
+    ];
+    check_alive(&tasks)?;
 
     step(3, "waiting for CDC and ingest to catch up");
     let t = Instant::now();
     checks::wait_caught_up(&platform, Duration::from_secs(600)).await?;
     println!("  caught up in {:.1}s", t.elapsed().as_secs_f64());
 
-    step(4, "building the gold star schema");
+    step(
+        4,
+        "building the gold star schema and the customers' risk profiles",
+    );
     let t = Instant::now();
     let marts = tributary_etl::build_marts(&lake).await?;
     println!("{marts}");
     println!("  built in {:.1}s", t.elapsed().as_secs_f64());
+    let profiles = tributary_etl::profile::build_risk_profile(&lake, &Default::default()).await?;
+    println!("{profiles}");
 
-    step(5, "a few answers from the warehouse");
+    step(5, "the fraud team's view: alerts against the labels");
     let session = tributary_query::Session::new(lake.clone()).await?;
+    let live = &config.live.engine;
+    wait_for_detector(&tasks, Duration::from_secs(120)).await?;
+    // Its output commits with the next checkpoint.
+    tokio::time::sleep(Duration::from_millis(2 * live.checkpoint_interval_ms + 500)).await;
+    fraud_view(&session, &lake, &labels_path).await?;
+    activity_view(&session).await?;
+
+    step(6, "a few answers from the warehouse");
     let queries = [
         (
             "revenue per day",
@@ -292,7 +353,7 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
         tributary_query::run_one_shot(&session, sql, tributary_query::Format::Table).await?;
     }
 
-    step(6, "reconciliation: source vs silver vs gold");
+    step(7, "reconciliation: source vs silver vs gold");
     let r = reconcile(&sources, &session).await?;
     print_reconciliation(&r);
     let compared = checks::compare_silver(&sources, &session).await?;
@@ -317,6 +378,8 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
         ("order API", oltp),
         ("CDC reader", cdc),
         ("lake ingest", ingest),
+        ("fraud detector", fraud),
+        ("live product activity", activity),
     ] {
         match tokio::time::timeout(Duration::from_secs(30), t).await {
             Ok(Ok(Ok(()))) => {}
@@ -331,11 +394,99 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
     );
     println!("open the console:      tributary sql");
     println!("one query:             tributary sql -e \"SELECT * FROM gold.agg_daily_sales\"");
+    println!("fraud alerts, live:    tributary fraud run & tributary fraud tail");
     println!("stack status / stop:   tributary status / tributary down");
     if !(r.balanced() && equal) {
         bail!("reconciliation failed");
     }
     Ok(())
+}
+
+/// Waits until the fraud detector's watermark passed now: it has seen
+/// everything committed so far, and every window of it has closed.
+async fn wait_for_detector(
+    tasks: &[(&str, &JoinHandle<Result<()>>)],
+    within: Duration,
+) -> Result<()> {
+    let now = chrono::Utc::now().timestamp();
+    let deadline = Instant::now() + within;
+    while tributary_live::metrics::watermark_seconds(tributary_live::fraud::JOB) <= now {
+        check_alive(tasks)?;
+        if Instant::now() > deadline {
+            bail!(
+                "the fraud detector's event time did not pass the end of the traffic within {within:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+/// Alerts per rule against the labels, the benign look-alikes, and a few
+/// alerts with the customer's risk profile.
+async fn fraud_view(
+    session: &tributary_query::Session,
+    lake: &tributary_lake::Lake,
+    labels: &std::path::Path,
+) -> Result<()> {
+    use tributary_bench::fraud::{read_alerts, score};
+    let labels = score::read_labels(labels)?;
+    let alerts = read_alerts(session).await?;
+    let (rules, benign) = score::score(&labels, &alerts);
+    let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+    println!(
+        "{:<22} {:>9} {:>8} {:>7} {:>9} {:>7}",
+        "rule", "incidents", "detected", "alerts", "precision", "recall"
+    );
+    for r in &rules {
+        println!(
+            "{:<22} {:>9} {:>8} {:>7} {:>9} {:>7}",
+            r.rule,
+            r.incidents,
+            r.detected,
+            r.alerts,
+            ratio(r.precision),
+            ratio(r.recall)
+        );
+        for (on, n) in &r.false_positives {
+            println!("{:<22} false positive on {on}: {n}", "");
+        }
+    }
+    for b in &benign {
+        println!(
+            "benign look-alike {:<22} {} customers, {} alerted",
+            b.pattern, b.incidents, b.alerted
+        );
+    }
+    let profiles = tributary_live::fraud::profile::load(lake).await?;
+    let mut shown = alerts.clone();
+    shown.sort_by_key(|a| a.detected_at_us);
+    println!("\nthe latest alerts (all of them: tributary fraud tail --from-beginning):");
+    for a in shown.iter().rev().take(5) {
+        let profile = profiles
+            .as_ref()
+            .map_or("no profiles yet".to_string(), |p| p.describe(a.customer_id));
+        println!("  {}\n      {profile}", a.id);
+    }
+    Ok(())
+}
+
+/// The live product activity the stream job keeps: its closed windows.
+async fn activity_view(session: &tributary_query::Session) -> Result<()> {
+    let sql = "SELECT product_id, sum(views) AS views, sum(add_to_carts) AS carts, \
+               sum(orders) AS orders, sum(revenue) AS revenue, count(*) AS windows \
+               FROM gold.product_activity_5m GROUP BY product_id ORDER BY views DESC LIMIT 5";
+    println!("\nlive product activity, top products of the closed 5-minute windows:\n-- {sql}");
+    match tributary_query::run_one_shot(session, sql, tributary_query::Format::Table).await {
+        Ok(()) => Ok(()),
+        Err(tributary_query::Error::TableNotFound(_)) => {
+            println!(
+                "  no 5-minute window has closed yet; the job keeps the open ones in its state"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@
 //!   ([`test_marts`] runs them on their own) and the models as a DAG
 //!   ([`models`], for listing).
 //!
+//! - [`profile`]: the customer risk profiles the fraud detector reads,
+//!   computed with polars (and, as its reference, DataFusion SQL).
+//!
 //! Seam: bronze and silver are read and gold written only through
 //! [`tributary_lake::Lake`]. A build reads every source at one pinned
 //! version, so all gold tables of one build describe the same moment, and
@@ -20,6 +23,7 @@
 //! ```
 
 pub mod marts;
+pub mod profile;
 
 pub use marts::{
     BuildOptions, DataTestReport, MartTable, MartsReport, Mode, ModelInfo, ModelKind, build_marts,
@@ -74,6 +78,20 @@ pub enum Error {
         table: &'static str,
         #[source]
         source: deltalake::DeltaTableError,
+    },
+    /// Reading a Delta table's snapshot or files.
+    #[error("reading silver.{table}")]
+    Read {
+        table: &'static str,
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    /// A polars plan failed (a file it cannot decode, a column of an
+    /// unexpected type).
+    #[error("polars over {table}: {message}")]
+    Polars {
+        table: &'static str,
+        message: String,
     },
     #[error("preparing rows of gold.{table}")]
     Arrow {

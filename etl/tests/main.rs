@@ -24,6 +24,8 @@ mod scratch_lake;
 #[path = "../../query/tests/slt_db/mod.rs"]
 mod slt_db;
 
+mod profile;
+
 use scratch_lake::lake;
 
 fn ts_type() -> DataType {

@@ -11,6 +11,7 @@
 //! rules = "fraud.toml"            # reloaded while running; built-in rules when absent
 //! webhook = "https://…"           # optional; never logged beyond its host
 //! webhook_attempts = 6
+//! profile_refresh_ms = 30000      # how often gold.customer_risk_profile is checked for a new version
 //!
 //! [live.activity]
 //! window_ms = 300000              # gold.product_activity_5m's window
@@ -66,6 +67,14 @@ pub struct FraudConfig {
     pub webhook: Option<String>,
     #[serde(default = "default_attempts")]
     pub webhook_attempts: u32,
+    /// How often the detector looks for a new version of
+    /// `gold.customer_risk_profile`.
+    #[serde(default = "default_profile_refresh_ms")]
+    pub profile_refresh_ms: u64,
+}
+
+fn default_profile_refresh_ms() -> u64 {
+    30_000
 }
 
 fn default_attempts() -> u32 {
@@ -78,6 +87,7 @@ impl Default for FraudConfig {
             rules: None,
             webhook: None,
             webhook_attempts: default_attempts(),
+            profile_refresh_ms: default_profile_refresh_ms(),
         }
     }
 }
@@ -88,6 +98,7 @@ impl std::fmt::Debug for FraudConfig {
             .field("rules", &self.rules)
             .field("webhook", &self.webhook.as_ref().map(|_| "<set>"))
             .field("webhook_attempts", &self.webhook_attempts)
+            .field("profile_refresh_ms", &self.profile_refresh_ms)
             .finish()
     }
 }

@@ -41,6 +41,9 @@ pub enum Error {
     /// An input message the job cannot read (it is counted and skipped).
     #[error("bad input: {0}")]
     Input(String),
+    /// `gold.customer_risk_profile` could not be read.
+    #[error("gold.customer_risk_profile: {0}")]
+    Profiles(String),
     #[error("{what}")]
     Lake {
         what: String,

@@ -81,6 +81,12 @@ pub(crate) fn progress(job: &str, watermark: EventTime) {
         .set(watermark.div_euclid(1_000_000));
 }
 
+/// The job's event-time watermark in this process, whole seconds since the
+/// epoch (0 before its first).
+pub fn watermark_seconds(job: &str) -> i64 {
+    WATERMARK.with_label_values(&[job]).get()
+}
+
 pub(crate) fn checkpoint(job: &str, took: Duration) {
     CHECKPOINT
         .with_label_values(&[job])

@@ -8,7 +8,9 @@
 //! - [`domain`]: the order-domain table list, topic, slot and lake table naming.
 //! - [`watermark`]: the CDC watermark message and its topic.
 //! - [`clickstream`]: the click events the order service publishes directly.
+//! - [`profile`]: the customer risk profile the fraud detector reads.
 //! - [`backoff`]: the retry delays of every long-running loop.
+//! - [`duration`]: durations written as text (`90s`, `10m`).
 //! - [`dsn`]: connection strings read, and shown without their password.
 //!
 //! ```
@@ -21,9 +23,11 @@ pub mod backoff;
 pub mod clickstream;
 pub mod domain;
 pub mod dsn;
+pub mod duration;
 pub mod event;
 pub mod lsn;
 pub mod pgtype;
+pub mod profile;
 pub mod watermark;
 
 /// Errors of the shared contracts: always bad input, never a broken invariant.

@@ -712,7 +712,8 @@ fn utf8(b: &RecordBatch, i: usize) -> Result<arrow::array::StringArray> {
     Ok(c.as_string::<i32>().clone())
 }
 
-async fn read_alerts(session: &tributary_query::Session) -> Result<Vec<AlertRow>> {
+/// Every row of `gold.fraud_alerts` (none before the first alert).
+pub async fn read_alerts(session: &tributary_query::Session) -> Result<Vec<AlertRow>> {
     let sql = "SELECT alert_id, rule, customer_id, CAST(source_commit_ts AS BIGINT), \
                CAST(detected_at AS BIGINT) FROM gold.fraud_alerts";
     let batches = match session.sql(sql).await {

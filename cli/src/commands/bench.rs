@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use tributary::parse_duration;
-use tributary_bench::{cdc, compaction, fraud, lake, ssb};
+use tributary_bench::{cdc, compaction, fraud, lake, profile, ssb};
 use tributary_stack::Config;
 
 use super::print_json;
@@ -126,6 +126,28 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
             };
             let report = compaction::run(&options).await?;
             print!("{report}");
+        }
+        BenchCommand::Profile {
+            orders,
+            customers,
+            files,
+            runs,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(|| config.state_dir.join("bench").join("profile"));
+            let options = profile::Options {
+                orders,
+                customers,
+                files,
+                runs,
+                ..profile::Options::new(dir)
+            };
+            let report = profile::run(&options).await?;
+            print!("{report}");
+            anyhow::ensure!(
+                report.mismatches == 0,
+                "the engines gave different profiles"
+            );
         }
     }
     Ok(())

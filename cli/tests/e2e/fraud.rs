@@ -2,6 +2,9 @@
 //! look-alikes do not, a SIGKILL neither doubles nor misses an alert, a bad
 //! rules file is refused while the old rules run, good rules are reloaded,
 //! and a clickstream event far behind the watermark lands in the late path.
+//! The risk-profile job runs on the same stack: both engines agree on the
+//! real silver tables, and the restarted detector's alerts carry the
+//! profile it loaded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -171,6 +174,10 @@ async fn fraud_alerts_once_across_a_kill_with_rules_reloaded_and_late_events_rec
             "TRIBUTARY__LIVE__ENGINE__IDLE_TIMEOUT_MS".to_string(),
             "2000".to_string(),
         ),
+        (
+            "TRIBUTARY__LIVE__FRAUD__PROFILE_REFRESH_MS".to_string(),
+            "500".to_string(),
+        ),
     ]);
     env.start().await;
     env.start_pipeline();
@@ -255,6 +262,40 @@ async fn fraud_alerts_once_across_a_kill_with_rules_reloaded_and_late_events_rec
     for _ in 0..3 {
         shop.home_order(second, shop.normal).await;
     }
+
+    // The risk profiles of what silver holds now (once it holds those
+    // orders): both engines agree on them, and the restarted detector loads
+    // them before its first alert.
+    env.until("the orders of wave 2 in silver", 60, async |env: &Env| {
+        let session = env.session().await;
+        session
+            .sql(&format!(
+                "SELECT count(*) FROM silver.orders WHERE customer_id IN ({velocity}, {second})"
+            ))
+            .await
+            .is_ok_and(|b| tributary_query_count(&b) == 10)
+    })
+    .await;
+    let built = env.run_ok(&["etl", "run", "risk-profile"]);
+    assert!(built.contains("-> version 0; polars"), "{built}");
+    let agreed = env.run_ok(&["etl", "test", "risk-profile"]);
+    assert!(agreed.contains("polars and DataFusion agree"), "{agreed}");
+    let session = env.session().await;
+    let b = session
+        .sql(&format!(
+            "SELECT concat_ws('|', CAST(orders_90d AS VARCHAR), countries_90d, devices_90d, \
+             CAST(amount_stddev_90d IS NULL AS VARCHAR)) \
+             FROM gold.customer_risk_profile WHERE customer_id = {velocity}"
+        ))
+        .await
+        .unwrap();
+    let row = tributary_stack::checks::first_column(&b);
+    assert_eq!(
+        row,
+        vec!["7|DE|dev-home|false"],
+        "the velocity customer's profile"
+    );
+
     env.kill9("fraud");
     for _ in 0..3 {
         shop.home_order(second, shop.normal).await;
@@ -263,6 +304,21 @@ async fn fraud_alerts_once_across_a_kill_with_rules_reloaded_and_late_events_rec
     let mut wave2 = wave1.clone();
     wave2.insert(s("velocity", second));
     wait_for_alerts(&mut env, &wave2).await;
+    let session = env.session().await;
+    let b = session
+        .sql(&format!(
+            "SELECT detail FROM gold.fraud_alerts WHERE customer_id = {second}"
+        ))
+        .await
+        .unwrap();
+    let details = tributary_stack::checks::first_column(&b);
+    assert!(
+        !details.is_empty()
+            && details
+                .iter()
+                .all(|d| d.contains("profile v0: 3 orders in 90 days")),
+        "alerts after the restart carry the profile: {details:?}"
+    );
 
     // A bad rules file is refused; the rules in force keep alerting.
     std::fs::write(&rules, "[velocity]\nmax_orders = 0\nwindow = \"1m\"\n").unwrap();

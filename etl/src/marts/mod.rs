@@ -43,9 +43,9 @@ mod commit;
 mod dims;
 mod facts;
 mod history;
-mod keys;
+pub(crate) mod keys;
 mod models;
-mod session;
+pub(crate) mod session;
 mod watermark;
 
 pub use build::{BuildOptions, MartsReport, Mode, build_marts, build_marts_with, test_marts};

@@ -8,17 +8,22 @@
 //! ([`alert`]) goes to `tributary.alerts.fraud` (key = alert id) and an
 //! optional webhook at once, and to `gold.fraud_alerts` exactly once with
 //! the job's checkpoints. Late clickstream events go to the runtime's late
-//! path (`gold.live_late_events`), so nothing is dropped silently.
+//! path (`gold.live_late_events`), so nothing is dropped silently. Each
+//! alert's detail carries the customer's risk profile ([`profile`]), the
+//! newest version of the batch job's `gold.customer_risk_profile`.
 
 pub mod alert;
 pub mod detector;
 pub mod input;
+pub mod profile;
 pub mod reload;
 pub mod rules;
 pub mod table;
 pub mod tail;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -35,6 +40,7 @@ use crate::sink::webhook::Webhook;
 use alert::Alert;
 use detector::Detector;
 use input::Input;
+use profile::Profiles;
 use reload::RulesFile;
 use rules::Rules;
 
@@ -59,6 +65,9 @@ pub struct FraudJob {
     rules_file: Option<RulesFile>,
     shards: u32,
     outputs: Outputs,
+    /// The newest risk profiles, as [`profile::follow`] finds them.
+    profiles_feed: Option<tokio::sync::watch::Receiver<Option<Arc<Profiles>>>>,
+    profiles: Option<Arc<Profiles>>,
 }
 
 /// The detector's checkpointed state.
@@ -86,7 +95,18 @@ impl FraudJob {
             rules_file,
             shards,
             outputs,
+            profiles_feed: None,
+            profiles: None,
         })
+    }
+
+    /// Adds the customers' risk profiles from `feed` to every alert's detail.
+    pub fn with_profiles(
+        mut self,
+        feed: tokio::sync::watch::Receiver<Option<Arc<Profiles>>>,
+    ) -> FraudJob {
+        self.profiles_feed = Some(feed);
+        self
     }
 
     /// Waits for the webhook's queue to drain.
@@ -136,7 +156,12 @@ impl Job for FraudJob {
     }
 
     fn apply(&mut self, input: &Input, now_us: i64) -> Vec<Alert> {
-        let alerts = self.state.apply(input, now_us);
+        let mut alerts = self.state.apply(input, now_us);
+        if let Some(p) = &self.profiles {
+            for a in &mut alerts {
+                a.detail = format!("{}; {}", a.detail, p.describe(a.customer_id));
+            }
+        }
         for a in &alerts {
             ALERTS.with_label_values(&[a.rule.as_str()]).inc();
             ALERT_LATENCY.observe(((now_us - a.source_commit_us) as f64 / 1e6).max(0.0));
@@ -179,6 +204,11 @@ impl Job for FraudJob {
         {
             self.state.set_rules(rules)?;
         }
+        if let Some(feed) = &mut self.profiles_feed
+            && feed.has_changed().unwrap_or(false)
+        {
+            self.profiles = feed.borrow_and_update().clone();
+        }
         Ok(())
     }
 }
@@ -205,7 +235,15 @@ pub async fn run(
         shards,
         config.engine.allowed_lateness_us(),
         outputs,
-    )?;
+    )?
+    .with_profiles(
+        profile::follow(
+            lake.clone(),
+            Duration::from_millis(config.fraud.profile_refresh_ms),
+            shutdown.clone(),
+        )
+        .await,
+    );
     let output = crate::sink::delta::DeltaOutput::for_job(lake, JOB, TABLE, table::SCHEMA.clone());
     let job = crate::runtime::run(job, kafka, lake, output, &config.engine, shutdown).await?;
     job.close().await;

@@ -100,6 +100,7 @@ impl fmt::Display for RuleName {
     }
 }
 
+#[cfg(test)]
 const SECOND_US: i64 = 1_000_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -421,21 +422,7 @@ impl Fields<'_> {
 }
 
 /// `500ms`, `90s`, `10m`, `2h`, `1d` as microseconds.
-pub fn parse_duration_us(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: i64 = num.parse().ok()?;
-    let unit_us = match unit {
-        "ms" => 1_000,
-        "s" => SECOND_US,
-        "m" => 60 * SECOND_US,
-        "h" => 3_600 * SECOND_US,
-        "d" => 86_400 * SECOND_US,
-        _ => return None,
-    };
-    n.checked_mul(unit_us)
-}
+pub use tributary_model::duration::parse_us as parse_duration_us;
 
 #[cfg(test)]
 mod tests {
