@@ -74,6 +74,19 @@ pub enum Command {
         #[command(subcommand)]
         command: EtlCommand,
     },
+    /// Scheduled jobs: the scheduler, its DAG and its run history.
+    Workflows {
+        /// The job folder (one `<job>.toml` per job).
+        #[arg(
+            long,
+            global = true,
+            env = "TRIBUTARY_WORKFLOWS_JOBS",
+            default_value = "workflows/jobs"
+        )]
+        jobs: PathBuf,
+        #[command(subcommand)]
+        command: WorkflowsCommand,
+    },
     /// SQL over bronze, silver and gold: a console, one query with -e, or
     /// the Postgres wire server (`sql serve`).
     #[command(args_conflicts_with_subcommands = true)]
@@ -557,6 +570,52 @@ pub enum DlqCommand {
         all: bool,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WorkflowsCommand {
+    /// Run a scheduler until stopped: it leads when no other scheduler
+    /// holds the lease, else waits to take over.
+    Run {
+        /// Serve /metrics and /healthz on this address.
+        #[arg(long)]
+        metrics: Option<String>,
+        /// How often the leader looks for due runs, e.g. 1s.
+        #[arg(long, default_value = "1s")]
+        tick: String,
+    },
+    /// The jobs, their schedules and the files that were refused.
+    List,
+    /// The DAG: each job under its upstream jobs.
+    Graph {
+        /// Graphviz DOT instead of text.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// The leader, and the runs waiting, running and recently ended.
+    Status,
+    /// Queue a run of JOB now (for a date, with --date).
+    Trigger {
+        job: String,
+        /// The logical date, YYYY-MM-DD.
+        #[arg(long)]
+        date: Option<String>,
+    },
+    /// Queue a run of JOB for every date from --from to --to (inclusive),
+    /// in date order, and follow them until they end.
+    Backfill {
+        job: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Recent runs (of JOB), newest first, with their attempts.
+    History {
+        job: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
     },
 }
 

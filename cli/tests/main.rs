@@ -24,4 +24,5 @@ mod e2e {
     mod pipeline;
     mod s3;
     mod secrets;
+    mod workflows;
 }

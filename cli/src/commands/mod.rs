@@ -12,6 +12,7 @@ mod oltp;
 mod pipeline;
 mod sql;
 mod stack;
+mod workflows;
 
 use anyhow::Result;
 use tributary::parse_duration;
@@ -45,6 +46,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => sql::run(config, command, execute, format, output).await,
         Command::Wait { timeout } => pipeline::wait(config, &timeout).await,
         Command::Verify => pipeline::verify(config).await,
+        Command::Workflows { jobs, command } => workflows::run(config, jobs, command).await,
         Command::Fraud { command } => fraud::run(config, command).await,
         Command::Activity { command } => activity::run(config, command).await,
         Command::Bench { command } => bench::run(config, command).await,
