@@ -611,6 +611,18 @@ pub enum WorkflowsCommand {
         #[arg(long)]
         to: String,
     },
+    /// Recent runs as a timeline: waits, attempts, retries and failures at
+    /// a glance, in the terminal and optionally as an SVG file.
+    Timeline {
+        /// Only this job's runs.
+        job: Option<String>,
+        /// How many recent runs.
+        #[arg(long, default_value_t = 30)]
+        limit: i64,
+        /// Also write the chart as SVG here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Recent runs (of JOB), newest first, with their attempts.
     History {
         job: Option<String>,
@@ -630,6 +642,13 @@ pub enum EtlCommand {
         /// Rebuild every table from all of bronze and silver (marts).
         #[arg(long)]
         full_refresh: bool,
+        /// Keep running: build again whenever bronze or silver has new
+        /// versions (marts).
+        #[arg(long)]
+        follow: bool,
+        /// How often --follow looks for new versions.
+        #[arg(long, default_value = "1s")]
+        every: String,
         /// The engine that computes the profiles (risk-profile).
         #[arg(long, value_enum, default_value_t = ProfileEngine::Polars)]
         engine: ProfileEngine,

@@ -10,6 +10,7 @@ use tributary_model::dsn::describe;
 use tributary_stack::checks::{self, first_column};
 use tributary_stack::postgres::connect;
 use tributary_stack::{Config, Platform, Sources};
+use tributary_workflows::history::{History, NewRun, Run};
 
 const STEPS: usize = 7;
 
@@ -262,6 +263,7 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
         })
     };
     println!("  stream jobs      fraud detector, live product activity");
+    let scheduler = start_scheduler(&platform, &shutdown).await?;
     let signals = crate::shutdown_on_signals();
 
     step(
@@ -273,6 +275,9 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
         ),
     );
     let labels_path = config.state_dir.join("demo").join("fraud-labels.jsonl");
+    std::fs::create_dir_all(config.state_dir.join("demo"))
+        .with_context(|| format!("creating {}", config.state_dir.join("demo").display()))?;
+    let traffic_from_us = chrono::Utc::now().timestamp_micros();
     let report = tributary_oltp::run_load(
         tributary_oltp::LoadConfig {
             base_url,
@@ -308,14 +313,45 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
 
     step(
         4,
-        "building the gold star schema and the customers' risk profiles",
+        "the scheduler runs the marts, their data tests and the risk profiles (workflows/jobs)",
     );
     let t = Instant::now();
-    let marts = tributary_etl::build_marts(&lake).await?;
-    println!("{marts}");
+    match &scheduler {
+        Some((history, _)) => {
+            for job in ["marts", "risk_profile"] {
+                let run = run_job(history, job).await?;
+                println!(
+                    "  {:<44} {} in {:.1}s: {}",
+                    run.run_key,
+                    run.state,
+                    seconds(&run),
+                    run.summary.as_deref().unwrap_or("")
+                );
+                if job == "marts" {
+                    // Its downstream job follows for the same logical time.
+                    let tests = wait_downstream(history, "data_tests", run.logical_time).await?;
+                    println!(
+                        "  {:<44} {} in {:.1}s (after marts): {}",
+                        tests.run_key,
+                        tests.state,
+                        seconds(&tests),
+                        tests.summary.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            println!(
+                "  history: tributary workflows history | timeline, or SELECT * FROM workflows.runs"
+            );
+        }
+        None => {
+            let marts = tributary_etl::build_marts(&lake).await?;
+            println!("{marts}");
+            let profiles =
+                tributary_etl::profile::build_risk_profile(&lake, &Default::default()).await?;
+            println!("{profiles}");
+        }
+    }
     println!("  built in {:.1}s", t.elapsed().as_secs_f64());
-    let profiles = tributary_etl::profile::build_risk_profile(&lake, &Default::default()).await?;
-    println!("{profiles}");
 
     step(5, "the fraud team's view: alerts against the labels");
     let session = tributary_query::Session::new(lake.clone()).await?;
@@ -323,7 +359,7 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
     wait_for_detector(&tasks, Duration::from_secs(120)).await?;
     // Its output commits with the next checkpoint.
     tokio::time::sleep(Duration::from_millis(2 * live.checkpoint_interval_ms + 500)).await;
-    fraud_view(&session, &lake, &labels_path).await?;
+    fraud_view(&session, &lake, &labels_path, traffic_from_us).await?;
     activity_view(&session).await?;
 
     step(6, "a few answers from the warehouse");
@@ -380,7 +416,10 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
         ("lake ingest", ingest),
         ("fraud detector", fraud),
         ("live product activity", activity),
-    ] {
+    ]
+    .into_iter()
+    .chain(scheduler.map(|(_, t)| ("scheduler", t)))
+    {
         match tokio::time::timeout(Duration::from_secs(30), t).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => println!("  {name} ended with an error: {e:#}"),
@@ -400,6 +439,112 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
         bail!("reconciliation failed");
     }
     Ok(())
+}
+
+/// A scheduler with the shipped jobs (`workflows/jobs`, when the demo runs
+/// from the repository), beside the pipeline; `None` without them.
+async fn start_scheduler(
+    platform: &Platform,
+    shutdown: &CancellationToken,
+) -> Result<Option<(History, JoinHandle<Result<()>>)>> {
+    let jobs = std::path::PathBuf::from("workflows/jobs");
+    let Some(dsn) = platform.lake_config().coordinator_dsn.clone() else {
+        return Ok(None);
+    };
+    if !jobs.is_dir() {
+        println!("  scheduler        none (no workflows/jobs here)");
+        return Ok(None);
+    }
+    let scheduler = tributary_workflows::scheduler::Scheduler::new(
+        tributary_workflows::scheduler::Options {
+            jobs_dir: jobs.clone(),
+            tick: Duration::from_millis(500),
+        },
+        &dsn,
+        format!("demo-{}", std::process::id()),
+        std::sync::Arc::new(crate::tasks::TributaryRunner::new(platform.clone())),
+        std::sync::Arc::new(tributary_workflows::scheduler::SystemClock),
+    )
+    .await?;
+    let s = shutdown.clone();
+    let task = tokio::spawn(async move { scheduler.run(s).await.map_err(Into::into) });
+    println!(
+        "  scheduler        the jobs of {} (tributary workflows list)",
+        jobs.display()
+    );
+    Ok(Some((History::connect(&dsn).await?, task)))
+}
+
+fn seconds(run: &Run) -> f64 {
+    match (run.started_at, run.ended_at) {
+        (Some(s), Some(e)) => (e - s).num_milliseconds() as f64 / 1000.0,
+        _ => 0.0,
+    }
+}
+
+/// Queues a run of `job` now and waits for it to end; an error unless it
+/// succeeded.
+async fn run_job(history: &History, job: &str) -> Result<Run> {
+    let now = chrono::Utc::now();
+    let key = format!(
+        "{}#demo-{}",
+        tributary_workflows::scheduler::run_key(job, now),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let id = history
+        .enqueue(&NewRun {
+            run_key: key,
+            job: job.to_string(),
+            logical_time: now,
+            logical_date: None,
+            trigger: tributary_workflows::history::trigger::MANUAL,
+            due_at: now,
+        })
+        .await?
+        .context("a fresh run key is new")?;
+    wait_run(history, id).await
+}
+
+async fn wait_run(history: &History, id: i64) -> Result<Run> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(r) = history.run(id).await? {
+            match r.state.as_str() {
+                "succeeded" => return Ok(r),
+                "failed" | "cancelled" | "skipped" => {
+                    bail!("{} {}: {}", r.run_key, r.state, r.error.unwrap_or_default())
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("run {id} did not end within 300 s (tributary workflows status)");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits for the run of `job` that its upstream queued for `logical_time`.
+async fn wait_downstream(
+    history: &History,
+    job: &str,
+    logical_time: chrono::DateTime<chrono::Utc>,
+) -> Result<Run> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = history
+            .recent(Some(job), 20)
+            .await?
+            .into_iter()
+            .find(|r| r.logical_time == logical_time)
+        {
+            return wait_run(history, r.id).await;
+        }
+        if Instant::now() > deadline {
+            bail!("no {job} run followed within 60 s (tributary workflows status)");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Waits until the fraud detector's watermark passed now: it has seen
@@ -422,16 +567,20 @@ async fn wait_for_detector(
     Ok(())
 }
 
-/// Alerts per rule against the labels, the benign look-alikes, and a few
-/// alerts with the customer's risk profile.
+/// Alerts per rule against the labels (the alerts on this run's traffic,
+/// from `traffic_from_us`), the benign look-alikes, and a few alerts with
+/// the customer's risk profile.
 async fn fraud_view(
     session: &tributary_query::Session,
     lake: &tributary_lake::Lake,
     labels: &std::path::Path,
+    traffic_from_us: i64,
 ) -> Result<()> {
     use tributary_bench::fraud::{read_alerts, score};
     let labels = score::read_labels(labels)?;
-    let alerts = read_alerts(session).await?;
+    // This run's alerts: an earlier demo on the same stack left its own.
+    let mut alerts = read_alerts(session).await?;
+    alerts.retain(|a| a.source_commit_us >= traffic_from_us);
     let (rules, benign) = score::score(&labels, &alerts);
     let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
     println!(
@@ -477,16 +626,23 @@ async fn activity_view(session: &tributary_query::Session) -> Result<()> {
                sum(orders) AS orders, sum(revenue) AS revenue, count(*) AS windows \
                FROM gold.product_activity_5m GROUP BY product_id ORDER BY views DESC LIMIT 5";
     println!("\nlive product activity, top products of the closed 5-minute windows:\n-- {sql}");
-    match tributary_query::run_one_shot(session, sql, tributary_query::Format::Table).await {
-        Ok(()) => Ok(()),
-        Err(tributary_query::Error::TableNotFound(_)) => {
-            println!(
-                "  no 5-minute window has closed yet; the job keeps the open ones in its state"
-            );
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
+    let closed = match session
+        .sql("SELECT count(*) FROM gold.product_activity_5m")
+        .await
+    {
+        Ok(b) => first_column(&b).first().is_some_and(|n| n != "0"),
+        Err(tributary_query::Error::TableNotFound(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if closed {
+        tributary_query::run_one_shot(session, sql, tributary_query::Format::Table).await?;
+    } else {
+        println!(
+            "  no 5-minute window has closed yet: the job keeps the open ones in its state \
+             and writes each when the watermark passes its end (tributary activity top)"
+        );
     }
+    Ok(())
 }
 
 #[cfg(test)]

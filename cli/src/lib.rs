@@ -5,6 +5,7 @@
 //!
 //! - [`demo`]: `tributary demo`, the whole platform end to end in one
 //!   process tree, and its reconciliation of source, silver and gold.
+//! - [`tasks`]: tributary's own tasks for the workflows scheduler.
 //! - [`parse_duration`] and [`shutdown_on_signals`]: the command line's
 //!   durations and SIGINT/SIGTERM handling.
 //!
@@ -12,6 +13,7 @@
 //! group (`commands/`).
 
 pub mod demo;
+pub mod tasks;
 
 use std::time::Duration;
 

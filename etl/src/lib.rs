@@ -27,7 +27,7 @@ pub mod profile;
 
 pub use marts::{
     BuildOptions, DataTestReport, MartTable, MartsReport, Mode, ModelInfo, ModelKind, build_marts,
-    build_marts_with, models, test_marts,
+    build_marts_with, follow_marts, models, source_versions, test_marts,
 };
 
 /// Errors of the ETL jobs.

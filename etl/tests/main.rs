@@ -1172,3 +1172,62 @@ async fn marts_timing() {
         full.rows("fct_order_line").unwrap_or(0)
     );
 }
+
+#[tokio::test]
+async fn following_the_lake_builds_once_per_change_and_idles_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(&dir);
+    let mut src = Source::new(&lake);
+    base(&mut src);
+    src.flush().await;
+    let runs = Arc::new(std::sync::Mutex::new(Vec::<MartsReport>::new()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let follower = {
+        let (lake, runs, shutdown) = (lake.clone(), runs.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tributary_etl::follow_marts(
+                &lake,
+                &BuildOptions::default(),
+                std::time::Duration::from_millis(50),
+                shutdown,
+                |r| runs.lock().unwrap().push(r.clone()),
+            )
+            .await
+        })
+    };
+    let built = |n: usize| {
+        let runs = runs.clone();
+        async move {
+            for _ in 0..400 {
+                if runs.lock().unwrap().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            panic!("no build number {n}");
+        }
+    };
+    built(1).await;
+    // Idle rounds build nothing.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(runs.lock().unwrap().len(), 1, "no build without a change");
+
+    let t = "2024-03-05T09:00:00Z";
+    src.insert(1, order(1004, 200, "pending", "5.50", t, t));
+    src.insert(1, item(6, 1004, 2, 1, "5.50", t));
+    src.flush().await;
+    built(2).await;
+    shutdown.cancel();
+    follower.await.unwrap().unwrap();
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(
+        matches!(runs[1].mode, Mode::Incremental { since: 1 }),
+        "{}",
+        runs[1]
+    );
+    assert_eq!(
+        runs[1].rows("fct_order_line"),
+        runs[0].rows("fct_order_line").map(|n| n + 1)
+    );
+}

@@ -513,6 +513,36 @@ impl History {
         Ok(rows.iter().map(run_of).collect())
     }
 
+    /// Every attempt, with its run's id, in order.
+    pub async fn all_attempts(&self) -> Result<Vec<(i64, Attempt)>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT run_id, attempt, state, started_at, ended_at, error, scheduler, epoch
+                   FROM tributary_workflows.attempts ORDER BY run_id, attempt",
+                &[],
+            )
+            .await
+            .map_err(db("reading attempts"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Attempt {
+                        attempt: r.get(1),
+                        state: r.get(2),
+                        started_at: r.get(3),
+                        ended_at: r.get(4),
+                        error: r.get(5),
+                        scheduler: r.get(6),
+                        epoch: r.get(7),
+                    },
+                )
+            })
+            .collect())
+    }
+
     /// Attempts of a run, in order: (attempt, state, start, end, error).
     pub async fn attempts(&self, run_id: i64) -> Result<Vec<Attempt>> {
         let rows = self

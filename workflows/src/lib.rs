@@ -11,6 +11,11 @@
 //! - [`leader`]: leadership through a lease with an epoch (the fencing
 //!   number);
 //! - [`scheduler`]: the loop that creates, starts and records runs;
+//! - [`metrics`]: runs by job and state, attempt durations, schedule
+//!   delay, leadership;
+//! - [`sql`]: the history as the tables `workflows.runs` and
+//!   `workflows.attempts` of the SQL console and the wire server;
+//! - [`timeline`]: recent runs as a Gantt chart, text or SVG;
 //! - [`runner`]: running an attempt (the [`runner::Runner`] seam, the shell
 //!   task) and what its end means for the run.
 //!
@@ -20,8 +25,11 @@ pub mod dag;
 pub mod history;
 pub mod job;
 pub mod leader;
+pub mod metrics;
 pub mod runner;
 pub mod scheduler;
+pub mod sql;
+pub mod timeline;
 
 pub use dag::Dag;
 pub use job::{Job, Task};

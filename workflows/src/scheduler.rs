@@ -103,6 +103,7 @@ struct Running {
     job: String,
     attempt: i32,
     cancel: CancellationToken,
+    started: std::time::Instant,
 }
 
 struct Done {
@@ -185,6 +186,7 @@ impl Scheduler {
             Ok(()) => {}
             Err(Error::Fenced(epoch)) => {
                 self.leadership.lost();
+                crate::metrics::leading(self.leadership.owner(), false);
                 tracing::warn!(
                     epoch,
                     "lost the lead: a record was refused by the fence; now a standby"
@@ -209,6 +211,7 @@ impl Scheduler {
             Change::Same => Ok(()),
             Change::Took(epoch) => {
                 tracing::info!(epoch, owner = self.leadership.owner(), "took the lead");
+                crate::metrics::leading(self.leadership.owner(), true);
                 self.recover().await
             }
             Change::Lost(epoch) => {
@@ -418,6 +421,9 @@ impl Scheduler {
         };
         let delay = (now - run.due_at).num_milliseconds().max(0) as f64 / 1000.0;
         tracing::info!(run = %run.run_key, attempt = n, delay_s = delay, "run started");
+        if n == 1 {
+            crate::metrics::started(delay);
+        }
         let cancel = CancellationToken::new();
         self.running.insert(
             run.id,
@@ -425,6 +431,7 @@ impl Scheduler {
                 job: job.name.clone(),
                 attempt: n,
                 cancel: cancel.clone(),
+                started: std::time::Instant::now(),
             },
         );
         let ctx = RunContext {
@@ -477,6 +484,11 @@ impl Scheduler {
         self.history
             .finish_attempt(&fence, done.run_id, done.attempt, &finish)
             .await?;
+        crate::metrics::ended(
+            &run.job,
+            finish.run_state,
+            r.started.elapsed().as_secs_f64(),
+        );
         tracing::info!(
             run = %run.run_key,
             attempt = done.attempt,

@@ -38,6 +38,28 @@ pub async fn run(config: Config, command: EtlCommand) -> Result<()> {
         EtlCommand::Run {
             target: EtlTarget::Marts,
             full_refresh,
+            follow: true,
+            every,
+            ..
+        } => {
+            let lake = Platform::load(config)?.lake()?;
+            let options = tributary_etl::BuildOptions {
+                full_refresh,
+                ..Default::default()
+            };
+            let every = tributary::parse_duration(&every)?;
+            let shutdown = tributary::shutdown_on_signals();
+            eprintln!(
+                "following bronze and silver: the marts are built whenever they move (Ctrl-C stops)"
+            );
+            tributary_etl::follow_marts(&lake, &options, every, shutdown, |report| {
+                println!("{}", report.to_string().lines().next().unwrap_or(""));
+            })
+            .await?;
+        }
+        EtlCommand::Run {
+            target: EtlTarget::Marts,
+            full_refresh,
             ..
         } => {
             let lake = Platform::load(config)?.lake()?;

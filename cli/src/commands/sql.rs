@@ -20,6 +20,15 @@ pub async fn run(
     let platform = Platform::load(config)?;
     let config = platform.config();
     let session = Session::with_config(platform.lake()?, &config.sql).await?;
+    // The scheduler's run history, as `workflows.runs` and `workflows.attempts`.
+    if let Some(dsn) = &platform.lake_config().coordinator_dsn
+        && let Some(catalog) = session.context().catalog("datafusion")
+    {
+        catalog.register_schema(
+            tributary_workflows::sql::SCHEMA,
+            std::sync::Arc::new(tributary_workflows::sql::HistorySchema::new(dsn.clone())),
+        )?;
+    }
     match (command, execute) {
         (Some(SqlCommand::Serve { listen }), _) => {
             let server =

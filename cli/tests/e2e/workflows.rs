@@ -32,6 +32,14 @@ command = "echo after $TRIBUTARY_RUN_KEY"
 "#;
 
 // Fails its first attempt (no marker yet), succeeds on the retry.
+// Dated runs for a backfill: each appends its date.
+const DATED: &str = r#"
+partitioned = true
+[task]
+kind = "shell"
+command = "echo {{ds}} >> dated.txt"
+"#;
+
 const FLAKY: &str = r#"
 [task]
 kind = "shell"
@@ -84,6 +92,7 @@ async fn schedulers_take_over_without_losing_or_doubling_a_run() {
     std::fs::write(jobs.join("tick.toml"), TICK).unwrap();
     std::fs::write(jobs.join("after.toml"), AFTER).unwrap();
     std::fs::write(jobs.join("flaky.toml"), FLAKY).unwrap();
+    std::fs::write(jobs.join("dated.toml"), DATED).unwrap();
     std::fs::write(
         jobs.join("broken.toml"),
         "schedule = \"every day\"\n[task]\nkind = \"shell\"\ncommand = \"true\"\n",

@@ -195,6 +195,61 @@ pub async fn build_marts_with(lake: &Lake, options: &BuildOptions) -> Result<Mar
 
 /// The source tables of `layers` at their current versions; a required one
 /// that does not exist is an error.
+/// The current version of every table the marts read, as a run's report
+/// names them.
+pub async fn source_versions(lake: &Lake) -> Result<Vec<(String, Option<u64>)>> {
+    Ok(pin(lake, &["bronze", "silver"])
+        .await?
+        .iter()
+        .map(|s| (s.name(), s.version()))
+        .collect())
+}
+
+/// Builds the marts whenever a table they read has a new version, checked
+/// every `every`, until `shutdown`: gold trails the lake by a round and a
+/// build instead of a schedule. Each build is incremental, so its work
+/// grows with the change, not with the tables. `on_run` sees every report.
+/// A transient failure (store unavailable, a concurrent commit) is logged
+/// and the round is tried again; any other stops it.
+pub async fn follow_marts(
+    lake: &Lake,
+    options: &BuildOptions,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut on_run: impl FnMut(&MartsReport),
+) -> Result<()> {
+    let mut built: Option<Vec<(String, Option<u64>)>> = None;
+    let mut first = options.clone();
+    loop {
+        let round = async {
+            let now = source_versions(lake).await?;
+            if built.as_ref() == Some(&now) {
+                return Ok(None);
+            }
+            let report = build_marts_with(lake, &first).await?;
+            Ok::<_, Error>(Some((now, report)))
+        };
+        match round.await {
+            Ok(Some((versions, report))) => {
+                on_run(&report);
+                // The build read these versions or newer ones; the next
+                // round rebuilds only if something moved since.
+                built = Some(versions);
+                first.full_refresh = false;
+            }
+            Ok(None) => {}
+            Err(e) if e.is_transient() || matches!(e, Error::MissingSource { .. }) => {
+                tracing::warn!(error = %tributary_model::error_chain(&e), "marts round failed; trying again");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 async fn pin(lake: &Lake, layers: &[&str]) -> Result<Vec<Source>> {
     let mut sources = Vec::new();
     for (layer, table, required) in SOURCES {

@@ -48,7 +48,10 @@ mod models;
 pub(crate) mod session;
 mod watermark;
 
-pub use build::{BuildOptions, MartsReport, Mode, build_marts, build_marts_with, test_marts};
+pub use build::{
+    BuildOptions, MartsReport, Mode, build_marts, build_marts_with, follow_marts, source_versions,
+    test_marts,
+};
 pub use checks::{DataTest, DataTestReport, Failure, data_tests};
 pub use commit::MartTable;
 pub use history::BadChange;
