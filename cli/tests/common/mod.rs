@@ -254,8 +254,49 @@ impl Env {
     /// The stack and the order service (which creates the tables).
     pub async fn start(&mut self) {
         self.up();
-        self.spawn("oltp", &["oltp", "serve"]);
-        self.wait_http().await;
+        for attempt in 1..=3 {
+            self.spawn("oltp", &["oltp", "serve"]);
+            if self.oltp_up().await {
+                return;
+            }
+            // The port was free when chosen, then another process took it
+            // (an outgoing connection's ephemeral port, say): choose again.
+            let log = self.log("oltp");
+            assert!(
+                attempt < 3 && log.contains("Address already in use"),
+                "the order service exited:\n{log}"
+            );
+            self.oltp_port = free_port();
+        }
+    }
+
+    /// Waits for the order service's `/healthz`; false when it exited.
+    async fn oltp_up(&mut self) -> bool {
+        let url = format!("{}/healthz", self.url());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return true;
+            }
+            let i = self
+                .children
+                .iter()
+                .position(|(n, _)| n == "oltp")
+                .expect("spawned");
+            if self.children[i].1.try_wait().unwrap().is_some() {
+                self.children.remove(i);
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the order API did not answer within 60 s\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The CDC reader and the ingester.
