@@ -603,13 +603,16 @@ pub enum WorkflowsCommand {
         date: Option<String>,
     },
     /// Queue a run of JOB for every date from --from to --to (inclusive),
-    /// in date order, and follow them until they end.
+    /// started in date order, and follow them until they end.
     Backfill {
         job: String,
         #[arg(long)]
         from: String,
         #[arg(long)]
         to: String,
+        /// How many of its runs may run at once.
+        #[arg(long, default_value_t = 1)]
+        parallel: u32,
     },
     /// Recent runs as a timeline: waits, attempts, retries and failures at
     /// a glance, in the terminal and optionally as an SVG file.

@@ -499,6 +499,7 @@ async fn run_job(history: &History, job: &str) -> Result<Run> {
             logical_date: None,
             trigger: tributary_workflows::history::trigger::MANUAL,
             due_at: now,
+            batch: None,
         })
         .await?
         .context("a fresh run key is new")?;

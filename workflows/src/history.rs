@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS tributary_workflows.attempts (
     epoch bigint NOT NULL,
     PRIMARY KEY (run_id, attempt)
 );
+-- A backfill's runs share a batch and run at most max_parallel at once.
+ALTER TABLE tributary_workflows.runs ADD COLUMN IF NOT EXISTS batch text;
+ALTER TABLE tributary_workflows.runs ADD COLUMN IF NOT EXISTS max_parallel int;
 CREATE TABLE IF NOT EXISTS tributary_workflows.cursors (
     job text PRIMARY KEY,
     last_fire timestamptz NOT NULL
@@ -109,10 +112,14 @@ pub struct Run {
     pub summary: Option<String>,
     pub scheduler: Option<String>,
     pub epoch: Option<i64>,
+    /// The backfill this run belongs to, and how many of its runs may run
+    /// at once.
+    pub batch: Option<String>,
+    pub max_parallel: Option<i32>,
 }
 
 const RUN_COLUMNS: &str = "id, run_key, job, logical_time, logical_date, trigger, state, attempts, \
-     due_at, started_at, ended_at, next_attempt_at, error, summary, scheduler, epoch";
+     due_at, started_at, ended_at, next_attempt_at, error, summary, scheduler, epoch, batch, max_parallel";
 
 fn run_of(r: &tokio_postgres::Row) -> Run {
     Run {
@@ -132,6 +139,8 @@ fn run_of(r: &tokio_postgres::Row) -> Run {
         summary: r.get(13),
         scheduler: r.get(14),
         epoch: r.get(15),
+        batch: r.get(16),
+        max_parallel: r.get(17),
     }
 }
 
@@ -144,6 +153,8 @@ pub struct NewRun {
     pub logical_date: Option<NaiveDate>,
     pub trigger: &'static str,
     pub due_at: DateTime<Utc>,
+    /// A backfill's batch and its parallelism (`None` for other runs).
+    pub batch: Option<(String, i32)>,
 }
 
 /// How an attempt ended, and what becomes of its run.
@@ -260,8 +271,8 @@ impl History {
             .client
             .query_opt(
                 "INSERT INTO tributary_workflows.runs
-                     (run_key, job, logical_time, logical_date, trigger, state, due_at)
-                 VALUES ($1, $2, $3, $4, $5, 'queued', $6)
+                     (run_key, job, logical_time, logical_date, trigger, state, due_at, batch, max_parallel)
+                 VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8)
                  ON CONFLICT (run_key) DO NOTHING RETURNING id",
                 &[
                     &run.run_key,
@@ -270,6 +281,8 @@ impl History {
                     &run.logical_date,
                     &run.trigger,
                     &run.due_at,
+                    &run.batch.as_ref().map(|b| b.0.as_str()),
+                    &run.batch.as_ref().map(|b| b.1),
                 ],
             )
             .await

@@ -101,6 +101,7 @@ pub struct Options {
 
 struct Running {
     job: String,
+    batch: Option<String>,
     attempt: i32,
     cancel: CancellationToken,
     started: std::time::Instant,
@@ -335,6 +336,7 @@ impl Scheduler {
                     logical_date: job.partitioned.then(|| schedule.date_of(*t)),
                     trigger: why,
                     due_at: *t,
+                    batch: None,
                 })
                 .collect();
             let created = self
@@ -367,6 +369,20 @@ impl Scheduler {
                     .await?;
                 continue;
             };
+            // A backfill's runs: up to its parallelism at once, beside
+            // whatever else of the job runs (they write other dates).
+            if let Some(batch) = &run.batch {
+                let limit = run.max_parallel.unwrap_or(1).max(1) as usize;
+                let running = self
+                    .running
+                    .values()
+                    .filter(|r| r.batch.as_ref() == Some(batch))
+                    .count();
+                if running < limit {
+                    self.start(&fence, &job, &run).await?;
+                }
+                continue;
+            }
             let busy: Vec<i64> = self
                 .running
                 .iter()
@@ -376,7 +392,7 @@ impl Scheduler {
             if !busy.is_empty() {
                 match job.concurrency {
                     Concurrency::Queue => continue,
-                    Concurrency::Skip if run.attempts == 0 && run.trigger != trigger::BACKFILL => {
+                    Concurrency::Skip if run.attempts == 0 => {
                         self.history
                             .close_unstarted(
                                 &fence,
@@ -429,6 +445,7 @@ impl Scheduler {
             run.id,
             Running {
                 job: job.name.clone(),
+                batch: run.batch.clone(),
                 attempt: n,
                 cancel: cancel.clone(),
                 started: std::time::Instant::now(),
@@ -525,6 +542,7 @@ impl Scheduler {
                 logical_date: run.logical_date,
                 trigger: trigger::UPSTREAM,
                 due_at: self.clock.now(),
+                batch: None,
             };
             let created = self
                 .history

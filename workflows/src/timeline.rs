@@ -280,6 +280,8 @@ mod tests {
             summary: None,
             scheduler: None,
             epoch: None,
+            batch: None,
+            max_parallel: None,
         }
     }
 

@@ -132,11 +132,17 @@ pub async fn run(config: Config, jobs: PathBuf, command: WorkflowsCommand) -> Re
                 trigger::MANUAL,
                 "manual",
                 0,
+                None,
             )?;
             history.enqueue(&run).await?;
             println!("queued {} (a running scheduler starts it)", run.run_key);
         }
-        WorkflowsCommand::Backfill { job, from, to } => {
+        WorkflowsCommand::Backfill {
+            job,
+            from,
+            to,
+            parallel,
+        } => {
             let dag = load(&jobs)?;
             let j = dag
                 .jobs
@@ -156,7 +162,14 @@ pub async fn run(config: Config, jobs: PathBuf, command: WorkflowsCommand) -> Re
             let mut d = from;
             let mut order = 0;
             while d <= to {
-                let run = manual_run(j, Some(d), trigger::BACKFILL, &batch, order)?;
+                let run = manual_run(
+                    j,
+                    Some(d),
+                    trigger::BACKFILL,
+                    &batch,
+                    order,
+                    Some(parallel as i32),
+                )?;
                 order += 1;
                 if let Some(id) = history.enqueue(&run).await? {
                     ids.push((id, run.run_key));
@@ -212,6 +225,7 @@ fn manual_run(
     why: &'static str,
     tag: &str,
     order: i64,
+    parallel: Option<i32>,
 ) -> Result<NewRun> {
     let now = Utc::now();
     let logical_time = match date {
@@ -245,6 +259,7 @@ fn manual_run(
         trigger: why,
         // Backfills in date order: the scheduler starts waiting runs oldest first.
         due_at: now + chrono::Duration::milliseconds(order),
+        batch: parallel.map(|p| (tag.clone(), p)),
     })
 }
 

@@ -40,6 +40,15 @@ kind = "shell"
 command = "echo {{ds}} >> dated.txt"
 "#;
 
+// A slow dated job, for a backfill with parallelism.
+const SLOW: &str = r#"
+partitioned = true
+concurrency = "skip"
+[task]
+kind = "shell"
+command = "sleep 2; echo {{ds}}"
+"#;
+
 const FLAKY: &str = r#"
 [task]
 kind = "shell"
@@ -93,6 +102,7 @@ async fn schedulers_take_over_without_losing_or_doubling_a_run() {
     std::fs::write(jobs.join("after.toml"), AFTER).unwrap();
     std::fs::write(jobs.join("flaky.toml"), FLAKY).unwrap();
     std::fs::write(jobs.join("dated.toml"), DATED).unwrap();
+    std::fs::write(jobs.join("slow.toml"), SLOW).unwrap();
     std::fs::write(
         jobs.join("broken.toml"),
         "schedule = \"every day\"\n[task]\nkind = \"shell\"\ncommand = \"true\"\n",
@@ -223,5 +233,82 @@ async fn schedulers_take_over_without_losing_or_doubling_a_run() {
         history.contains("attempt 1 failed") && history.contains("first try fails"),
         "{history}"
     );
+
+    // A backfill runs one run per date, in date order.
+    let out = env.run_ok(&[
+        "workflows",
+        "--jobs",
+        &jobs_arg,
+        "backfill",
+        "dated",
+        "--from",
+        "2026-02-27",
+        "--to",
+        "2026-03-02",
+    ]);
+    assert_eq!(out.matches("succeeded").count(), 4, "{out}");
+    let dated = std::fs::read_to_string(env.dir.path().join("dated.txt")).unwrap();
+    assert_eq!(dated, "2026-02-27\n2026-02-28\n2026-03-01\n2026-03-02\n");
+    // Two at a time: four 2 s runs overlap in pairs, none skipped.
+    let out = env.run_ok(&[
+        "workflows",
+        "--jobs",
+        &jobs_arg,
+        "backfill",
+        "slow",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-01-04",
+        "--parallel",
+        "2",
+    ]);
+    assert_eq!(out.matches("succeeded").count(), 4, "{out}");
+    let most = count(
+        &c,
+        "SELECT max(n) FROM (SELECT (SELECT count(*) FROM tributary_workflows.runs o \
+           WHERE o.job = 'slow' AND o.started_at < r.ended_at AND o.ended_at > r.started_at) AS n \
+           FROM tributary_workflows.runs r WHERE r.job = 'slow') x",
+    )
+    .await;
+    assert_eq!(most, 2, "at most two at once, and two did run together");
+
+    // The timeline shows flaky's failure, backoff and success.
+    let svg = env.dir.path().join("runs.svg");
+    let svg_arg = svg.display().to_string();
+    let chart = env.run_ok(&[
+        "workflows",
+        "--jobs",
+        &jobs_arg,
+        "timeline",
+        "flaky",
+        "--svg",
+        &svg_arg,
+    ]);
+    let row = chart
+        .lines()
+        .find(|l| l.starts_with("flaky@"))
+        .unwrap_or_else(|| panic!("{chart}"));
+    assert!(row.contains('x') && row.contains('#'), "{chart}");
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("Failed"));
+
+    // The history is a table of the SQL console.
+    let out = env.run_ok(&[
+        "sql",
+        "-e",
+        "SELECT job, attempts, state FROM workflows.runs WHERE job = 'flaky'",
+        "--format",
+        "csv",
+    ]);
+    assert!(out.contains("flaky,2,succeeded"), "{out}");
+    let out = env.run_ok(&[
+        "sql",
+        "-e",
+        "SELECT count(*) AS n FROM workflows.attempts a JOIN workflows.runs r ON r.id = a.run_id \
+         WHERE r.job = 'flaky' AND a.state = 'failed'",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(out.lines().nth(1), Some("1"), "{out}");
     env.assert_running();
 }
