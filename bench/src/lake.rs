@@ -316,12 +316,14 @@ impl Bench<'_> {
         let per_shard = self.options.rate / shards as f64;
         let mut writers = tokio::task::JoinSet::new();
         let written = Arc::new(AtomicU64::new(0));
+        // The first sample before the first write: taken after the writers
+        // start, it could already count a few of their changes in Kafka.
+        let started = Instant::now();
+        let mut samples = vec![self.sample(Duration::ZERO, 0).await?];
         for (i, dsn) in self.sources.shards.iter().enumerate() {
             let (dsn, stop, written) = (dsn.clone(), stop.clone(), written.clone());
             writers.spawn(async move { write_load(i, &dsn, per_shard, stop, written).await });
         }
-        let started = Instant::now();
-        let mut samples = vec![self.sample(Duration::ZERO, 0).await?];
         let count = |w: &Arc<AtomicU64>| w.load(Ordering::Relaxed);
         while started.elapsed() < self.options.duration {
             let left = self.options.duration.saturating_sub(started.elapsed());
