@@ -9,6 +9,10 @@ use tributary_stack::{Platform, checks};
 use tributary_workflows::runner::{self, RunContext, Runner, TaskFuture};
 use tributary_workflows::{Job, Task};
 
+/// How often a continuous marts job looks for new bronze and silver
+/// versions.
+pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs tributary's tasks in this process, on the platform's lake and
 /// sources.
 pub struct TributaryRunner {
@@ -33,12 +37,37 @@ impl Runner for TributaryRunner {
     fn run(&self, job: &Job, ctx: RunContext) -> TaskFuture {
         let platform = self.platform.clone();
         let task = job.task.clone();
+        let continuous = job.continuous;
+        let name = job.name.clone();
         if let Task::Shell { command } = &task {
             return runner::shell(command, &ctx);
         }
         Box::pin(async move {
             let lake = platform.lake().map_err(err)?;
             match task {
+                Task::Marts { full_refresh } if continuous => {
+                    // Follows bronze and silver until the attempt is
+                    // dropped (cancelled, or the lead lost).
+                    let options = tributary_etl::BuildOptions {
+                        full_refresh,
+                        ..Default::default()
+                    };
+                    let mut rounds = 0u64;
+                    tributary_etl::follow_marts(
+                        &lake,
+                        &options,
+                        FOLLOW_EVERY,
+                        tokio_util::sync::CancellationToken::new(),
+                        |report| {
+                            rounds += 1;
+                            let line = report.to_string();
+                            tracing::info!(job = %name, rounds, "{}", line.lines().next().unwrap_or(""));
+                        },
+                    )
+                    .await
+                    .map_err(|e| tributary_model::error_chain(&e))?;
+                    Ok(format!("followed the stream for {rounds} builds"))
+                }
                 Task::Marts { full_refresh } => {
                     let options = tributary_etl::BuildOptions {
                         full_refresh,

@@ -7,7 +7,6 @@
 //! child that dies with it ([`command`] and [`wait_listening`]).
 
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -84,49 +83,11 @@ pub async fn wait_listening(port: u16, dir: &Path) -> Result<()> {
 }
 
 /// Starts a broker on `port` in `dir` with the stack's storage unless
-/// something listens there already: in its own process group (Ctrl-C on
-/// `tributary` does not stop the stack), its pid in `<dir>/pid`.
+/// something listens there already, detached ([`crate::daemon`]).
 pub(crate) async fn start_detached(bin: &Path, port: u16, dir: &Path) -> Result<()> {
     if port_open(port) {
         return Ok(());
     }
-    let child = command(bin, port, STACK_STORAGE, dir)?
-        .process_group(0)
-        .spawn()
-        .map_err(io(format!("starting {}", bin.display())))?;
-    let pid_file = dir.join("pid");
-    std::fs::write(&pid_file, child.id().to_string())
-        .map_err(io(format!("writing {}", pid_file.display())))?;
+    crate::daemon::spawn(command(bin, port, STACK_STORAGE, dir)?, dir)?;
     wait_listening(port, dir).await
-}
-
-/// The pid recorded in `<dir>/pid` by [`start_detached`].
-pub(crate) fn pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join("pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Stops the broker recorded in `<dir>/pid`: SIGTERM, up to 5 s, then
-/// SIGKILL.
-pub(crate) fn stop(dir: &Path) {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    let Some(pid) = pid(dir) else {
-        return;
-    };
-    let pid = Pid::from_raw(pid as i32);
-    if kill(pid, Signal::SIGTERM).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while kill(pid, None).is_ok() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        // Reap it if it was our child.
-        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-    }
-    let _ = kill(pid, Signal::SIGKILL);
-    let _ = std::fs::remove_file(dir.join("pid"));
 }

@@ -62,6 +62,21 @@ pub struct StackConfig {
     /// The `tansu` broker binary; `tansu` on PATH or in ~/.cargo/bin when absent.
     #[serde(default)]
     pub broker_bin: Option<PathBuf>,
+    /// `tributary up` also starts a workflows scheduler with the jobs of
+    /// `jobs`, when that folder exists.
+    #[serde(default = "yes")]
+    pub scheduler: bool,
+    /// The scheduler's job folder.
+    #[serde(default = "default_jobs")]
+    pub jobs: PathBuf,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_jobs() -> PathBuf {
+    PathBuf::from("workflows/jobs")
 }
 
 fn default_shards() -> usize {

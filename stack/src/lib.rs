@@ -36,13 +36,14 @@
 pub mod broker;
 pub mod checks;
 pub mod config;
+pub mod daemon;
 mod local;
 mod platform;
 pub mod postgres;
 mod status;
 
 pub use config::Config;
-pub use local::{BrokerInstance, PgInstance, StackState, down};
+pub use local::{BrokerInstance, PgInstance, StackState, down, scheduler_dir};
 pub use platform::{Platform, Sources};
 pub use status::{ComponentStatus, status};
 

@@ -8,6 +8,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +60,7 @@ impl BrokerInstance {
 
     /// The broker's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        broker::pid(&self.data_dir)
+        crate::daemon::pid(&self.data_dir)
     }
 }
 
@@ -175,13 +176,16 @@ pub(crate) async fn up(config: &Config) -> Result<StackState> {
 
 /// Stops the stack; `purge` also deletes its data.
 pub fn down(config: &Config, purge: bool) -> Result<()> {
+    // The scheduler first: it records its interrupted attempts in the
+    // catalog database before that stops.
+    crate::daemon::stop(&scheduler_dir(config), Duration::from_secs(10));
     if let Some(state) = StackState::load(&config.state_dir)? {
         if let Ok(tools) = PgTools::find(config.stack.pg_bin.as_deref()) {
             for pg in state.all_pg() {
                 stop_cluster(&tools, pg);
             }
         }
-        broker::stop(&state.broker.data_dir);
+        crate::daemon::stop(&state.broker.data_dir, Duration::from_secs(5));
         if purge {
             for pg in state.all_pg() {
                 let _ = std::fs::remove_dir_all(&pg.data_dir);
@@ -193,6 +197,11 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
             .map_err(io(format!("removing {}", config.state_dir.display())))?;
     }
     Ok(())
+}
+
+/// Where the stack's scheduler keeps its pid and log.
+pub fn scheduler_dir(config: &Config) -> PathBuf {
+    config.state_dir.join("scheduler")
 }
 
 /// Where the stack's PostgreSQL data lives: under the state folder, unless

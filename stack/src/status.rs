@@ -104,6 +104,7 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
         freshness_seconds: None,
     });
     let lake_config = platform.lake_config();
+    out.push(scheduler(platform, lake_config).await);
     let lake = tributary_lake::Lake::new(lake_config);
     out.push(ComponentStatus {
         component: "lake".into(),
@@ -118,6 +119,43 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
     }
     Ok(out)
 }
+
+/// The workflows scheduler `up` started, and who leads (any scheduler
+/// may hold the lease, not only the stack's).
+async fn scheduler(platform: &Platform, config: &tributary_lake::LakeConfig) -> ComponentStatus {
+    let dir = crate::scheduler_dir(platform.config());
+    let process = match (crate::daemon::pid(&dir), crate::daemon::alive(&dir)) {
+        (_, Some(pid)) => Ok(format!("pid {pid}")),
+        (Some(pid), None) => Err(format!(
+            "pid {pid} exited (log {})",
+            dir.join("scheduler.log").display()
+        )),
+        (None, None) => Ok("not started by `up`".to_string()),
+    };
+    let leader = match tributary_lake::Lake::new(config) {
+        Ok(lake) => match tokio::time::timeout(Duration::from_secs(3), lake.coordinator()).await {
+            Ok(Ok(Some(c))) => match c.leases(SCHEDULER_LEASE).await {
+                Ok(leases) => match leases.iter().find(|l| l.expires_in_s > 0.0) {
+                    Some(l) => format!("leader {} (epoch {})", l.owner, l.epoch),
+                    None => "no scheduler leads".into(),
+                },
+                Err(e) => format!("leader unknown: {e}"),
+            },
+            _ => "leader unknown (no catalog database)".into(),
+        },
+        Err(e) => format!("leader unknown: {e}"),
+    };
+    ComponentStatus {
+        component: "workflows scheduler".into(),
+        address: dir.display().to_string(),
+        healthy: process.is_ok(),
+        detail: format!("{}; {leader}", process.unwrap_or_else(|e| e)),
+        freshness_seconds: None,
+    }
+}
+
+/// The scheduler's lease (`tributary_workflows::leader::RESOURCE`).
+const SCHEDULER_LEASE: &str = "workflows/scheduler";
 
 /// Who writes each table (the ingest lease holder) and for how long.
 async fn lake_writers(config: &tributary_lake::LakeConfig) -> Vec<ComponentStatus> {

@@ -107,6 +107,17 @@ impl Dag {
         // One schedule above each job.
         let mut bad = Vec::new();
         for j in ok.values().filter(|j| !j.depends_on.is_empty()) {
+            if let Some(c) = j
+                .depends_on
+                .iter()
+                .find(|d| ok.get(*d).is_some_and(|u| u.continuous))
+            {
+                bad.push((
+                    j.name.clone(),
+                    format!("{c} is a continuous job: it has no logical times to run after"),
+                ));
+                continue;
+            }
             let roots: BTreeSet<(String, String)> = ancestors(&ok, &j.name)
                 .iter()
                 .filter_map(|a| ok[a].schedule.as_ref())
@@ -149,12 +160,7 @@ impl Dag {
         let mut out = String::new();
         for name in self.order() {
             let j = &self.jobs[&name];
-            let when = match (&j.schedule, j.depends_on.is_empty()) {
-                (Some(s), _) => format!("cron {:?} {}", s.expr, s.tz.name()),
-                (None, false) => format!("after {}", j.depends_on.join(" and ")),
-                (None, true) => "on demand".to_string(),
-            };
-            let _ = writeln!(out, "{name:<24} {:<13} {when}", j.task.kind());
+            let _ = writeln!(out, "{name:<24} {:<13} {}", j.task.kind(), j.when());
             for d in self.downstream(&name) {
                 let _ = writeln!(out, "  └─> {}", d.name);
             }
@@ -289,6 +295,21 @@ mod tests {
     }
 
     #[test]
+    fn a_job_cannot_run_after_a_continuous_one() {
+        let dag = Dag::from_jobs(
+            vec![
+                shell("follow", "continuous = true"),
+                shell("after", "depends_on = [\"follow\"]"),
+            ],
+            Vec::new(),
+        );
+        assert!(dag.jobs.contains_key("follow"));
+        assert!(!dag.jobs.contains_key("after"));
+        let e = dag.errors[0].to_string();
+        assert!(e.contains("after.toml") && e.contains("continuous"), "{e}");
+    }
+
+    #[test]
     fn upstreams_on_different_schedules_are_refused() {
         let dag = Dag::from_jobs(
             vec![
@@ -325,5 +346,8 @@ mod tests {
         let dag = Dag::load(&dir).unwrap();
         assert!(dag.errors.is_empty(), "{:?}", dag.errors);
         assert!(dag.jobs.len() >= 4, "{:?}", dag.jobs.keys());
+        let examples = Dag::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")).unwrap();
+        assert!(examples.errors.is_empty(), "{:?}", examples.errors);
+        assert!(examples.jobs["marts_follow"].continuous);
     }
 }

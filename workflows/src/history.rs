@@ -91,6 +91,8 @@ pub mod trigger {
     pub const UPSTREAM: &str = "upstream";
     pub const MANUAL: &str = "manual";
     pub const BACKFILL: &str = "backfill";
+    /// A continuous job's run, started because none was going.
+    pub const CONTINUOUS: &str = "continuous";
 }
 
 /// One run as recorded.
@@ -476,6 +478,22 @@ impl History {
             .await
             .map_err(db("reading orphaned runs"))?;
         Ok(rows.iter().map(run_of).collect())
+    }
+
+    /// Of a continuous job: whether a run of it is waiting or running, and
+    /// when its newest run ended.
+    pub async fn continuous_state(&self, job: &str) -> Result<(bool, Option<DateTime<Utc>>)> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state IN ('queued', 'running', 'retrying')),
+                        max(ended_at)
+                   FROM tributary_workflows.runs WHERE job = $1",
+                &[&job],
+            )
+            .await
+            .map_err(db("reading a continuous job's runs"))?;
+        Ok((row.get::<_, i64>(0) > 0, row.get(1)))
     }
 
     /// Whether every job of `jobs` succeeded for `logical_time`.

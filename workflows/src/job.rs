@@ -23,6 +23,11 @@
 //! A job with `depends_on = ["a", "b"]` has no schedule of its own: its run
 //! for a logical time starts when `a` and `b` both succeeded for that
 //! logical time (see [`crate::dag`]).
+//!
+//! A job with `continuous = true` has no schedule either: the leader keeps
+//! one run of it going at all times (the marts following the stream, or a
+//! long-running command), restarts it `retry.backoff` after it ends, and a
+//! new leader takes its run over like any run its predecessor left.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -227,6 +232,8 @@ pub struct Job {
     pub concurrency: Concurrency,
     pub catchup: Catchup,
     pub partitioned: bool,
+    /// Kept running by the leader instead of run on a schedule.
+    pub continuous: bool,
     pub task: Task,
 }
 
@@ -249,6 +256,8 @@ struct RawJob {
     catchup: Catchup,
     #[serde(default)]
     partitioned: bool,
+    #[serde(default)]
+    continuous: bool,
     task: Task,
     #[serde(default)]
     retry: Option<RawRetry>,
@@ -280,6 +289,17 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl Job {
+    /// When the job runs, for a person: its cron and zone, `continuous`,
+    /// its upstreams, or `on demand`.
+    pub fn when(&self) -> String {
+        match &self.schedule {
+            Some(s) => format!("{} {}", s.expr, s.tz.name()),
+            None if self.continuous => "continuous".into(),
+            None if self.depends_on.is_empty() => "on demand".into(),
+            None => format!("after {}", self.depends_on.join(",")),
+        }
+    }
+
     /// Parses and checks the job file at `path`, named by its file name.
     pub fn load(path: &Path) -> Result<Job> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
@@ -347,6 +367,28 @@ impl Job {
                 "a job with depends_on runs when its upstream jobs succeed; give it no schedule"
                     .into(),
             ));
+        }
+        if raw.continuous {
+            let conflict = [
+                ("schedule", raw.schedule.is_some()),
+                ("depends_on", !raw.depends_on.is_empty()),
+                ("partitioned", raw.partitioned),
+                ("timeout", raw.timeout.is_some()),
+            ];
+            if let Some((field, _)) = conflict.iter().find(|(_, set)| *set) {
+                return Err(bad(
+                    field,
+                    "a continuous job is kept running, not scheduled or dated, and has no timeout"
+                        .into(),
+                ));
+            }
+            if !matches!(raw.task, Task::Marts { .. } | Task::Shell { .. }) {
+                return Err(bad(
+                    "task.kind",
+                    "a continuous job runs the marts (following the stream) or a long-running shell command"
+                        .into(),
+                ));
+            }
         }
         for d in &raw.depends_on {
             if d == &name {
@@ -424,6 +466,7 @@ impl Job {
             concurrency: raw.concurrency,
             catchup: raw.catchup,
             partitioned: raw.partitioned,
+            continuous: raw.continuous,
             task: raw.task,
         })
     }
@@ -498,6 +541,30 @@ mod tests {
             "[task]\nkind = \"sql\"\nstatement = \"SELECT 1\"\ninto = \"x\"\npartition_column = \"ds\"\n",
         );
         assert!(e.contains("`task.partition_column`"), "{e}");
+    }
+
+    #[test]
+    fn a_continuous_job_has_no_schedule_date_or_timeout_and_runs_marts_or_a_command() {
+        let j = parse("follow", "continuous = true\n[task]\nkind = \"marts\"\n").unwrap();
+        assert!(j.continuous && j.schedule.is_none());
+        assert_eq!(j.when(), "continuous");
+        for (field, line) in [
+            ("schedule", "schedule = \"* * * * *\""),
+            ("depends_on", "depends_on = [\"b\"]"),
+            ("partitioned", "partitioned = true"),
+            ("timeout", "timeout = \"1h\""),
+        ] {
+            let e = err(
+                "follow",
+                &format!("continuous = true\n{line}\n[task]\nkind = \"marts\"\n"),
+            );
+            assert!(
+                e.contains(&format!("`{field}`")) && e.contains("continuous"),
+                "{e}"
+            );
+        }
+        let e = err("follow", "continuous = true\n[task]\nkind = \"verify\"\n");
+        assert!(e.contains("`task.kind`"), "{e}");
     }
 
     #[test]

@@ -46,22 +46,45 @@ pub trait Runner: Send + Sync + 'static {
     fn run(&self, job: &Job, ctx: RunContext) -> TaskFuture;
 }
 
-/// Runs `command` with `sh -c` (killed when the future is dropped); the
-/// summary is the last line of its output.
+/// Runs `command` with `sh -c`; the summary is the last line of its
+/// output. The command runs in a process group of its own, killed whole
+/// when the future is dropped (a timeout, a cancel), so a command's own
+/// children do not outlive its attempt. Where util-linux's `setpriv` is
+/// found, the shell also dies with the scheduler (parent-death signal): a
+/// SIGKILLed leader leaves no command behind to run beside its
+/// successor's retry (a long-running command should `exec` its program,
+/// which keeps that signal).
 pub fn shell(command: &str, ctx: &RunContext) -> TaskFuture {
     let command = ctx.render(command);
     let ds = ctx.ds();
     let key = ctx.run_key.clone();
     Box::pin(async move {
-        let out = tokio::process::Command::new("sh")
-            .arg("-c")
+        let mut cmd = if has_setpriv() {
+            let mut c = tokio::process::Command::new("setpriv");
+            c.args(["--pdeathsig", "KILL", "--", "sh", "-c"]);
+            c
+        } else {
+            let mut c = tokio::process::Command::new("sh");
+            c.arg("-c");
+            c
+        };
+        let child = cmd
             .arg(&command)
             .env("TRIBUTARY_DS", ds)
             .env("TRIBUTARY_RUN_KEY", key)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true)
-            .output()
-            .await
+            .spawn()
             .map_err(|e| format!("starting sh: {e}"))?;
+        let mut group = GroupKill(child.id());
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("waiting for sh: {e}"))?;
+        group.0 = None;
         let last = |b: &[u8]| {
             String::from_utf8_lossy(b)
                 .lines()
@@ -77,6 +100,32 @@ pub fn shell(command: &str, ctx: &RunContext) -> TaskFuture {
         } else {
             Err(format!("{}: {}", out.status, last(&out.stderr)))
         }
+    })
+}
+
+/// Kills a process group when dropped, unless its id was taken out.
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn has_setpriv() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        std::process::Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "true"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     })
 }
 
@@ -98,8 +147,14 @@ pub async fn attempt(
     cancel: CancellationToken,
 ) -> Outcome {
     let task = runner.run(job, ctx);
+    // A continuous job runs until it is stopped: no timeout.
+    let timeout = if job.continuous {
+        Duration::MAX
+    } else {
+        job.timeout
+    };
     tokio::select! {
-        r = tokio::time::timeout(job.timeout, task) => match r {
+        r = tokio::time::timeout(timeout, task) => match r {
             Ok(Ok(summary)) => Outcome::Succeeded(summary),
             Ok(Err(e)) => Outcome::Failed(e),
             Err(_) => Outcome::TimedOut(job.timeout),

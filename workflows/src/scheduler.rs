@@ -302,6 +302,7 @@ impl Scheduler {
     async fn round(&mut self) -> Result<()> {
         self.reload();
         self.schedule().await?;
+        self.keep_running().await?;
         self.dispatch().await
     }
 
@@ -345,6 +346,46 @@ impl Scheduler {
                 .await?;
             if fires.len() > 1 || fires.first().is_some_and(|(_, w)| *w == trigger::CATCHUP) {
                 tracing::info!(job = %job.name, created, policy = ?job.catchup, "caught up on missed fire times");
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps one run of each continuous job going: a new run when none
+    /// waits or runs and the last ended at least `retry.backoff` ago (so a
+    /// command that keeps failing does not spin).
+    async fn keep_running(&mut self) -> Result<()> {
+        let fence = self.fence()?;
+        let now = self.clock.now();
+        let jobs: Vec<Job> = self
+            .dag
+            .jobs
+            .values()
+            .filter(|j| j.continuous)
+            .cloned()
+            .collect();
+        for job in jobs {
+            let (going, ended) = self.history.continuous_state(&job.name).await?;
+            let pause = chrono::Duration::from_std(job.retry.backoff).unwrap_or_default();
+            if going || ended.is_some_and(|e| now - e < pause) {
+                continue;
+            }
+            let run = NewRun {
+                run_key: run_key(&job.name, now),
+                job: job.name.clone(),
+                logical_time: now,
+                logical_date: None,
+                trigger: trigger::CONTINUOUS,
+                due_at: now,
+                batch: None,
+            };
+            if self
+                .history
+                .create_scheduled(&fence, &job.name, &[run], now, state::QUEUED)
+                .await?
+                > 0
+            {
+                tracing::info!(job = %job.name, "continuous job (re)started");
             }
         }
         Ok(())

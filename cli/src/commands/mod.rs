@@ -24,7 +24,7 @@ use crate::args::{Cli, Command};
 pub async fn run(cli: Cli) -> Result<()> {
     let config = config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Up => stack::up(config).await,
+        Command::Up => stack::up(config, cli.config.as_deref()).await,
         Command::Down { purge } => stack::down(&config, purge),
         Command::Status { json } => stack::status(config, json).await,
         Command::Oltp { command } => oltp::run(config, command).await,

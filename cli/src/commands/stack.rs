@@ -1,11 +1,13 @@
 //! `tributary up`, `down` and `status`: the local stack.
 
-use anyhow::Result;
-use tributary_stack::{Config, Platform};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use tributary_stack::{Config, Platform, daemon};
 
 use super::print_json;
 
-pub async fn up(config: Config) -> Result<()> {
+pub async fn up(config: Config, config_file: Option<&Path>) -> Result<()> {
     let platform = Platform::start(config).await?;
     if let Some(s) = platform.stack() {
         println!(
@@ -13,8 +15,69 @@ pub async fn up(config: Config) -> Result<()> {
             s.shards.len(),
             s.broker.address()
         );
+        start_scheduler(platform.config(), config_file).await?;
     }
     print_status(&platform, false).await
+}
+
+/// A workflows scheduler with the stack's job folder, detached like the
+/// broker (`down` stops it), unless one `up` started still runs, the
+/// folder is missing, or `[stack] scheduler = false`.
+async fn start_scheduler(config: &Config, config_file: Option<&Path>) -> Result<()> {
+    let dir = tributary_stack::scheduler_dir(config);
+    if !config.stack.scheduler {
+        return Ok(());
+    }
+    if let Some(pid) = daemon::alive(&dir) {
+        println!("scheduler already runs (pid {pid})");
+        return Ok(());
+    }
+    if !config.stack.jobs.is_dir() {
+        println!(
+            "no scheduler: no job folder {} ([stack] jobs)",
+            config.stack.jobs.display()
+        );
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = dir.join("scheduler.log");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let jobs = std::path::absolute(&config.stack.jobs)?;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    if let Some(file) = config_file {
+        command.arg("--config").arg(std::path::absolute(file)?);
+    }
+    command
+        .arg("workflows")
+        .arg("--jobs")
+        .arg(&jobs)
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let pid = daemon::spawn(command, &dir)?;
+    // A scheduler that cannot start (a bad config, no catalog) exits at
+    // once: say so here rather than in a log nobody reads.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    if daemon::alive(&dir).is_none() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        bail!(
+            "the scheduler (pid {pid}) exited at once; the end of {}:\n{}",
+            log.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    println!(
+        "scheduler started (pid {pid}) with the jobs of {}; log {}",
+        jobs.display(),
+        log.display()
+    );
+    Ok(())
 }
 
 pub fn down(config: &Config, purge: bool) -> Result<()> {

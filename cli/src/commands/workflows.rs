@@ -68,11 +68,7 @@ pub async fn run(config: Config, jobs: PathBuf, command: WorkflowsCommand) -> Re
             );
             for name in dag.order() {
                 let j = &dag.jobs[&name];
-                let when = match &j.schedule {
-                    Some(s) => format!("{} {}", s.expr, s.tz.name()),
-                    None if j.depends_on.is_empty() => "on demand".into(),
-                    None => format!("after {}", j.depends_on.join(",")),
-                };
+                let when = j.when();
                 println!(
                     "{:<20} {:<13} {:<22} {:<8} {:<7} {}",
                     j.name,

@@ -49,6 +49,16 @@ kind = "shell"
 command = "sleep 2; echo {{ds}}"
 "#;
 
+// Kept running by whichever scheduler leads; each start records its pid.
+const FOLLOW: &str = r#"
+continuous = true
+[task]
+kind = "shell"
+command = "echo $$ >> follow.pids; exec sleep 600"
+[retry]
+backoff = "1s"
+"#;
+
 const FLAKY: &str = r#"
 [task]
 kind = "shell"
@@ -103,6 +113,7 @@ async fn schedulers_take_over_without_losing_or_doubling_a_run() {
     std::fs::write(jobs.join("flaky.toml"), FLAKY).unwrap();
     std::fs::write(jobs.join("dated.toml"), DATED).unwrap();
     std::fs::write(jobs.join("slow.toml"), SLOW).unwrap();
+    std::fs::write(jobs.join("follow.toml"), FOLLOW).unwrap();
     std::fs::write(
         jobs.join("broken.toml"),
         "schedule = \"every day\"\n[task]\nkind = \"shell\"\ncommand = \"true\"\n",
@@ -310,5 +321,76 @@ async fn schedulers_take_over_without_losing_or_doubling_a_run() {
         "csv",
     ]);
     assert_eq!(out.lines().nth(1), Some("1"), "{out}");
+
+    // The continuous job: one run carried across the three leaders, one
+    // attempt each, and only the newest leader's command alive (the
+    // SIGKILLed leader's died with it, the paused one's was stopped when
+    // it noticed the takeover).
+    let pids = || -> Vec<i32> {
+        std::fs::read_to_string(env.dir.path().join("follow.pids"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+    };
+    let alive = |pid: i32| kill(Pid::from_raw(pid), None).is_ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = pids();
+        let living: Vec<i32> = p.iter().copied().filter(|p| alive(*p)).collect();
+        if p.len() == 3 && living == [p[2]] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "continuous job starts {p:?}, alive {living:?}\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = c
+        .query_one(
+            "SELECT count(*), max(attempts), max(state) FROM tributary_workflows.runs WHERE job = 'follow'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, i64>(0),
+            r.get::<_, i32>(1),
+            r.get::<_, String>(2)
+        ),
+        (1, 3, "running".to_string()),
+        "one run of the continuous job, taken over twice"
+    );
+
+    // `up` with a job folder starts a scheduler (a standby here, c leads);
+    // `status` shows it; a second `up` leaves it; `down` stops it gracefully.
+    let up = |env: &Env| {
+        let out = env
+            .command(&["up"])
+            .env("TRIBUTARY__STACK__JOBS", &jobs_arg)
+            .output()
+            .unwrap();
+        assert_success(&out, "tributary up");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = up(&env);
+    assert!(first.contains("scheduler started (pid"), "{first}");
+    let again = up(&env);
+    assert!(again.contains("scheduler already runs"), "{again}");
+    let status = env.run_ok(&["status"]);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("workflows scheduler"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(line.contains("pid") && line.contains("leader"), "{line}");
+    let dir = tributary_stack::scheduler_dir(&env.config());
+    let pid = tributary_stack::daemon::alive(&dir).expect("the scheduler runs");
+    tributary_stack::daemon::stop(&dir, Duration::from_secs(10));
+    assert!(!alive(pid as i32));
+    let log = std::fs::read_to_string(dir.join("scheduler.log")).unwrap();
+    assert!(log.contains("scheduler stopped"), "{log}");
     env.assert_running();
 }
