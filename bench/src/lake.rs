@@ -68,6 +68,8 @@ pub struct Options {
     pub duration: Duration,
     /// Keep the temporary stack (and its lake) for inspection.
     pub keep: bool,
+    /// Also run `etl run marts --follow` and measure gold's freshness.
+    pub gold: bool,
 }
 
 impl Options {
@@ -78,6 +80,7 @@ impl Options {
             rate: 5000.0,
             duration: Duration::from_secs(180),
             keep: false,
+            gold: false,
         }
     }
 }
@@ -163,6 +166,8 @@ pub struct Report {
     pub catch_up_secs: f64,
     pub samples: Vec<Sample>,
     pub freshness: Freshness,
+    /// With `gold`: source commit to visible in gold.
+    pub gold: Option<GoldFreshness>,
     pub files: Vec<TableFiles>,
     pub batches: Vec<TableBatches>,
     /// CPU seconds used during the load and catch-up, per process.
@@ -174,6 +179,96 @@ pub struct Report {
     /// `/proc/loadavg` (1, 5, 15 min) at the start and the end of the load:
     /// the machine is shared, so this says how much else ran.
     pub load_average: (String, String),
+}
+
+/// Source commit → the order visible in `gold.fct_order_status_event`,
+/// built by `etl run marts --follow` beside the ingester. Each load tick's
+/// newest order per shard is a probe, timed from its commit's return to the
+/// moment the watcher saw the first gold version holding it (the watcher
+/// looks for new versions every 100 ms: up to that much too late, never
+/// too early).
+#[derive(Clone, Debug, Serialize)]
+pub struct GoldFreshness {
+    pub probes: usize,
+    pub p50_secs: f64,
+    pub p99_secs: f64,
+    pub max_secs: f64,
+    /// Gold versions committed during the load and catch-up.
+    pub builds: u64,
+}
+
+/// The fact the gold probes look for.
+const GOLD_PROBE: &str = "fct_order_status_event";
+
+type Probes = Arc<std::sync::Mutex<Vec<(i64, Instant)>>>;
+
+/// Watches gold until `stop`, resolving probes as their orders appear;
+/// returns each resolved probe's latency and the versions seen.
+async fn watch_gold(
+    lake: Lake,
+    probes: Probes,
+    stop: CancellationToken,
+) -> Result<(Vec<f64>, u64)> {
+    let session = tributary_query::Session::new(lake.clone())
+        .await
+        .map_err(|e| Error::Query {
+            query: "opening a session".into(),
+            source: Box::new(e),
+        })?;
+    let mut seen = None;
+    let mut versions = 0;
+    let mut latencies = Vec::new();
+    while !stop.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let version = lake
+            .open("gold", GOLD_PROBE)
+            .await
+            .map_err(|e| Error::Lake(Box::new(e)))?
+            .and_then(|t| t.version());
+        if version.is_none() || version == seen {
+            continue;
+        }
+        let at = Instant::now();
+        if seen.is_some() {
+            versions += 1;
+        }
+        seen = version;
+        let sql = format!(
+            "SELECT order_id / 1000000000, max(order_id) FROM gold.{GOLD_PROBE} GROUP BY 1"
+        );
+        let query = |e| Error::Query {
+            query: sql.clone(),
+            source: Box::new(e),
+        };
+        session.refresh().await.map_err(query)?;
+        let batches = session.sql(&sql).await.map_err(query)?;
+        let mut max: BTreeMap<i64, i64> = BTreeMap::new();
+        for b in &batches {
+            let cast =
+                |i: usize| arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Int64);
+            let (k, v) = (cast(0)?, cast(1)?);
+            let (k, v) = (
+                k.as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .expect("cast"),
+                v.as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .expect("cast"),
+            );
+            for r in 0..b.num_rows() {
+                max.insert(k.value(r), v.value(r));
+            }
+        }
+        let mut pending = probes.lock().expect("probes");
+        pending.retain(|(id, committed)| {
+            let visible = max.get(&(id / 1_000_000_000)).is_some_and(|m| m >= id);
+            if visible {
+                latencies.push(at.duration_since(*committed).as_secs_f64());
+            }
+            !visible
+        });
+    }
+    Ok((latencies, versions))
 }
 
 /// Runs the benchmark on a stack of its own and removes it afterwards
@@ -304,6 +399,37 @@ impl Bench<'_> {
     async fn measure(&mut self) -> Result<Report> {
         eprintln!("waiting for the initial snapshot to reach silver");
         self.caught_up(Duration::from_secs(300)).await?;
+        let probes: Option<Probes> = self.options.gold.then(Default::default);
+        let gold_stop = CancellationToken::new();
+        let watcher = match &probes {
+            Some(p) => {
+                eprintln!("gold: etl run marts --follow, waiting for its first build");
+                self.children.spawn(
+                    "marts",
+                    &["etl", "run", "marts", "--follow", "--every", "250ms"],
+                )?;
+                let deadline = Instant::now() + Duration::from_secs(300);
+                while self
+                    .lake
+                    .open("gold", GOLD_PROBE)
+                    .await
+                    .map_err(|e| Error::Lake(Box::new(e)))?
+                    .is_none()
+                {
+                    self.children.check()?;
+                    if Instant::now() > deadline {
+                        return Err(Error::Run("no gold build within 300 s".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Some(tokio::spawn(watch_gold(
+                    self.lake.clone(),
+                    p.clone(),
+                    gold_stop.clone(),
+                )))
+            }
+            None => None,
+        };
         let metrics_start = self.scrape().await?;
         let load_start = load_average();
         let cpu_start = self.cpu();
@@ -322,7 +448,9 @@ impl Bench<'_> {
         let mut samples = vec![self.sample(Duration::ZERO, 0).await?];
         for (i, dsn) in self.sources.shards.iter().enumerate() {
             let (dsn, stop, written) = (dsn.clone(), stop.clone(), written.clone());
-            writers.spawn(async move { write_load(i, &dsn, per_shard, stop, written).await });
+            let probes = probes.clone();
+            writers
+                .spawn(async move { write_load(i, &dsn, per_shard, stop, written, probes).await });
         }
         let count = |w: &Arc<AtomicU64>| w.load(Ordering::Relaxed);
         while started.elapsed() < self.options.duration {
@@ -360,6 +488,34 @@ impl Bench<'_> {
         let drain = Instant::now();
         self.caught_up(Duration::from_secs(600)).await?;
         let catch_up_secs = drain.elapsed().as_secs_f64();
+        let gold = match (watcher, &probes) {
+            (Some(w), Some(p)) => {
+                let total = {
+                    let deadline = Instant::now() + Duration::from_secs(300);
+                    while !p.lock().expect("probes").is_empty() && !w.is_finished() {
+                        self.children.check()?;
+                        if Instant::now() > deadline {
+                            return Err(Error::Run("gold did not catch up within 300 s".into()));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    gold_stop.cancel();
+                    w.await
+                        .map_err(|e| Error::Internal(format!("gold watcher: {e}")))??
+                };
+                let (mut l, builds) = total;
+                l.sort_by(f64::total_cmp);
+                let pick = |q: f64| l[((l.len() as f64 - 1.0) * q).round() as usize];
+                (!l.is_empty()).then(|| GoldFreshness {
+                    probes: l.len(),
+                    p50_secs: pick(0.5),
+                    p99_secs: pick(0.99),
+                    max_secs: *l.last().expect("non-empty"),
+                    builds,
+                })
+            }
+            _ => None,
+        };
         let metrics_end = self.scrape().await?;
         let cpu_end = self.cpu();
         let first = &samples[0];
@@ -406,6 +562,7 @@ impl Bench<'_> {
             catch_up_secs,
             samples,
             freshness,
+            gold,
             files,
             batches,
             cpu_secs,
@@ -455,6 +612,7 @@ async fn write_load(
     rate: f64,
     stop: CancellationToken,
     written: Arc<AtomicU64>,
+    probes: Option<Probes>,
 ) -> Result<()> {
     let mut c = connect(dsn).await?;
     let base = (shard as i64 + 1) * 1_000_000_000;
@@ -491,6 +649,9 @@ async fn write_load(
         .await
         .map_err(pg("inserting order items"))?;
         tx.commit().await.map_err(pg("committing orders"))?;
+        if let (Some(p), Some(id)) = (&probes, ids.iter().max()) {
+            p.lock().expect("probes").push((*id, Instant::now()));
+        }
         let paying: Vec<i64> = to_pay.drain(..).collect();
         to_pay.extend(&ids);
         let mut changes = 3 * ids.len() as u64;
@@ -656,6 +817,13 @@ impl fmt::Display for Report {
             fr.p50_bucket, fr.p95_bucket, fr.p99_bucket
         )?;
         writeln!(f, "| freshness mean | {:.2} s |", fr.mean)?;
+        if let Some(g) = &self.gold {
+            writeln!(
+                f,
+                "| gold freshness p50 / p99 / max (commit → fact in gold, marts --follow) | {:.2} / {:.2} / {:.2} s ({} probes, {} gold builds) |",
+                g.p50_secs, g.p99_secs, g.max_secs, g.probes, g.builds
+            )?;
+        }
         writeln!(
             f,
             "| freshness: changes measured, max | {}, {} |",

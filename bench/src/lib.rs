@@ -25,6 +25,10 @@
 //! - [`profile`]: the customer risk-profile job on polars against the
 //!   same profile in DataFusion SQL, over the same silver tables.
 //!
+//! - [`workflows`]: the scheduler's delay over a compressed day of minute
+//!   schedules against a polling reference, and takeovers of a SIGKILLed
+//!   leader under many short jobs (no run doubled or lost).
+//!
 //! The benchmarks that need PostgreSQL or a broker start from
 //! [`tributary_stack`] (the local stack, its PostgreSQL programs and its
 //! broker); [`process`] and [`scrape`] read what `/proc` and a process's
@@ -53,6 +57,7 @@ pub mod process;
 pub mod profile;
 pub mod scrape;
 pub mod ssb;
+pub mod workflows;
 
 /// Errors of the benchmarks.
 #[derive(Debug, thiserror::Error)]

@@ -274,6 +274,9 @@ pub enum BenchCommand {
         /// Keep the bench's temporary stack and lake afterwards.
         #[arg(long)]
         keep: bool,
+        /// Also run `etl run marts --follow` and measure commit → gold.
+        #[arg(long)]
+        gold: bool,
     },
     /// The fraud detector on a stack of its own under labelled traffic:
     /// precision and recall per rule, equality with a batch oracle (SQL over
@@ -369,6 +372,33 @@ pub enum BenchCommand {
         /// Where the tables are built, fresh (default: <state>/bench/profile).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// The workflows scheduler on a stack of its own: schedule delay over a
+    /// day of minute schedules compressed by a fake clock (against a
+    /// polling scheduler), and takeovers of a SIGKILLed leader under many
+    /// short jobs. Fails when a run is doubled or lost.
+    Workflows {
+        /// Jobs on a minute schedule.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// How much faster than the wall clock the fake clock runs.
+        #[arg(long, default_value_t = 720.0)]
+        speed: f64,
+        /// Hours of schedule.
+        #[arg(long, default_value_t = 24.0)]
+        hours: f64,
+        /// The scheduler's tick.
+        #[arg(long, default_value = "1s")]
+        tick: String,
+        /// Shell jobs every second in the takeover part.
+        #[arg(long, default_value_t = 20)]
+        short_jobs: usize,
+        /// SIGKILLs of the leader (0 skips the takeover part).
+        #[arg(long, default_value_t = 3)]
+        kills: usize,
+        /// Keep the bench's temporary stack afterwards.
+        #[arg(long)]
+        keep: bool,
     },
 }
 

@@ -459,6 +459,7 @@ async fn start_scheduler(
         tributary_workflows::scheduler::Options {
             jobs_dir: jobs.clone(),
             tick: Duration::from_millis(500),
+            poll_only: false,
         },
         &dsn,
         format!("demo-{}", std::process::id()),

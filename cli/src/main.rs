@@ -9,12 +9,13 @@ use clap::Parser;
 
 use crate::args::Cli;
 
-fn init_tracing(json: bool) {
+/// `extra`: directives added to the default filter (not to `TRIBUTARY_LOG`).
+fn init_tracing(json: bool, extra: &str) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(
-                "warn,tributary=info,tributary_cdc=info,tributary_lake=info,tributary_oltp=info,tributary_etl=info,tributary_query=info,tributary_bench=info,tributary_stack=info,deltalake_core=error",
-            )
+            tracing_subscriber::EnvFilter::new(format!(
+                "warn,tributary=info,tributary_cdc=info,tributary_lake=info,tributary_oltp=info,tributary_etl=info,tributary_query=info,tributary_bench=info,tributary_stack=info,deltalake_core=error{extra}"
+            ))
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -29,7 +30,13 @@ fn init_tracing(json: bool) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    // A benchmark's in-process schedulers start thousands of runs: their
+    // lines would bury its progress.
+    let extra = match &cli.command {
+        args::Command::Bench { .. } => ",tributary_workflows=warn",
+        _ => "",
+    };
+    init_tracing(cli.log_json, extra);
     match commands::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

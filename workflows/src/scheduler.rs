@@ -47,6 +47,54 @@ const MAX_FIRES: usize = 10_000;
 /// The time the scheduler schedules by.
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
+    /// How long `d` of this clock's time lasts on the wall clock (what the
+    /// scheduler sleeps until its next fire time).
+    fn real(&self, d: chrono::Duration) -> Duration {
+        d.to_std().unwrap_or_default()
+    }
+}
+
+/// A clock that stands at `origin` until [`FakeClock::start`], then runs
+/// `speed` times faster than the wall clock: a day of schedules in
+/// minutes, for tests and benchmarks.
+pub struct FakeClock {
+    origin: DateTime<Utc>,
+    started: std::sync::OnceLock<std::time::Instant>,
+    speed: f64,
+}
+
+impl FakeClock {
+    pub fn new(origin: DateTime<Utc>, speed: f64) -> FakeClock {
+        FakeClock {
+            origin,
+            started: std::sync::OnceLock::new(),
+            speed,
+        }
+    }
+
+    /// Sets the clock going (once).
+    pub fn start(&self) {
+        let _ = self.started.set(std::time::Instant::now());
+    }
+
+    /// Wall-clock seconds for `d` of this clock's time.
+    pub fn seconds(&self, d: chrono::Duration) -> f64 {
+        d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6 / self.speed
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> DateTime<Utc> {
+        let Some(started) = self.started.get() else {
+            return self.origin;
+        };
+        let fake = started.elapsed().mul_f64(self.speed);
+        self.origin + chrono::Duration::from_std(fake).unwrap_or_default()
+    }
+
+    fn real(&self, d: chrono::Duration) -> Duration {
+        d.to_std().unwrap_or_default().div_f64(self.speed)
+    }
 }
 
 /// The wall clock.
@@ -95,8 +143,12 @@ pub fn plan(
 /// The settings of a scheduler process.
 pub struct Options {
     pub jobs_dir: PathBuf,
-    /// How often the loop wakes when nothing else wakes it.
+    /// How often the loop wakes at least; it also wakes at each fire time
+    /// (unless `poll_only`) and right after an attempt ends.
     pub tick: Duration,
+    /// Wake on the tick alone, as a polling scheduler does (the reference
+    /// of `tributary bench workflows`).
+    pub poll_only: bool,
 }
 
 struct Running {
@@ -156,28 +208,53 @@ impl Scheduler {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(owner = self.leadership.owner(), jobs = %self.options.jobs_dir.display(), "scheduler started");
         let mut renew = tokio::time::interval(RENEW);
-        let mut tick = tokio::time::interval(self.options.tick);
+        let wake = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(wake);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(done) = self.done_rx.recv() => {
                     let r = self.finished(done).await;
                     self.on_error(r);
+                    // What the end unblocks (a downstream run, a queued
+                    // one) starts now, not at the next tick.
+                    let soon = tokio::time::Instant::now() + Duration::from_millis(5);
+                    if wake.deadline() > soon {
+                        wake.as_mut().reset(soon);
+                    }
                 }
                 _ = renew.tick() => {
                     let r = self.lead().await;
                     self.on_error(r);
                 }
-                _ = tick.tick() => {
+                _ = &mut wake => {
                     if self.leadership.fence().is_some() {
                         let r = self.round().await;
                         self.on_error(r);
                     }
+                    wake.as_mut().reset(tokio::time::Instant::now() + self.next_wake());
                 }
             }
         }
         self.stop().await;
         Ok(())
+    }
+
+    /// Until the next fire time of any scheduled job (just after it), or
+    /// the tick when that is sooner.
+    fn next_wake(&self) -> Duration {
+        let now = self.clock.now();
+        let next = self
+            .dag
+            .jobs
+            .values()
+            .filter_map(|j| j.schedule.as_ref()?.next_after(now))
+            .min()
+            .filter(|_| !self.options.poll_only);
+        match next {
+            Some(t) => (self.clock.real(t - now) + Duration::from_millis(2)).min(self.options.tick),
+            None => self.options.tick,
+        }
     }
 
     /// A refused record means the lead is gone; anything else is logged

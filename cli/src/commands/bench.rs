@@ -41,11 +41,13 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
             duration,
             json,
             keep,
+            gold,
         } => {
             let options = lake::Options {
                 rate,
                 duration: parse_duration(&duration)?,
                 keep,
+                gold,
                 ..lake::Options::new(std::env::current_exe().context("finding this binary")?)
             };
             let report = lake::run(&config, &options).await?;
@@ -148,6 +150,31 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
                 report.mismatches == 0,
                 "the engines gave different profiles"
             );
+        }
+        BenchCommand::Workflows {
+            jobs,
+            speed,
+            hours,
+            tick,
+            short_jobs,
+            kills,
+            keep,
+        } => {
+            let options = tributary_bench::workflows::Options {
+                jobs,
+                speed,
+                hours,
+                tick: parse_duration(&tick)?,
+                short_jobs,
+                kills,
+                keep,
+                ..tributary_bench::workflows::Options::new(
+                    std::env::current_exe().context("finding this binary")?,
+                )
+            };
+            let report = tributary_bench::workflows::run(&config, &options).await?;
+            print!("{report}");
+            anyhow::ensure!(report.ok(), "a run was doubled, lost or left unfinished");
         }
     }
     Ok(())

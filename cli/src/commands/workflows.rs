@@ -51,6 +51,7 @@ pub async fn run(config: Config, jobs: PathBuf, command: WorkflowsCommand) -> Re
                 Options {
                     jobs_dir: jobs,
                     tick: parse_duration(&tick)?,
+                    poll_only: false,
                 },
                 &dsn,
                 owner,
