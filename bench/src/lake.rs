@@ -593,6 +593,17 @@ async fn seed(sources: &Sources) -> Result<()> {
         )
         .await
         .map_err(pg("seeding customers"))?;
+        // One order with its lines, so the order tables are in the lake
+        // before the load (the marts need them to build at all).
+        c.execute(
+            "WITH o AS (INSERT INTO orders (customer_id, status, total)
+                        VALUES ($1::int8 + 1, 'pending', 20.00) RETURNING id)
+             INSERT INTO order_items (order_id, product_id, quantity, unit_price, line_total)
+             SELECT o.id, 1, 1, 10.00, 10.00 FROM o, generate_series(1, 2)",
+            &[&base],
+        )
+        .await
+        .map_err(pg("seeding an order"))?;
     }
     let c = connect(&sources.catalog).await?;
     c.execute(

@@ -14,6 +14,7 @@ mod e2e {
     mod bench_cdc;
     mod bench_fraud;
     mod bench_lake;
+    mod bench_workflows;
     mod cdc;
     mod chaos;
     mod console;

@@ -220,6 +220,8 @@ pub async fn follow_marts(
 ) -> Result<()> {
     let mut built: Option<Vec<(String, Option<u64>)>> = None;
     let mut first = options.clone();
+    // A failure that repeats round after round is logged once.
+    let mut last_error: Option<String> = None;
     loop {
         let round = async {
             let now = source_versions(lake).await?;
@@ -231,6 +233,7 @@ pub async fn follow_marts(
         };
         match round.await {
             Ok(Some((versions, report))) => {
+                last_error = None;
                 on_run(&report);
                 // The build read these versions or newer ones; the next
                 // round rebuilds only if something moved since.
@@ -239,7 +242,11 @@ pub async fn follow_marts(
             }
             Ok(None) => {}
             Err(e) if e.is_transient() || matches!(e, Error::MissingSource { .. }) => {
-                tracing::warn!(error = %tributary_model::error_chain(&e), "marts round failed; trying again");
+                let text = tributary_model::error_chain(&e);
+                if last_error.as_ref() != Some(&text) {
+                    tracing::warn!(error = %text, "marts round failed; trying again each round");
+                    last_error = Some(text);
+                }
             }
             Err(e) => return Err(e),
         }
