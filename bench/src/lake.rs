@@ -505,11 +505,10 @@ impl Bench<'_> {
                 };
                 let (mut l, builds) = total;
                 l.sort_by(f64::total_cmp);
-                let pick = |q: f64| l[((l.len() as f64 - 1.0) * q).round() as usize];
                 (!l.is_empty()).then(|| GoldFreshness {
                     probes: l.len(),
-                    p50_secs: pick(0.5),
-                    p99_secs: pick(0.99),
+                    p50_secs: crate::percentile(&l, 0.5),
+                    p99_secs: crate::percentile(&l, 0.99),
                     max_secs: *l.last().expect("non-empty"),
                     builds,
                 })

@@ -192,3 +192,12 @@ pub(crate) fn query(query: impl Into<String>) -> impl FnOnce(tributary_query::Er
         source: Box::new(source),
     }
 }
+
+/// Nearest-rank percentile of sorted values (NaN when there are none).
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}

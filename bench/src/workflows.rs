@@ -27,7 +27,9 @@ use tributary_workflows::runner::{RunContext, Runner, TaskFuture};
 use tributary_workflows::scheduler::{Clock, FakeClock, Options as SchedulerOptions, Scheduler};
 
 use crate::children::{Children, on_own_stack};
-use crate::{Error, Result, io, pg};
+use tributary_stack::postgres::connect;
+
+use crate::{Error, Result, io, percentile, pg};
 
 pub struct Options {
     /// The `tributary` binary (the takeover part runs it as children).
@@ -171,7 +173,7 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report> {
         ));
     }
     on_own_stack(config, "workflows", options.keep, |cfg, dir| async move {
-        let platform = Platform::start(cfg).await.map_err(stack)?;
+        let platform = Platform::start(cfg).await?;
         let dsn = platform
             .lake_config()
             .coordinator_dsn
@@ -210,20 +212,8 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report> {
     .await
 }
 
-fn stack(e: tributary_stack::Error) -> Error {
-    Error::Stack(Box::new(e))
-}
-
 fn wf(e: tributary_workflows::Error) -> Error {
     Error::Run(format!("scheduler: {}", tributary_model::error_chain(&e)))
-}
-
-async fn connect(dsn: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
-        .await
-        .map_err(pg("connecting to the catalog database"))?;
-    tokio::spawn(conn);
-    Ok(client)
 }
 
 /// Tasks that end at once: the delay part measures the scheduler.
@@ -243,14 +233,6 @@ fn write_jobs(dir: &Path, n: usize, text: &str, prefix: &str) -> Result<()> {
         std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
     }
     Ok(())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn delay(

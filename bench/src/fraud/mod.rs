@@ -51,7 +51,7 @@ use tributary_stack::{Config, Platform, checks};
 use crate::children::{Children, free_port, on_own_stack};
 use crate::process::load_average;
 use crate::scrape;
-use crate::{Error, Result, pg};
+use crate::{Error, Result, percentile, pg};
 use memory::Memory;
 use oracle::{Click, Inputs};
 use score::{AlertRow, BenignScore, RuleScore};
@@ -776,15 +776,6 @@ async fn committed(
         }
     }
     Ok((orders, changes))
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 fn latency(alerts: &[AlertRow], first_kill_us: Option<i64>) -> Latency {
