@@ -71,6 +71,31 @@ if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
   pip_install 'psycopg[binary]'
 fi
 
+# The wire server is also driven by the clients analysts and tools use:
+# asyncpg, SQLAlchemy with pandas, pgjdbc (Java) and node-postgres.
+for mod in asyncpg sqlalchemy pandas; do
+  if ! python3 -c "import $mod" >/dev/null 2>&1; then
+    log "installing $mod (Python) for the SQL wire server's client tests"
+    pip_install "$mod"
+  fi
+done
+need_apt=()
+command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
+[ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing Debian packages for the wire server's client tests: ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+node_dir="$HOME/.cache/tributary/node"
+if [ ! -d "$node_dir/node_modules/pg" ]; then
+  log "installing node-postgres (pg@8) into $node_dir for the wire server's client tests"
+  mkdir -p "$node_dir"
+  npm install --silent --prefix "$node_dir" pg@8 >/dev/null
+fi
+
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null 2>&1; then
   log "installing the tansu Kafka-API broker from crates.io (about 8 minutes on 2 cores)"

@@ -66,6 +66,11 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A statement that would write: the lake is written by the pipelines only.
+    #[error(
+        "cannot execute {0} in a read-only transaction (the lake is written by the pipelines only)"
+    )]
+    ReadOnly(String),
     /// A setting is missing or malformed.
     #[error("configuration: {0}")]
     Config(String),

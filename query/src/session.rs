@@ -109,6 +109,11 @@ impl Session {
         &self.lake
     }
 
+    /// The lake's layer schemas, for catalogs built over them.
+    pub(crate) fn layer_schemas(&self) -> Vec<Arc<LakeSchema>> {
+        self.schemas.clone()
+    }
+
     /// The underlying DataFusion context (for registering extra functions).
     pub fn context(&self) -> &SessionContext {
         &self.ctx
@@ -187,6 +192,13 @@ impl Session {
     /// plan (see [`LogicalPlan::with_param_values`]).
     pub async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
         self.refresh().await?;
+        self.plan_listed(statement).await
+    }
+
+    /// [`Session::plan`] for a caller that has just called
+    /// [`Session::refresh`] (the wire server, which needs the listing for
+    /// its rewrites): the layers are not listed a second time.
+    pub(crate) async fn plan_listed(&self, statement: Statement) -> Result<LogicalPlan> {
         self.snapshots
             .preload(&self.lake, &statement.to_string())
             .await?;

@@ -1,12 +1,11 @@
 //! Answers to the catalog queries `psql` sends for `\d`, `\dt`, `\dn` and
 //! `\d <table>`.
 //!
-//! psql's queries use PostgreSQL-only syntax (`OPERATOR(pg_catalog.~)`,
-//! `::regclass`, `COLLATE`) over a dozen catalog tables. Rather than
-//! emulate the catalog, the server recognises each query by the columns it
-//! selects and answers it from the lake's listing. Other queries over
-//! `pg_catalog` (policies, publications, inheritance: footers psql shows
-//! under a table) get an empty answer, which is true of a Delta lake.
+//! These five queries came first and are answered from the lake's listing,
+//! recognised by the columns they select; every other catalog query (psql's
+//! footers, drivers, SQLAlchemy's inspector) runs in DataFusion over the
+//! `pg_catalog` schema (`pg_catalog.rs`), after the rewrites of
+//! `rewrite.rs`.
 
 use std::sync::Arc;
 
@@ -29,7 +28,7 @@ pub(crate) async fn answer(session: &Session, sql: &str) -> Result<Option<Answer
         return Ok(None);
     };
     let tables = session.refresh().await?;
-    let rows: Vec<Vec<Option<String>>> = match kind {
+    match kind {
         Kind::ListRelations => {
             let mut rows: Vec<_> = matching(sql, &tables)
                 .map(|(layer, name)| {
@@ -42,10 +41,10 @@ pub(crate) async fn answer(session: &Session, sql: &str) -> Result<Option<Answer
                 })
                 .collect();
             rows.sort();
-            return Ok(Some(text_answer(
+            Ok(Some(text_answer(
                 &["Schema", "Name", "Type", "Owner"],
                 rows,
-            )?));
+            )?))
         }
         Kind::ListSchemas => {
             let mut layers: Vec<&str> = tributary_model::domain::LAYERS.to_vec();
@@ -54,7 +53,7 @@ pub(crate) async fn answer(session: &Session, sql: &str) -> Result<Option<Answer
                 .into_iter()
                 .map(|l| vec![Some(l.to_string()), Some("tributary".into())])
                 .collect();
-            return Ok(Some(text_answer(&["Name", "Owner"], rows)?));
+            Ok(Some(text_answer(&["Name", "Owner"], rows)?))
         }
         Kind::FindRelation => {
             let mut rows: Vec<_> = matching(sql, &tables)
@@ -67,7 +66,7 @@ pub(crate) async fn answer(session: &Session, sql: &str) -> Result<Option<Answer
                 })
                 .collect();
             rows.sort_by(|a, b| (&a[1], &a[2]).cmp(&(&b[1], &b[2])));
-            return Ok(Some(text_answer(&["oid", "nspname", "relname"], rows)?));
+            Ok(Some(text_answer(&["oid", "nspname", "relname"], rows)?))
         }
         Kind::RelationDetails => {
             let found = quoted_oid(sql).and_then(|o| by_oid(&tables, o));
@@ -80,7 +79,7 @@ pub(crate) async fn answer(session: &Session, sql: &str) -> Result<Option<Answer
                 .collect::<Vec<_>>()
             };
             let rows = found.iter().map(row).collect();
-            return Ok(Some(text_answer(
+            Ok(Some(text_answer(
                 &[
                     "relchecks",
                     "relkind",
@@ -99,7 +98,7 @@ pub(crate) async fn answer(session: &Session, sql: &str) -> Result<Option<Answer
                     "amname",
                 ],
                 rows,
-            )?));
+            )?))
         }
         Kind::Columns => {
             let mut rows = Vec::new();
@@ -117,7 +116,7 @@ pub(crate) async fn answer(session: &Session, sql: &str) -> Result<Option<Answer
                     ]);
                 }
             }
-            return Ok(Some(text_answer(
+            Ok(Some(text_answer(
                 &[
                     "attname",
                     "format_type",
@@ -128,11 +127,9 @@ pub(crate) async fn answer(session: &Session, sql: &str) -> Result<Option<Answer
                     "attgenerated",
                 ],
                 rows,
-            )?));
+            )?))
         }
-        Kind::OtherCatalog => Vec::new(),
-    };
-    Ok(Some(text_answer(&["?column?"], rows)?))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,8 +144,6 @@ enum Kind {
     RelationDetails,
     /// `\d <table>`, third step: its columns.
     Columns,
-    /// Any other query over `pg_catalog` tables: empty.
-    OtherCatalog,
 }
 
 fn classify(sql: &str) -> Option<Kind> {
@@ -165,10 +160,16 @@ fn classify(sql: &str) -> Option<Kind> {
             Kind::FindRelation
         } else if has("SELECT c.relchecks, c.relkind") {
             Kind::RelationDetails
-        } else if has("SELECT a.attname,") && has("FROM pg_catalog.pg_attribute a") {
+        } else if has("SELECT a.attname,")
+            && has("FROM pg_catalog.pg_attribute a")
+            // `\d+` asks for storage and statistics too: the catalog has them.
+            && !has("a.attstorage")
+        {
             Kind::Columns
         } else {
-            Kind::OtherCatalog
+            // Everything else runs on the `pg_catalog` schema
+            // (`pg_catalog.rs`).
+            return None;
         },
     )
 }

@@ -29,7 +29,9 @@ pub(crate) fn pg_type(data_type: &DataType) -> Type {
         DataType::Boolean => Type::BOOL,
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
         DataType::Int32 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 => Type::INT8,
+        DataType::Int64 => Type::INT8,
+        // Delta tables hold no unsigned types; the catalog's oids are u32.
+        DataType::UInt32 => Type::OID,
         DataType::UInt64 | DataType::Decimal32(..) | DataType::Decimal64(..) => Type::NUMERIC,
         DataType::Decimal128(..) | DataType::Decimal256(..) => Type::NUMERIC,
         DataType::Float16 | DataType::Float32 => Type::FLOAT4,
@@ -58,15 +60,52 @@ pub(crate) fn fields(
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let ty = pg_type(f.data_type());
+            let ty = match f.metadata().get(super::pg_catalog::PG_TYPE_KEY) {
+                Some(name) if name == "char" => Type::CHAR,
+                _ => pg_type(f.data_type()),
+            };
             // Only these are encoded in binary here; anything else is text.
             let fmt = match format(i) {
                 FieldFormat::Binary if binary_supported(&ty) => FieldFormat::Binary,
                 _ => FieldFormat::Text,
             };
-            FieldInfo::new(f.name().clone(), None, None, ty, fmt)
+            FieldInfo::new(f.name().clone(), None, None, ty.clone(), fmt)
+                .with_type_size(typlen(&ty))
+                .with_type_modifier(typmod(f.data_type()))
         })
         .collect()
+}
+
+/// `pg_type.typlen` of a type: its width in bytes, or -1 when variable.
+pub(crate) fn typlen(ty: &Type) -> i16 {
+    match *ty {
+        Type::BOOL | Type::CHAR => 1,
+        Type::INT2 => 2,
+        Type::INT4
+        | Type::OID
+        | Type::FLOAT4
+        | Type::DATE
+        | Type::REGCLASS
+        | Type::REGPROC
+        | Type::REGTYPE => 4,
+        Type::INT8 | Type::FLOAT8 | Type::TIMESTAMP | Type::TIMESTAMPTZ | Type::TIME => 8,
+        Type::INTERVAL | Type::UUID => 16,
+        Type::NAME => 64,
+        _ => -1,
+    }
+}
+
+/// `pg_attribute.atttypmod` of a column: precision and scale packed for
+/// numeric (`((p << 16) | s) + 4`), -1 (none) otherwise.
+pub(crate) fn typmod(data_type: &DataType) -> i32 {
+    match data_type {
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s) => ((*p as i32) << 16 | (*s as i32 & 0xffff)) + 4,
+        DataType::Dictionary(_, value) => typmod(value),
+        _ => -1,
+    }
 }
 
 fn binary_supported(ty: &Type) -> bool {
@@ -75,10 +114,12 @@ fn binary_supported(ty: &Type) -> bool {
         Type::INT2,
         Type::INT4,
         Type::INT8,
+        Type::OID,
         Type::FLOAT4,
         Type::FLOAT8,
         Type::NUMERIC,
         Type::TEXT,
+        Type::CHAR,
         Type::BYTEA,
         Type::DATE,
         Type::TIMESTAMP,
@@ -90,27 +131,14 @@ fn binary_supported(ty: &Type) -> bool {
 /// Encodes every row of `batch` as a `DataRow`.
 pub(crate) fn rows(batch: &RecordBatch, fields: &[FieldInfo]) -> Result<Vec<DataRow>, String> {
     let options = FormatOptions::default().with_null("");
-    let columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .map(|c| match c.data_type() {
-            // Dictionaries are sent as their values.
-            DataType::Dictionary(_, value) => {
-                arrow::compute::cast(c, value).map_err(|e| e.to_string())
-            }
-            _ => Ok(c.clone()),
-        })
-        .collect::<Result<_, _>>()?;
-    let formatters: Vec<ArrayFormatter> = columns
-        .iter()
-        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
+    let columns = plain_columns(batch)?;
+    let formatters = formatters(&columns, &options)?;
     let mut out = Vec::with_capacity(batch.num_rows());
     let mut buf = BytesMut::with_capacity(64 * columns.len());
     let mut scratch = BytesMut::new();
     for row in 0..batch.num_rows() {
         for (col, (array, field)) in columns.iter().zip(fields).enumerate() {
-            if array.is_null(row) {
+            if is_null(array, row) {
                 buf.put_i32(-1);
                 continue;
             }
@@ -125,6 +153,152 @@ pub(crate) fn rows(batch: &RecordBatch, fields: &[FieldInfo]) -> Result<Vec<Data
         out.push(DataRow::new(buf.split(), columns.len() as i16));
     }
     Ok(out)
+}
+
+/// Whether a value is NULL, counting every value of a `Null` column (whose
+/// arrays carry no validity buffer, so `Array::is_null` says false).
+fn is_null(array: &ArrayRef, row: usize) -> bool {
+    array.is_null(row) || *array.data_type() == DataType::Null
+}
+
+/// The batch's columns, dictionaries replaced by their values (they are
+/// sent as the values).
+fn plain_columns(batch: &RecordBatch) -> Result<Vec<ArrayRef>, String> {
+    batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Dictionary(_, value) => {
+                arrow::compute::cast(c, value).map_err(|e| e.to_string())
+            }
+            _ => Ok(c.clone()),
+        })
+        .collect()
+}
+
+fn formatters<'a>(
+    columns: &'a [ArrayRef],
+    options: &'a FormatOptions<'a>,
+) -> Result<Vec<ArrayFormatter<'a>>, String> {
+    columns
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), options).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// How `COPY ... TO STDOUT` writes rows: PostgreSQL's text format (tab
+/// separated, `\N` for null, backslash escapes) or CSV (quoted where
+/// needed, empty for null).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CopyFormat {
+    pub(crate) csv: bool,
+    pub(crate) header: bool,
+    pub(crate) delimiter: char,
+    pub(crate) null: String,
+    pub(crate) quote: char,
+}
+
+impl CopyFormat {
+    pub(crate) fn text() -> Self {
+        CopyFormat {
+            csv: false,
+            header: false,
+            delimiter: '\t',
+            null: "\\N".into(),
+            quote: '"',
+        }
+    }
+
+    pub(crate) fn csv() -> Self {
+        CopyFormat {
+            csv: true,
+            delimiter: ',',
+            null: String::new(),
+            ..CopyFormat::text()
+        }
+    }
+
+    /// One field, escaped or quoted for this format.
+    fn field(&self, value: &str, out: &mut String) {
+        if self.csv {
+            // A value that reads as the null string is quoted, so it is
+            // not taken for a null.
+            let needs_quotes = value == self.null
+                || value
+                    .chars()
+                    .any(|c| c == self.delimiter || c == self.quote || c == '\n' || c == '\r');
+            if needs_quotes {
+                out.push(self.quote);
+                for c in value.chars() {
+                    if c == self.quote {
+                        out.push(self.quote);
+                    }
+                    out.push(c);
+                }
+                out.push(self.quote);
+            } else {
+                out.push_str(value);
+            }
+        } else {
+            for c in value.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if c == self.delimiter => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+
+    /// The header line (CSV only): the column names.
+    pub(crate) fn header_line(&self, names: &[&str]) -> Option<bytes::Bytes> {
+        if !(self.csv && self.header) {
+            return None;
+        }
+        let mut line = String::new();
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                line.push(self.delimiter);
+            }
+            self.field(name, &mut line);
+        }
+        line.push('\n');
+        Some(line.into())
+    }
+
+    /// Every row of `batch` as one line of COPY data, values in
+    /// PostgreSQL's text output.
+    pub(crate) fn lines(&self, batch: &RecordBatch) -> Result<Vec<bytes::Bytes>, String> {
+        let options = FormatOptions::default().with_null("");
+        let columns = plain_columns(batch)?;
+        let formatters = formatters(&columns, &options)?;
+        let mut scratch = BytesMut::new();
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let mut line = String::new();
+            for (col, array) in columns.iter().enumerate() {
+                if col > 0 {
+                    line.push(self.delimiter);
+                }
+                if is_null(array, row) {
+                    line.push_str(&self.null);
+                    continue;
+                }
+                scratch.clear();
+                text_value(array, &formatters[col], row, &mut scratch)?;
+                self.field(&String::from_utf8_lossy(&scratch), &mut line);
+            }
+            line.push('\n');
+            out.push(line.into());
+        }
+        Ok(out)
+    }
 }
 
 /// PostgreSQL's text output for one value.
@@ -197,6 +371,7 @@ fn binary_value(array: &ArrayRef, row: usize, ty: &Type, out: &mut BytesMut) -> 
         Type::INT2 => out.put_i16(int_value(array, row)? as i16),
         Type::INT4 => out.put_i32(int_value(array, row)? as i32),
         Type::INT8 => out.put_i64(int_value(array, row)? as i64),
+        Type::OID => out.put_u32(int_value(array, row)? as u32),
         Type::FLOAT4 => out.put_f32(match array.data_type() {
             DataType::Float16 => array.as_primitive::<Float16Type>().value(row).to_f32(),
             _ => array.as_primitive::<Float32Type>().value(row),
@@ -331,6 +506,7 @@ pub(crate) fn arrow_type(ty: &Type) -> Option<DataType> {
         Type::INT2 => DataType::Int16,
         Type::INT4 => DataType::Int32,
         Type::INT8 => DataType::Int64,
+        Type::OID => DataType::UInt32,
         Type::FLOAT4 => DataType::Float32,
         Type::FLOAT8 => DataType::Float64,
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => DataType::Utf8,
@@ -391,6 +567,10 @@ fn binary_parameter(bytes: &[u8], ty: &Type) -> Result<ScalarValue, String> {
         Type::INT8 => ScalarValue::Int64(Some(i64::from_be_bytes(
             fixed(8)?.try_into().unwrap_or_default(),
         ))),
+        Type::OID => ScalarValue::UInt32(Some(u32::from_be_bytes(
+            fixed(4)?.try_into().unwrap_or_default(),
+        ))),
+        Type::NUMERIC => ScalarValue::Utf8(Some(numeric_from_binary(bytes)?)),
         Type::FLOAT4 => ScalarValue::Float32(Some(f32::from_be_bytes(
             fixed(4)?.try_into().unwrap_or_default(),
         ))),
@@ -420,6 +600,58 @@ fn binary_parameter(bytes: &[u8], ty: &Type) -> Result<ScalarValue, String> {
                 ty.name()
             ));
         }
+    })
+}
+
+/// A binary numeric (base-10000 digits) as decimal text, which the caller
+/// casts to the type the plan wants.
+fn numeric_from_binary(bytes: &[u8]) -> Result<String, String> {
+    let word = |i: usize| -> Result<i16, String> {
+        bytes
+            .get(i * 2..i * 2 + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| format!("numeric parameter of {} bytes is cut short", bytes.len()))
+    };
+    let (ndigits, weight, sign, dscale) = (word(0)?, word(1)?, word(2)? as u16, word(3)?);
+    match sign {
+        0xC000 => return Ok("NaN".into()),
+        0x0000 | 0x4000 => {}
+        other => return Err(format!("numeric parameter with sign word {other:#x}")),
+    }
+    let digits: Vec<i16> = (0..ndigits as usize)
+        .map(|i| word(4 + i))
+        .collect::<Result<_, _>>()?;
+    let mut int_part = String::new();
+    for k in 0..=weight.max(-1) {
+        let d = digits.get(k as usize).copied().unwrap_or(0);
+        if int_part.is_empty() {
+            if d != 0 || k == weight {
+                int_part = d.to_string();
+            }
+        } else {
+            int_part.push_str(&format!("{d:04}"));
+        }
+    }
+    if int_part.is_empty() {
+        int_part.push('0');
+    }
+    let mut fraction = String::new();
+    let mut k = weight as i32 + 1;
+    while (fraction.len() as i32) < dscale as i32 {
+        let d = if k < 0 {
+            0
+        } else {
+            digits.get(k as usize).copied().unwrap_or(0)
+        };
+        fraction.push_str(&format!("{d:04}"));
+        k += 1;
+    }
+    fraction.truncate(dscale.max(0) as usize);
+    let sign = if sign == 0x4000 { "-" } else { "" };
+    Ok(if fraction.is_empty() {
+        format!("{sign}{int_part}")
+    } else {
+        format!("{sign}{int_part}.{fraction}")
     })
 }
 
@@ -455,6 +687,24 @@ mod tests {
         assert_eq!(numeric("10000"), vec![1, 1, 0, 0, 1]);
         let mut out = BytesMut::new();
         assert!(numeric_binary("1e5", &mut out).is_err());
+    }
+
+    #[test]
+    fn binary_numerics_read_back_as_written() {
+        for text in [
+            "10.50",
+            "0.01",
+            "-12345.6789",
+            "100000",
+            "0",
+            "0.00012",
+            "99999999.99",
+        ] {
+            let mut out = BytesMut::new();
+            numeric_binary(text, &mut out).unwrap();
+            assert_eq!(numeric_from_binary(&out).unwrap(), text, "{text}");
+        }
+        assert!(numeric_from_binary(&[0, 2, 0]).is_err());
     }
 
     #[test]

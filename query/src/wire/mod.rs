@@ -14,12 +14,16 @@
 pub(crate) mod catalog;
 pub(crate) mod encode;
 pub(crate) mod handler;
+pub(crate) mod names;
+pub(crate) mod pg_catalog;
+pub(crate) mod rewrite;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::{Sink, SinkExt};
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
 use pgwire::api::auth::{
@@ -27,8 +31,9 @@ use pgwire::api::auth::{
 };
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::{ConnectionManager, PgWireServerHandlers};
-use pgwire::error::PgWireResult;
+use pgwire::api::{ClientInfo, ConnectionManager, METADATA_USER, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::TlsAcceptor;
 use pgwire::tokio::tokio_rustls::rustls;
 use secrecy::ExposeSecret;
@@ -43,6 +48,8 @@ use handler::Handler;
 
 /// PBKDF2 rounds for the stored SCRAM secret (PostgreSQL's default).
 const SCRAM_ITERATIONS: usize = 4096;
+/// The database name the server answers to (`current_database()`).
+const DATABASE: &str = "lake";
 /// How long open connections may finish their statement at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -93,9 +100,21 @@ impl Server {
             .map_err(|e| Error::Server(format!("binding {listen}: {e}")))?;
         let secret = Arc::new(Secret::new(&config.user, password.expose_secret()));
         let manager = Arc::new(ConnectionManager::new());
+        let timeout = config.statement_timeout();
+        let settings = pg_catalog::settings(timeout.map(|t| t.as_millis()));
+        pg_catalog::register(
+            session.context(),
+            session.layer_schemas(),
+            pg_catalog::Identity {
+                user: config.user.clone(),
+                database: DATABASE.into(),
+                settings: settings.clone(),
+            },
+        )?;
         let handler = Arc::new(Handler {
             session: Arc::new(session),
-            timeout: config.statement_timeout(),
+            timeout,
+            settings: Arc::new(settings),
         });
         Ok(Server {
             listener,
@@ -234,6 +253,49 @@ impl AuthSource for Secret {
     }
 }
 
+/// Authentication that names the user in a failed login, as PostgreSQL
+/// does. libpq leaves the SCRAM user name empty (the server knows it from
+/// the startup message), so pgwire's own error would say `user ""`.
+struct NamedUser<H>(H);
+
+#[async_trait]
+impl<H: StartupHandler> StartupHandler for NamedUser<H> {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self.0.on_startup(client, message).await {
+            Err(PgWireError::InvalidPassword(_)) => {
+                let user = client
+                    .metadata()
+                    .get(METADATA_USER)
+                    .cloned()
+                    .unwrap_or_default();
+                let info = ErrorInfo::new(
+                    "FATAL".into(),
+                    "28P01".into(),
+                    format!("password authentication failed for user \"{user}\""),
+                );
+                // Sent and closed here, as PostgreSQL does: pgwire's error
+                // path would follow a startup error with ReadyForQuery,
+                // which clients (asyncpg) take for a protocol violation.
+                client
+                    .send(PgWireBackendMessage::ErrorResponse(info.into()))
+                    .await?;
+                client.close().await?;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
 /// Everything pgwire asks for, per connection.
 struct Handlers {
     handler: Arc<Handler>,
@@ -261,15 +323,15 @@ impl PgWireServerHandlers for Handlers {
             tracing::warn!(error = %e, "SCRAM channel binding off: certificate not usable");
         }
         let mut parameters = DefaultServerParameterProvider::default();
-        parameters.server_version = "16.6 (tributary)".into();
-        parameters.search_path = "silver, bronze, gold".into();
+        parameters.server_version = format!("{} (tributary)", pg_catalog::SERVER_VERSION);
+        parameters.search_path = pg_catalog::SEARCH_PATH.join(", ");
         parameters.is_superuser = false;
         parameters.default_transaction_read_only = true;
-        Arc::new(
+        Arc::new(NamedUser(
             SASLAuthStartupHandler::new(Arc::new(parameters))
                 .with_scram(scram)
                 .with_connection_manager(self.manager.clone()),
-        )
+        ))
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {

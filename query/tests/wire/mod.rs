@@ -184,6 +184,89 @@ async fn psql_queries_lists_and_describes_tables() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_describes_in_detail_expands_and_copies_out() {
+    let server = start(|_, _| {}).await;
+    // `\d+`: storage and the rest from pg_catalog; the footers (policies,
+    // statistics, publications) find nothing, as for any Delta table.
+    let out = psql(
+        server.addr,
+        PASSWORD,
+        "disable",
+        &[],
+        "\\d+ silver.orders\n",
+    )
+    .await;
+    assert!(out.ok && out.stderr.is_empty(), "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with(
+            "Table \"silver.orders\"\n\
+             Column|Type|Collation|Nullable|Default|Storage|Compression|Stats target|Description\n\
+             id|bigint||not null||plain|||\nstatus|text||||extended|||\n"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("Access method: delta"),
+        "{}",
+        out.stdout
+    );
+
+    // `\x`: one line per column.
+    let out = tuples(
+        server.addr,
+        "\\x\nselect id, status from orders where id = 2;\n",
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.ends_with("id|2\nstatus|pending\n"),
+        "{}",
+        out.stdout
+    );
+
+    // `\copy (select ...) to` a file, as CSV with a header and in COPY's
+    // text format; psql reports the rows, not the header.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("orders.csv");
+    let text = dir.path().join("orders.txt");
+    let out = psql(
+        server.addr,
+        PASSWORD,
+        "disable",
+        &[],
+        &format!(
+            "\\copy (select id, status, total, created_at from silver.orders order by id) to '{}' with csv header\n\
+             \\copy (select id, status, null::text as missing, 'a\tb' as tab from orders where id = 1) to '{}'\n",
+            csv.display(),
+            text.display()
+        ),
+    )
+    .await;
+    assert!(out.ok && out.stderr.is_empty(), "{}", out.stderr);
+    assert_eq!(out.stdout, "COPY 3\nCOPY 1\n");
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap(),
+        "id,status,total,created_at\n1,paid,10.50,2024-03-01 10:01:00+00\n\
+         2,pending,2.00,2024-03-01 10:02:00+00\n3,paid,1.50,2024-03-01 10:03:00+00\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&text).unwrap(),
+        "1\tpaid\t\\N\ta\\tb\n"
+    );
+
+    // COPY FROM writes: refused like any write, and the session goes on.
+    let out = tuples(server.addr, "copy orders from stdin;\nselect 'on';\n").await;
+    assert!(
+        out.stderr
+            .contains("cannot execute COPY FROM in a read-only transaction"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "on\n", "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_sees_errors_and_the_connection_and_server_stay_up() {
     let server = start(|_, _| {}).await;
     let out = tuples(
@@ -308,33 +391,92 @@ async fn psql_connects_over_tls() {
     assert_wrong_password_refused(server.addr, "require").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psycopg_runs_parameters_prepared_statements_and_cancels() {
+/// Runs a client script (`program` with `args`, then the server's port and
+/// password) against a fresh server; it prints one line per check and
+/// `ok N` last. Returns N after asserting that it exited cleanly.
+async fn client_checks(what: &str, program: &str, args: &[&str], envs: &[(&str, String)]) -> usize {
     let server = start(|_, _| {}).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wire/client.py");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wire");
     let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        Command::new("python3")
-            .arg(&script)
+        Duration::from_secs(120),
+        Command::new(program)
+            .current_dir(&dir)
+            .args(args)
             .arg(server.addr.port().to_string())
             .arg(PASSWORD)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .kill_on_drop(true)
             .output(),
     )
     .await
-    .expect("the client finished")
-    .unwrap();
+    .unwrap_or_else(|_| panic!("the {what} client finished within 120 s"))
+    .unwrap_or_else(|e| panic!("{program} runs (scripts/bootstrap.sh installs it): {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "psycopg client failed (is psycopg installed? scripts/bootstrap.sh):\n{stdout}\n{stderr}"
+        "the {what} client failed (installed by scripts/bootstrap.sh):\n{stdout}\n{stderr}"
     );
-    let checks: usize = stdout
+    stdout
         .lines()
         .last()
         .and_then(|l| l.strip_prefix("ok "))
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert_eq!(checks, 19, "{stdout}");
+        .unwrap_or_else(|| panic!("the {what} client printed no `ok N`:\n{stdout}\n{stderr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_runs_parameters_prepared_statements_and_cancels() {
+    assert_eq!(
+        client_checks("psycopg", "python3", &["client.py"], &[]).await,
+        27
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_speaks_binary_prepares_and_introspects_types() {
+    assert_eq!(
+        client_checks("asyncpg", "python3", &["asyncpg_client.py"], &[]).await,
+        17
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlalchemy_inspects_the_catalog_and_pandas_reads_typed_frames() {
+    assert_eq!(
+        client_checks("SQLAlchemy", "python3", &["sqlalchemy_client.py"], &[]).await,
+        17
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_reads_database_metadata_and_runs_prepared_statements() {
+    assert_eq!(
+        client_checks(
+            "JDBC",
+            "java",
+            &["-cp", "/usr/share/java/postgresql.jar", "JdbcClient.java"],
+            &[]
+        )
+        .await,
+        17
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_runs_parameterised_and_named_queries() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    assert_eq!(
+        client_checks(
+            "node-postgres",
+            "node",
+            &["node_client.js"],
+            &[(
+                "NODE_PATH",
+                format!("{home}/.cache/tributary/node/node_modules")
+            )]
+        )
+        .await,
+        13
+    );
 }
