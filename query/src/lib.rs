@@ -71,6 +71,9 @@ pub enum Error {
         "cannot execute {0} in a read-only transaction (the lake is written by the pipelines only)"
     )]
     ReadOnly(String),
+    /// Something only a superuser may do (`SET ROLE`, reading server files).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// A setting is missing or malformed.
     #[error("configuration: {0}")]
     Config(String),

@@ -109,6 +109,9 @@ impl Handler {
         if let Some(command) = writing_command(&text) {
             return Err(Error::ReadOnly(command));
         }
+        if let Some(what) = privileged(&text) {
+            return Err(Error::PermissionDenied(what));
+        }
         let tables = self.session.refresh().await?;
         // Names come from the statement as the client wrote it (PostgreSQL
         // names `'t'::regclass` `regclass`, before it becomes a number).
@@ -410,6 +413,10 @@ fn session_statement(text: &str, settings: &[Setting]) -> Option<Prepared> {
     let upper = text.trim_start().to_ascii_uppercase();
     let word = upper.split_whitespace().next().unwrap_or("");
     let command = |tag, effect| Some(Prepared::Command { tag, effect });
+    if privileged(text).is_some() {
+        // Refused in `prepare`.
+        return None;
+    }
     match word {
         "BEGIN" | "START" => command("BEGIN", Effect::BeginTransaction),
         "COMMIT" | "END" => command("COMMIT", Effect::EndTransaction),
@@ -504,6 +511,32 @@ fn renamed(schema: &arrow::datatypes::Schema, statement: &Statement) -> SchemaRe
     ))
 }
 
+/// What a statement would need a superuser for, as PostgreSQL words the
+/// refusal: changing the role the session runs as, or reading the server's
+/// files; `None` for everything else.
+fn privileged(text: &str) -> Option<String> {
+    let upper = text.trim_start().to_ascii_uppercase();
+    let words: Vec<&str> = upper.split_whitespace().take(3).collect();
+    match words.as_slice() {
+        ["SET", "ROLE", ..] | ["SET", "SESSION" | "LOCAL", "ROLE", ..] => {
+            Some("to set role (the server runs every session as its one user)".into())
+        }
+        ["SET", "SESSION", "AUTHORIZATION"] => Some(
+            "to set session authorization (the server runs every session as its one user)".into(),
+        ),
+        _ => [
+            "PG_READ_FILE",
+            "PG_READ_BINARY_FILE",
+            "PG_LS_DIR",
+            "PG_STAT_FILE",
+            "LO_IMPORT",
+        ]
+        .iter()
+        .find(|f| upper.contains(&format!("{f}(")))
+        .map(|f| format!("for function {}", f.to_ascii_lowercase())),
+    }
+}
+
 /// The command a writing statement runs (`INSERT`, `CREATE TABLE`), as
 /// PostgreSQL names it in "cannot execute ... in a read-only transaction";
 /// `None` for statements that only read. (`COPY` is [`copy_to_stdout`]'s.)
@@ -540,6 +573,17 @@ pub(crate) fn user_error(error: &Error, sql: Option<&str>) -> PgWireError {
             DataFusionError::SQL(..) => "42601",
             DataFusionError::ResourcesExhausted(_) => "53200",
             DataFusionError::Plan(m) if m.contains("not found") => "42P01",
+            DataFusionError::Plan(m) if m.starts_with("Invalid function") => "42883",
+            DataFusionError::ArrowError(e, _)
+                if matches!(e.as_ref(), arrow::error::ArrowError::DivideByZero) =>
+            {
+                "22012"
+            }
+            DataFusionError::ArrowError(e, _)
+                if matches!(e.as_ref(), arrow::error::ArrowError::CastError(_)) =>
+            {
+                "22P02"
+            }
             DataFusionError::Plan(m)
                 if m.starts_with("DDL not supported") || m.starts_with("DML not supported") =>
             {
@@ -552,6 +596,7 @@ pub(crate) fn user_error(error: &Error, sql: Option<&str>) -> PgWireError {
         },
         Error::TableNotFound(_) => "42P01",
         Error::ReadOnly(_) => "25006",
+        Error::PermissionDenied(_) => "42501",
         Error::TimeTravel(_) | Error::TimeTravelRead { .. } => "22023",
         _ => "XX000",
     };

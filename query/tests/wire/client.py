@@ -105,6 +105,21 @@ with psycopg.connect(dsn) as conn:
         check("42P01", True, True)
     conn.rollback()
 
+    # SQLSTATEs a driver can act on, each on a live session.
+    for sql, code in [
+        ("selec 1", "42601"),
+        ("select nope from orders", "42703"),
+        ("select nope()", "42883"),
+        ("select 1 / 0", "22012"),
+        ("set role postgres", "42501"),
+    ]:
+        try:
+            conn.execute(sql)
+            raise AssertionError(f"{sql} did not fail")
+        except psycopg.Error as e:
+            check(sql, e.sqlstate, code)
+        conn.rollback()
+
     # Writes are refused as on a read-only standby (25006); the session goes on.
     try:
         conn.execute("create table gold.x (a int)")

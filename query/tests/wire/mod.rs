@@ -429,7 +429,7 @@ async fn client_checks(what: &str, program: &str, args: &[&str], envs: &[(&str, 
 async fn psycopg_runs_parameters_prepared_statements_and_cancels() {
     assert_eq!(
         client_checks("psycopg", "python3", &["client.py"], &[]).await,
-        27
+        32
     );
 }
 
