@@ -456,10 +456,15 @@ fn body_finds_no_row(body: &SetExpr) -> bool {
     if !plain || aggregated {
         return false;
     }
-    let empty = |relation: &TableFactor| {
-        catalog_relation(relation)
-            && matches!(relation, TableFactor::Table { name, .. }
-                if name.0.last().is_some_and(|p| matches!(p, ObjectNamePart::Identifier(i) if catalog_table_is_empty(&i.value))))
+    // An always-empty catalog table, or a derived table that finds no row
+    // (pgjdbc's `getPrimaryKeys` wraps its pg_index join in one).
+    let empty = |relation: &TableFactor| match relation {
+        TableFactor::Derived { subquery, .. } => finds_no_row(subquery),
+        _ => {
+            catalog_relation(relation)
+                && matches!(relation, TableFactor::Table { name, .. }
+                    if name.0.last().is_some_and(|p| matches!(p, ObjectNamePart::Identifier(i) if catalog_table_is_empty(&i.value))))
+        }
     };
     select.from.iter().any(|t| {
         empty(&t.relation)
@@ -751,6 +756,39 @@ mod tests {
             rewritten("select 42, 3000000000, 1 + 1, 2.5 as x from t where a = 1"),
             "SELECT CAST(42 AS INT), 3000000000, 1 + 1, 2.5 AS x FROM t WHERE a = 1"
         );
+    }
+
+    #[test]
+    fn queries_over_empty_catalogs_are_known_empty() {
+        let width = |sql: &str| empty_result_width(&parse_postgres(sql).unwrap().remove(0));
+        // psql's policy footer and pgjdbc's getPrimaryKeys shape.
+        assert_eq!(
+            width(
+                "select pol.polname, array(select 1) from pg_catalog.pg_policy pol where pol.polrelid = '1'"
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            width(
+                "select r.a, r.b from (select c.relname as a, i.indkey as b from pg_catalog.pg_class c \
+                 join pg_catalog.pg_index i on i.indrelid = c.oid) r where r.a = 'x'"
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            width(
+                "select p.pubname from pg_catalog.pg_publication p union select 'x' from pg_catalog.pg_rewrite"
+            ),
+            Some(1)
+        );
+        // A left join, an aggregate, a filled table, a lake table: not known.
+        assert_eq!(
+            width("select c.relname from pg_class c left join pg_index i on i.indrelid = c.oid"),
+            None
+        );
+        assert_eq!(width("select count(*) from pg_catalog.pg_index"), None);
+        assert_eq!(width("select relname from pg_catalog.pg_class"), None);
+        assert_eq!(width("select id from silver.orders"), None);
     }
 
     #[test]

@@ -93,6 +93,13 @@ public class JdbcClient {
             }
             check("columns", columns.subList(0, 4),
                   List.of("id:int8", "status:text", "total:numeric", "created_at:timestamptz"));
+            // Keys and indexes: a Delta table has none, and the answer says so.
+            try (ResultSet rs = meta.getPrimaryKeys(null, "silver", "orders")) {
+                check("primary keys", rs.next(), false);
+            }
+            try (ResultSet rs = meta.getIndexInfo(null, "silver", "orders", false, true)) {
+                check("indexes", rs.next(), false);
+            }
 
             // Writes are refused with SQLSTATE 25006; the connection goes on.
             try (Statement st = conn.createStatement()) {

@@ -459,7 +459,7 @@ async fn jdbc_reads_database_metadata_and_runs_prepared_statements() {
             &[]
         )
         .await,
-        17
+        19
     );
 }
 
