@@ -3,7 +3,7 @@
 use std::sync::{Arc, RwLock};
 
 use datafusion::catalog::{SchemaProvider, TableProvider};
-use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::error::Result as DfResult;
 use futures::future::BoxFuture;
 use tributary_lake::Lake;
 
@@ -79,12 +79,7 @@ impl SchemaProvider for LakeSchema {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        Box::pin(async move {
-            self.open(name).await.map_err(|e| match e {
-                crate::Error::Sql(e) => e,
-                other => DataFusionError::External(Box::new(other)),
-            })
-        })
+        Box::pin(async move { self.open(name).await.map_err(crate::Error::into_datafusion) })
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -101,6 +101,15 @@ impl From<datafusion::error::DataFusionError> for Error {
 }
 
 impl Error {
+    /// As DataFusion's error, for code DataFusion calls (schema providers):
+    /// a DataFusion error stays itself, anything else is external.
+    pub(crate) fn into_datafusion(self) -> datafusion::error::DataFusionError {
+        match self {
+            Error::Sql(e) => e,
+            other => datafusion::error::DataFusionError::External(Box::new(other)),
+        }
+    }
+
     /// The error and its sources on one line (`query failed: SQL error: ...`),
     /// for people reading a console rather than a log.
     pub fn report(&self) -> String {

@@ -139,21 +139,14 @@ impl Handler {
             },
         };
         let schema = renamed(planned.schema().as_arrow(), &written);
-        let plan = planned;
-        let types = plan.get_parameter_types()?;
+        let types = planned.get_parameter_types()?;
         // `$1` .. `$n`; a gap (say only `$2` used) leaves `$1` untyped.
         let count = types
             .keys()
+            .chain(casts.keys())
             .filter_map(|k| k.trim_start_matches('$').parse::<usize>().ok())
             .max()
             .unwrap_or(0);
-        let count = count.max(
-            casts
-                .keys()
-                .filter_map(|k| k.trim_start_matches('$').parse::<usize>().ok())
-                .max()
-                .unwrap_or(0),
-        );
         let parameters = (1..=count)
             .map(|i| {
                 let name = format!("${i}");
@@ -165,7 +158,7 @@ impl Handler {
             })
             .collect();
         Ok(Prepared::Plan {
-            plan: Arc::new(plan),
+            plan: Arc::new(planned),
             schema,
             parameters,
         })

@@ -840,8 +840,12 @@ pub(crate) fn catalog_table_oid(name: &str) -> Option<u32> {
     if known != 0 {
         return Some(known);
     }
-    (FILLED.contains(&name) || EMPTY.iter().any(|(n, _)| *n == name))
-        .then(|| table_oid("pg_catalog", name))
+    is_catalog_table(name).then(|| table_oid("pg_catalog", name))
+}
+
+/// Whether `pg_catalog.<name>` exists here (filled or always empty).
+fn is_catalog_table(name: &str) -> bool {
+    FILLED.contains(&name) || catalog_table_is_empty(name)
 }
 
 /// Whether `name` is a `pg_catalog` table that is always empty here
@@ -863,15 +867,17 @@ impl PgCatalog {
             .collect()
     }
 
-    /// Every lake table: (oid, layer, name).
-    async fn relations(&self) -> crate::Result<Vec<(u32, &'static str, String)>> {
+    /// Every lake table: (oid, layer, name), as the layers were last
+    /// listed: every statement lists them before it is planned (the wire
+    /// handler's `prepare`), and catalog tables are built while planning.
+    fn relations(&self) -> Vec<(u32, &'static str, String)> {
         let mut out = Vec::new();
         for layer in &self.layers {
-            for name in layer.refresh().await? {
+            for name in layer.table_names() {
                 out.push((table_oid(layer.layer(), &name), layer.layer(), name));
             }
         }
-        Ok(out)
+        out
     }
 
     async fn build(&self, name: &str) -> crate::Result<Option<Arc<dyn TableProvider>>> {
@@ -903,7 +909,6 @@ impl PgCatalog {
             "pg_class" => {
                 let rows = self
                     .relations()
-                    .await?
                     .into_iter()
                     .map(|(oid, layer, name)| class_row(oid, namespace_oid(layer), name))
                     .collect();
@@ -912,7 +917,6 @@ impl PgCatalog {
             "pg_tables" => {
                 let rows = self
                     .relations()
-                    .await?
                     .into_iter()
                     .map(|(_, layer, name)| {
                         vec![
@@ -932,7 +936,7 @@ impl PgCatalog {
             "pg_attribute" => {
                 let mut rows = Vec::new();
                 for layer in &self.layers {
-                    for name in layer.refresh().await? {
+                    for name in layer.table_names() {
                         let Some(provider) = layer.open(&name).await? else {
                             continue;
                         };
@@ -1313,15 +1317,14 @@ impl SchemaProvider for PgCatalog {
         Self: 'async_trait,
     {
         Box::pin(async move {
-            self.build(name).await.map_err(|e| match e {
-                crate::Error::Sql(e) => e,
-                other => DataFusionError::External(Box::new(other)),
-            })
+            self.build(name)
+                .await
+                .map_err(crate::Error::into_datafusion)
         })
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        FILLED.contains(&name) || EMPTY.iter().any(|(n, _)| *n == name)
+        is_catalog_table(name)
     }
 }
 

@@ -288,9 +288,7 @@ fn aggregate_catalog_subquery(query: &mut Query) -> bool {
     else {
         return false;
     };
-    let aggregated = matches!(expr, Expr::Function(f) if f.name.0.last().is_some_and(|p| matches!(p,
-        ObjectNamePart::Identifier(i) if AGGREGATES.contains(&i.value.to_ascii_lowercase().as_str()))));
-    if !aggregated {
+    if !is_aggregate(expr) {
         let value = std::mem::replace(expr, Expr::value(Value::Null));
         *expr = call("max", vec![value]);
     }
@@ -450,8 +448,7 @@ fn body_finds_no_row(body: &SetExpr) -> bool {
     };
     let plain = matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
     let aggregated = select.projection.iter().any(|item| {
-        matches!(item, SelectItem::UnnamedExpr(Expr::Function(f)) | SelectItem::ExprWithAlias { expr: Expr::Function(f), .. }
-            if f.name.0.last().is_some_and(|p| matches!(p, ObjectNamePart::Identifier(i) if AGGREGATES.contains(&i.value.to_ascii_lowercase().as_str()))))
+        matches!(item, SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } if is_aggregate(e))
     });
     if !plain || aggregated {
         return false;
@@ -476,6 +473,12 @@ fn body_finds_no_row(body: &SetExpr) -> bool {
                     )
             })
     })
+}
+
+/// Whether `expr` is a call of one of [`AGGREGATES`].
+fn is_aggregate(expr: &Expr) -> bool {
+    matches!(expr, Expr::Function(f) if f.name.0.last().is_some_and(|p| matches!(p,
+        ObjectNamePart::Identifier(i) if AGGREGATES.contains(&i.value.to_ascii_lowercase().as_str()))))
 }
 
 /// Aggregates a catalog subquery may already use.

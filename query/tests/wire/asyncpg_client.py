@@ -13,16 +13,9 @@ import sys
 import asyncpg
 from asyncpg import introspection
 
+from checks import check, done
+
 port, password = int(sys.argv[1]), sys.argv[2]
-checks = 0
-
-
-def check(name, got, want):
-    global checks
-    if got != want:
-        raise AssertionError(f"{name}: got {got!r}, want {want!r}")
-    checks += 1
-
 
 async def main():
     connect = dict(
@@ -109,4 +102,4 @@ async def main():
 
 
 asyncio.run(main())
-print(f"ok {checks}")
+done()

@@ -12,17 +12,10 @@ import time
 
 import psycopg
 
+from checks import check, done
+
 port, password = sys.argv[1], sys.argv[2]
 dsn = f"host=127.0.0.1 port={port} user=tributary password={password} dbname=lake sslmode=disable"
-checks = 0
-
-
-def check(name, got, want):
-    global checks
-    if got != want:
-        raise AssertionError(f"{name}: got {got!r}, want {want!r}")
-    checks += 1
-
 
 with psycopg.connect(dsn) as conn:
     # Simple query, with the types psycopg builds from the row description.
@@ -156,4 +149,4 @@ try:
 except psycopg.OperationalError as e:
     check("wrong password", 'password authentication failed for user "tributary"' in str(e), True)
 
-print(f"ok {checks}")
+done()

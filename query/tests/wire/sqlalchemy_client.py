@@ -12,16 +12,9 @@ import sys
 import pandas
 import sqlalchemy
 
+from checks import check, done
+
 port, password = sys.argv[1], sys.argv[2]
-checks = 0
-
-
-def check(name, got, want):
-    global checks
-    if got != want:
-        raise AssertionError(f"{name}: got {got!r}, want {want!r}")
-    checks += 1
-
 
 engine = sqlalchemy.create_engine(
     f"postgresql+psycopg://tributary:{password}@127.0.0.1:{port}/lake?sslmode=disable"
@@ -86,4 +79,4 @@ check(
 )
 check("decimal values", [type(v) for v in frame["total"]], [decimal.Decimal, decimal.Decimal])
 
-print(f"ok {checks}")
+done()
