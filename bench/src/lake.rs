@@ -42,8 +42,9 @@ use tributary_model::domain::{TABLES, topic_of};
 use tributary_stack::postgres::connect;
 use tributary_stack::{Config, Platform, Sources, checks};
 
+use crate::capacity::PipelineRates;
 use crate::children::{Children, free_port, on_own_stack};
-use crate::process::{cpu_secs, load_average, status_kib};
+use crate::process::{cluster_cpu_secs, cpu_secs, load_average, status_kib};
 use crate::scrape::{self, Histogram};
 use crate::{Error, Result, pg};
 
@@ -173,6 +174,11 @@ pub struct Report {
     /// CPU seconds used during the load and catch-up, per process.
     pub cpu_secs: BTreeMap<String, f64>,
     pub ingester_peak_rss_kib: Option<u64>,
+    /// Payload bytes per change event the reader published.
+    pub kafka_bytes_per_change: Option<f64>,
+    /// Active bytes of bronze and of silver, before and after the load.
+    pub bronze_bytes: (u64, u64),
+    pub silver_bytes: (u64, u64),
     pub batch_max_ms: u64,
     pub profile: &'static str,
     pub cores: usize,
@@ -293,6 +299,8 @@ struct Bench<'a> {
     kafka: KafkaConfig,
     lake: Lake,
     metrics: String,
+    /// The reader's `/metrics` (payload bytes per change event).
+    cdc_metrics: String,
     children: Children,
 }
 
@@ -329,9 +337,13 @@ impl Bench<'_> {
             kafka,
             lake,
             metrics: format!("127.0.0.1:{port}"),
+            cdc_metrics: format!("127.0.0.1:{}", free_port()?),
             children,
         };
-        bench.children.spawn("cdc", &["cdc", "run"])?;
+        let cdc_metrics = bench.cdc_metrics.clone();
+        bench
+            .children
+            .spawn("cdc", &["cdc", "run", "--metrics", &cdc_metrics])?;
         let metrics = bench.metrics.clone();
         bench
             .children
@@ -358,19 +370,35 @@ impl Bench<'_> {
     }
 
     async fn scrape(&self) -> Result<String> {
-        let url = format!("http://{}/metrics", self.metrics);
-        let fail = |source| Error::Http {
-            context: format!("scraping {url}"),
-            source,
-        };
-        reqwest::get(&url)
-            .await
-            .map_err(fail)?
-            .text()
-            .await
-            .map_err(fail)
+        scrape_url(&self.metrics).await
     }
 
+    /// Active bytes of every bronze and of every silver table.
+    async fn layer_bytes(&self) -> Result<(u64, u64)> {
+        let mut out = (0, 0);
+        for t in TABLES {
+            out.0 += active_bytes(&self.lake, "bronze", t.name).await?;
+            out.1 += active_bytes(&self.lake, "silver", t.name).await?;
+        }
+        Ok(out)
+    }
+}
+
+async fn scrape_url(addr: &str) -> Result<String> {
+    let url = format!("http://{addr}/metrics");
+    let fail = |source| Error::Http {
+        context: format!("scraping {url}"),
+        source,
+    };
+    reqwest::get(&url)
+        .await
+        .map_err(fail)?
+        .text()
+        .await
+        .map_err(fail)
+}
+
+impl Bench<'_> {
     /// CPU seconds so far of the children and the stack's broker.
     fn cpu(&self) -> BTreeMap<String, f64> {
         let mut out = BTreeMap::new();
@@ -382,6 +410,18 @@ impl Bench<'_> {
         let broker_pid = self.platform.stack().and_then(|s| s.broker.pid());
         if let Some(s) = broker_pid.and_then(cpu_secs) {
             out.insert("broker".into(), s);
+        }
+        // Every cluster of the stack: the writes and their decoding.
+        let clusters: Option<f64> = self.platform.stack().and_then(|s| {
+            s.all_pg()
+                .map(|pg| {
+                    let pid = std::fs::read_to_string(pg.data_dir.join("postmaster.pid")).ok()?;
+                    cluster_cpu_secs(pid.lines().next()?.trim().parse().ok()?)
+                })
+                .sum()
+        });
+        if let Some(s) = clusters {
+            out.insert("postgres".into(), s);
         }
         out
     }
@@ -431,6 +471,8 @@ impl Bench<'_> {
             None => None,
         };
         let metrics_start = self.scrape().await?;
+        let cdc_start = scrape_url(&self.cdc_metrics).await?;
+        let bytes_start = self.layer_bytes().await?;
         let load_start = load_average();
         let cpu_start = self.cpu();
         let shards = self.sources.shards.len();
@@ -516,7 +558,14 @@ impl Bench<'_> {
             _ => None,
         };
         let metrics_end = self.scrape().await?;
+        let cdc_end = scrape_url(&self.cdc_metrics).await?;
+        let bytes_end = self.layer_bytes().await?;
         let cpu_end = self.cpu();
+        let cdc_diff =
+            |name: &str| scrape::sum(&cdc_end, name, &[]) - scrape::sum(&cdc_start, name, &[]);
+        let events = cdc_diff("tributary_cdc_events_total");
+        let kafka_bytes_per_change =
+            (events > 0.0).then(|| cdc_diff("tributary_cdc_bytes_total") / events);
         let first = &samples[0];
         let name = "tributary_lake_freshness_seconds";
         let freshness = Freshness::of(
@@ -566,6 +615,9 @@ impl Bench<'_> {
             batches,
             cpu_secs,
             ingester_peak_rss_kib: peak_rss,
+            kafka_bytes_per_change,
+            bronze_bytes: (bytes_start.0, bytes_end.0),
+            silver_bytes: (bytes_start.1, bytes_end.1),
             batch_max_ms: self.cfg().ingest.batch_max_ms,
             profile: if cfg!(debug_assertions) {
                 "debug"
@@ -724,6 +776,23 @@ async fn offsets(cfg: &Config, kafka: &KafkaConfig, lake: &Lake) -> Result<(i64,
     Ok((in_kafka, in_silver))
 }
 
+/// The bytes of the active files of `layer.table` (0 before it exists).
+async fn active_bytes(lake: &Lake, layer: &str, table: &str) -> Result<u64> {
+    Ok(match lake.open(layer, table).await? {
+        Some(t) => t
+            .snapshot()
+            .map_err(|source| Error::Delta {
+                table: format!("{layer}.{table}"),
+                source,
+            })?
+            .log_data()
+            .into_iter()
+            .map(|f| f.size().max(0) as u64)
+            .sum(),
+        None => 0,
+    })
+}
+
 async fn active_files(lake: &Lake, layer: &str, table: &str) -> Result<usize> {
     Ok(match lake.open(layer, table).await? {
         Some(t) => t
@@ -789,6 +858,41 @@ fn bound(x: f64) -> String {
     }
 }
 
+impl Report {
+    /// The per-core rates and bytes of this run, for `tributary capacity`
+    /// (`docs/capacity-rates.toml`); `None` when a process's CPU or the
+    /// reader's bytes were not measured.
+    pub fn pipeline_rates(&self, source: String) -> Option<PipelineRates> {
+        let changes = self.written as f64;
+        let per_core = |process: &str| {
+            let secs = *self.cpu_secs.get(process)?;
+            (secs > 0.0).then(|| (changes / secs).round())
+        };
+        let messages: u64 = self.batches.iter().map(|b| b.messages).sum();
+        let grown = |(start, end): (u64, u64)| end.saturating_sub(start) as f64 / changes;
+        Some(PipelineRates {
+            source,
+            changes_per_order: CHANGES_PER_UNIT as f64,
+            postgres_changes_per_core_second: per_core("postgres")?,
+            cdc_changes_per_core_second: per_core("cdc")?,
+            ingest_changes_per_core_second: per_core("ingest")?,
+            broker_changes_per_core_second: per_core("broker")?,
+            kafka_bytes_per_change: (self.kafka_bytes_per_change? * 10.0).round() / 10.0,
+            bronze_bytes_per_change: (grown(self.bronze_bytes) * 10.0).round() / 10.0,
+            silver_bytes_per_change: (grown(self.silver_bytes) * 10.0).round() / 10.0,
+            table_share: self
+                .batches
+                .iter()
+                .filter(|_| messages > 0)
+                .map(|b| {
+                    let share = b.messages as f64 / messages as f64;
+                    (b.table.clone(), (share * 1000.0).round() / 1000.0)
+                })
+                .collect(),
+        })
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -844,6 +948,18 @@ impl fmt::Display for Report {
             "| ingester peak RSS | {} |",
             self.ingester_peak_rss_kib
                 .map_or("n/a".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+        )?;
+        if let Some(b) = self.kafka_bytes_per_change {
+            writeln!(f, "| Kafka payload per change event | {b:.0} B |")?;
+        }
+        let grown = |(start, end): (u64, u64)| {
+            end.saturating_sub(start) as f64 / self.written.max(1) as f64
+        };
+        writeln!(
+            f,
+            "| lake growth per change (active files): bronze / silver | {:.0} / {:.0} B |",
+            grown(self.bronze_bytes),
+            grown(self.silver_bytes)
         )?;
         writeln!(f)?;
         writeln!(f, "| table | bronze files | silver files |")?;

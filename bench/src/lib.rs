@@ -29,6 +29,9 @@
 //!   schedules against a polling reference, and takeovers of a SIGKILLed
 //!   leader under many short jobs (no run doubled or lost).
 //!
+//! - [`capacity`]: not a benchmark but what the benchmarks are for: the
+//!   parts a load needs, from the per-core rates `lake` (and `ssb`) measured.
+//!
 //! The benchmarks that need PostgreSQL or a broker start from
 //! [`tributary_stack`] (the local stack, its PostgreSQL programs and its
 //! broker); [`process`] and [`scrape`] read what `/proc` and a process's
@@ -48,6 +51,7 @@
 //! # }
 //! ```
 
+pub mod capacity;
 pub mod cdc;
 mod children;
 pub mod compaction;

@@ -18,6 +18,41 @@ fn cpu_secs_of_stat(stat: &str) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// CPU seconds of a PostgreSQL cluster: its postmaster (with the children
+/// that already exited, which it waited for) and its live backends, wal
+/// writer and walsenders; `pid` is the postmaster's.
+pub fn cluster_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime: fields 14 to 17.
+    let own: u64 = (11..15)
+        .map(|i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum::<Option<u64>>()?;
+    let mut total = own as f64 / 100.0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Field 4 is the parent's pid.
+        let parent = stat
+            .get(stat.rfind(')').unwrap_or(0) + 2..)
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            total += cpu_secs_of_stat(&stat).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
 /// CPU seconds this process has used.
 pub fn own_cpu_secs() -> Option<f64> {
     cpu_secs(std::process::id())

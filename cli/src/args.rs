@@ -26,7 +26,13 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Start the local stack (Postgres shards + catalog, Kafka broker); idempotent.
-    Up,
+    Up {
+        /// Also start Prometheus (scraping every tributary process and a
+        /// PostgreSQL exporter per cluster, with the alert rules) and
+        /// Alertmanager; `[observe] enabled = true` makes it the default.
+        #[arg(long)]
+        observe: bool,
+    },
     /// Stop the local stack.
     Down {
         /// Also delete all data (databases, broker log, lake).
@@ -127,6 +133,47 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// How many shards, partitions, readers, ingesters and query replicas a
+    /// load needs, and storage per day, from the rates the benchmarks
+    /// measured (docs/capacity.md).
+    Capacity {
+        /// Orders per second on an average day.
+        #[arg(long)]
+        orders_per_sec: f64,
+        /// Days of data the lake holds.
+        #[arg(long, default_value_t = 365.0)]
+        days: f64,
+        /// Peak over average (a promotion day).
+        #[arg(long, default_value_t = 10.0)]
+        peak_factor: f64,
+        /// Share of each part's capacity the peak may use.
+        #[arg(long, default_value_t = 0.6)]
+        utilization: f64,
+        /// Analyst queries per second at the peak.
+        #[arg(long, default_value_t = 2.0)]
+        queries_per_sec: f64,
+        /// Days the change topics keep their events.
+        #[arg(long, default_value_t = 7.0)]
+        kafka_retention_days: f64,
+        /// Rates file (default: the docs/capacity-rates.toml built in).
+        #[arg(long)]
+        rates: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live terminal dashboard: components, per-table freshness, consumer
+    /// lag, rates and dead letters, alerts, the scheduler's newest runs.
+    Top {
+        /// How often to redraw.
+        #[arg(long, default_value = "2s")]
+        every: String,
+        /// Print one frame and exit (for scripts).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Exit 0 when URL answers a GET with a 2xx within 3 s, else 1 with the
+    /// reason: a health check for images without curl (deploy/Dockerfile).
+    Probe { url: String },
     /// Run the whole platform end to end on the local stack.
     Demo {
         /// How long to drive traffic.
@@ -277,6 +324,10 @@ pub enum BenchCommand {
         /// Also run `etl run marts --follow` and measure commit → gold.
         #[arg(long)]
         gold: bool,
+        /// Record this run's per-core rates and bytes per change in this
+        /// rates file of `tributary capacity` (docs/capacity-rates.toml).
+        #[arg(long)]
+        rates: Option<PathBuf>,
     },
     /// The fraud detector on a stack of its own under labelled traffic:
     /// precision and recall per rule, equality with a batch oracle (SQL over
@@ -331,6 +382,10 @@ pub enum BenchCommand {
         /// Leave out PostgreSQL (loading it takes about a minute at SF1).
         #[arg(long)]
         skip_postgres: bool,
+        /// Record tributary's core-seconds per query in this rates file of
+        /// `tributary capacity` (docs/capacity-rates.toml).
+        #[arg(long)]
+        rates: Option<PathBuf>,
     },
     /// A silver-like table after many small commits (a day at one a minute;
     /// appends and MERGEs): files and query times before and after

@@ -209,6 +209,10 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
         .await?;
     let base_url = format!("http://{}", server.local_addr());
     println!("  order API        {base_url}");
+    // Every part of the demo runs in this process: the API's /metrics
+    // shows them all, to the stack's Prometheus when `up --observe` ran.
+    let _announced =
+        tributary_stack::observe::announce(&config.state_dir, "demo", server.local_addr())?;
     let oltp: JoinHandle<Result<()>> = {
         let s = shutdown.clone();
         tokio::spawn(async move { server.run(s).await.map_err(Into::into) })

@@ -22,6 +22,7 @@ mod e2e {
     mod interop;
     mod lease;
     mod maintenance;
+    mod observe;
     mod pipeline;
     mod s3;
     mod secrets;

@@ -142,6 +142,8 @@ struct TableFreshness {
     newest_applied_us: Option<i64>,
     /// The last record written to a silver commit, and when.
     recorded: Option<(i64, Instant)>,
+    /// The topic's end offsets read at the newest watermark, per partition.
+    ends: HashMap<i32, i64>,
 }
 
 #[derive(Default)]
@@ -208,6 +210,14 @@ impl Registry {
 }
 
 impl TableFreshness {
+    /// Change events between silver's offsets and the newest known ends.
+    fn lag(&self) -> i64 {
+        self.ends
+            .iter()
+            .map(|(p, e)| (e - self.silver_next.get(p).copied().unwrap_or(0)).max(0))
+            .sum()
+    }
+
     fn observe(&mut self, offsets: &HashMap<i32, i64>) {
         for (p, o) in offsets {
             let e = self.silver_next.entry(*p).or_insert(*o);
@@ -272,11 +282,10 @@ pub(crate) fn committed(
 /// Silver of `table` stands at `offsets` (called every ingest round, so idle
 /// tables follow the watermarks too).
 pub(crate) fn observe_offsets(table: &str, offsets: &HashMap<i32, i64>) {
-    registry()
-        .tables
-        .entry(table.to_string())
-        .or_default()
-        .observe(offsets);
+    let mut r = registry();
+    let t = r.tables.entry(table.to_string()).or_default();
+    t.observe(offsets);
+    crate::metrics::consumer_lag(table, t.lag());
 }
 
 /// A record to write for an idle table: its instant moved since the last
@@ -297,7 +306,7 @@ fn add_watermark(w: &Watermark, ends: Vec<(String, HashMap<i32, i64>)>) {
     let mut r = registry();
     r.shards.entry(w.db.clone()).or_default().insert(w.shard);
     for (table, ends) in ends {
-        let t = r.tables.entry(table).or_default();
+        let t = r.tables.entry(table.clone()).or_default();
         let queue = t.pending.entry(w.shard).or_default();
         if queue
             .back()
@@ -308,12 +317,17 @@ fn add_watermark(w: &Watermark, ends: Vec<(String, HashMap<i32, i64>)>) {
         if queue.len() >= MAX_PENDING {
             queue.pop_front();
         }
+        for (p, e) in &ends {
+            let known = t.ends.entry(*p).or_insert(*e);
+            *known = (*known).max(*e);
+        }
         queue.push_back(Target {
             commit_ts_us: w.commit_ts_us,
             ends,
         });
         let offsets = t.silver_next.clone();
         t.observe(&offsets);
+        crate::metrics::consumer_lag(&table, t.lag());
     }
 }
 
@@ -529,6 +543,21 @@ mod tests {
 
     fn offsets(v: &[(i32, i64)]) -> HashMap<i32, i64> {
         v.iter().copied().collect()
+    }
+
+    #[test]
+    fn consumer_lag_counts_what_silver_has_not_applied() {
+        let mut t = TableFreshness::default();
+        assert_eq!(t.lag(), 0, "no ends known yet");
+        t.ends = offsets(&[(0, 10), (1, 4), (2, 0)]);
+        t.observe(&offsets(&[(0, 7)]));
+        // 3 on partition 0, all 4 of partition 1 (nothing applied there).
+        assert_eq!(t.lag(), 7);
+        t.observe(&offsets(&[(0, 10), (1, 4)]));
+        assert_eq!(t.lag(), 0);
+        // Offsets never go back, and past the known ends is no lag.
+        t.observe(&offsets(&[(0, 2), (1, 6)]));
+        assert_eq!(t.lag(), 0);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub const LAST_COMMIT_TIMESTAMP_SECONDS: &str = "tributary_lake_last_commit_time
 pub const SCHEMA_CHANGES_TOTAL: &str = "tributary_lake_schema_changes_total";
 pub const TABLE_STOPPED: &str = "tributary_lake_table_stopped";
 pub const LEASE_OWNED: &str = "tributary_lake_lease_owned";
+pub const CONSUMER_LAG_MESSAGES: &str = "tributary_lake_consumer_lag_messages";
 pub const MAINTENANCE_RUNS_TOTAL: &str = "tributary_lake_maintenance_runs_total";
 pub const MAINTENANCE_RETRIES_TOTAL: &str = "tributary_lake_maintenance_retries_total";
 pub const MAINTENANCE_FAILURES_TOTAL: &str = "tributary_lake_maintenance_failures_total";
@@ -91,6 +92,14 @@ static STOPPED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     int_gauge_vec(
         TABLE_STOPPED,
         "1 when ingest of the table stopped on a change it cannot apply.",
+        &["table"],
+    )
+});
+
+static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    int_gauge_vec(
+        CONSUMER_LAG_MESSAGES,
+        "Change events in the table's topic that silver has not applied: the end offsets read at the newest CDC watermark minus silver's offsets, over the partitions.",
         &["table"],
     )
 });
@@ -253,6 +262,10 @@ pub(crate) fn schema_change(table: &str, change: &str) {
 }
 
 /// Marks a table as stopped (`true`) or flowing.
+pub(crate) fn consumer_lag(table: &str, messages: i64) {
+    CONSUMER_LAG.with_label_values(&[table]).set(messages);
+}
+
 pub(crate) fn table_stopped(table: &str, stopped: bool) {
     STOPPED.with_label_values(&[table]).set(i64::from(stopped));
 }

@@ -62,8 +62,13 @@ pub struct S3Config {
     pub endpoint: Option<String>,
     #[serde(default = "default_region")]
     pub region: String,
-    pub access_key_id: String,
-    pub secret_access_key: SecretString,
+    /// Static credentials. Leave both out to use the AWS SDK's default
+    /// chain instead (environment, the web identity of an EKS service
+    /// account, an instance profile): what deploy/k8s's prod overlay does.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<SecretString>,
     /// Allow `http://` endpoints (local servers).
     #[serde(default)]
     pub allow_http: bool,
@@ -153,11 +158,23 @@ impl Lake {
                     options.insert("AWS_ENDPOINT_URL".into(), endpoint.clone());
                 }
                 options.insert("AWS_REGION".into(), s3.region.clone());
-                options.insert("AWS_ACCESS_KEY_ID".into(), s3.access_key_id.clone());
-                options.insert(
-                    "AWS_SECRET_ACCESS_KEY".into(),
-                    s3.secret_access_key.expose_secret().to_string(),
-                );
+                match (&s3.access_key_id, &s3.secret_access_key) {
+                    (Some(id), Some(secret)) => {
+                        options.insert("AWS_ACCESS_KEY_ID".into(), id.clone());
+                        options.insert(
+                            "AWS_SECRET_ACCESS_KEY".into(),
+                            secret.expose_secret().to_string(),
+                        );
+                    }
+                    (None, None) => {}
+                    _ => {
+                        return Err(Error::Config(
+                            "lake.s3: set both access_key_id and secret_access_key, or \
+                             neither (then the AWS default credential chain is used)"
+                                .into(),
+                        ));
+                    }
+                }
                 options.insert("AWS_ALLOW_HTTP".into(), s3.allow_http.to_string());
                 if config.coordinator_dsn.is_none() && !s3.trust_put_if_absent {
                     return Err(Error::Config(
@@ -552,5 +569,33 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("host=db user=lake"), "{shown}");
+    }
+
+    fn s3_lake(keys: &str) -> Result<Lake> {
+        let s3: S3Config =
+            serde_json::from_str(&format!("{{\"region\": \"eu-west-1\"{keys}}}")).unwrap();
+        Lake::new(&LakeConfig {
+            root: "s3://bucket/lake".into(),
+            s3: Some(s3),
+            coordinator_dsn: Some("host=db dbname=postgres".into()),
+        })
+    }
+
+    #[test]
+    fn s3_credentials_are_static_or_left_to_the_default_chain() {
+        let lake = s3_lake(r#", "access_key_id": "AK", "secret_access_key": "SK""#).unwrap();
+        assert_eq!(lake.options["AWS_ACCESS_KEY_ID"], "AK");
+        assert_eq!(lake.options["AWS_SECRET_ACCESS_KEY"], "SK");
+        let lake = s3_lake("").unwrap();
+        assert!(!lake.options.contains_key("AWS_ACCESS_KEY_ID"));
+        assert!(!lake.options.contains_key("AWS_SECRET_ACCESS_KEY"));
+        assert_eq!(lake.options["AWS_REGION"], "eu-west-1");
+        let err = s3_lake(r#", "access_key_id": "AK""#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("both access_key_id and secret_access_key"),
+            "{err}"
+        );
     }
 }

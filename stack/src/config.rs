@@ -21,6 +21,7 @@ use tributary_live::config::LiveConfig;
 use tributary_oltp::OltpConfig;
 use tributary_query::SqlConfig;
 
+use crate::observe::ObserveConfig;
 use crate::{Error, Result};
 
 /// The whole configuration file.
@@ -47,6 +48,8 @@ struct RawConfig {
     live: Option<toml::Value>,
     #[serde(default)]
     sql: Option<toml::Value>,
+    #[serde(default)]
+    observe: Option<toml::Value>,
 }
 
 /// The local stack (`[stack]`).
@@ -116,6 +119,8 @@ pub struct Config {
     pub sql: SqlConfig,
     /// `[live]`: the stream jobs (fraud detector, product activity).
     pub live: LiveConfig,
+    /// `[observe]`: the local stack's Prometheus and Alertmanager.
+    pub observe: ObserveConfig,
 }
 
 /// Loads `path` (or `./tributary.toml` when present) and applies the
@@ -182,6 +187,7 @@ pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config
         sources: raw.sources.map(|v| deserialize(v, "sources")).transpose()?,
         sql: section(raw.sql, "sql")?,
         live: section(raw.live, "live")?,
+        observe: section(raw.observe, "observe")?,
     })
 }
 
@@ -257,6 +263,27 @@ mod tests {
         assert_eq!(c.stack.shards, 2);
         assert!(c.state_dir.ends_with(".tributary"));
         assert!(c.kafka.is_none());
+    }
+
+    /// The configurations shipped for Kubernetes are ones this loader
+    /// takes (unknown keys are errors), with what the manifests rely on.
+    #[test]
+    fn the_deploy_configurations_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for file in [
+            "deploy/k8s/overlays/dev/tributary.toml",
+            "deploy/k8s/overlays/prod/tributary.toml.example",
+        ] {
+            let c = load_from(Some(&root.join(file)), &[])
+                .unwrap_or_else(|e| panic!("{file}: {}", error_chain(&e)));
+            assert_eq!(c.oltp.listen, "0.0.0.0:8088", "{file}");
+            assert_eq!(c.sql.listen, "0.0.0.0:5433", "{file}");
+            assert_eq!(c.state_dir, Path::new("/tmp/tributary"), "{file}");
+            assert!(c.sources.is_some() && c.kafka.is_some(), "{file}");
+            let lake = c.lake.expect("a lake");
+            assert!(lake.root.starts_with("s3://"), "{file}");
+            assert!(lake.coordinator_dsn.is_some(), "{file}");
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod checks;
 pub mod config;
 pub mod daemon;
 mod local;
+pub mod observe;
 mod platform;
 pub mod postgres;
 mod status;
@@ -173,6 +174,17 @@ pub enum Error {
     LakeBehind {
         topic: String,
         timeout: std::time::Duration,
+    },
+    #[error(
+        "{program} not found on PATH: `tributary up --observe` needs Debian's prometheus, \
+         prometheus-alertmanager and prometheus-postgres-exporter (scripts/bootstrap.sh installs them)"
+    )]
+    ObserveToolMissing { program: String },
+    #[error("{what} did not answer on {url} within 30 s; see {log}")]
+    ObserveNotReady {
+        what: String,
+        url: String,
+        log: String,
     },
     /// A broken invariant of this crate.
     #[error("internal error: {0}")]

@@ -117,6 +117,7 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
     if let Ok(lake) = lake {
         out.extend(silver_freshness(&lake).await);
     }
+    out.extend(crate::observe::status(&platform.config().state_dir).await);
     Ok(out)
 }
 

@@ -164,6 +164,14 @@ impl Report {
             .all(|o| o.mismatches.is_empty())
     }
 
+    /// The core-seconds of one query of tributary's, for `tributary
+    /// capacity`: the mean of the medians times the cores it ran on.
+    pub fn core_seconds_per_query(&self) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let n = self.tributary.len().max(1) as f64;
+        Self::total(&self.tributary).as_secs_f64() / n * cores
+    }
+
     fn total(measured: &[Measured]) -> Duration {
         measured.iter().map(Measured::median).sum()
     }

@@ -15,7 +15,8 @@ pub async fn run(config: Config, command: ActivityCommand) -> Result<()> {
             let lake = platform.lake()?;
             let shards = platform.sources()?.shards.len() as u32;
             let shutdown = shutdown_on_signals();
-            super::serve_metrics(metrics, &shutdown).await?;
+            let _announced =
+                super::serve_metrics(platform.config(), "activity", metrics, &shutdown).await?;
             activity::run(&kafka, &lake, shards, &platform.config().live, shutdown).await?;
         }
         ActivityCommand::Top { limit } => {

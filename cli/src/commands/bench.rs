@@ -42,6 +42,7 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
             json,
             keep,
             gold,
+            rates,
         } => {
             let options = lake::Options {
                 rate,
@@ -55,6 +56,21 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
                 print_json(&report, "report")?;
             } else {
                 print!("{report}");
+            }
+            if let Some(path) = rates {
+                let source = format!(
+                    "tributary bench lake --rate {rate} --duration {duration}, {} build, {} cores, load average {} / {}, {}",
+                    report.profile,
+                    report.cores,
+                    report.load_average.0,
+                    report.load_average.1,
+                    chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+                );
+                let measured = report
+                    .pipeline_rates(source)
+                    .context("this run lacks a process's CPU time or the reader's bytes")?;
+                tributary_bench::capacity::Rates::record_pipeline(&path, measured)?;
+                eprintln!("recorded the pipeline's rates in {}", path.display());
             }
         }
         BenchCommand::Fraud {
@@ -96,6 +112,7 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
             dir,
             skip_duckdb,
             skip_postgres,
+            rates,
         } => {
             let dir = dir.unwrap_or_else(|| config.state_dir.join("bench").join("ssb"));
             let options = ssb::Options {
@@ -108,6 +125,25 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
             let report = ssb::run(&options).await?;
             print!("{report}");
             anyhow::ensure!(report.answers_agree(), "the engines gave different answers");
+            if let Some(path) = rates {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let query = tributary_bench::capacity::QueryRates {
+                    source: format!(
+                        "tributary bench query --scale {scale} --runs {runs}, {} build, {cores} cores, load average {}, {}",
+                        if cfg!(debug_assertions) {
+                            "debug"
+                        } else {
+                            "optimised"
+                        },
+                        tributary_bench::process::load_average(),
+                        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+                    ),
+                    core_seconds_per_query: (report.core_seconds_per_query() * 1000.0).round()
+                        / 1000.0,
+                };
+                tributary_bench::capacity::Rates::record_query(&path, query)?;
+                eprintln!("recorded the query rate in {}", path.display());
+            }
         }
         BenchCommand::Optimize {
             commits,

@@ -13,7 +13,8 @@ pub async fn run(config: Config, command: CdcCommand) -> Result<()> {
             let sources = platform.sources()?;
             let kafka = platform.kafka()?.clone();
             let shutdown = shutdown_on_signals();
-            super::serve_metrics(metrics, &shutdown).await?;
+            let _announced =
+                super::serve_metrics(platform.config(), "cdc", metrics, &shutdown).await?;
             tributary_cdc::run(
                 platform.config().cdc.clone(),
                 kafka,

@@ -40,7 +40,8 @@ pub async fn run(config: Config, command: FraudCommand) -> Result<()> {
             let lake = platform.lake()?;
             let shards = platform.sources()?.shards.len() as u32;
             let shutdown = shutdown_on_signals();
-            super::serve_metrics(metrics, &shutdown).await?;
+            let _announced =
+                super::serve_metrics(platform.config(), "fraud", metrics, &shutdown).await?;
             fraud::run(&kafka, &lake, shards, &live, shutdown).await?;
             Ok(())
         }

@@ -19,7 +19,8 @@ pub async fn run(config: Config, command: LakeCommand) -> Result<()> {
             let kafka = platform.kafka()?.clone();
             let lake = platform.lake()?;
             let shutdown = shutdown_on_signals();
-            super::serve_metrics(metrics, &shutdown).await?;
+            let _announced =
+                super::serve_metrics(platform.config(), "ingest", metrics, &shutdown).await?;
             tributary_lake::ingest::serve(lake, kafka, config.ingest.clone(), shutdown).await?;
         }
         LakeCommand::CheckStore {

@@ -12,6 +12,7 @@ mod oltp;
 mod pipeline;
 mod sql;
 mod stack;
+mod top;
 mod workflows;
 
 use anyhow::Result;
@@ -24,7 +25,7 @@ use crate::args::{Cli, Command};
 pub async fn run(cli: Cli) -> Result<()> {
     let config = config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Up => stack::up(config, cli.config.as_deref()).await,
+        Command::Up { observe } => stack::up(config, cli.config.as_deref(), observe).await,
         Command::Down { purge } => stack::down(&config, purge),
         Command::Status { json } => stack::status(config, json).await,
         Command::Oltp { command } => oltp::run(config, command).await,
@@ -50,6 +51,41 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Fraud { command } => fraud::run(config, command).await,
         Command::Activity { command } => activity::run(config, command).await,
         Command::Bench { command } => bench::run(config, command).await,
+        Command::Probe { url } => probe(&url).await,
+        Command::Top { every, once } => top::run(config, parse_duration(&every)?, once).await,
+        Command::Capacity {
+            orders_per_sec,
+            days,
+            peak_factor,
+            utilization,
+            queries_per_sec,
+            kafka_retention_days,
+            rates,
+            json,
+        } => {
+            use tributary_bench::capacity::{Load, Rates, plan};
+            let rates = match rates {
+                Some(path) => Rates::load(&path)?,
+                None => Rates::shipped()?,
+            };
+            let plan = plan(
+                &Load {
+                    orders_per_sec,
+                    days,
+                    peak_factor,
+                    utilization,
+                    queries_per_sec,
+                    kafka_retention_days,
+                },
+                &rates,
+            )?;
+            if json {
+                print_json(&plan, "plan")
+            } else {
+                print!("{plan}");
+                Ok(())
+            }
+        }
         Command::Demo { duration, rate } => {
             tributary::demo::run(config, parse_duration(&duration)?, rate).await
         }
@@ -57,15 +93,38 @@ pub async fn run(cli: Cli) -> Result<()> {
 }
 
 /// Serves `/metrics` and `/healthz` on `listen`, when given, until
-/// `shutdown`; says where on stderr.
+/// `shutdown`; says where on stderr, and announces the address to the
+/// local stack's Prometheus as the job `tributary-<job>` for as long as the
+/// returned guard lives (`tributary_stack::observe`).
 async fn serve_metrics(
+    config: &tributary_stack::Config,
+    job: &str,
     listen: Option<String>,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> Result<()> {
-    if let Some(listen) = listen {
-        let addr = tributary_metrics::serve(&listen, shutdown.clone()).await?;
-        eprintln!("metrics on http://{addr}/metrics");
-    }
+) -> Result<Option<tributary_stack::observe::Announcement>> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let addr = tributary_metrics::serve(&listen, shutdown.clone()).await?;
+    eprintln!("metrics on http://{addr}/metrics");
+    Ok(Some(tributary_stack::observe::announce(
+        &config.state_dir,
+        job,
+        addr,
+    )?))
+}
+
+/// `tributary probe URL`.
+async fn probe(url: &str) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?;
+    let r = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    anyhow::ensure!(r.status().is_success(), "{url} answered {}", r.status());
     Ok(())
 }
 

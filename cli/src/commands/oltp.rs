@@ -22,6 +22,12 @@ pub async fn run(config: Config, command: OltpCommand) -> Result<()> {
                 server = server.with_clickstream(kafka).await?;
             }
             eprintln!("order and catalog API on http://{}", server.local_addr());
+            // Its /metrics, to the local stack's Prometheus.
+            let _announced = tributary_stack::observe::announce(
+                &platform.config().state_dir,
+                "oltp",
+                server.local_addr(),
+            )?;
             server.run(shutdown).await?;
         }
     }

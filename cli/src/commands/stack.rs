@@ -7,7 +7,7 @@ use tributary_stack::{Config, Platform, daemon};
 
 use super::print_json;
 
-pub async fn up(config: Config, config_file: Option<&Path>) -> Result<()> {
+pub async fn up(config: Config, config_file: Option<&Path>, observe: bool) -> Result<()> {
     let platform = Platform::start(config).await?;
     if let Some(s) = platform.stack() {
         println!(
@@ -16,6 +16,14 @@ pub async fn up(config: Config, config_file: Option<&Path>) -> Result<()> {
             s.broker.address()
         );
         start_scheduler(platform.config(), config_file).await?;
+        if observe || platform.config().observe.enabled {
+            let o = tributary_stack::observe::up(platform.config(), s).await?;
+            println!(
+                "monitoring is up: Prometheus {} (alert rules loaded), Alertmanager {}",
+                o.prometheus_url(),
+                o.alertmanager_url()
+            );
+        }
     }
     print_status(&platform, false).await
 }
@@ -56,6 +64,8 @@ async fn start_scheduler(config: &Config, config_file: Option<&Path>) -> Result<
         .arg("--jobs")
         .arg(&jobs)
         .arg("run")
+        // /metrics on a free port, announced to `up --observe`'s Prometheus.
+        .args(["--metrics", "127.0.0.1:0"])
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);

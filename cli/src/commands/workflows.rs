@@ -39,7 +39,8 @@ pub async fn run(config: Config, jobs: PathBuf, command: WorkflowsCommand) -> Re
             let platform = Platform::load(config)?;
             let dsn = history_dsn(&platform)?;
             let shutdown = shutdown_on_signals();
-            super::serve_metrics(metrics, &shutdown).await?;
+            let _announced =
+                super::serve_metrics(platform.config(), "workflows", metrics, &shutdown).await?;
             let owner = format!(
                 "{}-{}-{}",
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into()),

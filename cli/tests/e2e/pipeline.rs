@@ -108,7 +108,16 @@ async fn caught_up() -> Env {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_changes_flow_to_silver_and_gold_reconciles() {
     let mut env = Env::stack().await;
+    let mut webhook = super::observe::Webhook::start().await;
+    env.extra.push((
+        "TRIBUTARY__OBSERVE__ALERT_WEBHOOK".into(),
+        webhook.url.clone(),
+    ));
     env.up();
+    // The monitoring too (Prometheus, Alertmanager, the exporters): checked
+    // below, once every process runs (`observe.rs`).
+    let up = env.run_ok(&["up", "--observe"]);
+    assert!(up.contains("monitoring is up"), "{up}");
     // `up` is idempotent: `start` runs it again.
     env.start().await;
     // Data written before the reader starts arrives through the snapshot.
@@ -184,6 +193,8 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
         let health = http_text(&format!("http://{addr}/healthz")).await;
         assert_eq!(health.trim(), "ok", "/healthz on {addr}");
     }
+    super::observe::assert_observed(&env, &mut webhook).await;
+    super::observe::assert_top(&env);
 
     // Gold reconciles with the source shards.
     env.run_ok(&["etl", "run", "marts"]);
@@ -258,6 +269,7 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
                 .any(|l| l.starts_with("customers ") && l.ends_with("DIFFERENT")),
         "verify of a lake that misses a change: {stdout}{err}"
     );
+    super::observe::assert_ingester_seen_down(&env).await;
     // Back again: the ingester catches up and `verify` agrees.
     env.spawn("ingest", &["lake", "ingest"]);
     assert_waits_and_verifies(&env);

@@ -77,7 +77,7 @@ locals {
 }
 
 resource "aws_db_instance" "this" {
-  #checkov:skip=CKV2_AWS_69:tributary's PostgreSQL clients do not speak TLS yet (docs/operations.md, known gaps); the shards are reachable only from the services' security group inside private subnets
+  #checkov:skip=CKV2_AWS_69:only the CDC reader of tributary's PostgreSQL clients speaks TLS yet, so force_ssl would lock out the order API and the coordinator (docs/operations.md, known gaps); the shards are reachable only from the services' security group inside private subnets
   for_each = local.instances
 
   identifier     = "${var.name}-${each.key}"
