@@ -40,6 +40,7 @@ mod pool;
 mod routing;
 
 pub use api::Server;
+pub use api::trace;
 pub use config::{GeoPoint, OltpConfig, ShardingConfig, StrategyKind, Topology};
 pub use error::{Error, Result};
 pub use load::{LoadConfig, LoadReport, run_load};

@@ -205,6 +205,43 @@ impl Api {
     }
 }
 
+/// The API keeps a client's request id and trace, names its own span in
+/// the trace, and starts both when the client sent none.
+async fn request_ids_and_trace_context(api: &Api) {
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = api
+        .http
+        .get(format!("{}/products", api.base))
+        .header("x-request-id", "req-42")
+        .header("traceparent", parent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-42");
+    let tp = r.headers()["traceparent"].to_str().unwrap().to_string();
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+            && tp.ends_with("-01")
+            && tp != parent,
+        "the response's traceparent should continue the trace with its own span: {tp}"
+    );
+    // Nothing sent (or nonsense): new ids, well formed.
+    let r = api
+        .http
+        .get(format!("{}/products", api.base))
+        .header("traceparent", "garbage")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    let tp = r.headers()["traceparent"].to_str().unwrap();
+    assert!(
+        tributary_oltp::trace::TraceContext::parse(tp).is_some(),
+        "{tp}"
+    );
+}
+
 async fn send(req: reqwest::RequestBuilder) -> (StatusCode, String) {
     let resp = req.send().await.unwrap();
     let status = resp.status();
@@ -268,6 +305,7 @@ async fn order_service_end_to_end() {
 
     let (status, health) = api.get("/healthz").await;
     assert_eq!(status, StatusCode::OK, "{health}");
+    request_ids_and_trace_context(&api).await;
 
     let ctx = catalog_and_customers(&api, &topology).await;
     orders_and_lifecycle(&api, &topology, &ctx).await;

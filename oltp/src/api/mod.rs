@@ -5,6 +5,7 @@ mod clicks;
 mod customers;
 mod orders;
 mod products;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -218,6 +219,7 @@ fn app(state: Shared) -> axum::Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn(trace::context))
         .with_state(state)
 }
 
