@@ -161,6 +161,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One order's way from its source commits through bronze to silver and
+    /// gold, with each stage's latency, from what the lake recorded.
+    Trace { order_id: i64 },
     /// A live terminal dashboard: components, per-table freshness, consumer
     /// lag, rates and dead letters, alerts, the scheduler's newest runs.
     Top {

@@ -349,32 +349,42 @@ pub(crate) fn known_tables() -> Vec<String> {
 /// the commit's timestamp (ms), or `None` when the table does not exist or no
 /// recent commit carries one.
 pub async fn recorded(lake: &Lake, table: &str) -> Result<Option<(Record, Option<i64>)>> {
+    // The record furthest ahead wins; among equals, the newest commit's.
+    let mut best: Option<(Record, Option<i64>)> = None;
+    for (rec, ts) in records(lake, table, 50).await? {
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| rec.complete_up_to_us > b.complete_up_to_us)
+        {
+            best = Some((rec, ts));
+        }
+    }
+    Ok(best)
+}
+
+/// The freshness records of `silver.<table>`'s newest `limit` commits,
+/// each with its commit's timestamp (ms), newest first: when each instant
+/// became complete in silver (what `tributary trace` reads).
+pub async fn records(lake: &Lake, table: &str, limit: usize) -> Result<Vec<(Record, Option<i64>)>> {
     let Some(t) = lake.open("silver", table).await? else {
-        return Ok(None);
+        return Ok(vec![]);
     };
     let infos: Vec<_> = t
-        .history(Some(50))
+        .history(Some(limit))
         .try_collect()
         .await
         .map_err(|source| Error::Delta {
             table: format!("silver.{table}"),
             source,
         })?;
-    // Newest first; the newest record wins.
-    let mut best: Option<(Record, Option<i64>)> = None;
-    for info in infos {
-        let Some(v) = info.info.get(METADATA_KEY) else {
-            continue;
-        };
-        if let Ok(rec) = serde_json::from_value::<Record>(v.clone())
-            && best
-                .as_ref()
-                .is_none_or(|(b, _)| rec.complete_up_to_us > b.complete_up_to_us)
-        {
-            best = Some((rec, info.timestamp));
-        }
-    }
-    Ok(best)
+    Ok(infos
+        .into_iter()
+        .filter_map(|info| {
+            let rec =
+                serde_json::from_value::<Record>(info.info.get(METADATA_KEY)?.clone()).ok()?;
+            Some((rec, info.timestamp))
+        })
+        .collect())
 }
 
 fn watermark_topics(prefix: &str) -> BTreeMap<String, &'static str> {

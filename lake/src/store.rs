@@ -344,6 +344,25 @@ impl Lake {
             .expect("layer and table names are plain path segments")
     }
 
+    /// The timestamp (ms) of `layer.table`'s newest commit; `None` when the
+    /// table does not exist yet.
+    pub async fn last_commit_ms(&self, layer: &str, table: &str) -> Result<Option<i64>> {
+        let Some(t) = self.open(layer, table).await? else {
+            return Ok(None);
+        };
+        let mut history = t.history(Some(1));
+        Ok(match history.next().await {
+            Some(Ok(info)) => info.timestamp,
+            Some(Err(source)) => {
+                return Err(Error::Delta {
+                    table: format!("{layer}.{table}"),
+                    source,
+                });
+            }
+            None => None,
+        })
+    }
+
     /// Opens a table at its latest version; `None` when it does not exist yet.
     pub async fn open(&self, layer: &str, table: &str) -> Result<Option<DeltaTable>> {
         if let Some(t) = self.kept(layer, table).await {

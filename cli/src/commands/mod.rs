@@ -13,6 +13,7 @@ mod pipeline;
 mod sql;
 mod stack;
 mod top;
+mod trace;
 mod workflows;
 
 use anyhow::Result;
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Activity { command } => activity::run(config, command).await,
         Command::Bench { command } => bench::run(config, command).await,
         Command::Probe { url } => probe(&url).await,
+        Command::Trace { order_id } => trace::run(config, order_id).await,
         Command::Top { every, once } => top::run(config, parse_duration(&every)?, once).await,
         Command::Capacity {
             orders_per_sec,

@@ -11,6 +11,50 @@ use tributary_stack::Sources;
 
 use crate::common::*;
 
+/// `tributary trace` follows an order with lines from its source commit
+/// through bronze into silver and gold.
+async fn assert_traced(env: &Env, session: &tributary_query::Session) {
+    let batches = session
+        .sql(
+            "SELECT o.id FROM silver.orders o JOIN silver.order_items i ON i.order_id = o.id \
+             ORDER BY o.id LIMIT 1",
+        )
+        .await
+        .unwrap();
+    let id = tributary_stack::checks::first_column(&batches)
+        .into_iter()
+        .next()
+        .expect("an order with lines");
+    let out = env.run_ok(&["trace", &id]);
+    assert!(out.starts_with(&format!("order {id}: ")), "{out}");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| orders ") || l.starts_with("| order_items "))
+        .collect();
+    assert!(
+        // Inserted (c), or copied by the initial snapshot (r).
+        rows.iter()
+            .any(|l| l.starts_with("| orders | c |") || l.starts_with("| orders | r |"))
+            && rows.iter().any(|l| {
+                l.starts_with("| order_items | c |") || l.starts_with("| order_items | r |")
+            }),
+        "the order's insert and its lines: {out}"
+    );
+    // Caught up: every change is in silver, with a measured latency.
+    assert!(
+        rows.iter().all(|l| !l.contains("not yet")),
+        "a change not complete in silver after catch-up: {out}"
+    );
+    assert!(out.contains("gold.fct_order_line: "), "{out}");
+    assert!(!out.contains("gold.fct_order_line: 0 lines"), "{out}");
+    let err = env.run(&["trace", "987654321"]);
+    assert!(
+        !err.status.success()
+            && String::from_utf8_lossy(&err.stderr).contains("no change of it is in bronze"),
+        "{err:?}"
+    );
+}
+
 /// Writes a known set of changes through the API: inserts, updates and deletes.
 async fn scripted_changes(base: &str) {
     let c = reqwest::Client::new();
@@ -209,6 +253,7 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
         "gold revenue differs from the shards"
     );
     assert!(r.balanced(), "reconciliation is off");
+    assert_traced(&env, &session).await;
 
     // The console answers one-shot queries in every format.
     let json = env.run_ok(&[
