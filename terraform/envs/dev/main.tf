@@ -10,7 +10,6 @@ provider "aws" {
 }
 
 locals {
-  name = "tributary-dev"
   tags = {
     project     = "tributary"
     environment = "dev"
@@ -18,93 +17,27 @@ locals {
   }
 }
 
-module "kms" {
-  source = "../../modules/kms"
-  name   = local.name
-  region = var.region
-  tags   = local.tags
-}
-
-module "network" {
-  source             = "../../modules/network"
-  name               = local.name
-  region             = var.region
-  cidr               = "10.50.0.0/16"
-  single_nat_gateway = true
-  availability_zones = var.availability_zones
-  kms_key_arn        = module.kms.key_arn
-  tags               = local.tags
-}
-
-module "lake" {
-  source          = "../../modules/lake_bucket"
-  bucket          = var.lake_bucket
-  kms_key_arn     = module.kms.key_arn
-  noncurrent_days = 7
-  tags            = local.tags
-}
-
-module "services" {
-  source              = "../../modules/services"
-  name                = local.name
-  vpc_id              = module.network.vpc_id
-  vpc_cidr            = module.network.vpc_cidr
-  subnet_ids          = module.network.private_subnet_ids
-  kms_key_arn         = module.kms.key_arn
-  node_instance_types = var.node_instance_types
-  node_min            = 2
-  node_max            = 4
-  tags                = local.tags
-}
-
-module "kafka" {
-  source                   = "../../modules/kafka"
-  name                     = local.name
-  vpc_id                   = module.network.vpc_id
-  vpc_cidr                 = module.network.vpc_cidr
-  subnet_ids               = module.network.private_subnet_ids
-  client_security_group_id = module.services.security_group_id
-  kms_key_arn              = module.kms.key_arn
-  instance_type            = var.broker_instance_type
-  volume_gb                = var.broker_volume_gb
-  tags                     = local.tags
-}
-
-module "shards" {
+module "platform" {
   #checkov:skip=CKV_AWS_157:dev runs single-AZ to halve its cost; prod is Multi-AZ (envs/prod)
   #checkov:skip=CKV_AWS_293:dev databases are disposable; prod has deletion protection (envs/prod)
-  source                   = "../../modules/shards"
-  name                     = local.name
-  vpc_id                   = module.network.vpc_id
-  subnet_ids               = module.network.private_subnet_ids
-  client_security_group_id = module.services.security_group_id
-  kms_key_arn              = module.kms.key_arn
-  shard_count              = var.shard_count
-  shard_instance_class     = var.shard_instance_class
-  multi_az                 = false
-  backup_retention_days    = 3
-  deletion_protection      = false
-  tags                     = local.tags
-}
-
-module "iam" {
-  source            = "../../modules/iam"
-  name              = local.name
-  oidc_provider_arn = module.services.oidc_provider_arn
-  oidc_issuer       = module.services.oidc_issuer
-  bucket_arn        = module.lake.bucket_arn
-  config_secret_arn = module.services.config_secret_arn
-  kms_key_arn       = module.kms.key_arn
-  tags              = local.tags
-}
-
-module "alarms" {
-  source           = "../../modules/alarms"
-  name             = local.name
-  kms_key_arn      = module.kms.key_arn
-  alarm_emails     = var.alarm_emails
-  db_instance_ids  = module.shards.instance_ids
-  msk_cluster_name = local.name
-  msk_broker_count = length(var.availability_zones)
-  tags             = local.tags
+  source                = "../../modules/platform"
+  name                  = "tributary-dev"
+  tags                  = local.tags
+  region                = var.region
+  availability_zones    = var.availability_zones
+  alarm_emails          = var.alarm_emails
+  cidr                  = "10.50.0.0/16"
+  single_nat_gateway    = true
+  lake_bucket           = "tributary-dev-lake"
+  noncurrent_days       = 7
+  shard_count           = 2
+  shard_instance_class  = "db.t4g.medium"
+  multi_az              = false
+  backup_retention_days = 3
+  deletion_protection   = false
+  broker_instance_type  = "kafka.t3.small"
+  broker_volume_gb      = 100
+  node_instance_types   = ["t4g.large"]
+  node_min              = 2
+  node_max              = 4
 }

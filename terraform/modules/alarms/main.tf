@@ -18,58 +18,64 @@ resource "aws_sns_topic_subscription" "email" {
   endpoint  = each.value
 }
 
-# Bytes of WAL the oldest replication slot holds back. The CDC reader
-# confirms every few seconds and heartbeats keep idle slots moving, so more
-# than this for five minutes means the reader is not confirming.
-resource "aws_cloudwatch_metric_alarm" "slot_lag" {
-  for_each            = var.db_instance_ids
-  alarm_name          = "${each.value}-replication-slot-lag"
-  alarm_description   = "${each.key}: the oldest logical replication slot holds back more than ${var.slot_lag_bytes} bytes of WAL (is the CDC reader running? docs/operations.md)"
-  namespace           = "AWS/RDS"
-  metric_name         = "OldestReplicationSlotLag"
-  dimensions          = { DBInstanceIdentifier = each.value }
-  statistic           = "Maximum"
-  period              = 60
-  evaluation_periods  = 5
-  threshold           = var.slot_lag_bytes
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "breaching"
-  alarm_actions       = [aws_sns_topic.alarms.arn]
-  ok_actions          = [aws_sns_topic.alarms.arn]
-  tags                = var.tags
+# Per database instance, three alarms:
+# - slot-lag: bytes of WAL the oldest replication slot holds back. The CDC
+#   reader confirms every few seconds and heartbeats keep idle slots moving,
+#   so more than this for five minutes means the reader is not confirming;
+# - free-storage: the instance is running out of disk;
+# - cpu: busy for 15 minutes (time to add a shard? docs/capacity.md).
+locals {
+  db_alarms = {
+    "replication-slot-lag" = {
+      metric     = "OldestReplicationSlotLag"
+      statistic  = "Maximum"
+      period     = 60
+      periods    = 5
+      threshold  = var.slot_lag_bytes
+      comparison = "GreaterThanThreshold"
+      missing    = "breaching"
+      says       = "the oldest logical replication slot holds back more than ${var.slot_lag_bytes} bytes of WAL (is the CDC reader running? docs/operations.md)"
+    }
+    "free-storage" = {
+      metric     = "FreeStorageSpace"
+      statistic  = "Minimum"
+      period     = 300
+      periods    = 2
+      threshold  = var.free_storage_bytes
+      comparison = "LessThanThreshold"
+      missing    = "breaching"
+      says       = "less than ${var.free_storage_bytes} bytes of storage left"
+    }
+    "cpu" = {
+      metric     = "CPUUtilization"
+      statistic  = "Average"
+      period     = 300
+      periods    = 3
+      threshold  = 80
+      comparison = "GreaterThanThreshold"
+      missing    = "missing"
+      says       = "CPU above 80% for 15 minutes (time to add a shard? docs/capacity.md)"
+    }
+  }
+  db_alarm_pairs = {
+    for pair in setproduct(keys(var.db_instance_ids), keys(local.db_alarms)) :
+    "${pair[0]}/${pair[1]}" => { db = pair[0], alarm = pair[1] }
+  }
 }
 
-resource "aws_cloudwatch_metric_alarm" "db_storage" {
-  for_each            = var.db_instance_ids
-  alarm_name          = "${each.value}-free-storage"
-  alarm_description   = "${each.key}: less than ${var.free_storage_bytes} bytes of storage left"
+resource "aws_cloudwatch_metric_alarm" "db" {
+  for_each            = local.db_alarm_pairs
+  alarm_name          = "${var.db_instance_ids[each.value.db]}-${each.value.alarm}"
+  alarm_description   = "${each.value.db}: ${local.db_alarms[each.value.alarm].says}"
   namespace           = "AWS/RDS"
-  metric_name         = "FreeStorageSpace"
-  dimensions          = { DBInstanceIdentifier = each.value }
-  statistic           = "Minimum"
-  period              = 300
-  evaluation_periods  = 2
-  threshold           = var.free_storage_bytes
-  comparison_operator = "LessThanThreshold"
-  treat_missing_data  = "breaching"
-  alarm_actions       = [aws_sns_topic.alarms.arn]
-  ok_actions          = [aws_sns_topic.alarms.arn]
-  tags                = var.tags
-}
-
-resource "aws_cloudwatch_metric_alarm" "db_cpu" {
-  for_each            = var.db_instance_ids
-  alarm_name          = "${each.value}-cpu"
-  alarm_description   = "${each.key}: CPU above 80% for 15 minutes (time to add a shard? docs/capacity.md)"
-  namespace           = "AWS/RDS"
-  metric_name         = "CPUUtilization"
-  dimensions          = { DBInstanceIdentifier = each.value }
-  statistic           = "Average"
-  period              = 300
-  evaluation_periods  = 3
-  threshold           = 80
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "missing"
+  metric_name         = local.db_alarms[each.value.alarm].metric
+  dimensions          = { DBInstanceIdentifier = var.db_instance_ids[each.value.db] }
+  statistic           = local.db_alarms[each.value.alarm].statistic
+  period              = local.db_alarms[each.value.alarm].period
+  evaluation_periods  = local.db_alarms[each.value.alarm].periods
+  threshold           = local.db_alarms[each.value.alarm].threshold
+  comparison_operator = local.db_alarms[each.value.alarm].comparison
+  treat_missing_data  = local.db_alarms[each.value.alarm].missing
   alarm_actions       = [aws_sns_topic.alarms.arn]
   ok_actions          = [aws_sns_topic.alarms.arn]
   tags                = var.tags
