@@ -106,7 +106,8 @@ impl StackState {
     }
 }
 
-fn free_port() -> Result<u16> {
+/// A free TCP port on loopback.
+pub(crate) fn free_port() -> Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

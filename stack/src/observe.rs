@@ -15,7 +15,6 @@
 //! scraping the dead address and `ProcessDown` fires: a process that was
 //! running and is not any more is what that alert is for.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -23,12 +22,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::local::{PgInstance, StackState};
+use crate::local::{PgInstance, StackState, free_port};
 use crate::status::ComponentStatus;
 use crate::{Error, Result, io};
 
 /// The alert rules, as shipped in `deploy/prometheus/rules/`.
 pub const RULES: &str = include_str!("../../deploy/prometheus/rules/tributary.yml");
+/// Alertmanager's routing, as shipped in `deploy/prometheus/`.
+pub const ALERTMANAGER: &str = include_str!("../../deploy/prometheus/alertmanager.yml");
 /// The PostgreSQL exporter's extra queries (replication slots).
 pub const PG_QUERIES: &str = include_str!("../../deploy/prometheus/postgres-queries.yml");
 
@@ -177,23 +178,31 @@ pub fn prometheus_config(state_dir: &Path, state: &ObserveState) -> String {
     )
 }
 
-/// Alertmanager's configuration: the routing of
-/// `deploy/prometheus/alertmanager.yml` with one local receiver.
+/// Alertmanager's configuration: the routing and inhibitions of
+/// `deploy/prometheus/alertmanager.yml` (the same file the cluster uses),
+/// with its receivers pointed at `[observe] alert_webhook` and a short
+/// first wait, so a local alert arrives within seconds.
 pub fn alertmanager_config(config: &ObserveConfig) -> String {
-    let receiver = match &config.alert_webhook {
+    let (routing, _) = ALERTMANAGER
+        .split_once("\nreceivers:\n")
+        .expect("deploy/prometheus/alertmanager.yml ends with its receivers");
+    assert!(
+        routing.contains("group_wait: 30s"),
+        "the shipped routing changed"
+    );
+    let routing = routing.replace("group_wait: 30s", "group_wait: 1s");
+    let receiver = |name: &str| match &config.alert_webhook {
         Some(url) => format!(
-            "  - name: local\n    webhook_configs:\n      - url: {}\n        send_resolved: true\n",
+            "  - name: {name}\n    webhook_configs:\n      - url: {}\n        send_resolved: true\n",
             serde_json::Value::String(url.clone())
         ),
-        None => "  - name: local\n".to_string(),
+        None => format!("  - name: {name}\n"),
     };
     format!(
-        "# Written by `tributary up --observe` (stack/src/observe.rs); rewritten on every up.\n\
-         route:\n  receiver: local\n  group_by: [alertname, table, job]\n  group_wait: 1s\n  group_interval: 30s\n  repeat_interval: 4h\n\
-         inhibit_rules:\n\
-         \x20 - source_matchers: ['alertname=\"IngestStopped\"']\n    target_matchers: ['alertname=~\"SilverTableStale.*\"']\n    equal: [table]\n\
-         \x20 - source_matchers: ['alertname=\"SilverTableStaleCritical\"']\n    target_matchers: ['alertname=\"SilverTableStale\"']\n    equal: [table]\n\
-         receivers:\n{receiver}"
+        "# Written by `tributary up --observe` (stack/src/observe.rs) from\n\
+         # deploy/prometheus/alertmanager.yml; rewritten on every up.\n{routing}\nreceivers:\n{}{}",
+        receiver("pager"),
+        receiver("team")
     )
 }
 
@@ -206,13 +215,6 @@ fn find(names: &[&str]) -> Result<PathBuf> {
         .ok_or_else(|| Error::ObserveToolMissing {
             program: names[0].to_string(),
         })
-}
-
-fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(io("finding a free port"))
 }
 
 fn log_files(dir: &Path, name: &str) -> Result<(std::fs::File, std::fs::File)> {
@@ -370,7 +372,49 @@ fn exporter_dsn(pg: &PgInstance) -> String {
     )
 }
 
-fn http() -> reqwest::Client {
+/// `GET url` as JSON; `None` when it does not answer with a 2xx and JSON.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    let r = client.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// Prometheus's instant value of `query` per value of `label`; `None` when
+/// Prometheus does not answer.
+pub async fn query_by_label(
+    client: &reqwest::Client,
+    prom: &str,
+    query: &str,
+    label: &str,
+) -> Option<std::collections::BTreeMap<String, f64>> {
+    let url = reqwest::Url::parse_with_params(&format!("{prom}/api/v1/query"), [("query", query)])
+        .ok()?;
+    let body = get_json(client, url.as_str()).await?;
+    Some(
+        body["data"]["result"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| {
+                let key = r["metric"][label].as_str().unwrap_or("").to_string();
+                let v = r["value"][1].as_str()?.parse::<f64>().ok()?;
+                Some((key, v))
+            })
+            .collect(),
+    )
+}
+
+/// The alerts Prometheus holds (pending and firing), with their labels.
+pub async fn alerts(client: &reqwest::Client, prom: &str) -> Option<Vec<serde_json::Value>> {
+    get_json(client, &format!("{prom}/api/v1/alerts")).await?["data"]["alerts"]
+        .as_array()
+        .cloned()
+}
+
+/// A client for the local monitoring (short timeouts: everything is on
+/// loopback).
+pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
@@ -420,18 +464,9 @@ pub async fn status(state_dir: &Path) -> Vec<ComponentStatus> {
         return vec![];
     };
     let client = http();
-    let get_json = |url: String| {
-        let client = client.clone();
-        async move {
-            let r = client.get(&url).send().await.ok()?;
-            if !r.status().is_success() {
-                return None;
-            }
-            r.json::<serde_json::Value>().await.ok()
-        }
-    };
     let mut out = Vec::new();
-    let targets = get_json(format!("{}/api/v1/targets", state.prometheus_url())).await;
+    let prom = state.prometheus_url();
+    let targets = get_json(&client, &format!("{prom}/api/v1/targets")).await;
     let (healthy, detail) = match &targets {
         Some(t) => {
             let active = t["data"]["activeTargets"].as_array().cloned();
@@ -447,9 +482,8 @@ pub async fn status(state_dir: &Path) -> Vec<ComponentStatus> {
                     )
                 })
                 .collect();
-            let firing = get_json(format!("{}/api/v1/alerts", state.prometheus_url()))
+            let firing = alerts(&client, &prom)
                 .await
-                .and_then(|a| a["data"]["alerts"].as_array().cloned())
                 .unwrap_or_default()
                 .iter()
                 .filter(|a| a["state"] == "firing")
@@ -483,7 +517,11 @@ pub async fn status(state_dir: &Path) -> Vec<ComponentStatus> {
         detail,
         freshness_seconds: None,
     });
-    let am = get_json(format!("{}/api/v2/status", state.alertmanager_url())).await;
+    let am = get_json(
+        &client,
+        &format!("{}/api/v2/status", state.alertmanager_url()),
+    )
+    .await;
     out.push(ComponentStatus {
         component: "alertmanager".into(),
         address: state.alertmanager_url(),
@@ -557,7 +595,17 @@ mod tests {
             alert_webhook: Some("http://127.0.0.1:1/hook".into()),
             ..Default::default()
         };
-        std::fs::write(&am, alertmanager_config(&config)).unwrap();
+        let am_text = alertmanager_config(&config);
+        // The shipped routing and inhibitions, with the local receivers.
+        for kept in [
+            r#"matchers: ['severity="critical"']"#,
+            r#"source_matchers: ['alertname="IngestStopped"']"#,
+            "group_wait: 1s",
+            "http://127.0.0.1:1/hook",
+        ] {
+            assert!(am_text.contains(kept), "{kept} missing from:\n{am_text}");
+        }
+        std::fs::write(&am, am_text).unwrap();
         for (tool, args) in [
             ("promtool", vec!["check", "config"]),
             ("amtool", vec!["check-config"]),

@@ -16,10 +16,9 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::Value;
 use tributary::shutdown_on_signals;
 use tributary_model::domain::TABLES;
-use tributary_stack::observe::ObserveState;
+use tributary_stack::observe::{self, ObserveState};
 use tributary_stack::{ComponentStatus, Config, Platform};
 use tributary_workflows::history::History;
 
@@ -27,8 +26,13 @@ pub async fn run(config: Config, every: Duration, once: bool) -> Result<()> {
     let platform = Platform::load(config)?;
     let shutdown = shutdown_on_signals();
     let colour = !once;
+    // One connection to the run history for the dashboard's life.
+    let history = match platform.lake_config().coordinator_dsn.as_deref() {
+        Some(dsn) => Some(History::connect(dsn).await.map_err(|e| e.to_string())),
+        None => None,
+    };
     loop {
-        let frame = frame(&platform, colour, every).await?;
+        let frame = frame(&platform, history.as_ref(), colour, every).await?;
         let mut out = std::io::stdout().lock();
         if once {
             write!(out, "{frame}")?;
@@ -43,29 +47,6 @@ pub async fn run(config: Config, every: Duration, once: bool) -> Result<()> {
             _ = shutdown.cancelled() => return Ok(()),
         }
     }
-}
-
-/// Prometheus's instant value of `query` per value of `label`.
-async fn by_label(
-    client: &reqwest::Client,
-    prom: &str,
-    query: &str,
-    label: &str,
-) -> Option<BTreeMap<String, f64>> {
-    let url = reqwest::Url::parse_with_params(&format!("{prom}/api/v1/query"), [("query", query)])
-        .ok()?;
-    let body: Value = client.get(url).send().await.ok()?.json().await.ok()?;
-    Some(
-        body["data"]["result"]
-            .as_array()?
-            .iter()
-            .filter_map(|r| {
-                let key = r["metric"][label].as_str().unwrap_or("").to_string();
-                let v = r["value"][1].as_str()?.parse::<f64>().ok()?;
-                Some((key, v))
-            })
-            .collect(),
-    )
 }
 
 fn bold(s: &str, colour: bool) -> String {
@@ -99,7 +80,12 @@ fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
 
-async fn frame(platform: &Platform, colour: bool, every: Duration) -> Result<String> {
+async fn frame(
+    platform: &Platform,
+    history: Option<&std::result::Result<History, String>>,
+    colour: bool,
+    every: Duration,
+) -> Result<String> {
     let mut f = String::new();
     let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
     writeln!(
@@ -127,15 +113,13 @@ async fn frame(platform: &Platform, colour: bool, every: Duration) -> Result<Str
     let observe = ObserveState::load(&platform.config().state_dir)
         .ok()
         .flatten();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let client = observe::http();
     let prom = observe.as_ref().map(|o| o.prometheus_url());
     let q = |query: &'static str, label: &'static str| {
         let (client, prom) = (client.clone(), prom.clone());
         async move {
             match prom {
-                Some(p) => by_label(&client, &p, query, label).await,
+                Some(p) => observe::query_by_label(&client, &p, query, label).await,
                 None => None,
             }
         }
@@ -198,20 +182,8 @@ async fn frame(platform: &Platform, colour: bool, every: Duration) -> Result<Str
             "  – (start the monitoring with `tributary up --observe` for lags, rates and alerts)"
         )?,
         Some(p) => {
-            let alerts: Option<Value> = async {
-                client
-                    .get(format!("{p}/api/v1/alerts"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()
-            }
-            .await;
-            let firing: Vec<String> = alerts
-                .as_ref()
-                .and_then(|a| a["data"]["alerts"].as_array().cloned())
+            let firing: Vec<String> = observe::alerts(&client, p)
+                .await
                 .unwrap_or_default()
                 .iter()
                 .map(|a| {
@@ -235,7 +207,7 @@ async fn frame(platform: &Platform, colour: bool, every: Duration) -> Result<Str
             for a in firing {
                 writeln!(f, "  {a}")?;
             }
-            if let Some(fraud) = by_label(
+            if let Some(fraud) = observe::query_by_label(
                 &client,
                 p,
                 "sum by (rule) (tributary_live_fraud_alerts_total)",
@@ -251,9 +223,9 @@ async fn frame(platform: &Platform, colour: bool, every: Duration) -> Result<Str
     }
 
     writeln!(f, "\n{}", bold("SCHEDULER RUNS", colour))?;
-    match platform.lake_config().coordinator_dsn.as_deref() {
+    match history {
         None => writeln!(f, "  – (no catalog database)")?,
-        Some(dsn) => match History::connect(dsn).await {
+        Some(history) => match history {
             Err(e) => writeln!(f, "  – ({e})")?,
             Ok(history) => {
                 let runs = history.recent(None, 8).await.unwrap_or_default();

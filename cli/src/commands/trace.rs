@@ -126,10 +126,16 @@ pub async fn run(config: Config, order_id: i64) -> Result<()> {
     )?;
     writeln!(out, "|---|---|---|---|---:|---:|---:|")?;
     let mut slowest = 0i64;
+    // Each table's silver commits, read once.
+    let mut records = std::collections::HashMap::new();
     for c in &changes {
-        // Newest first: the last commit still covering it is the first one.
-        let records = freshness::records(&lake, c.table, 1000).await?;
-        let visible_ms = records
+        if !records.contains_key(c.table) {
+            records.insert(c.table, freshness::records(&lake, c.table, 1000).await?);
+        }
+    }
+    for c in &changes {
+        // The earliest commit whose record covers the change's commit.
+        let visible_ms = records[c.table]
             .iter()
             .filter(|(rec, _)| rec.complete_up_to_us >= c.commit_us)
             .filter_map(|(_, ts)| *ts)

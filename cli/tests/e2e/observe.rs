@@ -216,8 +216,22 @@ pub async fn assert_observed(env: &Env, webhook: &mut Webhook) {
         .expect("E2ERoutingCheck", Duration::from_secs(30))
         .await;
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["receiver"], "local", "{body}");
+    // A warning goes to the team (critical ones page), as the shipped
+    // routing says.
+    assert_eq!(body["receiver"], "team", "{body}");
     assert_eq!(body["status"], "firing", "{body}");
+}
+
+/// `tributary probe` (the image's health check): a live `/healthz` passes,
+/// a port nobody listens on fails with the URL in the error.
+pub fn assert_probe(env: &Env) {
+    env.run_ok(&["probe", &format!("{}/healthz", env.url())]);
+    let dead = format!("http://127.0.0.1:{}/healthz", free_port());
+    let out = env.run(&["probe", &dead]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(&dead),
+        "{out:?}"
+    );
 }
 
 /// After the ingester was SIGKILLed: Prometheus keeps scraping its

@@ -239,6 +239,7 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
     }
     super::observe::assert_observed(&env, &mut webhook).await;
     super::observe::assert_top(&env);
+    super::observe::assert_probe(&env);
 
     // Gold reconciles with the source shards.
     env.run_ok(&["etl", "run", "marts"]);
