@@ -149,10 +149,16 @@ pub async fn compare_silver(
                 )
             } else if ty == "double precision" || ty == "real" {
                 // Shortest float text differs between engines ("52" vs "52.0"):
-                // compare floats as decimals with 9 places.
+                // compare floats in billionths, rounded the same way on both
+                // sides from the same IEEE product. Not `x::numeric`:
+                // PostgreSQL casts a float8 to numeric through 15 significant
+                // digits, so 139.82360285249999 became 139.823602852500 and
+                // rounded up where the lake's exact value rounded down.
                 (
-                    format!("round(\"{name}\"::numeric, 9)::text"),
-                    format!("CAST(CAST(\"{name}\" AS DECIMAL(38, 9)) AS VARCHAR)"),
+                    format!("round(((\"{name}\"::float8 * 1e9::float8)::text)::numeric)::text"),
+                    format!(
+                        "CAST(CAST(round(CAST(\"{name}\" AS DOUBLE) * 1000000000.0) AS DECIMAL(38, 0)) AS VARCHAR)"
+                    ),
                 )
             } else {
                 (

@@ -177,7 +177,10 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
         &reqwest::Client::new(),
         format!("{url}/customers"),
         json!({"email": "lonely@example.com", "name": "Lonely", "region": "eu", "country": "NL",
-               "city": "Delft", "address": "Street 2", "lat": 52.1, "lon": 4.4}),
+               "city": "Delft", "address": "Street 2", "lat": 52.1,
+               // A float just below a half billionth: verify must compare it
+               // the same way on both sides (see `checks::compare_silver`).
+               "lon": 139.63732932549982}),
     )
     .await["id"]
         .as_i64()
