@@ -15,6 +15,9 @@
 //! assert!(render().contains(r#"tributary_doc_events_total{table="orders"} 1"#));
 //! ```
 
+pub mod otlp;
+pub mod trace;
+
 use std::net::SocketAddr;
 
 pub use prometheus::core::{Collector, Desc};

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -27,6 +28,7 @@ use tokio_postgres::error::SqlState;
 
 use super::body::{Fields, IdPath, JsonBody};
 use super::clicks::MAX_DEVICE_ID;
+use super::trace::{RequestTrace, now_us};
 use super::{JsonResponse, Shared, is_sql_state};
 use crate::error::{Error, Result};
 use crate::money::{MAX_CENTS, cents_to_json};
@@ -228,6 +230,7 @@ const FIND_KEY: &str = "SELECT request_hash, order_id FROM idempotency_keys WHER
 /// `POST /orders`.
 pub(crate) async fn create(
     State(state): State<Shared>,
+    Extension(trace): Extension<RequestTrace>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> JsonResponse {
@@ -281,6 +284,8 @@ pub(crate) async fn create(
 
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
+    let tx_start = now_us();
+    let tx_span = trace.emit(&tx).await?;
     let order_id: i64 = match &key {
         Some(key) => {
             // A concurrent request with the same key blocks here until the
@@ -347,6 +352,7 @@ pub(crate) async fn create(
         .ok_or_else(|| Error::Internal("order vanished inside its transaction".into()))?;
     write_outbox(&tx, order.customer_id, ORDER_PLACED, &created).await?;
     tx.commit().await?;
+    trace.transaction_span(tx_span, tx_start, "place order", order_id, shard);
     tracing::info!(order_id, shard, lines = lines.len(), "order placed");
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -471,7 +477,12 @@ struct Transitioned {
 
 /// Applies `action` under a row lock, so that concurrent transitions of the
 /// same order serialise and each checks the status the other left.
-async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Transitioned> {
+async fn transition(
+    state: &Shared,
+    trace: &RequestTrace,
+    id: i64,
+    action: Action<'_>,
+) -> Result<Transitioned> {
     let not_found = Error::NotFound {
         entity: "order",
         id,
@@ -481,6 +492,8 @@ async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Trans
     };
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
+    let tx_start = now_us();
+    let tx_span = trace.emit(&tx).await?;
     let row = tx
         .query_opt(
             "SELECT status, (total * 100)::bigint, customer_id FROM orders WHERE id = $1 FOR UPDATE",
@@ -564,6 +577,7 @@ async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Trans
         }
     };
     tx.commit().await?;
+    trace.transaction_span(tx_span, tx_start, action.name(), id, shard);
     tracing::info!(
         order_id = id,
         shard,
@@ -576,8 +590,13 @@ async fn transition(state: &Shared, id: i64, action: Action<'_>) -> Result<Trans
     })
 }
 
-async fn respond(state: &Shared, id: i64, action: Action<'_>) -> JsonResponse {
-    let order = transition(state, id, action)
+async fn respond(
+    state: &Shared,
+    trace: &RequestTrace,
+    id: i64,
+    action: Action<'_>,
+) -> JsonResponse {
+    let order = transition(state, trace, id, action)
         .await?
         .order
         .ok_or_else(|| Error::Internal("transition lost its order".into()))?;
@@ -606,6 +625,7 @@ pub(crate) fn parse_pay(f: &Fields) -> Result<PayRequest> {
 /// payment_id, order}` when the caller reports the card declined.
 pub(crate) async fn pay(
     State(state): State<Shared>,
+    Extension(trace): Extension<RequestTrace>,
     IdPath(id): IdPath,
     JsonBody(body): JsonBody,
 ) -> JsonResponse {
@@ -615,7 +635,7 @@ pub(crate) async fn pay(
         card_fingerprint: req.card_fingerprint.as_deref(),
         outcome: req.outcome,
     };
-    let done = transition(&state, id, action).await?;
+    let done = transition(&state, &trace, id, action).await?;
     let order = done
         .order
         .ok_or_else(|| Error::Internal("transition lost its order".into()))?;
@@ -636,32 +656,49 @@ pub(crate) async fn pay(
 /// `POST /orders/{id}/ship` with `{carrier}`.
 pub(crate) async fn ship(
     State(state): State<Shared>,
+    Extension(trace): Extension<RequestTrace>,
     IdPath(id): IdPath,
     JsonBody(body): JsonBody,
 ) -> JsonResponse {
     body.deny_unknown(&["carrier"])?;
     let carrier = body.string("carrier", 64)?;
-    respond(&state, id, Action::Ship { carrier: &carrier }).await
+    respond(&state, &trace, id, Action::Ship { carrier: &carrier }).await
 }
 
 /// `POST /orders/{id}/deliver`.
-pub(crate) async fn deliver(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
-    respond(&state, id, Action::Deliver).await
+pub(crate) async fn deliver(
+    State(state): State<Shared>,
+    Extension(trace): Extension<RequestTrace>,
+    IdPath(id): IdPath,
+) -> JsonResponse {
+    respond(&state, &trace, id, Action::Deliver).await
 }
 
 /// `POST /orders/{id}/cancel`.
-pub(crate) async fn cancel(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
-    respond(&state, id, Action::Cancel).await
+pub(crate) async fn cancel(
+    State(state): State<Shared>,
+    Extension(trace): Extension<RequestTrace>,
+    IdPath(id): IdPath,
+) -> JsonResponse {
+    respond(&state, &trace, id, Action::Cancel).await
 }
 
 /// `POST /orders/{id}/refund`.
-pub(crate) async fn refund(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
-    respond(&state, id, Action::Refund).await
+pub(crate) async fn refund(
+    State(state): State<Shared>,
+    Extension(trace): Extension<RequestTrace>,
+    IdPath(id): IdPath,
+) -> JsonResponse {
+    respond(&state, &trace, id, Action::Refund).await
 }
 
 /// `DELETE /orders/{id}`: only pending orders may be deleted.
-pub(crate) async fn delete(State(state): State<Shared>, IdPath(id): IdPath) -> Result<StatusCode> {
-    transition(&state, id, Action::Delete).await?;
+pub(crate) async fn delete(
+    State(state): State<Shared>,
+    Extension(trace): Extension<RequestTrace>,
+    IdPath(id): IdPath,
+) -> Result<StatusCode> {
+    transition(&state, &trace, id, Action::Delete).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,106 +8,89 @@
 //! carries them (`--log-json` writes them as JSON fields), and both go back
 //! in the response headers (`x-request-id`, and `traceparent` naming this
 //! service's span), so a client or a gateway can follow the request into
-//! the logs. Handlers read the [`TraceContext`] from the request's
-//! extensions.
+//! the logs. Handlers read the [`RequestTrace`] from the request's
+//! extensions; the order handlers write it into the order's transaction
+//! ([`RequestTrace::emit`]), so it follows the order's changes through the
+//! change reader into the lake (see `tributary_metrics::trace`). With an
+//! OTLP collector configured the request is a server span.
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use rand::RngCore;
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 use tracing::Instrument;
+use tributary_metrics::otlp::{self, Kind, Span};
+pub use tributary_metrics::trace::TraceContext;
+use tributary_metrics::trace::{Origin, WAL_PREFIX};
 
-/// A W3C trace context: 16-byte trace id, 8-byte parent (span) id, flags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TraceContext {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub flags: u8,
+/// The service name of the order API's spans.
+pub const SERVICE: &str = "tributary-oltp";
+
+/// One request's trace: its span, its id and when it arrived.
+#[derive(Clone, Debug)]
+pub struct RequestTrace {
+    pub context: TraceContext,
+    pub request_id: String,
+    pub received_us: i64,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-impl TraceContext {
-    /// Parses a `traceparent` header value (version 00; lower-case hex; an
-    /// all-zero trace or parent id is invalid, as the specification says).
-    pub fn parse(value: &str) -> Option<TraceContext> {
-        let mut parts = value.trim().split('-');
-        let (version, trace, parent, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version != "00" || parts.next().is_some() {
-            return None;
-        }
-        let trace_id = unhex::<16>(trace)?;
-        let span_id = unhex::<8>(parent)?;
-        let flags = unhex::<1>(flags)?[0];
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
-        }
-        Some(TraceContext {
-            trace_id,
-            span_id,
-            flags,
-        })
-    }
-
-    /// A new trace, sampled.
-    pub fn new_trace() -> TraceContext {
-        let mut trace_id = [0u8; 16];
-        rand::rng().fill_bytes(&mut trace_id);
-        trace_id[0] |= 1; // never all zero
-        TraceContext {
-            trace_id,
-            span_id: new_span_id(),
-            flags: 1,
-        }
-    }
-
-    /// The same trace, with this service's own span.
-    pub fn child(&self) -> TraceContext {
-        TraceContext {
-            span_id: new_span_id(),
-            ..*self
-        }
-    }
-
-    pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
-    }
-
-    /// The `traceparent` header value.
-    pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
+impl RequestTrace {
+    /// Writes the trace into the caller's open transaction as a
+    /// transactional logical-decoding message, under a span of its own for
+    /// the transaction; returns that span's context. Call it first in the
+    /// transaction, so the change reader sees it before the rows.
+    pub(crate) async fn emit(&self, tx: &impl GenericClient) -> crate::Result<TraceContext> {
+        let span = self.context.child();
+        let origin = Origin {
+            context: span,
+            request_id: self.request_id.clone(),
+            requested_us: self.received_us,
+        };
+        // Typed parameters: one round trip, no statement to prepare.
+        let content = origin.encode();
+        tx.execute_typed(
+            "SELECT pg_logical_emit_message(true, $1, $2)",
+            &[(&WAL_PREFIX, Type::TEXT), (&content, Type::TEXT)],
         )
+        .await?;
+        Ok(span)
     }
-}
 
-fn new_span_id() -> [u8; 8] {
-    let mut id = [0u8; 8];
-    rand::rng().fill_bytes(&mut id);
-    id[0] |= 1;
-    id
+    /// Records the transaction's span (from `start_us` to now).
+    pub(crate) fn transaction_span(
+        &self,
+        span: TraceContext,
+        start_us: i64,
+        what: &str,
+        order_id: i64,
+        shard: usize,
+    ) {
+        if otlp::enabled() {
+            otlp::record(
+                Span::new(
+                    SERVICE,
+                    format!("{what} transaction"),
+                    Kind::Client,
+                    span,
+                    Some(&self.context),
+                    start_us,
+                    now_us(),
+                )
+                .attr("db.system", "postgresql")
+                .attr("tributary.order_id", order_id)
+                .attr("tributary.shard", shard as i64)
+                .attr("tributary.request_id", self.request_id.clone()),
+            );
+        }
+    }
 }
 
 /// The client's request id when it is a sane token (1–128 visible ASCII
@@ -125,11 +108,12 @@ pub fn request_id(given: Option<&str>) -> String {
 pub(crate) async fn context(mut req: Request, next: Next) -> Response {
     let headers = req.headers();
     let id = request_id(headers.get("x-request-id").and_then(|v| v.to_str().ok()));
-    let trace = headers
+    let received_us = now_us();
+    let parent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map_or_else(TraceContext::new_trace, |t| t.child());
+        .and_then(TraceContext::parse);
+    let trace = parent.map_or_else(TraceContext::new_trace, |t| t.child());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -141,8 +125,33 @@ pub(crate) async fn context(mut req: Request, next: Next) -> Response {
         method = %req.method(),
         route = %route,
     );
-    req.extensions_mut().insert(trace);
+    let method = req.method().to_string();
+    req.extensions_mut().insert(RequestTrace {
+        context: trace,
+        request_id: id.clone(),
+        received_us,
+    });
     let mut response = next.run(req).instrument(span).await;
+    if otlp::enabled() {
+        let status = response.status();
+        let mut span = Span::new(
+            SERVICE,
+            format!("{method} {route}"),
+            Kind::Server,
+            trace,
+            parent.as_ref(),
+            received_us,
+            now_us(),
+        )
+        .attr("http.request.method", method)
+        .attr("http.route", route)
+        .attr("http.response.status_code", i64::from(status.as_u16()))
+        .attr("tributary.request_id", id.clone());
+        if status.is_server_error() {
+            span.error = Some(status.to_string());
+        }
+        otlp::record(span);
+    }
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert("x-request-id", v);
@@ -156,30 +165,6 @@ pub(crate) async fn context(mut req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn traceparent_round_trips_and_refuses_what_the_spec_refuses() {
-        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let t = TraceContext::parse(v).unwrap();
-        assert_eq!(t.header(), v);
-        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        let child = t.child();
-        assert_eq!(child.trace_id, t.trace_id);
-        assert_ne!(child.span_id, t.span_id);
-        for bad in [
-            "",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
-        ] {
-            assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
-        }
-        let new = TraceContext::new_trace();
-        assert_eq!(TraceContext::parse(&new.header()), Some(new));
-    }
 
     #[test]
     fn request_ids_are_kept_when_sane() {
