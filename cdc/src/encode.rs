@@ -124,6 +124,10 @@ impl TableEncoder {
         }
     }
 
+    pub(crate) fn table(&self) -> &str {
+        &self.table
+    }
+
     pub(crate) fn columns(&self) -> &[Column] {
         &self.columns
     }

@@ -101,7 +101,8 @@ pub(crate) async fn run<S: Sink>(
                 crate::metrics::lag_seconds(&label, state.lag_seconds());
                 status.send_status(received, sink.durable()).await?;
                 if let Some(w) = state.take_watermark() {
-                    sink.send(&watermark_topic, &w.key(), &w.to_json()).await?;
+                    sink.send(&watermark_topic, &w.key(), &w.to_json(), &[])
+                        .await?;
                 }
             }
             _ = heartbeat.tick() => {

@@ -322,6 +322,7 @@ where
             &info.topic,
             &serde_json::to_vec(&key).expect("json"),
             &ev.to_json(),
+            &[],
         )
         .await?;
     }
@@ -366,7 +367,7 @@ where
                         info.encoder
                             .event(&meta, None, Some(&row.after), &[], &mut payload);
                         info.counters.event(Op::Read, payload.len());
-                        sink.send(&info.topic, &row.key, &payload).await?;
+                        sink.send(&info.topic, &row.key, &payload, &[]).await?;
                         progress.row();
                     }
                 }

@@ -14,6 +14,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use tributary_metrics::otlp::{self, Kind, Span};
+use tributary_metrics::trace::{
+    HEADER_REQUEST_ID, HEADER_REQUESTED_US, HEADER_TRACEPARENT, Origin, TraceContext, WAL_PREFIX,
+};
 use tributary_model::domain::topic_name;
 use tributary_model::event::{Column, Op};
 use tributary_model::lsn::Lsn;
@@ -49,6 +53,41 @@ struct TxState {
     commit_ts_us: i64,
     xid: u32,
     ordinal: u64,
+    /// The transaction's trace, when its writer left one (see
+    /// `tributary_metrics::trace`).
+    traced: Option<Traced>,
+}
+
+/// The service name of the change reader's spans.
+const SERVICE: &str = "tributary-cdc";
+
+/// A traced transaction: where it came from, the reader's span for it and
+/// the headers its events carry.
+struct Traced {
+    origin: Origin,
+    span: TraceContext,
+    /// `traceparent` (the reader's span), request id, request time.
+    headers: [String; 3],
+    events: i64,
+    tables: Vec<String>,
+}
+
+impl Traced {
+    fn new(origin: Origin) -> Traced {
+        let span = origin.context.child();
+        let headers = [
+            span.header(),
+            origin.request_id.clone(),
+            origin.requested_us.to_string(),
+        ];
+        Traced {
+            origin,
+            span,
+            headers,
+            events: 0,
+            tables: Vec::new(),
+        }
+    }
 }
 
 /// Turns decoded pgoutput into events, one streaming session long.
@@ -68,6 +107,9 @@ pub(crate) struct StreamState<'a> {
     durable_commit: Option<(Lsn, i64)>,
     watermark_sent: Option<Lsn>,
     buffers: Buffers,
+    /// Traced commits not yet durable: (end, commit time, trace). Their
+    /// spans end when the commit is durable in Kafka.
+    pending_traces: VecDeque<(Lsn, i64, Traced)>,
 }
 
 impl<'a> StreamState<'a> {
@@ -90,6 +132,7 @@ impl<'a> StreamState<'a> {
             durable_commit: None,
             watermark_sent: None,
             buffers: Buffers::default(),
+            pending_traces: VecDeque::new(),
         }
     }
 
@@ -117,6 +160,29 @@ impl<'a> StreamState<'a> {
             }
             self.durable_commit = Some((end, ts));
             self.pending_commits.pop_front();
+        }
+        while let Some((end, _, _)) = self.pending_traces.front() {
+            if *end > durable {
+                break;
+            }
+            let (end, commit_ts_us, t) = self.pending_traces.pop_front().expect("a front");
+            otlp::record(
+                Span::new(
+                    SERVICE,
+                    format!("publish {}", t.tables.join(",")),
+                    Kind::Producer,
+                    t.span,
+                    Some(&t.origin.context),
+                    commit_ts_us,
+                    now_us(),
+                )
+                .attr("messaging.system", "kafka")
+                .attr("db.namespace", self.source.db.clone())
+                .attr("tributary.shard", i64::from(self.source.shard))
+                .attr("tributary.commit_lsn", end.to_string())
+                .attr("tributary.events", t.events)
+                .attr("tributary.request_id", t.origin.request_id),
+            );
         }
     }
 
@@ -169,6 +235,7 @@ impl<'a> StreamState<'a> {
                     commit_ts_us,
                     xid,
                     ordinal: 0,
+                    traced: None,
                 });
             }
             PgOutput::Commit {
@@ -176,7 +243,11 @@ impl<'a> StreamState<'a> {
                 commit_ts_us,
                 ..
             } => {
-                self.tx = None;
+                if let Some(t) = self.tx.take().and_then(|t| t.traced)
+                    && otlp::enabled()
+                {
+                    self.pending_traces.push_back((end_lsn, commit_ts_us, t));
+                }
                 self.last_commit_end = end_lsn;
                 self.marked = self.marked.max(end_lsn);
                 self.pending_commits.push_back((end_lsn, commit_ts_us));
@@ -208,6 +279,23 @@ impl<'a> StreamState<'a> {
             PgOutput::Truncate { relations } => {
                 for relation in relations {
                     self.emit(relation, Op::Truncate, None, None, sink).await?;
+                }
+            }
+            // A writer's trace: its transaction's events carry it.
+            PgOutput::Message {
+                transactional: true,
+                prefix,
+                content,
+                ..
+            } if prefix == WAL_PREFIX => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.traced = Origin::decode(&content).map(Traced::new);
+                    if tx.traced.is_none() {
+                        tracing::debug!(
+                            xid = tx.xid,
+                            "a trace message that does not parse; its transaction goes untraced"
+                        );
+                    }
                 }
             }
             // Heartbeats (`tributary.heartbeat`) are transactions of their
@@ -374,7 +462,24 @@ impl<'a> StreamState<'a> {
             &mut bufs.payload,
         );
         rel.counters.event(op, bufs.payload.len());
-        sink.send(&rel.topic, &bufs.key, &bufs.payload).await
+        match tx.traced.as_mut() {
+            None => sink.send(&rel.topic, &bufs.key, &bufs.payload, &[]).await,
+            Some(t) => {
+                t.events += 1;
+                let table = enc.table();
+                if !t.tables.iter().any(|x| x == table) {
+                    t.tables.push(table.to_string());
+                }
+                let [parent, request, requested] = &t.headers;
+                let headers = [
+                    (HEADER_TRACEPARENT, parent.as_bytes()),
+                    (HEADER_REQUEST_ID, request.as_bytes()),
+                    (HEADER_REQUESTED_US, requested.as_bytes()),
+                ];
+                sink.send(&rel.topic, &bufs.key, &bufs.payload, &headers)
+                    .await
+            }
+        }
     }
 }
 
@@ -427,6 +532,8 @@ mod tests {
     #[derive(Default)]
     struct Recording {
         sent: Mutex<Vec<Sent>>,
+        /// Each event's headers, in the order sent.
+        headers: Mutex<Vec<Vec<(String, String)>>>,
         marks: Mutex<Vec<Lsn>>,
         durable: AtomicU64,
     }
@@ -459,11 +566,23 @@ mod tests {
         fn open(_: &KafkaConfig) -> Result<Self> {
             Ok(Recording::default())
         }
-        async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<()> {
+        async fn send(
+            &self,
+            topic: &str,
+            key: &[u8],
+            payload: &[u8],
+            headers: &[(&str, &[u8])],
+        ) -> Result<()> {
             self.sent
                 .lock()
                 .unwrap()
                 .push((topic.to_string(), key.to_vec(), payload.to_vec()));
+            self.headers.lock().unwrap().push(
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v).into_owned()))
+                    .collect(),
+            );
             Ok(())
         }
         fn mark(&self, lsn: Lsn) -> Result<()> {
@@ -563,6 +682,74 @@ mod tests {
             changes.extend(state.handle(m, sink).await.unwrap());
         }
         changes
+    }
+
+    fn message(transactional: bool, prefix: &str, content: &str) -> PgOutput {
+        PgOutput::Message {
+            transactional,
+            lsn: Lsn(0),
+            prefix: prefix.into(),
+            content: content.as_bytes().to_vec().into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writers_trace_rides_on_its_transactions_events_only() {
+        let (mut state, sink) = stream();
+        feed(&mut state, &sink, vec![items(false)]).await;
+        let origin = Origin {
+            context: TraceContext::new_trace(),
+            request_id: "req-7".into(),
+            requested_us: COMMIT_TS - 5_000,
+        };
+        let insert = |id: &str| PgOutput::Insert {
+            relation: ITEMS,
+            new: vec![t(id), t("x"), t("y")],
+        };
+        // Traced; then untraced; then a message that is not a trace, one
+        // that does not parse and a non-transactional one: no headers.
+        let mut msgs = transaction(
+            0x100,
+            7,
+            0x108,
+            vec![
+                message(true, WAL_PREFIX, &origin.encode()),
+                insert("1"),
+                insert("2"),
+            ],
+        );
+        msgs.extend(transaction(0x200, 8, 0x208, vec![insert("3")]));
+        msgs.extend(transaction(
+            0x300,
+            9,
+            0x308,
+            vec![
+                message(true, "someone.else", &origin.encode()),
+                message(true, WAL_PREFIX, "{not json"),
+                message(false, WAL_PREFIX, &origin.encode()),
+                insert("4"),
+            ],
+        ));
+        feed(&mut state, &sink, msgs).await;
+        let headers = sink.headers.lock().unwrap().clone();
+        assert_eq!(headers.len(), 4);
+        assert_eq!(headers[0], headers[1], "one span for the transaction");
+        let h: HashMap<&str, &str> = headers[0]
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let parent = TraceContext::parse(h[HEADER_TRACEPARENT]).unwrap();
+        assert_eq!(parent.trace_id, origin.context.trace_id);
+        assert_ne!(
+            parent.span_id, origin.context.span_id,
+            "the reader's own span is the events' parent"
+        );
+        assert_eq!(h[HEADER_REQUEST_ID], "req-7");
+        assert_eq!(h[HEADER_REQUESTED_US], (COMMIT_TS - 5_000).to_string());
+        assert!(
+            headers[2].is_empty() && headers[3].is_empty(),
+            "{headers:?}"
+        );
     }
 
     #[tokio::test]

@@ -224,6 +224,11 @@ pub fn bronze_schema() -> SchemaRef {
         Field::new("kafka_offset", DataType::Int64, false),
         Field::new("ingested_at", timestamp_type(), false),
         Field::new("date", DataType::Utf8, false),
+        // The writer's trace, when it left one (`tributary_metrics::trace`);
+        // after `date` because older tables gain them at the end.
+        Field::new("traceparent", DataType::Utf8, true),
+        Field::new("request_id", DataType::Utf8, true),
+        Field::new("requested_at", timestamp_type(), true),
     ]))
 }
 

@@ -41,7 +41,7 @@ impl Sink for DiscardSink {
         Ok(DiscardSink::default())
     }
 
-    async fn send(&self, _: &str, _: &[u8], payload: &[u8]) -> Result<()> {
+    async fn send(&self, _: &str, _: &[u8], payload: &[u8], _: &[(&str, &[u8])]) -> Result<()> {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.bytes
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
@@ -73,8 +73,8 @@ mod tests {
     #[tokio::test]
     async fn everything_is_durable_at_once_and_counted() {
         let sink = DiscardSink::open(&KafkaConfig::local("unused:9092")).unwrap();
-        sink.send("t", b"k", b"12345").await.unwrap();
-        sink.send("t", b"k", b"678").await.unwrap();
+        sink.send("t", b"k", b"12345", &[]).await.unwrap();
+        sink.send("t", b"k", b"678", &[]).await.unwrap();
         sink.mark(Lsn(42)).unwrap();
         assert_eq!(sink.durable(), Lsn(42));
         assert_eq!((sink.accepted(), sink.bytes()), (2, 8));

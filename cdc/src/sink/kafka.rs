@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use tributary_kafka::KafkaConfig;
 use tributary_model::lsn::Lsn;
@@ -165,7 +166,13 @@ impl Sink for KafkaSink {
 
     /// Returns once the producer accepted the event. The producer's queue is
     /// bounded (by count and bytes): when it is full this waits.
-    async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<()> {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<()> {
         self.check()?;
         let seq = self.sent.load(Ordering::Relaxed);
         if seq.is_multiple_of(LATENCY_SAMPLE) {
@@ -174,6 +181,16 @@ impl Sink for KafkaSink {
         let mut record = BaseRecord::with_opaque_to(topic, seq as usize)
             .key(key)
             .payload(payload);
+        if !headers.is_empty() {
+            let mut h = OwnedHeaders::new_with_capacity(headers.len());
+            for (key, value) in headers {
+                h = h.insert(Header {
+                    key,
+                    value: Some(*value),
+                });
+            }
+            record = record.headers(h);
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => {

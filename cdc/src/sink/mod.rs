@@ -71,14 +71,16 @@ pub trait Sink: Send + Sync + Sized + 'static {
     /// A sink for one session, with nothing accepted and nothing durable.
     fn open(kafka: &KafkaConfig) -> Result<Self>;
 
-    /// Accepts one event for `topic` under `key`. Returns once the event is
-    /// queued (accepted, not durable). A sink's queue is bounded: when it is
-    /// full this waits, so a slow destination slows the reader.
+    /// Accepts one event for `topic` under `key`, with `headers` (Kafka
+    /// record headers: a traced transaction's context). Returns once the
+    /// event is queued (accepted, not durable). A sink's queue is bounded:
+    /// when it is full this waits, so a slow destination slows the reader.
     fn send(
         &self,
         topic: &str,
         key: &[u8],
         payload: &[u8],
+        headers: &[(&str, &[u8])],
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Every event accepted so far belongs to WAL before `lsn`: once they are

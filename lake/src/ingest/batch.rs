@@ -12,6 +12,12 @@
 //!   bronze behind silver, and the replay after it writes bronze only.
 //! - Every batch records its offsets, even one of replays only, so the
 //!   lake's offsets always reach the end of what was consumed.
+//! - A traced change (one whose event carries a `traceparent` header, see
+//!   `tributary_metrics::trace`) keeps its trace in bronze, and its batch
+//!   is a span of that trace once bronze is committed.
+
+/// The service name of the ingester's spans.
+const SERVICE: &str = "tributary-lake";
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -19,6 +25,8 @@ use std::time::Instant;
 use deltalake::kernel::Transaction;
 use rdkafka::message::OwnedMessage;
 use serde_json::Value;
+use tributary_metrics::otlp::{self, Kind, Span};
+use tributary_metrics::trace::TraceContext;
 use tributary_model::event::Op;
 
 use super::bronze::{now_us, write_append};
@@ -44,6 +52,8 @@ pub(crate) async fn apply_batch(
 /// A batch whose silver part is committed and whose bronze part is not yet.
 pub(crate) struct Staged {
     started: Instant,
+    /// When the batch started, for its spans (microseconds since the epoch).
+    started_us: i64,
     messages: usize,
     /// The next offset per partition once the batch is applied.
     next: HashMap<i32, i64>,
@@ -68,6 +78,7 @@ pub(crate) async fn stage_batch(
     messages: Vec<OwnedMessage>,
 ) -> Result<Staged> {
     let started = Instant::now();
+    let started_us = now_us();
     let Sorted {
         next,
         bronze_rows,
@@ -139,6 +150,7 @@ pub(crate) async fn stage_batch(
     }
     Ok(Staged {
         started,
+        started_us,
         messages: messages.len(),
         next,
         bronze_rows,
@@ -159,6 +171,7 @@ pub(crate) async fn finish_batch(
 ) -> Result<()> {
     let Staged {
         started,
+        started_us,
         messages,
         next,
         bronze_rows,
@@ -186,6 +199,9 @@ pub(crate) async fn finish_batch(
         for (p, v) in &next {
             state.bronze_next.insert(*p, *v);
         }
+        if otlp::enabled() {
+            record_spans(&state.table, &bronze_rows, started_us, silver_ms);
+        }
     }
     crate::metrics::batch(
         &state.table,
@@ -200,4 +216,42 @@ pub(crate) async fn finish_batch(
         .retain(|(p, o)| next.get(p).is_none_or(|n| o >= n));
     tracing::debug!(table = %state.table, messages, bronze = bronze_count, silver = silver_count, silver_ms, ms = started.elapsed().as_millis() as u64, "batch committed");
     failure.map_or(Ok(()), Err)
+}
+
+/// Distinct traces one batch records a span for at most.
+const SPANS_PER_BATCH: usize = 256;
+
+/// One span per traced transaction in the batch: from the batch's start
+/// until its bronze commit, under the change reader's span (the events'
+/// `traceparent` header, kept in bronze).
+fn record_spans(table: &str, bronze_rows: &[Value], started_us: i64, silver_ms: u64) {
+    let mut seen: HashMap<&str, i64> = HashMap::new();
+    for row in bronze_rows {
+        if let Some(tp) = row.get("traceparent").and_then(Value::as_str)
+            && (seen.len() < SPANS_PER_BATCH || seen.contains_key(tp))
+        {
+            *seen.entry(tp).or_default() += 1;
+        }
+    }
+    let end = now_us();
+    for (tp, events) in seen {
+        let Some(parent) = TraceContext::parse(tp) else {
+            continue;
+        };
+        otlp::record(
+            Span::new(
+                SERVICE,
+                format!("ingest {table}"),
+                Kind::Consumer,
+                parent.child(),
+                Some(&parent),
+                started_us,
+                end,
+            )
+            .attr("messaging.system", "kafka")
+            .attr("tributary.table", table)
+            .attr("tributary.events", events)
+            .attr("tributary.silver_ms", silver_ms as i64),
+        );
+    }
 }

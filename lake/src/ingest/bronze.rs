@@ -9,10 +9,12 @@
 use arrow::array::RecordBatch;
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use serde_json::{Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tributary_metrics::trace::{HEADER_REQUEST_ID, HEADER_REQUESTED_US, HEADER_TRACEPARENT};
 use tributary_model::event::ChangeEvent;
 use tributary_model::pgtype::format_utc_micros;
 
@@ -26,8 +28,30 @@ pub(crate) fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// A header's value as text, when the message has it and it is UTF-8.
+fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a str> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == name)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
 pub(crate) fn bronze_row(ev: &ChangeEvent, m: &OwnedMessage, ingested: &str) -> Value {
     let commit = format_utc_micros(ev.source.ts_us);
+    // The writer's trace (see `tributary_metrics::trace`), checked here:
+    // headers are whatever a producer put there.
+    let traceparent = header(m, HEADER_TRACEPARENT)
+        .and_then(tributary_metrics::trace::TraceContext::parse)
+        .map(|t| t.header());
+    let request_id = traceparent
+        .as_ref()
+        .and(header(m, HEADER_REQUEST_ID))
+        .filter(|r| r.len() <= 128);
+    let requested_at = traceparent
+        .as_ref()
+        .and(header(m, HEADER_REQUESTED_US))
+        .and_then(|us| us.parse::<i64>().ok())
+        .map(format_utc_micros);
     let date = commit[..10].to_string();
     json!({
         "event_id": ev.event_id,
@@ -46,6 +70,9 @@ pub(crate) fn bronze_row(ev: &ChangeEvent, m: &OwnedMessage, ingested: &str) -> 
         "kafka_offset": m.offset(),
         "ingested_at": ingested,
         "date": date,
+        "traceparent": traceparent,
+        "request_id": request_id,
+        "requested_at": requested_at,
     })
 }
 
@@ -80,6 +107,11 @@ pub(crate) async fn append_to(
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
         .with_commit_properties(props);
+    if layer == "bronze" {
+        // Tables written before a column was added to the bronze schema
+        // (the trace columns) take it on their next append.
+        w = w.with_schema_mode(SchemaMode::Merge);
+    }
     if let Some(p) = partition {
         w = w.with_partition_columns([p.to_string()]);
     }

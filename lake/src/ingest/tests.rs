@@ -1035,3 +1035,84 @@ async fn apply_or_stop(
     stop_or_fail(states, stopped, topic, e)?;
     Ok(true)
 }
+
+/// A message with a writer's trace in its headers.
+fn traced_msg(e: &ChangeEvent, offset: i64, traceparent: &str) -> OwnedMessage {
+    use rdkafka::message::Header;
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: tributary_metrics::trace::HEADER_TRACEPARENT,
+            value: Some(traceparent),
+        })
+        .insert(Header {
+            key: tributary_metrics::trace::HEADER_REQUEST_ID,
+            value: Some("req-1"),
+        })
+        .insert(Header {
+            key: tributary_metrics::trace::HEADER_REQUESTED_US,
+            value: Some("1764140000000000"),
+        });
+    OwnedMessage::new(
+        Some(e.to_json()),
+        Some(b"k".to_vec()),
+        TOPIC.into(),
+        Timestamp::NotAvailable,
+        0,
+        offset,
+        Some(headers),
+    )
+}
+
+#[tokio::test]
+async fn bronze_keeps_the_writers_trace_and_older_tables_take_the_trace_columns() {
+    use arrow::datatypes::Schema;
+    let (_dir, lake) = new_lake();
+    // A bronze table written before the trace columns existed.
+    let full = crate::schema::bronze_schema();
+    let old = std::sync::Arc::new(Schema::new(
+        full.fields()
+            .iter()
+            .filter(|f| !["traceparent", "request_id", "requested_at"].contains(&f.name().as_str()))
+            .cloned()
+            .collect::<Vec<_>>(),
+    ));
+    let first = ev(Op::Create, 1, "ann", 100, 1);
+    let row = super::bronze::bronze_row(&first, &msg(&first, 0, 0), "2026-11-26T07:00:00.000000Z");
+    let batch = crate::schema::rows_to_batch(old, &[row]).unwrap();
+    super::bronze::write_append(
+        &lake,
+        "bronze",
+        "customers",
+        batch,
+        Some("date"),
+        lake.commit_properties(),
+    )
+    .await
+    .unwrap();
+    let mut state = load_state(&lake, "g", "customers", TOPIC, 1).await.unwrap();
+    // Offset 0 was "consumed" by the old writer; now one traced, one
+    // untraced and one whose header is not a trace context.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let batch = vec![
+        traced_msg(&ev(Op::Create, 2, "bob", 200, 1), 1, tp),
+        msg(&ev(Op::Create, 3, "cy", 300, 1), 0, 2),
+        traced_msg(&ev(Op::Create, 4, "di", 400, 1), 3, "garbage"),
+    ];
+    apply_batch(&lake, "g", &mut state, batch).await.unwrap();
+    let got = rows(
+        &lake,
+        "bronze",
+        "customers",
+        "SELECT kafka_offset, traceparent, request_id, CAST(requested_at AS BIGINT) FROM t ORDER BY kafka_offset",
+    )
+    .await;
+    assert_eq!(
+        got,
+        vec![
+            some(&["0", "NULL", "NULL", "NULL"]),
+            some(&["1", tp, "req-1", "1764140000000000"]),
+            some(&["2", "NULL", "NULL", "NULL"]),
+            some(&["3", "NULL", "NULL", "NULL"]),
+        ]
+    );
+}
