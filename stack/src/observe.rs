@@ -47,6 +47,12 @@ pub struct ObserveConfig {
     /// How long Prometheus keeps samples, e.g. `7d`.
     #[serde(default = "default_retention")]
     pub retention: String,
+    /// An OpenTelemetry collector (OTLP/HTTP, e.g. `http://127.0.0.1:4318`):
+    /// the order API, the change reader and the ingester send it their
+    /// spans (`tributary_metrics::otlp`). Without one, `tributary trace`
+    /// reads what the lake recorded.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
 }
 
 fn default_retention() -> String {

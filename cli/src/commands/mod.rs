@@ -25,6 +25,16 @@ use crate::args::{Cli, Command};
 /// Runs the command `cli` names.
 pub async fn run(cli: Cli) -> Result<()> {
     let config = config::load(cli.config.as_deref())?;
+    if let Some(endpoint) = &config.observe.otlp_endpoint {
+        tributary_metrics::otlp::init(endpoint).map_err(anyhow::Error::msg)?;
+    }
+    let result = dispatch(cli, config).await;
+    // Spans still queued go out before the process ends.
+    tributary_metrics::otlp::flush(std::time::Duration::from_secs(3)).await;
+    result
+}
+
+async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
     match cli.command {
         Command::Up { observe } => stack::up(config, cli.config.as_deref(), observe).await,
         Command::Down { purge } => stack::down(&config, purge),

@@ -10,7 +10,12 @@
 //!   commit whose freshness record (`tributary.freshness` in its
 //!   `commitInfo`, see `lake/src/freshness.rs`) covers the commit time. That
 //!   is an upper bound of when the change became visible, exact to a batch;
-//! - whether gold has the order, and when its fact table was last built.
+//! - whether gold has the order, and when its fact table was last built;
+//! - for a change made through the order API, the request that made it:
+//!   its id, its W3C trace id and when it arrived, which the API wrote into
+//!   the order's transaction and the reader and ingester carried into bronze
+//!   (`tributary_metrics::trace`). With `[observe] otlp_endpoint` the same
+//!   trace is in the collector, one span per stage.
 
 use std::fmt::Write as _;
 
@@ -29,6 +34,14 @@ struct Change {
     ingested_us: i64,
     partition: String,
     offset: String,
+    /// The API request that made the change, when it went through the API.
+    request: Option<Request>,
+}
+
+struct Request {
+    id: String,
+    trace_id: String,
+    received_us: i64,
 }
 
 fn strings(batches: &[arrow::record_batch::RecordBatch]) -> Result<Vec<Vec<String>>> {
@@ -82,18 +95,33 @@ pub async fn run(config: Config, order_id: i64) -> Result<()> {
         ("payments", order_ref(order_id)),
         ("shipments", order_ref(order_id)),
     ] {
-        let sql = format!(
-            "SELECT op, shard, CAST(commit_ts AS BIGINT) AS commit_us, \
-                    CAST(ingested_at AS BIGINT) AS ingested_us, kafka_partition, kafka_offset \
-             FROM bronze.{table} WHERE {filter} ORDER BY commit_us, lsn, ordinal"
-        );
-        let batches = match session.sql(&sql).await {
+        let sql = |trace: &str| {
+            format!(
+                "SELECT op, shard, CAST(commit_ts AS BIGINT) AS commit_us, \
+                        CAST(ingested_at AS BIGINT) AS ingested_us, kafka_partition, kafka_offset, \
+                        {trace} \
+                 FROM bronze.{table} WHERE {filter} ORDER BY commit_us, lsn, ordinal"
+            )
+        };
+        let traced = sql("request_id, CAST(requested_at AS BIGINT), traceparent");
+        let batches = match session.sql(&traced).await {
             Ok(b) => b,
             // A table the lake does not have yet holds no change.
             Err(e) if tributary_model::error_chain(&e).contains("not found") => continue,
+            // A table written before bronze had the trace columns (they
+            // arrive with its next append).
+            Err(e) if tributary_model::error_chain(&e).contains("request_id") => session
+                .sql(&sql("NULL, NULL, NULL"))
+                .await
+                .with_context(|| format!("reading bronze.{table}"))?,
             Err(e) => return Err(e).with_context(|| format!("reading bronze.{table}")),
         };
         for r in strings(&batches)? {
+            let request = (!r[6].is_empty()).then(|| Request {
+                id: r[6].clone(),
+                received_us: r[7].parse().unwrap_or(0),
+                trace_id: r[8].split('-').nth(1).unwrap_or_default().to_string(),
+            });
             changes.push(Change {
                 table,
                 op: r[0].clone(),
@@ -102,6 +130,7 @@ pub async fn run(config: Config, order_id: i64) -> Result<()> {
                 ingested_us: r[3].parse().unwrap_or(0),
                 partition: r[4].clone(),
                 offset: r[5].clone(),
+                request,
             });
         }
     }
@@ -120,11 +149,30 @@ pub async fn run(config: Config, order_id: i64) -> Result<()> {
         clock(first),
         changes[0].shard
     )?;
+    // The API requests behind the changes, each with its trace.
+    let mut requests: Vec<&Request> = Vec::new();
+    for r in changes.iter().filter_map(|c| c.request.as_ref()) {
+        if !requests.iter().any(|q| q.id == r.id) {
+            requests.push(r);
+        }
+    }
+    for r in &requests {
+        writeln!(
+            out,
+            "request {} (trace {}): received at {} UTC",
+            r.id,
+            r.trace_id,
+            clock(r.received_us)
+        )?;
+    }
+    if !requests.is_empty() {
+        writeln!(out)?;
+    }
     writeln!(
         out,
-        "| table | op | source commit | partition/offset | in bronze | silver complete | commit → silver |"
+        "| table | op | request → commit | source commit | partition/offset | in bronze | silver complete | commit → silver |"
     )?;
-    writeln!(out, "|---|---|---|---|---:|---:|---:|")?;
+    writeln!(out, "|---|---|---:|---|---|---:|---:|---:|")?;
     let mut slowest = 0i64;
     // Each table's silver commits, read once.
     let mut records = std::collections::HashMap::new();
@@ -148,11 +196,16 @@ pub async fn run(config: Config, order_id: i64) -> Result<()> {
             }
             None => ("not yet".to_string(), "–".to_string()),
         };
+        let request = c
+            .request
+            .as_ref()
+            .map_or("–".to_string(), |r| after(r.received_us, c.commit_us));
         writeln!(
             out,
-            "| {} | {} | {} | {}/{} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {}/{} | {} | {} | {} |",
             c.table,
             c.op,
+            request,
             clock(c.commit_us),
             c.partition,
             c.offset,

@@ -3,7 +3,9 @@
 //! costs no stack of its own: a real Prometheus finds the processes through
 //! their announcements and scrapes them and the PostgreSQL exporters, loads
 //! the shipped alert rules, reaches Alertmanager, and Alertmanager routes an
-//! alert to a webhook.
+//! alert to a webhook. Also here: one order followed by its W3C trace from
+//! the HTTP request through the reader into bronze, in the lake and in the
+//! spans exported to an OTLP/HTTP receiver.
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +66,14 @@ impl Webhook {
             }
         });
         Webhook { url, bodies }
+    }
+
+    /// The next body, if one comes before `deadline`.
+    pub async fn next_body(&mut self, deadline: tokio::time::Instant) -> Option<String> {
+        tokio::time::timeout_at(deadline, self.bodies.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Waits for a body containing `needle`.
@@ -267,4 +277,225 @@ pub fn assert_top(env: &Env) {
         columns.len() >= 5 && columns[1..5].iter().all(|c| c.parse::<f64>().is_ok()),
         "the orders line lacks a measured column: {orders}\n{top}"
     );
+}
+
+/// An order placed and paid through the API with the client's own trace.
+pub struct TracedOrder {
+    pub id: i64,
+    pub trace_id: String,
+    pub client_span: String,
+}
+
+const PLACE_REQUEST: &str = "e2e-traced-place";
+const PAY_REQUEST: &str = "e2e-traced-pay";
+
+pub async fn place_traced_order(url: &str) -> TracedOrder {
+    let c = reqwest::Client::new();
+    let product = post(
+        &c,
+        format!("{url}/products"),
+        json!({"sku": "TRACED-1", "name": "Traced", "category": "tools", "price": 3.5}),
+    )
+    .await;
+    let customer = post(
+        &c,
+        format!("{url}/customers"),
+        json!({"email": "traced@example.com", "name": "Traced", "region": "eu", "country": "NL",
+               "city": "Delft", "address": "Street 3", "lat": 52.0, "lon": 4.3}),
+    )
+    .await;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let trace_id = format!("{:032x}", nanos | 1 << 100);
+    let client_span = "00f067aa0ba902b7".to_string();
+    let traceparent = format!("00-{trace_id}-{client_span}-01");
+    let r = c
+        .post(format!("{url}/orders"))
+        .header("traceparent", &traceparent)
+        .header("x-request-id", PLACE_REQUEST)
+        .json(&json!({"customer_id": customer["id"], "items": [{"product_id": product["id"], "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let r = c
+        .post(format!("{url}/orders/{id}/pay"))
+        .header("traceparent", &traceparent)
+        .header("x-request-id", PAY_REQUEST)
+        .json(&json!({"method": "card"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    TracedOrder {
+        id,
+        trace_id,
+        client_span,
+    }
+}
+
+/// One exported span: its service and the span as OTLP/JSON.
+struct Exported {
+    service: String,
+    span: Value,
+}
+
+impl Exported {
+    fn field(&self, name: &str) -> &str {
+        self.span[name].as_str().unwrap_or("")
+    }
+}
+
+/// With the pipeline caught up: the order's trace is in bronze, in
+/// `tributary trace`, and in the collector as one chain of spans from the
+/// client's span through the API, its transaction, the reader and the
+/// ingester.
+pub async fn assert_order_traced(env: &Env, collector: &mut Webhook, order: &TracedOrder) {
+    let TracedOrder {
+        id,
+        trace_id,
+        client_span,
+    } = order;
+    let session = env.session().await;
+    for (table, filter, request) in [
+        (
+            "orders",
+            format!(r#"key LIKE '{{"id":{id},%' AND op = 'c'"#),
+            PLACE_REQUEST,
+        ),
+        (
+            "orders",
+            format!(r#"key LIKE '{{"id":{id},%' AND op = 'u'"#),
+            PAY_REQUEST,
+        ),
+        (
+            "order_items",
+            format!(r#"after LIKE '%"order_id":{id},%'"#),
+            PLACE_REQUEST,
+        ),
+        (
+            "payments",
+            format!(r#"after LIKE '%"order_id":{id},%'"#),
+            PAY_REQUEST,
+        ),
+    ] {
+        let batches = session
+            .sql(&format!(
+                "SELECT request_id, traceparent, CAST(requested_at AS BIGINT) <= CAST(commit_ts AS BIGINT) \
+                 FROM bronze.{table} WHERE {filter}"
+            ))
+            .await
+            .unwrap();
+        let rows: Vec<Vec<String>> = batches
+            .iter()
+            .flat_map(|b| {
+                (0..b.num_rows()).map(move |r| {
+                    (0..3)
+                        .map(|c| {
+                            arrow::util::display::array_value_to_string(b.column(c), r).unwrap()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        assert!(
+            !rows.is_empty(),
+            "no change in bronze.{table} where {filter}"
+        );
+        for r in &rows {
+            assert_eq!(r[0], request, "bronze.{table}: {rows:?}");
+            assert!(
+                r[1].starts_with(&format!("00-{trace_id}-")) && !r[1].contains(client_span),
+                "bronze.{table} should carry the trace with the reader's span: {rows:?}"
+            );
+            assert_eq!(r[2], "true", "request after its commit? {rows:?}");
+        }
+    }
+    let out = env.run_ok(&["trace", &id.to_string()]);
+    assert!(
+        out.contains(&format!("request {PLACE_REQUEST} (trace {trace_id})"))
+            && out.contains(&format!("request {PAY_REQUEST} (trace {trace_id})")),
+        "{out}"
+    );
+
+    // The collector: every stage of the placing request, chained.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut spans: Vec<Exported> = Vec::new();
+    let chain = |spans: &[Exported]| -> Option<Vec<String>> {
+        let by = |service: &str, kind: i64, parent: &str| {
+            spans.iter().find(|s| {
+                s.service == service && s.span["kind"] == kind && s.field("parentSpanId") == parent
+            })
+        };
+        let server = by("tributary-oltp", 2, client_span)?;
+        let tx = by("tributary-oltp", 3, server.field("spanId"))?;
+        let cdc = by("tributary-cdc", 4, tx.field("spanId"))?;
+        let names: Vec<String> = spans
+            .iter()
+            .filter(|s| {
+                s.service == "tributary-lake"
+                    && s.span["kind"] == 5
+                    && s.field("parentSpanId") == cdc.field("spanId")
+            })
+            .map(|s| s.field("name").to_string())
+            .collect();
+        (names.contains(&"ingest orders".to_string())
+            && names.contains(&"ingest order_items".to_string()))
+        .then(|| {
+            vec![
+                server.field("name").to_string(),
+                tx.field("name").to_string(),
+                cdc.field("name").to_string(),
+            ]
+        })
+    };
+    let names = loop {
+        if let Some(names) = chain(&spans) {
+            break names;
+        }
+        let Some(body) = collector.next_body(deadline).await else {
+            let seen: Vec<String> = spans
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {} {}",
+                        s.service,
+                        s.field("name"),
+                        s.field("parentSpanId")
+                    )
+                })
+                .collect();
+            panic!("no complete chain of spans for trace {trace_id} within 60 s; got {seen:#?}");
+        };
+        let v: Value = serde_json::from_str(&body).expect("OTLP/JSON");
+        for rs in v["resourceSpans"].as_array().expect("resourceSpans") {
+            let service = rs["resource"]["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["key"] == "service.name")
+                .and_then(|a| a["value"]["stringValue"].as_str())
+                .expect("service.name")
+                .to_string();
+            for ss in rs["scopeSpans"].as_array().unwrap() {
+                for s in ss["spans"].as_array().unwrap() {
+                    let start: u128 = s["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+                    let end: u128 = s["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+                    assert!(end >= start, "{s}");
+                    if s["traceId"] == trace_id.as_str() {
+                        spans.push(Exported {
+                            service: service.clone(),
+                            span: s.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    };
+    assert_eq!(names[0], "POST /orders");
+    assert_eq!(names[1], "place order transaction");
+    assert!(names[2].starts_with("publish "), "{names:?}");
 }

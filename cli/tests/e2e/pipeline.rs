@@ -157,6 +157,12 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
         "TRIBUTARY__OBSERVE__ALERT_WEBHOOK".into(),
         webhook.url.clone(),
     ));
+    // Every process sends its spans to an OTLP/HTTP receiver.
+    let mut collector = super::observe::Webhook::start().await;
+    env.extra.push((
+        "TRIBUTARY__OBSERVE__OTLP_ENDPOINT".into(),
+        collector.url.trim_end_matches("/alerts").to_string(),
+    ));
     env.up();
     // The monitoring too (Prometheus, Alertmanager, the exporters): checked
     // below, once every process runs (`observe.rs`).
@@ -213,6 +219,9 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
         "the restarted service lost the catalog: {products}"
     );
     env.load(30, 15, 7);
+    // Streaming for a while now (not snapshotting): an order with the
+    // client's trace, followed below.
+    let traced = super::observe::place_traced_order(&url).await;
     env.assert_running();
     assert_lake_equals_source(&env).await;
     assert_streamed(&env).await;
@@ -241,6 +250,7 @@ async fn http_changes_flow_to_silver_and_gold_reconciles() {
         assert_eq!(health.trim(), "ok", "/healthz on {addr}");
     }
     super::observe::assert_observed(&env, &mut webhook).await;
+    super::observe::assert_order_traced(&env, &mut collector, &traced).await;
     super::observe::assert_top(&env);
     super::observe::assert_probe(&env);
 
