@@ -197,8 +197,21 @@ pub async fn check_broker(config: &KafkaConfig, timeout: Duration) -> Result<()>
     .map_err(|e| Error::Internal(format!("metadata task: {e}")))?
 }
 
+/// Attempts of [`ensure_topics`] when the broker times out.
+const CREATE_ATTEMPTS: u32 = 3;
+
+fn timed_out(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut
+    )
+}
+
 /// Creates the topics that do not exist yet, with `config.partitions`
-/// partitions (topics are never auto-created).
+/// partitions (topics are never auto-created). Creating is idempotent, so
+/// a broker that times out (a busy one: the local broker under the full
+/// test suite once did not answer within the 10 s socket timeout) is asked
+/// again, up to [`CREATE_ATTEMPTS`] times.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(config)
         .create()
@@ -208,22 +221,29 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<()
         .map(|t| NewTopic::new(t, config.partitions, TopicReplication::Fixed(1)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics(new.iter(), &opts)
-        .await
-        .map_err(kafka_err("creating topics"))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(Error::Kafka {
+    let mut attempt = 1;
+    loop {
+        let failed = match admin.create_topics(new.iter(), &opts).await {
+            Ok(results) => results.into_iter().find_map(|r| match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
+                Err((topic, code)) => Some(Error::Kafka {
                     context: format!("creating topic {topic}"),
                     source: KafkaError::AdminOp(code),
-                });
-            }
+                }),
+            }),
+            Err(e) => Some(kafka_err("creating topics")(e)),
+        };
+        let Some(err) = failed else {
+            return Ok(());
+        };
+        let retry = matches!(&err, Error::Kafka { source: KafkaError::AdminOp(code), .. } if timed_out(*code));
+        if !retry || attempt == CREATE_ATTEMPTS {
+            return Err(err);
         }
+        tracing::warn!(attempt, error = %err, "the broker timed out creating topics; asking again");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        attempt += 1;
     }
-    Ok(())
 }
 
 /// The partitions of `topic` (0 when it does not exist). Blocking.
