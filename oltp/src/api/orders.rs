@@ -28,7 +28,7 @@ use tokio_postgres::error::SqlState;
 
 use super::body::{Fields, IdPath, JsonBody};
 use super::clicks::MAX_DEVICE_ID;
-use super::trace::{RequestTrace, now_us};
+use super::trace::{RequestTrace, emit, now_us};
 use super::{JsonResponse, Shared, is_sql_state};
 use crate::error::{Error, Result};
 use crate::money::{MAX_CENTS, cents_to_json};
@@ -285,17 +285,21 @@ pub(crate) async fn create(
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     let tx_start = now_us();
-    let tx_span = trace.emit(&tx).await?;
+    // The first statement also writes the request's trace (see `emit`).
+    let (tx_span, traced) = trace.for_transaction();
     let order_id: i64 = match &key {
         Some(key) => {
             // A concurrent request with the same key blocks here until the
             // first commits (then this inserts nothing) or rolls back.
             let claimed = tx
                 .query_opt(
-                    "INSERT INTO idempotency_keys (key, customer_id, request_hash, order_id)
-                     VALUES ($1, $2, $3, nextval('orders_id_seq'))
-                     ON CONFLICT (key) DO NOTHING RETURNING order_id",
-                    &[key, &order.customer_id, &hash],
+                    &format!(
+                        "INSERT INTO idempotency_keys (key, customer_id, request_hash, order_id)
+                         VALUES ($1, $2, $3, nextval('orders_id_seq'))
+                         ON CONFLICT (key) DO NOTHING RETURNING order_id, {}",
+                        emit(4)
+                    ),
+                    &[key, &order.customer_id, &hash, &traced],
                 )
                 .await?;
             match claimed {
@@ -311,7 +315,10 @@ pub(crate) async fn create(
             }
         }
         None => tx
-            .query_one("SELECT nextval('orders_id_seq')", &[])
+            .query_one(
+                &format!("SELECT nextval('orders_id_seq'), {}", emit(1)),
+                &[&traced],
+            )
             .await?
             .get(0),
     };
@@ -493,11 +500,15 @@ async fn transition(
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     let tx_start = now_us();
-    let tx_span = trace.emit(&tx).await?;
+    // The first statement also writes the request's trace (see `emit`).
+    let (tx_span, traced) = trace.for_transaction();
     let row = tx
         .query_opt(
-            "SELECT status, (total * 100)::bigint, customer_id FROM orders WHERE id = $1 FOR UPDATE",
-            &[&id],
+            &format!(
+                "SELECT status, (total * 100)::bigint, customer_id, {} FROM orders WHERE id = $1 FOR UPDATE",
+                emit(2)
+            ),
+            &[&id, &traced],
         )
         .await?
         .ok_or(not_found)?;
