@@ -11,7 +11,6 @@
 //! from `after` and listed in `unchanged_toast`, never NULL.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tributary_metrics::otlp::{self, Kind, Span};
@@ -504,12 +503,7 @@ fn cells(tuple: &[TupleValue]) -> Vec<Cell<'_>> {
         .collect()
 }
 
-pub(crate) fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use tributary_metrics::otlp::now_us;
 
 #[cfg(test)]
 mod tests {

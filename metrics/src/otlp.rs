@@ -172,6 +172,14 @@ pub fn encode(spans: &[Span]) -> Value {
     json!({ "resourceSpans": resources })
 }
 
+/// Wall-clock time in microseconds since the epoch: the clock every span
+/// (and every process that records one) reads.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 enum Msg {
     Span(Box<Span>),
     Flush(oneshot::Sender<()>),

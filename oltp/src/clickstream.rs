@@ -14,7 +14,7 @@
 //!   a background task keeps trying, and clicks meanwhile count as dropped.
 
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
@@ -22,6 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio_util::sync::CancellationToken;
 use tributary_kafka::KafkaConfig;
+use tributary_metrics::otlp::now_us;
 use tributary_metrics::{IntCounter, IntCounterVec};
 use tributary_model::backoff::Backoff;
 use tributary_model::clickstream::{ClickEvent, ClickKind, clickstream_topic};
@@ -210,13 +211,6 @@ impl Clickstream {
             tracing::warn!(%error, "clickstream events still queued at shutdown are lost");
         }
     }
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -311,24 +311,30 @@ pub async fn place_traced_order(url: &str) -> TracedOrder {
     let trace_id = format!("{:032x}", nanos | 1 << 100);
     let client_span = "00f067aa0ba902b7".to_string();
     let traceparent = format!("00-{trace_id}-{client_span}-01");
-    let r = c
-        .post(format!("{url}/orders"))
-        .header("traceparent", &traceparent)
-        .header("x-request-id", PLACE_REQUEST)
-        .json(&json!({"customer_id": customer["id"], "items": [{"product_id": product["id"], "quantity": 1}]}))
-        .send()
-        .await
-        .unwrap();
+    // A POST with the client's trace and a request id of its own.
+    let traced = async |path: String, request: &str, body: Value| {
+        c.post(format!("{url}{path}"))
+            .header("traceparent", &traceparent)
+            .header("x-request-id", request)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = traced(
+        "/orders".into(),
+        PLACE_REQUEST,
+        json!({"customer_id": customer["id"], "items": [{"product_id": product["id"], "quantity": 1}]}),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
-    let r = c
-        .post(format!("{url}/orders/{id}/pay"))
-        .header("traceparent", &traceparent)
-        .header("x-request-id", PAY_REQUEST)
-        .json(&json!({"method": "card"}))
-        .send()
-        .await
-        .unwrap();
+    let r = traced(
+        format!("/orders/{id}/pay"),
+        PAY_REQUEST,
+        json!({"method": "card"}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     TracedOrder {
         id,

@@ -13,7 +13,6 @@ use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use serde_json::{Value, json};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tributary_metrics::trace::{HEADER_REQUEST_ID, HEADER_REQUESTED_US, HEADER_TRACEPARENT};
 use tributary_model::event::ChangeEvent;
 use tributary_model::pgtype::format_utc_micros;
@@ -21,12 +20,7 @@ use tributary_model::pgtype::format_utc_micros;
 use super::config::SILVER_TARGET_FILE_SIZE;
 use crate::{Error, Lake, Result};
 
-pub(crate) fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use tributary_metrics::otlp::now_us;
 
 /// A header's value as text, when the message has it and it is UTF-8.
 fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a str> {

@@ -19,6 +19,7 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
+pub(crate) use tributary_metrics::otlp::now_us;
 use tributary_metrics::otlp::{self, Kind, Span};
 pub use tributary_metrics::trace::TraceContext;
 use tributary_metrics::trace::{Origin, WAL_PREFIX};
@@ -45,12 +46,6 @@ pub struct RequestTrace {
     pub context: TraceContext,
     pub request_id: String,
     pub received_us: i64,
-}
-
-pub(crate) fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl RequestTrace {
