@@ -25,6 +25,72 @@ pub struct OltpConfig {
     /// Connections per database.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// The product cache (`[oltp.cache]`).
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// The `[oltp.cache]` section: product reads through Redis, invalidated by
+/// the catalog's change stream (see `docs/cache.md`).
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// `false`: product reads always go to PostgreSQL.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `redis://[user:password@]host:port[/db]`; absent: the local stack's
+    /// Redis, when it has one.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// How long a cached product lives without an invalidation: a safety
+    /// net, not the freshness mechanism.
+    #[serde(default = "default_cache_ttl_ms")]
+    pub ttl_ms: u64,
+    /// Per Redis call; past it the read goes to PostgreSQL.
+    #[serde(default = "default_cache_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Reads bypass the cache while the invalidation stream is further
+    /// behind the source than this (or not running), so staleness stays
+    /// bounded by it.
+    #[serde(default = "default_cache_max_lag_ms")]
+    pub max_lag_ms: u64,
+    /// How long the broker may hold the invalidation stream's fetch: the
+    /// lag against the broker's CPU (docs/cache.md has both measured).
+    #[serde(default = "default_cache_fetch_wait_ms")]
+    pub fetch_wait_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_cache_ttl_ms() -> u64 {
+    600_000
+}
+
+fn default_cache_timeout_ms() -> u64 {
+    100
+}
+
+fn default_cache_max_lag_ms() -> u64 {
+    5_000
+}
+
+fn default_cache_fetch_wait_ms() -> u64 {
+    50
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            redis_url: None,
+            ttl_ms: default_cache_ttl_ms(),
+            timeout_ms: default_cache_timeout_ms(),
+            max_lag_ms: default_cache_max_lag_ms(),
+            fetch_wait_ms: default_cache_fetch_wait_ms(),
+        }
+    }
 }
 
 fn default_listen() -> String {
@@ -41,6 +107,7 @@ impl Default for OltpConfig {
             listen: default_listen(),
             sharding: ShardingConfig::default(),
             pool_size: default_pool_size(),
+            cache: CacheConfig::default(),
         }
     }
 }

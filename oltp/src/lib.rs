@@ -4,7 +4,8 @@
 //! service, the shard map and its placement strategies ([`Router`]), the
 //! versioned schema migrations of every database ([`migrate`]), the
 //! service's request metrics ([`metrics`], served as `/metrics`) and the load
-//! generator ([`run_load`]) that drives realistic traffic through the API.
+//! generator ([`run_load`]) that drives realistic traffic through the API,
+//! and the product cache ([`cache`]: Redis, invalidated by the change stream).
 //!
 //! Seams other crates rely on:
 //! - the table names and column types created by [`migrate`] are the contract
@@ -29,6 +30,7 @@
 //! ```
 
 mod api;
+pub mod cache;
 mod clickstream;
 mod config;
 mod error;
@@ -41,7 +43,7 @@ mod routing;
 
 pub use api::Server;
 pub use api::trace;
-pub use config::{GeoPoint, OltpConfig, ShardingConfig, StrategyKind, Topology};
+pub use config::{CacheConfig, GeoPoint, OltpConfig, ShardingConfig, StrategyKind, Topology};
 pub use error::{Error, Result};
 pub use load::{LoadConfig, LoadReport, run_load};
 pub use migrate::{migrate, migrate_to};

@@ -23,10 +23,11 @@ struct Migration {
     sql: &'static str,
 }
 
-const CATALOG: &[Migration] = &[Migration {
-    version: 1,
-    name: "catalog tables",
-    sql: r#"
+const CATALOG: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "catalog tables",
+        sql: r#"
 CREATE SEQUENCE products_id_seq AS bigint;
 CREATE TABLE products (
     id bigint PRIMARY KEY DEFAULT nextval('products_id_seq'),
@@ -58,7 +59,27 @@ CREATE TABLE customer_directory (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "product versions",
+        // The product cache orders a product's states by `version`: a row
+        // read from the database and a change from the stream compare on
+        // it (a commit position cannot be read with a row without a race).
+        // The trigger bumps it on every update, whoever writes.
+        sql: r#"
+ALTER TABLE products ADD COLUMN version bigint NOT NULL DEFAULT 1;
+CREATE FUNCTION products_bump_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.version := OLD.version + 1;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER products_version BEFORE UPDATE ON products
+    FOR EACH ROW EXECUTE FUNCTION products_bump_version();
+"#,
+    },
+];
 
 const SHARD: &[Migration] = &[
     Migration {

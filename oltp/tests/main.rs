@@ -378,6 +378,17 @@ struct Ctx {
     customers: Vec<(i64, usize)>,
 }
 
+async fn touch_product_in_sql(topology: &Topology, product: i64) {
+    db(&topology.catalog)
+        .await
+        .execute(
+            "UPDATE products SET active = active WHERE id = $1",
+            &[&product],
+        )
+        .await
+        .unwrap();
+}
+
 async fn catalog_and_customers(api: &Api, topology: &Topology) -> Ctx {
     let mut products = Vec::new();
     for (i, price) in [19.99, 5.25, 100.0].into_iter().enumerate() {
@@ -413,6 +424,12 @@ async fn catalog_and_customers(api: &Api, topology: &Topology) -> Ctx {
         .await;
     assert_eq!(s, StatusCode::OK, "{p}");
     assert_eq!(p["price"], json!(120.5));
+    // Every update bumps the version the product cache orders states by,
+    // also one written straight to the database.
+    assert_eq!(p["version"], 2, "{p}");
+    touch_product_in_sql(topology, products[2].0).await;
+    let (_, p) = api.get(&format!("/products/{}", products[2].0)).await;
+    assert_eq!(p["version"], 3, "{p}");
     products[2].1 = 120.5;
     let c = db(&topology.catalog).await;
     let sql = "SELECT old_price::text, new_price::text FROM price_changes WHERE product_id = $1";
@@ -704,6 +721,7 @@ async fn list_strategy_rejects_unknown_region(topology: &Topology) {
             regions: [("eu".to_owned(), 1usize), ("us".to_owned(), 0)].into(),
             ..ShardingConfig::default()
         },
+        ..OltpConfig::default()
     };
     let server = Server::bind(config, topology.clone()).await.unwrap();
     let api = Api {

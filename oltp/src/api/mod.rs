@@ -22,8 +22,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tributary_kafka::KafkaConfig;
 
+use crate::cache::ProductCache;
 use crate::clickstream::Clickstream;
-use crate::config::{OltpConfig, Topology};
+use crate::config::{CacheConfig, OltpConfig, Topology};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::migrate::migrate;
@@ -41,6 +42,10 @@ pub(crate) struct AppState {
     directory: RwLock<HashMap<i64, usize>>,
     /// `None`: no broker configured; the click endpoints answer 503.
     pub(crate) clickstream: Option<Clickstream>,
+    /// `None`: product reads go to PostgreSQL.
+    pub(crate) cache: Option<Arc<ProductCache>>,
+    /// Where the cache's invalidation stream reads from.
+    cache_kafka: Option<KafkaConfig>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -126,6 +131,8 @@ impl Server {
             router,
             directory: RwLock::new(HashMap::new()),
             clickstream: None,
+            cache: None,
+            cache_kafka: None,
         });
         let listener = TcpListener::bind(&config.listen)
             .await
@@ -157,6 +164,24 @@ impl Server {
         Ok(self)
     }
 
+    /// Serves product reads through the Redis at `redis_url`, invalidated
+    /// by the products change topic on `kafka` (see [`crate::cache`]).
+    /// Redis need not answer now: until it does, reads go to PostgreSQL.
+    pub fn with_cache(
+        mut self,
+        redis_url: &str,
+        kafka: &KafkaConfig,
+        config: &CacheConfig,
+    ) -> Result<Server> {
+        let cache = ProductCache::new(redis_url, config)?;
+        let state = Arc::get_mut(&mut self.state)
+            .ok_or_else(|| Error::Internal("server state shared before it serves".into()))?;
+        state.cache = Some(Arc::new(cache));
+        state.cache_kafka = Some(kafka.clone());
+        tracing::info!(redis = %crate::cache::describe_url(redis_url), "product cache on");
+        Ok(self)
+    }
+
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -174,11 +199,22 @@ impl Server {
                 }
             })
         };
+        let invalidator = match (&state.cache, &state.cache_kafka) {
+            (Some(cache), Some(kafka)) => Some(tokio::spawn(crate::cache::invalidate::run(
+                cache.clone(),
+                kafka.clone(),
+                shutdown.clone(),
+            ))),
+            _ => None,
+        };
         let served = axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .map_err(|source| Error::Serve { addr, source });
         topic.abort();
+        if let Some(invalidator) = invalidator {
+            invalidator.abort();
+        }
         if state.clickstream.is_some() {
             let flushing = tokio::task::spawn_blocking(move || {
                 if let Some(c) = &state.clickstream {

@@ -9,11 +9,12 @@ use tokio_postgres::error::SqlState;
 
 use super::body::{Fields, IdPath, JsonBody};
 use super::{JsonResponse, Shared, is_sql_state};
+use crate::cache::Loaded;
 use crate::error::{Error, Result};
 use crate::money::{cents_from_json, cents_to_json};
 
-const COLUMNS: &str =
-    "id, sku, name, category, (price * 100)::bigint AS price_cents, active, created_at, updated_at";
+const COLUMNS: &str = "id, sku, name, category, (price * 100)::bigint AS price_cents, active, \
+     created_at, updated_at, version";
 
 /// Catalog listings are capped; the catalog is small by design.
 const LIST_LIMIT: i64 = 10_000;
@@ -45,6 +46,7 @@ fn to_json(row: &Row) -> Value {
         "active": row.get::<_, bool>("active"),
         "created_at": row.get::<_, chrono::DateTime<chrono::Utc>>("created_at"),
         "updated_at": row.get::<_, chrono::DateTime<chrono::Utc>>("updated_at"),
+        "version": row.get::<_, i64>("version"),
     })
 }
 
@@ -90,22 +92,32 @@ pub(crate) async fn list(State(state): State<Shared>) -> JsonResponse {
     ))
 }
 
-/// `GET /products/{id}`.
+/// `GET /products/{id}`: through the product cache when there is one.
 pub(crate) async fn fetch(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
-    let row = state
-        .catalog
-        .get()
-        .await?
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM products WHERE id = $1"),
-            &[&id],
-        )
-        .await?
-        .ok_or(Error::NotFound {
-            entity: "product",
-            id,
-        })?;
-    Ok((StatusCode::OK, Json(to_json(&row))))
+    let load = || async {
+        let row = state
+            .catalog
+            .get()
+            .await?
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM products WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(row.map(|r| Loaded {
+            version: r.get("version"),
+            json: to_json(&r),
+        }))
+    };
+    let product = match &state.cache {
+        Some(cache) => cache.product(id, load).await?,
+        None => load().await?.map(|l| l.json),
+    };
+    let product = product.ok_or(Error::NotFound {
+        entity: "product",
+        id,
+    })?;
+    Ok((StatusCode::OK, Json(product)))
 }
 
 /// `PATCH /products/{id}/price`: the new price and its history row commit together.
