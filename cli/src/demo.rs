@@ -203,10 +203,17 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
     let shutdown = CancellationToken::new();
     let mut oltp_cfg = config.oltp.clone();
     oltp_cfg.listen = "127.0.0.1:0".into();
-    let server = tributary_oltp::Server::bind(oltp_cfg, sources.topology())
+    let mut server = tributary_oltp::Server::bind(oltp_cfg, sources.topology())
         .await?
         .with_clickstream(&kafka)
         .await?;
+    if let Some(url) = platform.redis_url() {
+        server = server.with_cache(&url, &kafka, &config.oltp.cache)?;
+        println!(
+            "  product cache    {}",
+            tributary_oltp::cache::describe_url(&url)
+        );
+    }
     let base_url = format!("http://{}", server.local_addr());
     println!("  order API        {base_url}");
     // Every part of the demo runs in this process: the API's /metrics

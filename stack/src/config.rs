@@ -72,6 +72,13 @@ pub struct StackConfig {
     /// The scheduler's job folder.
     #[serde(default = "default_jobs")]
     pub jobs: PathBuf,
+    /// `tributary up` also starts a Redis for the order service's product
+    /// cache (unless `oltp.cache.redis_url` names another).
+    #[serde(default = "yes")]
+    pub redis: bool,
+    /// The `redis-server` binary; on PATH or in /usr/bin when absent.
+    #[serde(default)]
+    pub redis_bin: Option<PathBuf>,
 }
 
 fn yes() -> bool {

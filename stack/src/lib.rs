@@ -12,7 +12,8 @@
 //! - the local stack ([`Platform::start`], [`down`], [`status`],
 //!   [`StackState`]): PostgreSQL clusters made with the system's
 //!   `initdb`/`pg_ctl` (found by [`postgres::PgTools`]) and a tansu broker
-//!   ([`broker`]), all under the state folder.
+//!   ([`broker`]) and a Redis for the product cache ([`redis`]), all under
+//!   the state folder.
 //! - [`checks`]: whether the pipeline has caught up with the sources and
 //!   whether silver equals them row for row: what `tributary wait` and
 //!   `tributary verify`, the demo, the benchmarks and the tests ask.
@@ -41,11 +42,13 @@ mod local;
 pub mod observe;
 mod platform;
 pub mod postgres;
+pub mod redis;
 mod status;
 
 pub use config::Config;
 pub use local::{BrokerInstance, PgInstance, StackState, down, scheduler_dir};
 pub use platform::{Platform, Sources};
+pub use redis::RedisInstance;
 pub use status::{ComponentStatus, status};
 
 use tributary_model::lsn::Lsn;
@@ -103,6 +106,16 @@ pub enum Error {
         "the tansu broker is not installed: run ./scripts/bootstrap.sh (cargo install tansu --features libsql) or set stack.broker_bin"
     )]
     BrokerNotInstalled,
+    #[error(
+        "redis-server not found: install the `redis-server` package (scripts/bootstrap.sh does), set stack.redis_bin, or stack.redis = false"
+    )]
+    RedisNotInstalled,
+    #[error("Redis did not answer on {url} within 10 s ({reason}); see {log}")]
+    RedisNotReady {
+        url: String,
+        log: String,
+        reason: String,
+    },
     #[error("the broker did not listen on {url} within 30s; see {log}")]
     BrokerNotListening { url: String, log: String },
     #[error("starting PostgreSQL {name}")]

@@ -1,6 +1,7 @@
 //! The local stack: PostgreSQL clusters (N order shards and one catalog)
 //! made with the system's `initdb`/`pg_ctl`, and a Kafka-API broker (tansu)
-//! with durable storage, all under the state folder.
+//! with durable storage, and a Redis for the product cache, all under the
+//! state folder.
 //!
 //! `up` is idempotent: it creates what is missing and starts what is stopped.
 //! Ports are picked free on first `up` and kept in `<state>/stack.json`.
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::postgres::{PgTools, chown_to_server_user, is_root, run};
+use crate::redis::RedisInstance;
 use crate::{Error, Result, broker, io, pg};
 
 /// One PostgreSQL cluster of the stack.
@@ -70,6 +72,10 @@ pub struct StackState {
     pub shards: Vec<PgInstance>,
     pub catalog: PgInstance,
     pub broker: BrokerInstance,
+    /// The product cache; absent with `stack.redis = false` (and in stacks
+    /// made before it existed, until the next `up`).
+    #[serde(default)]
+    pub redis: Option<RedisInstance>,
 }
 
 impl StackState {
@@ -133,7 +139,18 @@ fn plan(config: &Config) -> Result<StackState> {
             port: free_port()?,
             data_dir: config.state_dir.join("broker"),
         },
+        redis: plan_redis(config)?,
     })
+}
+
+fn plan_redis(config: &Config) -> Result<Option<RedisInstance>> {
+    if !config.stack.redis {
+        return Ok(None);
+    }
+    Ok(Some(RedisInstance {
+        port: free_port()?,
+        data_dir: config.state_dir.join("redis"),
+    }))
 }
 
 /// Creates and starts the clusters and the broker that are missing or
@@ -145,13 +162,17 @@ pub(crate) async fn up(config: &Config) -> Result<StackState> {
         config.state_dir.display()
     )))?;
     let state = match StackState::load(&config.state_dir)? {
-        Some(s) => {
+        Some(mut s) => {
             if s.shards.len() != config.stack.shards {
                 return Err(Error::ShardsChanged {
                     state_dir: config.state_dir.display().to_string(),
                     found: s.shards.len(),
                     configured: config.stack.shards,
                 });
+            }
+            if s.redis.is_none() && config.stack.redis {
+                s.redis = plan_redis(config)?;
+                s.save(&config.state_dir)?;
             }
             s
         }
@@ -172,6 +193,10 @@ pub(crate) async fn up(config: &Config) -> Result<StackState> {
     }
     let bin = broker::binary(config.stack.broker_bin.as_deref())?;
     broker::start_detached(&bin, state.broker.port, &state.broker.data_dir).await?;
+    if let Some(redis) = state.redis.as_ref().filter(|_| config.stack.redis) {
+        let bin = crate::redis::binary(config.stack.redis_bin.as_deref())?;
+        crate::redis::start_detached(&bin, redis).await?;
+    }
     Ok(state)
 }
 
@@ -188,6 +213,9 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
             }
         }
         crate::daemon::stop(&state.broker.data_dir, Duration::from_secs(5));
+        if let Some(redis) = &state.redis {
+            crate::daemon::stop(&redis.data_dir, Duration::from_secs(5));
+        }
         if purge {
             for pg in state.all_pg() {
                 let _ = std::fs::remove_dir_all(&pg.data_dir);

@@ -1,6 +1,7 @@
 //! `tributary up --observe`: the local stack's monitoring. A real
-//! Prometheus (Debian's package) scrapes every tributary process and one
-//! PostgreSQL exporter per cluster, evaluates the alert rules of
+//! Prometheus (Debian's package) scrapes every tributary process, one
+//! PostgreSQL exporter per cluster and a Redis exporter for the product
+//! cache, evaluates the alert rules of
 //! `deploy/prometheus/rules/tributary.yml` (the same file the Kubernetes
 //! deployment loads, compiled into the binary) and sends what fires to a
 //! real Alertmanager, which routes it to `[observe] alert_webhook`.
@@ -72,6 +73,9 @@ pub struct ObserveState {
     pub prometheus_port: u16,
     pub alertmanager_port: u16,
     pub exporters: Vec<Exporter>,
+    /// The Redis exporter's port, when the stack has a Redis.
+    #[serde(default)]
+    pub redis_exporter_port: Option<u16>,
 }
 
 impl ObserveState {
@@ -167,6 +171,14 @@ pub fn prometheus_config(state_dir: &Path, state: &ObserveState) -> String {
             )
         })
         .collect();
+    let redis = state
+        .redis_exporter_port
+        .map(|port| {
+            format!(
+                "\x20 - job_name: redis\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n"
+            )
+        })
+        .unwrap_or_default();
     format!(
         "# Written by `tributary up --observe` (stack/src/observe.rs); rewritten on every up.\n\
          global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n\
@@ -174,7 +186,7 @@ pub fn prometheus_config(state_dir: &Path, state: &ObserveState) -> String {
          alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am}\"]\n\
          scrape_configs:\n\
          \x20 - job_name: tributary\n    file_sd_configs:\n      - files: [\"{targets}/*.json\"]\n        refresh_interval: 5s\n\
-         \x20 - job_name: postgres\n    static_configs:\n{exporters}\
+         \x20 - job_name: postgres\n    static_configs:\n{exporters}{redis}\
          \x20 - job_name: prometheus\n    static_configs:\n      - targets: [\"127.0.0.1:{prom}\"]\n\
          \x20 - job_name: alertmanager\n    static_configs:\n      - targets: [\"127.0.0.1:{am}\"]\n",
         rules = d.join("rules").join("tributary.yml").display(),
@@ -248,7 +260,7 @@ pub async fn up(config: &Config, stack: &StackState) -> Result<ObserveState> {
         std::fs::create_dir_all(d.join(sub))
             .map_err(io(format!("creating {}", d.join(sub).display())))?;
     }
-    let state = match ObserveState::load(&config.state_dir)? {
+    let mut state = match ObserveState::load(&config.state_dir)? {
         Some(s) if s.exporters.len() == stack.all_pg().count() => s,
         _ => ObserveState {
             prometheus_port: free_port()?,
@@ -262,8 +274,12 @@ pub async fn up(config: &Config, stack: &StackState) -> Result<ObserveState> {
                     })
                 })
                 .collect::<Result<_>>()?,
+            redis_exporter_port: None,
         },
     };
+    if stack.redis.is_some() && state.redis_exporter_port.is_none() {
+        state.redis_exporter_port = Some(free_port()?);
+    }
     state.save(&config.state_dir)?;
     let write = |path: PathBuf, text: &str| {
         std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
@@ -318,6 +334,21 @@ pub async fn up(config: &Config, stack: &StackState) -> Result<ObserveState> {
             .stdout(out)
             .stderr(err);
         crate::daemon::spawn(c, &e_dir)?;
+    }
+    if let (Some(redis), Some(port)) = (&stack.redis, state.redis_exporter_port) {
+        let r_dir = d.join("exporter-redis");
+        if crate::daemon::alive(&r_dir).is_none() {
+            let exporter = find(&["prometheus-redis-exporter", "redis_exporter"])?;
+            std::fs::create_dir_all(&r_dir).map_err(io(format!("creating {}", r_dir.display())))?;
+            let (out, err) = log_files(&r_dir, "exporter")?;
+            let mut c = Command::new(&exporter);
+            c.arg(format!("-redis.addr={}", redis.url()))
+                .arg(format!("-web.listen-address=127.0.0.1:{port}"))
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            crate::daemon::spawn(c, &r_dir)?;
+        }
     }
     let p_dir = d.join("prometheus");
     if crate::daemon::alive(&p_dir).is_none() {
@@ -560,6 +591,27 @@ pub async fn status(state_dir: &Path) -> Vec<ComponentStatus> {
             freshness_seconds: None,
         });
     }
+    if let Some(port) = state.redis_exporter_port {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let body = match client.get(&url).send().await {
+            Ok(r) => r.text().await.ok(),
+            Err(_) => None,
+        };
+        let (healthy, detail) = match body {
+            Some(b) if b.lines().any(|l| l.trim() == "redis_up 1") => {
+                (true, "exporting the product cache's Redis".to_string())
+            }
+            Some(_) => (false, "cannot reach Redis".into()),
+            None => (false, "not answering".into()),
+        };
+        out.push(ComponentStatus {
+            component: "redis exporter".into(),
+            address: url,
+            healthy,
+            detail,
+            freshness_seconds: None,
+        });
+    }
     out
 }
 
@@ -590,6 +642,7 @@ mod tests {
                 cluster: "shard0".into(),
                 port: 19187,
             }],
+            redis_exporter_port: Some(19121),
         };
         let d = dir(tmp.path());
         std::fs::create_dir_all(d.join("rules")).unwrap();

@@ -7,6 +7,7 @@
 //! | sources | `[sources]` shards and catalog | the stack's clusters |
 //! | Kafka | `[kafka]` | the stack's broker, default prefix and partitions |
 //! | lake | `[lake]` | `<state_dir>/lake` |
+//! | product cache | `oltp.cache.redis_url` | the stack's Redis |
 //! | lake coordinator | `lake.coordinator_dsn` | the `postgres` database of the stack's catalog cluster, else `[sources].catalog` |
 //!
 //! A missing part is an error only when a command needs it: `tributary sql`
@@ -131,6 +132,21 @@ impl Platform {
         self.kafka.as_ref().ok_or(Error::NoKafka)
     }
 
+    /// The product cache's Redis: `oltp.cache.redis_url`, else the local
+    /// stack's; `None` with neither, or with `oltp.cache.enabled = false`.
+    pub fn redis_url(&self) -> Option<String> {
+        let cache = &self.config.oltp.cache;
+        if !cache.enabled {
+            return None;
+        }
+        cache.redis_url.clone().or_else(|| {
+            self.stack
+                .as_ref()
+                .and_then(|s| s.redis.as_ref())
+                .map(|r| r.url())
+        })
+    }
+
     /// The lake's settings, with the coordinator resolved.
     pub fn lake_config(&self) -> &LakeConfig {
         &self.lake
@@ -245,6 +261,10 @@ mod tests {
                 port: 9092,
                 data_dir: "/x/broker".into(),
             },
+            redis: Some(crate::RedisInstance {
+                port: 6399,
+                data_dir: "/x/redis".into(),
+            }),
         }
     }
 
@@ -274,6 +294,7 @@ mod tests {
         assert_eq!(s.cdc_sources().len(), 3);
         assert_eq!(p.kafka().unwrap().brokers, "127.0.0.1:9092");
         assert_eq!(p.lake_config().root, "/s/lake");
+        assert_eq!(p.redis_url().as_deref(), Some("redis://127.0.0.1:6399"));
         assert_eq!(
             p.lake_config().coordinator_dsn.as_deref(),
             Some("host=127.0.0.1 port=5003 user=tributary dbname=postgres")
@@ -287,8 +308,10 @@ mod tests {
             ("TRIBUTARY__SOURCES__CATALOG", "host=c"),
             ("TRIBUTARY__KAFKA__BROKERS", "k:9092"),
             ("TRIBUTARY__LAKE__ROOT", "/lake"),
+            ("TRIBUTARY__OLTP__CACHE__REDIS_URL", "redis://cache:6379"),
         ]);
         let p = Platform::resolve(c, Some(stack()));
+        assert_eq!(p.redis_url().as_deref(), Some("redis://cache:6379"));
         assert_eq!(p.sources().unwrap().shards, ["host=a"]);
         assert_eq!(p.kafka().unwrap().brokers, "k:9092");
         assert_eq!(p.lake_config().root, "/lake");

@@ -103,6 +103,16 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
         },
         freshness_seconds: None,
     });
+    if let Some(redis) = &state.redis {
+        let (healthy, detail) = crate::redis::describe(redis);
+        out.push(ComponentStatus {
+            component: "redis (product cache)".into(),
+            address: redis.url(),
+            healthy,
+            detail,
+            freshness_seconds: None,
+        });
+    }
     let lake_config = platform.lake_config();
     out.push(scheduler(platform, lake_config).await);
     let lake = tributary_lake::Lake::new(lake_config);

@@ -20,6 +20,11 @@ pub async fn run(config: Config, command: OltpCommand) -> Result<()> {
             // without one the click endpoints answer 503.
             if let Ok(kafka) = platform.kafka() {
                 server = server.with_clickstream(kafka).await?;
+                // Product reads through Redis, invalidated by the change
+                // stream on the same broker.
+                if let Some(url) = platform.redis_url() {
+                    server = server.with_cache(&url, kafka, &platform.config().oltp.cache)?;
+                }
             }
             eprintln!("order and catalog API on http://{}", server.local_addr());
             // Its /metrics, to the local stack's Prometheus.

@@ -11,9 +11,13 @@ pub async fn up(config: Config, config_file: Option<&Path>, observe: bool) -> Re
     let platform = Platform::start(config).await?;
     if let Some(s) = platform.stack() {
         println!(
-            "stack is up ({} shards + catalog, broker at {})",
+            "stack is up ({} shards + catalog, broker at {}{})",
             s.shards.len(),
-            s.broker.address()
+            s.broker.address(),
+            s.redis
+                .as_ref()
+                .map(|r| format!(", product cache {}", r.url()))
+                .unwrap_or_default()
         );
         start_scheduler(platform.config(), config_file).await?;
         if observe || platform.config().observe.enabled {
