@@ -151,6 +151,7 @@ pub async fn assert_observed(env: &Env, webhook: &mut Webhook) {
         ("tributary-cdc", 1),
         ("tributary-ingest", 1),
         ("postgres", env.stack_state().all_pg().count()),
+        ("redis", 1),
     ] {
         until(&format!("{n} healthy {job} targets"), 60, || async {
             let h = target_health(&prom, job).await;
@@ -176,6 +177,7 @@ pub async fn assert_observed(env: &Env, webhook: &mut Webhook) {
         )
         .await;
         let slots = query(&prom, "tributary_slot_lag_bytes").await;
+        let redis = query(&prom, "redis_up == 1").await;
         let active = query(&prom, "tributary_slot_active == 1").await;
         let ok = events
             .first()
@@ -183,12 +185,13 @@ pub async fn assert_observed(env: &Env, webhook: &mut Webhook) {
             .is_some_and(|n| n > 0.0)
             && lag.len() == 1
             && slots.len() >= env.stack_state().shards.len()
-            && active.len() == slots.len();
+            && active.len() == slots.len()
+            && redis.len() == 1;
         if ok {
             Ok(())
         } else {
             Err(format!(
-                "events {events:?}, consumer lag {lag:?}, slots {slots:?}, active {active:?}"
+                "events {events:?}, consumer lag {lag:?}, slots {slots:?}, active {active:?}, redis_up {redis:?}"
             ))
         }
     })
