@@ -15,6 +15,7 @@ mod e2e {
     mod bench_fraud;
     mod bench_lake;
     mod bench_workflows;
+    mod cache;
     mod cdc;
     mod chaos;
     mod console;
