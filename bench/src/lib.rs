@@ -29,6 +29,10 @@
 //!   schedules against a polling reference, and takeovers of a SIGKILLed
 //!   leader under many short jobs (no run doubled or lost).
 //!
+//! - [`cache`]: the product cache against PostgreSQL alone under the same
+//!   Zipf browse load while prices change: hit ratio, database reads saved,
+//!   latency, invalidation lag, and a checker that no read was stale.
+//!
 //! - [`capacity`]: not a benchmark but what the benchmarks are for: the
 //!   parts a load needs, from the per-core rates `lake` (and `ssb`) measured.
 //!
@@ -51,6 +55,7 @@
 //! # }
 //! ```
 
+pub mod cache;
 pub mod capacity;
 pub mod cdc;
 mod children;

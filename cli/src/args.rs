@@ -458,6 +458,30 @@ pub enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// The product cache against PostgreSQL alone, on a stack of its own,
+    /// under the same Zipf browse load while prices change: latency, hit
+    /// ratio, database reads saved, invalidation lag (commit to Redis) and
+    /// a stale-read checker. Fails on a stale read or a lag p99 over 500 ms.
+    Cache {
+        /// Products in the catalog.
+        #[arg(long, default_value_t = 10_000)]
+        products: usize,
+        /// Reads per service.
+        #[arg(long, default_value_t = 50_000)]
+        requests: usize,
+        /// Reads in flight.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Zipf exponent of product popularity.
+        #[arg(long, default_value_t = 1.0)]
+        zipf: f64,
+        /// Price changes per second while the reads run.
+        #[arg(long, default_value_t = 20.0)]
+        changes_per_s: f64,
+        /// Keep the bench's temporary stack afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 /// `tributary bench cdc --sink`.

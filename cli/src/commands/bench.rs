@@ -212,6 +212,30 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
             print!("{report}");
             anyhow::ensure!(report.ok(), "a run was doubled, lost or left unfinished");
         }
+        BenchCommand::Cache {
+            products,
+            requests,
+            concurrency,
+            zipf,
+            changes_per_s,
+            keep,
+        } => {
+            let options = tributary_bench::cache::Options {
+                products,
+                requests,
+                concurrency,
+                zipf,
+                changes_per_s,
+                keep,
+                ..Default::default()
+            };
+            let report = tributary_bench::cache::run(&config, &options).await?;
+            print!("{report}");
+            anyhow::ensure!(
+                report.ok(),
+                "a read was stale or the invalidation lag p99 exceeded 500 ms"
+            );
+        }
     }
     Ok(())
 }
