@@ -6,6 +6,16 @@
 //! in-memory book of entities by state, and a target is taken out of the book
 //! while a request on it is in flight, so the generator never races itself.
 //!
+//! Arrivals follow an open model: request n is due at `start + n / rate`,
+//! whatever happened to the requests before it, and each request's latency
+//! is measured from when it was due, not from when it was sent. A slow
+//! server therefore cannot hide its queue by slowing the generator down
+//! (coordinated omission): waiting for one of the `concurrency` slots
+//! counts as latency, and a plan that left more than [`LATE_AFTER`] after
+//! it was due counts as late. The steps of one journey (view, cart, order,
+//! pay) follow one another, so each step's clock starts when the step
+//! before it ended. Latencies go into HDR histograms (`LoadReport`).
+//!
 //! Two knobs shape the traffic for stream processing, both off by default
 //! (then the traffic is exactly what it was without them):
 //! - `browse`: customers get a home country, 1 or 2 usual devices and a card;
@@ -29,13 +39,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -78,10 +89,19 @@ impl Default for LoadConfig {
 }
 
 /// What a load run did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct LoadReport {
     pub requests: u64,
     pub errors: u64,
+    /// Latency by operation, in microseconds, from each request's intended
+    /// send time (see the module doc): HDR histograms, 3 significant digits.
+    pub latency_us: BTreeMap<String, Histogram<u64>>,
+    /// Plans dispatched more than [`LATE_AFTER`] after their intended time
+    /// (every slot busy): the client, not only the server, was behind.
+    pub late: u64,
+    /// The target rate and the rate achieved, requests per second.
+    pub target_rate: f64,
+    pub achieved_rate: f64,
     /// Requests sent, by operation.
     pub by_operation: BTreeMap<String, u64>,
     /// Failed requests (transport errors, 4xx, 5xx), by operation.
@@ -95,9 +115,41 @@ pub struct LoadReport {
 
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+        let quantiles = |h: &Histogram<u64>| {
+            format!(
+                "p50={:.2}ms p90={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+                ms(h, 0.5),
+                ms(h, 0.9),
+                ms(h, 0.99),
+                ms(h, 0.999),
+                h.max() as f64 / 1e3
+            )
+        };
         for (op, n) in &self.by_operation {
             let errors = self.errors_by_operation.get(op).copied().unwrap_or(0);
-            writeln!(f, "{op:<16} requests={n:<8} errors={errors}")?;
+            let latency = self
+                .latency_us
+                .get(op)
+                .map(|h| format!(" {}", quantiles(h)))
+                .unwrap_or_default();
+            let line = format!("{op:<16} requests={n:<8} errors={errors:<6}{latency}");
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        if let Some(all) = self.all_latency() {
+            writeln!(
+                f,
+                "{:<16} requests={:<8} errors={:<6} {}",
+                "all",
+                self.requests,
+                self.errors,
+                quantiles(&all)
+            )?;
+            writeln!(
+                f,
+                "rate: target {:.1}/s, achieved {:.1}/s; latency from intended send time (open model); {} plans dispatched late",
+                self.target_rate, self.achieved_rate, self.late
+            )?;
         }
         for (pattern, n) in &self.incidents {
             writeln!(f, "incident {pattern:<26} labelled={n}")?;
@@ -114,6 +166,24 @@ impl fmt::Display for LoadReport {
 }
 
 impl LoadReport {
+    /// Every operation's latency in one histogram.
+    pub fn all_latency(&self) -> Option<Histogram<u64>> {
+        let mut hs = self.latency_us.values();
+        let mut all = hs.next()?.clone();
+        for h in hs {
+            // Same bounds everywhere (`new_histogram`): cannot fail.
+            let _ = all.add(h);
+        }
+        Some(all)
+    }
+
+    fn observe(&mut self, op: &str, latency: Duration) {
+        self.latency_us
+            .entry(op.to_owned())
+            .or_insert_with(new_histogram)
+            .saturating_record(latency.as_micros() as u64);
+    }
+
     fn record(&mut self, op: &str, ok: bool) {
         self.requests += 1;
         *self.by_operation.entry(op.to_owned()).or_default() += 1;
@@ -122,6 +192,28 @@ impl LoadReport {
             *self.errors_by_operation.entry(op.to_owned()).or_default() += 1;
         }
     }
+}
+
+/// 1 µs to 10 min at 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A plan dispatched later than this after its intended time counts as
+/// late in the report.
+pub const LATE_AFTER: Duration = Duration::from_millis(10);
+
+tokio::task_local! {
+    /// When the next request of this task was meant to be sent: its plan's
+    /// intended time, then the end of the request before it (a journey's
+    /// steps follow one another), or the end of a deliberate wait.
+    static INTENDED: std::cell::Cell<Instant>;
+}
+
+/// Starts the task's latency clock over: what follows is not the
+/// previous request's queue (a deliberate wait ended).
+fn restart_clock() {
+    let _ = INTENDED.try_with(|c| c.set(Instant::now()));
 }
 
 /// How long one request may take before it counts as failed.
@@ -791,11 +883,16 @@ impl Shared {
             ))
         }
         .await;
+        let done = Instant::now();
+        let intended = INTENDED.try_with(|c| c.replace(done)).ok();
         let ok = matches!(&result, Ok((s, _)) if expected(s));
-        self.report
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(op, ok);
+        {
+            let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            report.record(op, ok);
+            if let Some(intended) = intended {
+                report.observe(op, done.saturating_duration_since(intended));
+            }
+        }
         match result {
             Ok(r) => Some(r),
             Err(error) => {
@@ -861,6 +958,7 @@ impl Shared {
                 fraud::Step::Wait(d) => {
                     permit = None;
                     tokio::time::sleep(*d).await;
+                    restart_clock();
                     true
                 }
                 fraud::Step::View { product, device } | fraud::Step::Cart { product, device } => {
@@ -1194,9 +1292,10 @@ pub async fn run_load(config: LoadConfig, shutdown: CancellationToken) -> Result
     let started = Instant::now();
     let deadline = started + config.duration;
     let period = Duration::from_secs_f64(1.0 / config.rate);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ticker.tick().await;
+    // Request n is due at `started + n * period`, whatever happened to the
+    // ones before it (an open model: a slow server does not slow the
+    // arrivals, and its queue shows in the latency).
+    let mut due = 0u32;
 
     // The first request learns the catalog; unreachable service is fatal.
     budget -= 1;
@@ -1287,24 +1386,31 @@ pub async fn run_load(config: LoadConfig, shutdown: CancellationToken) -> Result
             // An incident larger than what is left of the budget.
             break 'dispatch;
         }
-        // A plan of several requests waits for as many ticks, keeping the rate.
-        for _ in 0..plan.cost() {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = tokio::time::sleep_until(deadline) => break 'dispatch,
-                _ = shutdown.cancelled() => break 'dispatch,
-            }
+        // A plan of several requests takes as many arrival slots, keeping
+        // the rate; it is due at its first slot.
+        let intended = started + period * due;
+        due += plan.cost() as u32;
+        let last_slot = started + period * (due - 1);
+        if last_slot >= deadline {
+            break 'dispatch;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(last_slot) => {}
+            _ = shutdown.cancelled() => break 'dispatch,
         }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.map_err(|_| Error::Internal("load semaphore closed".into()))?,
             _ = tokio::time::sleep_until(deadline) => break 'dispatch,
             _ = shutdown.cancelled() => break 'dispatch,
         };
+        if Instant::now().saturating_duration_since(last_slot) > LATE_AFTER {
+            shared.report.lock().unwrap_or_else(|p| p.into_inner()).late += 1;
+        }
         budget -= plan.cost();
         let shared = shared.clone();
-        tasks.spawn(async move {
+        tasks.spawn(INTENDED.scope(std::cell::Cell::new(intended), async move {
             shared.execute(plan, permit).await;
-        });
+        }));
         // Reap finished tasks so the set does not grow with the run.
         while tasks.try_join_next().is_some() {}
     }
@@ -1317,11 +1423,13 @@ pub async fn run_load(config: LoadConfig, shutdown: CancellationToken) -> Result
     } else {
         drain.await;
     }
-    let report = shared
+    let mut report = shared
         .report
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    report.target_rate = config.rate;
+    report.achieved_rate = report.requests as f64 / started.elapsed().as_secs_f64().max(1e-9);
     tracing::info!(
         requests = report.requests,
         errors = report.errors,

@@ -771,6 +771,36 @@ async fn load_generator_drives_traffic(base: &str, topology: &Topology) {
         orders += n;
     }
     assert!(orders > 10, "only {orders} orders");
+    // Every request's latency is in its operation's histogram.
+    let measured: u64 = report.latency_us.values().map(|h| h.len()).sum();
+    assert_eq!(measured, report.requests - 1, "all but the catalog read");
+    assert!((report.achieved_rate - 60.0).abs() < 20.0, "{report}");
+
+    // An open model: with one slot and arrivals far faster than the
+    // service, requests queue, and their latency counts from when each was
+    // due. So the p99 is far above the median time a request takes, which
+    // a closed loop would report, and plans leave late.
+    let report = run_load(
+        LoadConfig {
+            base_url: base.to_owned(),
+            rate: 2000.0,
+            duration: Duration::from_secs(1),
+            concurrency: 1,
+            seed: 9,
+            ..LoadConfig::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    println!("{report}");
+    let all = report.all_latency().expect("latencies recorded");
+    assert!(report.late > 0, "{report}");
+    assert!(report.achieved_rate < 2000.0, "{report}");
+    assert!(
+        all.value_at_quantile(0.99) > 5 * all.value_at_quantile(0.05),
+        "queueing shows in the latency: {report}"
+    );
 
     // Shutdown stops a long run early.
     let stop = CancellationToken::new();
