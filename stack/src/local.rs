@@ -112,43 +112,60 @@ impl StackState {
     }
 }
 
-/// A free TCP port on loopback.
-pub(crate) fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(io("finding a free port"))
+/// Free loopback ports for one plan, all distinct. Each stays bound until
+/// the picker is dropped, so the system cannot hand out one port twice (it
+/// did: a shard and the broker once got the same port, and the broker then
+/// "answered" on the shard's port).
+pub(crate) struct Ports(Vec<TcpListener>);
+
+impl Ports {
+    pub(crate) fn new() -> Ports {
+        Ports(Vec::new())
+    }
+
+    pub(crate) fn next(&mut self) -> Result<u16> {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+        let port = listener
+            .local_addr()
+            .map_err(io("finding a free port"))?
+            .port();
+        self.0.push(listener);
+        Ok(port)
+    }
 }
 
 fn plan(config: &Config) -> Result<StackState> {
     let base = data_base(&config.state_dir)?;
-    let pg = |name: String, database: &str| -> Result<PgInstance> {
+    let mut ports = Ports::new();
+    let mut pg = |name: String, database: &str| -> Result<PgInstance> {
         Ok(PgInstance {
             data_dir: base.join(&name),
             name,
-            port: free_port()?,
+            port: ports.next()?,
             database: database.into(),
         })
     };
+    let shards = (0..config.stack.shards)
+        .map(|i| pg(format!("shard{i}"), "orders"))
+        .collect::<Result<_>>()?;
+    let catalog = pg("catalog".into(), "catalog")?;
     Ok(StackState {
-        shards: (0..config.stack.shards)
-            .map(|i| pg(format!("shard{i}"), "orders"))
-            .collect::<Result<_>>()?,
-        catalog: pg("catalog".into(), "catalog")?,
+        shards,
+        catalog,
         broker: BrokerInstance {
-            port: free_port()?,
+            port: ports.next()?,
             data_dir: config.state_dir.join("broker"),
         },
-        redis: plan_redis(config)?,
+        redis: plan_redis(config, &mut ports)?,
     })
 }
 
-fn plan_redis(config: &Config) -> Result<Option<RedisInstance>> {
+fn plan_redis(config: &Config, ports: &mut Ports) -> Result<Option<RedisInstance>> {
     if !config.stack.redis {
         return Ok(None);
     }
     Ok(Some(RedisInstance {
-        port: free_port()?,
+        port: ports.next()?,
         data_dir: config.state_dir.join("redis"),
     }))
 }
@@ -171,7 +188,7 @@ pub(crate) async fn up(config: &Config) -> Result<StackState> {
                 });
             }
             if s.redis.is_none() && config.stack.redis {
-                s.redis = plan_redis(config)?;
+                s.redis = plan_redis(config, &mut Ports::new())?;
                 s.save(&config.state_dir)?;
             }
             s

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::local::{PgInstance, StackState, free_port};
+use crate::local::{PgInstance, Ports, StackState};
 use crate::status::ComponentStatus;
 use crate::{Error, Result, io};
 
@@ -260,17 +260,18 @@ pub async fn up(config: &Config, stack: &StackState) -> Result<ObserveState> {
         std::fs::create_dir_all(d.join(sub))
             .map_err(io(format!("creating {}", d.join(sub).display())))?;
     }
+    let mut ports = Ports::new();
     let mut state = match ObserveState::load(&config.state_dir)? {
         Some(s) if s.exporters.len() == stack.all_pg().count() => s,
         _ => ObserveState {
-            prometheus_port: free_port()?,
-            alertmanager_port: free_port()?,
+            prometheus_port: ports.next()?,
+            alertmanager_port: ports.next()?,
             exporters: stack
                 .all_pg()
                 .map(|pg| {
                     Ok(Exporter {
                         cluster: pg.name.clone(),
-                        port: free_port()?,
+                        port: ports.next()?,
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -278,8 +279,10 @@ pub async fn up(config: &Config, stack: &StackState) -> Result<ObserveState> {
         },
     };
     if stack.redis.is_some() && state.redis_exporter_port.is_none() {
-        state.redis_exporter_port = Some(free_port()?);
+        state.redis_exporter_port = Some(ports.next()?);
     }
+    // Free the ports for the processes that are to listen on them.
+    drop(ports);
     state.save(&config.state_dir)?;
     let write = |path: PathBuf, text: &str| {
         std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
