@@ -480,7 +480,7 @@ async fn change_prices(
         };
         let (mut redis, fences) = (redis.clone(), fences.clone());
         watchers.push(tokio::spawn(async move {
-            let key = format!("tributary:product:{id}");
+            let key = tributary_oltp::cache::product_key(id);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 let (v, ts): (Option<i64>, Option<i64>) = redis::cmd("HMGET")

@@ -209,10 +209,7 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
         .await?;
     if let Some(url) = platform.redis_url() {
         server = server.with_cache(&url, &kafka, &config.oltp.cache)?;
-        println!(
-            "  product cache    {}",
-            tributary_oltp::cache::describe_url(&url)
-        );
+        println!("  product cache    {}", describe(&url));
     }
     let base_url = format!("http://{}", server.local_addr());
     println!("  order API        {base_url}");

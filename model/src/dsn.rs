@@ -13,21 +13,25 @@
 //!     describe("postgres://cdc:hunter2@db1:5433/orders?sslmode=require"),
 //!     "postgres://cdc@db1:5433/orders?sslmode=require"
 //! );
+//! assert_eq!(
+//!     describe("redis://app:hunter2@cache:6379/2"),
+//!     "redis://app@cache:6379/2"
+//! );
 //! ```
 
-/// The DSN without its password (key-value or URL form). Anything that
-/// cannot be read as either is not shown at all.
+/// The DSN without its password: libpq's key-value form, or a URL of any
+/// scheme (`postgres://`, `redis://`, …). Anything that cannot be read as
+/// either is not shown at all.
 pub fn describe(dsn: &str) -> String {
     let dsn = dsn.trim();
-    if let Some(rest) = dsn
-        .strip_prefix("postgres://")
-        .map(|r| ("postgres://", r))
-        .or_else(|| {
-            dsn.strip_prefix("postgresql://")
-                .map(|r| ("postgresql://", r))
-        })
-    {
-        let (scheme, rest) = rest;
+    let url = dsn.split_once("://").filter(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+    });
+    if let Some((scheme, rest)) = url {
+        let scheme = format!("{scheme}://");
         let (authority, tail) = match rest.find(['/', '?']) {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -175,6 +179,9 @@ mod tests {
             "host=a password = 's3 cret\\'x' user=u",
             "postgresql://u:s3cret@a/db",
             "postgres://a/db?user=u&password=s3cret",
+            "redis://app:s3cret@cache.internal:6379/2",
+            "redis://:s3cret@127.0.0.1:6379",
+            "rediss://u:s3cret@a:6380",
             "host=a password='s3cret",
             "s3cret",
         ] {
@@ -189,5 +196,11 @@ mod tests {
             describe("postgres://a/db?user=u&password=x"),
             "postgres://a/db?user=u"
         );
+        // Other schemes: user and host kept, the password gone.
+        assert_eq!(
+            describe("redis://app:s3cret@cache.internal:6379/2"),
+            "redis://app@cache.internal:6379/2"
+        );
+        assert_eq!(describe("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

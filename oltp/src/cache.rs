@@ -20,8 +20,8 @@
 //!   forgets them, and the consumer starts from the topic's end: an empty
 //!   cache holds nothing stale.
 //! - **Bounded staleness.** Reads use the cache only while the consumer is
-//!   within `max_lag_ms` of the source (it found the topic drained, or
-//!   applied a change committed that recently). Otherwise, and whenever
+//!   within `max_lag_ms` of the source (it has applied everything the topic
+//!   held at an end-offset probe that recent). Otherwise, and whenever
 //!   Redis fails or is slow (`timeout_ms`), reads go to PostgreSQL and are
 //!   counted; after a Redis failure the cache is left alone for a second
 //!   before the next try, so a dead Redis costs no request a timeout.
@@ -35,7 +35,10 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 use tokio::sync::OnceCell;
+use tributary_kafka::KafkaConfig;
 use tributary_metrics::{Histogram, IntCounter, IntCounterVec};
+
+use tributary_model::dsn::describe;
 
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
@@ -169,7 +172,7 @@ return 1
 "#;
 
 /// The key of product `id`.
-pub(crate) fn product_key(id: i64) -> String {
+pub fn product_key(id: i64) -> String {
     format!("tributary:product:{id}")
 }
 
@@ -200,26 +203,12 @@ pub(crate) struct ProductCache {
     ttl_ms: u64,
     timeout: Duration,
     max_lag_ms: u64,
-    /// The invalidation stream's `fetch.wait.max.ms`.
+    /// Where the invalidation stream reads, and its `fetch.wait.max.ms`.
+    pub(crate) kafka: KafkaConfig,
     pub(crate) fetch_wait_ms: u64,
-    /// Unix ms up to which the invalidation stream has applied the source
-    /// (the last drained poll, or the commit time of the last change).
+    /// Unix ms up to which the invalidation stream has applied the source:
+    /// the time of the last end-offset probe it has caught up with.
     pub(crate) applied_through_ms: AtomicU64,
-}
-
-/// `url` with its password replaced, for logs and errors.
-pub fn describe_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -227,12 +216,16 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl ProductCache {
-    pub(crate) fn new(url: &str, config: &CacheConfig) -> Result<ProductCache> {
+    pub(crate) fn new(
+        url: &str,
+        kafka: &KafkaConfig,
+        config: &CacheConfig,
+    ) -> Result<ProductCache> {
         let client = redis::Client::open(url).map_err(|e| Error::Config {
             field: "oltp.cache.redis_url",
             reason: format!(
                 "{} is not a Redis URL ({:?}); expected redis://[user:password@]host:port[/db]",
-                describe_url(url),
+                describe(url),
                 e.kind()
             ),
         })?;
@@ -245,6 +238,7 @@ impl ProductCache {
             ttl_ms: config.ttl_ms,
             timeout: Duration::from_millis(config.timeout_ms.max(1)),
             max_lag_ms: config.max_lag_ms,
+            kafka: kafka.clone(),
             fetch_wait_ms: config.fetch_wait_ms.max(1),
             applied_through_ms: AtomicU64::new(0),
         })
@@ -419,25 +413,4 @@ async fn cached(conn: &mut MultiplexedConnection, key: &str) -> redis::RedisResu
         (Some(_), Some(json)) if !json.is_empty() => serde_json::from_str(&json).ok(),
         _ => None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn described_urls_hide_the_password() {
-        assert_eq!(
-            describe_url("redis://app:s3cret@cache.internal:6379/2"),
-            "redis://app:***@cache.internal:6379/2"
-        );
-        assert_eq!(
-            describe_url("redis://:s3cret@127.0.0.1:6379"),
-            "redis://:***@127.0.0.1:6379"
-        );
-        assert_eq!(
-            describe_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-    }
 }

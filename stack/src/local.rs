@@ -357,3 +357,30 @@ fn stop_cluster(tools: &PgTools, cluster: &PgInstance) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(env: &[(&str, &str)]) -> Config {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        crate::config::load_from(None, &env).unwrap()
+    }
+
+    #[test]
+    fn a_plan_gets_distinct_ports_and_a_redis_unless_switched_off() {
+        let mut ports = Ports::new();
+        let picked: Vec<u16> = (0..50).map(|_| ports.next().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<_> = picked.iter().collect();
+        assert_eq!(distinct.len(), picked.len(), "{picked:?}");
+
+        let on = config(&[("TRIBUTARY__STATE_DIR", "/s")]);
+        let redis = plan_redis(&on, &mut ports).unwrap().expect("on by default");
+        assert_eq!(redis.data_dir, PathBuf::from("/s/redis"));
+        let off = config(&[("TRIBUTARY__STACK__REDIS", "false")]);
+        assert!(plan_redis(&off, &mut ports).unwrap().is_none());
+    }
+}

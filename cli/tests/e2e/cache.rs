@@ -157,19 +157,20 @@ async fn compare_and_set_rules(url: &str) {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let script = redis::Script::new(SET_IF_NEWER);
-    let key = "tributary:test:cas";
-    let mut set = async |version: i64, json: &str| -> i64 {
+    let mut set_at = async |key: &str, version: i64, json: &str, lsn: &str| -> i64 {
         script
             .key(key)
             .arg(version)
             .arg(json)
-            .arg("0/1")
+            .arg(lsn)
             .arg(0)
             .arg(60_000)
             .invoke_async(&mut conn)
             .await
             .unwrap()
     };
+    let key = "tributary:test:cas";
+    let mut set = async |version: i64, json: &str| set_at(key, version, json, "0/1").await;
     assert_eq!(set(3, "").await, 1, "a fence on an empty key lands");
     assert_eq!(set(2, "{\"v\":2}").await, 0, "an older fill is refused");
     assert_eq!(set(3, "{\"v\":3}").await, 1, "a fill completes its fence");
@@ -183,6 +184,10 @@ async fn compare_and_set_rules(url: &str) {
     );
     assert_eq!(set(1 << 52, "").await, 1, "a delete fences");
     assert_eq!(set(5, "{\"v\":5}").await, 0, "nothing replaces a delete");
+    // A fill that completes a fence keeps the fence's commit position.
+    let key2 = "tributary:test:cas2";
+    assert_eq!(set_at(key2, 7, "", "0/AB").await, 1);
+    assert_eq!(set_at(key2, 7, "{}", "").await, 1);
     let (v, p): (i64, String) = redis::cmd("HMGET")
         .arg(key)
         .arg("v")
@@ -191,22 +196,6 @@ async fn compare_and_set_rules(url: &str) {
         .await
         .unwrap();
     assert_eq!((v, p.as_str()), (1 << 52, ""));
-    // A fill that completes a fence keeps the fence's commit position.
-    let key2 = "tributary:test:cas2";
-    let mut set2 = async |version: i64, json: &str, lsn: &str| -> i64 {
-        script
-            .key(key2)
-            .arg(version)
-            .arg(json)
-            .arg(lsn)
-            .arg(0)
-            .arg(60_000)
-            .invoke_async(&mut conn)
-            .await
-            .unwrap()
-    };
-    assert_eq!(set2(7, "", "0/AB").await, 1);
-    assert_eq!(set2(7, "{}", "").await, 1);
     let (p, lsn): (String, String) = redis::cmd("HMGET")
         .arg(key2)
         .arg("p")

@@ -44,8 +44,6 @@ pub(crate) struct AppState {
     pub(crate) clickstream: Option<Clickstream>,
     /// `None`: product reads go to PostgreSQL.
     pub(crate) cache: Option<Arc<ProductCache>>,
-    /// Where the cache's invalidation stream reads from.
-    cache_kafka: Option<KafkaConfig>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -132,7 +130,6 @@ impl Server {
             directory: RwLock::new(HashMap::new()),
             clickstream: None,
             cache: None,
-            cache_kafka: None,
         });
         let listener = TcpListener::bind(&config.listen)
             .await
@@ -173,12 +170,11 @@ impl Server {
         kafka: &KafkaConfig,
         config: &CacheConfig,
     ) -> Result<Server> {
-        let cache = ProductCache::new(redis_url, config)?;
-        let state = Arc::get_mut(&mut self.state)
-            .ok_or_else(|| Error::Internal("server state shared before it serves".into()))?;
-        state.cache = Some(Arc::new(cache));
-        state.cache_kafka = Some(kafka.clone());
-        tracing::info!(redis = %crate::cache::describe_url(redis_url), "product cache on");
+        let cache = ProductCache::new(redis_url, kafka, config)?;
+        Arc::get_mut(&mut self.state)
+            .ok_or_else(|| Error::Internal("server state shared before it serves".into()))?
+            .cache = Some(Arc::new(cache));
+        tracing::info!(redis = %tributary_model::dsn::describe(redis_url), "product cache on");
         Ok(self)
     }
 
@@ -199,14 +195,12 @@ impl Server {
                 }
             })
         };
-        let invalidator = match (&state.cache, &state.cache_kafka) {
-            (Some(cache), Some(kafka)) => Some(tokio::spawn(crate::cache::invalidate::run(
+        let invalidator = state.cache.as_ref().map(|cache| {
+            tokio::spawn(crate::cache::invalidate::run(
                 cache.clone(),
-                kafka.clone(),
                 shutdown.clone(),
-            ))),
-            _ => None,
-        };
+            ))
+        });
         let served = axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await

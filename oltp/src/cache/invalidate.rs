@@ -26,7 +26,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tributary_kafka::KafkaConfig;
 use tributary_model::domain::{TABLES, topic_of};
 use tributary_model::event::{ChangeEvent, Op};
 
@@ -52,10 +51,10 @@ pub(crate) fn products_topic(prefix: &str) -> String {
 
 /// Runs until `shutdown`; errors are retried (the cache is bypassed while
 /// the stream is behind, so nothing is served stale meanwhile).
-pub(crate) async fn run(cache: Arc<ProductCache>, kafka: KafkaConfig, shutdown: CancellationToken) {
-    let topic = products_topic(&kafka.topic_prefix);
+pub(crate) async fn run(cache: Arc<ProductCache>, shutdown: CancellationToken) {
+    let topic = products_topic(&cache.kafka.topic_prefix);
     while !shutdown.is_cancelled() {
-        if let Err(error) = consume(&cache, &kafka, &topic, &shutdown).await {
+        if let Err(error) = consume(&cache, &topic, &shutdown).await {
             tracing::warn!(%error, "product cache invalidation stream failed; restarting it");
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -70,12 +69,11 @@ type Positions = BTreeMap<i32, i64>;
 
 async fn consume(
     cache: &ProductCache,
-    kafka: &KafkaConfig,
     topic: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: Arc<StreamConsumer> = Arc::new(
-        tributary_kafka::consumer_config(kafka, "tributary-product-cache")
+        tributary_kafka::consumer_config(&cache.kafka, "tributary-product-cache")
             .set("fetch.wait.max.ms", cache.fetch_wait_ms.to_string())
             .create()?,
     );
@@ -123,30 +121,24 @@ async fn consume(
             }
             message = consumer.recv() => {
                 let message = message?;
-                let partition = message.partition();
-                let offset = message.offset();
-                if let Some(payload) = message.payload() {
-                    apply(cache, &mut conn, payload, shutdown).await;
-                }
-                loop {
-                    let stored: redis::RedisResult<()> = redis::cmd("HSET")
-                        .arg(&offsets)
-                        .arg(partition)
-                        .arg(offset + 1)
-                        .query_async(&mut conn)
-                        .await;
-                    match stored {
-                        Ok(()) => break,
-                        Err(e) => {
-                            cache.failed(&e);
-                            match redis_connection(cache, shutdown).await {
-                                Some(c) => conn = c,
-                                None => return Ok(()),
-                            }
-                        }
+                let (partition, next) = (message.partition(), message.offset() + 1);
+                let fence = message.payload().and_then(fence_of_payload);
+                // Never skipped: a lost fence could leave a stale value.
+                while let Err(e) = write(cache, &mut conn, fence.as_ref(), &offsets, partition, next).await {
+                    cache.failed(&e);
+                    match redis_connection(cache, shutdown).await {
+                        Some(c) => conn = c,
+                        None => return Ok(()),
                     }
                 }
-                positions.insert(partition, offset + 1);
+                if let Some(f) = &fence {
+                    INVALIDATIONS.inc();
+                    if !f.snapshot {
+                        let lag_us = tributary_metrics::otlp::now_us() - f.ts_us;
+                        LAG.observe(lag_us.max(0) as f64 / 1e6);
+                    }
+                }
+                positions.insert(partition, next);
             }
         }
         if let Some((at, ends)) = &pending
@@ -203,48 +195,60 @@ fn fence_of(event: &ChangeEvent) -> Option<(i64, i64)> {
     Some((id, version))
 }
 
-/// Fences the product of one change, retrying Redis until it lands or
-/// `shutdown`: a change is never skipped, or a stale value could stay.
-async fn apply(
-    cache: &ProductCache,
-    conn: &mut MultiplexedConnection,
-    payload: &[u8],
-    shutdown: &CancellationToken,
-) {
+/// What one change writes to Redis.
+struct Fence {
+    key: String,
+    version: i64,
+    lsn: String,
+    ts_us: i64,
+    snapshot: bool,
+}
+
+/// The fence of one change event; `None` (logged) for an event that does
+/// not parse or names no product version.
+fn fence_of_payload(payload: &[u8]) -> Option<Fence> {
     let event = match ChangeEvent::from_json(payload) {
         Ok(e) => e,
         Err(error) => {
             tracing::error!(%error, "product cache: unreadable change event skipped");
-            return;
+            return None;
         }
     };
     let Some((id, version)) = fence_of(&event) else {
         // Changes from before products had a version: no cache then.
         tracing::debug!(event = %event.event_id, "product change without id or version");
-        return;
+        return None;
     };
-    let key = product_key(id);
-    let lsn = event.source.lsn.to_string();
-    loop {
-        match cache
-            .set_if_newer(conn, &key, version, "", &lsn, event.source.ts_us)
-            .await
-        {
-            Ok(_) => break,
-            Err(e) => {
-                cache.failed(&e);
-                match redis_connection(cache, shutdown).await {
-                    Some(c) => *conn = c,
-                    None => return,
-                }
-            }
-        }
+    Some(Fence {
+        key: product_key(id),
+        version,
+        lsn: event.source.lsn.to_string(),
+        ts_us: event.source.ts_us,
+        snapshot: event.source.snapshot,
+    })
+}
+
+/// The change's fence, then the partition's next offset: a crash between
+/// the two replays the fence, which is idempotent.
+async fn write(
+    cache: &ProductCache,
+    conn: &mut MultiplexedConnection,
+    fence: Option<&Fence>,
+    offsets: &str,
+    partition: i32,
+    next: i64,
+) -> redis::RedisResult<()> {
+    if let Some(f) = fence {
+        cache
+            .set_if_newer(conn, &f.key, f.version, "", &f.lsn, f.ts_us)
+            .await?;
     }
-    INVALIDATIONS.inc();
-    if !event.source.snapshot {
-        let lag_us = tributary_metrics::otlp::now_us() - event.source.ts_us;
-        LAG.observe(lag_us.max(0) as f64 / 1e6);
-    }
+    redis::cmd("HSET")
+        .arg(offsets)
+        .arg(partition)
+        .arg(next)
+        .query_async(conn)
+        .await
 }
 
 #[cfg(test)]
