@@ -241,6 +241,7 @@ fn app(state: Shared) -> axum::Router {
         .route("/products/{id}/cart", post(clicks::add_to_cart))
         .route("/orders", post(orders::create))
         .route("/orders/{id}", get(orders::fetch).delete(orders::delete))
+        .route("/orders/{id}/shipment", get(orders::shipment))
         .route("/orders/{id}/pay", post(orders::pay))
         .route("/orders/{id}/ship", post(orders::ship))
         .route("/orders/{id}/deliver", post(orders::deliver))

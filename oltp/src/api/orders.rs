@@ -395,6 +395,39 @@ pub(crate) async fn fetch(State(state): State<Shared>, IdPath(id): IdPath) -> Js
     Ok((StatusCode::OK, Json(order)))
 }
 
+/// `GET /orders/{id}/shipment`: the order's shipment, or 404 before it
+/// ships (the storefront's order page at the gateway reads it).
+pub(crate) async fn shipment(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
+    let not_found = Error::NotFound {
+        entity: "shipment of order",
+        id,
+    };
+    let Some((_, pool)) = state.shard_for_id(id) else {
+        return Err(not_found);
+    };
+    let row = pool
+        .get()
+        .await?
+        .query_opt(
+            "SELECT id, carrier, status, shipped_at, delivered_at FROM shipments
+             WHERE order_id = $1 ORDER BY id DESC LIMIT 1",
+            &[&id],
+        )
+        .await?
+        .ok_or(not_found)?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "id": row.get::<_, i64>("id"),
+            "order_id": id,
+            "carrier": row.get::<_, String>("carrier"),
+            "status": row.get::<_, String>("status"),
+            "shipped_at": row.get::<_, chrono::DateTime<chrono::Utc>>("shipped_at"),
+            "delivered_at": row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("delivered_at"),
+        })),
+    ))
+}
+
 /// What the (simulated) card processor answered to a payment attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
