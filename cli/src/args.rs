@@ -32,6 +32,10 @@ pub enum Command {
         /// Alertmanager; `[observe] enabled = true` makes it the default.
         #[arg(long)]
         observe: bool,
+        /// Also run this many order-API replicas behind a gateway
+        /// (`tributary gateway`); default `[stack] replicas` (0: none).
+        #[arg(long)]
+        replicas: Option<usize>,
     },
     /// Stop the local stack.
     Down {
@@ -49,6 +53,15 @@ pub enum Command {
         #[command(subcommand)]
         command: OltpCommand,
     },
+    /// The gateway in front of the order API's replicas: load balancing,
+    /// retries, API keys, rate limits, canary weights.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
+    /// Restart the stack's order-API replicas one at a time behind the
+    /// gateway (drain, restart, healthy, next), without failing a request.
+    Rollout,
     /// Drive realistic traffic through the HTTP API.
     Load {
         /// Requests per second.
@@ -195,6 +208,46 @@ pub enum SqlCommand {
         /// Address to listen on (default: [sql] listen, 127.0.0.1:5433).
         #[arg(long)]
         listen: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GatewayCommand {
+    /// Serve with the `[gateway]` configuration until stopped.
+    Run,
+    /// The pools and each replica's health, as a running gateway sees them.
+    State {
+        /// The gateway's admin address (default: the stack's gateway, else
+        /// `[gateway] admin`).
+        #[arg(long)]
+        admin: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a pool's traffic weight at runtime (canary, blue/green).
+    Weight {
+        pool: String,
+        weight: u32,
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Take a replica out of rotation, letting its requests finish
+    /// (`--undo` brings it back).
+    Drain {
+        /// The replica's address, as in `gateway state`.
+        backend: String,
+        #[arg(long)]
+        undo: bool,
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Make a new API key for a client: prints the key once, and the
+    /// `[[gateway.api_keys]]` entry (with its SHA-256) for the config.
+    Key {
+        name: String,
+        /// Requests per second (0: no limit).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
     },
 }
 
@@ -478,6 +531,28 @@ pub enum BenchCommand {
         /// Price changes per second while the reads run.
         #[arg(long, default_value_t = 20.0)]
         changes_per_s: f64,
+        /// Keep the bench's temporary stack afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The gateway against HAProxy on the same replicas and open-model
+    /// load (added latency, CPU per request), and throughput against p99
+    /// through the gateway with 1 to N replicas.
+    Gateway {
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Requests per second of the comparison.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Each run's length, e.g. 20s.
+        #[arg(long, default_value = "20s")]
+        duration: String,
+        /// Rates of the throughput-against-p99 curve, comma-separated
+        /// (empty: no curve).
+        #[arg(long, default_value = "250,500,1000,1500")]
+        curve: String,
+        #[arg(long)]
+        json: bool,
         /// Keep the bench's temporary stack afterwards.
         #[arg(long)]
         keep: bool,

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tributary_cdc::CdcConfig;
+use tributary_gateway::GatewayConfig;
 use tributary_kafka::KafkaConfig;
 use tributary_lake::LakeConfig;
 use tributary_lake::ingest::IngestConfig;
@@ -50,6 +51,8 @@ struct RawConfig {
     sql: Option<toml::Value>,
     #[serde(default)]
     observe: Option<toml::Value>,
+    #[serde(default)]
+    gateway: Option<toml::Value>,
 }
 
 /// The local stack (`[stack]`).
@@ -79,6 +82,10 @@ pub struct StackConfig {
     /// The `redis-server` binary; on PATH or in /usr/bin when absent.
     #[serde(default)]
     pub redis_bin: Option<PathBuf>,
+    /// `tributary up` also runs this many order-API replicas behind a
+    /// gateway (`up --replicas N` overrides it; 0: none).
+    #[serde(default)]
+    pub replicas: usize,
 }
 
 fn yes() -> bool {
@@ -128,6 +135,8 @@ pub struct Config {
     pub live: LiveConfig,
     /// `[observe]`: the local stack's Prometheus and Alertmanager.
     pub observe: ObserveConfig,
+    /// `[gateway]`: the edge in front of the order API's replicas.
+    pub gateway: GatewayConfig,
 }
 
 /// Loads `path` (or `./tributary.toml` when present) and applies the
@@ -195,6 +204,7 @@ pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config
         sql: section(raw.sql, "sql")?,
         live: section(raw.live, "live")?,
         observe: section(raw.observe, "observe")?,
+        gateway: section(raw.gateway, "gateway")?,
     })
 }
 

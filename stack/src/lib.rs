@@ -43,6 +43,7 @@ pub mod observe;
 mod platform;
 pub mod postgres;
 pub mod redis;
+pub mod serving;
 mod status;
 
 pub use config::Config;
@@ -116,6 +117,16 @@ pub enum Error {
         log: String,
         reason: String,
     },
+    #[error("{what} did not answer on {url} within 60 s; see {log}")]
+    ServingNotReady {
+        what: String,
+        url: String,
+        log: String,
+    },
+    #[error("rollout: {reason}")]
+    Rollout { reason: String },
+    #[error(transparent)]
+    Gateway(tributary_gateway::Error),
     #[error("the broker did not listen on {url} within 30s; see {log}")]
     BrokerNotListening { url: String, log: String },
     #[error("starting PostgreSQL {name}")]

@@ -222,6 +222,7 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
     // The scheduler first: it records its interrupted attempts in the
     // catalog database before that stops.
     crate::daemon::stop(&scheduler_dir(config), Duration::from_secs(10));
+    crate::serving::down(&config.state_dir);
     crate::observe::down(&config.state_dir);
     if let Some(state) = StackState::load(&config.state_dir)? {
         if let Ok(tools) = PgTools::find(config.stack.pg_bin.as_deref()) {

@@ -113,6 +113,7 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
             freshness_seconds: None,
         });
     }
+    out.extend(crate::serving::status(&platform.config().state_dir).await);
     let lake_config = platform.lake_config();
     out.push(scheduler(platform, lake_config).await);
     let lake = tributary_lake::Lake::new(lake_config);

@@ -7,6 +7,7 @@ mod bench;
 mod cdc;
 mod etl;
 mod fraud;
+mod gateway;
 mod lake;
 mod oltp;
 mod pipeline;
@@ -36,7 +37,11 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
     match cli.command {
-        Command::Up { observe } => stack::up(config, cli.config.as_deref(), observe).await,
+        Command::Up { observe, replicas } => {
+            stack::up(config, cli.config.as_deref(), observe, replicas).await
+        }
+        Command::Gateway { command } => gateway::run(config, command).await,
+        Command::Rollout => gateway::rollout(config, cli.config.as_deref()).await,
         Command::Down { purge } => stack::down(&config, purge),
         Command::Status { json } => stack::status(config, json).await,
         Command::Oltp { command } => oltp::run(config, command).await,

@@ -7,7 +7,13 @@ use tributary_stack::{Config, Platform, daemon};
 
 use super::print_json;
 
-pub async fn up(config: Config, config_file: Option<&Path>, observe: bool) -> Result<()> {
+pub async fn up(
+    config: Config,
+    config_file: Option<&Path>,
+    observe: bool,
+    replicas: Option<usize>,
+) -> Result<()> {
+    let replicas = replicas.unwrap_or(config.stack.replicas);
     let platform = Platform::start(config).await?;
     if let Some(s) = platform.stack() {
         println!(
@@ -20,6 +26,17 @@ pub async fn up(config: Config, config_file: Option<&Path>, observe: bool) -> Re
                 .unwrap_or_default()
         );
         start_scheduler(platform.config(), config_file).await?;
+        if replicas > 0 {
+            println!("starting {replicas} order-API replicas and the gateway in front of them");
+            let launcher = super::gateway::launcher(config_file)?;
+            let s = tributary_stack::serving::up(platform.config(), &launcher, replicas).await?;
+            println!(
+                "gateway {} in front of {} replicas (admin 127.0.0.1:{})",
+                s.gateway.url(),
+                s.replicas.len(),
+                s.gateway.admin_port
+            );
+        }
         if observe || platform.config().observe.enabled {
             let o = tributary_stack::observe::up(platform.config(), s).await?;
             println!(
