@@ -20,6 +20,7 @@ mod e2e {
     mod chaos;
     mod console;
     mod fraud;
+    mod gateway;
     mod interop;
     mod lease;
     mod maintenance;
