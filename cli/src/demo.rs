@@ -22,6 +22,9 @@ fn step(n: usize, text: &str) {
 /// a benign look-alike.
 const FRAUD_RATE: f64 = 0.05;
 
+/// Order-API replicas behind the demo's gateway.
+const DEMO_REPLICAS: usize = 3;
+
 /// One table's row counts: (table, source, silver, gold table and its rows).
 pub type TableCounts = (String, u64, u64, Option<(String, u64)>);
 
@@ -201,25 +204,66 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
     let lake = platform.lake()?;
 
     let shutdown = CancellationToken::new();
-    let mut oltp_cfg = config.oltp.clone();
-    oltp_cfg.listen = "127.0.0.1:0".into();
-    let mut server = tributary_oltp::Server::bind(oltp_cfg, sources.topology())
-        .await?
-        .with_clickstream(&kafka)
-        .await?;
+    // The order API as the storefront sees it: replicas behind the gateway.
+    let mut replicas = Vec::new();
+    for _ in 0..DEMO_REPLICAS {
+        let mut oltp_cfg = config.oltp.clone();
+        oltp_cfg.listen = "127.0.0.1:0".into();
+        let mut server = tributary_oltp::Server::bind(oltp_cfg, sources.topology())
+            .await?
+            .with_clickstream(&kafka)
+            .await?;
+        if let Some(url) = platform.redis_url() {
+            server = server.with_cache(&url, &kafka, &config.oltp.cache)?;
+        }
+        replicas.push(server);
+    }
     if let Some(url) = platform.redis_url() {
-        server = server.with_cache(&url, &kafka, &config.oltp.cache)?;
         println!("  product cache    {}", describe(&url));
     }
-    let base_url = format!("http://{}", server.local_addr());
-    println!("  order API        {base_url}");
+    let addrs: Vec<String> = replicas
+        .iter()
+        .map(|s| s.local_addr().to_string())
+        .collect();
+    let mut gateway_cfg = config.gateway.clone();
+    gateway_cfg.listen = "127.0.0.1:0".into();
+    gateway_cfg.admin = "127.0.0.1:0".into();
+    // One client (the load generator): no per-client limit.
+    gateway_cfg.anonymous.rate = 0.0;
+    gateway_cfg.pools = vec![tributary_gateway::config::PoolConfig {
+        name: "stable".into(),
+        weight: 100,
+        backends: addrs.clone(),
+    }];
+    let gateway = tributary_gateway::Gateway::bind(gateway_cfg).await?;
+    let base_url = format!("http://{}", gateway.listen_addr());
+    println!(
+        "  order API        {} replicas: {}",
+        addrs.len(),
+        addrs.join(", ")
+    );
+    println!(
+        "  gateway          {base_url} (admin http://{}/admin/state)",
+        gateway.admin_addr()
+    );
     // Every part of the demo runs in this process: the API's /metrics
     // shows them all, to the stack's Prometheus when `up --observe` ran.
     let _announced =
-        tributary_stack::observe::announce(&config.state_dir, "demo", server.local_addr())?;
+        tributary_stack::observe::announce(&config.state_dir, "demo", replicas[0].local_addr())?;
     let oltp: JoinHandle<Result<()>> = {
         let s = shutdown.clone();
-        tokio::spawn(async move { server.run(s).await.map_err(Into::into) })
+        tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for server in replicas {
+                let s = s.clone();
+                set.spawn(async move { server.run(s).await.map_err(anyhow::Error::from) });
+            }
+            set.spawn(async move { gateway.run(s).await.map_err(anyhow::Error::from) });
+            while let Some(done) = set.join_next().await {
+                done??;
+            }
+            Ok(())
+        })
     };
     let cdc: JoinHandle<Result<()>> = {
         let (c, k, src, s) = (
