@@ -61,6 +61,7 @@ pub mod cdc;
 mod children;
 pub mod compaction;
 pub mod fraud;
+pub mod gateway;
 pub mod lake;
 pub mod process;
 pub mod profile;

@@ -236,6 +236,37 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
                 "a read was stale or the invalidation lag p99 exceeded 500 ms"
             );
         }
+        BenchCommand::Gateway {
+            replicas,
+            rate,
+            duration,
+            curve,
+            json,
+            keep,
+        } => {
+            let curve_rates = curve
+                .split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(|r| {
+                    r.parse::<f64>()
+                        .with_context(|| format!("--curve: {r:?} is not a rate"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let options = tributary_bench::gateway::Options {
+                replicas,
+                rate,
+                duration: parse_duration(&duration)?,
+                curve_rates,
+                keep,
+                exe: std::env::current_exe().context("finding this binary")?,
+            };
+            let report = tributary_bench::gateway::run(&config, &options).await?;
+            if json {
+                return print_json(&report, "gateway bench");
+            }
+            print!("{report}");
+        }
     }
     Ok(())
 }
