@@ -33,6 +33,12 @@ command -v prometheus-postgres-exporter >/dev/null 2>&1 || need_apt+=(prometheus
 # its exporter for `up --observe`.
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v prometheus-redis-exporter >/dev/null 2>&1 || need_apt+=(prometheus-redis-exporter)
+# The gateway (pingora): cmake builds its zlib-ng; pkg-config finds
+# OpenSSL. HAProxy is the gateway benchmark's reference (`bench gateway`).
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
