@@ -125,7 +125,9 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    fn command(&self, args: &[&str], log: &Path) -> Result<Command> {
+    /// The command, with `state_dir` (a caller may have moved it from what
+    /// the file and the environment say, as the benches do).
+    fn command(&self, args: &[&str], log: &Path, state_dir: &Path) -> Result<Command> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -140,6 +142,7 @@ impl Launcher {
         }
         command
             .args(args)
+            .env("TRIBUTARY__STATE_DIR", state_dir)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -181,20 +184,20 @@ pub async fn up(config: &Config, launcher: &Launcher, replicas: usize) -> Result
         }
     };
     for r in &serving.replicas {
-        start_replica(launcher, r).await?;
+        start_replica(launcher, r, state_dir).await?;
     }
     start_gateway(config, launcher, &serving).await?;
     wait_in_rotation(&serving, None).await?;
     Ok(serving)
 }
 
-async fn start_replica(launcher: &Launcher, r: &Replica) -> Result<()> {
+async fn start_replica(launcher: &Launcher, r: &Replica, state_dir: &Path) -> Result<()> {
     if daemon::alive(&r.dir).is_some() {
         return Ok(());
     }
     std::fs::create_dir_all(&r.dir).map_err(io(format!("creating {}", r.dir.display())))?;
     let log = r.dir.join("replica.log");
-    let mut command = launcher.command(&["oltp", "serve"], &log)?;
+    let mut command = launcher.command(&["oltp", "serve"], &log, state_dir)?;
     command.env("TRIBUTARY__OLTP__LISTEN", r.addr());
     daemon::spawn(command, &r.dir)?;
     wait_healthy(
@@ -213,7 +216,7 @@ async fn start_gateway(config: &Config, launcher: &Launcher, s: &Serving) -> Res
     }
     std::fs::create_dir_all(&g.dir).map_err(io(format!("creating {}", g.dir.display())))?;
     let log = g.dir.join("gateway.log");
-    let mut command = launcher.command(&["gateway", "run"], &log)?;
+    let mut command = launcher.command(&["gateway", "run"], &log, &config.state_dir)?;
     command
         .env(
             "TRIBUTARY__GATEWAY__LISTEN",
@@ -353,7 +356,7 @@ pub async fn rollout(
         let drained_in = t.elapsed();
         let t = Instant::now();
         daemon::stop(&r.dir, STOP_GRACE);
-        start_replica(launcher, r).await?;
+        start_replica(launcher, r, &config.state_dir).await?;
         let restarted_in = t.elapsed();
         let t = Instant::now();
         admin.drain(&addr, false).await.map_err(Error::Gateway)?;
