@@ -61,9 +61,20 @@ pub struct Run {
     pub cpu_per_10k: Option<f64>,
 }
 
+/// Load through the gateway while something breaks.
+#[derive(Debug, Serialize, Clone)]
+pub struct Fault {
+    /// `kill` (one replica SIGKILLed) or `rollout`.
+    pub fault: String,
+    pub run: Run,
+    /// Failed requests in percent (goal: < 0.1 for a kill, 0 for a rollout).
+    pub failed_pct: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub comparison: Vec<Run>,
+    pub faults: Vec<Fault>,
     pub curve: Vec<Run>,
 }
 
@@ -135,6 +146,22 @@ impl std::fmt::Display for Report {
                     gc / hc.max(1e-9)
                 )?;
             }
+        }
+        if !self.faults.is_empty() {
+            writeln!(f, "\nfaults under load through the gateway")?;
+            writeln!(
+                f,
+                "{:<10} {:>8} {:>8} {:>6} {:>9} {:>8}",
+                "fault", "rate/s", "requests", "errors", "failed %", "p99 ms"
+            )?;
+            for x in &self.faults {
+                writeln!(
+                    f,
+                    "{:<10} {:>8.0} {:>8} {:>6} {:>9.3} {:>8.2}",
+                    x.fault, x.run.rate, x.run.requests, x.run.errors, x.failed_pct, x.run.p99_ms
+                )?;
+            }
+            writeln!(f, "goals: kill < 0.1% failed, rollout 0")?;
         }
         if !self.curve.is_empty() {
             writeln!(f, "\nthroughput against p99 through the gateway")?;
@@ -232,6 +259,10 @@ async fn bench(cfg: Config, dir: &Path, haproxy_bin: &Path, options: &Options) -
     let launcher = Launcher {
         exe: options.exe.clone(),
         config_file: None,
+        // HAProxy limits nothing here, so neither does the gateway: the
+        // anonymous rate limit (200/s per address by default) would
+        // otherwise refuse most of the load.
+        env: vec![("TRIBUTARY__GATEWAY__ANONYMOUS__RATE".into(), "0".into())],
     };
     eprintln!("starting {} replicas and the gateway", options.replicas);
     let serving = tributary_stack::serving::up(platform.config(), &launcher, options.replicas)
@@ -274,6 +305,7 @@ async fn bench(cfg: Config, dir: &Path, haproxy_bin: &Path, options: &Options) -
         comparison.push(run);
     }
     drop(hp);
+    let faults = faults(platform.config(), &launcher, &serving, &products, options).await?;
     let mut curve = Vec::new();
     let admin = serving.gateway.admin();
     for n in 1..=options.replicas {
@@ -299,7 +331,70 @@ async fn bench(cfg: Config, dir: &Path, haproxy_bin: &Path, options: &Options) -
             curve.push(run);
         }
     }
-    Ok(Report { comparison, curve })
+    Ok(Report {
+        comparison,
+        faults,
+        curve,
+    })
+}
+
+/// A replica SIGKILLed a third into a load, then (once `up` has restarted
+/// it) a rollout under load, as `tributary rollout` does it.
+async fn faults(
+    config: &Config,
+    launcher: &Launcher,
+    serving: &tributary_stack::serving::Serving,
+    products: &[i64],
+    options: &Options,
+) -> Result<Vec<Fault>> {
+    let urls = vec![serving.gateway.url()];
+    let fault = |name: &str, mut run: Run| {
+        run.target = "gateway".into();
+        run.replicas = options.replicas;
+        Fault {
+            fault: name.into(),
+            failed_pct: run.errors as f64 * 100.0 / run.requests.max(1) as f64,
+            run,
+        }
+    };
+    eprintln!(
+        "kill: one replica SIGKILLed under {} requests/s",
+        options.rate
+    );
+    let victim = tributary_stack::daemon::pid(&serving.replicas[0].dir)
+        .ok_or_else(|| Error::Run("replica 0 has no pid".into()))?;
+    let kill = async {
+        tokio::time::sleep(options.duration / 3).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+    };
+    let (run, killed) = tokio::join!(
+        load(&urls, products, options.rate, options.duration, None),
+        kill
+    );
+    killed.map_err(|e| Error::Run(format!("killing replica pid {victim}: {e}")))?;
+    let mut out = vec![fault("kill", run)];
+    tributary_stack::serving::up(config, launcher, options.replicas)
+        .await
+        .map_err(|e| Error::Run(format!("restarting the killed replica: {e}")))?;
+    // Long enough to hold the whole rollout (about 2 s a replica here).
+    let window = options
+        .duration
+        .max(Duration::from_secs(3 * options.replicas as u64 + 5));
+    eprintln!(
+        "rollout: {} replicas one at a time under {} requests/s",
+        options.replicas, options.rate
+    );
+    let rollout = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tributary_stack::serving::rollout(config, launcher, |_| {}).await
+    };
+    let (run, steps) = tokio::join!(load(&urls, products, options.rate, window, None), rollout);
+    steps.map_err(|e| Error::Run(format!("rollout: {e}")))?;
+    out.push(fault("rollout", run));
+    Ok(out)
 }
 
 async fn seed_products(replica: &str) -> Result<Vec<i64>> {

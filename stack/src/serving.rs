@@ -122,6 +122,9 @@ impl Serving {
 pub struct Launcher {
     pub exe: PathBuf,
     pub config_file: Option<PathBuf>,
+    /// Settings for the started processes on top of the file's, as
+    /// `TRIBUTARY__SECTION__KEY` variables (the benches turn limits off).
+    pub env: Vec<(String, String)>,
 }
 
 impl Launcher {
@@ -142,6 +145,7 @@ impl Launcher {
         }
         command
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TRIBUTARY__STATE_DIR", state_dir)
             .stdin(Stdio::null())
             .stdout(out)

@@ -135,5 +135,6 @@ pub fn launcher(config_file: Option<&Path>) -> Result<Launcher> {
     Ok(Launcher {
         exe: std::env::current_exe().context("finding this program's path")?,
         config_file: config_file.map(std::path::absolute).transpose()?,
+        env: Vec::new(),
     })
 }
