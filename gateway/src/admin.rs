@@ -21,7 +21,7 @@ use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::balance::{BackendView, Balancer, PoolView};
+use crate::balance::{BackendView, PoolView, Routing};
 use crate::config::Policy;
 use crate::metrics::{
     BACKEND_DRAINING_GAUGE, BACKEND_INFLIGHT_GAUGE, BACKEND_REQUESTS_GAUGE, BACKEND_UP_GAUGE,
@@ -40,14 +40,14 @@ pub struct GatewayState {
 
 #[derive(Clone)]
 pub(crate) struct Admin {
-    pub(crate) balancer: Arc<Balancer>,
+    pub(crate) routing: Arc<Routing>,
     pub(crate) listen: String,
     pub(crate) policy: Policy,
 }
 
 impl Admin {
     fn state(&self) -> GatewayState {
-        let (pools, backends) = self.balancer.view();
+        let (pools, backends) = self.routing.get().view();
         GatewayState {
             listen: self.listen.clone(),
             policy: self.policy,
@@ -74,6 +74,15 @@ async fn render_metrics(State(admin): State<Admin>) -> Response {
         POOL_WEIGHT_GAUGE
             .with_label_values(&[p.name.as_str()])
             .set(i64::from(p.weight));
+    }
+    // Replicas that DNS no longer names leave the series.
+    for g in [
+        &BACKEND_UP_GAUGE,
+        &BACKEND_DRAINING_GAUGE,
+        &BACKEND_INFLIGHT_GAUGE,
+        &BACKEND_REQUESTS_GAUGE,
+    ] {
+        g.reset();
     }
     for b in &s.backends {
         let labels = [b.addr.as_str(), b.pool.as_str()];
@@ -122,7 +131,7 @@ async fn set_weight(
             "weight",
         );
     };
-    if !admin.balancer.set_weight(&pool, weight) {
+    if !admin.routing.get().set_weight(&pool, weight) {
         return problem(StatusCode::NOT_FOUND, format!("no pool {pool:?}"), "pool");
     }
     tracing::info!(pool, weight, "pool weight changed");
@@ -138,14 +147,15 @@ async fn undrain(State(admin): State<Admin>, Path(addr): Path<String>) -> Respon
 }
 
 fn set_draining(admin: Admin, addr: String, draining: bool) -> Response {
-    let Some(i) = admin.balancer.index_of(&addr) else {
+    let balancer = admin.routing.get();
+    let Some(i) = balancer.index_of(&addr) else {
         return problem(
             StatusCode::NOT_FOUND,
             format!("no replica {addr:?} behind this gateway"),
             "backend",
         );
     };
-    admin.balancer.set_draining(i, draining);
+    balancer.set_draining(i, draining);
     tracing::info!(backend = %addr, draining, "replica drain changed");
     Json(admin.state()).into_response()
 }

@@ -11,16 +11,22 @@
 //! with weight has a replica to take it. Within the pool the policy picks;
 //! a retry leaves out the replicas this request already tried while
 //! another one is available.
+//!
+//! A [`Balancer`] is one generation of the replica set. When a pool's DNS
+//! name resolves to other addresses, [`Routing`] swaps in a new generation
+//! that shares the state of every replica it keeps (health, ejection,
+//! draining, requests in flight) and the pools' weights; a request keeps
+//! the generation it started with, so its retries index the same set.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::{EjectionConfig, GatewayConfig, Policy};
+use crate::config::{EjectionConfig, GatewayConfig, Policy, Target};
 
 /// Milliseconds since the gateway started (the clock of ejections).
 fn now_ms() -> u64 {
@@ -47,7 +53,8 @@ pub struct Backend {
 
 pub struct Pool {
     pub name: String,
-    weight: AtomicU32,
+    /// Shared by every generation of the balancer.
+    weight: Arc<AtomicU32>,
     /// Indexes into [`Balancer::backends`].
     members: Vec<usize>,
     next: AtomicUsize,
@@ -73,7 +80,8 @@ pub struct PoolView {
 }
 
 pub struct Balancer {
-    pub backends: Vec<Backend>,
+    /// Shared with the other generations that have the same replica.
+    pub backends: Vec<Arc<Backend>>,
     pub pools: Vec<Pool>,
     policy: Policy,
     ejection: EjectionConfig,
@@ -95,6 +103,37 @@ impl Drop for Inflight {
     }
 }
 
+/// The current generation of the balancer.
+pub struct Routing {
+    current: RwLock<Arc<Balancer>>,
+}
+
+impl Routing {
+    pub fn new(balancer: Balancer) -> Routing {
+        Routing {
+            current: RwLock::new(Arc::new(balancer)),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Balancer> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swaps in a generation with these addresses per pool; `false` (and
+    /// nothing swapped) when they are what the pools have.
+    pub fn set_members(&self, members: &[Vec<SocketAddr>]) -> bool {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.members() == members {
+            return false;
+        }
+        *current = Arc::new(current.with_members(members));
+        true
+    }
+}
+
 /// A 64-bit FNV-1a hash, then a finalizer so that nearby inputs spread.
 pub fn hash64(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -112,40 +151,109 @@ pub fn hash64(parts: &[&[u8]]) -> u64 {
     h
 }
 
-impl Balancer {
-    pub fn new(config: &GatewayConfig) -> Balancer {
-        let mut backends = Vec::new();
-        let mut pools = Vec::new();
-        for (p, pool) in config.pools.iter().enumerate() {
-            let mut members = Vec::new();
-            for b in &pool.backends {
-                members.push(backends.len());
-                backends.push(Backend {
-                    addr: b.parse().expect("validated backend address"),
-                    pool: p,
-                    healthy: AtomicBool::new(true),
-                    streak: AtomicU32::new(0),
-                    failures: AtomicU32::new(0),
-                    ejected_until: AtomicU64::new(0),
-                    draining: AtomicBool::new(false),
-                    inflight: AtomicU64::new(0),
-                    requests: AtomicU64::new(0),
-                });
-            }
-            pools.push(Pool {
-                name: pool.name.clone(),
-                weight: AtomicU32::new(pool.weight),
-                members,
-                next: AtomicUsize::new(0),
-            });
+impl Backend {
+    fn new(addr: SocketAddr, pool: usize) -> Backend {
+        Backend {
+            addr,
+            pool,
+            healthy: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            inflight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         }
+    }
+}
+
+impl Balancer {
+    /// The first generation: each pool's fixed addresses (its DNS names
+    /// join with [`Balancer::with_members`] once resolved).
+    pub fn new(config: &GatewayConfig) -> Balancer {
+        let members: Vec<Vec<SocketAddr>> = config
+            .pools
+            .iter()
+            .map(|p| {
+                p.targets()
+                    .into_iter()
+                    .filter_map(|t| match t {
+                        Target::Addr(a) => Some(a),
+                        Target::Name { .. } => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), Arc::new(AtomicU32::new(p.weight))))
+            .collect();
+        Balancer::build(pools, &members, &[], config.policy, config.ejection.clone())
+    }
+
+    fn build(
+        pools: Vec<(String, Arc<AtomicU32>)>,
+        members: &[Vec<SocketAddr>],
+        previous: &[Arc<Backend>],
+        policy: Policy,
+        ejection: EjectionConfig,
+    ) -> Balancer {
+        let mut backends: Vec<Arc<Backend>> = Vec::new();
+        let pools: Vec<Pool> = pools
+            .into_iter()
+            .zip(members)
+            .enumerate()
+            .map(|(p, ((name, weight), addrs))| {
+                let mut indexes = Vec::new();
+                for addr in addrs {
+                    let kept = previous
+                        .iter()
+                        .find(|b| b.pool == p && b.addr == *addr)
+                        .cloned();
+                    indexes.push(backends.len());
+                    backends.push(kept.unwrap_or_else(|| Arc::new(Backend::new(*addr, p))));
+                }
+                Pool {
+                    name,
+                    weight,
+                    members: indexes,
+                    next: AtomicUsize::new(0),
+                }
+            })
+            .collect();
         Balancer {
             current: Mutex::new(vec![0; pools.len()]),
             backends,
             pools,
-            policy: config.policy,
-            ejection: config.ejection.clone(),
+            policy,
+            ejection,
         }
+    }
+
+    /// Each pool's replica addresses, in order.
+    pub fn members(&self) -> Vec<Vec<SocketAddr>> {
+        self.pools
+            .iter()
+            .map(|p| p.members.iter().map(|i| self.backends[*i].addr).collect())
+            .collect()
+    }
+
+    /// The next generation, with these addresses per pool: a replica it
+    /// keeps keeps its state; a new one starts healthy.
+    pub fn with_members(&self, members: &[Vec<SocketAddr>]) -> Balancer {
+        let pools = self
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), p.weight.clone()))
+            .collect();
+        Balancer::build(
+            pools,
+            members,
+            &self.backends,
+            self.policy,
+            self.ejection.clone(),
+        )
     }
 
     fn available(&self, i: usize, now: u64) -> bool {
@@ -451,6 +559,36 @@ mod tests {
         drop(busy);
         let n = counts(&b, (0..10).map(|_| b.pick(None, &[]).unwrap()));
         assert_eq!(n, vec![5, 5]);
+    }
+
+    #[test]
+    fn a_new_generation_keeps_the_state_of_the_replicas_it_keeps() {
+        let routing = Routing::new(Arc::into_inner(balancer(
+            Policy::RoundRobin,
+            &[("stable", 90, 2), ("canary", 10, 1)],
+        ))
+        .unwrap());
+        let old = routing.get();
+        let (a, b, c) = (old.backends[0].addr, old.backends[1].addr, old.backends[2].addr);
+        old.set_draining(1, true);
+        assert!(old.set_weight("canary", 30));
+        let busy = old.start(0);
+        let d: SocketAddr = "127.0.0.1:9100".parse().unwrap();
+        assert!(!routing.set_members(&[vec![a, b], vec![c]]), "same set");
+        assert!(routing.set_members(&[vec![b, d], vec![c]]));
+        let new = routing.get();
+        assert_eq!(new.members(), vec![vec![b, d], vec![c]]);
+        let (pools, view) = new.view();
+        assert_eq!(pools[1].weight, 30, "weights carry over");
+        assert!(view[0].draining, "b stays drained");
+        assert!(view[1].available, "d starts in rotation");
+        assert_eq!(new.index_of(&a.to_string()), None);
+        // A request of the old generation still counts on its replica.
+        assert_eq!(old.inflight_total(), 1);
+        drop(busy);
+        assert_eq!(old.inflight_total(), 0);
+        let n = counts(&new, (0..90).map(|_| new.pick(None, &[]).unwrap()));
+        assert_eq!(n[0], 0, "b is drained: {n:?}");
     }
 
     #[test]

@@ -26,17 +26,18 @@ type Failure = (u16, Value);
 /// `GET path` on a replica, retried on another one when it fails; the
 /// replica's status and JSON body.
 async fn get(p: &Proxy, ctx: &Ctx, path: &str) -> Result<(u16, Value), Failure> {
+    let balancer = p.routing.get();
     let mut tried = Vec::new();
     loop {
-        let Some(i) = p.balancer.pick(ctx.key, &tried) else {
+        let Some(i) = balancer.pick(ctx.key, &tried) else {
             return Err((
                 503,
                 json!({"error": "no healthy replica, retry later", "field": ""}),
             ));
         };
         tried.push(i);
-        let _inflight = p.balancer.start(i);
-        let addr = p.balancer.backends[i].addr;
+        let _inflight = balancer.start(i);
+        let addr = balancer.backends[i].addr;
         let answer = async {
             let resp = p
                 .http
@@ -52,18 +53,18 @@ async fn get(p: &Proxy, ctx: &Ctx, path: &str) -> Result<(u16, Value), Failure> 
         .await;
         match answer {
             Ok((status, body)) if !(502..=504).contains(&status) => {
-                p.balancer.succeeded(i);
+                balancer.succeeded(i);
                 return Ok((status, body));
             }
             Ok((status, _)) => {
                 tracing::warn!(request_id = %ctx.request_id, backend = %addr, status, path,
                     "storefront call failed");
-                p.balancer.failed(i);
+                balancer.failed(i);
             }
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, backend = %addr, %error, path,
                     "storefront call failed");
-                p.balancer.failed(i);
+                balancer.failed(i);
             }
         }
         if tried.len() > p.config.retries as usize {

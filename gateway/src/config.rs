@@ -45,6 +45,9 @@ pub struct GatewayConfig {
     /// `Idempotency-Key`).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// How often the DNS names among the backends are resolved again.
+    #[serde(default = "default_resolve_ms")]
+    pub resolve_interval_ms: u64,
     /// Larger bodies get `413` (at most [`MAX_BODY_LIMIT`]).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -76,6 +79,7 @@ impl Default for GatewayConfig {
             connect_timeout_ms: default_connect_ms(),
             try_timeout_ms: default_try_ms(),
             total_timeout_ms: default_total_ms(),
+            resolve_interval_ms: default_resolve_ms(),
             retries: default_retries(),
             max_body_bytes: default_max_body(),
             require_api_key: false,
@@ -110,8 +114,58 @@ pub struct PoolConfig {
     /// another pool has a healthy replica.
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// `host:port` of each replica.
+    /// Each replica as `ip:port`, or a DNS name as `host:port` that stands
+    /// for every address it resolves to (a Kubernetes headless Service
+    /// names each ready pod), resolved again every `resolve_interval_ms`.
     pub backends: Vec<String>,
+}
+
+/// A parsed backend entry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    Addr(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Option<Target> {
+        if let Ok(a) = s.parse() {
+            return Some(Target::Addr(a));
+        }
+        let (host, port) = s.rsplit_once(':')?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        let name = host.strip_suffix('.').unwrap_or(host);
+        if name.len() > 253 || !name.split('.').all(label_ok) {
+            return None;
+        }
+        Some(Target::Name {
+            host: name.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Addr(a) => write!(f, "{a}"),
+            Target::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// The backends, parsed (after [`GatewayConfig::validate`]).
+    pub fn targets(&self) -> Vec<Target> {
+        self.backends.iter().filter_map(|b| Target::parse(b)).collect()
+    }
 }
 
 /// A client's key, stored as its SHA-256 (`tributary gateway key NAME`
@@ -208,6 +262,9 @@ fn default_try_ms() -> u64 {
 fn default_total_ms() -> u64 {
     15_000
 }
+fn default_resolve_ms() -> u64 {
+    5_000
+}
 fn default_retries() -> u32 {
     2
 }
@@ -272,11 +329,14 @@ impl GatewayConfig {
             }
             for (j, b) in pool.backends.iter().enumerate() {
                 let field = format!("gateway.pools[{i}].backends[{j}]");
-                let Ok(addr) = b.parse::<SocketAddr>() else {
-                    return bad(field, format!("{b:?} is not an ip:port address"));
+                let Some(target) = Target::parse(b) else {
+                    return bad(
+                        field,
+                        format!("{b:?} is neither ip:port nor a DNS name with a port (host:port)"),
+                    );
                 };
-                if !seen.insert(addr) {
-                    return bad(field, format!("{addr} is in the gateway twice"));
+                if !seen.insert(target.to_string()) {
+                    return bad(field, format!("{target} is in the gateway twice"));
                 }
             }
         }
@@ -296,6 +356,7 @@ impl GatewayConfig {
             ("gateway.connect_timeout_ms", self.connect_timeout_ms),
             ("gateway.try_timeout_ms", self.try_timeout_ms),
             ("gateway.total_timeout_ms", self.total_timeout_ms),
+            ("gateway.resolve_interval_ms", self.resolve_interval_ms),
             ("gateway.health.interval_ms", self.health.interval_ms),
             ("gateway.health.timeout_ms", self.health.timeout_ms),
         ] {
@@ -363,6 +424,41 @@ mod tests {
             Err(Error::Config { field, .. }) => field,
             other => panic!("{text}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn backends_are_addresses_or_dns_names_with_a_port() {
+        let name = |h: &str, p| {
+            Some(Target::Name {
+                host: h.into(),
+                port: p,
+            })
+        };
+        assert_eq!(
+            Target::parse("10.0.0.1:8088"),
+            Some(Target::Addr("10.0.0.1:8088".parse().unwrap()))
+        );
+        assert_eq!(
+            Target::parse("[::1]:8088"),
+            Some(Target::Addr("[::1]:8088".parse().unwrap()))
+        );
+        assert_eq!(
+            Target::parse("oltp-headless.tributary.svc.cluster.local:8088"),
+            name("oltp-headless.tributary.svc.cluster.local", 8088)
+        );
+        assert_eq!(Target::parse("oltp.:80"), name("oltp", 80));
+        for bad in ["oltp", "oltp:0", "oltp:http", ":80", "-oltp:80", "a..b:80", "a b:80"] {
+            assert_eq!(Target::parse(bad), None, "{bad}");
+        }
+        let c = config(
+            "[[pools]]\nname = \"a\"\nbackends = [\"oltp:8088\", \"127.0.0.1:1\"]",
+        );
+        c.validate().unwrap();
+        assert_eq!(c.pools[0].targets().len(), 2);
+        assert_eq!(
+            field_of("[[pools]]\nname = \"a\"\nbackends = [\"oltp:8088\", \"oltp:8088\"]"),
+            "gateway.pools[0].backends[1]"
+        );
     }
 
     #[test]

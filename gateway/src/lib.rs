@@ -38,7 +38,8 @@ pub use admin::{AdminClient, GatewayState};
 pub use config::{GatewayConfig, Policy};
 pub use edge::key_hash;
 
-use crate::balance::Balancer;
+use crate::balance::{Balancer, Routing};
+use crate::config::Target;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,7 +62,7 @@ pub struct Gateway {
     listen: SocketAddr,
     admin: tokio::net::TcpListener,
     admin_addr: SocketAddr,
-    balancer: Arc<Balancer>,
+    routing: Arc<Routing>,
 }
 
 fn bind_error(addr: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -85,8 +86,10 @@ impl Gateway {
             .await
             .map_err(bind_error(&config.admin))?;
         let admin_addr = admin.local_addr().map_err(bind_error(&config.admin))?;
+        let routing = Arc::new(Routing::new(Balancer::new(&config)));
+        resolve(&config, &routing).await;
         Ok(Gateway {
-            balancer: Arc::new(Balancer::new(&config)),
+            routing,
             config,
             listen,
             admin,
@@ -110,20 +113,25 @@ impl Gateway {
             listen,
             admin,
             admin_addr,
-            balancer,
+            routing,
         } = self;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(32)
             .build()
             .unwrap_or_default();
+        let resolver = tokio::spawn(follow_dns(
+            routing.clone(),
+            config.clone(),
+            shutdown.clone(),
+        ));
         let health = tokio::spawn(check_health(
-            balancer.clone(),
+            routing.clone(),
             config.clone(),
             http.clone(),
             shutdown.clone(),
         ));
         let admin_app = admin::router(admin::Admin {
-            balancer: balancer.clone(),
+            routing: routing.clone(),
             listen: listen.to_string(),
             policy: config.policy,
         });
@@ -141,7 +149,7 @@ impl Gateway {
             ..ServerConf::default()
         });
         let proxy = proxy::Proxy {
-            balancer: balancer.clone(),
+            routing: routing.clone(),
             edge: edge::Edge::new(&config),
             config: config.clone(),
             http,
@@ -154,7 +162,7 @@ impl Gateway {
             service.start_service(None, stopped, 1).await;
         });
         tracing::info!(%listen, admin = %admin_addr, policy = ?config.policy,
-            replicas = balancer.backends.len(), "gateway serving");
+            replicas = routing.get().backends.len(), "gateway serving");
         tokio::select! {
             _ = shutdown.cancelled() => {}
             ended = &mut serving => {
@@ -164,29 +172,101 @@ impl Gateway {
                     _ => "the proxy service ended".to_owned(),
                 };
                 health.abort();
+                resolver.abort();
                 return Err(Error::Bind { addr: listen.to_string(), source: std::io::Error::other(reason) });
             }
         }
         let _ = stop.send(true);
         let deadline = Instant::now() + Duration::from_secs(config.drain_timeout_s);
-        while balancer.inflight_total() > 0 && Instant::now() < deadline {
+        while routing.get().inflight_total() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = balancer.inflight_total();
+        let left = routing.get().inflight_total();
         if left > 0 {
             tracing::warn!(left, "gateway stopped with requests still in flight");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
         health.abort();
+        resolver.abort();
         let _ = admin_task.await;
         tracing::info!(%listen, "gateway stopped");
         Ok(())
     }
 }
 
+/// Resolves the pools' DNS names and swaps in the replicas they name now.
+/// A pool with a name that does not resolve keeps the replicas it has, so
+/// a DNS failure takes none out of rotation (health checks still do).
+async fn resolve(config: &GatewayConfig, routing: &Routing) {
+    let current = routing.get().members();
+    let mut members = Vec::with_capacity(config.pools.len());
+    for (p, pool) in config.pools.iter().enumerate() {
+        let mut addrs = Vec::new();
+        let mut failed = false;
+        for target in pool.targets() {
+            match target {
+                Target::Addr(a) => addrs.push(a),
+                Target::Name { host, port } => {
+                    let lookup = tokio::net::lookup_host((host.as_str(), port));
+                    match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                        Ok(Ok(found)) => addrs.extend(found),
+                        Ok(Err(error)) => {
+                            tracing::warn!(pool = %pool.name, name = %host, %error,
+                                "resolving a backend name failed; the pool keeps its replicas");
+                            failed = true;
+                        }
+                        Err(_) => {
+                            tracing::warn!(pool = %pool.name, name = %host,
+                                "resolving a backend name timed out; the pool keeps its replicas");
+                            failed = true;
+                        }
+                    }
+                }
+            }
+        }
+        if failed {
+            addrs = current[p].clone();
+        } else {
+            addrs.sort();
+            addrs.dedup();
+        }
+        members.push(addrs);
+    }
+    if routing.set_members(&members) {
+        for ((pool, was), now) in config.pools.iter().zip(&current).zip(&members) {
+            let added: Vec<String> = now.iter().filter(|a| !was.contains(a)).map(|a| a.to_string()).collect();
+            let removed: Vec<String> = was.iter().filter(|a| !now.contains(a)).map(|a| a.to_string()).collect();
+            if !added.is_empty() || !removed.is_empty() {
+                tracing::info!(pool = %pool.name, ?added, ?removed, replicas = now.len(),
+                    "pool replicas changed (DNS)");
+            }
+        }
+    }
+}
+
+/// Resolves the DNS names among the backends every `resolve_interval_ms`.
+async fn follow_dns(routing: Arc<Routing>, config: GatewayConfig, shutdown: CancellationToken) {
+    let named = config
+        .pools
+        .iter()
+        .flat_map(|p| p.targets())
+        .any(|t| matches!(t, Target::Name { .. }));
+    if !named {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(config.resolve_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => resolve(&config, &routing).await,
+        }
+    }
+}
+
 /// Active health checks: every replica, every interval, at once.
 async fn check_health(
-    balancer: Arc<Balancer>,
+    routing: Arc<Routing>,
     config: GatewayConfig,
     http: reqwest::Client,
     shutdown: CancellationToken,
@@ -200,6 +280,7 @@ async fn check_health(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let balancer = routing.get();
         let checks = balancer.backends.iter().enumerate().map(|(i, b)| {
             let url = format!("http://{}{}", b.addr, h.path);
             let http = http.clone();
@@ -221,5 +302,43 @@ async fn check_health(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PoolConfig;
+
+    fn config(backends: &[&str]) -> GatewayConfig {
+        GatewayConfig {
+            pools: vec![PoolConfig {
+                name: "stable".into(),
+                weight: 100,
+                backends: backends.iter().map(|b| (*b).to_owned()).collect(),
+            }],
+            ..GatewayConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn dns_names_become_replicas_and_a_failed_lookup_keeps_them() {
+        let c = config(&["127.0.0.2:9001", "localhost:9002"]);
+        c.validate().unwrap();
+        let routing = Routing::new(Balancer::new(&c));
+        let fixed: SocketAddr = "127.0.0.2:9001".parse().unwrap();
+        assert_eq!(routing.get().members(), vec![vec![fixed]]);
+        resolve(&c, &routing).await;
+        let members = routing.get().members();
+        assert!(members[0].contains(&fixed), "{members:?}");
+        assert!(
+            members[0].contains(&"127.0.0.1:9002".parse().unwrap()),
+            "localhost resolved: {members:?}"
+        );
+        // The same name, now unresolvable (`.invalid` never resolves): the
+        // pool keeps its replicas.
+        let broken = config(&["127.0.0.2:9001", "no-such-host.invalid:9002"]);
+        resolve(&broken, &routing).await;
+        assert_eq!(routing.get().members(), members);
     }
 }

@@ -24,14 +24,14 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::{Value, json};
 
-use crate::balance::{Balancer, Inflight, hash64};
+use crate::balance::{Balancer, Inflight, Routing, hash64};
 use crate::bff;
 use crate::config::GatewayConfig;
 use crate::edge::{Edge, Refusal, presented_key};
 use crate::metrics;
 
 pub struct Proxy {
-    pub(crate) balancer: Arc<Balancer>,
+    pub(crate) routing: Arc<Routing>,
     pub(crate) edge: Edge,
     pub(crate) config: GatewayConfig,
     pub(crate) http: reqwest::Client,
@@ -43,6 +43,9 @@ pub struct Ctx {
     client: String,
     /// The customer's hash, for consistent hashing and sticky pools.
     pub(crate) key: Option<u64>,
+    /// The balancer generation this request picks from (its retries index
+    /// the same replica set).
+    balancer: Option<Arc<Balancer>>,
     pub(crate) tried: Vec<usize>,
     current: Option<Inflight>,
     /// GET or HEAD, or an `Idempotency-Key`: a replica may see it twice.
@@ -62,9 +65,9 @@ impl Proxy {
         Duration::from_millis(self.config.total_timeout_ms).saturating_sub(ctx.started.elapsed())
     }
 
-    fn note_failure(&self, i: usize) {
-        if self.balancer.failed(i) {
-            let addr = self.balancer.backends[i].addr;
+    fn note_failure(&self, balancer: &Balancer, i: usize) {
+        if balancer.failed(i) {
+            let addr = balancer.backends[i].addr;
             tracing::warn!(backend = %addr, eject_ms = self.config.ejection.eject_ms,
                 "replica ejected after consecutive failures");
             metrics::ejected(&addr.to_string());
@@ -154,6 +157,7 @@ impl ProxyHttp for Proxy {
             started: Instant::now(),
             client: String::new(),
             key: None,
+            balancer: None,
             tried: Vec::new(),
             current: None,
             retry_safe: false,
@@ -242,7 +246,11 @@ impl ProxyHttp for Proxy {
                 "the request's total timeout passed",
             ));
         }
-        let Some(i) = self.balancer.pick(ctx.key, &ctx.tried) else {
+        let balancer = ctx
+            .balancer
+            .get_or_insert_with(|| self.routing.get())
+            .clone();
+        let Some(i) = balancer.pick(ctx.key, &ctx.tried) else {
             ctx.answered = Some("no_replica");
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
@@ -254,8 +262,8 @@ impl ProxyHttp for Proxy {
         }
         ctx.tried.push(i);
         ctx.current = None;
-        ctx.current = Some(self.balancer.start(i));
-        let mut peer = HttpPeer::new(self.balancer.backends[i].addr, false, String::new());
+        ctx.current = Some(balancer.start(i));
+        let mut peer = HttpPeer::new(balancer.backends[i].addr, false, String::new());
         let per_try = Duration::from_millis(self.config.try_timeout_ms).min(left);
         peer.options.connection_timeout =
             Some(Duration::from_millis(self.config.connect_timeout_ms).min(left));
@@ -291,11 +299,11 @@ impl ProxyHttp for Proxy {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(i) = ctx.tried.last() {
+        if let (Some(i), Some(b)) = (ctx.tried.last(), &ctx.balancer) {
             if matches!(response.status.as_u16(), 502..=504) {
-                self.note_failure(*i);
+                self.note_failure(b, *i);
             } else {
-                self.balancer.succeeded(*i);
+                b.succeeded(*i);
             }
         }
         Ok(())
@@ -320,8 +328,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(i) = ctx.tried.last() {
-            self.note_failure(*i);
+        if let (Some(i), Some(b)) = (ctx.tried.last(), &ctx.balancer) {
+            self.note_failure(b, *i);
         }
         tracing::warn!(request_id = %ctx.request_id, backend = %peer, error = %e,
             "connecting to a replica failed");
@@ -340,9 +348,9 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("replica {peer}"));
         if e.esource() == &ErrorSource::Upstream
-            && let Some(i) = ctx.tried.last()
+            && let (Some(i), Some(b)) = (ctx.tried.last(), &ctx.balancer)
         {
-            self.note_failure(*i);
+            self.note_failure(b, *i);
         }
         let repeatable = ctx.retry_safe && !session.as_ref().retry_buffer_truncated();
         e.set_retry(repeatable && self.tries_left(ctx));
