@@ -40,6 +40,8 @@ pub struct Options {
     pub duration: Duration,
     /// Rates of the throughput-against-p99 curve.
     pub curve_rates: Vec<f64>,
+    /// Threads of each proxy (the gateway's and HAProxy's, the same).
+    pub threads: usize,
     pub keep: bool,
     /// This program, to start the replicas and the gateway.
     pub exe: std::path::PathBuf,
@@ -175,9 +177,13 @@ impl std::fmt::Display for Report {
 }
 
 pub async fn run(config: &Config, options: &Options) -> Result<Report> {
-    if options.replicas == 0 || options.rate <= 0.0 || options.duration.is_zero() {
+    if options.replicas == 0
+        || options.rate <= 0.0
+        || options.duration.is_zero()
+        || options.threads == 0
+    {
         return Err(Error::Options(
-            "replicas, rate and duration must be above 0".into(),
+            "replicas, rate, duration and threads must be above 0".into(),
         ));
     }
     let haproxy = which("haproxy").ok_or_else(|| {
@@ -209,7 +215,13 @@ impl Drop for HaProxy {
     }
 }
 
-fn start_haproxy(bin: &Path, dir: &Path, port: u16, replicas: &[String]) -> Result<HaProxy> {
+fn start_haproxy(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    threads: usize,
+    replicas: &[String],
+) -> Result<HaProxy> {
     let servers: String = replicas
         .iter()
         .enumerate()
@@ -217,9 +229,9 @@ fn start_haproxy(bin: &Path, dir: &Path, port: u16, replicas: &[String]) -> Resu
         .collect();
     // The gateway's defaults, in HAProxy's words: round robin, health
     // checks on /healthz, keep-alive to the replicas, two retries on
-    // another replica.
+    // another replica; as many threads as the gateway.
     let cfg = format!(
-        "global\n    maxconn 4096\n\ndefaults\n    mode http\n    timeout connect 500ms\n    \
+        "global\n    maxconn 4096\n    nbthread {threads}\n\ndefaults\n    mode http\n    timeout connect 500ms\n    \
          timeout client 30s\n    timeout server 5s\n    option http-keep-alive\n    \
          retries 2\n    option redispatch\n\nfrontend fe\n    bind 127.0.0.1:{port}\n    \
          default_backend replicas\n\nbackend replicas\n    balance roundrobin\n    \
@@ -262,7 +274,13 @@ async fn bench(cfg: Config, dir: &Path, haproxy_bin: &Path, options: &Options) -
         // HAProxy limits nothing here, so neither does the gateway: the
         // anonymous rate limit (200/s per address by default) would
         // otherwise refuse most of the load.
-        env: vec![("TRIBUTARY__GATEWAY__ANONYMOUS__RATE".into(), "0".into())],
+        env: vec![
+            ("TRIBUTARY__GATEWAY__ANONYMOUS__RATE".into(), "0".into()),
+            (
+                "TRIBUTARY__GATEWAY__THREADS".into(),
+                options.threads.to_string(),
+            ),
+        ],
     };
     eprintln!("starting {} replicas and the gateway", options.replicas);
     let serving = tributary_stack::serving::up(platform.config(), &launcher, options.replicas)
@@ -270,7 +288,7 @@ async fn bench(cfg: Config, dir: &Path, haproxy_bin: &Path, options: &Options) -
         .map_err(|e| Error::Run(format!("starting the replicas: {e}")))?;
     let replicas: Vec<String> = serving.replicas.iter().map(|r| r.addr()).collect();
     let hp_port = free_port()?;
-    let hp = start_haproxy(haproxy_bin, dir, hp_port, &replicas)?;
+    let hp = start_haproxy(haproxy_bin, dir, hp_port, options.threads, &replicas)?;
     let hp_url = format!("http://127.0.0.1:{hp_port}");
     let gw_url = serving.gateway.url();
     let gw_pid = tributary_stack::daemon::pid(&serving.gateway.dir)

@@ -541,16 +541,20 @@ pub enum BenchCommand {
     Gateway {
         #[arg(long, default_value_t = 3)]
         replicas: usize,
-        /// Requests per second of the comparison.
-        #[arg(long, default_value_t = 500.0)]
+        /// Requests per second of the comparison (the goal is set at 2000).
+        #[arg(long, default_value_t = 2000.0)]
         rate: f64,
         /// Each run's length, e.g. 20s.
         #[arg(long, default_value = "20s")]
         duration: String,
         /// Rates of the throughput-against-p99 curve, comma-separated
         /// (empty: no curve).
-        #[arg(long, default_value = "250,500,1000,1500")]
+        #[arg(long, default_value = "1000,2000,3000,4000")]
         curve: String,
+        /// Threads of each proxy: the gateway's `gateway.threads` and
+        /// HAProxy's `nbthread`, the same for both.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
         #[arg(long)]
         json: bool,
         /// Keep the bench's temporary stack afterwards.

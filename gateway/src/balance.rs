@@ -19,9 +19,9 @@
 //! the generation it started with, so its retries index the same set.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -563,13 +563,19 @@ mod tests {
 
     #[test]
     fn a_new_generation_keeps_the_state_of_the_replicas_it_keeps() {
-        let routing = Routing::new(Arc::into_inner(balancer(
-            Policy::RoundRobin,
-            &[("stable", 90, 2), ("canary", 10, 1)],
-        ))
-        .unwrap());
+        let routing = Routing::new(
+            Arc::into_inner(balancer(
+                Policy::RoundRobin,
+                &[("stable", 90, 2), ("canary", 10, 1)],
+            ))
+            .unwrap(),
+        );
         let old = routing.get();
-        let (a, b, c) = (old.backends[0].addr, old.backends[1].addr, old.backends[2].addr);
+        let (a, b, c) = (
+            old.backends[0].addr,
+            old.backends[1].addr,
+            old.backends[2].addr,
+        );
         old.set_draining(1, true);
         assert!(old.set_weight("canary", 30));
         let busy = old.start(0);

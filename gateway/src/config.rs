@@ -45,6 +45,11 @@ pub struct GatewayConfig {
     /// `Idempotency-Key`).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Threads that serve the proxy, each with a single-threaded runtime
+    /// of its own that keeps a connection for its life (pingora's
+    /// "no steal" runtime); 0 is one per core.
+    #[serde(default)]
+    pub threads: usize,
     /// How often the DNS names among the backends are resolved again.
     #[serde(default = "default_resolve_ms")]
     pub resolve_interval_ms: u64,
@@ -80,6 +85,7 @@ impl Default for GatewayConfig {
             try_timeout_ms: default_try_ms(),
             total_timeout_ms: default_total_ms(),
             resolve_interval_ms: default_resolve_ms(),
+            threads: 0,
             retries: default_retries(),
             max_body_bytes: default_max_body(),
             require_api_key: false,
@@ -164,7 +170,10 @@ impl std::fmt::Display for Target {
 impl PoolConfig {
     /// The backends, parsed (after [`GatewayConfig::validate`]).
     pub fn targets(&self) -> Vec<Target> {
-        self.backends.iter().filter_map(|b| Target::parse(b)).collect()
+        self.backends
+            .iter()
+            .filter_map(|b| Target::parse(b))
+            .collect()
     }
 }
 
@@ -346,6 +355,12 @@ impl GatewayConfig {
                 "every pool has weight 0: no traffic could go anywhere".into(),
             );
         }
+        if self.threads > 256 {
+            return bad(
+                "gateway.threads".into(),
+                format!("{} threads: at most 256 (0 is one per core)", self.threads),
+            );
+        }
         if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_LIMIT {
             return bad(
                 "gateway.max_body_bytes".into(),
@@ -447,12 +462,18 @@ mod tests {
             name("oltp-headless.tributary.svc.cluster.local", 8088)
         );
         assert_eq!(Target::parse("oltp.:80"), name("oltp", 80));
-        for bad in ["oltp", "oltp:0", "oltp:http", ":80", "-oltp:80", "a..b:80", "a b:80"] {
+        for bad in [
+            "oltp",
+            "oltp:0",
+            "oltp:http",
+            ":80",
+            "-oltp:80",
+            "a..b:80",
+            "a b:80",
+        ] {
             assert_eq!(Target::parse(bad), None, "{bad}");
         }
-        let c = config(
-            "[[pools]]\nname = \"a\"\nbackends = [\"oltp:8088\", \"127.0.0.1:1\"]",
-        );
+        let c = config("[[pools]]\nname = \"a\"\nbackends = [\"oltp:8088\", \"127.0.0.1:1\"]");
         c.validate().unwrap();
         assert_eq!(c.pools[0].targets().len(), 2);
         assert_eq!(

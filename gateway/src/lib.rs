@@ -158,10 +158,19 @@ impl Gateway {
             pingora_proxy::http_proxy_service_with_name(&server_conf, proxy, "tributary-gateway");
         service.add_tcp(&listen.to_string());
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut serving = tokio::spawn(async move {
+        // The proxy runs on threads of its own, each a single-threaded
+        // runtime that keeps a connection for its life: no worker wakes
+        // another to steal a request, which in tributary's shared runtime
+        // cost a futex wake-up and a context switch per request.
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let runtime = pingora_runtime::Runtime::new_no_steal(threads, "gateway");
+        let mut serving = runtime.get_handle().spawn(async move {
             service.start_service(None, stopped, 1).await;
         });
-        tracing::info!(%listen, admin = %admin_addr, policy = ?config.policy,
+        tracing::info!(%listen, admin = %admin_addr, policy = ?config.policy, threads,
             replicas = routing.get().backends.len(), "gateway serving");
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -173,6 +182,7 @@ impl Gateway {
                 };
                 health.abort();
                 resolver.abort();
+                shut_down(runtime).await;
                 return Err(Error::Bind { addr: listen.to_string(), source: std::io::Error::other(reason) });
             }
         }
@@ -186,12 +196,19 @@ impl Gateway {
             tracing::warn!(left, "gateway stopped with requests still in flight");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
+        shut_down(runtime).await;
         health.abort();
         resolver.abort();
         let _ = admin_task.await;
         tracing::info!(%listen, "gateway stopped");
         Ok(())
     }
+}
+
+/// Stops the proxy's threads (a runtime cannot be dropped inside another).
+async fn shut_down(runtime: pingora_runtime::Runtime) {
+    let _ =
+        tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(1))).await;
 }
 
 /// Resolves the pools' DNS names and swaps in the replicas they name now.
@@ -234,8 +251,16 @@ async fn resolve(config: &GatewayConfig, routing: &Routing) {
     }
     if routing.set_members(&members) {
         for ((pool, was), now) in config.pools.iter().zip(&current).zip(&members) {
-            let added: Vec<String> = now.iter().filter(|a| !was.contains(a)).map(|a| a.to_string()).collect();
-            let removed: Vec<String> = was.iter().filter(|a| !now.contains(a)).map(|a| a.to_string()).collect();
+            let added: Vec<String> = now
+                .iter()
+                .filter(|a| !was.contains(a))
+                .map(|a| a.to_string())
+                .collect();
+            let removed: Vec<String> = was
+                .iter()
+                .filter(|a| !now.contains(a))
+                .map(|a| a.to_string())
+                .collect();
             if !added.is_empty() || !removed.is_empty() {
                 tracing::info!(pool = %pool.name, ?added, ?removed, replicas = now.len(),
                     "pool replicas changed (DNS)");

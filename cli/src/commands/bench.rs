@@ -241,6 +241,7 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
             rate,
             duration,
             curve,
+            threads,
             json,
             keep,
         } => {
@@ -258,6 +259,7 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
                 rate,
                 duration: parse_duration(&duration)?,
                 curve_rates,
+                threads,
                 keep,
                 exe: std::env::current_exe().context("finding this binary")?,
             };
