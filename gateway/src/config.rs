@@ -148,7 +148,14 @@ impl Target {
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         };
         let name = host.strip_suffix('.').unwrap_or(host);
-        if name.len() > 253 || !name.split('.').all(label_ok) {
+        // An all-digit last label is no DNS name (no top-level domain is
+        // numeric): it is a mistyped address such as 10.0.0.300, refused
+        // here rather than looked up and warned about forever.
+        let numeric_tld = name
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if name.len() > 253 || numeric_tld || !name.split('.').all(label_ok) {
             return None;
         }
         Some(Target::Name {
@@ -470,6 +477,8 @@ mod tests {
             "-oltp:80",
             "a..b:80",
             "a b:80",
+            "10.0.0.300:80",
+            "10.0.0:80",
         ] {
             assert_eq!(Target::parse(bad), None, "{bad}");
         }

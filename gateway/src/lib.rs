@@ -279,7 +279,9 @@ async fn follow_dns(routing: Arc<Routing>, config: GatewayConfig, shutdown: Canc
     if !named {
         return;
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(config.resolve_interval_ms));
+    // `bind` resolved once already: the first tick is one period later.
+    let period = Duration::from_millis(config.resolve_interval_ms);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
