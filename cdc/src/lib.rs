@@ -73,7 +73,7 @@ pub(crate) mod supervisor;
 
 use serde::Deserialize;
 
-pub use slot::request_resnapshot;
+pub use slot::{advance_wal_past, request_resnapshot};
 pub use source::SourceDb;
 pub use status::{SlotStatus, slot_status};
 pub use supervisor::{run, run_with};

@@ -36,6 +36,7 @@ pub const DELIVERY_SECONDS: &str = "tributary_cdc_delivery_seconds";
 pub const SCHEMA_CHANGES_TOTAL: &str = "tributary_cdc_schema_changes_total";
 /// Slots found dropped or invalidated (database re-snapshotted), by `source`.
 pub const SLOTS_LOST_TOTAL: &str = "tributary_cdc_slots_lost_total";
+pub const FAILOVER_WAL_BEHIND_BYTES: &str = "tributary_cdc_failover_wal_behind_bytes_total";
 
 static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -95,6 +96,14 @@ static SCHEMA_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["source", "table"],
     )
 });
+static FAILOVER_WAL_BEHIND: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        FAILOVER_WAL_BEHIND_BYTES,
+        "WAL the reader had streamed from an old primary that its promoted standby never had (lost by a failover), in bytes.",
+        &["source"],
+    )
+});
+
 static SLOTS_LOST: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         SLOTS_LOST_TOTAL,
@@ -181,6 +190,12 @@ pub(crate) fn delivery_latency(secs: f64) {
 
 pub(crate) fn schema_change(source: &str, table: &str) {
     SCHEMA_CHANGES.with_label_values(&[source, table]).inc();
+}
+
+pub(crate) fn failover_wal_behind(source: &str, bytes: u64) {
+    FAILOVER_WAL_BEHIND
+        .with_label_values(&[source])
+        .inc_by(bytes);
 }
 
 pub(crate) fn slot_lost(source: &str) {

@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tributary_kafka::KafkaConfig;
+use tributary_model::lsn::Lsn;
 use tributary_model::watermark::watermark_topic;
 
 use crate::decode::{PgOutput, Relation, decode};
@@ -44,12 +45,14 @@ pub(crate) async fn run<S: Sink>(
     kafka: &KafkaConfig,
     source: &SourceDb,
     shutdown: &CancellationToken,
+    high_water: &mut Lsn,
 ) -> Result<()> {
     let slot = Slot {
         config,
         topic_prefix: &kafka.topic_prefix,
         source,
         name: source.slot_name(&config.slot_prefix),
+        high_water: *high_water,
     };
     let label = source.label();
     let mut client = connect_sql(&source.dsn).await?;
@@ -136,6 +139,7 @@ pub(crate) async fn run<S: Sink>(
                     None => return Err(Error::Protocol("server ended the replication stream".into())),
                     Some(ReplicationMessage::Keepalive { wal_end, reply_requested }) => {
                         received = received.max(wal_end);
+                        *high_water = (*high_water).max(received);
                         state.keepalive(wal_end, &sink)?;
                         if reply_requested {
                             status.send_status(received, sink.durable()).await?;
@@ -143,6 +147,7 @@ pub(crate) async fn run<S: Sink>(
                     }
                     Some(ReplicationMessage::XLogData { wal_end, data, .. }) => {
                         received = received.max(wal_end);
+                        *high_water = (*high_water).max(received);
                         let msg = match decode(&data)? {
                             PgOutput::Relation(rel) => PgOutput::Relation(row_key(&client, rel).await?),
                             other => other,

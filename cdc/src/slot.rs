@@ -31,6 +31,9 @@ pub(crate) struct Slot<'a> {
     pub source: &'a SourceDb,
     /// The slot's name ([`SourceDb::slot_name`]).
     pub name: String,
+    /// The newest WAL position this process received from the source
+    /// (any earlier session): what it may have published.
+    pub high_water: Lsn,
 }
 
 /// What the server and the state tables say about the slot.
@@ -99,6 +102,9 @@ impl Slot<'_> {
                 // Anything published before (a lost slot, an unrecorded run)
                 // must be replaced by the new snapshot.
                 let reset = found.slot.is_some() || found.run.is_some();
+                if found.slot.is_none() && found.run.is_some() {
+                    advance_wal_past(client, &source.label(), self.high_water).await?;
+                }
                 self.fresh_snapshot(repl, client, sink, reset).await
             }
         }
@@ -269,6 +275,66 @@ impl Slot<'_> {
         // Returns once every chunk (and the truncate before them) is durable.
         snapshot::copy_chunks(job, chunks, sink, |_, _| async { Ok(()) }).await
     }
+}
+
+/// After a failover the new primary's WAL may stand *behind* what this
+/// reader streamed from the old one: with asynchronous replication the
+/// standby had not received the newest transactions, and a transaction
+/// whose commit waited for a synchronous standby is decoded before that
+/// wait ends. Those changes are in Kafka and the lake with positions the new
+/// primary will give to other transactions. The new snapshot's truncate
+/// replaces only rows older than its position, so that position must be
+/// past `high_water`: WAL segment switches move the new primary there
+/// (each ends the current 16 MiB segment). PostgreSQL 17's failover slots
+/// (`synchronized_standby_slots`) keep the reader from getting ahead of
+/// the standby in the first place; PostgreSQL 15 has no such thing.
+pub async fn advance_wal_past(
+    client: &tokio_postgres::Client,
+    label: &str,
+    high_water: Lsn,
+) -> Result<()> {
+    let start = current_lsn(client).await?;
+    if start > high_water {
+        return Ok(());
+    }
+    tracing::error!(source = label, new_primary = %start, streamed = %high_water,
+    behind_bytes = high_water.0 - start.0,
+    "the new primary's WAL is behind what this reader streamed from the old one: those transactions were lost by the failover (they were in Kafka and the lake); moving the WAL past them so the new snapshot replaces them");
+    crate::metrics::failover_wal_behind(label, high_water.0 - start.0);
+    let mut now = start;
+    // One switch per segment between, and a margin.
+    let most = (high_water.0 - start.0) / (16 << 20) + 4;
+    for _ in 0..most {
+        if now > high_water {
+            return Ok(());
+        }
+        client
+        .batch_execute(
+            "SELECT pg_logical_emit_message(false, 'tributary.failover', 'advance'); SELECT pg_switch_wal()",
+        )
+        .await
+        .map_err(pg(
+            "switching WAL segments (pg_switch_wal needs superuser or GRANT EXECUTE)",
+        ))?;
+        now = current_lsn(client).await?;
+    }
+    if now > high_water {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!(
+            "the new primary's WAL stays at {now} after {most} segment switches, behind {high_water}"
+        )))
+    }
+}
+
+/// The server's current WAL insert position.
+async fn current_lsn(client: &tokio_postgres::Client) -> Result<Lsn> {
+    let text: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(pg("reading pg_current_wal_lsn()"))?
+        .get(0);
+    Ok(text.parse::<Lsn>()?)
 }
 
 async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> Result<()> {

@@ -13,6 +13,7 @@ use tributary_kafka::KafkaConfig;
 use tributary_model::backoff::Backoff;
 use tributary_model::domain::topic_name;
 use tributary_model::error_chain;
+use tributary_model::lsn::Lsn;
 use tributary_model::watermark::watermark_topic;
 
 use crate::sink::{KafkaSink, Sink};
@@ -81,8 +82,12 @@ async fn supervise<S: Sink>(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let mut backoff = Backoff::restarts();
+    // The newest WAL position any session of this source received: kept
+    // across sessions, so that after a failover the new primary's WAL is
+    // moved past it before a new slot is made (see `Slot::prepare`).
+    let mut high_water = Lsn::ZERO;
     loop {
-        match session::run::<S>(config, kafka, source, shutdown).await {
+        match session::run::<S>(config, kafka, source, shutdown, &mut high_water).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
                 tracing::warn!(db = %source.db, shard = source.shard, error = %error_chain(&e), "reader failed, resuming from the slot");

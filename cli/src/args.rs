@@ -62,6 +62,20 @@ pub enum Command {
     /// Restart the stack's order-API replicas one at a time behind the
     /// gateway (drain, restart, healthy, next), without failing a request.
     Rollout,
+    /// Fail a shard over to its hot standby now: the primary is stopped
+    /// cleanly (its standby gets every byte of WAL first) and fenced, the
+    /// standby promoted; clients follow by their DSN.
+    Failover {
+        #[arg(value_enum)]
+        kind: FailoverKind,
+        /// The shard's number (0 for shard0).
+        index: usize,
+    },
+    /// High availability of the local stack's shards.
+    Ha {
+        #[command(subcommand)]
+        command: HaCommand,
+    },
     /// Drive realistic traffic through the HTTP API.
     Load {
         /// Requests per second.
@@ -209,6 +223,21 @@ pub enum SqlCommand {
         #[arg(long)]
         listen: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum HaCommand {
+    /// The supervisor (`tributary up` starts one): probes every shard's
+    /// primary, fences one that stopped answering for
+    /// `[stack] failover_after_ms` and promotes its standby, and clones a
+    /// new standby from the new primary.
+    Run,
+}
+
+/// What `tributary failover` fails over.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FailoverKind {
+    Shard,
 }
 
 #[derive(Subcommand)]

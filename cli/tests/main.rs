@@ -21,6 +21,7 @@ mod e2e {
     mod console;
     mod fraud;
     mod gateway;
+    mod ha;
     mod interop;
     mod lease;
     mod maintenance;

@@ -86,6 +86,35 @@ pub struct StackConfig {
     /// gateway (`up --replicas N` overrides it; 0: none).
     #[serde(default)]
     pub replicas: usize,
+    /// A hot standby per order shard by streaming replication, and `up`
+    /// starts the supervisor that fails over to it (`tributary ha run`).
+    /// Off: one cluster per shard (a small machine).
+    #[serde(default = "yes")]
+    pub standbys: bool,
+    /// `sync`: a commit returns once the standby has it (no acknowledged
+    /// order is lost by a failover); `async`: the standby may lag by a
+    /// moment. With `sync`, a standby that is down for `failover_after_ms`
+    /// is dropped from the synchronous set until it streams again, so the
+    /// primary keeps taking writes (Patroni's non-strict synchronous mode).
+    #[serde(default)]
+    pub replication: Replication,
+    /// How long a primary must fail every probe before the supervisor
+    /// fences it and promotes the standby.
+    #[serde(default = "default_failover_after_ms")]
+    pub failover_after_ms: u64,
+}
+
+/// `[stack] replication`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    #[default]
+    Sync,
+    Async,
+}
+
+fn default_failover_after_ms() -> u64 {
+    3000
 }
 
 fn yes() -> bool {

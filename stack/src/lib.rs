@@ -38,6 +38,7 @@ pub mod broker;
 pub mod checks;
 pub mod config;
 pub mod daemon;
+pub mod ha;
 mod local;
 pub mod observe;
 mod platform;
@@ -47,7 +48,7 @@ pub mod serving;
 mod status;
 
 pub use config::Config;
-pub use local::{BrokerInstance, PgInstance, StackState, down, scheduler_dir};
+pub use local::{BrokerInstance, PgInstance, PgNode, StackState, down, scheduler_dir};
 pub use platform::{Platform, Sources};
 pub use redis::RedisInstance;
 pub use status::{ComponentStatus, status};
@@ -89,6 +90,8 @@ pub enum Error {
     NoKafka,
     #[error("no stack in {state_dir}: run `tributary up`")]
     NoStack { state_dir: String },
+    #[error("cannot fail {shard} over: {reason}")]
+    Failover { shard: String, reason: String },
     #[error(
         "the stack in {state_dir} has {found} shards but stack.shards = {configured}; run `tributary down --purge` first"
     )]

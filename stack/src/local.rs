@@ -18,13 +18,49 @@ use crate::postgres::{PgTools, chown_to_server_user, is_root, run};
 use crate::redis::RedisInstance;
 use crate::{Error, Result, broker, io, pg};
 
-/// One PostgreSQL cluster of the stack.
+/// One PostgreSQL cluster of the stack: a shard (its primary node, and its
+/// hot standby when the stack has them) or the catalog.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PgInstance {
     pub name: String,
+    /// The primary node's port and data.
     pub port: u16,
     pub data_dir: PathBuf,
     pub database: String,
+    /// The standby node (`[stack] standbys`); a failover swaps it with the
+    /// primary node ([`crate::ha`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<PgNode>,
+}
+
+/// A standby node of a shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgNode {
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl PgNode {
+    /// The node's name: its data folder's (`shard0`, `shard0-b`).
+    pub fn name(&self) -> String {
+        node_name(&self.data_dir)
+    }
+
+    /// One database of this node alone.
+    pub fn dsn_of(&self, database: &str) -> String {
+        node_dsn(self.port, database)
+    }
+}
+
+fn node_name(data_dir: &Path) -> String {
+    data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn node_dsn(port: u16, database: &str) -> String {
+    format!("host=127.0.0.1 port={port} user=tributary dbname={database}")
 }
 
 impl PgInstance {
@@ -39,12 +75,33 @@ impl PgInstance {
         self.dsn_of("postgres")
     }
 
-    /// Another database of the same cluster.
+    /// Another database of the same cluster. With a standby it names both
+    /// nodes and asks for the one that takes writes
+    /// (`target_session_attrs=read-write`, as libpq does), so a client
+    /// connecting after a failover finds the new primary by itself; a node
+    /// that does not answer is skipped after `connect_timeout`.
     pub fn dsn_of(&self, database: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=tributary dbname={database}",
-            self.port
-        )
+        match &self.standby {
+            None => node_dsn(self.port, database),
+            Some(s) => format!(
+                "host=127.0.0.1,127.0.0.1 port={},{} user=tributary dbname={database} \
+                 target_session_attrs=read-write connect_timeout=2",
+                self.port, s.port
+            ),
+        }
+    }
+
+    /// The primary node as a [`PgNode`].
+    pub fn primary(&self) -> PgNode {
+        PgNode {
+            port: self.port,
+            data_dir: self.data_dir.clone(),
+        }
+    }
+
+    /// The primary node's name.
+    pub fn node_name(&self) -> String {
+        node_name(&self.data_dir)
     }
 }
 
@@ -97,13 +154,17 @@ impl StackState {
         Ok(Some(state))
     }
 
-    fn save(&self, state_dir: &Path) -> Result<()> {
+    /// Writes the description whole (a temporary file renamed over it), so
+    /// a reader never sees half of it.
+    pub(crate) fn save(&self, state_dir: &Path) -> Result<()> {
         let p = Self::path(state_dir);
         let text = serde_json::to_string_pretty(self).map_err(|source| Error::StateFile {
             path: p.display().to_string(),
             source,
         })?;
-        std::fs::write(&p, text).map_err(io(format!("writing {}", p.display())))
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, &p).map_err(io(format!("writing {}", p.display())))
     }
 
     /// The order shards, then the catalog.
@@ -137,18 +198,28 @@ impl Ports {
 fn plan(config: &Config) -> Result<StackState> {
     let base = data_base(&config.state_dir)?;
     let mut ports = Ports::new();
-    let mut pg = |name: String, database: &str| -> Result<PgInstance> {
-        Ok(PgInstance {
+    let mut shards = Vec::new();
+    for i in 0..config.stack.shards {
+        let name = format!("shard{i}");
+        let mut shard = PgInstance {
             data_dir: base.join(&name),
             name,
             port: ports.next()?,
-            database: database.into(),
-        })
+            database: "orders".into(),
+            standby: None,
+        };
+        if config.stack.standbys {
+            shard.standby = Some(plan_standby(&shard, &mut ports)?);
+        }
+        shards.push(shard);
+    }
+    let catalog = PgInstance {
+        data_dir: base.join("catalog"),
+        name: "catalog".into(),
+        port: ports.next()?,
+        database: "catalog".into(),
+        standby: None,
     };
-    let shards = (0..config.stack.shards)
-        .map(|i| pg(format!("shard{i}"), "orders"))
-        .collect::<Result<_>>()?;
-    let catalog = pg("catalog".into(), "catalog")?;
     Ok(StackState {
         shards,
         catalog,
@@ -157,6 +228,17 @@ fn plan(config: &Config) -> Result<StackState> {
             data_dir: config.state_dir.join("broker"),
         },
         redis: plan_redis(config, &mut ports)?,
+    })
+}
+
+fn plan_standby(shard: &PgInstance, ports: &mut Ports) -> Result<PgNode> {
+    let dir = shard
+        .data_dir
+        .parent()
+        .ok_or_else(|| Error::Internal(format!("{} has no parent", shard.data_dir.display())))?;
+    Ok(PgNode {
+        port: ports.next()?,
+        data_dir: dir.join(format!("{}-b", shard.name)),
     })
 }
 
@@ -191,6 +273,13 @@ pub(crate) async fn up(config: &Config) -> Result<StackState> {
                 s.redis = plan_redis(config, &mut Ports::new())?;
                 s.save(&config.state_dir)?;
             }
+            if config.stack.standbys && s.shards.iter().any(|x| x.standby.is_none()) {
+                let mut ports = Ports::new();
+                for shard in s.shards.iter_mut().filter(|x| x.standby.is_none()) {
+                    shard.standby = Some(plan_standby(shard, &mut ports)?);
+                }
+                s.save(&config.state_dir)?;
+            }
             s
         }
         None => {
@@ -208,6 +297,17 @@ pub(crate) async fn up(config: &Config) -> Result<StackState> {
                 source: Box::new(e),
             })?;
     }
+    if config.stack.standbys {
+        let _lock = crate::ha::HaLock::take(&config.state_dir).await?;
+        for shard in &state.shards {
+            crate::ha::ensure_standby(&tools, shard, config.stack.replication)
+                .await
+                .map_err(|e| Error::PostgresStart {
+                    name: format!("{} standby", shard.name),
+                    source: Box::new(e),
+                })?;
+        }
+    }
     let bin = broker::binary(config.stack.broker_bin.as_deref())?;
     broker::start_detached(&bin, state.broker.port, &state.broker.data_dir).await?;
     if let Some(redis) = state.redis.as_ref().filter(|_| config.stack.redis) {
@@ -220,14 +320,22 @@ pub(crate) async fn up(config: &Config) -> Result<StackState> {
 /// Stops the stack; `purge` also deletes its data.
 pub fn down(config: &Config, purge: bool) -> Result<()> {
     // The scheduler first: it records its interrupted attempts in the
-    // catalog database before that stops.
+    // catalog database before that stops. The HA supervisor before the
+    // databases, or it would fail them over as they stop.
     crate::daemon::stop(&scheduler_dir(config), Duration::from_secs(10));
+    crate::daemon::stop(
+        &crate::ha::supervisor_dir(&config.state_dir),
+        Duration::from_secs(5),
+    );
     crate::serving::down(&config.state_dir);
     crate::observe::down(&config.state_dir);
     if let Some(state) = StackState::load(&config.state_dir)? {
         if let Ok(tools) = PgTools::find(config.stack.pg_bin.as_deref()) {
             for pg in state.all_pg() {
-                stop_cluster(&tools, pg);
+                stop_cluster(&tools, &pg.data_dir);
+                if let Some(standby) = &pg.standby {
+                    stop_cluster(&tools, &standby.data_dir);
+                }
             }
         }
         crate::daemon::stop(&state.broker.data_dir, Duration::from_secs(5));
@@ -237,6 +345,9 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
         if purge {
             for pg in state.all_pg() {
                 let _ = std::fs::remove_dir_all(&pg.data_dir);
+                if let Some(standby) = &pg.standby {
+                    let _ = std::fs::remove_dir_all(&standby.data_dir);
+                }
             }
         }
     }
@@ -345,14 +456,15 @@ async fn start_cluster(tools: &PgTools, cluster: &PgInstance) -> Result<()> {
     Ok(())
 }
 
-/// Stops the cluster (fast shutdown) when it runs; errors are ignored.
-fn stop_cluster(tools: &PgTools, cluster: &PgInstance) {
-    if cluster.data_dir.join("postmaster.pid").exists() {
+/// Stops the cluster in `data` (fast shutdown) when it runs; errors are
+/// ignored.
+pub(crate) fn stop_cluster(tools: &PgTools, data: &Path) {
+    if data.join("postmaster.pid").exists() {
         let _ = run(
             tools
                 .command("pg_ctl")
                 .arg("-D")
-                .arg(&cluster.data_dir)
+                .arg(data)
                 .args(["-m", "fast", "-w", "stop"]),
             "pg_ctl stop",
         );

@@ -78,7 +78,15 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
                         .collect::<Vec<_>>()
                         .join("; ")
                 };
-                (true, format!("{}; data {}", lag, pg.data_dir.display()))
+                let node = if pg.standby.is_some() {
+                    format!("primary node {}; ", pg.node_name())
+                } else {
+                    String::new()
+                };
+                (
+                    true,
+                    format!("{node}{}; data {}", lag, pg.data_dir.display()),
+                )
             }
             Ok(Err(e)) => (false, e.to_string()),
             Err(_) => (false, "timed out".into()),
@@ -90,6 +98,9 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
             detail,
             freshness_seconds: None,
         });
+        if let Some(standby) = &pg.standby {
+            out.push(standby_status(pg, standby).await);
+        }
     }
     let kafka = platform.kafka()?;
     let broker_ok = tributary_kafka::check_broker(kafka, Duration::from_secs(3)).await;
@@ -116,6 +127,7 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
     out.extend(crate::serving::status(&platform.config().state_dir).await);
     let lake_config = platform.lake_config();
     out.push(scheduler(platform, lake_config).await);
+    out.extend(supervisor(platform));
     let lake = tributary_lake::Lake::new(lake_config);
     out.push(ComponentStatus {
         component: "lake".into(),
@@ -130,6 +142,63 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
     }
     out.extend(crate::observe::status(&platform.config().state_dir).await);
     Ok(out)
+}
+
+/// A shard's standby: its role, and its replication lag as the primary
+/// sees it.
+async fn standby_status(shard: &crate::PgInstance, node: &crate::PgNode) -> ComponentStatus {
+    use crate::ha::{NodeRole, probe, replica};
+    let role = probe(node).await;
+    let (healthy, detail) = match (role, replica(shard).await) {
+        (NodeRole::Standby, Some(r)) => (
+            r.state == "streaming",
+            format!(
+                "node {}; {} {}, replay lag {} bytes, {:.1} s",
+                node.name(),
+                r.state,
+                r.sync_state,
+                r.replay_lag_bytes,
+                r.replay_lag_seconds
+            ),
+        ),
+        (NodeRole::Standby, None) => (false, format!("node {}; not streaming", node.name())),
+        (NodeRole::Primary, _) => (false, format!("node {} answers as a PRIMARY", node.name())),
+        (NodeRole::Down, _) => (
+            false,
+            format!("node {} does not answer (fenced or stopped)", node.name()),
+        ),
+    };
+    ComponentStatus {
+        component: format!("postgres {} standby", shard.name),
+        address: describe(&node.dsn_of(&shard.database)),
+        healthy,
+        detail: format!("{detail}; data {}", node.data_dir.display()),
+        freshness_seconds: None,
+    }
+}
+
+/// The HA supervisor `up` started.
+fn supervisor(platform: &Platform) -> Option<ComponentStatus> {
+    let state_dir = &platform.config().state_dir;
+    let dir = crate::ha::supervisor_dir(state_dir);
+    if !platform.stack()?.shards.iter().any(|s| s.standby.is_some()) {
+        return None;
+    }
+    let pid = crate::daemon::alive(&dir);
+    Some(ComponentStatus {
+        component: "ha supervisor".into(),
+        address: "-".into(),
+        healthy: pid.is_some(),
+        detail: match pid {
+            Some(pid) => format!(
+                "pid {pid}; fails a shard over after {} ms without its primary; log {}",
+                platform.config().stack.failover_after_ms,
+                dir.join("ha.log").display()
+            ),
+            None => "not running: no automatic failover (`tributary up` starts it)".into(),
+        },
+        freshness_seconds: None,
+    })
 }
 
 /// The workflows scheduler `up` started, and who leads (any scheduler

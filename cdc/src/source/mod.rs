@@ -112,14 +112,21 @@ pub(crate) async fn export_snapshot(dsn: &str) -> Result<(tokio_postgres::Client
 }
 
 /// A walsender connection in logical replication mode (`replication=database`)
-/// to the DSN's first TCP host.
+/// to the DSN's first TCP host, or, when it names several (a primary and
+/// its standbys), to the first that takes writes: logical slots live on
+/// the primary only.
 pub(crate) async fn connect_replication(dsn: &str) -> Result<ReplicationConnection> {
     let dsn::Dsn { config, tls, shown } = dsn::Dsn::parse(dsn)?;
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_string(),
+    let (host, port) = match config.get_hosts().len() {
+        0 | 1 => (
+            match config.get_hosts().first() {
+                Some(Host::Tcp(h)) => h.clone(),
+                _ => "127.0.0.1".to_string(),
+            },
+            config.get_ports().first().copied().unwrap_or(5432),
+        ),
+        _ => writable_host(&config, &tls, &shown).await?,
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config
         .get_user()
         .ok_or_else(|| Error::Config(format!("DSN {shown} has no user")))?;
@@ -146,6 +153,61 @@ pub(crate) async fn connect_replication(dsn: &str) -> Result<ReplicationConnecti
         },
     )
     .await
+}
+
+/// The first of the DSN's hosts that is not in recovery, asked one at a
+/// time over SQL (each within the DSN's `connect_timeout`, else 5 s).
+async fn writable_host(
+    config: &tokio_postgres::Config,
+    tls: &tls::TlsSettings,
+    shown: &str,
+) -> Result<(String, u16)> {
+    let ports = config.get_ports();
+    let timeout = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(std::time::Duration::from_secs(5));
+    let mut tried = Vec::new();
+    for (i, host) in config.get_hosts().iter().enumerate() {
+        let Host::Tcp(h) = host else { continue };
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        // A Config keeps every host it was given: build a one-host one.
+        let mut single = tokio_postgres::Config::new();
+        single.host(h).port(port).ssl_mode(config.get_ssl_mode());
+        if let Some(u) = config.get_user() {
+            single.user(u);
+        }
+        if let Some(p) = config.get_password() {
+            single.password(p);
+        }
+        if let Some(d) = config.get_dbname() {
+            single.dbname(d);
+        }
+        let ask = async {
+            let (client, conn) = single
+                .connect(tls.make_connect()?)
+                .await
+                .map_err(pg("connecting"))?;
+            tokio::spawn(conn);
+            let recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(pg("asking pg_is_in_recovery()"))?
+                .get(0);
+            Ok::<_, Error>(recovery)
+        };
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(false)) => return Ok((h.clone(), port)),
+            Ok(Ok(true)) => tried.push(format!("{h}:{port} is a standby")),
+            Ok(Err(e)) => tried.push(format!("{h}:{port}: {e}")),
+            Err(_) => tried.push(format!("{h}:{port}: no answer within {timeout:?}")),
+        }
+    }
+    // Transient: during a failover no node takes writes for a moment.
+    Err(Error::Connect {
+        target: shown.to_string(),
+        source: std::io::Error::other(format!("no host takes writes ({})", tried.join("; "))),
+    })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use anyhow::Result;
 use tributary::parse_duration;
 use tributary_stack::config;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, HaCommand};
 
 /// Runs the command `cli` names.
 pub async fn run(cli: Cli) -> Result<()> {
@@ -42,6 +42,10 @@ async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
         }
         Command::Gateway { command } => gateway::run(config, command).await,
         Command::Rollout => gateway::rollout(config, cli.config.as_deref()).await,
+        Command::Failover { kind: _, index } => stack::failover(config, index).await,
+        Command::Ha { command } => match command {
+            HaCommand::Run => stack::ha_run(config).await,
+        },
         Command::Down { purge } => stack::down(&config, purge),
         Command::Status { json } => stack::status(config, json).await,
         Command::Oltp { command } => oltp::run(config, command).await,

@@ -26,6 +26,7 @@ pub async fn up(
                 .unwrap_or_default()
         );
         start_scheduler(platform.config(), config_file).await?;
+        start_supervisor(platform.config(), config_file, s).await?;
         if replicas > 0 {
             println!("starting {replicas} order-API replicas and the gateway in front of them");
             let launcher = super::gateway::launcher(config_file)?;
@@ -49,6 +50,92 @@ pub async fn up(
     print_status(&platform, false).await
 }
 
+/// The HA supervisor, detached like the scheduler, when the shards have
+/// standbys and none runs yet.
+async fn start_supervisor(
+    config: &Config,
+    config_file: Option<&Path>,
+    stack: &tributary_stack::StackState,
+) -> Result<()> {
+    if !stack.shards.iter().any(|s| s.standby.is_some()) {
+        return Ok(());
+    }
+    let dir = tributary_stack::ha::supervisor_dir(&config.state_dir);
+    if let Some(pid) = daemon::alive(&dir) {
+        println!("HA supervisor already runs (pid {pid})");
+        return Ok(());
+    }
+    let pid = spawn_detached(config_file, &dir, "ha.log", &["ha", "run"], "HA supervisor").await?;
+    println!(
+        "HA supervisor started (pid {pid}): a shard whose primary fails for {} ms fails over to its standby",
+        config.stack.failover_after_ms
+    );
+    Ok(())
+}
+
+/// Starts `tributary ARGS` detached with its pid in `dir` and its output
+/// in `dir/log`; an immediate exit is an error with the log's end.
+async fn spawn_detached(
+    config_file: Option<&Path>,
+    dir: &Path,
+    log: &str,
+    args: &[&str],
+    what: &str,
+) -> Result<u32> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = dir.join(log);
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    if let Some(file) = config_file {
+        command.arg("--config").arg(std::path::absolute(file)?);
+    }
+    command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let pid = daemon::spawn(command, dir)?;
+    // A process that cannot start (a bad config, no catalog) exits at
+    // once: say so here rather than in a log nobody reads.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    if daemon::alive(dir).is_none() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        bail!(
+            "the {what} (pid {pid}) exited at once; the end of {}:\n{}",
+            log.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(pid)
+}
+
+/// `tributary failover shard N`.
+pub async fn failover(config: Config, index: usize) -> Result<()> {
+    let f = tributary_stack::ha::failover(&config, index, true).await?;
+    println!(
+        "{}: {} is the primary now ({} stopped and fenced) after {} ms",
+        f.shard,
+        f.new_primary,
+        f.old_primary,
+        f.took.as_millis()
+    );
+    let rebuilt = tributary_stack::ha::rejoin(&config, index).await?;
+    println!("{}: {rebuilt} is its standby again", f.shard);
+    Ok(())
+}
+
+/// `tributary ha run`.
+pub async fn ha_run(config: Config) -> Result<()> {
+    let shutdown = tributary::shutdown_on_signals();
+    tributary_stack::ha::supervise(&config, shutdown).await?;
+    Ok(())
+}
+
 /// A workflows scheduler with the stack's job folder, detached like the
 /// broker (`down` stops it), unless one `up` started still runs, the
 /// folder is missing, or `[stack] scheduler = false`.
@@ -68,41 +155,19 @@ async fn start_scheduler(config: &Config, config_file: Option<&Path>) -> Result<
         );
         return Ok(());
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let log = dir.join("scheduler.log");
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("opening {}", log.display()))?;
     let jobs = std::path::absolute(&config.stack.jobs)?;
-    let mut command = std::process::Command::new(std::env::current_exe()?);
-    if let Some(file) = config_file {
-        command.arg("--config").arg(std::path::absolute(file)?);
-    }
-    command
-        .arg("workflows")
-        .arg("--jobs")
-        .arg(&jobs)
-        .arg("run")
-        // /metrics on a free port, announced to `up --observe`'s Prometheus.
-        .args(["--metrics", "127.0.0.1:0"])
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    let pid = daemon::spawn(command, &dir)?;
-    // A scheduler that cannot start (a bad config, no catalog) exits at
-    // once: say so here rather than in a log nobody reads.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    if daemon::alive(&dir).is_none() {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(5).collect();
-        bail!(
-            "the scheduler (pid {pid}) exited at once; the end of {}:\n{}",
-            log.display(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
+    let jobs_arg = jobs.display().to_string();
+    // /metrics on a free port, announced to `up --observe`'s Prometheus.
+    let args = [
+        "workflows",
+        "--jobs",
+        &jobs_arg,
+        "run",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let pid = spawn_detached(config_file, &dir, "scheduler.log", &args, "scheduler").await?;
+    let log = dir.join("scheduler.log");
     println!(
         "scheduler started (pid {pid}) with the jobs of {}; log {}",
         jobs.display(),

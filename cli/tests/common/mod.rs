@@ -99,6 +99,9 @@ impl Env {
                 "1000".into(),
             ),
             ("TRIBUTARY_LOG".into(), "info".into()),
+            // Standbys only where a test is about them (`e2e::ha`): each
+            // would add a base backup and a supervisor to every stack.
+            ("TRIBUTARY__STACK__STANDBYS".into(), "false".into()),
         ]
         .into_iter()
         .chain(self.extra.iter().cloned())

@@ -1,0 +1,166 @@
+//! High availability on real clusters: a standby per shard, a frozen
+//! primary failed over by the supervisor under load and fenced, a planned
+//! `tributary failover shard N`, the CDC reader re-snapshotting the shard
+//! on its new primary, and the lake equal to the source afterwards.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tributary_stack::ha::{NodeRole, probe, replica};
+use tributary_stack::{PgInstance, PgNode};
+
+use crate::common::*;
+
+fn postmaster_pid(node: &PgNode) -> i32 {
+    std::fs::read_to_string(node.data_dir.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the shard's standby streams synchronously again.
+async fn wait_standby_sync(env: &mut Env, index: usize) {
+    env.until(
+        "the standby to stream synchronously",
+        60,
+        async |env: &Env| {
+            let shard: PgInstance = env.stack_state().shards[index].clone();
+            replica(&shard)
+                .await
+                .is_some_and(|r| r.state == "streaming" && r.sync_state == "sync")
+        },
+    )
+    .await;
+}
+
+async fn orders(shard: &PgInstance) -> i64 {
+    let c = pipeline_connect(&shard.dsn()).await;
+    scalar(&c, "SELECT count(*) FROM orders").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_is_fenced_and_failed_over_and_the_lake_follows() {
+    let mut env = Env::stack().await;
+    env.extra = vec![
+        ("TRIBUTARY__STACK__STANDBYS".into(), "true".into()),
+        ("TRIBUTARY__STACK__FAILOVER_AFTER_MS".into(), "2000".into()),
+    ];
+    env.start().await;
+    let before = env.stack_state();
+    let shard0 = before.shards[0].clone();
+    let old = shard0.primary();
+    let standby = shard0.standby.clone().expect("a standby per shard");
+    assert_eq!(probe(&old).await, NodeRole::Primary);
+    assert_eq!(probe(&standby).await, NodeRole::Standby);
+    wait_standby_sync(&mut env, 0).await;
+    let status = env.run_ok(&["status"]);
+    assert!(
+        status.contains("postgres shard0 standby") && status.contains("streaming sync"),
+        "{status}"
+    );
+    assert!(status.contains("ha supervisor"), "{status}");
+
+    env.start_pipeline();
+    let mut load = env.spawn_load(40, 30, 11);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // Frozen, not dead: the postmaster stops answering, its backends (and
+    // walsenders) run on. Only fencing stops them.
+    let frozen = postmaster_pid(&old);
+    kill(Pid::from_raw(frozen), Signal::SIGSTOP).unwrap();
+    let t0 = Instant::now();
+    env.until(
+        "the supervisor to fail shard0 over",
+        30,
+        async |env: &Env| env.stack_state().shards[0].port == standby.port,
+    )
+    .await;
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "failover took {took:?} with failover_after_ms = 2000"
+    );
+    assert_eq!(probe(&standby).await, NodeRole::Primary, "promoted");
+    // Fenced: the frozen postmaster is gone, and the old node never
+    // answers as a primary again (it comes back as the new standby).
+    assert!(
+        !std::path::Path::new(&format!("/proc/{frozen}")).exists()
+            || std::fs::read_to_string(format!("/proc/{frozen}/stat"))
+                .unwrap_or_default()
+                .contains(") Z "),
+        "the frozen postmaster {frozen} was not killed"
+    );
+    wait_standby_sync(&mut env, 0).await;
+    assert_eq!(
+        probe(&old).await,
+        NodeRole::Standby,
+        "the old primary rejoined as a standby"
+    );
+    let refused = pipeline_connect(&old.dsn_of("orders"))
+        .await
+        .batch_execute("CREATE TABLE fenced_write(x int)")
+        .await
+        .expect_err("the old primary refuses writes");
+    let why = refused.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        why.as_deref().is_some_and(|m| m.contains("read-only")),
+        "{refused:?}"
+    );
+
+    // A planned failover of shard 1 under the same load.
+    let shard1 = env.stack_state().shards[1].clone();
+    wait_standby_sync(&mut env, 1).await;
+    let out = env.run_ok(&["failover", "shard", "1"]);
+    assert!(out.contains("is the primary now"), "{out}");
+    let after = env.stack_state().shards[1].clone();
+    assert_eq!(after.port, shard1.standby.as_ref().unwrap().port, "{out}");
+    assert_eq!(probe(&after.primary()).await, NodeRole::Primary);
+    assert_eq!(
+        probe(after.standby.as_ref().unwrap()).await,
+        NodeRole::Standby,
+        "{out}"
+    );
+
+    // Requests fail while a shard has no primary (the order service
+    // answers 503); what it acknowledged is checked through the lake below.
+    let _ = load.wait();
+    let cdc = env.log("cdc");
+    assert!(
+        cdc.matches("REPLICATION SLOT LOST").count() >= 2,
+        "the reader re-snapshots each failed-over shard:\n{}",
+        tail(&cdc)
+    );
+    assert!(orders(&env.stack_state().shards[0]).await > 0);
+    assert_lake_equals_source(&env).await;
+    env.run_ok(&["down"]);
+}
+
+/// After a failover the new primary's WAL can stand behind what the reader
+/// streamed from the old one; the reader moves it past that point before
+/// making its new slot.
+#[tokio::test]
+async fn the_wal_is_moved_past_what_the_reader_streamed() {
+    let env = Env::stack().await;
+    env.up();
+    let shard = env.stack_state().shards[0].clone();
+    let client = pipeline_connect(&shard.dsn()).await;
+    let now: String = scalar(&client, "SELECT pg_current_wal_lsn()::text").await;
+    let now: tributary_model::lsn::Lsn = now.parse().unwrap();
+    let ahead = tributary_model::lsn::Lsn(now.0 + (40 << 20));
+    tributary_cdc::advance_wal_past(&client, "orders.0", ahead)
+        .await
+        .unwrap();
+    let moved: String = scalar(&client, "SELECT pg_current_wal_lsn()::text").await;
+    let moved: tributary_model::lsn::Lsn = moved.parse().unwrap();
+    assert!(moved > ahead, "{moved} is not past {ahead}");
+    assert!(
+        moved.0 < ahead.0 + (32 << 20),
+        "{moved}: more switches than needed"
+    );
+    env.run_ok(&["down"]);
+}
