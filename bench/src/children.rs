@@ -35,6 +35,9 @@ where
         .map_err(io("creating the bench folder"))?;
     let mut cfg = config.clone();
     cfg.state_dir = dir.path().join("state");
+    // The benches measure the pipeline, as they did before shards had
+    // standbys; the drills turn them back on.
+    cfg.stack.standbys = false;
     eprintln!("bench stack in {}", cfg.state_dir.display());
     let report = bench(cfg.clone(), dir.path().to_path_buf()).await;
     if keep {

@@ -60,6 +60,7 @@ pub mod capacity;
 pub mod cdc;
 mod children;
 pub mod compaction;
+pub mod drill;
 pub mod fraud;
 pub mod gateway;
 pub mod lake;

@@ -71,6 +71,36 @@ pub enum Command {
         /// The shard's number (0 for shard0).
         index: usize,
     },
+    /// A fault under a steady order load on a stack of its own (a standby
+    /// per shard, the HA supervisor, the pipeline), reported as RPO
+    /// (acknowledged orders lost) and RTO (to the first write on the shard,
+    /// and to the lake equal to the source). Fails when a goal is missed.
+    Drill {
+        #[arg(value_enum)]
+        scenario: DrillScenario,
+        /// The shard the fault hits.
+        #[arg(long, default_value_t = 0)]
+        shard: usize,
+        /// Orders per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Load before the fault.
+        #[arg(long, default_value = "10s")]
+        before: String,
+        /// Load after the fault.
+        #[arg(long, default_value = "30s")]
+        after: String,
+        /// sync or async.
+        #[arg(long, value_enum, default_value_t = DrillReplication::Sync)]
+        replication: DrillReplication,
+        #[arg(long, default_value_t = 3000)]
+        failover_after_ms: u64,
+        #[arg(long)]
+        json: bool,
+        /// Keep the drill's stack afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// High availability of the local stack's shards.
     Ha {
         #[command(subcommand)]
@@ -232,6 +262,20 @@ pub enum HaCommand {
     /// `[stack] failover_after_ms` and promotes its standby, and clones a
     /// new standby from the new primary.
     Run,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DrillScenario {
+    /// SIGKILL of a shard primary and every process of it.
+    ShardKill,
+    /// SIGSTOP of a shard primary's postmaster: alive, but not answering.
+    ShardFreeze,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DrillReplication {
+    Sync,
+    Async,
 }
 
 /// What `tributary failover` fails over.

@@ -437,7 +437,7 @@ fn stat_field(stat: &str, n: usize) -> Option<&str> {
 }
 
 /// Every process whose parent is `pid`.
-fn children(pid: i32) -> Vec<i32> {
+pub fn children(pid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return vec![];
     };

@@ -21,7 +21,7 @@ use anyhow::Result;
 use tributary::parse_duration;
 use tributary_stack::config;
 
-use crate::args::{Cli, Command, HaCommand};
+use crate::args::{Cli, Command, DrillReplication, DrillScenario, HaCommand};
 
 /// Runs the command `cli` names.
 pub async fn run(cli: Cli) -> Result<()> {
@@ -43,6 +43,44 @@ async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
         Command::Gateway { command } => gateway::run(config, command).await,
         Command::Rollout => gateway::rollout(config, cli.config.as_deref()).await,
         Command::Failover { kind: _, index } => stack::failover(config, index).await,
+        Command::Drill {
+            scenario,
+            shard,
+            rate,
+            before,
+            after,
+            replication,
+            failover_after_ms,
+            json,
+            keep,
+        } => {
+            use tributary_bench::drill;
+            let options = drill::Options {
+                scenario: match scenario {
+                    DrillScenario::ShardKill => drill::Scenario::ShardKill,
+                    DrillScenario::ShardFreeze => drill::Scenario::ShardFreeze,
+                },
+                exe: std::env::current_exe()?,
+                shard,
+                rate,
+                before: parse_duration(&before)?,
+                after: parse_duration(&after)?,
+                replication: match replication {
+                    DrillReplication::Sync => config::Replication::Sync,
+                    DrillReplication::Async => config::Replication::Async,
+                },
+                failover_after_ms,
+                keep,
+            };
+            let report = drill::run(&config, &options).await?;
+            if json {
+                print_json(&report, "report")?;
+            } else {
+                print!("{}", drill::render(&report));
+            }
+            anyhow::ensure!(report.ok(), "the drill missed a goal (see the table)");
+            Ok(())
+        }
         Command::Ha { command } => match command {
             HaCommand::Run => stack::ha_run(config).await,
         },

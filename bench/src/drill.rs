@@ -1,0 +1,569 @@
+//! `tributary drill SCENARIO`: a fault under a steady order load, on a stack
+//! of its own, reported as RPO and RTO.
+//!
+//! The stack has a standby per shard and the HA supervisor (in process).
+//! The order service, the CDC reader and the ingester run as children of
+//! the binary. A writer in process creates orders through the HTTP API at
+//! `rate` per second, alternating between a customer of the faulted shard
+//! and one of the other shards, and records every order the API
+//! acknowledged (201 with its id) and when. Then:
+//!
+//! - **RPO**: acknowledged orders that are not in the source afterwards
+//!   (counted against what the API said succeeded, not against the
+//!   database), and the span of their acknowledgement times;
+//! - **RTO (write)**: from the fault to the end of the faulted shard's
+//!   longest stretch without an acknowledged order (a frozen primary's
+//!   open connections commit until fencing, so the first acknowledgement
+//!   after the fault would say nothing);
+//! - **RTO (lake)**: from the fault to silver equal to the source row for
+//!   row, measured after the load ends (the lake cannot equal a source that
+//!   is still moving), with the time the load ended beside it;
+//! - **failover**: from the fault to `stack.json` naming the new primary.
+//!
+//! Scenarios: `shard-kill` (SIGKILL of the primary's postmaster and every
+//! process of it: a crashed machine), `shard-freeze` (SIGSTOP of the
+//! postmaster: it looks alive, takes no new connection, its backends run
+//! on until fencing kills them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tributary_stack::config::Replication;
+use tributary_stack::{Config, Platform, StackState};
+
+use crate::children::{Children, free_port, on_own_stack};
+use crate::{Error, Result, pg};
+
+/// What fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// SIGKILL of a shard primary (its postmaster and every backend).
+    ShardKill,
+    /// SIGSTOP of a shard primary's postmaster.
+    ShardFreeze,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::ShardKill => "shard-kill",
+            Scenario::ShardFreeze => "shard-freeze",
+        }
+    }
+}
+
+pub struct Options {
+    pub scenario: Scenario,
+    /// The `tributary` binary whose children run the pipeline.
+    pub exe: PathBuf,
+    pub shard: usize,
+    /// Orders per second.
+    pub rate: f64,
+    /// Load before the fault, and after it.
+    pub before: Duration,
+    pub after: Duration,
+    pub replication: Replication,
+    pub failover_after_ms: u64,
+    pub keep: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub replication: String,
+    pub failover_after_ms: u64,
+    pub rate: f64,
+    pub load_average: String,
+    /// Orders the API acknowledged, on the faulted shard and in all.
+    pub acknowledged_faulted_shard: usize,
+    pub acknowledged: usize,
+    /// Requests that failed (no answer, or not 201).
+    pub failed_requests: usize,
+    /// Acknowledged orders missing from the source afterwards.
+    pub lost: Vec<i64>,
+    /// The span of the lost orders' acknowledgements before the fault, in
+    /// seconds (0 when none were lost).
+    pub lost_window_seconds: f64,
+    pub failover_seconds: Option<f64>,
+    /// From the fault to the end of the shard's longest stretch without
+    /// an acknowledged write.
+    pub rto_write_seconds: Option<f64>,
+    /// That stretch.
+    pub outage_seconds: f64,
+    pub load_ended_seconds: f64,
+    pub rto_lake_seconds: Option<f64>,
+    /// Silver equals the source row for row at the end.
+    pub lake_equal: bool,
+    pub detail: Vec<String>,
+}
+
+impl Report {
+    /// The drill's goals: nothing acknowledged lost with synchronous
+    /// replication (at most one second of orders with asynchronous), the
+    /// shard writable within 30 s, and the lake equal to the source.
+    pub fn ok(&self) -> bool {
+        let rpo = match self.replication.as_str() {
+            "sync" => self.lost.is_empty(),
+            _ => self.lost_window_seconds <= 1.0,
+        };
+        rpo && self.rto_write_seconds.is_some_and(|s| s <= 30.0) && self.lake_equal
+    }
+}
+
+pub async fn run(config: &Config, options: &Options) -> Result<Report> {
+    if !(options.rate > 0.0) || options.shard >= config.stack.shards {
+        return Err(Error::Options(format!(
+            "need a rate above 0 and a shard below {}",
+            config.stack.shards
+        )));
+    }
+    on_own_stack(config, "drill", options.keep, |mut cfg, _| async move {
+        cfg.stack.standbys = true;
+        cfg.stack.replication = options.replication;
+        cfg.stack.failover_after_ms = options.failover_after_ms;
+        drill(cfg, options).await
+    })
+    .await
+}
+
+/// An acknowledged order: its id, its shard, when the API answered.
+#[derive(Clone, Copy)]
+struct Ack {
+    id: i64,
+    faulted: bool,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Book {
+    acks: Vec<Ack>,
+    failed: usize,
+}
+
+async fn drill(cfg: Config, options: &Options) -> Result<Report> {
+    let platform = Platform::start(cfg).await?;
+    let c = platform.config().clone();
+    let shutdown = CancellationToken::new();
+    let supervisor = {
+        let (c, s) = (c.clone(), shutdown.clone());
+        tokio::spawn(async move { tributary_stack::ha::supervise(&c, s).await })
+    };
+    let oltp = format!("127.0.0.1:{}", free_port()?);
+    let env = vec![
+        (
+            "TRIBUTARY__STATE_DIR".to_string(),
+            c.state_dir.display().to_string(),
+        ),
+        ("TRIBUTARY__OLTP__LISTEN".into(), oltp.clone()),
+    ];
+    let mut children = Children::new(options.exe.clone(), env, c.state_dir.clone());
+    children.spawn("oltp", &["oltp", "serve"])?;
+    let url = format!("http://{oltp}");
+    wait_http(&mut children, &url).await?;
+    children.spawn("cdc", &["cdc", "run"])?;
+    children.spawn("ingest", &["lake", "ingest"])?;
+    let result = measure(&platform, &c, options, &url, &mut children).await;
+    children.stop();
+    shutdown.cancel();
+    let _ = supervisor.await;
+    result
+}
+
+async fn measure(
+    platform: &Platform,
+    c: &Config,
+    options: &Options,
+    url: &str,
+    children: &mut Children,
+) -> Result<Report> {
+    let stack = StackState::load(&c.state_dir)?.ok_or_else(|| Error::Run("no stack".into()))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| Error::Run(format!("http client: {e}")))?;
+    let (faulted_customers, other_customers, product) =
+        setup(&http, url, &stack, options.shard).await?;
+    let mut detail = Vec::new();
+
+    let book = Arc::new(Mutex::new(Book::default()));
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(write_orders(
+        http.clone(),
+        url.to_string(),
+        faulted_customers,
+        other_customers,
+        product,
+        options.rate,
+        book.clone(),
+        stop.clone(),
+    ));
+    let load_started = Instant::now();
+    tokio::time::sleep(options.before).await;
+    children.check()?;
+
+    let shard = stack.shards[options.shard].clone();
+    let old_port = shard.port;
+    let pid = postmaster(&shard.data_dir)?;
+    let fault = Instant::now();
+    match options.scenario {
+        Scenario::ShardKill => {
+            let mut victims = descendants(pid);
+            victims.push(pid);
+            for p in victims {
+                signal(p, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        Scenario::ShardFreeze => signal(pid, nix::sys::signal::Signal::SIGSTOP),
+    }
+    detail.push(format!(
+        "{} of {} (node {}, pid {pid}) at {:.1} s of load",
+        options.scenario.name(),
+        shard.name,
+        shard.node_name(),
+        load_started.elapsed().as_secs_f64()
+    ));
+
+    // Failover: stack.json names the other node.
+    let mut failover = None;
+    let deadline = fault + options.after.max(Duration::from_secs(40));
+    while Instant::now() < deadline {
+        if let Some(s) = StackState::load(&c.state_dir)?
+            && s.shards[options.shard].port != old_port
+        {
+            failover = Some(fault.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let remaining = options.after.saturating_sub(fault.elapsed());
+    tokio::time::sleep(remaining).await;
+    stop.cancel();
+    writer
+        .await
+        .map_err(|e| Error::Internal(format!("writer: {e}")))?;
+    let load_ended = fault.elapsed();
+    children.check()?;
+
+    let book = std::mem::take(&mut *book.lock().unwrap_or_else(|p| p.into_inner()));
+    // The shard's outage: the longest stretch without an acknowledged
+    // write on it, among those ending after the fault (a frozen primary's
+    // open connections keep committing until it is fenced, so the first
+    // acknowledgement after the fault is not the end of the outage).
+    let mut times: Vec<Instant> = book
+        .acks
+        .iter()
+        .filter(|a| a.faulted)
+        .map(|a| a.at)
+        .collect();
+    times.sort();
+    let mut rto_write = None;
+    let mut outage = Duration::ZERO;
+    let mut last = times
+        .iter()
+        .rev()
+        .find(|t| **t <= fault)
+        .copied()
+        .unwrap_or(fault);
+    for t in times.iter().filter(|t| **t > fault) {
+        if *t - last > outage {
+            outage = *t - last;
+            rto_write = Some(*t - fault);
+        }
+        last = *t;
+    }
+
+    // Every acknowledged order must be in the source (the shard's DSN finds
+    // its primary, whichever node that is now).
+    let acked: BTreeMap<i64, Ack> = book.acks.iter().map(|a| (a.id, *a)).collect();
+    let mut present = BTreeSet::new();
+    for s in &StackState::load(&c.state_dir)?
+        .ok_or_else(|| Error::Run("no stack".into()))?
+        .shards
+    {
+        let db = tributary_stack::postgres::connect(&s.dsn()).await?;
+        let ids: Vec<i64> = acked.keys().copied().collect();
+        for row in db
+            .query("SELECT id FROM orders WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(pg("reading acknowledged orders"))?
+        {
+            present.insert(row.get::<_, i64>(0));
+        }
+    }
+    let lost: Vec<i64> = acked
+        .keys()
+        .filter(|id| !present.contains(id))
+        .copied()
+        .collect();
+    let lost_at: Vec<Instant> = lost.iter().map(|id| acked[id].at).collect();
+    let lost_window = match (lost_at.iter().min(), lost_at.iter().max()) {
+        (Some(a), Some(b)) => (*b - *a).as_secs_f64().max(0.001),
+        _ => 0.0,
+    };
+
+    // The lake: fresh platform (the shard's primary moved), caught up,
+    // then compared row for row.
+    let fresh = Platform::load(c.clone())?;
+    let mut rto_lake = None;
+    let mut lake_equal = false;
+    let until = Instant::now() + Duration::from_secs(240);
+    let session = tributary_query::Session::new(platform.lake()?)
+        .await
+        .map_err(crate::query("opening a session"))?;
+    while Instant::now() < until {
+        children.check()?;
+        if tributary_stack::checks::wait_caught_up(&fresh, Duration::from_secs(30))
+            .await
+            .is_ok()
+        {
+            let checks =
+                tributary_stack::checks::compare_silver(fresh.sources()?, &session).await?;
+            if checks.iter().all(|t| t.equal()) {
+                rto_lake = Some(fault.elapsed());
+                lake_equal = true;
+                break;
+            }
+            detail.push(format!(
+                "lake not equal yet at {:.1} s: {}",
+                fault.elapsed().as_secs_f64(),
+                checks
+                    .iter()
+                    .filter(|t| !t.equal())
+                    .map(|t| t.table.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let reader = std::fs::read_to_string(children.log_path("cdc")).unwrap_or_default();
+    detail.push(format!(
+        "reader: {} slot lost, {} WAL advance after the failover",
+        reader.matches("REPLICATION SLOT LOST").count(),
+        reader.matches("moving the WAL past them").count()
+    ));
+    Ok(Report {
+        scenario: options.scenario,
+        replication: format!("{:?}", options.replication).to_lowercase(),
+        failover_after_ms: options.failover_after_ms,
+        rate: options.rate,
+        load_average: crate::process::load_average(),
+        acknowledged_faulted_shard: book.acks.iter().filter(|a| a.faulted).count(),
+        acknowledged: book.acks.len(),
+        failed_requests: book.failed,
+        lost,
+        lost_window_seconds: lost_window,
+        failover_seconds: failover.map(|d| d.as_secs_f64()),
+        rto_write_seconds: rto_write.map(|d| d.as_secs_f64()),
+        outage_seconds: outage.as_secs_f64(),
+        load_ended_seconds: load_ended.as_secs_f64(),
+        rto_lake_seconds: rto_lake.map(|d| d.as_secs_f64()),
+        lake_equal,
+        detail,
+    })
+}
+
+/// A product, and customers until both the faulted shard and another one
+/// have a few (the service places a new customer on a shard by its own
+/// rule; the shards' tables say where each went).
+async fn setup(
+    http: &reqwest::Client,
+    url: &str,
+    stack: &StackState,
+    shard: usize,
+) -> Result<(Vec<i64>, Vec<i64>, i64)> {
+    let product = post(
+        http,
+        &format!("{url}/products"),
+        json!({"sku": "DRILL-1", "name": "drill", "category": "drill", "price": 10.0}),
+    )
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        ids.push(
+            post(
+                http,
+                &format!("{url}/customers"),
+                json!({"email": format!("drill{i}@example.com"), "name": format!("drill {i}"),
+                       "region": "EU", "country": "DE", "city": "Berlin", "address": "1 Drill St",
+                       "lat": 52.5, "lon": 13.4}),
+            )
+            .await?,
+        );
+    }
+    let db = tributary_stack::postgres::connect(&stack.shards[shard].dsn()).await?;
+    let on_shard: BTreeSet<i64> = db
+        .query("SELECT id FROM customers WHERE id = ANY($1)", &[&ids])
+        .await
+        .map_err(pg("reading the drill's customers"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (faulted, other): (Vec<i64>, Vec<i64>) = ids.iter().partition(|id| on_shard.contains(id));
+    if faulted.is_empty() {
+        return Err(Error::Run(format!(
+            "none of 16 new customers landed on shard {shard}"
+        )));
+    }
+    Ok((faulted, other, product))
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Value) -> Result<i64> {
+    let r = http
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| Error::Run(format!("POST {url}: {e}")))?;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    v.get("id")
+        .and_then(Value::as_i64)
+        .filter(|_| status.is_success())
+        .ok_or_else(|| Error::Run(format!("POST {url}: {status} {v}")))
+}
+
+/// Orders at `rate` per second until `stop`, alternating between the
+/// faulted shard's customers and the others'; each on its own task, so a
+/// request stuck on a frozen primary does not hold back the next.
+#[allow(clippy::too_many_arguments)]
+async fn write_orders(
+    http: reqwest::Client,
+    url: String,
+    faulted: Vec<i64>,
+    other: Vec<i64>,
+    product: i64,
+    rate: f64,
+    book: Arc<Mutex<Book>>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n: usize = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let on_faulted = other.is_empty() || n.is_multiple_of(2);
+        let list = if on_faulted { &faulted } else { &other };
+        let customer = list[n / 2 % list.len()];
+        let (http, url, book) = (http.clone(), url.clone(), book.clone());
+        tasks.spawn(async move {
+            let body = json!({"customer_id": customer, "currency": "USD",
+                              "items": [{"product_id": product, "quantity": 1}]});
+            let result = post(&http, &format!("{url}/orders"), body).await;
+            let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(id) => b.acks.push(Ack {
+                    id,
+                    faulted: on_faulted,
+                    at: Instant::now(),
+                }),
+                Err(_) => b.failed += 1,
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn wait_http(children: &mut Children, url: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        children.check()?;
+        if let Ok(r) = reqwest::get(format!("{url}/products")).await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Run(format!(
+                "the order service did not answer on {url}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn postmaster(data: &std::path::Path) -> Result<i32> {
+    std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+        .ok_or_else(|| Error::Run(format!("no postmaster.pid in {}", data.display())))
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// Every process whose parent is `pid`.
+fn descendants(pid: i32) -> Vec<i32> {
+    tributary_stack::ha::children(pid)
+}
+
+/// The report as a table.
+pub fn render(r: &Report) -> String {
+    let secs = |s: Option<f64>| s.map(|s| format!("{s:.2} s")).unwrap_or("never".into());
+    let mut out = format!(
+        "drill {} ({} replication, failover after {} ms, {} orders/s, load {})\n\n",
+        r.scenario.name(),
+        r.replication,
+        r.failover_after_ms,
+        r.rate,
+        r.load_average
+    );
+    let rows = [
+        (
+            "orders acknowledged (faulted shard)",
+            format!("{} ({})", r.acknowledged, r.acknowledged_faulted_shard),
+        ),
+        ("requests failed", r.failed_requests.to_string()),
+        (
+            "RPO: acknowledged orders lost",
+            format!(
+                "{} (acknowledged over {:.3} s)",
+                r.lost.len(),
+                r.lost_window_seconds
+            ),
+        ),
+        ("fault -> new primary recorded", secs(r.failover_seconds)),
+        (
+            "RTO: fault -> writes on the shard again",
+            format!(
+                "{} (no write for {:.2} s)",
+                secs(r.rto_write_seconds),
+                r.outage_seconds
+            ),
+        ),
+        (
+            "RTO: fault -> lake equals the source",
+            format!(
+                "{} (load ended at {:.1} s)",
+                secs(r.rto_lake_seconds),
+                r.load_ended_seconds
+            ),
+        ),
+        ("silver equals the source", r.lake_equal.to_string()),
+        (
+            "verdict",
+            if r.ok() { "met" } else { "NOT MET" }.to_string(),
+        ),
+    ];
+    out.push_str("| measure | value |\n|---|---:|\n");
+    for (k, v) in rows {
+        out.push_str(&format!("| {k} | {v} |\n"));
+    }
+    for d in &r.detail {
+        out.push_str(&format!("\n- {d}"));
+    }
+    out.push('\n');
+    out
+}
