@@ -194,7 +194,7 @@ pub(crate) async fn ensure_standby(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        set_synchronous(&shard.primary(), true).await?;
+        set_synchronous(&shard.primary(), Some(node)).await?;
     }
     Ok(())
 }
@@ -260,10 +260,19 @@ fn running(tools: &PgTools, data: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Puts every standby in `primary`'s synchronous set (`'*'`), or empties it.
-async fn set_synchronous(primary: &PgNode, on: bool) -> Result<()> {
+/// Makes `standby` (by its `cluster_name`, the application name its
+/// walreceiver gives) `primary`'s one synchronous standby, or (`None`)
+/// empties the synchronous set. By name, never `'*'`: the CDC reader's
+/// logical walsender is a "standby" too, and with `'*'` the primary made
+/// it the synchronous one whenever it connected first: every commit then
+/// waited for the reader to confirm (after Kafka), and the reader's own
+/// heartbeat transaction waited for itself until the walsender timed out.
+pub(crate) async fn set_synchronous(primary: &PgNode, standby: Option<&PgNode>) -> Result<()> {
     let client = crate::postgres::connect(&primary.dsn_of("postgres")).await?;
-    let want = if on { "*" } else { "" };
+    let want = standby
+        .map(|s| format!("\"{}\"", s.name()))
+        .unwrap_or_default();
+    let on = standby.is_some();
     let now: String = client
         .query_one("SHOW synchronous_standby_names", &[])
         .await
@@ -354,7 +363,7 @@ pub async fn failover(config: &Config, index: usize, planned: bool) -> Result<Fa
     )?;
     // Alone now: a synchronous set would block every commit until a new
     // standby streams (ensure_standby restores it then).
-    set_synchronous(&standby, false).await?;
+    set_synchronous(&standby, None).await?;
     let took = started.elapsed();
     let s = &mut state.shards[index];
     s.port = standby.port;
@@ -525,12 +534,12 @@ pub async fn supervise(config: &Config, shutdown: CancellationToken) -> Result<(
                 let streaming = replica(shard).await.is_some_and(|r| r.state == "streaming");
                 if streaming {
                     standby_down[i] = None;
-                    set_synchronous(&shard.primary(), true).await.ok();
+                    set_synchronous(&shard.primary(), Some(standby)).await.ok();
                 } else {
                     let since = *standby_down[i].get_or_insert(now);
                     if now.duration_since(since) >= after {
                         tracing::warn!(shard = %shard.name, "the standby does not stream: leaving synchronous replication until it does (commits are not waiting for it)");
-                        set_synchronous(&shard.primary(), false).await.ok();
+                        set_synchronous(&shard.primary(), None).await.ok();
                     }
                 }
             }

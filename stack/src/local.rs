@@ -297,7 +297,13 @@ pub(crate) async fn up(config: &Config) -> Result<StackState> {
                 source: Box::new(e),
             })?;
     }
-    if config.stack.standbys {
+    if !config.stack.standbys {
+        // Standbys switched off on a stack that has them: a primary still
+        // waiting for its standby would block every commit.
+        for shard in state.shards.iter().filter(|s| s.standby.is_some()) {
+            crate::ha::set_synchronous(&shard.primary(), None).await?;
+        }
+    } else {
         let _lock = crate::ha::HaLock::take(&config.state_dir).await?;
         for shard in &state.shards {
             crate::ha::ensure_standby(&tools, shard, config.stack.replication)
