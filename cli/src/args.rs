@@ -101,6 +101,25 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// A base backup of a cluster's primary (`shard0`, `catalog`): with
+    /// the WAL every cluster archives, it restores the cluster to any
+    /// later moment (`tributary restore`).
+    Backup {
+        cluster: String,
+        /// List the cluster's backups instead.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Point-in-time restore into a NEW cluster on a free port (the running
+    /// one is not touched): the newest backup finished before `--to`, then
+    /// the archived WAL replayed up to that moment.
+    Restore {
+        cluster: String,
+        /// The moment, as PostgreSQL reads a timestamp with time zone
+        /// (e.g. "2026-12-07 15:04:05.123+00").
+        #[arg(long)]
+        to: String,
+    },
     /// High availability of the local stack's shards.
     Ha {
         #[command(subcommand)]

@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+pub mod backup;
 pub mod broker;
 pub mod checks;
 pub mod config;
@@ -90,6 +91,8 @@ pub enum Error {
     NoKafka,
     #[error("no stack in {state_dir}: run `tributary up`")]
     NoStack { state_dir: String },
+    #[error("backup or restore of {cluster}: {reason}")]
+    Backup { cluster: String, reason: String },
     #[error("cannot fail {shard} over: {reason}")]
     Failover { shard: String, reason: String },
     #[error(

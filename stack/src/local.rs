@@ -91,6 +91,17 @@ impl PgInstance {
         }
     }
 
+    /// Where the cluster's nodes archive their WAL: beside the nodes' data
+    /// folders, named after the cluster.
+    pub fn archive_dir(&self) -> Result<PathBuf> {
+        Ok(self
+            .data_dir
+            .parent()
+            .ok_or_else(|| Error::Internal(format!("{} has no parent", self.data_dir.display())))?
+            .join("archive")
+            .join(&self.name))
+    }
+
     /// The primary node as a [`PgNode`].
     pub fn primary(&self) -> PgNode {
         PgNode {
@@ -193,6 +204,11 @@ impl Ports {
         self.0.push(listener);
         Ok(port)
     }
+}
+
+/// One free loopback port.
+pub(crate) fn free_port() -> Result<u16> {
+    Ports::new().next()
 }
 
 fn plan(config: &Config) -> Result<StackState> {
@@ -337,6 +353,9 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
     crate::observe::down(&config.state_dir);
     if let Some(state) = StackState::load(&config.state_dir)? {
         if let Ok(tools) = PgTools::find(config.stack.pg_bin.as_deref()) {
+            if let Some(base) = state.catalog.data_dir.parent() {
+                crate::backup::stop_restores(&tools, base);
+            }
             for pg in state.all_pg() {
                 stop_cluster(&tools, &pg.data_dir);
                 if let Some(standby) = &pg.standby {
@@ -353,6 +372,11 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
                 let _ = std::fs::remove_dir_all(&pg.data_dir);
                 if let Some(standby) = &pg.standby {
                     let _ = std::fs::remove_dir_all(&standby.data_dir);
+                }
+            }
+            if let Some(base) = state.catalog.data_dir.parent() {
+                for dir in ["archive", "backups", "restores"] {
+                    let _ = std::fs::remove_dir_all(base.join(dir));
                 }
             }
         }
@@ -406,11 +430,20 @@ async fn start_cluster(tools: &PgTools, cluster: &PgInstance) -> Result<()> {
             .ok_or_else(|| Error::Internal(format!("{} has no parent", data.display())))?;
         chown_to_server_user(parent)?;
         tools.initdb(data)?;
+        // Every completed WAL segment is copied to the cluster's archive
+        // (shared by its nodes, so it spans failovers): with a base backup
+        // it restores the cluster to any moment (`tributary restore`).
+        let archive = cluster.archive_dir()?;
+        std::fs::create_dir_all(&archive).map_err(io(format!("creating {}", archive.display())))?;
+        chown_to_server_user(&archive)?;
         let conf = format!(
             "\n# tributary\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
              wal_level = logical\nmax_replication_slots = 16\nmax_wal_senders = 16\n\
-             max_connections = 200\nshared_buffers = 128MB\nwal_sender_timeout = 30s\n",
-            cluster.port
+             max_connections = 200\nshared_buffers = 128MB\nwal_sender_timeout = 30s\n\
+             archive_mode = on\narchive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f'\n\
+             archive_timeout = 60\n",
+            cluster.port,
+            archive = archive.display()
         );
         let path = data.join("postgresql.conf");
         let mut text =

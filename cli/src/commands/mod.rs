@@ -81,6 +81,8 @@ async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
             anyhow::ensure!(report.ok(), "the drill missed a goal (see the table)");
             Ok(())
         }
+        Command::Backup { cluster, list } => stack::backup(&config, &cluster, list).await,
+        Command::Restore { cluster, to } => stack::restore(&config, &cluster, &to).await,
         Command::Ha { command } => match command {
             HaCommand::Run => stack::ha_run(config).await,
         },

@@ -129,6 +129,48 @@ pub async fn failover(config: Config, index: usize) -> Result<()> {
     Ok(())
 }
 
+/// `tributary backup CLUSTER [--list]`.
+pub async fn backup(config: &Config, cluster: &str, list: bool) -> Result<()> {
+    use tributary_stack::backup;
+    if list {
+        for b in backup::list(config, cluster)? {
+            println!(
+                "{}  {} -> {}  {:.1} MiB  {}",
+                b.cluster,
+                b.started,
+                b.finished,
+                b.bytes as f64 / 1048576.0,
+                b.dir.display()
+            );
+        }
+        return Ok(());
+    }
+    let b = backup::backup(config, cluster).await?;
+    println!(
+        "backup of {} finished at {} ({:.1} MiB) in {}; restorable to any moment after it",
+        b.cluster,
+        b.finished,
+        b.bytes as f64 / 1048576.0,
+        b.dir.display()
+    );
+    Ok(())
+}
+
+/// `tributary restore CLUSTER --to TIME`.
+pub async fn restore(config: &Config, cluster: &str, to: &str) -> Result<()> {
+    let r = tributary_stack::backup::restore(config, cluster, to).await?;
+    println!(
+        "{} restored as of {} from {} in {:.1} s: {} (data {}; `tributary down` stops it)",
+        r.cluster,
+        r.target,
+        r.from_backup.display(),
+        r.took.as_secs_f64(),
+        r.dsn,
+        r.data_dir.display()
+    );
+    Ok(())
+}
+
 /// `tributary ha run`.
 pub async fn ha_run(config: Config) -> Result<()> {
     let shutdown = tributary::shutdown_on_signals();

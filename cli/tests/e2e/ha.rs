@@ -164,3 +164,50 @@ async fn the_wal_is_moved_past_what_the_reader_streamed() {
     );
     env.run_ok(&["down"]);
 }
+
+/// A base backup, then orders before and after a chosen moment: the
+/// cluster restored to that moment holds exactly the orders committed
+/// before it, and the running shard is untouched.
+#[tokio::test]
+async fn a_point_in_time_restore_holds_exactly_the_orders_committed_before_it() {
+    let mut env = Env::stack().await;
+    env.start().await;
+    env.load(20, 3, 1);
+    let out = env.run_ok(&["backup", "shard0"]);
+    assert!(out.contains("backup of shard0 finished"), "{out}");
+    env.load(20, 3, 2);
+    let shard = env.stack_state().shards[0].clone();
+    let source = pipeline_connect(&shard.dsn()).await;
+    let ids = async |c: &tokio_postgres::Client| -> Vec<i64> {
+        c.query("SELECT id FROM orders ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let target: String = scalar(&source, "SELECT now()::text").await;
+    let before = ids(&source).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.load(20, 3, 3);
+    let now = ids(&source).await;
+    assert!(!before.is_empty(), "the load wrote no order on shard0");
+    assert!(now.len() > before.len(), "no order after the target");
+
+    let out = env.run_ok(&["restore", "shard0", "--to", &target]);
+    let port: u16 = out
+        .split("port=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {out}"));
+    let restored = pipeline_connect(&format!(
+        "host=127.0.0.1 port={port} user=tributary dbname=orders"
+    ))
+    .await;
+    assert_eq!(ids(&restored).await, before, "{out}");
+    assert_eq!(ids(&source).await, now, "the running shard changed");
+    let listed = env.run_ok(&["backup", "shard0", "--list"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    env.run_ok(&["down"]);
+}
