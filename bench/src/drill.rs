@@ -117,7 +117,7 @@ impl Report {
 }
 
 pub async fn run(config: &Config, options: &Options) -> Result<Report> {
-    if !(options.rate > 0.0) || options.shard >= config.stack.shards {
+    if options.rate.is_nan() || options.rate <= 0.0 || options.shard >= config.stack.shards {
         return Err(Error::Options(format!(
             "need a rate above 0 and a shard below {}",
             config.stack.shards

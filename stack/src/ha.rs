@@ -187,7 +187,7 @@ pub(crate) async fn ensure_standby(
     }
     if mode == Replication::Sync {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !replica(shard).await.is_some_and(|r| r.state == "streaming") {
+        while replica(shard).await.is_none_or(|r| r.state != "streaming") {
             if Instant::now() > deadline {
                 tracing::warn!(shard = %shard.name, "the standby does not stream yet; the primary stays asynchronous until it does");
                 return Ok(());
