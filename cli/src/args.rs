@@ -726,6 +726,20 @@ pub enum ProfileEngine {
 
 #[derive(Subcommand)]
 pub enum LakeCommand {
+    /// Copy every table (bronze, silver, gold) at its current version into
+    /// a folder or URL, with a manifest of the versions (`backup.json`).
+    Backup {
+        /// A local folder or an object-store URL (s3://...).
+        #[arg(long)]
+        into: String,
+    },
+    /// Copy a backup into the configured lake root, which must hold no
+    /// table (a new root, or a lost lake's); the ingester then resumes
+    /// from the offsets in the restored commits.
+    Restore {
+        #[arg(long)]
+        from: String,
+    },
     /// Consume the CDC topics into bronze and silver until stopped.
     Ingest {
         /// Serve /metrics and /healthz on this address, e.g. 127.0.0.1:9102.

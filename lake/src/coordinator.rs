@@ -355,6 +355,33 @@ impl Coordinator {
     }
 
     /// Gives a lease up at once, so a standby takes over without waiting.
+    /// After a restore into `root`: drops every claim of a table under
+    /// `root` above its restored version (`restored`: table URL and
+    /// version), and every claim of a table under `root` that was not
+    /// restored (one made after the backup): writers continue from the
+    /// restored versions. Trailing slashes do not matter. Returns how many.
+    pub async fn forget_after_restore(
+        &self,
+        root: &str,
+        restored: &[(String, i64)],
+    ) -> Result<u64> {
+        let client = self.client().await?;
+        let urls: Vec<&str> = restored.iter().map(|(u, _)| u.as_str()).collect();
+        let versions: Vec<i64> = restored.iter().map(|(_, v)| *v).collect();
+        client
+            .execute(
+                "DELETE FROM tributary_lake.commits c
+                  WHERE starts_with(c.table_url, rtrim($1, '/'))
+                    AND c.version > coalesce(
+                          (SELECT r.v FROM unnest($2::text[], $3::int8[]) AS r(u, v)
+                            WHERE rtrim(r.u, '/') = rtrim(c.table_url, '/')),
+                          -1)",
+                &[&root, &urls, &versions],
+            )
+            .await
+            .map_err(|e| db_error("dropping claims after a restore", e))
+    }
+
     pub async fn release(&self, fence: &Fence) -> Result<()> {
         self.client()
             .await?

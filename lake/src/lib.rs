@@ -55,6 +55,7 @@
 //! # }
 //! ```
 
+pub mod backup;
 pub mod check;
 pub mod coordinator;
 pub mod dlq;

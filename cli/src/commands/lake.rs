@@ -23,6 +23,34 @@ pub async fn run(config: Config, command: LakeCommand) -> Result<()> {
                 super::serve_metrics(platform.config(), "ingest", metrics, &shutdown).await?;
             tributary_lake::ingest::serve(lake, kafka, config.ingest.clone(), shutdown).await?;
         }
+        LakeCommand::Backup { into } => {
+            let lake = platform.lake()?;
+            let m = tributary_lake::backup::backup(&lake, &into).await?;
+            let bytes: u64 = m.tables.iter().map(|t| t.bytes).sum();
+            for t in &m.tables {
+                println!(
+                    "{}.{} version {} ({} files)",
+                    t.layer, t.table, t.version, t.files
+                );
+            }
+            println!(
+                "backed up {} tables ({:.1} MiB) into {into} (taken at {})",
+                m.tables.len(),
+                bytes as f64 / 1048576.0,
+                m.taken_at
+            );
+        }
+        LakeCommand::Restore { from } => {
+            let lake = platform.lake()?;
+            let m = tributary_lake::backup::restore(&lake, &from).await?;
+            println!(
+                "restored {} tables from {from} (taken at {} from {}) into {}; the ingester resumes from their offsets",
+                m.tables.len(),
+                m.taken_at,
+                m.source_root,
+                lake.root()
+            );
+        }
         LakeCommand::CheckStore {
             creators,
             rounds,
