@@ -67,6 +67,36 @@ pub const WATERMARK_BATCH: Duration = Duration::from_millis(20);
 
 /// Timeout of one metadata or offsets request.
 const META_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of a start-up metadata request that times out: a broker
+/// saturated by the load (tansu at ~1,000 requests/s on two cores) took
+/// more than [`META_TIMEOUT`] to answer one, and a detector restarted then
+/// exited instead of waiting (docs/postmortems).
+const META_ATTEMPTS: u32 = 6;
+
+/// A partition's low and high watermarks, asked again after a timeout.
+fn watermarks_patiently(m: &BaseConsumer, topic: &str, p: i32) -> Result<(i64, i64)> {
+    let mut attempt = 1;
+    loop {
+        match m.fetch_watermarks(topic, p, META_TIMEOUT) {
+            Ok(w) => return Ok(w),
+            Err(e)
+                if attempt < META_ATTEMPTS
+                    && e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::OperationTimedOut) =>
+            {
+                tracing::warn!(
+                    topic,
+                    partition = p,
+                    attempt,
+                    "the broker timed out on log start offsets; asking again"
+                );
+                std::thread::sleep(Duration::from_secs(1));
+                attempt += 1;
+            }
+            Err(e) => return Err(kafka_err("reading log start offsets")(e).into()),
+        }
+    }
+}
 
 /// What a topic carries, and so how its records move time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,9 +311,7 @@ impl Driver {
                 }
                 let lows = out.entry(topic.clone()).or_default();
                 for p in 0..n {
-                    let (low, _) = m
-                        .fetch_watermarks(&topic, p, META_TIMEOUT)
-                        .map_err(kafka_err("reading log start offsets"))?;
+                    let (low, _) = watermarks_patiently(&m, &topic, p)?;
                     lows.insert(p, low);
                 }
             }
