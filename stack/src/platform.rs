@@ -253,6 +253,7 @@ mod tests {
             port,
             data_dir: format!("/x/{name}").into(),
             database: database.into(),
+            standby: None,
         };
         StackState {
             shards: vec![pg("shard0", 5001, "orders"), pg("shard1", 5002, "orders")],
