@@ -117,6 +117,28 @@ impl Children {
         self.spawn(name, &args)
     }
 
+    /// Waits until `GET {url}/products` answers (the order service is up),
+    /// failing when a child exits or after 120 s.
+    pub(crate) async fn wait_http(&mut self, url: &str) -> Result<()> {
+        let products = format!("{url}/products");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            self.check()?;
+            if let Ok(r) = reqwest::get(&products).await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Run(format!(
+                    "the order service did not answer on {products}; see {}",
+                    self.log_path("oltp").display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub(crate) fn log_path(&self, name: &str) -> PathBuf {
         self.logs.join(format!("{name}.log"))
     }

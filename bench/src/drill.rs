@@ -165,7 +165,7 @@ async fn drill(cfg: Config, options: &Options) -> Result<Report> {
     let mut children = Children::new(options.exe.clone(), env, c.state_dir.clone());
     children.spawn("oltp", &["oltp", "serve"])?;
     let url = format!("http://{oltp}");
-    wait_http(&mut children, &url).await?;
+    children.wait_http(&url).await?;
     children.spawn("cdc", &["cdc", "run"])?;
     children.spawn("ingest", &["lake", "ingest"])?;
     let result = measure(&platform, &c, options, &url, &mut children).await;
@@ -209,11 +209,12 @@ async fn measure(
 
     let shard = stack.shards[options.shard].clone();
     let old_port = shard.port;
-    let pid = postmaster(&shard.data_dir)?;
+    let pid = tributary_stack::ha::postmaster_pid(&shard.data_dir)
+        .ok_or_else(|| Error::Run(format!("no postmaster.pid in {}", shard.data_dir.display())))?;
     let fault = Instant::now();
     match options.scenario {
         Scenario::ShardKill => {
-            let mut victims = descendants(pid);
+            let mut victims = tributary_stack::ha::children(pid);
             victims.push(pid);
             for p in victims {
                 signal(p, nix::sys::signal::Signal::SIGKILL);
@@ -475,38 +476,8 @@ async fn write_orders(
     while tasks.join_next().await.is_some() {}
 }
 
-async fn wait_http(children: &mut Children, url: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        children.check()?;
-        if let Ok(r) = reqwest::get(format!("{url}/products")).await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Run(format!(
-                "the order service did not answer on {url}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn postmaster(data: &std::path::Path) -> Result<i32> {
-    std::fs::read_to_string(data.join("postmaster.pid"))
-        .ok()
-        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
-        .ok_or_else(|| Error::Run(format!("no postmaster.pid in {}", data.display())))
-}
-
 fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-}
-
-/// Every process whose parent is `pid`.
-fn descendants(pid: i32) -> Vec<i32> {
-    tributary_stack::ha::children(pid)
 }
 
 /// The report as a table.

@@ -36,13 +36,7 @@ pub struct Backup {
 }
 
 fn backups_dir(cluster: &PgInstance) -> Result<PathBuf> {
-    Ok(cluster
-        .archive_dir()?
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| Error::Internal("archive folder has no parent".into()))?
-        .join("backups")
-        .join(&cluster.name))
+    Ok(cluster.pg_base()?.join("backups").join(&cluster.name))
 }
 
 async fn server_now(client: &tokio_postgres::Client) -> Result<String> {
@@ -98,9 +92,7 @@ async fn archiving(client: &tokio_postgres::Client, cluster: &str) -> Result<()>
 /// `<pg>/backups/<cluster>/<time>`.
 pub async fn backup(config: &crate::Config, name: &str) -> Result<Backup> {
     let tools = PgTools::find(config.stack.pg_bin.as_deref())?;
-    let state = StackState::load(&config.state_dir)?.ok_or_else(|| Error::NoStack {
-        state_dir: config.state_dir.display().to_string(),
-    })?;
+    let state = StackState::require(&config.state_dir)?;
     let cluster = cluster(&state, name)?;
     let client = crate::postgres::connect(&cluster.admin_dsn()).await?;
     archiving(&client, name).await?;
@@ -158,9 +150,7 @@ fn dir_size(p: &Path) -> u64 {
 
 /// The cluster's backups, oldest first.
 pub fn list(config: &crate::Config, name: &str) -> Result<Vec<Backup>> {
-    let state = StackState::load(&config.state_dir)?.ok_or_else(|| Error::NoStack {
-        state_dir: config.state_dir.display().to_string(),
-    })?;
+    let state = StackState::require(&config.state_dir)?;
     let root = backups_dir(&cluster(&state, name)?)?;
     let mut out: Vec<Backup> = std::fs::read_dir(&root)
         .map(|rd| {
@@ -196,9 +186,7 @@ pub struct Restored {
 pub async fn restore(config: &crate::Config, name: &str, target: &str) -> Result<Restored> {
     let started = Instant::now();
     let tools = PgTools::find(config.stack.pg_bin.as_deref())?;
-    let state = StackState::load(&config.state_dir)?.ok_or_else(|| Error::NoStack {
-        state_dir: config.state_dir.display().to_string(),
-    })?;
+    let state = StackState::require(&config.state_dir)?;
     let cluster = cluster(&state, name)?;
     let fail = |reason: String| Error::Backup {
         cluster: name.into(),
@@ -260,11 +248,7 @@ pub async fn restore(config: &crate::Config, name: &str, target: &str) -> Result
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let restores = backups_dir(&cluster)?
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| Error::Internal("backups folder has no parent".into()))?
-        .join("restores");
+    let restores = cluster.pg_base()?.join("restores");
     std::fs::create_dir_all(&restores).map_err(io(format!("creating {}", restores.display())))?;
     chown_to_server_user(&restores)?;
     let data = restores.join(format!("{name}-{}", target_utc.replace(':', "-")));
@@ -298,16 +282,7 @@ pub async fn restore(config: &crate::Config, name: &str, target: &str) -> Result
         .map_err(io(format!("writing {}", data.display())))?;
     let _ = std::fs::write(data.join("server.log"), "");
     chown_to_server_user(&data)?;
-    run(
-        tools
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(data.join("server.log"))
-            .args(["-w", "-t", "120", "start"]),
-        "pg_ctl start (restore)",
-    )?;
+    crate::local::start_if_stopped(&tools, &data, 120, "pg_ctl start (restore)")?;
     let dsn = format!(
         "host=127.0.0.1 port={port} user=tributary dbname={}",
         cluster.database

@@ -31,13 +31,12 @@
 //! module is the local stack's, and `docs/ha.md` says what differs.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Replication};
-use crate::local::{PgInstance, PgNode, StackState, stop_cluster};
+use crate::local::{PgInstance, PgNode, StackState, running, start_if_stopped, stop_cluster};
 use crate::postgres::{PgTools, chown_to_server_user, run};
 use crate::{Error, Result, io, pg};
 
@@ -173,18 +172,7 @@ pub(crate) async fn ensure_standby(
     if !data.join("PG_VERSION").exists() {
         clone(tools, shard, node).await?;
     }
-    if !running(tools, data) {
-        run(
-            tools
-                .command("pg_ctl")
-                .arg("-D")
-                .arg(data)
-                .arg("-l")
-                .arg(data.join("server.log"))
-                .args(["-w", "-t", "60", "start"]),
-            "pg_ctl start (standby)",
-        )?;
-    }
+    start_if_stopped(tools, data, 60, "pg_ctl start (standby)")?;
     if mode == Replication::Sync {
         let deadline = Instant::now() + Duration::from_secs(20);
         while replica(shard).await.is_none_or(|r| r.state != "streaming") {
@@ -212,10 +200,7 @@ async fn clone(tools: &PgTools, shard: &PgInstance, node: &PgNode) -> Result<()>
         .await
         .map_err(pg("dropping the old standby slot"))?;
     let data = &node.data_dir;
-    let parent = data
-        .parent()
-        .ok_or_else(|| Error::Internal(format!("{} has no parent", data.display())))?;
-    chown_to_server_user(parent)?;
+    chown_to_server_user(shard.pg_base()?)?;
     let started = Instant::now();
     run(
         tools
@@ -245,19 +230,6 @@ async fn clone(tools: &PgTools, shard: &PgInstance, node: &PgNode) -> Result<()>
     chown_to_server_user(data)?;
     tracing::info!(shard = %shard.name, node = %node.name(), took_ms = started.elapsed().as_millis() as u64, "standby cloned from the primary");
     Ok(())
-}
-
-fn running(tools: &PgTools, data: &Path) -> bool {
-    tools
-        .command("pg_ctl")
-        .arg("-D")
-        .arg(data)
-        .arg("status")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 /// Makes `standby` (by its `cluster_name`, the application name its
@@ -315,9 +287,7 @@ pub struct Failover {
 pub async fn failover(config: &Config, index: usize, planned: bool) -> Result<Failover> {
     let tools = PgTools::find(config.stack.pg_bin.as_deref())?;
     let _lock = HaLock::take(&config.state_dir).await?;
-    let mut state = StackState::load(&config.state_dir)?.ok_or_else(|| Error::NoStack {
-        state_dir: config.state_dir.display().to_string(),
-    })?;
+    let mut state = StackState::require(&config.state_dir)?;
     let shard = state
         .shards
         .get(index)
@@ -385,9 +355,7 @@ pub async fn failover(config: &Config, index: usize, planned: bool) -> Result<Fa
 pub async fn rejoin(config: &Config, index: usize) -> Result<String> {
     let tools = PgTools::find(config.stack.pg_bin.as_deref())?;
     let _lock = HaLock::take(&config.state_dir).await?;
-    let state = StackState::load(&config.state_dir)?.ok_or_else(|| Error::NoStack {
-        state_dir: config.state_dir.display().to_string(),
-    })?;
+    let state = StackState::require(&config.state_dir)?;
     let shard = state.shards.get(index).ok_or_else(|| Error::Failover {
         shard: format!("shard{index}"),
         reason: format!("the stack has {} shards", state.shards.len()),
@@ -402,10 +370,7 @@ pub async fn rejoin(config: &Config, index: usize) -> Result<String> {
 fn fence(data: &Path) -> Result<()> {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    let pid = std::fs::read_to_string(data.join("postmaster.pid"))
-        .ok()
-        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
-    if let Some(pid) = pid {
+    if let Some(pid) = postmaster_pid(data) {
         let mut victims = children(pid);
         victims.push(pid);
         for p in &victims {
@@ -428,6 +393,18 @@ fn fence(data: &Path) -> Result<()> {
     }
     chown_to_server_user(data)?;
     Ok(())
+}
+
+/// The postmaster's pid recorded in `data/postmaster.pid` (also after it
+/// died: the file stays until a clean stop).
+pub fn postmaster_pid(data: &Path) -> Option<i32> {
+    std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Whether `pid` exists and is not a zombie.
@@ -472,6 +449,9 @@ pub async fn supervise(config: &Config, shutdown: CancellationToken) -> Result<(
     let interval = (after / 6).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut primary_down: Vec<Option<Instant>> = Vec::new();
     let mut standby_down: Vec<Option<Instant>> = Vec::new();
+    // What this supervisor last set per shard (primary's port, in sync), so
+    // a round connects to change the setting only when it must.
+    let mut synced: Vec<Option<(u16, bool)>> = Vec::new();
     tracing::info!(failover_after_ms = after.as_millis() as u64, probe_ms = interval.as_millis() as u64,
         replication = ?config.stack.replication, "HA supervisor watching the shards");
     loop {
@@ -484,6 +464,7 @@ pub async fn supervise(config: &Config, shutdown: CancellationToken) -> Result<(
         };
         primary_down.resize(state.shards.len(), None);
         standby_down.resize(state.shards.len(), None);
+        synced.resize(state.shards.len(), None);
         for (i, shard) in state.shards.iter().enumerate() {
             let Some(standby) = &shard.standby else {
                 continue;
@@ -532,14 +513,22 @@ pub async fn supervise(config: &Config, shutdown: CancellationToken) -> Result<(
             }
             if config.stack.replication == Replication::Sync {
                 let streaming = replica(shard).await.is_some_and(|r| r.state == "streaming");
-                if streaming {
+                let want = if streaming {
                     standby_down[i] = None;
-                    set_synchronous(&shard.primary(), Some(standby)).await.ok();
+                    Some(true)
                 } else {
                     let since = *standby_down[i].get_or_insert(now);
-                    if now.duration_since(since) >= after {
+                    (now.duration_since(since) >= after).then_some(false)
+                };
+                if let Some(on) = want
+                    && synced[i] != Some((shard.port, on))
+                {
+                    if !on {
                         tracing::warn!(shard = %shard.name, "the standby does not stream: leaving synchronous replication until it does (commits are not waiting for it)");
-                        set_synchronous(&shard.primary(), None).await.ok();
+                    }
+                    let standby = on.then_some(standby);
+                    if set_synchronous(&shard.primary(), standby).await.is_ok() {
+                        synced[i] = Some((shard.port, on));
                     }
                 }
             }

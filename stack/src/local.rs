@@ -91,15 +91,18 @@ impl PgInstance {
         }
     }
 
+    /// The folder holding the stack's node folders (and beside them
+    /// `archive/`, `backups/` and `restores/`).
+    pub fn pg_base(&self) -> Result<&Path> {
+        self.data_dir
+            .parent()
+            .ok_or_else(|| Error::Internal(format!("{} has no parent", self.data_dir.display())))
+    }
+
     /// Where the cluster's nodes archive their WAL: beside the nodes' data
     /// folders, named after the cluster.
     pub fn archive_dir(&self) -> Result<PathBuf> {
-        Ok(self
-            .data_dir
-            .parent()
-            .ok_or_else(|| Error::Internal(format!("{} has no parent", self.data_dir.display())))?
-            .join("archive")
-            .join(&self.name))
+        Ok(self.pg_base()?.join("archive").join(&self.name))
     }
 
     /// The primary node as a [`PgNode`].
@@ -178,6 +181,13 @@ impl StackState {
         std::fs::rename(&tmp, &p).map_err(io(format!("writing {}", p.display())))
     }
 
+    /// [`StackState::load`], with "no stack" as an error.
+    pub fn require(state_dir: &Path) -> Result<StackState> {
+        Self::load(state_dir)?.ok_or_else(|| Error::NoStack {
+            state_dir: state_dir.display().to_string(),
+        })
+    }
+
     /// The order shards, then the catalog.
     pub fn all_pg(&self) -> impl Iterator<Item = &PgInstance> {
         self.shards.iter().chain(std::iter::once(&self.catalog))
@@ -248,13 +258,9 @@ fn plan(config: &Config) -> Result<StackState> {
 }
 
 fn plan_standby(shard: &PgInstance, ports: &mut Ports) -> Result<PgNode> {
-    let dir = shard
-        .data_dir
-        .parent()
-        .ok_or_else(|| Error::Internal(format!("{} has no parent", shard.data_dir.display())))?;
     Ok(PgNode {
         port: ports.next()?,
-        data_dir: dir.join(format!("{}-b", shard.name)),
+        data_dir: shard.pg_base()?.join(format!("{}-b", shard.name)),
     })
 }
 
@@ -353,7 +359,7 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
     crate::observe::down(&config.state_dir);
     if let Some(state) = StackState::load(&config.state_dir)? {
         if let Ok(tools) = PgTools::find(config.stack.pg_bin.as_deref()) {
-            if let Some(base) = state.catalog.data_dir.parent() {
+            if let Ok(base) = state.catalog.pg_base() {
                 crate::backup::stop_restores(&tools, base);
             }
             for pg in state.all_pg() {
@@ -374,7 +380,7 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
                     let _ = std::fs::remove_dir_all(&standby.data_dir);
                 }
             }
-            if let Some(base) = state.catalog.data_dir.parent() {
+            if let Ok(base) = state.catalog.pg_base() {
                 for dir in ["archive", "backups", "restores"] {
                     let _ = std::fs::remove_dir_all(base.join(dir));
                 }
@@ -452,28 +458,7 @@ async fn start_cluster(tools: &PgTools, cluster: &PgInstance) -> Result<()> {
         std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
         chown_to_server_user(data)?;
     }
-    let running = tools
-        .command("pg_ctl")
-        .arg("-D")
-        .arg(data)
-        .arg("status")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !running {
-        run(
-            tools
-                .command("pg_ctl")
-                .arg("-D")
-                .arg(data)
-                .arg("-l")
-                .arg(data.join("server.log"))
-                .args(["-w", "-t", "60", "start"]),
-            "pg_ctl start",
-        )?;
-    }
+    start_if_stopped(tools, data, 60, "pg_ctl start")?;
     let (client, conn) = tokio_postgres::connect(&cluster.admin_dsn(), tokio_postgres::NoTls)
         .await
         .map_err(pg(format!("connecting to {}", cluster.name)))?;
@@ -493,6 +478,44 @@ async fn start_cluster(tools: &PgTools, cluster: &PgInstance) -> Result<()> {
             .map_err(pg(format!("creating database {}", cluster.database)))?;
     }
     Ok(())
+}
+
+/// Whether a server runs on `data` (`pg_ctl status`).
+pub(crate) fn running(tools: &PgTools, data: &Path) -> bool {
+    tools
+        .command("pg_ctl")
+        .arg("-D")
+        .arg(data)
+        .arg("status")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Starts the server on `data` unless it runs, logging to
+/// `data/server.log`, waiting up to `timeout_secs` for it to accept
+/// connections.
+pub(crate) fn start_if_stopped(
+    tools: &PgTools,
+    data: &Path,
+    timeout_secs: u32,
+    what: &str,
+) -> Result<()> {
+    if running(tools, data) {
+        return Ok(());
+    }
+    run(
+        tools
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(data)
+            .arg("-l")
+            .arg(data.join("server.log"))
+            .args(["-w", "-t", &timeout_secs.to_string(), "start"]),
+        what,
+    )
 }
 
 /// Stops the cluster in `data` (fast shutdown) when it runs; errors are

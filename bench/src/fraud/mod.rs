@@ -302,7 +302,8 @@ impl Bench<'_> {
             children,
         };
         bench.children.spawn("oltp", &["oltp", "serve"])?;
-        bench.wait_http().await?;
+        let url = format!("http://{}", bench.oltp);
+        bench.children.wait_http(&url).await?;
         bench.children.spawn("cdc", &["cdc", "run"])?;
         bench.children.spawn("ingest", &["lake", "ingest"])?;
         let metrics = bench.metrics.clone();
@@ -314,26 +315,6 @@ impl Bench<'_> {
 
     fn cfg(&self) -> &Config {
         self.platform.config()
-    }
-
-    async fn wait_http(&mut self) -> Result<()> {
-        let url = format!("http://{}/products", self.oltp);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            self.children.check()?;
-            if let Ok(r) = reqwest::get(&url).await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Run(format!(
-                    "the order service did not answer on {url}; see {}",
-                    self.children.log_path("oltp").display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     async fn scrape(&self) -> Option<String> {
