@@ -236,10 +236,13 @@ impl Env {
         }
     }
 
-    /// The end of every child's log, for a failure message.
+    /// The end of every child's log, for a failure message: the newest
+    /// child first (usually the process under test; CI shows a failure's
+    /// first lines), the order service last.
     pub fn logs(&self) -> String {
         self.children
             .iter()
+            .rev()
             .map(|(name, _)| format!("--- {name} log:\n{}", tail(&self.log(name))))
             .collect::<Vec<_>>()
             .join("\n")

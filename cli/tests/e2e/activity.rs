@@ -112,20 +112,41 @@ async fn streamed_windows_equal_the_batch_figures_across_a_kill() {
     order(json!([{"product_id": products[0], "quantity": 1}])).await;
     env.spawn("activity", &["activity", "run"]);
 
-    env.until(
-        "every batch window in gold.product_activity_5m",
-        120,
-        async |env: &Env| {
-            let (Some(streamed), Some(batch)) =
-                (windows(env, STREAMED).await, windows(env, BATCH).await)
-            else {
-                return false;
-            };
-            let lines: i64 = batch.values().map(|v| v.0).sum();
-            lines == 4 && batch.keys().all(|k| streamed.contains_key(k))
-        },
-    )
-    .await;
+    // By hand rather than `Env::until`: on a timeout the first lines say
+    // what is missing, and the late path and the job's log come next.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let (streamed, batch) = (windows(&env, STREAMED).await, windows(&env, BATCH).await);
+        let lines: i64 = batch.iter().flat_map(|b| b.values()).map(|v| v.0).sum();
+        let missing: Vec<_> = match (&streamed, &batch) {
+            (Some(s), Some(b)) => b.keys().filter(|k| !s.contains_key(k)).collect(),
+            _ => vec![],
+        };
+        if streamed.is_some() && lines == 4 && missing.is_empty() {
+            break;
+        }
+        env.assert_running();
+        if std::time::Instant::now() > deadline {
+            let late = env
+                .session()
+                .await
+                .sql("SELECT topic, partition, \"offset\", event_time, watermark, reason FROM gold.live_late_events")
+                .await
+                .map(|b| arrow::util::pretty::pretty_format_batches(&b).unwrap().to_string());
+            panic!(
+                "the streamed windows did not cover the batch ones within 180 s: \
+                 {lines} of 4 order lines in silver, streamed table {}, \
+                 batch windows missing from it: {missing:?}\nlate events: {late:?}\n{}",
+                if streamed.is_some() {
+                    "present"
+                } else {
+                    "absent"
+                },
+                env.logs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
     let streamed = windows(&env, STREAMED).await.unwrap();
     let batch = windows(&env, BATCH).await.unwrap();
     assert_eq!(streamed, batch, "streamed windows == batch windows");
