@@ -103,6 +103,13 @@ impl Children {
 
     /// SIGKILLs a child and starts it again with the same arguments.
     pub(crate) fn kill_and_restart(&mut self, name: &'static str) -> Result<()> {
+        let args = self.kill(name)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn(name, &args)
+    }
+
+    /// SIGKILLs a child and reaps it; returns its arguments.
+    pub(crate) fn kill(&mut self, name: &'static str) -> Result<Vec<String>> {
         use nix::sys::signal::{Signal, kill};
         use nix::unistd::Pid;
         let i = self
@@ -113,8 +120,7 @@ impl Children {
         let (_, args, mut child) = self.running.remove(i);
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
         let _ = child.wait();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.spawn(name, &args)
+        Ok(args)
     }
 
     /// Waits until `GET {url}/products` answers (the order service is up),

@@ -20,10 +20,20 @@
 //!   is still moving), with the time the load ended beside it;
 //! - **failover**: from the fault to `stack.json` naming the new primary.
 //!
-//! Scenarios: `shard-kill` (SIGKILL of the primary's postmaster and every
-//! process of it: a crashed machine), `shard-freeze` (SIGSTOP of the
-//! postmaster: it looks alive, takes no new connection, its backends run
-//! on until fencing kills them).
+//! Scenarios:
+//!
+//! - `shard-kill`: SIGKILL of the primary's postmaster and every process of
+//!   it (a crashed machine);
+//! - `shard-freeze`: SIGSTOP of the postmaster (it looks alive, takes no
+//!   new connection, its backends run on until fencing kills them);
+//! - `broker-kill`: SIGKILL of the broker, restarted after `down` (what a
+//!   service manager does); the CDC reader and the ingester must ride it
+//!   out on their own, and nothing may be lost or doubled;
+//! - `lake-lost`: the lake folder deleted and the ingester killed with it
+//!   (the disk under them died), then the lake restored from the backup
+//!   taken halfway through the load before the fault, and the ingester
+//!   started again: it resumes from the offsets in the restored commits and
+//!   the broker still holds the rest. "Recovered" is the restore's end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -47,6 +57,10 @@ pub enum Scenario {
     ShardKill,
     /// SIGSTOP of a shard primary's postmaster.
     ShardFreeze,
+    /// SIGKILL of the broker, restarted after a while.
+    BrokerKill,
+    /// The lake folder deleted under a killed ingester, restored from backup.
+    LakeLost,
 }
 
 impl Scenario {
@@ -54,7 +68,13 @@ impl Scenario {
         match self {
             Scenario::ShardKill => "shard-kill",
             Scenario::ShardFreeze => "shard-freeze",
+            Scenario::BrokerKill => "broker-kill",
+            Scenario::LakeLost => "lake-lost",
         }
+    }
+
+    fn fails_over(self) -> bool {
+        matches!(self, Scenario::ShardKill | Scenario::ShardFreeze)
     }
 }
 
@@ -70,6 +90,8 @@ pub struct Options {
     pub after: Duration,
     pub replication: Replication,
     pub failover_after_ms: u64,
+    /// How long the broker stays dead (`broker-kill`).
+    pub down: Duration,
     pub keep: bool,
 }
 
@@ -91,6 +113,9 @@ pub struct Report {
     /// seconds (0 when none were lost).
     pub lost_window_seconds: f64,
     pub failover_seconds: Option<f64>,
+    /// From the fault to the broker restarted (`broker-kill`) or the lake
+    /// restored (`lake-lost`).
+    pub recovered_seconds: Option<f64>,
     /// From the fault to the end of the shard's longest stretch without
     /// an acknowledged write.
     pub rto_write_seconds: Option<f64>,
@@ -204,7 +229,23 @@ async fn measure(
         stop.clone(),
     ));
     let load_started = Instant::now();
-    tokio::time::sleep(options.before).await;
+    let backup = c.state_dir.join("drill-lake-backup");
+    if options.scenario == Scenario::LakeLost {
+        // The last backup before the disk died, taken under load.
+        tokio::time::sleep(options.before / 2).await;
+        let _ = std::fs::remove_dir_all(&backup);
+        let m = tributary_lake::backup::backup(&platform.lake()?, &backup.display().to_string())
+            .await
+            .map_err(lake_err("backing up the lake"))?;
+        detail.push(format!(
+            "lake backed up at {:.1} s of load ({} tables)",
+            load_started.elapsed().as_secs_f64(),
+            m.tables.len()
+        ));
+        tokio::time::sleep(options.before - options.before / 2).await;
+    } else {
+        tokio::time::sleep(options.before).await;
+    }
     children.check()?;
 
     let shard = stack.shards[options.shard].clone();
@@ -212,6 +253,7 @@ async fn measure(
     let pid = tributary_stack::ha::postmaster_pid(&shard.data_dir)
         .ok_or_else(|| Error::Run(format!("no postmaster.pid in {}", shard.data_dir.display())))?;
     let fault = Instant::now();
+    let mut recovered = None;
     match options.scenario {
         Scenario::ShardKill => {
             let mut victims = tributary_stack::ha::children(pid);
@@ -221,19 +263,60 @@ async fn measure(
             }
         }
         Scenario::ShardFreeze => signal(pid, nix::sys::signal::Signal::SIGSTOP),
+        Scenario::BrokerKill => {
+            let broker = stack
+                .broker
+                .pid()
+                .ok_or_else(|| Error::Run("the broker is not running".into()))?;
+            signal(broker as i32, nix::sys::signal::Signal::SIGKILL);
+            detail.push(format!(
+                "broker (pid {broker}) killed at {:.1} s of load, down for {:.1} s",
+                load_started.elapsed().as_secs_f64(),
+                options.down.as_secs_f64()
+            ));
+            tokio::time::sleep(options.down).await;
+            children.check()?;
+            // What a service manager does: start it again, same port, same
+            // data folder.
+            Platform::start(c.clone()).await?;
+            recovered = Some(fault.elapsed());
+        }
+        Scenario::LakeLost => {
+            let lake = platform.lake()?;
+            let root = lake.root().to_file_path().map_err(|_| {
+                Error::Options(format!("lake-lost needs a local lake, not {}", lake.root()))
+            })?;
+            children.kill("ingest")?;
+            std::fs::remove_dir_all(&root)
+                .map_err(crate::io(format!("deleting {}", root.display())))?;
+            detail.push(format!(
+                "ingester killed and {} deleted at {:.1} s of load",
+                root.display(),
+                load_started.elapsed().as_secs_f64()
+            ));
+            std::fs::create_dir_all(&root)
+                .map_err(crate::io(format!("making {}", root.display())))?;
+            tributary_lake::backup::restore(&lake, &backup.display().to_string())
+                .await
+                .map_err(lake_err("restoring the lake"))?;
+            recovered = Some(fault.elapsed());
+            children.spawn("ingest", &["lake", "ingest"])?;
+        }
     }
-    detail.push(format!(
-        "{} of {} (node {}, pid {pid}) at {:.1} s of load",
-        options.scenario.name(),
-        shard.name,
-        shard.node_name(),
-        load_started.elapsed().as_secs_f64()
-    ));
+    if options.scenario.fails_over() {
+        detail.push(format!(
+            "{} of {} (node {}, pid {pid}) at {:.1} s of load",
+            options.scenario.name(),
+            shard.name,
+            shard.node_name(),
+            load_started.elapsed().as_secs_f64()
+        ));
+    }
 
     // Failover: stack.json names the other node.
     let mut failover = None;
     let deadline = fault + options.after.max(Duration::from_secs(40));
-    while Instant::now() < deadline {
+    while options.scenario.fails_over() && Instant::now() < deadline {
         if let Some(s) = StackState::load(&c.state_dir)?
             && s.shards[options.shard].port != old_port
         {
@@ -361,6 +444,7 @@ async fn measure(
         lost,
         lost_window_seconds: lost_window,
         failover_seconds: failover.map(|d| d.as_secs_f64()),
+        recovered_seconds: recovered.map(|d| d.as_secs_f64()),
         rto_write_seconds: rto_write.map(|d| d.as_secs_f64()),
         outage_seconds: outage.as_secs_f64(),
         load_ended_seconds: load_ended.as_secs_f64(),
@@ -476,6 +560,10 @@ async fn write_orders(
     while tasks.join_next().await.is_some() {}
 }
 
+fn lake_err(what: &'static str) -> impl Fn(tributary_lake::Error) -> Error {
+    move |e| Error::Run(format!("{what}: {e}"))
+}
+
 fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
@@ -505,14 +593,31 @@ pub fn render(r: &Report) -> String {
                 r.lost_window_seconds
             ),
         ),
-        ("fault -> new primary recorded", secs(r.failover_seconds)),
+        (
+            match r.scenario {
+                Scenario::BrokerKill => "fault -> broker restarted",
+                Scenario::LakeLost => "fault -> lake restored from backup",
+                _ => "fault -> new primary recorded",
+            },
+            secs(if r.scenario.fails_over() {
+                r.failover_seconds
+            } else {
+                r.recovered_seconds
+            }),
+        ),
         (
             "RTO: fault -> writes on the shard again",
-            format!(
-                "{} (no write for {:.2} s)",
-                secs(r.rto_write_seconds),
-                r.outage_seconds
-            ),
+            // A fault off the write path: say so rather than time the
+            // longest gap of an undisturbed load as if it were an outage.
+            if !r.scenario.fails_over() && r.outage_seconds < 1.0 {
+                format!("not interrupted (longest gap {:.2} s)", r.outage_seconds)
+            } else {
+                format!(
+                    "{} (no write for {:.2} s)",
+                    secs(r.rto_write_seconds),
+                    r.outage_seconds
+                )
+            },
         ),
         (
             "RTO: fault -> lake equals the source",

@@ -95,6 +95,9 @@ pub enum Command {
         replication: DrillReplication,
         #[arg(long, default_value_t = 3000)]
         failover_after_ms: u64,
+        /// How long the broker stays dead (broker-kill).
+        #[arg(long, default_value = "10s")]
+        down: String,
         #[arg(long)]
         json: bool,
         /// Keep the drill's stack afterwards.
@@ -289,6 +292,11 @@ pub enum DrillScenario {
     ShardKill,
     /// SIGSTOP of a shard primary's postmaster: alive, but not answering.
     ShardFreeze,
+    /// SIGKILL of the broker, started again after --down.
+    BrokerKill,
+    /// The lake folder deleted under a killed ingester, then restored from
+    /// the backup taken halfway through --before.
+    LakeLost,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -51,6 +51,7 @@ async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
             after,
             replication,
             failover_after_ms,
+            down,
             json,
             keep,
         } => {
@@ -59,6 +60,8 @@ async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
                 scenario: match scenario {
                     DrillScenario::ShardKill => drill::Scenario::ShardKill,
                     DrillScenario::ShardFreeze => drill::Scenario::ShardFreeze,
+                    DrillScenario::BrokerKill => drill::Scenario::BrokerKill,
+                    DrillScenario::LakeLost => drill::Scenario::LakeLost,
                 },
                 exe: std::env::current_exe()?,
                 shard,
@@ -70,6 +73,7 @@ async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
                     DrillReplication::Async => config::Replication::Async,
                 },
                 failover_after_ms,
+                down: parse_duration(&down)?,
                 keep,
             };
             let report = drill::run(&config, &options).await?;
