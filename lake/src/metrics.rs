@@ -24,6 +24,7 @@ pub const LAST_COMMIT_TIMESTAMP_SECONDS: &str = "tributary_lake_last_commit_time
 pub const SCHEMA_CHANGES_TOTAL: &str = "tributary_lake_schema_changes_total";
 pub const TABLE_STOPPED: &str = "tributary_lake_table_stopped";
 pub const LEASE_OWNED: &str = "tributary_lake_lease_owned";
+pub const RETENTION_GAP_OFFSETS_TOTAL: &str = "tributary_lake_retention_gap_offsets_total";
 pub const CONSUMER_LAG_MESSAGES: &str = "tributary_lake_consumer_lag_messages";
 pub const MAINTENANCE_RUNS_TOTAL: &str = "tributary_lake_maintenance_runs_total";
 pub const MAINTENANCE_RETRIES_TOTAL: &str = "tributary_lake_maintenance_retries_total";
@@ -96,6 +97,14 @@ static STOPPED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+static RETENTION_GAPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        RETENTION_GAP_OFFSETS_TOTAL,
+        "Offsets ingest needed that the broker's retention had deleted (see ingest::gaps).",
+        &["table"],
+    )
+});
+
 static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     int_gauge_vec(
         CONSUMER_LAG_MESSAGES,
@@ -163,6 +172,7 @@ pub(crate) fn register() {
     LazyLock::force(&BATCHES);
     LazyLock::force(&SCHEMA_CHANGES);
     LazyLock::force(&STOPPED);
+    LazyLock::force(&RETENTION_GAPS);
     LazyLock::force(&LEASES);
     LazyLock::force(&MAINTENANCE);
     LazyLock::force(&FILES);
@@ -264,6 +274,13 @@ pub(crate) fn schema_change(table: &str, change: &str) {
 /// Marks a table as stopped (`true`) or flowing.
 pub(crate) fn consumer_lag(table: &str, messages: i64) {
     CONSUMER_LAG.with_label_values(&[table]).set(messages);
+}
+
+/// Counts offsets of `table` lost to the broker's retention.
+pub(crate) fn retention_gap(table: &str, offsets: i64) {
+    RETENTION_GAPS
+        .with_label_values(&[table])
+        .inc_by(u64::try_from(offsets).unwrap_or(0));
 }
 
 pub(crate) fn table_stopped(table: &str, stopped: bool) {

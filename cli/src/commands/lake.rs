@@ -50,6 +50,32 @@ pub async fn run(config: Config, command: LakeCommand) -> Result<()> {
                 m.source_root,
                 lake.root()
             );
+            // What the broker's retention deleted since the backup cannot
+            // be replayed: those tables come back through a re-snapshot.
+            let kafka = platform.kafka()?;
+            let gaps =
+                tributary_lake::ingest::retention_gaps(&lake, kafka, &config.ingest.group_id)
+                    .await?;
+            if gaps.is_empty() {
+                println!("the broker holds every change the restored tables resume from");
+            }
+            let mut tables = std::collections::BTreeSet::new();
+            for g in &gaps {
+                println!("gap: {g}");
+                tables.insert(g.table.clone());
+            }
+            for table in tables {
+                match platform.sources() {
+                    Ok(sources) => {
+                        tributary_cdc::request_resnapshot(&sources.cdc_sources(), &table, None)
+                            .await?;
+                        println!("requested a re-snapshot of {table} from the CDC reader");
+                    }
+                    Err(_) => println!(
+                        "no sources configured here: run `tributary cdc resnapshot {table}` where they are"
+                    ),
+                }
+            }
         }
         LakeCommand::CheckStore {
             creators,

@@ -27,6 +27,8 @@
 //! - `config`: `[ingest]` settings and the names of the side tables.
 //! - `runner`: the loop: [`run`] and [`serve`], one assignment of partitions
 //!   per set of owned leases, the exits and restarts, idle tables' freshness.
+//! - `gaps`: offsets a table needs that the broker's retention deleted
+//!   ([`retention_gaps`]): said and counted, never skipped in silence.
 //! - `resume`: where a table's ingest resumes: the offsets recorded in Delta
 //!   ([`committed_offsets`]) and the high-water marks in bronze.
 //! - `staging`: one table's messages decoded and sorted: replays dropped,
@@ -47,6 +49,7 @@
 mod batch;
 mod bronze;
 mod config;
+mod gaps;
 mod resume;
 mod runner;
 mod silver;
@@ -55,6 +58,7 @@ mod staging;
 mod tests;
 
 pub use config::{DEAD_LETTERS, IngestConfig, SCHEMA_CHANGES, SILVER_TARGET_FILE_SIZE};
+pub use gaps::{RetentionGap, retention_gaps};
 pub use resume::committed_offsets;
 pub use runner::{run, serve};
 pub use silver::retype_silver_column;

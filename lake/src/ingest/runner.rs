@@ -245,6 +245,25 @@ async fn run_once(
             let b = state.bronze_next.get(&p).copied().unwrap_or(0);
             let s = state.silver_next.get(&p).copied().unwrap_or(0);
             let from = b.min(s);
+            if let Some(g) = super::gaps::gap(
+                table,
+                topic,
+                p,
+                from,
+                super::gaps::log_start(&consumer, topic, p)?,
+            ) {
+                crate::metrics::retention_gap(table, g.lost());
+                tracing::error!(
+                    table,
+                    topic = %topic,
+                    partition = p,
+                    resume_at = from,
+                    log_start = g.log_start,
+                    lost = g.lost(),
+                    "the broker no longer holds changes this table needs (deleted by retention): \
+                     silver misses them until the table is re-snapshotted (`tributary cdc resnapshot {table}`)"
+                );
+            }
             let offset = if from == 0 {
                 Offset::Beginning
             } else {
