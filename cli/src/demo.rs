@@ -209,7 +209,7 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
     for _ in 0..DEMO_REPLICAS {
         let mut oltp_cfg = config.oltp.clone();
         oltp_cfg.listen = "127.0.0.1:0".into();
-        let mut server = tributary_oltp::Server::bind(oltp_cfg, sources.topology())
+        let mut server = tributary_oltp::Server::bind(oltp_cfg, platform.topology()?)
             .await?
             .with_clickstream(&kafka)
             .await?;

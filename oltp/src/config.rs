@@ -10,6 +10,10 @@ use serde::Deserialize;
 pub struct Topology {
     pub shards: Vec<String>,
     pub catalog: String,
+    /// A hot standby per shard (`replicas[i]` for shard `i`), `None` where
+    /// a shard has none; empty when no shard has one. Read-only routes may
+    /// read there within `[oltp] replica_max_lag_ms`.
+    pub replicas: Vec<Option<String>>,
 }
 
 /// The `[oltp]` section of the configuration file.
@@ -28,6 +32,12 @@ pub struct OltpConfig {
     /// The product cache (`[oltp.cache]`).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Read-only routes (`GET /orders/{id}` and its shipment) read from the
+    /// shard's standby while it is shown to be at most this far behind the
+    /// primary (see `docs/ha.md`, "Reads from the standby"); 0 sends every
+    /// read to the primary.
+    #[serde(default = "default_replica_max_lag_ms")]
+    pub replica_max_lag_ms: u64,
 }
 
 /// The `[oltp.cache]` section: product reads through Redis, invalidated by
@@ -101,6 +111,10 @@ fn default_pool_size() -> usize {
     8
 }
 
+fn default_replica_max_lag_ms() -> u64 {
+    1000
+}
+
 impl Default for OltpConfig {
     fn default() -> Self {
         OltpConfig {
@@ -108,6 +122,7 @@ impl Default for OltpConfig {
             sharding: ShardingConfig::default(),
             pool_size: default_pool_size(),
             cache: CacheConfig::default(),
+            replica_max_lag_ms: default_replica_max_lag_ms(),
         }
     }
 }

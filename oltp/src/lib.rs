@@ -22,6 +22,7 @@
 //! let topology = Topology {
 //!     shards: vec!["host=127.0.0.1 port=5433 user=tributary dbname=orders".into()],
 //!     catalog: "host=127.0.0.1 port=5432 user=tributary dbname=catalog".into(),
+//!     replicas: vec![],
 //! };
 //! let config: OltpConfig = serde_json::from_str("{}").expect("defaults are valid");
 //! let server = Server::bind(config, topology).await?;
@@ -39,6 +40,7 @@ pub mod metrics;
 mod migrate;
 mod money;
 mod pool;
+mod replica;
 mod routing;
 
 pub use api::Server;

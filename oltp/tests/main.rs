@@ -280,11 +280,13 @@ async fn order_service_end_to_end() {
     version_2_upgrades_a_version_1_shard(&Topology {
         shards: vec![cluster.dsn("old_s0")],
         catalog: cluster.dsn("old_catalog"),
+        replicas: vec![],
     })
     .await;
     let topology = Topology {
         shards: vec![cluster.dsn("orders_s0"), cluster.dsn("orders_s1")],
         catalog: cluster.dsn("catalog"),
+        replicas: vec![],
     };
 
     migrations_are_idempotent_and_race_free(&topology).await;
@@ -369,6 +371,7 @@ async fn migrations_are_idempotent_and_race_free(topology: &Topology) {
     let swapped = Topology {
         shards: vec![topology.shards[1].clone(), topology.shards[0].clone()],
         catalog: topology.catalog.clone(),
+        replicas: vec![],
     };
     assert!(migrate(&swapped).await.is_err());
 }

@@ -127,6 +127,22 @@ impl Platform {
         self.sources.as_ref().ok_or(Error::NoSources)
     }
 
+    /// What the order service needs: the sources, and with the local
+    /// stack's databases each shard's standby as a read replica.
+    pub fn topology(&self) -> Result<tributary_oltp::Topology> {
+        let mut topology = self.sources()?.topology();
+        if self.config.sources.is_none()
+            && let Some(stack) = &self.stack
+        {
+            topology.replicas = stack
+                .shards
+                .iter()
+                .map(|s| s.standby.as_ref().map(|n| n.dsn_of(&s.database)))
+                .collect();
+        }
+        Ok(topology)
+    }
+
     /// The broker; an error without `[kafka]` and a local stack.
     pub fn kafka(&self) -> Result<&KafkaConfig> {
         self.kafka.as_ref().ok_or(Error::NoKafka)
@@ -228,6 +244,7 @@ impl Sources {
         tributary_oltp::Topology {
             shards: self.shards.clone(),
             catalog: self.catalog.clone(),
+            replicas: Vec::new(),
         }
     }
 

@@ -11,10 +11,9 @@ pub async fn run(config: Config, command: OltpCommand) -> Result<()> {
     match command {
         OltpCommand::Serve => {
             let platform = Platform::load(config)?;
-            let sources = platform.sources()?;
             let shutdown = shutdown_on_signals();
             let mut server =
-                tributary_oltp::Server::bind(platform.config().oltp.clone(), sources.topology())
+                tributary_oltp::Server::bind(platform.config().oltp.clone(), platform.topology()?)
                     .await?;
             // Product views and add-to-carts go to the platform's broker;
             // without one the click endpoints answer 503.

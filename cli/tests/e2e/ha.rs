@@ -232,7 +232,8 @@ async fn a_lost_lake_restored_from_a_backup_catches_up() {
     assert!(!refused.status.success());
     let out = env.run_ok(&["lake", "restore", "--from", backup.to_str().unwrap()]);
     assert!(
-        out.contains(&format!("restored {} tables", tables.len())),
+        out.contains(&format!("restored {} tables", tables.len()))
+            && out.contains("the broker holds every change the restored tables resume from"),
         "{out}"
     );
     let again = env.run(&["lake", "restore", "--from", backup.to_str().unwrap()]);
@@ -298,6 +299,148 @@ async fn the_broker_and_lake_drills_meet_their_goals() {
         assert!(
             !out.contains(&format!("{recovered}never")),
             "{scenario}: never recovered\n{out}"
+        );
+    }
+}
+
+/// `GET /orders/{id}` and where it was answered.
+async fn read_order(c: &reqwest::Client, url: &str) -> (String, serde_json::Value) {
+    let r = c.get(url).send().await.unwrap();
+    assert!(r.status().is_success(), "GET {url}: {}", r.status());
+    let from = r
+        .headers()
+        .get("x-read-from")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (from, r.json().await.unwrap())
+}
+
+/// Read-only routes read from the shard's standby while it is shown to be
+/// within the bound (`replica_max_lag_ms`, 1 s), and from the primary once
+/// it falls behind: with replay paused on the standby, no read sent more
+/// than the bound after a change misses it, and an order created meanwhile
+/// is readable at once (the primary answers what the standby lacks).
+#[tokio::test]
+async fn reads_come_from_the_standby_within_the_lag_bound() {
+    let mut env = Env::stack().await;
+    env.extra = vec![("TRIBUTARY__STACK__STANDBYS".into(), "true".into())];
+    env.start().await;
+    let base = env.url();
+    let c = reqwest::Client::new();
+    let customer = post(
+        &c,
+        format!("{base}/customers"),
+        serde_json::json!({"email": "ro@example.com", "name": "Ro", "region": "eu", "country": "DE",
+               "city": "Berlin", "address": "Strasse 1", "lat": 52.5, "lon": 13.4}),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let product = post(
+        &c,
+        format!("{base}/products"),
+        serde_json::json!({"sku": "RO-1", "name": "ro", "category": "tools", "price": 3.5}),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let new_order = async || {
+        post(
+            &c,
+            format!("{base}/orders"),
+            serde_json::json!({"customer_id": customer, "items": [{"product_id": product, "quantity": 1}]}),
+        )
+        .await["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let order = new_order().await;
+    let url = format!("{base}/orders/{order}");
+
+    // Caught up: the standby answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (from, body) = read_order(&c, &url).await;
+        if from == "standby" {
+            assert_eq!(body["id"], order, "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no read came from the standby (last: {from:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Replay paused: the standby stops moving; the primary takes writes.
+    let shard = env.stack_state().shards[tributary_oltp::shard_of_id(order)].clone();
+    let standby = shard.standby.clone().unwrap();
+    let on_standby = pipeline_connect(&standby.dsn_of(&shard.database)).await;
+    on_standby
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    let paid = post(
+        &c,
+        format!("{url}/pay"),
+        serde_json::json!({"method": "card"}),
+    )
+    .await;
+    let changed = Instant::now();
+    let bound = Duration::from_millis(1000);
+    let mut stale = 0;
+    while changed.elapsed() < bound + Duration::from_secs(2) {
+        let sent = Instant::now();
+        let (from, body) = read_order(&c, &url).await;
+        if body["status"] != paid["status"] {
+            stale += 1;
+            assert!(
+                sent < changed + bound,
+                "a read sent {:?} after the change missed it (from {from})",
+                sent - changed
+            );
+        }
+        if sent > changed + bound {
+            assert_ne!(
+                from,
+                "standby",
+                "a standby paused for {:?} answered",
+                sent - changed
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("{stale} reads within the bound did not show the payment yet");
+    // Created while the standby lags: readable at once, from the primary.
+    let fresh = new_order().await;
+    let (from, body) = read_order(&c, &format!("{base}/orders/{fresh}")).await;
+    assert_eq!(body["id"], fresh, "{body}");
+    assert_ne!(from, "standby");
+
+    // Replay resumed: back on the standby, with the payment.
+    on_standby
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (from, body) = read_order(&c, &url).await;
+        if from == "standby" {
+            assert_eq!(body["status"], paid["status"], "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reads never returned to the standby"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = http_text(&format!("{base}/metrics")).await;
+    for from in ["standby", "primary"] {
+        assert!(
+            metrics.contains(&format!("from=\"{from}\"")),
+            "no read counted from the {from}:\n{metrics}"
         );
     }
 }

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::metrics;
 use crate::migrate::migrate;
 use crate::pool::Pool;
+use crate::replica::{ReadFrom, Replica};
 use crate::routing::Router;
 
 /// Entries kept in the customer-directory cache before it is reset; the
@@ -44,9 +45,17 @@ pub(crate) struct AppState {
     pub(crate) clickstream: Option<Clickstream>,
     /// `None`: product reads go to PostgreSQL.
     pub(crate) cache: Option<Arc<ProductCache>>,
+    /// Each shard's standby, where it has one (see [`crate::replica`]).
+    pub(crate) replicas: Vec<Option<Replica>>,
+    /// `[oltp] replica_max_lag_ms`; zero: no read goes to a standby.
+    pub(crate) replica_bound: Duration,
 }
 
 pub(crate) type Shared = Arc<AppState>;
+
+/// One read-only query of [`AppState::read`], on whichever node it runs.
+pub(crate) type ReadQuery<'c, T> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Option<T>>> + Send + 'c>>;
 
 impl AppState {
     /// The shard holding `customer`, from the cache or the catalog directory.
@@ -96,6 +105,43 @@ impl AppState {
         let shard = crate::routing::shard_of_id(id);
         self.shards.get(shard).map(|p| (shard, p))
     }
+
+    /// A read-only query on `shard`: on its standby while that is certified
+    /// within the bound, else (and when the standby fails or finds nothing)
+    /// on the primary. Says where it was answered.
+    pub(crate) async fn read<T>(
+        &self,
+        shard: usize,
+        query: impl for<'c> Fn(&'c tokio_postgres::Client) -> ReadQuery<'c, T>,
+    ) -> Result<(Option<T>, ReadFrom)> {
+        let mut from = ReadFrom::Primary;
+        if let Some(replica) = self
+            .replicas
+            .get(shard)
+            .and_then(Option::as_ref)
+            .filter(|r| !self.replica_bound.is_zero() && r.fresh_within(self.replica_bound))
+        {
+            match replica.pool.get().await {
+                Ok(conn) => match query(&conn).await {
+                    Ok(Some(found)) => {
+                        ReadFrom::Standby.count(shard);
+                        return Ok((Some(found), ReadFrom::Standby));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(shard, %error, "a read on the standby failed; asking the primary")
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(shard, %error, "no connection to the standby; asking the primary")
+                }
+            }
+            from = ReadFrom::PrimaryFallback;
+        }
+        let found = query(&*self.shards[shard].get().await?).await?;
+        from.count(shard);
+        Ok((found, from))
+    }
 }
 
 /// The order and catalog HTTP service, bound and ready to serve.
@@ -123,6 +169,16 @@ impl Server {
             .enumerate()
             .map(|(i, dsn)| Pool::new(dsn.clone(), format!("shard{i}"), config.pool_size))
             .collect();
+        let replicas = (0..topology.shards.len())
+            .map(|i| {
+                let dsn = topology.replicas.get(i)?.as_ref()?;
+                Some(Replica::new(Pool::new(
+                    dsn.clone(),
+                    format!("shard{i} standby"),
+                    config.pool_size,
+                )))
+            })
+            .collect();
         let state = Arc::new(AppState {
             catalog: Pool::new(topology.catalog.clone(), "catalog".into(), config.pool_size),
             shards,
@@ -130,6 +186,8 @@ impl Server {
             directory: RwLock::new(HashMap::new()),
             clickstream: None,
             cache: None,
+            replicas,
+            replica_bound: Duration::from_millis(config.replica_max_lag_ms),
         });
         let listener = TcpListener::bind(&config.listen)
             .await
@@ -201,11 +259,31 @@ impl Server {
                 shutdown.clone(),
             ))
         });
+        let certifier = {
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let shards: Vec<_> = state
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| Some((i, &state.shards[i], r.as_ref()?)))
+                    .collect();
+                if !shards.is_empty() && !state.replica_bound.is_zero() {
+                    tracing::info!(
+                        standbys = shards.len(),
+                        max_lag_ms = state.replica_bound.as_millis() as u64,
+                        "read-only routes read from the standbys within the bound"
+                    );
+                    crate::replica::certify(shards, shutdown).await;
+                }
+            })
+        };
         let served = axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .map_err(|source| Error::Serve { addr, source });
         topic.abort();
+        certifier.abort();
         if let Some(invalidator) = invalidator {
             invalidator.abort();
         }
@@ -350,3 +428,8 @@ pub(crate) fn is_sql_state(
 
 /// A JSON response with a status.
 pub(crate) type JsonResponse = Result<(StatusCode, Json<Value>)>;
+/// The response header saying where a read-only request was answered:
+/// `standby`, `primary` or `primary_fallback`.
+pub(crate) const READ_FROM: &str = "x-read-from";
+/// A read-only answer, with where it was read ([`READ_FROM`]).
+pub(crate) type ReadResponse = Result<(StatusCode, [(&'static str, &'static str); 1], Json<Value>)>;

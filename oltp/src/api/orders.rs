@@ -29,7 +29,7 @@ use tokio_postgres::error::SqlState;
 use super::body::{Fields, IdPath, JsonBody};
 use super::clicks::MAX_DEVICE_ID;
 use super::trace::{RequestTrace, emit, now_us};
-use super::{JsonResponse, Shared, is_sql_state};
+use super::{JsonResponse, READ_FROM, ReadResponse, Shared, is_sql_state};
 use crate::error::{Error, Result};
 use crate::money::{MAX_CENTS, cents_to_json};
 
@@ -381,50 +381,59 @@ async fn write_outbox(
 }
 
 /// `GET /orders/{id}`.
-pub(crate) async fn fetch(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
+pub(crate) async fn fetch(State(state): State<Shared>, IdPath(id): IdPath) -> ReadResponse {
     let not_found = Error::NotFound {
         entity: "order",
         id,
     };
-    let Some((shard, pool)) = state.shard_for_id(id) else {
+    let Some((shard, _)) = state.shard_for_id(id) else {
         return Err(not_found);
     };
-    let order = load(&*pool.get().await?, id, shard)
-        .await?
-        .ok_or(not_found)?;
-    Ok((StatusCode::OK, Json(order)))
+    let (order, from) = state.read(shard, |c| Box::pin(load(c, id, shard))).await?;
+    Ok((
+        StatusCode::OK,
+        [(READ_FROM, from.as_str())],
+        Json(order.ok_or(not_found)?),
+    ))
 }
 
 /// `GET /orders/{id}/shipment`: the order's shipment, or 404 before it
 /// ships (the storefront's order page at the gateway reads it).
-pub(crate) async fn shipment(State(state): State<Shared>, IdPath(id): IdPath) -> JsonResponse {
+pub(crate) async fn shipment(State(state): State<Shared>, IdPath(id): IdPath) -> ReadResponse {
     let not_found = Error::NotFound {
         entity: "shipment of order",
         id,
     };
-    let Some((_, pool)) = state.shard_for_id(id) else {
+    let Some((shard, _)) = state.shard_for_id(id) else {
         return Err(not_found);
     };
-    let row = pool
-        .get()
-        .await?
-        .query_opt(
-            "SELECT id, carrier, status, shipped_at, delivered_at FROM shipments
-             WHERE order_id = $1 ORDER BY id DESC LIMIT 1",
-            &[&id],
-        )
-        .await?
-        .ok_or(not_found)?;
+    let (shipment, from) = state
+        .read(shard, |c| {
+            Box::pin(async move {
+            let row = c
+                .query_opt(
+                    "SELECT id, carrier, status, shipped_at, delivered_at FROM shipments
+                     WHERE order_id = $1 ORDER BY id DESC LIMIT 1",
+                    &[&id],
+                )
+                .await?;
+            Ok(row.map(|row| {
+                json!({
+                    "id": row.get::<_, i64>("id"),
+                    "order_id": id,
+                    "carrier": row.get::<_, String>("carrier"),
+                    "status": row.get::<_, String>("status"),
+                    "shipped_at": row.get::<_, chrono::DateTime<chrono::Utc>>("shipped_at"),
+                    "delivered_at": row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("delivered_at"),
+                })
+            }))
+            })
+        })
+        .await?;
     Ok((
         StatusCode::OK,
-        Json(json!({
-            "id": row.get::<_, i64>("id"),
-            "order_id": id,
-            "carrier": row.get::<_, String>("carrier"),
-            "status": row.get::<_, String>("status"),
-            "shipped_at": row.get::<_, chrono::DateTime<chrono::Utc>>("shipped_at"),
-            "delivered_at": row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("delivered_at"),
-        })),
+        [(READ_FROM, from.as_str())],
+        Json(shipment.ok_or(not_found)?),
     ))
 }
 
