@@ -33,9 +33,18 @@
 //!   (the disk under them died), then the lake restored from the backup
 //!   taken halfway through the load before the fault, and the ingester
 //!   started again: it resumes from the offsets in the restored commits and
-//!   the broker still holds the rest. "Recovered" is the restore's end.
+//!   the broker still holds the rest. "Recovered" is the restore's end;
+//! - `shard-lost`: both nodes of the shard SIGKILLed and their folders
+//!   taken as lost; the shard rebuilt in place from the base backup taken
+//!   halfway through the load before the fault and the WAL archive
+//!   (`tributary restore shardN --lost`). What was never archived is lost
+//!   (up to `archive_timeout`, 60 s, of commits): the goal is that no lost
+//!   order was acknowledged more than that before the fault. The CDC
+//!   reader finds no slot and re-snapshots the shard, so the lake follows
+//!   the source back in time. Orders carry a device id per request, so an
+//!   id the rebuilt sequence hands out again is not taken for a survivor.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,6 +70,9 @@ pub enum Scenario {
     BrokerKill,
     /// The lake folder deleted under a killed ingester, restored from backup.
     LakeLost,
+    /// Both nodes of a shard lost; rebuilt from a base backup and the WAL
+    /// archive.
+    ShardLost,
 }
 
 impl Scenario {
@@ -70,6 +82,7 @@ impl Scenario {
             Scenario::ShardFreeze => "shard-freeze",
             Scenario::BrokerKill => "broker-kill",
             Scenario::LakeLost => "lake-lost",
+            Scenario::ShardLost => "shard-lost",
         }
     }
 
@@ -112,6 +125,9 @@ pub struct Report {
     /// The span of the lost orders' acknowledgements before the fault, in
     /// seconds (0 when none were lost).
     pub lost_window_seconds: f64,
+    /// How long before the fault the oldest lost order was acknowledged
+    /// (0 when none were lost).
+    pub lost_oldest_seconds: f64,
     pub failover_seconds: Option<f64>,
     /// From the fault to the broker restarted (`broker-kill`) or the lake
     /// restored (`lake-lost`).
@@ -133,13 +149,18 @@ impl Report {
     /// replication (at most one second of orders with asynchronous), the
     /// shard writable within 30 s, and the lake equal to the source.
     pub fn ok(&self) -> bool {
-        let rpo = match self.replication.as_str() {
-            "sync" => self.lost.is_empty(),
+        let rpo = match (self.scenario, self.replication.as_str()) {
+            // Only the archive survives: what it had not received yet.
+            (Scenario::ShardLost, _) => self.lost_oldest_seconds <= ARCHIVE_TIMEOUT_SECONDS,
+            (_, "sync") => self.lost.is_empty(),
             _ => self.lost_window_seconds <= 1.0,
         };
         rpo && self.rto_write_seconds.is_some_and(|s| s <= 30.0) && self.lake_equal
     }
 }
+
+/// The stack's `archive_timeout`: the most a shard's archive is behind.
+const ARCHIVE_TIMEOUT_SECONDS: f64 = 60.0;
 
 pub async fn run(config: &Config, options: &Options) -> Result<Report> {
     if options.rate.is_nan() || options.rate <= 0.0 || options.shard >= config.stack.shards {
@@ -157,10 +178,12 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report> {
     .await
 }
 
-/// An acknowledged order: its id, its shard, when the API answered.
+/// An acknowledged order: its id, its request's number (its device id is
+/// `drill-<n>`), its shard, when the API answered.
 #[derive(Clone, Copy)]
 struct Ack {
     id: i64,
+    n: usize,
     faulted: bool,
     at: Instant,
 }
@@ -230,7 +253,18 @@ async fn measure(
     ));
     let load_started = Instant::now();
     let backup = c.state_dir.join("drill-lake-backup");
-    if options.scenario == Scenario::LakeLost {
+    if options.scenario == Scenario::ShardLost {
+        // The shard's last base backup before the disaster, under load.
+        tokio::time::sleep(options.before / 2).await;
+        let b = tributary_stack::backup::backup(c, &stack.shards[options.shard].name).await?;
+        detail.push(format!(
+            "base backup of {} at {:.1} s of load ({:.1} MiB)",
+            b.cluster,
+            load_started.elapsed().as_secs_f64(),
+            b.bytes as f64 / 1048576.0
+        ));
+        tokio::time::sleep(options.before - options.before / 2).await;
+    } else if options.scenario == Scenario::LakeLost {
         // The last backup before the disk died, taken under load.
         tokio::time::sleep(options.before / 2).await;
         let _ = std::fs::remove_dir_all(&backup);
@@ -280,6 +314,37 @@ async fn measure(
             // data folder.
             Platform::start(c.clone()).await?;
             recovered = Some(fault.elapsed());
+        }
+        Scenario::ShardLost => {
+            let nodes: Vec<_> = std::iter::once(shard.primary())
+                .chain(shard.standby.clone())
+                .collect();
+            for node in &nodes {
+                if let Some(p) = tributary_stack::ha::postmaster_pid(&node.data_dir) {
+                    let mut victims = tributary_stack::ha::children(p);
+                    victims.push(p);
+                    for v in victims {
+                        signal(v, nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+            }
+            detail.push(format!(
+                "both nodes of {} ({}) killed at {:.1} s of load",
+                shard.name,
+                nodes
+                    .iter()
+                    .map(|n| n.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                load_started.elapsed().as_secs_f64()
+            ));
+            let r = tributary_stack::backup::rebuild(c, &shard.name).await?;
+            recovered = Some(fault.elapsed());
+            detail.push(format!(
+                "rebuilt from {} and the archive in {:.1} s, a new standby cloned",
+                r.from_backup.display(),
+                r.took.as_secs_f64()
+            ));
         }
         Scenario::LakeLost => {
             let lake = platform.lake()?;
@@ -364,32 +429,50 @@ async fn measure(
 
     // Every acknowledged order must be in the source (the shard's DSN finds
     // its primary, whichever node that is now).
-    let acked: BTreeMap<i64, Ack> = book.acks.iter().map(|a| (a.id, *a)).collect();
-    let mut present = BTreeSet::new();
+    // Present means the same order: its id and its request's device id. A
+    // shard rebuilt from a backup hands out ids again, so an id alone
+    // could be a later order (and two acknowledgements may share one).
+    let ids: Vec<i64> = book
+        .acks
+        .iter()
+        .map(|a| a.id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut present: BTreeSet<(i64, String)> = BTreeSet::new();
     for s in &StackState::load(&c.state_dir)?
         .ok_or_else(|| Error::Run("no stack".into()))?
         .shards
     {
         let db = tributary_stack::postgres::connect(&s.dsn()).await?;
-        let ids: Vec<i64> = acked.keys().copied().collect();
         for row in db
-            .query("SELECT id FROM orders WHERE id = ANY($1)", &[&ids])
+            .query(
+                "SELECT id, device_id FROM orders WHERE id = ANY($1)",
+                &[&ids],
+            )
             .await
             .map_err(pg("reading acknowledged orders"))?
         {
-            present.insert(row.get::<_, i64>(0));
+            if let Some(device) = row.get::<_, Option<String>>(1) {
+                present.insert((row.get(0), device));
+            }
         }
     }
-    let lost: Vec<i64> = acked
-        .keys()
-        .filter(|id| !present.contains(id))
-        .copied()
+    let lost_acks: Vec<&Ack> = book
+        .acks
+        .iter()
+        .filter(|a| !present.contains(&(a.id, format!("drill-{}", a.n))))
         .collect();
-    let lost_at: Vec<Instant> = lost.iter().map(|id| acked[id].at).collect();
+    let lost: Vec<i64> = lost_acks.iter().map(|a| a.id).collect();
+    let lost_at: Vec<Instant> = lost_acks.iter().map(|a| a.at).collect();
     let lost_window = match (lost_at.iter().min(), lost_at.iter().max()) {
         (Some(a), Some(b)) => (*b - *a).as_secs_f64().max(0.001),
         _ => 0.0,
     };
+    let lost_oldest = lost_at
+        .iter()
+        .min()
+        .map_or(0.0, |a| fault.saturating_duration_since(*a).as_secs_f64());
 
     // The lake: fresh platform (the shard's primary moved), caught up,
     // then compared row for row.
@@ -443,6 +526,7 @@ async fn measure(
         failed_requests: book.failed,
         lost,
         lost_window_seconds: lost_window,
+        lost_oldest_seconds: lost_oldest,
         failover_seconds: failover.map(|d| d.as_secs_f64()),
         recovered_seconds: recovered.map(|d| d.as_secs_f64()),
         rto_write_seconds: rto_write.map(|d| d.as_secs_f64()),
@@ -543,12 +627,14 @@ async fn write_orders(
         let (http, url, book) = (http.clone(), url.clone(), book.clone());
         tasks.spawn(async move {
             let body = json!({"customer_id": customer, "currency": "USD",
+                              "device_id": format!("drill-{n}"),
                               "items": [{"product_id": product, "quantity": 1}]});
             let result = post(&http, &format!("{url}/orders"), body).await;
             let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
             match result {
                 Ok(id) => b.acks.push(Ack {
                     id,
+                    n,
                     faulted: on_faulted,
                     at: Instant::now(),
                 }),
@@ -587,16 +673,22 @@ pub fn render(r: &Report) -> String {
         ("requests failed", r.failed_requests.to_string()),
         (
             "RPO: acknowledged orders lost",
-            format!(
-                "{} (acknowledged over {:.3} s)",
-                r.lost.len(),
-                r.lost_window_seconds
-            ),
+            if r.lost.is_empty() {
+                "0".to_string()
+            } else {
+                format!(
+                    "{} (acknowledged over {:.3} s, the oldest {:.1} s before the fault)",
+                    r.lost.len(),
+                    r.lost_window_seconds,
+                    r.lost_oldest_seconds
+                )
+            },
         ),
         (
             match r.scenario {
                 Scenario::BrokerKill => "fault -> broker restarted",
                 Scenario::LakeLost => "fault -> lake restored from backup",
+                Scenario::ShardLost => "fault -> shard rebuilt from backup and archive",
                 _ => "fault -> new primary recorded",
             },
             secs(if r.scenario.fails_over() {
@@ -609,7 +701,9 @@ pub fn render(r: &Report) -> String {
             "RTO: fault -> writes on the shard again",
             // A fault off the write path: say so rather than time the
             // longest gap of an undisturbed load as if it were an outage.
-            if !r.scenario.fails_over() && r.outage_seconds < 1.0 {
+            if matches!(r.scenario, Scenario::BrokerKill | Scenario::LakeLost)
+                && r.outage_seconds < 1.0
+            {
                 format!("not interrupted (longest gap {:.2} s)", r.outage_seconds)
             } else {
                 format!(

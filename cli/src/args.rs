@@ -115,13 +115,19 @@ pub enum Command {
     },
     /// Point-in-time restore into a NEW cluster on a free port (the running
     /// one is not touched): the newest backup finished before `--to`, then
-    /// the archived WAL replayed up to that moment.
+    /// the archived WAL replayed up to that moment. With `--lost`, a shard
+    /// whose nodes are all gone is rebuilt in place instead (same ports):
+    /// the newest backup and the whole archive, then a new standby.
     Restore {
         cluster: String,
         /// The moment, as PostgreSQL reads a timestamp with time zone
         /// (e.g. "2026-12-07 15:04:05.123+00").
+        #[arg(long, required_unless_present = "lost", conflicts_with = "lost")]
+        to: Option<String>,
+        /// The cluster's nodes are lost: rebuild it in place, to the end of
+        /// the archive (refused while a node still answers).
         #[arg(long)]
-        to: String,
+        lost: bool,
     },
     /// High availability of the local stack's shards.
     Ha {
@@ -297,6 +303,9 @@ pub enum DrillScenario {
     /// The lake folder deleted under a killed ingester, then restored from
     /// the backup taken halfway through --before.
     LakeLost,
+    /// Both nodes of a shard killed and lost; the shard rebuilt in place
+    /// from the base backup taken halfway through --before and the archive.
+    ShardLost,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

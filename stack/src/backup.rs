@@ -256,54 +256,27 @@ pub async fn restore(config: &crate::Config, name: &str, target: &str) -> Result
         crate::local::stop_cluster(&tools, &data);
         std::fs::remove_dir_all(&data).map_err(io(format!("removing {}", data.display())))?;
     }
-    run(
-        std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&backup.dir)
-            .arg(&data),
-        "copying the base backup",
-    )?;
     let port = crate::local::free_port()?;
     let archive = cluster.archive_dir()?;
-    let auto = data.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(&format!(
-        "\n# tributary restore\nport = {port}\ncluster_name = '{name}-restored'\n\
-         restore_command = 'cp {archive}/%f %p'\nrecovery_target_time = '{target_pg}'\n\
-         recovery_target_action = 'promote'\nrecovery_target_timeline = 'latest'\n\
-         archive_mode = off\nsynchronous_standby_names = ''\n",
-        archive = archive.display()
-    ));
-    std::fs::write(&auto, text).map_err(io(format!("writing {}", auto.display())))?;
-    for stale in ["standby.signal", "postmaster.pid", "tributary.fenced"] {
-        let _ = std::fs::remove_file(data.join(stale));
-    }
-    std::fs::write(data.join("recovery.signal"), "")
-        .map_err(io(format!("writing {}", data.display())))?;
-    let _ = std::fs::write(data.join("server.log"), "");
-    chown_to_server_user(&data)?;
-    crate::local::start_if_stopped(&tools, &data, 120, "pg_ctl start (restore)")?;
+    recover(
+        &tools,
+        &backup.dir,
+        &data,
+        &format!(
+            "port = {port}\ncluster_name = '{name}-restored'\n\
+             restore_command = 'cp {archive}/%f %p'\nrecovery_target_time = '{target_pg}'\n\
+             recovery_target_action = 'promote'\nrecovery_target_timeline = 'latest'\n\
+             archive_mode = off\nsynchronous_standby_names = ''\n",
+            archive = archive.display()
+        ),
+        port,
+        name,
+    )
+    .await?;
     let dsn = format!(
         "host=127.0.0.1 port={port} user=tributary dbname={}",
         cluster.database
     );
-    let admin = format!("host=127.0.0.1 port={port} user=tributary dbname=postgres");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Ok(c) = crate::postgres::connect(&admin).await
-            && let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await
-            && !row.get::<_, bool>(0)
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(fail(format!(
-                "the restored cluster did not finish recovery within 300 s; see {}",
-                data.join("server.log").display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     Ok(Restored {
         cluster: name.into(),
         target: target_utc,
@@ -322,4 +295,137 @@ pub(crate) fn stop_restores(tools: &PgTools, pg_base: &Path) {
             crate::local::stop_cluster(tools, &e.path());
         }
     }
+}
+
+/// Copies the base backup at `backup` into `data`, appends `settings` to
+/// its `postgresql.auto.conf`, starts it in archive recovery on `port` and
+/// waits until it is promoted.
+async fn recover(
+    tools: &PgTools,
+    backup: &Path,
+    data: &Path,
+    settings: &str,
+    port: u16,
+    name: &str,
+) -> Result<()> {
+    run(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(backup)
+            .arg(data),
+        "copying the base backup",
+    )?;
+    let auto = data.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str("\n# tributary restore\n");
+    text.push_str(settings);
+    std::fs::write(&auto, text).map_err(io(format!("writing {}", auto.display())))?;
+    for stale in ["standby.signal", "postmaster.pid", crate::ha::FENCED] {
+        let _ = std::fs::remove_file(data.join(stale));
+    }
+    std::fs::write(data.join("recovery.signal"), "")
+        .map_err(io(format!("writing {}", data.display())))?;
+    let _ = std::fs::write(data.join("server.log"), "");
+    chown_to_server_user(data)?;
+    crate::local::start_if_stopped(tools, data, 120, "pg_ctl start (restore)")?;
+    let admin = format!("host=127.0.0.1 port={port} user=tributary dbname=postgres");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Ok(c) = crate::postgres::connect(&admin).await
+            && let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await
+            && !row.get::<_, bool>(0)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Backup {
+                cluster: name.into(),
+                reason: format!(
+                    "the restored cluster did not finish recovery within 300 s; see {}",
+                    data.join("server.log").display()
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A shard whose nodes are both lost, rebuilt in place: its primary node's
+/// data folder and port again, from the newest base backup and the
+/// archived WAL replayed to its end; then a new standby cloned from it.
+/// (An earlier moment is `restore --to`'s job, beside a running cluster.) What
+/// the lost nodes never archived is gone (up to `archive_timeout`, 60 s,
+/// of commits). The lost nodes' folders are kept under `<pg>/lost/`. Under
+/// the HA lock, so the supervisor waits; it refuses a shard that still
+/// answers.
+pub async fn rebuild(config: &crate::Config, name: &str) -> Result<Restored> {
+    let started = Instant::now();
+    let tools = PgTools::find(config.stack.pg_bin.as_deref())?;
+    let _lock = crate::ha::HaLock::take(&config.state_dir).await?;
+    let state = StackState::require(&config.state_dir)?;
+    let shard = cluster(&state, name)?;
+    let fail = |reason: String| Error::Backup {
+        cluster: name.into(),
+        reason,
+    };
+    let nodes: Vec<crate::local::PgNode> = std::iter::once(shard.primary())
+        .chain(shard.standby.clone())
+        .collect();
+    for node in &nodes {
+        if crate::ha::probe(node).await != crate::ha::NodeRole::Down {
+            return Err(fail(format!(
+                "node {} still answers on port {}: a rebuild replaces a lost shard only (`tributary restore {name} --to TIME` restores beside a running one)",
+                node.name(),
+                node.port
+            )));
+        }
+    }
+    let backup = list(config, name)?.pop().ok_or_else(|| {
+        fail(format!(
+            "no base backup (`tributary backup {name}` takes one)"
+        ))
+    })?;
+    let lost = shard.pg_base()?.join("lost");
+    std::fs::create_dir_all(&lost).map_err(io(format!("creating {}", lost.display())))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for node in &nodes {
+        if node.data_dir.exists() {
+            // Whatever still runs of a lost node (a frozen postmaster)
+            // dies first: its folder is about to move.
+            crate::ha::fence(&node.data_dir)?;
+            let to = lost.join(format!("{}-{stamp}", node.name()));
+            std::fs::rename(&node.data_dir, &to)
+                .map_err(io(format!("moving {} aside", node.data_dir.display())))?;
+        }
+    }
+    let archive = shard.archive_dir()?;
+    let primary = shard.primary();
+    recover(
+        &tools,
+        &backup.dir,
+        &primary.data_dir,
+        &format!(
+            "port = {}\ncluster_name = '{}'\nrestore_command = 'cp {}/%f %p'\n\
+             recovery_target_timeline = 'latest'\nsynchronous_standby_names = ''\n",
+            primary.port,
+            primary.name(),
+            archive.display()
+        ),
+        primary.port,
+        name,
+    )
+    .await?;
+    tracing::info!(shard = name, node = %primary.name(), backup = %backup.dir.display(), "shard rebuilt from the backup and the archive");
+    crate::ha::ensure_standby(&tools, &shard, config.stack.replication).await?;
+    Ok(Restored {
+        cluster: name.into(),
+        target: "the end of the archive".into(),
+        from_backup: backup.dir,
+        data_dir: primary.data_dir.clone(),
+        port: primary.port,
+        dsn: shard.dsn(),
+        took: started.elapsed(),
+    })
 }

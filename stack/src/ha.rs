@@ -44,7 +44,7 @@ use crate::{Error, Result, io, pg};
 /// standby still needs is never removed.
 const STANDBY_SLOT: &str = "tributary_standby";
 /// The file that marks a fenced former primary.
-const FENCED: &str = "tributary.fenced";
+pub(crate) const FENCED: &str = "tributary.fenced";
 /// How long one probe of a node may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -367,7 +367,7 @@ pub async fn rejoin(config: &Config, index: usize) -> Result<String> {
 /// Makes sure the cluster in `data` can never take a write again: every
 /// process of it SIGKILLed (a stopped one too), then a marker and a
 /// `standby.signal`, so a restart comes up read-only.
-fn fence(data: &Path) -> Result<()> {
+pub(crate) fn fence(data: &Path) -> Result<()> {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     if let Some(pid) = postmaster_pid(data) {

@@ -62,6 +62,7 @@ async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
                     DrillScenario::ShardFreeze => drill::Scenario::ShardFreeze,
                     DrillScenario::BrokerKill => drill::Scenario::BrokerKill,
                     DrillScenario::LakeLost => drill::Scenario::LakeLost,
+                    DrillScenario::ShardLost => drill::Scenario::ShardLost,
                 },
                 exe: std::env::current_exe()?,
                 shard,
@@ -86,7 +87,10 @@ async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
             Ok(())
         }
         Command::Backup { cluster, list } => stack::backup(&config, &cluster, list).await,
-        Command::Restore { cluster, to } => stack::restore(&config, &cluster, &to).await,
+        Command::Restore { cluster, to, lost } => match to {
+            Some(to) if !lost => stack::restore(&config, &cluster, &to).await,
+            _ => stack::rebuild(&config, &cluster).await,
+        },
         Command::Ha { command } => match command {
             HaCommand::Run => stack::ha_run(config).await,
         },

@@ -171,6 +171,20 @@ pub async fn restore(config: &Config, cluster: &str, to: &str) -> Result<()> {
     Ok(())
 }
 
+/// `tributary restore CLUSTER --lost`.
+pub async fn rebuild(config: &Config, cluster: &str) -> Result<()> {
+    let r = tributary_stack::backup::rebuild(config, cluster).await?;
+    println!(
+        "{} rebuilt in place from {} and the archive in {:.1} s: {} (a new standby cloned; \
+         the CDC reader re-snapshots the shard, since its slot is gone)",
+        r.cluster,
+        r.from_backup.display(),
+        r.took.as_secs_f64(),
+        r.dsn
+    );
+    Ok(())
+}
+
 /// `tributary ha run`.
 pub async fn ha_run(config: Config) -> Result<()> {
     let shutdown = tributary::shutdown_on_signals();

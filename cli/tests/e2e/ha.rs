@@ -183,6 +183,13 @@ async fn a_point_in_time_restore_holds_exactly_the_orders_committed_before_it() 
     assert!(!before.is_empty(), "the load wrote no order on shard0");
     assert!(now.len() > before.len(), "no order after the target");
 
+    // A rebuild in place is for a lost shard only.
+    let refused = env.run(&["restore", "shard0", "--lost"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("still answers"),
+        "{err}"
+    );
     let out = env.run_ok(&["restore", "shard0", "--to", &target]);
     let port: u16 = out
         .split("port=")
@@ -272,21 +279,37 @@ async fn the_shard_kill_drill_meets_its_goals() {
     }
 }
 
-/// The broker and lake drills, short: the broker SIGKILLed and started
-/// again, then the lake folder lost and restored from the backup taken
-/// under load; nothing acknowledged is lost and the lake converges.
+/// The broker, lake and shard-lost drills, short: the broker SIGKILLed and
+/// started again, the lake folder lost and restored from the backup taken
+/// under load, both nodes of a shard lost and the shard rebuilt from its
+/// base backup and WAL archive; each meets its goals and the lake
+/// converges (after the rebuild, to a source that went back in time).
 #[tokio::test]
-async fn the_broker_and_lake_drills_meet_their_goals() {
+async fn the_broker_lake_and_shard_lost_drills_meet_their_goals() {
     let env = Env::stack().await;
-    for (scenario, recovered) in [
-        ("broker-kill", "| fault -> broker restarted | "),
-        ("lake-lost", "| fault -> lake restored from backup | "),
+    for (scenario, recovered, rpo) in [
+        (
+            "broker-kill",
+            "| fault -> broker restarted | ",
+            "| RPO: acknowledged orders lost | 0 |",
+        ),
+        (
+            "lake-lost",
+            "| fault -> lake restored from backup | ",
+            "| RPO: acknowledged orders lost | 0 |",
+        ),
+        (
+            // What the archive had not received is lost, and counted.
+            "shard-lost",
+            "| fault -> shard rebuilt from backup and archive | ",
+            "| RPO: acknowledged orders lost | ",
+        ),
     ] {
         let out = env.run_ok(&[
             "drill", scenario, "--rate", "10", "--before", "4s", "--after", "6s", "--down", "2s",
         ]);
         for line in [
-            "| RPO: acknowledged orders lost | 0 ",
+            rpo,
             recovered,
             "| silver equals the source | true |",
             "| verdict | met |",
