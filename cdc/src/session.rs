@@ -87,79 +87,93 @@ pub(crate) async fn run<S: Sink>(
     let recorded = state::recorded_shapes(&client, &slot.name).await?;
     let mut state = StreamState::new(source, &kafka.topic_prefix, recorded);
     let mut received = start;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                // Stop intake, let what was sent become durable, confirm, exit.
-                let target = state.last_commit_end().max(sink.durable());
-                let _ = sink.wait_durable(target, Duration::from_secs(10)).await;
-                status.send_status(received, sink.durable()).await?;
-                tracing::info!(db = %source.db, shard = source.shard, confirmed = %sink.durable(), "reader stopped");
-                return Ok(());
-            }
-            _ = status_tick.tick() => {
-                sink.check()?;
-                state.settle(sink.durable());
-                crate::metrics::position(&label, received, sink.durable());
-                crate::metrics::lag_seconds(&label, state.lag_seconds());
-                status.send_status(received, sink.durable()).await?;
-                if let Some(w) = state.take_watermark() {
-                    sink.send(&watermark_topic, &w.key(), &w.to_json(), &[])
-                        .await?;
+    // The stream, until it ends; on an error, what it already handed to the
+    // sink gets a few seconds to be delivered before the sink is dropped
+    // (dropping a producer purges its queue). Normally the slot would send
+    // it again anyway; after a failover there is no slot to do so, and a
+    // transaction purged half-way would stay incomplete in the change log.
+    let streamed: Result<()> = async {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    // Stop intake, let what was sent become durable, confirm, exit.
+                    let target = state.last_commit_end().max(sink.durable());
+                    let _ = sink.wait_durable(target, Duration::from_secs(10)).await;
+                    status.send_status(received, sink.durable()).await?;
+                    tracing::info!(db = %source.db, shard = source.shard, confirmed = %sink.durable(), "reader stopped");
+                    return Ok(());
                 }
-            }
-            _ = heartbeat.tick() => {
-                // A heartbeat is a small transaction in this database's WAL:
-                // an idle database's slot advances too, and its commit time
-                // becomes the next watermark.
-                client
-                    .execute("SELECT pg_logical_emit_message(true, 'tributary.heartbeat', now()::text)", &[])
-                    .await
-                    .map_err(pg("writing heartbeat"))?;
-                if let Some(label_lsn) = state.resnapshot_lsn()
-                    && let Some((id, table)) = state::pending_resnapshot(&client).await?
-                {
-                    let copy = slot.resnapshot(label_lsn, &sink, &table);
-                    tokio::pin!(copy);
-                    // The stream waits (the server buffers) while the table is
-                    // copied; keep the connection alive meanwhile.
-                    let rows = loop {
-                        tokio::select! {
-                            rows = &mut copy => break rows?,
-                            _ = status_tick.tick() => status.send_status(received, sink.durable()).await?,
-                        }
-                    };
-                    state::resnapshot_done(&client, id, rows).await?;
-                    tracing::info!(db = %source.db, shard = source.shard, table = %table, rows, "resnapshot complete");
-                }
-            }
-            msg = rx.recv() => {
-                let msg = msg.ok_or_else(|| Error::Protocol("replication reader stopped".into()))??;
-                match msg {
-                    None => return Err(Error::Protocol("server ended the replication stream".into())),
-                    Some(ReplicationMessage::Keepalive { wal_end, reply_requested }) => {
-                        received = received.max(wal_end);
-                        *high_water = (*high_water).max(received);
-                        state.keepalive(wal_end, &sink)?;
-                        if reply_requested {
-                            status.send_status(received, sink.durable()).await?;
-                        }
+                _ = status_tick.tick() => {
+                    sink.check()?;
+                    state.settle(sink.durable());
+                    crate::metrics::position(&label, received, sink.durable());
+                    crate::metrics::lag_seconds(&label, state.lag_seconds());
+                    status.send_status(received, sink.durable()).await?;
+                    if let Some(w) = state.take_watermark() {
+                        sink.send(&watermark_topic, &w.key(), &w.to_json(), &[])
+                            .await?;
                     }
-                    Some(ReplicationMessage::XLogData { wal_end, data, .. }) => {
-                        received = received.max(wal_end);
-                        *high_water = (*high_water).max(received);
-                        let msg = match decode(&data)? {
-                            PgOutput::Relation(rel) => PgOutput::Relation(row_key(&client, rel).await?),
-                            other => other,
+                }
+                _ = heartbeat.tick() => {
+                    // A heartbeat is a small transaction in this database's WAL:
+                    // an idle database's slot advances too, and its commit time
+                    // becomes the next watermark.
+                    client
+                        .execute("SELECT pg_logical_emit_message(true, 'tributary.heartbeat', now()::text)", &[])
+                        .await
+                        .map_err(pg("writing heartbeat"))?;
+                    if let Some(label_lsn) = state.resnapshot_lsn()
+                        && let Some((id, table)) = state::pending_resnapshot(&client).await?
+                    {
+                        let copy = slot.resnapshot(label_lsn, &sink, &table);
+                        tokio::pin!(copy);
+                        // The stream waits (the server buffers) while the table is
+                        // copied; keep the connection alive meanwhile.
+                        let rows = loop {
+                            tokio::select! {
+                                rows = &mut copy => break rows?,
+                                _ = status_tick.tick() => status.send_status(received, sink.durable()).await?,
+                            }
                         };
-                        if let Some(change) = state.handle(msg, &sink).await? {
-                            state::schema_change(&client, &slot.name, &change.table, change.lsn, &change.columns).await?;
+                        state::resnapshot_done(&client, id, rows).await?;
+                        tracing::info!(db = %source.db, shard = source.shard, table = %table, rows, "resnapshot complete");
+                    }
+                }
+                msg = rx.recv() => {
+                    let msg = msg.ok_or_else(|| Error::Protocol("replication reader stopped".into()))??;
+                    match msg {
+                        None => return Err(Error::Protocol("server ended the replication stream".into())),
+                        Some(ReplicationMessage::Keepalive { wal_end, reply_requested }) => {
+                            received = received.max(wal_end);
+                            *high_water = (*high_water).max(received);
+                            state.keepalive(wal_end, &sink)?;
+                            if reply_requested {
+                                status.send_status(received, sink.durable()).await?;
+                            }
+                        }
+                        Some(ReplicationMessage::XLogData { wal_end, data, .. }) => {
+                            received = received.max(wal_end);
+                            *high_water = (*high_water).max(received);
+                            let msg = match decode(&data)? {
+                                PgOutput::Relation(rel) => PgOutput::Relation(row_key(&client, rel).await?),
+                                other => other,
+                            };
+                            if let Some(change) = state.handle(msg, &sink).await? {
+                                state::schema_change(&client, &slot.name, &change.table, change.lsn, &change.columns).await?;
+                            }
                         }
                     }
                 }
             }
         }
     }
+    .await;
+    if streamed.is_err() {
+        let _ = sink
+            .wait_durable(state.last_commit_end(), Duration::from_secs(5))
+            .await;
+    }
+    streamed
 }
 
 /// The relation with its columns' key flags set to the row's key. With
