@@ -460,12 +460,18 @@ pub async fn assert_lake_equals_source(env: &Env) {
     for (table, (n, distinct)) in checks::bronze_duplicates(&session).await.unwrap() {
         assert_eq!(n, distinct, "bronze.{table} has duplicate event_ids");
     }
-    assert_no_gaps(&session).await;
+    // Every streamed transaction is complete in bronze.
+    let (bad, detail) = incomplete_transactions(&session).await;
+    assert_eq!(
+        bad, 0,
+        "{bad} transactions in bronze have missing or doubled changes:\n{detail}"
+    );
 }
 
-/// Every streamed transaction is complete in bronze: per (source, shard,
-/// commit LSN) the ordinals are exactly 1..n across all tables.
-pub async fn assert_no_gaps(session: &tributary_query::Session) {
+/// How many streamed transactions miss or double changes in bronze (per
+/// source, shard and commit LSN the ordinals must be exactly 1..n across
+/// all tables), and the changes of the first few.
+pub async fn incomplete_transactions(session: &tributary_query::Session) -> (i64, String) {
     let mut parts: Vec<String> = Vec::new();
     for t in tributary_model::domain::TABLES {
         // Tables a test never wrote to have no bronze table.
@@ -479,23 +485,41 @@ pub async fn assert_no_gaps(session: &tributary_query::Session) {
         parts.push(format!(
             // Snapshot events (reads, and the truncates that precede a
             // replacing copy) are not transactions of the source.
-            "SELECT '{}' AS db, shard, lsn, ordinal FROM bronze.{} WHERE op <> 'r' AND ordinal > 0 AND event_id NOT LIKE '%/r%'",
+            "SELECT '{}' AS db, '{}' AS tbl, shard, lsn, ordinal, event_id, op FROM bronze.{} WHERE op <> 'r' AND ordinal > 0 AND event_id NOT LIKE '%/r%'",
             t.db.name(),
+            t.name,
             t.name
         ));
     }
     assert!(!parts.is_empty(), "no bronze tables at all");
-    let sql = format!(
-        "SELECT count(*) FROM (SELECT db, shard, lsn, count(*) AS n, count(DISTINCT ordinal) AS d, max(ordinal) AS m \
-         FROM ({}) GROUP BY db, shard, lsn) WHERE n <> m OR d <> n",
-        parts.join(" UNION ALL ")
+    let all = parts.join(" UNION ALL ");
+    let bad_groups = format!(
+        "SELECT db, shard, lsn, count(*) AS n, count(DISTINCT ordinal) AS d, max(ordinal) AS m \
+         FROM ({all}) GROUP BY db, shard, lsn HAVING count(*) <> max(ordinal) OR count(DISTINCT ordinal) <> count(*)"
     );
-    let batches = session.sql(&sql).await.unwrap();
+    let batches = session
+        .sql(&format!("SELECT count(*) FROM ({bad_groups})"))
+        .await
+        .unwrap();
     let bad = tributary_query_count(&batches);
-    assert_eq!(
-        bad, 0,
-        "{bad} transactions in bronze have missing or doubled changes"
-    );
+    if bad == 0 {
+        return (0, String::new());
+    }
+    {
+        // The changes of the first few, to see what is missing or doubled.
+        let detail = session
+            .sql(&format!(
+                "SELECT c.db, c.tbl, c.shard, c.lsn, c.ordinal, c.op, c.event_id FROM ({all}) c \
+                 JOIN (SELECT * FROM ({bad_groups}) ORDER BY lsn LIMIT 3) b \
+                 ON c.db = b.db AND c.shard = b.shard AND c.lsn = b.lsn ORDER BY c.lsn, c.ordinal LIMIT 60"
+            ))
+            .await
+            .map_or_else(
+                |e| e.to_string(),
+                |b| arrow::util::pretty::pretty_format_batches(&b).unwrap().to_string(),
+            );
+        (bad, detail)
+    }
 }
 
 pub fn tributary_query_count(batches: &[arrow::array::RecordBatch]) -> i64 {

@@ -7,6 +7,13 @@
 //!
 //! `TRIBUTARY_CHAOS_RUNS` sets the number of runs (default 2);
 //! `TRIBUTARY_CHAOS_SEED` replays a printed seed.
+//!
+//! A second test does the same to the shards' nodes: with a standby per
+//! shard and the HA supervisor, shard primaries (failed over, the reader
+//! re-snapshotting the shard) and standbys (restarted and put back in the
+//! synchronous set) are SIGKILLed at random moments, with the ingester;
+//! the lake must equal the source afterwards (`TRIBUTARY_HA_CHAOS_RUNS`,
+//! default 1).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -299,4 +306,146 @@ async fn exactly_once_when_ingester_and_broker_die_at_random_moments() {
     }
     eprintln!("chaos: {passed} of {runs} runs passed");
     assert_eq!(passed, runs, "chaos: failures: {failures:#?}");
+}
+
+/// SIGKILLs a node's postmaster and every process of it (a crashed
+/// machine).
+fn kill_node(node: &tributary_stack::PgNode) -> bool {
+    let Some(pid) = tributary_stack::ha::postmaster_pid(&node.data_dir) else {
+        return false;
+    };
+    let mut victims = tributary_stack::ha::children(pid);
+    victims.push(pid);
+    for p in victims {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    true
+}
+
+/// Waits until shard `i`'s standby streams synchronously again (the
+/// supervisor restarts or re-clones it), so the next fault may hit its
+/// primary without losing what was acknowledged.
+async fn standby_back(env: &mut Env, i: usize) {
+    env.until(
+        "the standby to stream synchronously again",
+        90,
+        async |env: &Env| {
+            let shard = env.stack_state().shards[i].clone();
+            tributary_stack::ha::replica(&shard)
+                .await
+                .is_some_and(|r| r.state == "streaming" && r.sync_state == "sync")
+        },
+    )
+    .await;
+}
+
+/// One run with a standby per shard and the HA supervisor: shard
+/// primaries and standbys SIGKILLed at random moments (each time after
+/// the shard is whole again), and the ingester; then the lake must equal
+/// the source, with no duplicate and no gap in bronze.
+async fn ha_chaos_run(run: u64, seed: u64, load_secs: u64) -> Result<(), String> {
+    let mut rng = Rng(seed);
+    let mut env = Env::stack().await;
+    env.extra = vec![
+        ("TRIBUTARY__STACK__STANDBYS".into(), "true".into()),
+        ("TRIBUTARY__STACK__FAILOVER_AFTER_MS".into(), "2000".into()),
+    ];
+    env.start().await;
+    for i in 0..2 {
+        standby_back(&mut env, i).await;
+    }
+    env.start_pipeline();
+    let mut load = env.spawn_load(40, load_secs, seed % 1_000_000);
+    let mut actions = Vec::new();
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(rng.millis(1_000, 4_000)).await;
+        if load.try_wait().unwrap().is_some() {
+            break;
+        }
+        let at = started.elapsed().as_secs_f64();
+        env.assert_running();
+        let i = (rng.next() % 2) as usize;
+        let shard = env.stack_state().shards[i].clone();
+        match rng.next() % 3 {
+            0 => {
+                assert!(
+                    kill_node(&shard.primary()),
+                    "no postmaster.pid for {}",
+                    shard.node_name()
+                );
+                let old = shard.port;
+                env.until(
+                    "the supervisor to fail the shard over",
+                    30,
+                    async |env: &Env| env.stack_state().shards[i].port != old,
+                )
+                .await;
+                standby_back(&mut env, i).await;
+                actions.push(format!("{at:.1}s shard{i} primary"));
+            }
+            1 => {
+                let standby = shard.standby.clone().expect("a standby per shard");
+                assert!(
+                    kill_node(&standby),
+                    "no postmaster.pid for {}",
+                    standby.name()
+                );
+                standby_back(&mut env, i).await;
+                actions.push(format!("{at:.1}s shard{i} standby"));
+            }
+            _ => {
+                env.kill9("ingest");
+                tokio::time::sleep(rng.millis(0, 2_000)).await;
+                env.spawn("ingest", &["lake", "ingest"]);
+                actions.push(format!("{at:.1}s ingester"));
+            }
+        }
+    }
+    eprintln!(
+        "ha chaos: run {run} seed {seed}: killed {}",
+        actions.join(", ")
+    );
+    // Requests fail while a shard has no primary (the service answers
+    // 503): the load's exit says nothing; the lake is checked against what
+    // the source holds.
+    let _ = load.wait();
+    env.assert_running();
+    let result = tokio::spawn(async move {
+        assert_lake_equals_source(&env).await;
+        env
+    })
+    .await;
+    match result {
+        Ok(_env) => Ok(()),
+        Err(e) => Err(format!("run {run} (seed {seed}): {e}")),
+    }
+}
+
+/// `TRIBUTARY_HA_CHAOS_RUNS` sets the number of runs (default 1),
+/// `TRIBUTARY_CHAOS_SEED` replays a printed seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lake_equals_the_source_when_shard_nodes_die_at_random_moments() {
+    let runs = env_u64("TRIBUTARY_HA_CHAOS_RUNS").unwrap_or(1);
+    let load_secs = env_u64("TRIBUTARY_CHAOS_LOAD_SECS").unwrap_or(25);
+    let seed = env_u64("TRIBUTARY_CHAOS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    eprintln!("ha chaos: {runs} runs, seed {seed} (TRIBUTARY_CHAOS_SEED={seed} to reproduce)");
+    let mut seeds = Rng(seed);
+    let mut failures = Vec::new();
+    for run in 1..=runs {
+        let run_seed = if run == 1 { seed } else { seeds.next() };
+        if let Err(e) = ha_chaos_run(run, run_seed, load_secs).await {
+            eprintln!("ha chaos: FAILED {e}");
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "ha chaos: failures: {failures:#?}");
 }
