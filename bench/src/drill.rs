@@ -290,11 +290,7 @@ async fn measure(
     let mut recovered = None;
     match options.scenario {
         Scenario::ShardKill => {
-            let mut victims = tributary_stack::ha::children(pid);
-            victims.push(pid);
-            for p in victims {
-                signal(p, nix::sys::signal::Signal::SIGKILL);
-            }
+            tributary_stack::ha::kill_node(&shard.data_dir);
         }
         Scenario::ShardFreeze => signal(pid, nix::sys::signal::Signal::SIGSTOP),
         Scenario::BrokerKill => {
@@ -320,13 +316,7 @@ async fn measure(
                 .chain(shard.standby.clone())
                 .collect();
             for node in &nodes {
-                if let Some(p) = tributary_stack::ha::postmaster_pid(&node.data_dir) {
-                    let mut victims = tributary_stack::ha::children(p);
-                    victims.push(p);
-                    for v in victims {
-                        signal(v, nix::sys::signal::Signal::SIGKILL);
-                    }
-                }
+                tributary_stack::ha::kill_node(&node.data_dir);
             }
             detail.push(format!(
                 "both nodes of {} ({}) killed at {:.1} s of load",

@@ -368,24 +368,16 @@ pub async fn rejoin(config: &Config, index: usize) -> Result<String> {
 /// process of it SIGKILLed (a stopped one too), then a marker and a
 /// `standby.signal`, so a restart comes up read-only.
 pub(crate) fn fence(data: &Path) -> Result<()> {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    if let Some(pid) = postmaster_pid(data) {
-        let mut victims = children(pid);
-        victims.push(pid);
-        for p in &victims {
-            let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    let victims = kill_node(data);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while victims.iter().any(|p| alive(*p)) {
+        if Instant::now() > deadline {
+            return Err(Error::Internal(format!(
+                "fencing {}: processes {victims:?} still alive 5 s after SIGKILL",
+                data.display()
+            )));
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while victims.iter().any(|p| alive(*p)) {
-            if Instant::now() > deadline {
-                return Err(Error::Internal(format!(
-                    "fencing {}: processes {victims:?} still alive 5 s after SIGKILL",
-                    data.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     for file in [FENCED, "standby.signal"] {
         let path = data.join(file);
@@ -393,6 +385,23 @@ pub(crate) fn fence(data: &Path) -> Result<()> {
     }
     chown_to_server_user(data)?;
     Ok(())
+}
+
+/// SIGKILLs the postmaster of the cluster in `data` and every process
+/// whose parent it is (a crashed machine); returns them, empty when the
+/// cluster has no `postmaster.pid`. Does not wait for them to die.
+pub fn kill_node(data: &Path) -> Vec<i32> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(pid) = postmaster_pid(data) else {
+        return Vec::new();
+    };
+    let mut victims = children(pid);
+    victims.push(pid);
+    for p in &victims {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    victims
 }
 
 /// The postmaster's pid recorded in `data/postmaster.pid` (also after it

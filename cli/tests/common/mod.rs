@@ -505,21 +505,19 @@ pub async fn incomplete_transactions(session: &tributary_query::Session) -> (i64
     if bad == 0 {
         return (0, String::new());
     }
-    {
-        // The changes of the first few, to see what is missing or doubled.
-        let detail = session
-            .sql(&format!(
-                "SELECT c.db, c.tbl, c.shard, c.lsn, c.ordinal, c.op, c.event_id FROM ({all}) c \
-                 JOIN (SELECT * FROM ({bad_groups}) ORDER BY lsn LIMIT 3) b \
-                 ON c.db = b.db AND c.shard = b.shard AND c.lsn = b.lsn ORDER BY c.lsn, c.ordinal LIMIT 60"
-            ))
-            .await
-            .map_or_else(
-                |e| e.to_string(),
-                |b| arrow::util::pretty::pretty_format_batches(&b).unwrap().to_string(),
-            );
-        (bad, detail)
-    }
+    // The changes of the first few, to see what is missing or doubled.
+    let detail = session
+        .sql(&format!(
+            "SELECT c.db, c.tbl, c.shard, c.lsn, c.ordinal, c.op, c.event_id FROM ({all}) c \
+             JOIN (SELECT * FROM ({bad_groups}) ORDER BY lsn LIMIT 3) b \
+             ON c.db = b.db AND c.shard = b.shard AND c.lsn = b.lsn ORDER BY c.lsn, c.ordinal LIMIT 60"
+        ))
+        .await
+        .map_or_else(
+            |e| e.to_string(),
+            |b| arrow::util::pretty::pretty_format_batches(&b).unwrap().to_string(),
+        );
+    (bad, detail)
 }
 
 pub fn tributary_query_count(batches: &[arrow::array::RecordBatch]) -> i64 {

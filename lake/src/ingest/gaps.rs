@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tributary_kafka::{KafkaConfig, kafka_err};
 use tributary_model::domain::{TABLES, topic_of};
 
-use super::resume::committed_offsets;
+use super::resume::{committed_offsets, resume_at};
 use crate::{Lake, Result};
 
 /// One partition whose needed offsets are gone.
@@ -112,11 +112,7 @@ pub async fn retention_gaps(
         };
         let (bronze, silver) = committed_offsets(lake, group, t.name, &topic, partitions).await?;
         for p in 0..partitions {
-            let from = bronze
-                .get(&p)
-                .copied()
-                .unwrap_or(0)
-                .min(silver.get(&p).copied().unwrap_or(0));
+            let from = resume_at(&bronze, &silver, p);
             if let Some(g) = gap(t.name, &topic, p, from, log_start(&consumer, &topic, p)?) {
                 out.push(g);
             }

@@ -225,6 +225,13 @@ pub(crate) async fn commit_offsets_only(
     Ok(true)
 }
 
+/// Where ingest resumes a partition: the lower of the next offsets bronze
+/// and silver recorded (0, its start, when either has none).
+pub(crate) fn resume_at(bronze: &HashMap<i32, i64>, silver: &HashMap<i32, i64>, p: i32) -> i64 {
+    let next = |m: &HashMap<i32, i64>| m.get(&p).copied().unwrap_or(0);
+    next(bronze).min(next(silver))
+}
+
 /// The next offsets bronze and silver recorded for each partition of a
 /// table's topic: ingest has applied everything below them.
 pub async fn committed_offsets(

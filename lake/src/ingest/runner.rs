@@ -242,9 +242,7 @@ async fn run_once(
         let state = load_state(lake, &config.group_id, table, topic, n).await?;
         crate::metrics::table_stopped(table, false);
         for p in 0..n {
-            let b = state.bronze_next.get(&p).copied().unwrap_or(0);
-            let s = state.silver_next.get(&p).copied().unwrap_or(0);
-            let from = b.min(s);
+            let from = super::resume::resume_at(&state.bronze_next, &state.silver_next, p);
             if let Some(g) = super::gaps::gap(
                 table,
                 topic,
