@@ -101,8 +101,11 @@ command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
 [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# The web console's browser tests (e2e::ui): Debian's Chromium, driven by
+# Playwright (playwright-core below, which downloads no browser).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  log "installing Debian packages for the wire server's client tests: ${need_apt[*]}"
+  log "installing Debian packages for the wire server's client tests and the browser tests: ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
@@ -111,6 +114,11 @@ if [ ! -d "$node_dir/node_modules/pg" ]; then
   log "installing node-postgres (pg@8) into $node_dir for the wire server's client tests"
   mkdir -p "$node_dir"
   npm install --silent --prefix "$node_dir" pg@8 >/dev/null
+fi
+if [ ! -d "$node_dir/node_modules/playwright-core" ]; then
+  log "installing playwright-core@1.65.1 into $node_dir for the web console's browser tests"
+  mkdir -p "$node_dir"
+  npm install --silent --prefix "$node_dir" playwright-core@1.65.1 >/dev/null
 fi
 
 # The offline checks of terraform/, deploy/ and the pipeline

@@ -249,6 +249,17 @@ pub enum Command {
     /// One order's way from its source commits through bronze to silver and
     /// gold, with each stage's latency, from what the lake recorded.
     Trace { order_id: i64 },
+    /// The web console: SQL with charts, the lake, the pipeline live, the
+    /// scheduler's runs and the fraud alerts as they come (`tributary up`
+    /// starts one).
+    Ui {
+        /// Address to listen on (default: [ui] listen, 127.0.0.1:8070).
+        #[arg(long)]
+        listen: Option<String>,
+        /// The scheduler's job folder (default: [stack] jobs).
+        #[arg(long, env = "TRIBUTARY_WORKFLOWS_JOBS")]
+        jobs: Option<PathBuf>,
+    },
     /// A live terminal dashboard: components, per-table freshness, consumer
     /// lag, rates and dead letters, alerts, the scheduler's newest runs.
     Top {

@@ -193,6 +193,11 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
         "starting the local stack (PostgreSQL shards + catalog, Kafka broker)",
     );
     let platform = Platform::start(config).await?;
+    // The web console, left running like the stack: look at what the demo
+    // built after it ends.
+    if let Err(e) = crate::start_ui(platform.config(), None).await {
+        println!("  web console      not started: {e:#}");
+    }
     let config = platform.config();
     let sources = platform.sources()?.clone();
     let kafka = platform.kafka()?.clone();
@@ -484,6 +489,12 @@ pub async fn run(config: Config, duration: Duration, rate: f64) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("open the console:      tributary sql");
+    if config.ui.enabled {
+        println!(
+            "the web console:       http://{} (tributary status says how to log in)",
+            config.ui.listen
+        );
+    }
     println!("one query:             tributary sql -e \"SELECT * FROM gold.agg_daily_sales\"");
     println!("fraud alerts, live:    tributary fraud run & tributary fraud tail");
     println!("stack status / stop:   tributary status / tributary down");

@@ -29,5 +29,6 @@ mod e2e {
     mod pipeline;
     mod s3;
     mod secrets;
+    mod ui;
     mod workflows;
 }

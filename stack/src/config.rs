@@ -53,6 +53,8 @@ struct RawConfig {
     observe: Option<toml::Value>,
     #[serde(default)]
     gateway: Option<toml::Value>,
+    #[serde(default)]
+    ui: Option<toml::Value>,
 }
 
 /// The local stack (`[stack]`).
@@ -166,6 +168,42 @@ pub struct Config {
     pub observe: ObserveConfig,
     /// `[gateway]`: the edge in front of the order API's replicas.
     pub gateway: GatewayConfig,
+    /// `[ui]`: the web console (`tributary ui`).
+    pub ui: UiConfig,
+}
+
+/// `[ui]`: the web console. It logs in with `[sql]`'s user and password;
+/// the local stack makes a password when none is configured.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    /// Where `tributary ui` listens.
+    #[serde(default = "default_ui_listen")]
+    pub listen: String,
+    /// Whether `tributary up` starts it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How long a login lasts, in hours.
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u64,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            listen: default_ui_listen(),
+            enabled: true,
+            session_hours: default_session_hours(),
+        }
+    }
+}
+
+fn default_ui_listen() -> String {
+    "127.0.0.1:8070".into()
+}
+
+fn default_session_hours() -> u64 {
+    12
 }
 
 /// Loads `path` (or `./tributary.toml` when present) and applies the
@@ -234,6 +272,7 @@ pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config
         live: section(raw.live, "live")?,
         observe: section(raw.observe, "observe")?,
         gateway: section(raw.gateway, "gateway")?,
+        ui: section(raw.ui, "ui")?,
     })
 }
 

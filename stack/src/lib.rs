@@ -49,7 +49,9 @@ pub mod serving;
 mod status;
 
 pub use config::Config;
-pub use local::{BrokerInstance, PgInstance, PgNode, StackState, down, scheduler_dir};
+pub use local::{
+    BrokerInstance, PgInstance, PgNode, StackState, down, scheduler_dir, ui_dir, ui_password,
+};
 pub use platform::{Platform, Sources};
 pub use redis::RedisInstance;
 pub use status::{ComponentStatus, status};

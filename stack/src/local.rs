@@ -351,6 +351,7 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
     // catalog database before that stops. The HA supervisor before the
     // databases, or it would fail them over as they stop.
     crate::daemon::stop(&scheduler_dir(config), Duration::from_secs(10));
+    crate::daemon::stop(&ui_dir(config), Duration::from_secs(5));
     crate::daemon::stop(
         &crate::ha::supervisor_dir(&config.state_dir),
         Duration::from_secs(5),
@@ -392,6 +393,46 @@ pub fn down(config: &Config, purge: bool) -> Result<()> {
             .map_err(io(format!("removing {}", config.state_dir.display())))?;
     }
     Ok(())
+}
+
+/// Where the stack's web console keeps its pid, log and password.
+pub fn ui_dir(config: &Config) -> PathBuf {
+    config.state_dir.join("ui")
+}
+
+/// The web console's password: `[sql] password` when configured, else the
+/// one the local stack made (`<state_dir>/ui/password`, readable by its
+/// owner only), made here when `create` and missing.
+pub fn ui_password(config: &Config, create: bool) -> Result<Option<secrecy::SecretString>> {
+    if let Some(p) = &config.sql.password {
+        return Ok(Some(p.clone()));
+    }
+    let file = ui_dir(config).join("password");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => return Ok(Some(text.trim().to_string().into())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io(format!("reading {}", file.display()))(e));
+        }
+        Err(_) if !create => return Ok(None),
+        Err(_) => {}
+    }
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut bytes = [0u8; 15];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io("reading /dev/urandom"))?;
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(ui_dir(config)).map_err(io("creating the ui folder"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .map_err(io(format!("creating {}", file.display())))?;
+    std::io::Write::write_all(&mut f, password.as_bytes())
+        .map_err(io(format!("writing {}", file.display())))?;
+    Ok(Some(password.into()))
 }
 
 /// Where the stack's scheduler keeps its pid and log.

@@ -445,6 +445,55 @@ pub async fn query_by_label(
     )
 }
 
+/// Prometheus's values of `query` over the last `window` at `step`, per
+/// value of `label`, as `(unix seconds, value)`; `None` when Prometheus does
+/// not answer.
+pub async fn range_by_label(
+    client: &reqwest::Client,
+    prom: &str,
+    query: &str,
+    label: &str,
+    window: Duration,
+    step: Duration,
+) -> Option<std::collections::BTreeMap<String, Vec<(f64, f64)>>> {
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    let start = end - window.as_secs_f64();
+    let url = reqwest::Url::parse_with_params(
+        &format!("{prom}/api/v1/query_range"),
+        [
+            ("query", query.to_string()),
+            ("start", format!("{start:.3}")),
+            ("end", format!("{end:.3}")),
+            ("step", format!("{}", step.as_secs().max(1))),
+        ],
+    )
+    .ok()?;
+    let body = get_json(client, url.as_str()).await?;
+    Some(
+        body["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                let key = r["metric"][label].as_str().unwrap_or("").to_string();
+                let points = r["values"]
+                    .as_array()
+                    .map(|vs| {
+                        vs.iter()
+                            .filter_map(|p| {
+                                Some((p[0].as_f64()?, p[1].as_str()?.parse::<f64>().ok()?))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (key, points)
+            })
+            .collect(),
+    )
+}
+
 /// The alerts Prometheus holds (pending and firing), with their labels.
 pub async fn alerts(client: &reqwest::Client, prom: &str) -> Option<Vec<serde_json::Value>> {
     get_json(client, &format!("{prom}/api/v1/alerts")).await?["data"]["alerts"]

@@ -127,6 +127,9 @@ pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
     out.extend(crate::serving::status(&platform.config().state_dir).await);
     let lake_config = platform.lake_config();
     out.push(scheduler(platform, lake_config).await);
+    if let Some(ui) = ui(platform) {
+        out.push(ui);
+    }
     out.extend(supervisor(platform));
     let lake = tributary_lake::Lake::new(lake_config);
     out.push(ComponentStatus {
@@ -233,6 +236,34 @@ async fn scheduler(platform: &Platform, config: &tributary_lake::LakeConfig) -> 
         detail: format!("{}; {leader}", process.unwrap_or_else(|e| e)),
         freshness_seconds: None,
     }
+}
+
+/// The web console `up` started, when it did.
+fn ui(platform: &Platform) -> Option<ComponentStatus> {
+    let config = platform.config();
+    let dir = crate::ui_dir(config);
+    let pid = crate::daemon::pid(&dir)?;
+    let alive = crate::daemon::alive(&dir).is_some();
+    let login = if config.sql.password.is_some() {
+        format!("user {}, [sql] password", config.sql.user)
+    } else {
+        format!(
+            "user {}, password in {}",
+            config.sql.user,
+            dir.join("password").display()
+        )
+    };
+    Some(ComponentStatus {
+        component: "web console".into(),
+        address: format!("http://{}", config.ui.listen),
+        healthy: alive,
+        detail: if alive {
+            format!("pid {pid}; {login}")
+        } else {
+            format!("pid {pid} exited (log {})", dir.join("ui.log").display())
+        },
+        freshness_seconds: None,
+    })
 }
 
 /// The scheduler's lease (`tributary_workflows::leader::RESOURCE`).

@@ -159,6 +159,59 @@ pub struct NewRun {
     pub batch: Option<(String, i32)>,
 }
 
+impl NewRun {
+    /// A run asked for by hand (`trigger`, `backfill`, the web console):
+    /// for `date` (midnight on the job's clock), or now. `tag` is `manual`
+    /// (a fresh `manual-…` key each time) or a backfill's batch; `order`
+    /// keeps a backfill's runs in date order (the scheduler starts waiting
+    /// runs oldest first); `parallel` is the batch's parallelism.
+    pub fn manual(
+        job: &crate::Job,
+        date: Option<NaiveDate>,
+        why: &'static str,
+        tag: &str,
+        order: i64,
+        parallel: Option<i32>,
+    ) -> Result<NewRun> {
+        use chrono::TimeZone;
+        let now = Utc::now();
+        let logical_time = match date {
+            Some(d) => {
+                let midnight = d.and_hms_opt(0, 0, 0).expect("midnight");
+                match &job.schedule {
+                    Some(s) => {
+                        s.tz.from_local_datetime(&midnight)
+                            .earliest()
+                            .map(|t| t.with_timezone(&Utc))
+                            .ok_or_else(|| {
+                                Error::Usage(format!("{d} has no midnight in {}", s.tz.name()))
+                            })?
+                    }
+                    None => Utc.from_utc_datetime(&midnight),
+                }
+            }
+            None => now,
+        };
+        let tag = if tag == "manual" {
+            format!("manual-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+        } else {
+            tag.to_string()
+        };
+        Ok(NewRun {
+            run_key: format!(
+                "{}#{tag}",
+                crate::scheduler::run_key(&job.name, logical_time)
+            ),
+            job: job.name.clone(),
+            logical_time,
+            logical_date: date.or_else(|| job.partitioned.then(|| logical_time.date_naive())),
+            trigger: why,
+            due_at: now + chrono::Duration::milliseconds(order),
+            batch: parallel.map(|p| (tag.clone(), p)),
+        })
+    }
+}
+
 /// How an attempt ended, and what becomes of its run.
 #[derive(Clone, Debug)]
 pub struct Finish {

@@ -32,6 +32,15 @@ impl HistorySchema {
     }
 }
 
+/// Registers `workflows.runs` and `workflows.attempts` in the session's
+/// `datafusion` catalog (the console, the wire server and the web console).
+pub fn register(ctx: &datafusion::prelude::SessionContext, dsn: &str) -> DfResult<()> {
+    if let Some(catalog) = ctx.catalog("datafusion") {
+        catalog.register_schema(SCHEMA, Arc::new(HistorySchema::new(dsn.to_string())))?;
+    }
+    Ok(())
+}
+
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }

@@ -15,6 +15,7 @@ mod sql;
 mod stack;
 mod top;
 mod trace;
+mod ui;
 mod workflows;
 
 use anyhow::Result;
@@ -121,6 +122,7 @@ async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
         Command::Bench { command } => bench::run(config, command).await,
         Command::Probe { url } => probe(&url).await,
         Command::Trace { order_id } => trace::run(config, order_id).await,
+        Command::Ui { listen, jobs } => ui::run(config, listen, jobs).await,
         Command::Top { every, once } => top::run(config, parse_duration(&every)?, once).await,
         Command::Capacity {
             orders_per_sec,

@@ -21,13 +21,8 @@ pub async fn run(
     let config = platform.config();
     let session = Session::with_config(platform.lake()?, &config.sql).await?;
     // The scheduler's run history, as `workflows.runs` and `workflows.attempts`.
-    if let Some(dsn) = &platform.lake_config().coordinator_dsn
-        && let Some(catalog) = session.context().catalog("datafusion")
-    {
-        catalog.register_schema(
-            tributary_workflows::sql::SCHEMA,
-            std::sync::Arc::new(tributary_workflows::sql::HistorySchema::new(dsn.clone())),
-        )?;
+    if let Some(dsn) = &platform.lake_config().coordinator_dsn {
+        tributary_workflows::sql::register(session.context(), dsn)?;
     }
     match (command, execute) {
         (Some(SqlCommand::Serve { listen }), _) => {

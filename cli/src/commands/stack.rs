@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use tributary_stack::{Config, Platform, daemon};
 
 use super::print_json;
@@ -27,6 +27,7 @@ pub async fn up(
         );
         start_scheduler(platform.config(), config_file).await?;
         start_supervisor(platform.config(), config_file, s).await?;
+        tributary::start_ui(platform.config(), config_file).await?;
         if replicas > 0 {
             println!("starting {replicas} order-API replicas and the gateway in front of them");
             let launcher = super::gateway::launcher(config_file)?;
@@ -65,53 +66,14 @@ async fn start_supervisor(
         println!("HA supervisor already runs (pid {pid})");
         return Ok(());
     }
-    let pid = spawn_detached(config_file, &dir, "ha.log", &["ha", "run"], "HA supervisor").await?;
+    let pid =
+        tributary::spawn_detached(config_file, &dir, "ha.log", &["ha", "run"], "HA supervisor")
+            .await?;
     println!(
         "HA supervisor started (pid {pid}): a shard whose primary fails for {} ms fails over to its standby",
         config.stack.failover_after_ms
     );
     Ok(())
-}
-
-/// Starts `tributary ARGS` detached with its pid in `dir` and its output
-/// in `dir/log`; an immediate exit is an error with the log's end.
-async fn spawn_detached(
-    config_file: Option<&Path>,
-    dir: &Path,
-    log: &str,
-    args: &[&str],
-    what: &str,
-) -> Result<u32> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let log = dir.join(log);
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("opening {}", log.display()))?;
-    let mut command = std::process::Command::new(std::env::current_exe()?);
-    if let Some(file) = config_file {
-        command.arg("--config").arg(std::path::absolute(file)?);
-    }
-    command
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    let pid = daemon::spawn(command, dir)?;
-    // A process that cannot start (a bad config, no catalog) exits at
-    // once: say so here rather than in a log nobody reads.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    if daemon::alive(dir).is_none() {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(5).collect();
-        bail!(
-            "the {what} (pid {pid}) exited at once; the end of {}:\n{}",
-            log.display(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
-    Ok(pid)
 }
 
 /// `tributary failover shard N`.
@@ -222,7 +184,8 @@ async fn start_scheduler(config: &Config, config_file: Option<&Path>) -> Result<
         "--metrics",
         "127.0.0.1:0",
     ];
-    let pid = spawn_detached(config_file, &dir, "scheduler.log", &args, "scheduler").await?;
+    let pid =
+        tributary::spawn_detached(config_file, &dir, "scheduler.log", &args, "scheduler").await?;
     let log = dir.join("scheduler.log");
     println!(
         "scheduler started (pid {pid}) with the jobs of {}; log {}",

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use chrono::{NaiveDate, TimeZone, Utc};
+use chrono::{NaiveDate, Utc};
 use tributary::tasks::TributaryRunner;
 use tributary::{parse_duration, shutdown_on_signals};
 use tributary_stack::{Config, Platform};
+use tributary_workflows::Dag;
 use tributary_workflows::history::{History, NewRun, trigger};
 use tributary_workflows::scheduler::{Options, Scheduler, SystemClock};
 use tributary_workflows::timeline;
-use tributary_workflows::{Dag, Job};
 
 use crate::args::WorkflowsCommand;
 
@@ -124,7 +124,7 @@ pub async fn run(config: Config, jobs: PathBuf, command: WorkflowsCommand) -> Re
                 .ok_or_else(|| anyhow!("no job {job:?} in {}", jobs.display()))?;
             let platform = Platform::load(config)?;
             let history = History::connect(&history_dsn(&platform)?).await?;
-            let run = manual_run(
+            let run = NewRun::manual(
                 j,
                 date.as_deref().map(parse_date).transpose()?,
                 trigger::MANUAL,
@@ -160,7 +160,7 @@ pub async fn run(config: Config, jobs: PathBuf, command: WorkflowsCommand) -> Re
             let mut d = from;
             let mut order = 0;
             while d <= to {
-                let run = manual_run(
+                let run = NewRun::manual(
                     j,
                     Some(d),
                     trigger::BACKFILL,
@@ -214,51 +214,6 @@ pub async fn run(config: Config, jobs: PathBuf, command: WorkflowsCommand) -> Re
 fn parse_date(s: &str) -> Result<NaiveDate> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .map_err(|e| anyhow!("date {s:?}: {e} (expected YYYY-MM-DD)"))
-}
-
-/// A run asked for by hand: for `date` (midnight on the job's clock), or now.
-fn manual_run(
-    job: &Job,
-    date: Option<NaiveDate>,
-    why: &'static str,
-    tag: &str,
-    order: i64,
-    parallel: Option<i32>,
-) -> Result<NewRun> {
-    let now = Utc::now();
-    let logical_time = match date {
-        Some(d) => {
-            let midnight = d.and_hms_opt(0, 0, 0).expect("midnight");
-            match &job.schedule {
-                Some(s) => {
-                    s.tz.from_local_datetime(&midnight)
-                        .earliest()
-                        .map(|t| t.with_timezone(&Utc))
-                        .ok_or_else(|| anyhow!("{d} has no midnight in {}", s.tz.name()))?
-                }
-                None => Utc.from_utc_datetime(&midnight),
-            }
-        }
-        None => now,
-    };
-    let tag = if tag == "manual" {
-        format!("manual-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-    } else {
-        tag.to_string()
-    };
-    Ok(NewRun {
-        run_key: format!(
-            "{}#{tag}",
-            tributary_workflows::scheduler::run_key(&job.name, logical_time)
-        ),
-        job: job.name.clone(),
-        logical_time,
-        logical_date: date.or_else(|| job.partitioned.then(|| logical_time.date_naive())),
-        trigger: why,
-        // Backfills in date order: the scheduler starts waiting runs oldest first.
-        due_at: now + chrono::Duration::milliseconds(order),
-        batch: parallel.map(|p| (tag.clone(), p)),
-    })
 }
 
 /// Prints runs as they end until every one of `ids` has.

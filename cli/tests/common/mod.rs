@@ -102,6 +102,9 @@ impl Env {
             // Standbys only where a test is about them (`e2e::ha`): each
             // would add a base backup and a supervisor to every stack.
             ("TRIBUTARY__STACK__STANDBYS".into(), "false".into()),
+            // The web console only where a test is about it (`e2e::ui`):
+            // its default port may be taken by a user's own stack.
+            ("TRIBUTARY__UI__ENABLED".into(), "false".into()),
         ]
         .into_iter()
         .chain(self.extra.iter().cloned())
