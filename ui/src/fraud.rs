@@ -53,7 +53,7 @@ pub(crate) fn follow(state: crate::State) {
         loop {
             let sender = state.alerts.sender.clone();
             let result = tributary_live::fraud::tail::tail(
-                &kafka,
+                kafka,
                 false,
                 state.shutdown.clone(),
                 move |_alert, json| {

@@ -204,7 +204,7 @@ pub(crate) async fn table(
                 )
             })
             .collect();
-        files.sort_by(|a, b| b.1.cmp(&a.1));
+        files.sort_by_key(|f| std::cmp::Reverse(f.1));
         let total = files.len();
         body.push_str(&format!(r#"<details class="files"><summary>Files ({total})</summary><div class="grid-wrap"><table class="grid"><thead><tr><th>file</th><th class="num">size</th><th class="num">rows</th><th>written</th></tr></thead><tbody>"#));
         for (path, size, rows, modified) in files.into_iter().take(FILES) {
@@ -228,7 +228,7 @@ pub(crate) async fn table(
     }
 
     // History, newest first.
-    body.push_str(&format!(r#"<h2>History</h2><div class="grid-wrap"><table class="grid history-table"><thead><tr><th class="num">version</th><th>time</th><th>operation</th><th>recorded by the pipeline</th><th></th></tr></thead><tbody>"#));
+    body.push_str(r#"<h2>History</h2><div class="grid-wrap"><table class="grid history-table"><thead><tr><th class="num">version</th><th>time</th><th>operation</th><th>recorded by the pipeline</th><th></th></tr></thead><tbody>"#);
     let commits: Vec<_> = t.history(Some(HISTORY)).collect().await;
     for (i, c) in commits.into_iter().enumerate() {
         let Ok(c) = c else { continue };

@@ -51,7 +51,8 @@ use tributary_stack::Platform;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "the web console needs a password: set `password` in [sql] or TRIBUTARY__SQL__PASSWORD"
+        "the web console needs a password: set `password` in [sql] or TRIBUTARY__SQL__PASSWORD \
+         (`tributary up` makes one for the local stack)"
     )]
     NoPassword,
     #[error("binding {listen}")]

@@ -17,6 +17,8 @@ const BASE = process.env.UI_URL;
 const USER = process.env.UI_USER;
 const PASSWORD = process.env.UI_PASSWORD;
 const ALERT_PREFIX = process.env.UI_ALERT_PREFIX;
+const EVIDENCE_ALERT = process.env.UI_EVIDENCE_ALERT;
+const EVIDENCE_ORDER = process.env.UI_EVIDENCE_ORDER;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const TIMEOUT = 30000;
 
@@ -274,6 +276,20 @@ async function main() {
       const row = await page.locator(`#alerts tr[data-alert^="${ALERT_PREFIX}"]`).first().textContent();
       assert(/velocity/.test(row) && row.includes('<b>not markup</b>'), row);
       assert(await page.locator('table.rules tbody tr').count() === 7, 'rules table');
+    });
+
+    await check("an alert's evidence shows the orders of its window", async () => {
+      await page.goto(BASE + '/fraud');
+      const row = page.locator('#alerts tr', { hasText: 'written by e2e::ui' }).first();
+      await row.waitFor();
+      await row.locator('a', { hasText: 'evidence' }).click();
+      await page.waitForSelector('h2:text("Orders in the window")');
+      assert((await page.textContent('h1')) === EVIDENCE_ALERT, await page.textContent('h1'));
+      const table = page.locator('h2:text("Orders in the window") + p + .grid-wrap table');
+      const at = (await table.locator('th').allTextContents()).indexOf('id');
+      assert(at >= 0, 'no id column');
+      const ids = await table.locator(`tbody tr td:nth-child(${at + 1})`).allTextContents();
+      assert(ids.includes(EVIDENCE_ORDER), 'orders ' + ids.join(',') + ', not ' + EVIDENCE_ORDER);
     });
 
     await check('the pages fit a phone', async () => {

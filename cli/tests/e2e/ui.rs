@@ -54,6 +54,55 @@ fn produce_alerts(env: &Env, prefix: String, stop: Arc<AtomicBool>) -> std::thre
     })
 }
 
+/// An alert in `gold.fraud_alerts` about a real order, written as the
+/// detector writes its alerts: the evidence page must find that order in
+/// the alert's window. Returns (alert id, order id).
+async fn alert_in_the_lake(env: &Env) -> (String, i64) {
+    use tributary_live::fraud::alert::Alert;
+    use tributary_live::fraud::rules::RuleName;
+    use tributary_live::fraud::{TABLE, table};
+    let session = env.session().await;
+    let batches = session
+        .sql(
+            "SELECT id, customer_id, CAST(created_at AS BIGINT) AS at_us \
+             FROM silver.orders ORDER BY id LIMIT 1",
+        )
+        .await
+        .unwrap();
+    let column = |i: usize| {
+        let a =
+            arrow::compute::cast(batches[0].column(i), &arrow::datatypes::DataType::Int64).unwrap();
+        a.as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    let (order, customer, at_us) = (column(0), column(1), column(2));
+    let window_end_us = at_us + 1_000_000;
+    let alert = Alert {
+        id: Alert::id_of(RuleName::Velocity, customer, window_end_us),
+        rule: RuleName::Velocity,
+        customer_id: customer,
+        window_start_us: at_us - 60_000_000,
+        window_end_us,
+        order_id: Some(order),
+        detail: "1 order in 61 s (written by e2e::ui)".into(),
+        source_commit_us: at_us,
+        detected_at_us: at_us,
+    };
+    let lake = tributary_lake::Lake::new(&env.lake_config()).unwrap();
+    tributary_live::sink::delta::DeltaOutput::for_job(
+        &lake,
+        "e2e-ui",
+        TABLE,
+        table::SCHEMA.clone(),
+    )
+    .commit(1, vec![table::rows(std::slice::from_ref(&alert)).unwrap()])
+    .await
+    .unwrap();
+    (alert.id, order)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_console_works_in_a_browser() {
     let mut env = Env::stack().await;
@@ -98,6 +147,7 @@ async fn the_web_console_works_in_a_browser() {
         "status shows the password"
     );
 
+    let (evidence_alert, evidence_order) = alert_in_the_lake(&env).await;
     let prefix = format!("e2e-ui-{}/", std::process::id());
     let stop = Arc::new(AtomicBool::new(false));
     let producer = produce_alerts(&env, prefix.clone(), stop.clone());
@@ -113,6 +163,8 @@ async fn the_web_console_works_in_a_browser() {
                 .env("UI_USER", "tributary")
                 .env("UI_PASSWORD", password)
                 .env("UI_ALERT_PREFIX", prefix)
+                .env("UI_EVIDENCE_ALERT", evidence_alert)
+                .env("UI_EVIDENCE_ORDER", evidence_order.to_string())
                 .env(
                     "NODE_PATH",
                     format!("{home}/.cache/tributary/node/node_modules"),
@@ -134,7 +186,7 @@ async fn the_web_console_works_in_a_browser() {
         tail(&ui_log)
     );
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert!(passed >= 20, "only {passed} checks ran:\n{stdout}");
+    assert!(passed >= 26, "only {passed} checks ran:\n{stdout}");
     assert!(
         !ui_log.contains(password.trim()),
         "the console's log shows the password"
