@@ -137,6 +137,9 @@ function sql() {
   // Completion of schemas, tables and columns.
   fetch('/api/schema').then((r) => (r.ok ? r.json() : { tables: [] })).then((c) => {
     state.catalog = c.tables || [];
+    document.body.dataset.catalog = 'loaded';
+    // Someone typed while the catalog was on its way: offer completions now.
+    if (document.activeElement === query) suggest(false);
   });
   function candidates(word) {
     const lower = word.toLowerCase();

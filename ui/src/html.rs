@@ -140,19 +140,31 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// A small line chart of `(unix seconds, value)` points as inline SVG, with
-/// the newest value beside it; `–` when there are no points.
+/// the newest value beside it; `–` when there are no points. Lags and rates
+/// are drawn from zero; counters that only grow (versions) from their
+/// lowest value, so a change shows.
 pub fn sparkline(points: &[(f64, f64)], digits: usize) -> String {
+    spark(points, digits, true)
+}
+
+/// [`sparkline`] scaled from the lowest value to the highest.
+pub fn sparkline_of_counter(points: &[(f64, f64)], digits: usize) -> String {
+    spark(points, digits, false)
+}
+
+fn spark(points: &[(f64, f64)], digits: usize, from_zero: bool) -> String {
     let Some(&(_, last)) = points.last() else {
         return r#"<span class="muted">–</span>"#.into();
     };
     let (w, h) = (120.0, 24.0);
     let (t0, t1) = (points[0].0, points[points.len() - 1].0);
-    let max = points.iter().map(|p| p.1).fold(0.0f64, f64::max);
-    let min = points
-        .iter()
-        .map(|p| p.1)
-        .fold(f64::INFINITY, f64::min)
-        .min(0.0);
+    let highest = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let lowest = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let (min, max) = if from_zero {
+        (lowest.min(0.0), highest.max(0.0))
+    } else {
+        (lowest, highest)
+    };
     let span_t = (t1 - t0).max(1.0);
     let span_v = (max - min).max(1e-9);
     let path: Vec<String> = points
@@ -202,5 +214,7 @@ mod tests {
         assert!(svg.contains("0.0,22.0 60.0,12.0 120.0,2.0"), "{svg}");
         assert!(svg.contains(">10.0<"), "{svg}");
         assert!(sparkline(&[], 0).contains('–'));
+        let counter = sparkline_of_counter(&[(0.0, 40.0), (10.0, 42.0)], 0);
+        assert!(counter.contains("0.0,22.0 120.0,2.0"), "{counter}");
     }
 }

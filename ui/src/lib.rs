@@ -85,6 +85,8 @@ pub(crate) struct AppState {
     /// The catalog database (run history, leases), when there is one.
     pub catalog_dsn: Option<String>,
     pub http: reqwest::Client,
+    /// The pipeline page's own samples (freshness, versions).
+    pub samples: pipeline::Samples,
     /// Fraud alerts as they arrive, for every open feed.
     pub alerts: fraud::Feed,
     /// Ends the server.
@@ -153,6 +155,7 @@ impl Ui {
             jobs_dir,
             catalog_dsn,
             http: tributary_stack::observe::http(),
+            samples: pipeline::Samples::default(),
             alerts,
             shutdown,
         });

@@ -7,7 +7,8 @@
 //! without it those columns say so and the rest still shows. The page
 //! fetches `/pipeline/live` every few seconds and swaps it in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -20,6 +21,43 @@ use crate::html::{self, esc};
 /// The window of the small charts, and their step.
 const WINDOW: Duration = Duration::from_secs(15 * 60);
 const STEP: Duration = Duration::from_secs(15);
+/// Samples the page keeps itself (one per refresh, every 5 s while a
+/// page is open): 15 minutes.
+const SAMPLES: usize = 180;
+
+/// Per table: how far silver is behind (s) and silver's Delta version.
+type Sample = BTreeMap<&'static str, (Option<f64>, Option<f64>)>;
+
+/// What the console sampled itself, each time the pipeline was shown, so
+/// freshness and commits chart without Prometheus too.
+#[derive(Default)]
+pub(crate) struct Samples(Mutex<VecDeque<(f64, Sample)>>);
+
+impl Samples {
+    fn push(&self, at: f64, sample: Sample) {
+        let mut q = self.0.lock().expect("samples lock");
+        // Two pages open at once refresh twice as often: keep one a second.
+        if q.back().is_some_and(|(t, _)| at - t < 1.0) {
+            q.pop_back();
+        }
+        q.push_back((at, sample));
+        while q.len() > SAMPLES {
+            q.pop_front();
+        }
+    }
+
+    /// One table's series of `pick` (0: behind, 1: version).
+    fn series(&self, table: &str, pick: usize) -> Vec<(f64, f64)> {
+        let q = self.0.lock().expect("samples lock");
+        q.iter()
+            .filter_map(|(t, s)| {
+                let v = s.get(table)?;
+                let v = if pick == 0 { v.0 } else { v.1 };
+                v.map(|v| (*t, v))
+            })
+            .collect()
+    }
+}
 
 pub(crate) async fn page(State(state): State<crate::State>) -> Response {
     let live = fragment(&state).await;
@@ -52,6 +90,22 @@ async fn fragment(state: &crate::AppState) -> String {
             Vec::new()
         }
     };
+
+    // This refresh's sample: silver's freshness and version per table.
+    let mut sample = Sample::new();
+    for t in TABLES {
+        let behind = status
+            .iter()
+            .find(|s| s.component == format!("silver.{}", t.name))
+            .and_then(|s| s.freshness_seconds);
+        let version = match state.session.lake().open("silver", t.name).await {
+            Ok(Some(table)) => table.version().map(|v| v as f64),
+            _ => None,
+        };
+        sample.insert(t.name, (behind, version));
+    }
+    let now_s = chrono::Utc::now().timestamp_millis() as f64 / 1e3;
+    state.samples.push(now_s, sample);
 
     f.push_str(r#"<h2>Components</h2><div class="grid-wrap"><table class="grid components"><thead><tr><th>health</th><th>component</th><th>address</th><th>detail</th></tr></thead><tbody>"#);
     for s in status
@@ -109,7 +163,7 @@ async fn fragment(state: &crate::AppState) -> String {
         f.push_str(r#"<p class="muted">Lags, rates and alerts need the monitoring: <code>tributary up --observe</code>.</p>"#);
     }
 
-    f.push_str(r#"<h2>Tables</h2><div class="grid-wrap"><table class="grid tables"><thead><tr><th>table</th><th>silver behind (s)</th><th>consumer lag</th><th>changes/s</th><th>dead letters</th><th>lease held by</th></tr></thead><tbody>"#);
+    f.push_str(r#"<h2>Tables</h2><div class="grid-wrap"><table class="grid tables"><thead><tr><th>table</th><th>silver behind (s)</th><th>silver version</th><th>consumer lag</th><th>changes/s</th><th>dead letters</th><th>lease held by</th></tr></thead><tbody>"#);
     let spark = |m: &BTreeMap<String, Vec<(f64, f64)>>, t: &str, digits| {
         html::sparkline(m.get(t).map(Vec::as_slice).unwrap_or(&[]), digits)
     };
@@ -125,12 +179,20 @@ async fn fragment(state: &crate::AppState) -> String {
             .unwrap_or_default();
         let writer = writer.strip_prefix("written by ").unwrap_or(&writer);
         f.push_str(&format!(
-            r#"<tr data-table="{n}"><td><a href="/lake/silver/{n}">{n}</a></td><td class="num">{b}</td><td>{l}</td><td>{r}</td><td>{d}</td><td class="detail">{w}</td></tr>"#,
+            r#"<tr data-table="{n}"><td><a href="/lake/silver/{n}">{n}</a></td><td class="behind">{b}</td><td class="version">{v}</td><td>{l}</td><td>{r}</td><td>{d}</td><td class="detail">{w}</td></tr>"#,
             n = esc(t.name),
             b = match behind_series.get(t.name) {
                 Some(points) if !points.is_empty() => html::sparkline(points, 1),
-                _ => behind.map_or("–".into(), |b| format!("{b:.1}")),
+                _ => {
+                    let sampled = state.samples.series(t.name, 0);
+                    if sampled.is_empty() {
+                        behind.map_or("–".into(), |b| format!("{b:.1}"))
+                    } else {
+                        html::sparkline(&sampled, 1)
+                    }
+                }
             },
+            v = html::sparkline_of_counter(&state.samples.series(t.name, 1), 0),
             l = spark(&lag, t.name, 0),
             r = spark(&rate, t.name, 1),
             d = spark(&dead, t.name, 0),

@@ -21,6 +21,7 @@ const EVIDENCE_ALERT = process.env.UI_EVIDENCE_ALERT;
 const EVIDENCE_ORDER = process.env.UI_EVIDENCE_ORDER;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const TIMEOUT = 30000;
+const SHOTS = process.env.UI_SCREENSHOTS;
 
 function assert(ok, message) {
   if (!ok) throw new Error(message);
@@ -40,6 +41,20 @@ async function main() {
   const dialogs = [];
   page.on('dialog', (d) => { dialogs.push(d.message()); d.dismiss(); });
   let step = 'start';
+  if (SHOTS) fs.mkdirSync(SHOTS, { recursive: true });
+  // A picture of the page as it is, for people to look at (test artefacts).
+  const shot = async (name) => {
+    if (SHOTS) await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
+  };
+  // How long the page took to load (navigation start to the load event).
+  const timing = async (path) => {
+    await page.waitForLoadState('load');
+    const ms = await page.evaluate(() => {
+      const n = performance.getEntriesByType('navigation')[0];
+      return Math.round(n.loadEventEnd - n.startTime);
+    });
+    console.log(`load ${path} ${ms} ms`);
+  };
   const check = async (name, fn) => {
     step = name;
     await fn();
@@ -50,6 +65,7 @@ async function main() {
     await check('a page asks for a login first', async () => {
       await page.goto(BASE + '/lake');
       assert(new URL(page.url()).pathname === '/login', 'at ' + page.url());
+      await shot('login');
       const r = await page.request.get(BASE + '/api/schema');
       assert(r.status() === 401, 'the API answered ' + r.status() + ' without a login');
     });
@@ -74,15 +90,41 @@ async function main() {
       assert(!seen.includes('tributary_ui'), 'a script can read the session cookie');
     });
 
+    await check('the pipeline page shows components, tables and lineage, and its charts move while load runs', async () => {
+      await page.goto(BASE + '/pipeline');
+      await timing('/pipeline');
+      const broker = page.locator('table.components tr', { hasText: 'broker' }).first();
+      await broker.waitFor();
+      assert(/ok/.test(await broker.locator('td').first().textContent()), await broker.textContent());
+      assert(await page.locator('table.tables tr[data-table=orders]').count() === 1, 'no orders row');
+      const gold = await page.locator('table.lineage tr', { hasText: 'silver.orders' }).textContent();
+      assert(/gold\.fct_order_line/.test(gold), gold);
+      // Changes keep arriving (the test runs a load): the sum of silver's
+      // versions, as the page charts them, grows from refresh to refresh.
+      const versions = () => Array.from(document.querySelectorAll('table.tables td.version .num'))
+        .reduce((sum, e) => sum + Number(e.textContent), 0);
+      const first = await page.evaluate(versions);
+      await page.waitForFunction((f) => Array.from(document.querySelectorAll('table.tables td.version .num'))
+        .reduce((sum, e) => sum + Number(e.textContent), 0) > f, first, { timeout: 30000 })
+        .catch(() => { throw new Error('silver stayed at versions summing to ' + first); });
+      const points = await page.getAttribute('table.tables tr[data-table=customers] td.version polyline', 'points');
+      assert(points.split(' ').length >= 2, 'one point: ' + points);
+      await shot('pipeline');
+    });
+
     await check('the lake page lists the tables with rows and versions', async () => {
+      await page.goto(BASE + '/lake');
+      await timing('/lake');
       const row = page.locator('table.lake tr', { hasText: 'orders' }).first();
       await row.waitFor();
       const cells = await row.locator('td').allTextContents();
       assert(Number(cells[1]) >= 1 && Number(cells[2]) > 0, 'orders: ' + cells.join(' | '));
+      await shot('lake');
     });
 
     await check("a table's page shows columns, files, history and a preview of an older version", async () => {
       await page.goto(BASE + '/lake/silver/orders');
+      await timing('/lake/silver/orders');
       await page.locator('table.history-table tbody tr').first().waitFor();
       const columns = await page.locator('h2:text("Columns") + .grid-wrap td').allTextContents();
       assert(columns.includes('customer_id'), columns.join(','));
@@ -94,6 +136,7 @@ async function main() {
       await page.waitForSelector('h2#preview');
       const title = await page.textContent('h2#preview');
       assert(/at version \d+/.test(title), title);
+      await shot('lake-table');
     });
 
     await check('a query in the URL runs, and its grid shows the rows', async () => {
@@ -111,6 +154,7 @@ async function main() {
       const bars = await page.locator('svg.chart .series rect').count();
       const rows = await page.locator('#grid tbody tr').count();
       assert(bars === rows, bars + ' bars for ' + rows + ' rows');
+      await shot('sql-bar-chart');
     });
 
     await check('a time series gets a time axis', async () => {
@@ -120,6 +164,7 @@ async function main() {
       const points = await page.locator('svg.chart .series circle').count();
       const rows = Number((await page.textContent('#rowcount')).split(' ')[0]);
       assert(points === rows && rows >= 2, points + ' points for ' + rows + ' rows');
+      await shot('sql-time-series');
       const ticks = await page.locator('svg.chart text.tick-time').allTextContents();
       assert(ticks.length >= 1 && ticks.every((t) => /^\d\d:\d\d(:\d\d)?$|^\d{4}-\d\d-\d\d$/.test(t)), ticks.join(','));
     });
@@ -140,6 +185,7 @@ async function main() {
 
     await check('Ctrl+Enter runs what was typed', async () => {
       await page.goto(BASE + '/sql');
+      await timing('/sql');
       await page.click('#query');
       await page.keyboard.type('SELECT 40 + 2 AS answer');
       await page.keyboard.press('Control+Enter');
@@ -150,6 +196,7 @@ async function main() {
 
     await check('the editor highlights keywords and completes tables', async () => {
       assert(await page.locator('#highlight .tok-keyword', { hasText: 'SELECT' }).count() === 1, 'no keyword highlighted');
+      await page.waitForSelector('body[data-catalog=loaded]');
       await page.fill('#query', '');
       await page.click('#query');
       await page.keyboard.type('SELECT * FROM silver.ord');
@@ -172,13 +219,14 @@ async function main() {
       assert(/no_such_column/.test(message) && /line 2/.test(message), message);
       const marked = await page.textContent('#highlight .tok-error');
       assert(marked === 'no_such_column', 'marked: ' + marked);
+      await shot('sql-error');
     });
 
     await check('table data is shown as text, never run as markup', async () => {
       const evil = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>';
       await page.fill('#query', `SELECT '${evil}' AS v`);
       await page.click('#run');
-      await page.waitForSelector('#grid tbody td');
+      await page.waitForSelector('#grid th:text("v")');
       assert((await page.textContent('#grid tbody td')) === evil, await page.textContent('#grid tbody td'));
       assert(await page.locator('#grid img, #grid script').count() === 0, 'markup from data became elements');
       assert(await page.evaluate(() => window.pwned) === undefined, 'a script from data ran');
@@ -191,12 +239,14 @@ async function main() {
       await page.waitForSelector('#plan:not([hidden]) ul.tree li ul li');
       const nodes = await page.locator('#plan ul.tree .node').allTextContents();
       assert(nodes.some((n) => /Aggregate/.test(n)), nodes.join(' / '));
+      await shot('sql-explain');
     });
 
     await check('the whole result downloads as CSV and as Parquet', async () => {
-      await page.fill('#query', 'SELECT id, status FROM silver.orders ORDER BY id');
+      // The first ten orders: a result that orders arriving meanwhile do not change.
+      await page.fill('#query', 'SELECT id, status FROM silver.orders ORDER BY id LIMIT 10');
       await page.click('#run');
-      await page.waitForSelector('#grid tbody tr');
+      await page.waitForSelector('#grid th:text("status")');
       const rows = Number((await page.textContent('#rowcount')).split(' ')[0]);
       const [csv] = await Promise.all([page.waitForEvent('download'), page.click('#csv')]);
       const text = fs.readFileSync(await csv.path(), 'utf8').trim().split('\n');
@@ -240,20 +290,9 @@ async function main() {
       assert(status === 403, 'answered ' + status);
     });
 
-    await check('the pipeline page shows components, tables and lineage, and refreshes itself', async () => {
-      await page.goto(BASE + '/pipeline');
-      const broker = page.locator('table.components tr', { hasText: 'broker' }).first();
-      await broker.waitFor();
-      assert(/ok/.test(await broker.locator('td').first().textContent()), await broker.textContent());
-      assert(await page.locator('table.tables tr[data-table=orders]').count() === 1, 'no orders row');
-      const gold = await page.locator('table.lineage tr', { hasText: 'silver.orders' }).textContent();
-      assert(/gold\.fct_order_line/.test(gold), gold);
-      const before = await page.textContent('#live p.muted');
-      await page.waitForFunction((b) => document.querySelector('#live p.muted').textContent !== b, before, { timeout: 15000 });
-    });
-
     await check('the workflows page lists the jobs and their DAG, and Trigger queues a run', async () => {
       await page.goto(BASE + '/workflows');
+      await timing('/workflows');
       const jobs = await page.locator('table.jobs tbody tr').count();
       assert(jobs >= 3, jobs + ' jobs');
       assert((await page.textContent('pre.dag')).length > 0, 'no DAG');
@@ -265,17 +304,21 @@ async function main() {
       const state = await page.locator(`table.runs tr[data-job="${job}"] .badge`).first().textContent();
       assert(['queued', 'running', 'succeeded', 'failed', 'retrying'].includes(state), state);
       assert(await page.locator('.timeline svg rect').count() >= 1, 'no timeline');
+      await shot('workflows');
       await page.locator(`table.runs tr[data-job="${job}"] a`).first().click();
       await page.waitForSelector('dl.facts');
+      await shot('workflows-run');
     });
 
     await check('the fraud page receives alerts live', async () => {
       await page.goto(BASE + '/fraud');
+      await timing('/fraud');
       await page.waitForSelector('#feed-state.ok');
       await page.waitForSelector(`#alerts tr[data-alert^="${ALERT_PREFIX}"]`, { timeout: 60000 });
       const row = await page.locator(`#alerts tr[data-alert^="${ALERT_PREFIX}"]`).first().textContent();
       assert(/velocity/.test(row) && row.includes('<b>not markup</b>'), row);
       assert(await page.locator('table.rules tbody tr').count() === 7, 'rules table');
+      await shot('fraud');
     });
 
     await check("an alert's evidence shows the orders of its window", async () => {
@@ -290,6 +333,7 @@ async function main() {
       assert(at >= 0, 'no id column');
       const ids = await table.locator(`tbody tr td:nth-child(${at + 1})`).allTextContents();
       assert(ids.includes(EVIDENCE_ORDER), 'orders ' + ids.join(',') + ', not ' + EVIDENCE_ORDER);
+      await shot('fraud-evidence');
     });
 
     await check('the pages fit a phone', async () => {
@@ -298,6 +342,7 @@ async function main() {
         await page.goto(BASE + path);
         const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
         assert(overflow <= 1, path + ' is ' + overflow + ' px wider than the phone');
+        await shot('phone' + path.replace('/', '-'));
       }
     });
 

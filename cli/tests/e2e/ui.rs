@@ -151,6 +151,10 @@ async fn the_web_console_works_in_a_browser() {
     let prefix = format!("e2e-ui-{}/", std::process::id());
     let stop = Arc::new(AtomicBool::new(false));
     let producer = produce_alerts(&env, prefix.clone(), stop.clone());
+    // Orders keep arriving while the browser looks (the pipeline page's
+    // charts must move).
+    let mut load = env.spawn_load(10, 90, 13);
+    let screenshots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
     let home = std::env::var("HOME").unwrap_or_default();
     let out = tokio::task::spawn_blocking({
         let script = repo().join("ui/tests/browser.cjs");
@@ -165,6 +169,7 @@ async fn the_web_console_works_in_a_browser() {
                 .env("UI_ALERT_PREFIX", prefix)
                 .env("UI_EVIDENCE_ALERT", evidence_alert)
                 .env("UI_EVIDENCE_ORDER", evidence_order.to_string())
+                .env("UI_SCREENSHOTS", screenshots)
                 .env(
                     "NODE_PATH",
                     format!("{home}/.cache/tributary/node/node_modules"),
@@ -175,6 +180,8 @@ async fn the_web_console_works_in_a_browser() {
     })
     .await
     .unwrap();
+    let _ = load.kill();
+    let _ = load.wait();
     stop.store(true, Ordering::Relaxed);
     producer.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -185,6 +192,10 @@ async fn the_web_console_works_in_a_browser() {
         "the browser checks failed:\n{stdout}\n{stderr}\n--- ui.log\n{}",
         tail(&ui_log)
     );
+    // Page load times, for docs/ui.md (measured, not asserted).
+    for line in stdout.lines().filter(|l| l.starts_with("load ")) {
+        eprintln!("{line}");
+    }
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
     assert!(passed >= 26, "only {passed} checks ran:\n{stdout}");
     assert!(
