@@ -54,7 +54,7 @@ pub use local::{
 };
 pub use platform::{Platform, Sources};
 pub use redis::RedisInstance;
-pub use status::{ComponentStatus, status};
+pub use status::{ComponentStatus, status, table_status};
 
 use tributary_model::lsn::Lsn;
 

@@ -23,6 +23,20 @@ pub struct ComponentStatus {
     pub freshness_seconds: Option<f64>,
 }
 
+/// A silver table in a [`status`] listing: how far behind its sources it
+/// is, and who writes it (the lease holder; empty when none does).
+pub fn table_status<'a>(status: &'a [ComponentStatus], table: &str) -> (Option<f64>, &'a str) {
+    let behind = status
+        .iter()
+        .find(|s| s.component == format!("silver.{table}"))
+        .and_then(|s| s.freshness_seconds);
+    let writer = status
+        .iter()
+        .find(|s| s.component == format!("lake writer {table}"))
+        .map_or("", |s| s.detail.as_str());
+    (behind, writer.strip_prefix("written by ").unwrap_or(writer))
+}
+
 /// Health of every component, with its address.
 pub async fn status(platform: &Platform) -> Result<Vec<ComponentStatus>> {
     let Some(state) = platform.stack() else {

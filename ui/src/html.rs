@@ -48,19 +48,6 @@ const NAV: [(&str, &str); 5] = [
     ("/fraud", "Fraud"),
 ];
 
-fn head(title: &str) -> String {
-    format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{} · tributary</title>
-<link rel="stylesheet" href="/static/app.css">
-<script src="/static/app.js" defer></script>
-</head>"#,
-        esc(title)
-    )
-}
-
 /// A page with the navigation bar; `page` names the script's part of it.
 pub fn page(title: &str, page: &str, body: &str) -> Html<String> {
     let mut nav = String::new();
@@ -72,29 +59,33 @@ pub fn page(title: &str, page: &str, body: &str) -> Html<String> {
         };
         nav.push_str(&format!(r#"<a href="{path}"{current}>{name}</a>"#));
     }
-    Html(format!(
-        r#"{head}
-<body data-page="{page}">
-<header><nav><span class="brand">tributary</span>{nav}<button id="logout" class="link">Log out</button></nav></header>
-<main>
-{body}
-</main>
-</body></html>"#,
-        head = head(title),
-        page = esc(page),
-    ))
+    let header = format!(
+        r#"<header><nav><span class="brand">tributary</span>{nav}<button id="logout" class="link">Log out</button></nav></header>"#
+    );
+    layout(title, page, &header, body)
 }
 
 /// A page without the navigation bar (the login page).
 pub fn bare(title: &str, page: &str, body: &str) -> Html<String> {
+    layout(title, page, "", body)
+}
+
+fn layout(title: &str, page: &str, header: &str, body: &str) -> Html<String> {
     Html(format!(
-        r#"{head}
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · tributary</title>
+<link rel="stylesheet" href="/static/app.css">
+<script src="/static/app.js" defer></script>
+</head>
 <body data-page="{page}">
+{header}
 <main>
 {body}
 </main>
 </body></html>"#,
-        head = head(title),
+        title = esc(title),
         page = esc(page),
     ))
 }
@@ -121,22 +112,6 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
         HeaderValue::from_static("same-origin"),
     );
     response
-}
-
-/// A number of bytes for people (`1.5 MiB`).
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 /// A small line chart of `(unix seconds, value)` points as inline SVG, with
@@ -199,13 +174,6 @@ mod tests {
     #[test]
     fn urls_are_encoded() {
         assert_eq!(url_encode("/sql?q=a b&c"), "/sql%3Fq%3Da%20b%26c");
-    }
-
-    #[test]
-    fn sizes_read_as_people_write_them() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub(crate) async fn index(State(state): State<crate::State>) -> Response {
                 version = cell(s.as_ref().map(|s| s.version.to_string())),
                 rows = cell(s.as_ref().and_then(|s| s.rows).map(|r| r.to_string())),
                 files = cell(s.as_ref().map(|s| s.files.to_string())),
-                size = cell(s.as_ref().map(|s| html::bytes(s.bytes))),
+                size = cell(s.as_ref().map(|s| tributary_model::human_bytes(s.bytes))),
                 last = esc(&last),
             ));
         }
@@ -172,7 +172,7 @@ pub(crate) async fn table(
             s.version,
             s.rows.map_or("–".into(), |r| r.to_string()),
             s.files,
-            html::bytes(s.bytes)
+            tributary_model::human_bytes(s.bytes)
         ));
     }
 
@@ -211,7 +211,7 @@ pub(crate) async fn table(
             body.push_str(&format!(
                 r#"<tr><td>{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td></tr>"#,
                 esc(&path),
-                html::bytes(size.max(0) as u64),
+                tributary_model::human_bytes(size.max(0) as u64),
                 rows.map_or("–".into(), |r| r.to_string()),
                 chrono::DateTime::from_timestamp_millis(modified)
                     .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())

@@ -94,10 +94,7 @@ async fn fragment(state: &crate::AppState) -> String {
     // This refresh's sample: silver's freshness and version per table.
     let mut sample = Sample::new();
     for t in TABLES {
-        let behind = status
-            .iter()
-            .find(|s| s.component == format!("silver.{}", t.name))
-            .and_then(|s| s.freshness_seconds);
+        let (behind, _) = tributary_stack::table_status(&status, t.name);
         let version = match state.session.lake().open("silver", t.name).await {
             Ok(Some(table)) => table.version().map(|v| v as f64),
             _ => None,
@@ -168,16 +165,7 @@ async fn fragment(state: &crate::AppState) -> String {
         html::sparkline(m.get(t).map(Vec::as_slice).unwrap_or(&[]), digits)
     };
     for t in TABLES {
-        let behind = status
-            .iter()
-            .find(|s| s.component == format!("silver.{}", t.name))
-            .and_then(|s| s.freshness_seconds);
-        let writer = status
-            .iter()
-            .find(|s| s.component == format!("lake writer {}", t.name))
-            .map(|s| s.detail.clone())
-            .unwrap_or_default();
-        let writer = writer.strip_prefix("written by ").unwrap_or(&writer);
+        let (behind, writer) = tributary_stack::table_status(&status, t.name);
         f.push_str(&format!(
             r#"<tr data-table="{n}"><td><a href="/lake/silver/{n}">{n}</a></td><td class="behind">{b}</td><td class="version">{v}</td><td>{l}</td><td>{r}</td><td>{d}</td><td class="detail">{w}</td></tr>"#,
             n = esc(t.name),

@@ -11,7 +11,7 @@ use chrono::{NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use tributary_workflows::history::{History, NewRun, trigger as why};
-use tributary_workflows::{Dag, timeline};
+use tributary_workflows::{Dag, Job, timeline};
 
 use crate::html::{self, esc};
 
@@ -222,40 +222,48 @@ fn date(s: &str, field: &str) -> Result<NaiveDate, String> {
         .map_err(|e| format!("{field} {s:?}: {e} (expected YYYY-MM-DD)"))
 }
 
-fn bad(message: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+/// A queuing request's answer: its JSON, or `400 {error}`.
+fn reply(result: Result<serde_json::Value, String>) -> Response {
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+/// The job of that name, from the job folder as it is now.
+fn job(state: &crate::AppState, name: &str) -> Result<Job, String> {
+    load(state)?
+        .jobs
+        .remove(name)
+        .ok_or_else(|| format!("no job {name:?}"))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    tributary_model::error_chain(e)
 }
 
 pub(crate) async fn trigger(
     State(state): State<crate::State>,
     Json(request): Json<TriggerRequest>,
 ) -> Response {
-    let dag = match load(&state) {
-        Ok(d) => d,
-        Err(e) => return bad(e),
-    };
-    let Some(job) = dag.jobs.get(&request.job) else {
-        return bad(format!("no job {:?}", request.job));
-    };
-    let day = match request.date.as_deref().filter(|d| !d.is_empty()) {
-        Some(d) => match date(d, "date") {
-            Ok(d) => Some(d),
-            Err(e) => return bad(e),
-        },
-        None => None,
-    };
-    let history = match history(&state).await {
-        Ok(h) => h,
-        Err(e) => return bad(e),
-    };
-    let run = match NewRun::manual(job, day, why::MANUAL, "manual", 0, None) {
-        Ok(r) => r,
-        Err(e) => return bad(tributary_model::error_chain(&e)),
-    };
-    match history.enqueue(&run).await {
-        Ok(_) => Json(json!({"queued": [run.run_key]})).into_response(),
-        Err(e) => bad(tributary_model::error_chain(&e)),
-    }
+    reply(queue_one(&state, request).await)
+}
+
+async fn queue_one(
+    state: &crate::AppState,
+    request: TriggerRequest,
+) -> Result<serde_json::Value, String> {
+    let job = job(state, &request.job)?;
+    let day = request
+        .date
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .map(|d| date(d, "date"))
+        .transpose()?;
+    let history = history(state).await?;
+    let run = NewRun::manual(&job, day, why::MANUAL, "manual", 0, None).map_err(|e| chain(&e))?;
+    history.enqueue(&run).await.map_err(|e| chain(&e))?;
+    Ok(json!({ "queued": [run.run_key] }))
 }
 
 #[derive(Deserialize)]
@@ -270,47 +278,43 @@ pub(crate) async fn backfill(
     State(state): State<crate::State>,
     Json(request): Json<BackfillRequest>,
 ) -> Response {
-    let dag = match load(&state) {
-        Ok(d) => d,
-        Err(e) => return bad(e),
-    };
-    let Some(job) = dag.jobs.get(&request.job) else {
-        return bad(format!("no job {:?}", request.job));
-    };
-    let (from, to) = match (date(&request.from, "from"), date(&request.to, "to")) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(e), _) | (_, Err(e)) => return bad(e),
-    };
+    reply(queue_dates(&state, request).await)
+}
+
+async fn queue_dates(
+    state: &crate::AppState,
+    request: BackfillRequest,
+) -> Result<serde_json::Value, String> {
+    let job = job(state, &request.job)?;
+    let (from, to) = (date(&request.from, "from")?, date(&request.to, "to")?);
     if to < from {
-        return bad(format!("to {to} is before from {from}"));
+        return Err(format!("to {to} is before from {from}"));
     }
     if (to - from).num_days() >= MAX_BACKFILL_DAYS {
-        return bad(format!(
+        return Err(format!(
             "a backfill of more than {MAX_BACKFILL_DAYS} days: use `tributary workflows backfill`"
         ));
     }
-    let history = match history(&state).await {
-        Ok(h) => h,
-        Err(e) => return bad(e),
-    };
-    let batch = format!("backfill-{}", &uuid_like());
+    let history = history(state).await?;
+    let batch = format!("backfill-{}", uuid_like());
     let parallel = request.parallel.unwrap_or(1).clamp(1, 8);
     let mut queued = Vec::new();
     let (mut d, mut order) = (from, 0);
     while d <= to {
-        let run = match NewRun::manual(job, Some(d), why::BACKFILL, &batch, order, Some(parallel)) {
-            Ok(r) => r,
-            Err(e) => return bad(tributary_model::error_chain(&e)),
-        };
-        match history.enqueue(&run).await {
-            Ok(Some(_)) => queued.push(run.run_key),
-            Ok(None) => {}
-            Err(e) => return bad(tributary_model::error_chain(&e)),
+        let run = NewRun::manual(&job, Some(d), why::BACKFILL, &batch, order, Some(parallel))
+            .map_err(|e| chain(&e))?;
+        if history
+            .enqueue(&run)
+            .await
+            .map_err(|e| chain(&e))?
+            .is_some()
+        {
+            queued.push(run.run_key);
         }
         order += 1;
         d = d.succ_opt().expect("a date after");
     }
-    Json(json!({ "batch": batch, "queued": queued })).into_response()
+    Ok(json!({ "batch": batch, "queued": queued }))
 }
 
 /// Eight hex digits for a backfill's batch name.

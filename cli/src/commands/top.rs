@@ -150,19 +150,8 @@ async fn frame(
         "table", "behind s", "consumer lag", "changes/s", "dead"
     )?;
     for t in TABLES {
-        let behind = status
-            .iter()
-            .find(|s| s.component == format!("silver.{}", t.name))
-            .and_then(|s| s.freshness_seconds);
-        let writer = status
-            .iter()
-            .find(|s| s.component == format!("lake writer {}", t.name))
-            .map(|s| s.detail.clone())
-            .unwrap_or_default();
-        let writer = writer
-            .strip_prefix("written by ")
-            .and_then(|w| w.split(" (").next())
-            .unwrap_or(&writer);
+        let (behind, writer) = tributary_stack::table_status(&status, t.name);
+        let writer = writer.split(" (").next().unwrap_or(writer);
         writeln!(
             f,
             "  {:<20} {:>10} {:>12} {:>10} {:>8}  {}",

@@ -82,8 +82,8 @@ impl fmt::Display for OptimizeReport {
             self.table,
             self.files_before,
             self.files_after,
-            human_bytes(self.bytes_before),
-            human_bytes(self.bytes_after),
+            tributary_model::human_bytes(self.bytes_before),
+            tributary_model::human_bytes(self.bytes_after),
             self.files_removed,
             self.files_added,
             self.elapsed.as_secs_f64(),
@@ -184,21 +184,6 @@ fn retries_note(attempts: u32) -> String {
         format!("  ({attempts} attempts: lost races with other writers)")
     } else {
         String::new()
-    }
-}
-
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
