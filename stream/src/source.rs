@@ -273,6 +273,12 @@ pub struct Driver {
     consumer: StreamConsumer,
     meta: Arc<BaseConsumer>,
     core: Core,
+    /// The end offsets read for the kept watermarks, while in flight. Kept
+    /// here, not in a `next` future, so a caller that drops `next` (a
+    /// `select!` with a faster branch) resumes the same read instead of
+    /// starting it again: a read slower than the caller's shortest tick
+    /// would otherwise never finish, and time would stop.
+    filing: Option<tokio::task::JoinHandle<Result<Offsets>>>,
 }
 
 impl Driver {
@@ -351,15 +357,27 @@ impl Driver {
             consumer,
             meta,
             core,
+            filing: None,
         })
     }
 
     /// The next record of a change or event topic. Watermark records are
-    /// handled inside. Cancel-safe: dropping the future loses nothing.
+    /// handled inside. Cancel-safe: dropping the future loses nothing, and a
+    /// read of end offsets it started goes on at the next call.
     pub async fn next(&mut self) -> Result<Record> {
         loop {
-            if self.core.due(Instant::now()) {
-                self.file_watermarks().await?;
+            if self.filing.is_none() && self.core.due(Instant::now()) {
+                self.filing = Some(self.read_ends());
+            }
+            if let Some(task) = self.filing.as_mut() {
+                // Nothing is received meanwhile, so the kept watermarks are
+                // the ones the read started for.
+                let ends = task.await;
+                self.filing = None;
+                let ends = ends
+                    .map_err(|e| Error::Internal(format!("the end offsets task failed: {e}")))??;
+                self.core.file(&ends);
+                continue;
             }
             let batch_end = self
                 .core
@@ -390,11 +408,11 @@ impl Driver {
         }
     }
 
-    /// Reads the end offsets the kept watermarks need and files them.
-    async fn file_watermarks(&mut self) -> Result<()> {
+    /// Starts reading the end offsets the kept watermarks need.
+    fn read_ends(&self) -> tokio::task::JoinHandle<Result<Offsets>> {
         let topics = self.core.topics_to_read();
         let m = self.meta.clone();
-        let ends = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut out = Offsets::new();
             for topic in topics {
                 out.insert(
@@ -402,12 +420,8 @@ impl Driver {
                     tributary_kafka::end_offsets(&*m, &topic, META_TIMEOUT)?,
                 );
             }
-            Ok::<_, Error>(out)
+            Ok(out)
         })
-        .await
-        .map_err(|e| Error::Internal(format!("the end offsets task failed: {e}")))??;
-        self.core.file(&ends);
-        Ok(())
     }
 
     /// An event of an [`TopicKind::Events`] topic at event time `t` (records

@@ -187,4 +187,48 @@ async fn streamed_windows_equal_the_batch_figures_across_a_kill() {
     );
     assert_eq!(rows, distinct, "each (product, window) written once");
     env.assert_running();
+    watermarks_reach_a_caller_that_cancels_every_call(&env).await;
+}
+
+/// The stream driver under a caller whose `select!` drops every `next` after
+/// a millisecond, far less than reading a topic's end offsets takes: the CDC
+/// watermarks of every shard still get filed. (The job's own loop drops
+/// `next` at each 50 ms tick; when the read took longer than that, it was
+/// started again on every call, never finished, and the job's time stopped,
+/// which made this test fail now and then before the driver kept the read.)
+async fn watermarks_reach_a_caller_that_cancels_every_call(env: &Env) {
+    use tributary_stream::source::Driver;
+    use tributary_stream::watermark::{WatermarkConfig, WatermarkTracker};
+    let kafka = env.kafka();
+    let shards = env.config().stack.shards as u32;
+    let mut tracker = WatermarkTracker::new(WatermarkConfig {
+        max_out_of_orderness_us: 0,
+        idle_timeout: std::time::Duration::from_secs(1),
+    });
+    for (db, shard) in tributary_live::inputs::order_shards(shards) {
+        tracker.expect_cdc_source(&db, shard);
+    }
+    let inputs = tributary_live::inputs::order_inputs(&kafka.topic_prefix, &["order_items"]);
+    let mut driver = Driver::open(
+        &kafka,
+        "e2e-cancelled-driver",
+        inputs,
+        tracker,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(1), driver.next()).await;
+        let shards = driver.tracker().cdc_shards();
+        if shards.iter().all(|(_, _, w, _)| w.is_some()) {
+            assert_eq!(shards.len() as u32, env.config().stack.shards as u32);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CDC watermarks not filed within 60 s of cancelled calls: {shards:?}"
+        );
+    }
 }
