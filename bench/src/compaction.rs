@@ -300,7 +300,7 @@ async fn measure(lake: &Lake, o: &Options) -> Result<(State, Vec<String>)> {
     let t = open_table(lake).await?;
     let (files, bytes) = maintenance::file_stats(&t, TABLE)?;
     // A session of its own, so nothing is cached from the other state.
-    let session = Session::new(lake.clone()).await.map_err(query("session"))?;
+    let session = crate::engine_session(lake).await?;
     let (point, a) = time_query(&session, POINT, o.runs).await?;
     let (aggregate, b) = time_query(&session, AGGREGATE, o.runs).await?;
     Ok((

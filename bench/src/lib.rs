@@ -204,6 +204,20 @@ pub(crate) fn query(query: impl Into<String>) -> impl FnOnce(tributary_query::Er
     }
 }
 
+/// A query session without the result cache: a benchmark that runs a
+/// statement again over unchanged tables measures the engine, not a lookup.
+pub(crate) async fn engine_session(
+    lake: &tributary_lake::Lake,
+) -> Result<tributary_query::Session> {
+    let config = tributary_query::SqlConfig {
+        result_cache: tributary_query::config::CacheSize(0),
+        ..Default::default()
+    };
+    tributary_query::Session::with_config(lake.clone(), &config)
+        .await
+        .map_err(query("session"))
+}
+
 /// Nearest-rank percentile of sorted values (NaN when there are none).
 pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

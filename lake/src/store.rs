@@ -100,6 +100,9 @@ pub struct Lake {
     /// Tables this handle committed to, when it keeps them (see
     /// [`Lake::with_table_cache`]).
     cache: Option<TableCache>,
+    /// The store under the root, made once for [`Lake::is_latest`] (on S3,
+    /// a client with its connection pool).
+    probe: Arc<std::sync::OnceLock<(Arc<dyn ObjectStore>, Path)>>,
     /// Whether delta-rs writes a checkpoint inside a commit that reaches
     /// `delta.checkpointInterval` (off where maintenance writes them).
     checkpoint_on_commit: bool,
@@ -215,6 +218,7 @@ impl Lake {
             fence: None,
             known: Arc::default(),
             cache: None,
+            probe: Arc::default(),
             checkpoint_on_commit: true,
         })
     }
@@ -381,16 +385,37 @@ impl Lake {
             .expect("not poisoned")
             .get(&key)
             .map(|(t, _)| t.clone())?;
-        let next = crate::coordinator::commit_path(t.version()? + 1);
-        match t.log_store().object_store(None).head(&next).await {
-            Err(object_store::Error::NotFound { .. }) => Some(t),
-            // Another writer committed (or the store did not answer): read
-            // the table from the store.
-            _ => {
-                self.forget(layer, table);
-                None
-            }
+        // Another writer committed (or the store did not answer): read the
+        // table from the store.
+        if matches!(self.is_latest(layer, table, t.version()?).await, Ok(true)) {
+            return Some(t);
         }
+        self.forget(layer, table);
+        None
+    }
+
+    /// Whether `version` is `layer.table`'s newest: its log has that entry
+    /// and none after it (two `HEAD` requests; the first catches a table
+    /// replaced by an older copy, a restore). An error when the store did
+    /// not answer.
+    pub async fn is_latest(&self, layer: &str, table: &str, version: u64) -> Result<bool> {
+        let (store, base) = match self.probe.get() {
+            Some(made) => made,
+            None => {
+                let (store, base) = self.object_store()?;
+                self.probe.get_or_init(|| (Arc::from(store), base))
+            }
+        };
+        let log = base.clone().join(layer).join(table).join("_delta_log");
+        let entry = |v: u64| log.clone().join(format!("{v:020}.json"));
+        let (this, next) = (entry(version), entry(version + 1));
+        let (this_head, next_head) = futures::join!(store.head(&this), store.head(&next));
+        let found = |head: object_store::Result<_>, path: &Path| match head {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::ObjectStore(path.to_string(), e)),
+        };
+        Ok(found(this_head, &this)? && !found(next_head, &next)?)
     }
 
     /// Loads a table at its latest version from the store.

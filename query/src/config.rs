@@ -45,6 +45,37 @@ pub struct SqlConfig {
     /// Console history file (default: `<state_dir>/sql_history`).
     #[serde(default)]
     pub history_file: Option<PathBuf>,
+    /// Memory for results kept until a table they read gets a new version
+    /// (see `result_cache.rs`), e.g. `"64MiB"`; `false` keeps none.
+    #[serde(default = "default_result_cache")]
+    pub result_cache: CacheSize,
+}
+
+/// A cache budget: a [`ByteSize`] or `"off"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheSize(pub usize);
+
+impl<'de> Deserialize<'de> for CacheSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Off(bool),
+            Size(ByteSize),
+        }
+        match Raw::deserialize(deserializer) {
+            Ok(Raw::Off(false)) => Ok(CacheSize(0)),
+            Ok(Raw::Off(true)) => Ok(default_result_cache()),
+            Ok(Raw::Size(s)) => Ok(CacheSize(s.0)),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a size such as \"64MiB\" or false (off)",
+            )),
+        }
+    }
+}
+
+fn default_result_cache() -> CacheSize {
+    CacheSize(64 << 20)
 }
 
 impl Default for SqlConfig {
@@ -60,6 +91,7 @@ impl Default for SqlConfig {
             spill: true,
             spill_dir: None,
             history_file: None,
+            result_cache: default_result_cache(),
         }
     }
 }
@@ -69,6 +101,11 @@ impl SqlConfig {
     pub fn statement_timeout(&self) -> Option<std::time::Duration> {
         (self.statement_timeout_ms > 0)
             .then(|| std::time::Duration::from_millis(self.statement_timeout_ms))
+    }
+
+    /// The result cache's budget in bytes; 0 when off.
+    pub fn result_cache_bytes(&self) -> usize {
+        self.result_cache.0
     }
 
     /// The memory pool size in bytes: the configured one, else half the

@@ -58,6 +58,18 @@ impl LakeSchema {
             return Ok(None);
         };
         tracing::debug!(layer = self.layer, table = name, version = ?table.version(), "opened table");
+        if let Some(version) = table.version() {
+            let _ = crate::result_cache::READS.try_with(|reads| {
+                reads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(crate::result_cache::Read {
+                        layer: self.layer,
+                        table: name.to_string(),
+                        version,
+                    })
+            });
+        }
         let provider = table.table_provider().await?;
         Ok(Some(provider))
     }

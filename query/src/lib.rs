@@ -32,6 +32,7 @@ pub mod config;
 pub mod console;
 pub(crate) mod lake_schema;
 pub mod render;
+pub(crate) mod result_cache;
 pub mod session;
 pub(crate) mod time_travel;
 pub mod wire;
@@ -39,6 +40,7 @@ pub mod wire;
 pub use config::{ByteSize, SqlConfig};
 pub use console::{Action, Console, run_console, run_one_shot, run_one_shot_to};
 pub use render::{Format, render};
+pub use result_cache::CacheStats;
 pub use session::Session;
 
 /// Errors of the query layer.

@@ -10,12 +10,14 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::{DFParserBuilder, Statement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect, PostgreSqlDialect};
 use tributary_lake::Lake;
 use tributary_model::domain::LAYERS;
 
 use crate::config::SqlConfig;
 use crate::lake_schema::LakeSchema;
+use crate::result_cache::{CacheStats, READS, Read, ResultCache, keepable};
 use crate::time_travel::{AT_FUNCTION, Snapshots, TimeTravelFunction, VERSION_FUNCTION};
 use crate::{Error, Result};
 
@@ -36,6 +38,7 @@ pub struct Session {
     lake: Lake,
     schemas: Vec<Arc<LakeSchema>>,
     snapshots: Arc<Snapshots>,
+    results: ResultCache,
 }
 
 impl std::fmt::Debug for Session {
@@ -99,6 +102,7 @@ impl Session {
             lake,
             schemas,
             snapshots,
+            results: ResultCache::new(sql.result_cache_bytes()),
         };
         session.refresh().await?;
         Ok(session)
@@ -183,8 +187,62 @@ impl Session {
     }
 
     pub(crate) async fn run(&self, statement: Statement) -> Result<QueryResult> {
-        let plan = self.plan(statement).await?;
-        self.execute(plan).await
+        let key = (self.results.enabled() && is_query(&statement)).then(|| statement.to_string());
+        let Some(key) = key else {
+            if matches!(&statement, Statement::Statement(s) if matches!(**s, SqlStatement::Set(_)))
+            {
+                // Settings may change what the same text answers.
+                self.results.clear();
+            }
+            let plan = self.plan(statement).await?;
+            return self.execute(plan).await;
+        };
+        if let Some(kept) = self.results.get(&key, &self.lake).await {
+            tracing::debug!(statement = %key, "answered from the result cache");
+            return Ok(kept);
+        }
+        self.refresh().await?;
+        let (plan, reads) = self.plan_listed_reads(statement).await?;
+        let keep = self.keepable(&plan, &reads);
+        let result = self.execute(plan).await?;
+        if keep {
+            self.results.put(key, reads, &result);
+        }
+        Ok(result)
+    }
+
+    /// [`Session::plan_listed`], with the lake tables the plan opened and
+    /// their versions.
+    pub(crate) async fn plan_listed_reads(
+        &self,
+        statement: Statement,
+    ) -> Result<(LogicalPlan, Vec<Read>)> {
+        let reads = Arc::default();
+        let plan = READS
+            .scope(Arc::clone(&reads), self.plan_listed(statement))
+            .await?;
+        let reads = std::mem::take(&mut *reads.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok((plan, reads))
+    }
+
+    /// Whether the result of `plan`, which opened `reads`, may be kept in
+    /// the result cache (see [`crate::result_cache`]).
+    pub(crate) fn keepable(&self, plan: &LogicalPlan, reads: &[Read]) -> bool {
+        if !self.results.enabled() {
+            return false;
+        }
+        let state = self.ctx.state();
+        keepable(plan, reads, &state.config_options().catalog.default_schema)
+    }
+
+    /// The result cache, for the wire server's executions.
+    pub(crate) fn results(&self) -> &ResultCache {
+        &self.results
+    }
+
+    /// The result cache's counters (see [`crate::result_cache`]).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.results.stats()
     }
 
     /// Plans one parsed statement against the newest table listing, with
@@ -227,6 +285,12 @@ impl Session {
         );
         Ok((schema, batches))
     }
+}
+
+/// Whether `statement` is a query (`SELECT`, `WITH`, `VALUES`): the only
+/// statements whose results the cache keeps.
+pub(crate) fn is_query(statement: &Statement) -> bool {
+    matches!(statement, Statement::Statement(s) if matches!(**s, SqlStatement::Query(_)))
 }
 
 /// Splits text into statements with DataFusion's parser (generic dialect).

@@ -132,6 +132,62 @@ async fn session_sees_tables_and_rows_committed_after_it_started() {
 }
 
 #[tokio::test]
+async fn results_are_kept_until_a_table_they_read_gets_a_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = orders_lake(&dir, &[(1, "paid", 1050), (2, "pending", 200)]).await;
+    append(&lake, "gold", "targets", orders(&[(9, "paid", 5)])).await;
+    let session = Session::new(lake.clone()).await.unwrap();
+    let join = "SELECT count(*) FROM silver.orders o JOIN gold.targets t ON o.status = t.status";
+    assert_eq!(int_of(&session, join).await, 1);
+    let first = session.cache_stats();
+    assert_eq!((first.hits, first.entries), (0, 1), "{first:?}");
+
+    // The same statement, written differently: the parser's text is the key.
+    let same = "select   count(*) from silver.orders o join gold.targets t on o.status = t.status";
+    assert_eq!(int_of(&session, same).await, 1);
+    assert_eq!(session.cache_stats().hits, 1, "{:?}", session.cache_stats());
+
+    // A new version of either table invalidates the result.
+    append(&lake, "silver", "orders", orders(&[(3, "paid", 99)])).await;
+    assert_eq!(int_of(&session, join).await, 2);
+    let after = session.cache_stats();
+    assert_eq!((after.hits, after.invalidated), (1, 1), "{after:?}");
+    assert_eq!(int_of(&session, join).await, 2);
+    assert_eq!(session.cache_stats().hits, 2);
+    append(&lake, "gold", "targets", orders(&[(10, "paid", 5)])).await;
+    assert_eq!(int_of(&session, join).await, 4, "the other table moved");
+    assert_eq!(session.cache_stats().invalidated, 2);
+
+    // Never kept: answers that change while no table does.
+    for sql in [
+        "SELECT count(*) FROM silver.orders WHERE created_at < now()",
+        "SELECT count(*) FROM information_schema.tables",
+        "SELECT count(*) FROM silver.orders WHERE random() < 2",
+    ] {
+        let kept = session.cache_stats().entries;
+        session.sql(sql).await.unwrap();
+        session.sql(sql).await.unwrap();
+        let stats = session.cache_stats();
+        assert_eq!(stats.entries, kept, "{sql} was kept: {stats:?}");
+        assert_eq!(stats.hits, 2, "{sql} was answered from the cache");
+    }
+    // A table created after a result was kept is seen by the listing.
+    let listed = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'bronze'";
+    assert_eq!(int_of(&session, listed).await, 0);
+    append(&lake, "bronze", "orders", orders(&[(1, "paid", 1)])).await;
+    assert_eq!(int_of(&session, listed).await, 1);
+
+    // Off by configuration: nothing kept.
+    let config: tributary_query::SqlConfig =
+        serde_json::from_str(r#"{"result_cache": false}"#).unwrap();
+    let off = Session::with_config(lake, &config).await.unwrap();
+    assert_eq!(int_of(&off, join).await, 4);
+    assert_eq!(int_of(&off, join).await, 4);
+    assert_eq!(off.cache_stats().entries, 0);
+    assert_eq!(off.cache_stats().hits, 0);
+}
+
+#[tokio::test]
 async fn bad_sql_and_writes_come_back_as_errors() {
     let dir = tempfile::tempdir().unwrap();
     let lake = orders_lake(&dir, &[(1, "paid", 1050)]).await;

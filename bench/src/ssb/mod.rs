@@ -1,11 +1,11 @@
 //! The Star Schema Benchmark: data from `tpchgen`, stored as Delta tables,
-//! queried hot through tributary, DuckDB and PostgreSQL.
+//! queried hot through tributary, plain DataFusion, DuckDB and PostgreSQL.
 //!
 //! - [`generate`](self::generate): SSB's tables derived from TPC-H rows.
 //! - [`queries`]: Q1.1 to Q4.3.
 //! - `store`: the Delta tables under `<dir>/sf<scale>/lake/gold`, made once
 //!   per scale and reused.
-//! - `session`, `duckdb`, `postgres`: one runner per engine, each returning
+//! - `session`, `plain`, `duckdb`, `postgres`: one runner per engine, each returning
 //!   the first run's rows and the timed runs' durations per query.
 //! - [`answers`]: rows as text and their comparison.
 //!
@@ -17,6 +17,7 @@
 pub mod answers;
 mod duckdb;
 pub(crate) mod generate;
+mod plain;
 mod postgres;
 pub mod queries;
 mod session;
@@ -40,6 +41,8 @@ pub struct Options {
     pub runs: usize,
     /// Where the data sets live (`<dir>/sf<scale>`); kept between runs.
     pub dir: PathBuf,
+    /// Also run plain DataFusion over the same Parquet files (no Delta).
+    pub datafusion: bool,
     /// Also run DuckDB.
     pub duckdb: bool,
     /// Also load and run PostgreSQL.
@@ -55,6 +58,7 @@ impl Options {
             scale: 1.0,
             runs: 5,
             dir,
+            datafusion: true,
             duckdb: true,
             postgres: true,
             python: "python3".into(),
@@ -151,6 +155,9 @@ pub struct Report {
     pub generated_in: Option<Duration>,
     /// Tributary's measurements, in [`QUERIES`] order.
     pub tributary: Vec<Measured>,
+    /// The same, repeated over unchanged tables with the result cache on.
+    pub cached: Vec<Measured>,
+    pub datafusion: Option<Other>,
     pub duckdb: Option<Other>,
     pub postgres: Option<Other>,
 }
@@ -158,7 +165,7 @@ pub struct Report {
 impl Report {
     /// Whether every other engine agreed with tributary on every query.
     pub fn answers_agree(&self) -> bool {
-        [&self.duckdb, &self.postgres]
+        [&self.datafusion, &self.duckdb, &self.postgres]
             .into_iter()
             .flatten()
             .all(|o| o.mismatches.is_empty())
@@ -205,10 +212,19 @@ impl fmt::Display for Report {
             "median of {} hot runs after one warm-up, milliseconds",
             self.runs
         )?;
-        for other in [&self.duckdb, &self.postgres].into_iter().flatten() {
+        for other in [&self.datafusion, &self.duckdb, &self.postgres]
+            .into_iter()
+            .flatten()
+        {
             writeln!(f, "{}: {}", other.engine, other.notes.join("; "))?;
         }
-        let mut header = format!("{:<6} {:>10}", "query", "tributary");
+        let mut header = format!("{:<6} {:>10} {:>8}", "query", "tributary", "cached");
+        if self.datafusion.is_some() {
+            header.push_str(&format!(
+                " {:>10} {:>20}",
+                "datafusion", "tributary/datafusion"
+            ));
+        }
         if self.duckdb.is_some() {
             header.push_str(&format!(" {:>10} {:>16}", "duckdb", "tributary/duckdb"));
         }
@@ -216,8 +232,17 @@ impl fmt::Display for Report {
             header.push_str(&format!(" {:>10} {:>18}", "postgres", "postgres/tributary"));
         }
         writeln!(f, "{header}")?;
-        let row = |name: &str, ours: Duration, duck: Option<Duration>, pg: Option<Duration>| {
-            let mut line = format!("{name:<6} {:>10}", ms(ours));
+        let row = |name: &str,
+                   ours: Duration,
+                   cached: Duration,
+                   plain: Option<Duration>,
+                   duck: Option<Duration>,
+                   pg: Option<Duration>| {
+            let cached = format!("{:.2}", cached.as_secs_f64() * 1e3);
+            let mut line = format!("{name:<6} {:>10} {cached:>8}", ms(ours));
+            if let Some(d) = plain {
+                line.push_str(&format!(" {:>10} {:>20}", ms(d), ratio(ours, d)));
+            }
             if let Some(d) = duck {
                 line.push_str(&format!(" {:>10} {:>16}", ms(d), ratio(ours, d)));
             }
@@ -230,7 +255,9 @@ impl fmt::Display for Report {
             let ours = self.tributary[i].median();
             let duck = self.duckdb.as_ref().map(|o| o.measured[i].median());
             let pg = self.postgres.as_ref().map(|o| o.measured[i].median());
-            writeln!(f, "{}", row(query.name, ours, duck, pg))?;
+            let cached = self.cached[i].median();
+            let plain = self.datafusion.as_ref().map(|o| o.measured[i].median());
+            writeln!(f, "{}", row(query.name, ours, cached, plain, duck, pg))?;
         }
         let total = |o: &Option<Other>| o.as_ref().map(|o| Report::total(&o.measured));
         writeln!(
@@ -239,11 +266,16 @@ impl fmt::Display for Report {
             row(
                 "total",
                 Report::total(&self.tributary),
+                Report::total(&self.cached),
+                total(&self.datafusion),
                 total(&self.duckdb),
                 total(&self.postgres)
             )
         )?;
-        for other in [&self.duckdb, &self.postgres].into_iter().flatten() {
+        for other in [&self.datafusion, &self.duckdb, &self.postgres]
+            .into_iter()
+            .flatten()
+        {
             if other.mismatches.is_empty() {
                 writeln!(
                     f,
@@ -291,7 +323,7 @@ pub async fn prepare(dir: &Path, scale: f64) -> Result<(tributary_lake::Lake, us
 
 /// Each query's answer through tributary's engine, in [`QUERIES`] order.
 pub async fn answers(lake: &tributary_lake::Lake) -> Result<Vec<Rows>> {
-    let session = session::open(lake).await?;
+    let session = session::open(lake, false).await?;
     let mut out = Vec::with_capacity(QUERIES.len());
     for query in &QUERIES {
         out.push(session::answer(&session, query).await?);
@@ -303,13 +335,38 @@ pub async fn answers(lake: &tributary_lake::Lake) -> Result<Vec<Rows>> {
 pub async fn run(options: &Options) -> Result<Report> {
     options.validate()?;
     let prepared = store::prepare(&options.dir, options.scale, threads()).await?;
-    let session = session::open(&prepared.lake).await?;
+    let session = session::open(&prepared.lake, false).await?;
     tracing::info!(runs = options.runs, "running the queries on tributary");
     let tributary = session::measure(&session, &QUERIES, options.runs).await?;
+    tracing::info!("running the queries again over unchanged tables, with the result cache");
+    let with_cache = session::open(&prepared.lake, true).await?;
+    let cached = session::measure(&with_cache, &QUERIES, options.runs).await?;
+    let stats = with_cache.cache_stats();
+    if stats.hits < (QUERIES.len() * options.runs) as u64 {
+        return Err(Error::Options(format!(
+            "the result cache answered {} of {} repeated queries over unchanged tables",
+            stats.hits,
+            QUERIES.len() * options.runs
+        )));
+    }
 
+    let files = store::parquet_files(&prepared.lake).await?;
+    let datafusion = if options.datafusion {
+        tracing::info!("running the queries on plain DataFusion over the same Parquet files");
+        let (version, measured) = plain::measure(&files, &QUERIES, options.runs).await?;
+        Some(Other {
+            engine: format!("DataFusion {version}"),
+            mismatches: compare(&tributary, &measured),
+            measured,
+            notes: vec![
+                "listing tables over the Delta tables' current files, default settings".into(),
+            ],
+        })
+    } else {
+        None
+    };
     let duckdb = if options.duckdb {
         tracing::info!("running the queries on duckdb");
-        let files = store::parquet_files(&prepared.lake).await?;
         let (version, measured) =
             duckdb::measure(&options.python, &files, &QUERIES, options.runs).await?;
         Some(Other {
@@ -361,6 +418,8 @@ pub async fn run(options: &Options) -> Result<Report> {
         data_dir: store::scale_dir(&options.dir, options.scale),
         generated_in: prepared.generated_in,
         tributary,
+        cached,
+        datafusion,
         duckdb,
         postgres,
     })

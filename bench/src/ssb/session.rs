@@ -9,11 +9,17 @@ use super::queries::Query;
 use super::{Measured, measure_hot, store};
 use crate::Result;
 
-/// A session whose unqualified names resolve in the SSB layer.
-pub(crate) async fn open(lake: &Lake) -> Result<Session> {
-    let session = Session::new(lake.clone())
-        .await
-        .map_err(crate::query("session"))?;
+/// A session whose unqualified names resolve in the SSB layer. Without the
+/// result cache, so every run is the engine's work; with it, repeated runs
+/// measure the cache (`cached` column).
+pub(crate) async fn open(lake: &Lake, cache: bool) -> Result<Session> {
+    let session = if cache {
+        Session::new(lake.clone())
+            .await
+            .map_err(crate::query("session"))?
+    } else {
+        crate::engine_session(lake).await?
+    };
     let set = format!("set datafusion.catalog.default_schema = '{}'", store::LAYER);
     session.sql(&set).await.map_err(crate::query("set"))?;
     Ok(session)

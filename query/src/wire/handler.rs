@@ -31,7 +31,8 @@ use pgwire::messages::copy::CopyData;
 use super::pg_catalog::Setting;
 use super::{catalog, encode, names, rewrite};
 use crate::Error;
-use crate::session::{Session, parse_postgres};
+use crate::result_cache::{Read, moved};
+use crate::session::{Session, is_query, parse_postgres};
 
 /// A statement ready to run, kept by pgwire between Parse and Execute.
 #[derive(Clone, Debug)]
@@ -42,6 +43,15 @@ pub(crate) enum Prepared {
         schema: SchemaRef,
         /// The type the plan expects at `$1`, `$2`, ...
         parameters: Vec<Option<DataType>>,
+        /// The statement as parsed, to plan again when a table it read has
+        /// a newer version by the time it runs (a prepared statement
+        /// executed later).
+        source: Box<Statement>,
+        /// The lake tables the plan opened, at the versions it reads.
+        reads: Vec<Read>,
+        /// The result cache's key (the client's text), when its results
+        /// may be kept.
+        cache: Option<String>,
     },
     /// Rows known at prepare time (catalog answers, `SHOW`).
     Rows {
@@ -118,7 +128,7 @@ impl Handler {
         let written = statement.clone();
         rewrite::rewrite(&mut statement, &tables)?;
         let casts = rewrite::placeholder_casts(&statement);
-        let planned = match self.session.plan_listed(statement.clone()).await {
+        let (planned, reads) = match self.session.plan_listed_reads(statement.clone()).await {
             Ok(planned) => planned,
             Err(e) => match rewrite::empty_result_width(&statement) {
                 // Known to find nothing; columns typed text.
@@ -157,10 +167,17 @@ impl Handler {
                     .or_else(|| casts.get(&name).cloned())
             })
             .collect();
+        // Keyed by what the client wrote: it decides the rewrite and the
+        // column names.
+        let cache = (is_query(&statement) && self.session.keepable(&planned, &reads))
+            .then(|| written.to_string());
         Ok(Prepared::Plan {
             plan: Arc::new(planned),
             schema,
             parameters,
+            source: Box::new(written),
+            reads,
+            cache,
         })
     }
 
@@ -184,8 +201,13 @@ impl Handler {
             Prepared::Plan {
                 plan,
                 schema: named,
+                reads,
+                cache,
                 ..
-            } => self.run(plan, named, parameters).await?,
+            } => {
+                let kept = cache.as_ref().map(|text| (text, reads));
+                self.run_kept(plan, named, parameters, kept).await?
+            }
             Prepared::Copy {
                 plan,
                 schema,
@@ -225,6 +247,31 @@ impl Handler {
             response.set_command_tag("EXPLAIN");
         }
         Ok(Response::Query(response))
+    }
+
+    /// [`Handler::run`] through the session's result cache when `cache`
+    /// says the statement's results may be kept: keyed by its text and the
+    /// parameter values, checked against the versions of the tables it
+    /// read when it was prepared.
+    async fn run_kept(
+        &self,
+        plan: &Arc<LogicalPlan>,
+        named: &SchemaRef,
+        parameters: Vec<ScalarValue>,
+        cache: Option<(&String, &Vec<Read>)>,
+    ) -> PgWireResult<(SchemaRef, Vec<RecordBatch>)> {
+        let Some((text, reads)) = cache else {
+            return self.run(plan, named, parameters).await;
+        };
+        let results = self.session.results();
+        // Apart from the session's own keys (statement texts).
+        let key = format!("wire\u{0}{text}\u{1}{parameters:?}");
+        if let Some(kept) = results.get(&key, self.session.lake()).await {
+            return Ok(kept);
+        }
+        let (schema, batches) = self.run(plan, named, parameters).await?;
+        results.put(key, reads.clone(), &(schema.clone(), batches.clone()));
+        Ok((schema, batches))
     }
 
     /// Runs a plan with its parameters under the timeout; the result keeps
@@ -802,9 +849,45 @@ impl ExtendedQueryHandler for Handler {
             }
         }
         let format = portal.result_column_format.clone();
-        self.execute(&statement.statement, values, &|i| format.format_for(i))
+        let replanned;
+        let mut prepared = &statement.statement;
+        if let Prepared::Plan {
+            source,
+            reads,
+            schema,
+            ..
+        } = prepared
+            && moved(reads, self.session.lake()).await.is_some()
+        {
+            // A table it read has a newer version: plan it again, as
+            // PostgreSQL runs a prepared statement on the data at execution.
+            replanned = self
+                .prepare((**source).clone())
+                .await
+                .map_err(|e| user_error(&e, None))?;
+            if let Prepared::Plan { schema: now, .. } = &replanned
+                && !same_columns(schema, now)
+            {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".into(),
+                    "0A000".into(),
+                    "cached plan must not change result type (a table it reads changed its columns; prepare the statement again)".into(),
+                ))));
+            }
+            prepared = &replanned;
+        }
+        self.execute(prepared, values, &|i| format.format_for(i))
             .await
     }
+}
+
+/// Whether two results have the same column names and types.
+fn same_columns(a: &SchemaRef, b: &SchemaRef) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
 /// The type of parameter `i` as Describe reports it: the client's declared

@@ -480,3 +480,104 @@ async fn node_postgres_runs_parameterised_and_named_queries() {
         13
     );
 }
+
+/// A statement prepared once and run again after the lake moved reads the
+/// new version (PostgreSQL plans a prepared statement's run on the data at
+/// execution), and a repeated simple query answered from the result cache
+/// follows a new version too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_and_repeated_queries_see_new_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = orders_lake(&dir, &[(1, "paid", 1050), (2, "pending", 200)]).await;
+    let config = SqlConfig {
+        listen: "127.0.0.1:0".into(),
+        password: Some(PASSWORD.to_string().into()),
+        ..SqlConfig::default()
+    };
+    let session = tributary_query::Session::with_config(lake.clone(), &config)
+        .await
+        .unwrap();
+    let server = Server::bind(session, &config, None).await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    let _stop = stop.drop_guard();
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=tributary password={PASSWORD} dbname=lake"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let simple = async |sql: &str| -> String {
+        let messages = client.simple_query(sql).await.unwrap();
+        messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let prepared = client
+        .prepare("SELECT count(*) FROM silver.orders WHERE id > $1")
+        .await
+        .unwrap();
+    let count = async || -> i64 { client.query_one(&prepared, &[&0_i64]).await.unwrap().get(0) };
+    assert_eq!(count().await, 2);
+    assert_eq!(simple("SELECT count(*) FROM silver.orders").await, "2");
+    assert_eq!(simple("SELECT count(*) FROM silver.orders").await, "2");
+
+    append(&lake, "silver", "orders", orders(&[(3, "paid", 150)])).await;
+    assert_eq!(
+        count().await,
+        3,
+        "the prepared statement reads the new version"
+    );
+    assert_eq!(count().await, 3);
+    assert_eq!(simple("SELECT count(*) FROM silver.orders").await, "3");
+
+    // A new column: the prepared `SELECT *` cannot change its result type,
+    // and says so as PostgreSQL does.
+    let star = client.prepare("SELECT * FROM gold.wide").await;
+    assert!(star.is_err(), "gold.wide does not exist yet");
+    append(&lake, "gold", "wide", orders(&[(1, "a", 1)])).await;
+    let star = client.prepare("SELECT * FROM gold.wide").await.unwrap();
+    assert_eq!(client.query(&star, &[]).await.unwrap().len(), 1);
+    let wider = {
+        let b = orders(&[(2, "b", 2)]);
+        let mut fields: Vec<arrow::datatypes::FieldRef> =
+            b.schema().fields().iter().cloned().collect();
+        fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+            "note",
+            arrow::datatypes::DataType::Utf8,
+            true,
+        )));
+        let mut columns = b.columns().to_vec();
+        columns.push(std::sync::Arc::new(arrow::array::StringArray::from(vec![
+            Some("n"),
+        ])));
+        arrow::array::RecordBatch::try_new(
+            std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+            columns,
+        )
+        .unwrap()
+    };
+    super::scratch_lake::table(&lake, "gold", "wide")
+        .await
+        .write(vec![wider])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
+        .await
+        .unwrap();
+    let err = client.query(&star, &[]).await.unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "0A000", "{db:?}");
+    assert!(
+        db.message().contains("must not change result type"),
+        "{db:?}"
+    );
+    // Prepared again, it sees the new column.
+    let star = client.prepare("SELECT * FROM gold.wide").await.unwrap();
+    assert_eq!(star.columns().len(), 6);
+}
