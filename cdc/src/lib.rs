@@ -61,6 +61,7 @@ pub mod decode;
 pub(crate) mod encode;
 pub mod metrics;
 pub(crate) mod protocol;
+pub mod published;
 pub(crate) mod session;
 pub mod sink;
 pub(crate) mod slot;

@@ -28,6 +28,9 @@ use crate::{CdcConfig, Error, Result, pg, snapshot};
 pub(crate) struct Slot<'a> {
     pub config: &'a CdcConfig,
     pub topic_prefix: &'a str,
+    /// The broker, to read what was published when `high_water` is not
+    /// known ([`crate::published`]); `None` for sinks other than Kafka.
+    pub kafka: Option<&'a tributary_kafka::KafkaConfig>,
     pub source: &'a SourceDb,
     /// The slot's name ([`SourceDb::slot_name`]).
     pub name: String,
@@ -103,11 +106,29 @@ impl Slot<'_> {
                 // must be replaced by the new snapshot.
                 let reset = found.slot.is_some() || found.run.is_some();
                 if found.slot.is_none() && found.run.is_some() {
-                    advance_wal_past(client, &source.label(), self.high_water).await?;
+                    advance_wal_past(client, &source.label(), self.published().await?).await?;
                 }
                 self.fresh_snapshot(repl, client, sink, reset).await
             }
         }
+    }
+
+    /// The newest position this reader may have published: what it
+    /// remembers, or, when it remembers nothing (it started after the
+    /// failover), the newest of its shard in Kafka.
+    async fn published(&self) -> Result<Lsn> {
+        if self.high_water > Lsn::ZERO {
+            return Ok(self.high_water);
+        }
+        let Some(kafka) = self.kafka else {
+            return Ok(self.high_water);
+        };
+        let started = std::time::Instant::now();
+        let lsn = crate::published::high_water(kafka, self.source).await?;
+        tracing::info!(db = %self.source.db, shard = self.source.shard, published = %lsn,
+            ms = started.elapsed().as_millis() as u64,
+            "started after a failover: read the newest published position of this shard from Kafka");
+        Ok(lsn)
     }
 
     /// A new slot and a full snapshot at its consistent point. Returns the

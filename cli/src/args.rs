@@ -112,6 +112,13 @@ pub enum Command {
         /// List the cluster's backups instead.
         #[arg(long)]
         list: bool,
+        /// Then keep only the newest N backups, and remove the archived WAL
+        /// older than the oldest one kept (restores reach back to it).
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// With `--keep`: prune without taking a backup first.
+        #[arg(long, requires = "keep")]
+        prune_only: bool,
     },
     /// Point-in-time restore into a NEW cluster on a free port (the running
     /// one is not touched): the newest backup finished before `--to`, then
@@ -552,6 +559,9 @@ pub enum BenchCommand {
         /// Where the generated Delta tables are kept (default: <state>/bench/ssb).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Leave out plain DataFusion over the same files.
+        #[arg(long)]
+        skip_datafusion: bool,
         /// Leave out DuckDB.
         #[arg(long)]
         skip_duckdb: bool,

@@ -165,6 +165,98 @@ pub fn list(config: &crate::Config, name: &str) -> Result<Vec<Backup>> {
     Ok(out)
 }
 
+/// What [`prune`] removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Pruned {
+    pub backups: Vec<Backup>,
+    /// Archived WAL segments older than the oldest backup kept.
+    pub segments: usize,
+    pub bytes: u64,
+    /// The oldest moment a restore can reach now (the oldest kept backup's
+    /// end); `None` when no backup is kept.
+    pub restorable_from: Option<String>,
+}
+
+/// Keeps the newest `keep` backups of cluster `name` (at least one) and
+/// removes the older ones, then the archived WAL that only they needed:
+/// every segment before the oldest kept backup's start segment (its
+/// `backup_label`), removed with PostgreSQL's `pg_archivecleanup`. A restore
+/// can then reach any moment after the oldest kept backup finished, and no
+/// earlier one (`restore` says so).
+pub fn prune(config: &crate::Config, name: &str, keep: usize) -> Result<Pruned> {
+    let fail = |reason: String| Error::Backup {
+        cluster: name.into(),
+        reason,
+    };
+    if keep == 0 {
+        return Err(fail(
+            "--keep must be at least 1: a restore needs a base backup".into(),
+        ));
+    }
+    let tools = PgTools::find(config.stack.pg_bin.as_deref())?;
+    let state = StackState::require(&config.state_dir)?;
+    let cluster = cluster(&state, name)?;
+    let all = list(config, name)?;
+    let mut out = Pruned::default();
+    let Some(cut) = all.len().checked_sub(keep) else {
+        out.restorable_from = all.first().map(|b| b.finished.clone());
+        return Ok(out);
+    };
+    let (old, kept) = all.split_at(cut);
+    let oldest = kept.first().expect("keep >= 1 and all.len() >= keep");
+    let label = oldest.dir.join("backup_label");
+    let text =
+        std::fs::read_to_string(&label).map_err(io(format!("reading {}", label.display())))?;
+    // START WAL LOCATION: 0/2000028 (file 000000010000000000000002)
+    let start_segment = text
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION:"))
+        .and_then(|rest| rest.split("(file ").nth(1))
+        .map(|f| f.trim_end_matches(')').trim().to_string())
+        .filter(|f| f.len() == 24 && f.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| fail(format!("no start WAL file in {}", label.display())))?;
+    for b in old {
+        std::fs::remove_dir_all(&b.dir).map_err(io(format!("removing {}", b.dir.display())))?;
+        let meta = b.dir.with_file_name(format!("{}.json", file_name(&b.dir)));
+        std::fs::remove_file(&meta).map_err(io(format!("removing {}", meta.display())))?;
+        out.bytes += b.bytes;
+    }
+    out.backups = old.to_vec();
+    let archive = cluster.archive_dir()?;
+    let before: Vec<(String, u64)> = segments(&archive);
+    run(
+        tools
+            .command("pg_archivecleanup")
+            .arg(&archive)
+            .arg(&start_segment),
+        "pg_archivecleanup",
+    )?;
+    let after: Vec<String> = segments(&archive).into_iter().map(|(n, _)| n).collect();
+    for (n, size) in before {
+        if !after.contains(&n) {
+            out.segments += 1;
+            out.bytes += size;
+        }
+    }
+    out.restorable_from = Some(oldest.finished.clone());
+    Ok(out)
+}
+
+/// The archive's WAL segment files (24 hex digits) with their sizes.
+fn segments(archive: &Path) -> Vec<(String, u64)> {
+    std::fs::read_dir(archive)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    (n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .then(|| (n, e.metadata().map(|m| m.len()).unwrap_or(0)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A cluster restored to a moment, running on its own port.
 #[derive(Clone, Debug, Serialize)]
 pub struct Restored {

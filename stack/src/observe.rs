@@ -1,7 +1,10 @@
 //! `tributary up --observe`: the local stack's monitoring. A real
 //! Prometheus (Debian's package) scrapes every tributary process, one
-//! PostgreSQL exporter per cluster and a Redis exporter for the product
-//! cache, evaluates the alert rules of
+//! PostgreSQL exporter per node (a shard's primary and its standby each
+//! have one, labelled `cluster` and `node`, so the metrics follow a
+//! failover: whichever node is the primary reports the slots and the
+//! replication, and `tributary_node_primary` says which it is) and a Redis
+//! exporter for the product cache, evaluates the alert rules of
 //! `deploy/prometheus/rules/tributary.yml` (the same file the Kubernetes
 //! deployment loads, compiled into the binary) and sends what fires to a
 //! real Alertmanager, which routes it to `[observe] alert_webhook`.
@@ -23,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::local::{PgInstance, Ports, StackState};
+use crate::local::{PgNode, Ports, StackState};
 use crate::status::ComponentStatus;
 use crate::{Error, Result, io};
 
@@ -60,11 +63,29 @@ fn default_retention() -> String {
     "7d".into()
 }
 
-/// One exporter of the stack: which cluster, on which port.
+/// One exporter of the stack: which cluster and node, on which port.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Exporter {
     pub cluster: String,
+    /// The node's name (its data folder's: `shard0`, `shard0-b`); a node
+    /// keeps its name and port across failovers, only its role changes.
+    #[serde(default)]
+    pub node: String,
     pub port: u16,
+}
+
+/// Every node of the stack with its cluster's name, in a stable order.
+fn nodes(stack: &StackState) -> Vec<(String, PgNode)> {
+    stack
+        .all_pg()
+        .flat_map(|pg| {
+            let mut nodes: Vec<PgNode> = std::iter::once(pg.primary())
+                .chain(pg.standby.clone())
+                .collect();
+            nodes.sort_by_key(PgNode::name);
+            nodes.into_iter().map(|n| (pg.name.clone(), n))
+        })
+        .collect()
 }
 
 /// What `up --observe` made, kept in `<state>/observe/observe.json`.
@@ -166,8 +187,8 @@ pub fn prometheus_config(state_dir: &Path, state: &ObserveState) -> String {
         .iter()
         .map(|e| {
             format!(
-                "      - targets: [\"127.0.0.1:{}\"]\n        labels: {{cluster: \"{}\"}}\n",
-                e.port, e.cluster
+                "      - targets: [\"127.0.0.1:{}\"]\n        labels: {{cluster: \"{}\", node: \"{}\"}}\n",
+                e.port, e.cluster, e.node
             )
         })
         .collect();
@@ -261,22 +282,41 @@ pub async fn up(config: &Config, stack: &StackState) -> Result<ObserveState> {
             .map_err(io(format!("creating {}", d.join(sub).display())))?;
     }
     let mut ports = Ports::new();
+    let nodes = nodes(stack);
+    let same_nodes = |s: &ObserveState| {
+        s.exporters.len() == nodes.len()
+            && s.exporters
+                .iter()
+                .zip(&nodes)
+                .all(|(e, (cluster, n))| e.cluster == *cluster && e.node == n.name())
+    };
     let mut state = match ObserveState::load(&config.state_dir)? {
-        Some(s) if s.exporters.len() == stack.all_pg().count() => s,
-        _ => ObserveState {
-            prometheus_port: ports.next()?,
-            alertmanager_port: ports.next()?,
-            exporters: stack
-                .all_pg()
-                .map(|pg| {
-                    Ok(Exporter {
-                        cluster: pg.name.clone(),
-                        port: ports.next()?,
+        Some(s) if same_nodes(&s) => s,
+        old => {
+            // Exporters of another layout (a stack that gained standbys)
+            // make way for the new ones.
+            if let Some(old) = old {
+                for e in &old.exporters {
+                    let e_dir = d.join(exporter_dir(e));
+                    crate::daemon::stop(&e_dir, Duration::from_secs(5));
+                }
+            }
+            ObserveState {
+                prometheus_port: ports.next()?,
+                alertmanager_port: ports.next()?,
+                exporters: nodes
+                    .iter()
+                    .map(|(cluster, n)| {
+                        Ok(Exporter {
+                            cluster: cluster.clone(),
+                            node: n.name(),
+                            port: ports.next()?,
+                        })
                     })
-                })
-                .collect::<Result<_>>()?,
-            redis_exporter_port: None,
-        },
+                    .collect::<Result<_>>()?,
+                redis_exporter_port: None,
+            }
+        }
     };
     if stack.redis.is_some() && state.redis_exporter_port.is_none() {
         state.redis_exporter_port = Some(ports.next()?);
@@ -319,15 +359,15 @@ pub async fn up(config: &Config, stack: &StackState) -> Result<ObserveState> {
         .stderr(err);
         crate::daemon::spawn(c, &am_dir)?;
     }
-    for (e, pg) in state.exporters.iter().zip(stack.all_pg()) {
-        let e_dir = d.join(format!("exporter-{}", e.cluster));
+    for (e, (_, node)) in state.exporters.iter().zip(&nodes) {
+        let e_dir = d.join(exporter_dir(e));
         if crate::daemon::alive(&e_dir).is_some() {
             continue;
         }
         std::fs::create_dir_all(&e_dir).map_err(io(format!("creating {}", e_dir.display())))?;
         let (out, err) = log_files(&e_dir, "exporter")?;
         let mut c = Command::new(&exporter);
-        c.env("DATA_SOURCE_NAME", exporter_dsn(pg))
+        c.env("DATA_SOURCE_NAME", exporter_dsn(node))
             .arg(format!("--web.listen-address=127.0.0.1:{}", e.port))
             .arg(format!(
                 "--extend.query-path={}",
@@ -403,13 +443,22 @@ pub async fn up(config: &Config, stack: &StackState) -> Result<ObserveState> {
     Ok(state)
 }
 
-/// The exporter's connection: the cluster's `postgres` database over TCP
+/// The exporter's connection: the node's `postgres` database over TCP
 /// as the stack's superuser (trust on loopback).
-fn exporter_dsn(pg: &PgInstance) -> String {
+fn exporter_dsn(node: &PgNode) -> String {
     format!(
         "postgresql://tributary@127.0.0.1:{}/postgres?sslmode=disable",
-        pg.port
+        node.port
     )
+}
+
+/// An exporter's folder under `<state>/observe`.
+fn exporter_dir(e: &Exporter) -> String {
+    if e.node.is_empty() {
+        format!("exporter-{}", e.cluster)
+    } else {
+        format!("exporter-{}", e.node)
+    }
 }
 
 /// `GET url` as JSON; `None` when it does not answer with a 2xx and JSON.
@@ -628,15 +677,21 @@ pub async fn status(state_dir: &Path) -> Vec<ComponentStatus> {
             Ok(r) => r.text().await.ok(),
             Err(_) => None,
         };
+        let role = |b: &str| {
+            let primary = b
+                .lines()
+                .any(|l| l.starts_with("tributary_node_primary") && l.trim_end().ends_with(" 1"));
+            if primary { "primary" } else { "standby" }
+        };
         let (healthy, detail) = match body {
             Some(b) if b.lines().any(|l| l.trim() == "pg_up 1") => {
-                (true, format!("exporting {}", e.cluster))
+                (true, format!("exporting {} ({})", e.node, role(&b)))
             }
-            Some(_) => (false, format!("cannot reach {}", e.cluster)),
+            Some(_) => (false, format!("cannot reach {}", e.node)),
             None => (false, "not answering".into()),
         };
         out.push(ComponentStatus {
-            component: format!("postgres exporter {}", e.cluster),
+            component: format!("postgres exporter {}", e.node),
             address: url,
             healthy,
             detail,
@@ -692,6 +747,7 @@ mod tests {
             alertmanager_port: 19093,
             exporters: vec![Exporter {
                 cluster: "shard0".into(),
+                node: "shard0-b".into(),
                 port: 19187,
             }],
             redis_exporter_port: Some(19121),

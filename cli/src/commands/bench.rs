@@ -110,6 +110,7 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
             scale,
             runs,
             dir,
+            skip_datafusion,
             skip_duckdb,
             skip_postgres,
             rates,
@@ -118,6 +119,7 @@ pub async fn run(config: Config, command: BenchCommand) -> Result<()> {
             let options = ssb::Options {
                 scale,
                 runs,
+                datafusion: !skip_datafusion,
                 duckdb: !skip_duckdb,
                 postgres: !skip_postgres,
                 ..ssb::Options::new(dir)

@@ -87,7 +87,12 @@ async fn dispatch(cli: Cli, config: config::Config) -> Result<()> {
             anyhow::ensure!(report.ok(), "the drill missed a goal (see the table)");
             Ok(())
         }
-        Command::Backup { cluster, list } => stack::backup(&config, &cluster, list).await,
+        Command::Backup {
+            cluster,
+            list,
+            keep,
+            prune_only,
+        } => stack::backup(&config, &cluster, list, keep, prune_only).await,
         Command::Restore { cluster, to, lost } => match to {
             Some(to) if !lost => stack::restore(&config, &cluster, &to).await,
             _ => stack::rebuild(&config, &cluster).await,

@@ -91,8 +91,14 @@ pub async fn failover(config: Config, index: usize) -> Result<()> {
     Ok(())
 }
 
-/// `tributary backup CLUSTER [--list]`.
-pub async fn backup(config: &Config, cluster: &str, list: bool) -> Result<()> {
+/// `tributary backup CLUSTER [--list] [--keep N [--prune-only]]`.
+pub async fn backup(
+    config: &Config,
+    cluster: &str,
+    list: bool,
+    keep: Option<usize>,
+    prune_only: bool,
+) -> Result<()> {
     use tributary_stack::backup;
     if list {
         for b in backup::list(config, cluster)? {
@@ -107,14 +113,26 @@ pub async fn backup(config: &Config, cluster: &str, list: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let b = backup::backup(config, cluster).await?;
-    println!(
-        "backup of {} finished at {} ({:.1} MiB) in {}; restorable to any moment after it",
-        b.cluster,
-        b.finished,
-        b.bytes as f64 / 1048576.0,
-        b.dir.display()
-    );
+    if !prune_only {
+        let b = backup::backup(config, cluster).await?;
+        println!(
+            "backup of {} finished at {} ({:.1} MiB) in {}; restorable to any moment after it",
+            b.cluster,
+            b.finished,
+            b.bytes as f64 / 1048576.0,
+            b.dir.display()
+        );
+    }
+    if let Some(keep) = keep {
+        let p = backup::prune(config, cluster, keep)?;
+        println!(
+            "kept the newest {keep} backup(s) of {cluster}: removed {} backup(s) and {} archived WAL segment(s), {:.1} MiB; restorable from {}",
+            p.backups.len(),
+            p.segments,
+            p.bytes as f64 / 1048576.0,
+            p.restorable_from.as_deref().unwrap_or("(no backup)")
+        );
+    }
     Ok(())
 }
 

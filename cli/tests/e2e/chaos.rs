@@ -344,8 +344,9 @@ async fn standby_back(env: &mut Env, i: usize) {
 
 /// One run with a standby per shard and the HA supervisor: shard
 /// primaries and standbys SIGKILLed at random moments (each time after
-/// the shard is whole again), and the ingester; then the lake must equal
-/// the source, with no duplicate and no gap in bronze.
+/// the shard is whole again), the CDC reader (alone, or with a primary, as
+/// when both ran on the machine that died) and the ingester; then the lake
+/// must equal the source, with no duplicate and no gap in bronze.
 async fn ha_chaos_run(run: u64, seed: u64, load_secs: u64) -> Result<(), String> {
     let mut rng = Rng(seed);
     let mut env = Env::stack().await;
@@ -370,8 +371,14 @@ async fn ha_chaos_run(run: u64, seed: u64, load_secs: u64) -> Result<(), String>
         env.assert_running();
         let i = (rng.next() % 2) as usize;
         let shard = env.stack_state().shards[i].clone();
-        match rng.next() % 3 {
-            0 => {
+        match rng.next() % 5 {
+            what @ (0 | 3) => {
+                // 3: the reader dies with the primary (one machine) and
+                // starts after the promotion, remembering nothing.
+                let with_reader = what == 3;
+                if with_reader {
+                    env.kill9("cdc");
+                }
                 assert!(
                     kill_node(&shard.primary()),
                     "no postmaster.pid for {}",
@@ -384,8 +391,20 @@ async fn ha_chaos_run(run: u64, seed: u64, load_secs: u64) -> Result<(), String>
                     async |env: &Env| env.stack_state().shards[i].port != old,
                 )
                 .await;
+                if with_reader {
+                    env.spawn("cdc", &["cdc", "run"]);
+                }
                 standby_back(&mut env, i).await;
-                actions.push(format!("{at:.1}s shard{i} primary"));
+                actions.push(format!(
+                    "{at:.1}s shard{i} primary{}",
+                    if with_reader { " and the reader" } else { "" }
+                ));
+            }
+            4 => {
+                env.kill9("cdc");
+                tokio::time::sleep(rng.millis(0, 2_000)).await;
+                env.spawn("cdc", &["cdc", "run"]);
+                actions.push(format!("{at:.1}s reader"));
             }
             1 => {
                 let standby = shard.standby.clone().expect("a standby per shard");

@@ -38,6 +38,8 @@ async fn a_frozen_primary_is_fenced_and_failed_over_and_the_lake_follows() {
     env.extra = vec![
         ("TRIBUTARY__STACK__STANDBYS".into(), "true".into()),
         ("TRIBUTARY__STACK__FAILOVER_AFTER_MS".into(), "2000".into()),
+        // An exporter per node: the metrics must follow the failover.
+        ("TRIBUTARY__OBSERVE__ENABLED".into(), "true".into()),
     ];
     env.start().await;
     let before = env.stack_state();
@@ -90,6 +92,49 @@ async fn a_frozen_primary_is_fenced_and_failed_over_and_the_lake_follows() {
         NodeRole::Standby,
         "the old primary rejoined as a standby"
     );
+    // Prometheus sees it through the same exporters: the promoted node
+    // reports itself primary and its standby streaming.
+    let prom = tributary_stack::observe::ObserveState::load(&env.state_dir())
+        .unwrap()
+        .expect("observed")
+        .prometheus_url();
+    let (new_node, old_node) = (standby.name(), old.name());
+    env.until(
+        "Prometheus to see shard0's new primary and its standby streaming",
+        60,
+        async |_: &Env| {
+            let labels = |v: Vec<serde_json::Value>| -> Vec<String> {
+                v.iter()
+                    .filter_map(|s| s["metric"]["node"].as_str().map(str::to_string))
+                    .collect()
+            };
+            let primary = labels(
+                crate::e2e::observe::query(
+                    &prom,
+                    r#"tributary_node_primary{cluster="shard0"} == 1"#,
+                )
+                .await,
+            );
+            let standby = labels(
+                crate::e2e::observe::query(
+                    &prom,
+                    r#"tributary_node_primary{cluster="shard0"} == 0"#,
+                )
+                .await,
+            );
+            let streaming = labels(
+                crate::e2e::observe::query(
+                    &prom,
+                    r#"tributary_replication_connected{cluster="shard0",state="streaming"}"#,
+                )
+                .await,
+            );
+            primary == [new_node.clone()]
+                && standby == [old_node.clone()]
+                && streaming == [new_node.clone()]
+        },
+    )
+    .await;
     let refused = pipeline_connect(&old.dsn_of("orders"))
         .await
         .batch_execute("CREATE TABLE fenced_write(x int)")
@@ -101,10 +146,14 @@ async fn a_frozen_primary_is_fenced_and_failed_over_and_the_lake_follows() {
         "{refused:?}"
     );
 
-    // A planned failover of shard 1 under the same load.
+    // A planned failover of shard 1 under the same load, with the reader
+    // dead meanwhile: started after the promotion, it cannot remember how
+    // far it streamed from the old primary and reads that from Kafka.
     let shard1 = env.stack_state().shards[1].clone();
     wait_standby_sync(&mut env, 1).await;
+    env.kill9("cdc");
     let out = env.run_ok(&["failover", "shard", "1"]);
+    env.spawn("cdc-restarted", &["cdc", "run"]);
     assert!(out.contains("is the primary now"), "{out}");
     let after = env.stack_state().shards[1].clone();
     assert_eq!(after.port, shard1.standby.as_ref().unwrap().port, "{out}");
@@ -118,14 +167,46 @@ async fn a_frozen_primary_is_fenced_and_failed_over_and_the_lake_follows() {
     // Requests fail while a shard has no primary (the order service
     // answers 503); what it acknowledged is checked through the lake below.
     let _ = load.wait();
-    let cdc = env.log("cdc");
+    let (cdc, restarted) = (env.log("cdc"), env.log("cdc-restarted"));
     assert!(
-        cdc.matches("REPLICATION SLOT LOST").count() >= 2,
-        "the reader re-snapshots each failed-over shard:\n{}",
-        tail(&cdc)
+        cdc.contains("REPLICATION SLOT LOST") && restarted.contains("REPLICATION SLOT LOST"),
+        "the reader re-snapshots each failed-over shard:\n{}\n--- restarted:\n{}",
+        tail(&cdc),
+        tail(&restarted)
+    );
+    assert!(
+        restarted.contains("read the newest published position of this shard from Kafka"),
+        "{}",
+        tail(&restarted)
     );
     assert!(orders(&env.stack_state().shards[0]).await > 0);
     assert_lake_equals_source(&env).await;
+    // What it reads from Kafka is at least the newest position in the lake.
+    let session = env.session().await;
+    for shard in 0..env.config().stack.shards as u32 {
+        let source = tributary_cdc::SourceDb {
+            db: "orders".into(),
+            shard,
+            dsn: String::new(),
+            tables: vec!["orders".into(), "order_items".into()],
+        };
+        let published = tributary_cdc::published::high_water(&env.kafka(), &source)
+            .await
+            .unwrap();
+        let in_lake = tributary_query_count(
+            &session
+                .sql(&format!(
+                    "SELECT max(_lsn) FROM silver.orders WHERE _shard = {shard}"
+                ))
+                .await
+                .unwrap(),
+        );
+        assert!(
+            in_lake > 0 && published.0 as i64 >= in_lake,
+            "shard {shard}: published {published} ({}) < newest in the lake {in_lake}",
+            published.0
+        );
+    }
     env.run_ok(&["down"]);
 }
 
@@ -205,6 +286,36 @@ async fn a_point_in_time_restore_holds_exactly_the_orders_committed_before_it() 
     assert_eq!(ids(&source).await, now, "the running shard changed");
     let listed = env.run_ok(&["backup", "shard0", "--list"]);
     assert_eq!(listed.lines().count(), 1, "{listed}");
+
+    // Retention: a second backup keeping one removes the first and the WAL
+    // only it needed; the old moment is out of reach, with a clear error.
+    let archive = shard.archive_dir().unwrap();
+    let segments = || {
+        std::fs::read_dir(&archive)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 24)
+            .collect::<Vec<_>>()
+    };
+    let archived = segments();
+    let out = env.run_ok(&["backup", "shard0", "--keep", "1"]);
+    assert!(
+        out.contains("removed 1 backup(s)") && !out.contains(" and 0 archived"),
+        "{out}"
+    );
+    let left = segments();
+    assert!(left.len() < archived.len(), "{archived:?} -> {left:?}");
+    let listed = env.run_ok(&["backup", "shard0", "--list"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    let refused = env.run(&["restore", "shard0", "--to", &target]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("no backup finished before"),
+        "{err}"
+    );
+    let out = env.run_ok(&["backup", "shard0", "--keep", "1", "--prune-only"]);
+    assert!(out.contains("removed 0 backup(s)"), "{out}");
     env.run_ok(&["down"]);
 }
 

@@ -179,7 +179,9 @@ pub async fn assert_observed(env: &Env, webhook: &mut Webhook) {
         let slots = query(&prom, "tributary_slot_lag_bytes").await;
         let redis = query(&prom, "redis_up == 1").await;
         let active = query(&prom, "tributary_slot_active == 1").await;
-        let ok = events
+        let primaries = query(&prom, "tributary_node_primary == 1").await;
+        let ok = primaries.len() == env.stack_state().all_pg().count()
+            && events
             .first()
             .and_then(|v| v["value"][1].as_str()?.parse::<f64>().ok())
             .is_some_and(|n| n > 0.0)
@@ -191,7 +193,7 @@ pub async fn assert_observed(env: &Env, webhook: &mut Webhook) {
             Ok(())
         } else {
             Err(format!(
-                "events {events:?}, consumer lag {lag:?}, slots {slots:?}, active {active:?}, redis_up {redis:?}"
+                "events {events:?}, consumer lag {lag:?}, slots {slots:?}, active {active:?}, redis_up {redis:?}, primaries {primaries:?}"
             ))
         }
     })
