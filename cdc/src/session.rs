@@ -49,8 +49,7 @@ pub(crate) async fn run<S: Sink>(
 ) -> Result<()> {
     let slot = Slot {
         config,
-        topic_prefix: &kafka.topic_prefix,
-        kafka: Some(kafka),
+        kafka,
         source,
         name: source.slot_name(&config.slot_prefix),
         high_water: *high_water,

@@ -27,10 +27,9 @@ use crate::{CdcConfig, Error, Result, pg, snapshot};
 /// One source database's slot, as one session manages it.
 pub(crate) struct Slot<'a> {
     pub config: &'a CdcConfig,
-    pub topic_prefix: &'a str,
-    /// The broker, to read what was published when `high_water` is not
-    /// known ([`crate::published`]); `None` for sinks other than Kafka.
-    pub kafka: Option<&'a tributary_kafka::KafkaConfig>,
+    /// The broker: its topic prefix, and what was published when
+    /// `high_water` is not known ([`crate::published`]).
+    pub kafka: &'a tributary_kafka::KafkaConfig,
     pub source: &'a SourceDb,
     /// The slot's name ([`SourceDb::slot_name`]).
     pub name: String,
@@ -120,11 +119,8 @@ impl Slot<'_> {
         if self.high_water > Lsn::ZERO {
             return Ok(self.high_water);
         }
-        let Some(kafka) = self.kafka else {
-            return Ok(self.high_water);
-        };
         let started = std::time::Instant::now();
-        let lsn = crate::published::high_water(kafka, self.source).await?;
+        let lsn = crate::published::high_water(self.kafka, self.source).await?;
         tracing::info!(db = %self.source.db, shard = self.source.shard, published = %lsn,
             ms = started.elapsed().as_millis() as u64,
             "started after a failover: read the newest published position of this shard from Kafka");
@@ -175,7 +171,7 @@ impl Slot<'_> {
         tracing::info!(db = %source.db, shard = source.shard, chunks = chunks.len(), workers = config.snapshot_workers, lsn = %consistent, "snapshot started");
         let job = snapshot::Copy {
             source,
-            topic_prefix: self.topic_prefix,
+            topic_prefix: &self.kafka.topic_prefix,
             snapshot: snapshot_name,
             label: snapshot::Label {
                 lsn: Lsn(consistent.0.saturating_sub(1)),
@@ -211,7 +207,7 @@ impl Slot<'_> {
         let columns = columns_of(&exporter, &source.tables).await?;
         let job = snapshot::Copy {
             source,
-            topic_prefix: self.topic_prefix,
+            topic_prefix: &self.kafka.topic_prefix,
             snapshot: name,
             label: snapshot::Label {
                 lsn: Lsn(run.consistent.0.saturating_sub(1)),
@@ -283,7 +279,7 @@ impl Slot<'_> {
             .unwrap_or(0);
         let job = snapshot::Copy {
             source,
-            topic_prefix: self.topic_prefix,
+            topic_prefix: &self.kafka.topic_prefix,
             snapshot: name,
             label: snapshot::Label {
                 lsn: label_lsn,

@@ -385,13 +385,16 @@ impl Lake {
             .expect("not poisoned")
             .get(&key)
             .map(|(t, _)| t.clone())?;
-        // Another writer committed (or the store did not answer): read the
-        // table from the store.
-        if matches!(self.is_latest(layer, table, t.version()?).await, Ok(true)) {
-            return Some(t);
+        let next = crate::coordinator::commit_path(t.version()? + 1);
+        match t.log_store().object_store(None).head(&next).await {
+            Err(object_store::Error::NotFound { .. }) => Some(t),
+            // Another writer committed (or the store did not answer): read
+            // the table from the store.
+            _ => {
+                self.forget(layer, table);
+                None
+            }
         }
-        self.forget(layer, table);
-        None
     }
 
     /// Whether `version` is `layer.table`'s newest: its log has that entry

@@ -51,7 +51,7 @@ pub struct SqlConfig {
     pub result_cache: CacheSize,
 }
 
-/// A cache budget: a [`ByteSize`] or `"off"`.
+/// A cache budget: a [`ByteSize`], or `false` for none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheSize(pub usize);
 

@@ -5,11 +5,14 @@
 //! tables the answer is the same. The cache keys a result by the statement's
 //! text as the parser prints it (so spacing and case of keywords do not
 //! matter) and keeps, with it, the version of every lake table the plan
-//! opened. A lookup asks the store whether each of those tables has a commit
-//! after that version (one `HEAD` of the next log entry per table, as the
-//! lake's table cache does) and answers only when none has: a new version of
-//! any table read invalidates the result, without TTLs and without the
-//! pipelines having to tell anyone.
+//! opened. A lookup by text asks the store whether each of those tables is
+//! still at that version ([`Lake::is_latest`]: two `HEAD`s of log entries,
+//! all tables at once) and answers only when all are: a new version of any
+//! table read invalidates the result, without TTLs and without the
+//! pipelines having to tell anyone. A caller that holds a plan (the wire
+//! server's prepared statements) looks up by the plan's own versions
+//! instead, with no I/O: a result kept for exactly those versions is what
+//! running the plan would give.
 //!
 //! What is never kept, because its answer can change while no table does:
 //!
@@ -20,7 +23,7 @@
 //!   version (`information_schema`, time travel, `pg_catalog`): such scans
 //!   leave no version to check.
 //!
-//! Memory is bounded by `[sql] result_cache_size` (bytes of Arrow arrays);
+//! Memory is bounded by `[sql] result_cache` (bytes of Arrow arrays);
 //! the least recently used results go first, and a result larger than a
 //! quarter of the budget is not kept. Results are Arrow batches whose
 //! buffers are shared, so a hit copies no data.
@@ -134,10 +137,19 @@ impl ResultCache {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        self.get_at(key, &reads)
+    }
+
+    /// The kept result of `key` when it was kept for exactly the table
+    /// versions `reads` (no I/O: for a caller whose plan reads those).
+    pub(crate) fn get_at(&self, key: &str, reads: &[Read]) -> Option<QueryResult> {
         let mut inner = self.lock();
         inner.clock += 1;
         let clock = inner.clock;
-        let entry = inner.entries.get_mut(key).filter(|e| e.reads == reads)?;
+        let Some(entry) = inner.entries.get_mut(key).filter(|e| e.reads == reads) else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
         entry.used = clock;
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(entry.result.clone())
@@ -217,8 +229,8 @@ pub(crate) async fn moved<'a>(reads: &'a [Read], lake: &Lake) -> Option<&'a Read
         .map(|(r, _)| r)
 }
 
-/// The tables of `reads` a plan's result depends on, when the result can be
-/// kept: every scan is one of `reads` and every function is immutable.
+/// Whether a plan's result can be kept: every scan is one of `reads` (the
+/// lake tables it opened) and every function is immutable.
 pub(crate) fn keepable(plan: &LogicalPlan, reads: &[Read], default_schema: &str) -> bool {
     let mut ok = true;
     let _ = plan.apply_with_subqueries(|node| {

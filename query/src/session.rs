@@ -231,7 +231,8 @@ impl Session {
         if !self.results.enabled() {
             return false;
         }
-        let state = self.ctx.state();
+        let state = self.ctx.state_ref();
+        let state = state.read();
         keepable(plan, reads, &state.config_options().catalog.default_schema)
     }
 

@@ -251,8 +251,9 @@ impl Handler {
 
     /// [`Handler::run`] through the session's result cache when `cache`
     /// says the statement's results may be kept: keyed by its text and the
-    /// parameter values, checked against the versions of the tables it
-    /// read when it was prepared.
+    /// parameter values, and answered only when kept for the very table
+    /// versions the plan reads (current: the plan was just made, or checked
+    /// and made again by `do_query`), so no store is asked again.
     async fn run_kept(
         &self,
         plan: &Arc<LogicalPlan>,
@@ -266,7 +267,7 @@ impl Handler {
         let results = self.session.results();
         // Apart from the session's own keys (statement texts).
         let key = format!("wire\u{0}{text}\u{1}{parameters:?}");
-        if let Some(kept) = results.get(&key, self.session.lake()).await {
+        if let Some(kept) = results.get_at(&key, reads) {
             return Ok(kept);
         }
         let (schema, batches) = self.run(plan, named, parameters).await?;
